@@ -1,0 +1,168 @@
+"""Settings: every option has one name, one default, one line of help.
+
+Owns: reading ``ASGI_RESUME_*`` environment variables, constructor overrides, and
+validating both. An invalid value raises :class:`ConfigError` naming the variable,
+at startup, never later. Must not touch: anything that does I/O.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from asgi_resume.principal import DEFAULT_PRINCIPAL, PrincipalSource, parse_sources
+from asgi_resume.rules import DEFAULT_DONE, DoneRule, parse_done_rules, parse_path
+
+ENV_PREFIX = "ASGI_RESUME_"
+
+
+class ConfigError(ValueError):
+    """A setting has a value the middleware cannot use."""
+
+
+def _optional_str(raw: str) -> str | None:
+    return raw.strip() or None
+
+
+def _nonempty(raw: str) -> str:
+    if not raw.strip():
+        raise ValueError("must not be empty")
+    return raw.strip()
+
+
+def _positive_int(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError("must be a positive integer") from None
+    if value <= 0:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+def _seconds(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError("must be a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise ValueError("must be a positive number of seconds")
+    return value
+
+
+def _flag(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be 1 or 0")
+
+
+def _path(raw: str) -> str:
+    path = raw.strip()
+    if not path or " " in path:
+        raise ValueError("must be a URL path such as /socket.io/")
+    return "/" + path.strip("/") + "/"
+
+
+def _events(raw: str) -> frozenset[str] | None:
+    names = frozenset(filter(None, (part.strip() for part in raw.split(","))))
+    if not names:
+        raise ValueError("must be * or a comma list of event names")
+    return None if "*" in names else names
+
+
+def _key_prefix(raw: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", raw.strip()):
+        raise ValueError("must be 1-64 characters of letters, digits, _ . : -")
+    return raw.strip()
+
+
+def _done_rules(raw: str) -> tuple[DoneRule, ...]:
+    return parse_done_rules(raw)
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    name: str
+    default: str
+    parse: Callable[[str], Any]
+    help: str
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("redis_url", "", _optional_str, "Redis URL; unset: the in-process memory log (one process only)"),
+    Option("path", "/socket.io/", _path, "Engine.IO endpoint to watch, also found under a mount prefix"),
+    Option("events", "*", _events, "Socket.IO event names whose frames are logged, comma separated; * for all"),
+    Option("stream_id", "message_id", parse_path, "dotted path of the stream id in an event's first argument"),
+    Option("done", DEFAULT_DONE, _done_rules, "rules that mark a stream finished: `path`, `path=value`, `&`, `,`"),
+    Option("resume_event", "resume-stream", _nonempty, "the inbound event the middleware answers itself"),
+    Option("maxlen", "2000", _positive_int, "frames kept per stream (approximate on Redis)"),
+    Option("ttl", "3600", _seconds, "seconds a stream's log lives after its last frame"),
+    Option("done_ttl", "30", _seconds, "seconds a stream's log lives once the stream is done"),
+    Option("key_prefix", "asgi_resume", _key_prefix, "prefix of every Redis key"),
+    Option("principal", DEFAULT_PRINCIPAL, parse_sources, "where a connection's identity comes from, in order"),
+    Option("secret", "", _optional_str, "key for hashing principals; unset: a random key (kept in Redis when used)"),
+    Option("write_timeout", "0.25", _seconds, "longest a frame waits for the log before it is sent unstamped"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    redis_url: str | None
+    path: str
+    events: frozenset[str] | None
+    stream_id: tuple[str, ...]
+    done: tuple[DoneRule, ...]
+    resume_event: str
+    maxlen: int
+    ttl: float
+    done_ttl: float
+    key_prefix: str
+    principal: tuple[PrincipalSource, ...]
+    secret: str | None
+    write_timeout: float
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from ``environ`` (default ``os.environ``), keyword overrides winning."""
+        environ = os.environ if environ is None else environ
+        known = {option.name for option in OPTIONS}
+        unknown = set(overrides) - known
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+        values = {}
+        for option in OPTIONS:
+            if option.name in overrides:
+                raw, origin = _as_text(overrides[option.name]), f"{option.name}= (overrides {option.env})"
+            else:
+                raw, origin = environ.get(option.env, option.default), option.env
+            try:
+                values[option.name] = option.parse(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{origin}: {exc} (got {raw!r})") from None
+        return cls(**values)
+
+
+def _as_text(value: Any) -> str:
+    """Keyword overrides may be typed (``maxlen=500``, ``events=["a", "b"]``)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Iterable):
+        return ",".join(str(item) for item in value)
+    return str(value)
+
+
+assert [f.name for f in fields(Settings)] == [o.name for o in OPTIONS], "Settings and OPTIONS must agree"

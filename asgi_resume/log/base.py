@@ -1,0 +1,93 @@
+"""Types shared by the log backends, and the :class:`StreamLog` interface."""
+
+from __future__ import annotations
+
+import secrets
+import string
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+#: A logged frame as the log keeps it: ``[head, tail, *binary attachments]``, where the
+#: stamped text frame is ``head + fields + tail`` (see ``protocol.StampTemplate``).
+Payload = list[str | bytes]
+
+_EPOCH_ALPHABET = string.ascii_letters + string.digits
+
+
+def new_epoch() -> str:
+    """A fresh epoch: names one history of a stream, changes when the log is lost."""
+    return "".join(secrets.choice(_EPOCH_ALPHABET) for _ in range(8))
+
+
+class LogUnavailable(Exception):
+    """The log backend could not be reached or did not answer in time."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One logical emit of a stream, as one connection saw it."""
+
+    digest: str  # content hash of the unstamped frame: the safety check for matching copies
+    payload: Payload
+    done: bool = False
+
+
+@dataclass(slots=True)
+class AppendRequest:
+    """A connection's frames for one stream, in the order it received them."""
+
+    stream: str
+    entries: list[Entry]
+    principal: str | None  # hashed principal of the receiving connection
+    cursor_epoch: str | None = None  # the last entry this connection matched or appended...
+    cursor_seq: int = 0  # ...or None/0 for its first frame of the stream
+    since_ms: int = 0  # when the connection started, on the log's clock
+    reset: bool = False  # start a new epoch: this connection could not log part of the stream
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    epoch: str
+    seqs: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayResult:
+    status: Literal["ok", "not_found"]
+    epoch: str = ""
+    last_seq: int = 0
+    oldest_seq: int = 0
+    done: bool = False
+    gap: bool = False
+    frames: list[tuple[int, Payload]] = field(default_factory=list)
+
+
+NOT_FOUND = ReplayResult("not_found")
+
+
+@dataclass(frozen=True, slots=True)
+class LogLimits:
+    maxlen: int = 2000  # entries kept per stream (approximately, on Redis)
+    ttl_ms: int = 3_600_000  # a stream's life after its last frame
+    done_ttl_ms: int = 30_000  # its life once it is done
+
+
+class StreamLog(Protocol):
+    """Storage for stream frames. Methods raise :class:`LogUnavailable` on backend faults."""
+
+    limits: LogLimits
+
+    def now_ms(self) -> int:
+        """The log's clock, in milliseconds (Redis ``TIME`` for the Redis log)."""
+        ...
+
+    async def append(self, requests: Sequence[AppendRequest]) -> list[AppendResult]:
+        """Match or append each request's entries; one result per request, in order."""
+        ...
+
+    async def replay(self, stream: str, principal: str | None, after_seq: int, epoch: str | None) -> ReplayResult:
+        """Entries with seq > ``after_seq``, if ``principal`` received the stream live."""
+        ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,150 @@
+"""In-process stream log: the default when no Redis is configured.
+
+Same rules as the Redis log (see ``lua/append.lua``), kept in dicts and deques. It
+serves one process only: workers of a multi-process server each have their own.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from asgi_resume.log.base import (
+    NOT_FOUND,
+    AppendRequest,
+    AppendResult,
+    LogLimits,
+    Payload,
+    ReplayResult,
+    new_epoch,
+)
+
+_SCAN_AHEAD = 64  # how far past a mismatch a connection looks for its frame
+_SWEEP_EVERY_MS = 1000
+
+
+@dataclass(slots=True)
+class _Record:
+    seq: int
+    digest: str
+    ts: int
+    payload: Payload
+
+
+@dataclass(slots=True)
+class _Stream:
+    epoch: str
+    maxlen: int
+    last: int = 0
+    done: bool = False
+    expires_at: int = 0
+    who: set[str] = field(default_factory=set)
+    records: deque[_Record] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.records = deque(maxlen=self.maxlen)
+
+    def at(self, seq: int) -> _Record | None:
+        if not self.records:
+            return None
+        index = seq - self.records[0].seq
+        return self.records[index] if 0 <= index < len(self.records) else None
+
+    def find_after(self, seq: int, digest: str) -> int | None:
+        for candidate in range(seq + 1, min(seq + 1 + _SCAN_AHEAD, self.last + 1)):
+            record = self.at(candidate)
+            if record is not None and record.digest == digest:
+                return candidate
+        return None
+
+    def find_since(self, since_ms: int, digest: str) -> int | None:
+        found = None
+        for record in reversed(self.records):
+            if record.ts < since_ms:
+                break
+            if record.digest == digest:
+                found = record.seq
+        return found
+
+
+class MemoryLog:
+    """A :class:`~asgi_resume.log.StreamLog` in this process's memory."""
+
+    def __init__(self, limits: LogLimits | None = None) -> None:
+        self.limits = limits or LogLimits()
+        self._streams: dict[str, _Stream] = {}
+        self._next_sweep = 0
+
+    def now_ms(self) -> int:
+        return int(time.time() * 1000)
+
+    def _get(self, stream: str, now: int) -> _Stream | None:
+        state = self._streams.get(stream)
+        if state is not None and state.expires_at <= now:
+            del self._streams[stream]
+            return None
+        return state
+
+    def _sweep(self, now: int) -> None:
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + _SWEEP_EVERY_MS
+        for name in [name for name, state in self._streams.items() if state.expires_at <= now]:
+            del self._streams[name]
+
+    async def append(self, requests: Sequence[AppendRequest]) -> list[AppendResult]:
+        now = self.now_ms()
+        self._sweep(now)
+        return [self._append(request, now) for request in requests]
+
+    def _append(self, request: AppendRequest, now: int) -> AppendResult:
+        limits = self.limits
+        state = self._get(request.stream, now)
+        if state is None or request.reset:
+            state = _Stream(new_epoch(), limits.maxlen)
+            self._streams[request.stream] = state
+        was_done = state.done
+        cursor = request.cursor_seq if request.cursor_epoch == state.epoch else None
+        seqs = []
+        for entry in request.entries:
+            seq = None
+            if cursor is None:
+                seq = state.find_since(request.since_ms, entry.digest)
+            elif cursor < state.last:
+                record = state.at(cursor + 1)
+                if record is not None and record.digest == entry.digest:
+                    seq = cursor + 1
+                else:
+                    seq = state.find_after(cursor + 1, entry.digest)
+            if seq is None:
+                state.last += 1
+                seq = state.last
+                state.records.append(_Record(seq, entry.digest, now, entry.payload))
+            cursor = seq
+            state.done = state.done or entry.done
+            seqs.append(seq)
+        if request.principal:
+            state.who.add(request.principal)
+        if state.done and not was_done:
+            state.expires_at = now + limits.done_ttl_ms
+        elif not state.done:
+            state.expires_at = now + limits.ttl_ms
+        return AppendResult(state.epoch, seqs)
+
+    async def replay(self, stream: str, principal: str | None, after_seq: int, epoch: str | None) -> ReplayResult:
+        state = self._get(stream, self.now_ms())
+        if state is None or not principal or principal not in state.who:
+            return NOT_FOUND
+        gap = False
+        if (epoch and epoch != state.epoch) or after_seq > state.last:
+            after_seq, gap = 0, True  # the client's history is not this log's
+        oldest = state.records[0].seq if state.records else state.last + 1
+        if after_seq + 1 < oldest and after_seq < state.last:
+            gap = True
+        frames = [(r.seq, r.payload) for r in state.records if r.seq > after_seq]
+        return ReplayResult("ok", state.epoch, state.last, oldest, state.done, gap, frames)
+
+    async def aclose(self) -> None:
+        self._streams.clear()

@@ -1,0 +1,164 @@
+"""Redis Streams log: one stream key per stream id, shared by every worker and host.
+
+Keys of one stream share a ``{hash tag}`` so the scripts, which touch all of them at
+once, also run on Redis Cluster. Entries hold msgpack payloads. Each call is one
+pipelined round trip of ``EVALSHA`` (scripts are loaded once, again after a
+``NOSCRIPT``), however many frames and streams it carries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import time
+from collections.abc import Sequence
+from importlib.resources import files
+from typing import Any
+
+import msgpack
+from redis.asyncio import Redis, RedisCluster
+from redis.exceptions import NoScriptError, RedisError
+
+from asgi_resume.log.base import (
+    NOT_FOUND,
+    AppendRequest,
+    AppendResult,
+    LogLimits,
+    LogUnavailable,
+    ReplayResult,
+    new_epoch,
+)
+
+_PLAIN_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_CLOCK_REFRESH_S = 60.0
+
+
+def _script(name: str) -> tuple[str, str]:
+    """A Lua script's source and its SHA1 (what EVALSHA names it by)."""
+    source = files("asgi_resume.log").joinpath(f"lua/{name}.lua").read_text("utf-8")
+    return source, hashlib.sha1(source.encode("utf-8"), usedforsecurity=False).hexdigest()
+
+
+class RedisLog:
+    """A :class:`~asgi_resume.log.StreamLog` on Redis, Valkey or Redis Cluster."""
+
+    def __init__(self, client: Redis | RedisCluster, prefix: str = "asgi_resume", limits: LogLimits | None = None):
+        self.client = client
+        self.prefix = prefix
+        self.limits = limits or LogLimits()
+        self._append_src, self._append_sha = _script("append")
+        self._replay_src, self._replay_sha = _script("replay")
+        self._clock_offset_ms = 0
+        self._clock_checked = -_CLOCK_REFRESH_S
+
+    @classmethod
+    def from_url(
+        cls, url: str, *, prefix: str = "asgi_resume", limits: LogLimits | None = None, cluster: bool = False
+    ) -> RedisLog:
+        options: dict[str, Any] = {"socket_connect_timeout": 2.0, "socket_timeout": 5.0}
+        client: Redis | RedisCluster
+        if cluster:
+            client = RedisCluster.from_url(url, **options)
+        else:
+            client = Redis.from_url(url, health_check_interval=30, **options)
+        return cls(client, prefix, limits)
+
+    def keys(self, stream: str) -> list[str]:
+        """The stream's keys; all carry the same hash tag, so one cluster slot holds them."""
+        tag = stream if _PLAIN_ID.fullmatch(stream) else "~" + hashlib.sha256(stream.encode()).hexdigest()[:32]
+        base = f"{self.prefix}:{{{tag}}}"
+        return [f"{base}:log", f"{base}:meta", f"{base}:who"]
+
+    def now_ms(self) -> int:
+        return int(time.time() * 1000) + self._clock_offset_ms
+
+    async def _sync_clock(self) -> None:
+        """Learn how far this host's clock is from Redis's (the scripts stamp Redis time)."""
+        started = time.time()
+        seconds, micros = await self.client.time()
+        rtt = time.time() - started
+        self._clock_offset_ms = int((seconds + micros / 1e6 - (started + rtt / 2)) * 1000)
+        self._clock_checked = time.monotonic()
+
+    async def append(self, requests: Sequence[AppendRequest]) -> list[AppendResult]:
+        limits = self.limits
+        calls = []
+        for request in requests:
+            args: list[Any] = [
+                request.principal or "",
+                request.since_ms,
+                request.cursor_epoch or "",
+                request.cursor_seq,
+                limits.maxlen,
+                limits.ttl_ms,
+                limits.done_ttl_ms,
+                new_epoch(),
+                1 if request.reset else 0,
+            ]
+            for entry in request.entries:
+                args += [entry.digest, 1 if entry.done else 0, msgpack.packb(entry.payload)]
+            calls.append((self.keys(request.stream), args))
+        replies = await self._run(self._append_src, self._append_sha, calls)
+        return [AppendResult(_text(reply[0]), [int(seq) for seq in reply[1:]]) for reply in replies]
+
+    async def replay(self, stream: str, principal: str | None, after_seq: int, epoch: str | None) -> ReplayResult:
+        if not principal:
+            return NOT_FOUND
+        args = [principal, after_seq, epoch or "", self.limits.maxlen * 2]
+        (reply,) = await self._run(self._replay_src, self._replay_sha, [(self.keys(stream), args)])
+        if reply[0] != b"ok":
+            return NOT_FOUND
+        _, epoch_b, last, oldest, done, gap, *rest = reply
+        frames = [(int(rest[i]), msgpack.unpackb(rest[i + 1])) for i in range(0, len(rest), 2)]
+        return ReplayResult("ok", _text(epoch_b), int(last), int(oldest), done == b"1", bool(gap), frames)
+
+    async def _run(self, source: str, sha: str, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        """EVALSHA each call in one pipelined round trip; load the script on NOSCRIPT."""
+        if time.monotonic() - self._clock_checked > _CLOCK_REFRESH_S:
+            try:
+                await self._sync_clock()
+            except RedisError as exc:
+                raise LogUnavailable(str(exc)) from exc
+        try:
+            replies = await self._pipeline(sha, calls)
+            if any(isinstance(reply, NoScriptError) for reply in replies):
+                await self.client.script_load(source)
+                replies = await self._pipeline(sha, calls)
+        except (RedisError, OSError) as exc:
+            raise LogUnavailable(str(exc) or type(exc).__name__) from exc
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise LogUnavailable(str(reply)) from reply
+        return replies
+
+    async def _pipeline(self, sha: str, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        if len(calls) == 1:
+            keys, args = calls[0]
+            try:
+                return [await self.client.evalsha(sha, len(keys), *keys, *args)]
+            except NoScriptError as exc:
+                return [exc]
+        pipe = self.client.pipeline(transaction=False)
+        for keys, args in calls:
+            pipe.evalsha(sha, len(keys), *keys, *args)
+        return list(await pipe.execute(raise_on_error=False))
+
+    async def shared_secret(self) -> bytes:
+        """A random key for hashing principals, made once and shared by every worker."""
+        key = f"{self.prefix}:secret"
+        try:
+            await self.client.set(key, secrets.token_hex(32), nx=True)
+            value = await self.client.get(key)
+        except (RedisError, OSError) as exc:
+            raise LogUnavailable(str(exc) or type(exc).__name__) from exc
+        if not value:
+            raise LogUnavailable("the hashing key vanished")
+        return value if isinstance(value, bytes) else str(value).encode()
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,52 @@
+"""The ASGI middleware: routes Engine.IO traffic through asgi_resume, leaves the rest alone.
+
+Owns: deciding per ASGI scope whether asgi_resume is involved, and the lifespan of
+the shared runtime. Must not touch: frames (``outbound``), transports' details
+(``websocket``), storage (``log``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from asgi_resume.config import Settings
+from asgi_resume.log import StreamLog
+from asgi_resume.runtime import Runtime
+from asgi_resume.websocket import WebSocketConnection
+
+
+class ResumeMiddleware:
+    """Make Socket.IO streams resumable: wrap a python-socketio ``ASGIApp`` (or an app mounting one).
+
+    Settings come from ``ASGI_RESUME_*`` environment variables; keyword arguments
+    (the variable's name without the prefix, lower case) override them.
+    """
+
+    def __init__(self, app: ASGIApp, *, log: StreamLog | None = None, **settings: Any) -> None:
+        self.app = app
+        self.settings = Settings.load(**settings)
+        self.runtime = Runtime(self.settings, log)
+
+    def _watches(self, scope: Scope) -> bool:
+        path: str = scope.get("path", "")
+        if not path.endswith("/"):
+            path += "/"
+        return self.settings.path in path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and self._watches(scope):
+            await WebSocketConnection(self.app, self.runtime, scope, receive, send).run()
+        elif scope["type"] == "lifespan":
+            await self.app(scope, receive, self._lifespan_send(send))
+        else:
+            await self.app(scope, receive, send)
+
+    def _lifespan_send(self, send: Send) -> Send:
+        async def lifespan_send(message: Message) -> None:
+            if message["type"] == "lifespan.shutdown.complete":
+                await self.runtime.aclose()
+            await send(message)
+
+        return lifespan_send

@@ -1,0 +1,113 @@
+"""Who a connection is: the principal that may later replay what it was sent.
+
+Owns: the principal sources (``auth:FIELD``, ``cookie:NAME``, ``header:NAME``,
+``query:NAME``, ``scope:user``) and hashing their values with a secret, so the log
+never holds a credential. Must not touch: the log, websockets, Socket.IO framing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from starlette.datastructures import Headers, QueryParams
+from starlette.requests import cookie_parser
+from starlette.types import Scope
+
+Kind = Literal["auth", "cookie", "header", "query", "scope"]
+_KINDS: tuple[Kind, ...] = ("auth", "cookie", "header", "query", "scope")
+DEFAULT_PRINCIPAL = "auth:token,header:authorization,scope:user"
+_USER_ATTRIBUTES = ("identity", "username", "display_name", "id")
+
+
+@dataclass(frozen=True, slots=True)
+class PrincipalSource:
+    kind: Kind
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.name}"
+
+
+def parse_sources(spec: str) -> tuple[PrincipalSource, ...]:
+    """``"auth:token,cookie:session"`` -> sources, tried in that order."""
+    sources = []
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        kind, _, name = item.partition(":")
+        if kind not in _KINDS or not name:
+            raise ValueError(f"{item!r} is not one of auth:FIELD, cookie:NAME, header:NAME, query:NAME, scope:user")
+        if kind == "scope" and name != "user":
+            raise ValueError(f"{item!r}: the only scope source is scope:user")
+        sources.append(PrincipalSource(kind, name))
+    if not sources:
+        raise ValueError("at least one source is needed")
+    return tuple(sources)
+
+
+def _plain(value: Any) -> str | None:
+    """A credential value as text; ``None`` for anything empty or unusable."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, str | int):
+        return str(value) or None
+    try:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError):
+        return None
+
+
+def _scope_user(scope: Scope) -> str | None:
+    user = scope.get("user")
+    if user is None or getattr(user, "is_authenticated", True) is False:
+        return None
+    if isinstance(user, str):
+        return user or None
+    for attribute in _USER_ATTRIBUTES:
+        try:
+            value = _plain(getattr(user, attribute, None))
+        except Exception:  # noqa: BLE001 - Starlette's BaseUser.identity raises NotImplementedError
+            continue
+        if value:
+            return value
+    return None
+
+
+class PrincipalResolver:
+    """Turns a connection's scope and Socket.IO auth into a hashed principal."""
+
+    def __init__(self, sources: tuple[PrincipalSource, ...], secret: bytes):
+        self.sources = sources
+        self._secret = secret
+
+    @property
+    def uses_auth(self) -> bool:
+        return any(source.kind == "auth" for source in self.sources)
+
+    def resolve(self, scope: Scope, auth: Any = None) -> str | None:
+        """The first source that yields a value, hashed; ``None`` when none does."""
+        for source in self.sources:
+            value = self._value(source, scope, auth)
+            if value:
+                return self.hash(source, value)
+        return None
+
+    def hash(self, source: PrincipalSource, value: str) -> str:
+        message = f"{source}\x00{value}".encode()
+        return hmac.new(self._secret, message, hashlib.sha256).hexdigest()[:32]
+
+    @staticmethod
+    def _value(source: PrincipalSource, scope: Scope, auth: Any) -> str | None:
+        if source.kind == "auth":
+            return _plain(auth.get(source.name)) if isinstance(auth, dict) else None
+        if source.kind == "scope":
+            return _scope_user(scope)
+        if source.kind == "header":
+            return Headers(scope=scope).get(source.name) or None
+        if source.kind == "cookie":
+            cookie = Headers(scope=scope).get("cookie")
+            return cookie_parser(cookie).get(source.name) or None if cookie else None
+        query = scope.get("query_string", b"")
+        return QueryParams(query.decode("latin-1") if isinstance(query, bytes) else query).get(source.name) or None

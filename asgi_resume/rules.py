@@ -1,0 +1,128 @@
+"""Which outbound events belong to a stream, which stream, and which ones finish it.
+
+Owns: the event filter, the stream-id path and the "done" rules, parsed from their
+configuration strings. Must not touch: I/O, the log, sessions.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from asgi_resume import protocol
+
+#: Rules for open-webui's event shapes and a plain top-level ``done``. ``status``
+#: events also carry ``data.data.done`` mid-stream, hence the ``chat:completion`` guard.
+DEFAULT_DONE = ",".join(
+    [
+        "data.type=chat:completion&data.data.done",
+        "data.type=chat:completion&data.data.error",
+        "data.type=chat:tasks:cancel",
+        "data.type=chat:message:error",
+        "data.type=chat:active&data.data.active=false",
+        "done",
+    ]
+)
+MAX_STREAM_ID_LENGTH = 256
+_TRUTHY: Any = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    path: tuple[str, ...]
+    expected: Any = _TRUTHY  # _TRUTHY: the value must be truthy
+
+    def holds(self, obj: Any) -> bool:
+        value = protocol.lookup(obj, self.path)
+        if protocol.is_missing(value):
+            return False
+        if self.expected is _TRUTHY:
+            return bool(value)
+        return bool(value == self.expected and type(value) is type(self.expected))
+
+
+@dataclass(frozen=True, slots=True)
+class DoneRule:
+    conditions: tuple[Condition, ...]
+
+    def matches(self, obj: Any) -> bool:
+        return all(condition.holds(obj) for condition in self.conditions)
+
+
+def parse_path(spec: str) -> tuple[str, ...]:
+    """``"data.data.done"`` -> ``("data", "data", "done")``; raises ValueError when empty."""
+    parts = tuple(spec.strip().split("."))
+    if not all(parts):
+        raise ValueError(f"{spec!r} is not a dotted path such as 'data.message_id'")
+    return parts
+
+
+def parse_done_rules(spec: str) -> tuple[DoneRule, ...]:
+    """Parse ``rule,rule,...``; a rule is ``cond&cond``; a cond is ``path`` or ``path=value``.
+
+    ``value`` is read as JSON when it is JSON (``true``, ``3``, ``"x"``), else as a string.
+    """
+    rules = []
+    for rule in filter(None, (part.strip() for part in spec.split(","))):
+        conditions = []
+        for cond in rule.split("&"):
+            path, sep, raw = cond.partition("=")
+            if not sep:
+                conditions.append(Condition(parse_path(path)))
+                continue
+            try:
+                expected = json.loads(raw)
+            except ValueError:
+                expected = raw
+            conditions.append(Condition(parse_path(path), expected))
+        rules.append(DoneRule(tuple(conditions)))
+    return tuple(rules)
+
+
+def stream_id_of(value: Any) -> str | None:
+    """A usable stream id: a non-empty string or an integer, bounded in length."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        value = str(value)
+    if isinstance(value, str) and 0 < len(value) <= MAX_STREAM_ID_LENGTH:
+        return value
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamFrame:
+    """An outbound event that belongs to a stream."""
+
+    packet: protocol.Packet
+    stream: str
+    done: bool
+
+
+class StreamRules:
+    """Classifies outbound frames. Cheap for frames that carry no stream id."""
+
+    def __init__(self, events: frozenset[str] | None, stream_path: tuple[str, ...], done: tuple[DoneRule, ...]):
+        self.events = events  # None: every event
+        self.stream_path = stream_path
+        self.done_rules = done
+        # a frame without this text cannot hold a stream id: skip its JSON entirely
+        self._needle = json.dumps(stream_path[-1])
+
+    def classify(self, frame: str) -> StreamFrame | None:
+        if frame[:2] not in ("42", "45") or self._needle not in frame:
+            return None
+        packet = protocol.parse(frame)
+        if packet is None or not packet.is_event:
+            return None
+        if self.events is not None and packet.event_name not in self.events:
+            return None
+        obj = packet.first_arg
+        stream = stream_id_of(protocol.lookup(obj, self.stream_path))
+        if stream is None:
+            return None
+        return StreamFrame(packet, stream, self.is_done(obj))
+
+    def is_done(self, obj: Any) -> bool:
+        return any(rule.matches(obj) for rule in self.done_rules)

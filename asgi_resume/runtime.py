@@ -1,0 +1,128 @@
+"""What every connection of one middleware shares.
+
+Owns: the settings, the stream log and its health (when to stop waiting for it and
+when to try again), the principal resolver and its hashing key, and the counters.
+Must not touch: any one connection's state.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+
+import anyio
+
+from asgi_resume.config import Settings
+from asgi_resume.log import StreamLog
+from asgi_resume.log.base import LogLimits
+from asgi_resume.log.memory import MemoryLog
+from asgi_resume.principal import PrincipalResolver
+from asgi_resume.rules import StreamRules
+
+logger = logging.getLogger("asgi_resume")
+
+_RETRY_AFTER_S = 1.0  # after a log failure, frames skip the log this long before it is tried again
+_WARN_EVERY_S = 10.0
+
+
+@dataclass(slots=True)
+class Stats:
+    """Counters, in-process (also exported as Prometheus metrics when enabled)."""
+
+    frames_stamped: int = 0
+    frames_unstamped: int = 0  # stream frames sent without seq because the log failed
+    log_failures: int = 0
+    resumes_ok: int = 0
+    resumes_gap: int = 0
+    resumes_not_found: int = 0
+    resumes_bad_request: int = 0
+    resumes_unavailable: int = 0
+    frames_replayed: int = 0
+
+
+class LogHealth:
+    """Stops frames from waiting on a log that just failed; warns at a bounded rate."""
+
+    def __init__(self, stats: Stats) -> None:
+        self.stats = stats
+        self._down_until = 0.0
+        self._last_warning = -_WARN_EVERY_S
+        self._failures_since_warning = 0
+        self.down = False
+
+    def available(self) -> bool:
+        return time.monotonic() >= self._down_until
+
+    def failed(self, reason: str) -> None:
+        now = time.monotonic()
+        self.stats.log_failures += 1
+        self._down_until = now + _RETRY_AFTER_S
+        self.down = True
+        self._failures_since_warning += 1
+        if now - self._last_warning >= _WARN_EVERY_S:
+            logger.warning(
+                "stream log unavailable (%s); frames go out unstamped and unlogged until it answers (%d failures)",
+                reason,
+                self._failures_since_warning,
+            )
+            self._last_warning = now
+            self._failures_since_warning = 0
+
+    def succeeded(self) -> None:
+        if self.down:
+            self.down = False
+            logger.warning("stream log reachable again; logging resumed (streams that lost frames get a new epoch)")
+
+
+class Runtime:
+    def __init__(self, settings: Settings, log: StreamLog | None = None) -> None:
+        self.settings = settings
+        self.rules = StreamRules(settings.events, settings.stream_id, settings.done)
+        self.stats = Stats()
+        self.health = LogHealth(self.stats)
+        limits = LogLimits(settings.maxlen, int(settings.ttl * 1000), int(settings.done_ttl * 1000))
+        self.log: StreamLog = log if log is not None else self._make_log(settings, limits)
+        self._resolver: PrincipalResolver | None = None
+        if settings.secret is not None:
+            self._resolver = PrincipalResolver(settings.principal, settings.secret.encode())
+        self._resolver_lock = anyio.Lock()
+
+    @staticmethod
+    def _make_log(settings: Settings, limits: LogLimits) -> StreamLog:
+        if settings.redis_url is None:
+            logger.info("ASGI_RESUME_REDIS_URL is not set: using the in-process memory log (one process only)")
+            return MemoryLog(limits)
+        from asgi_resume.log.redis import RedisLog
+
+        return RedisLog.from_url(settings.redis_url, prefix=settings.key_prefix, limits=limits)
+
+    @property
+    def stream_key(self) -> str:
+        """The field a resume request names its stream by: the stream id path's last part."""
+        return self.settings.stream_id[-1]
+
+    async def resolver(self) -> PrincipalResolver:
+        """The principal resolver, once its hashing key is known (shared through the log)."""
+        if self._resolver is not None:
+            return self._resolver
+        async with self._resolver_lock:
+            if self._resolver is None:
+                shared_secret = getattr(self.log, "shared_secret", None)
+                if shared_secret is None:  # one process: any key will do
+                    self._resolver = PrincipalResolver(self.settings.principal, secrets.token_bytes(32))
+                    return self._resolver
+                try:
+                    if not self.health.available():
+                        raise TimeoutError("the log failed a moment ago")
+                    with anyio.fail_after(max(self.settings.write_timeout, 1.0)):
+                        key: bytes = await shared_secret()
+                except Exception as exc:  # noqa: BLE001 - the log is down: this connection cannot be logged anyway
+                    logger.warning("could not read the principal hashing key from the log (%s); will retry", exc)
+                    return PrincipalResolver(self.settings.principal, secrets.token_bytes(32))
+                self._resolver = PrincipalResolver(self.settings.principal, key)
+        return self._resolver
+
+    async def aclose(self) -> None:
+        await self.log.aclose()

@@ -1,0 +1,109 @@
+"""A Socket.IO client spoken by hand over a websocket: it sees every frame exactly as sent."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+import websockets
+
+from asgi_resume import protocol
+
+
+class RawClient:
+    def __init__(self, base_url: str, *, auth: dict[str, Any] | None = None, path: str = "/socket.io/") -> None:
+        self.url = base_url.replace("http://", "ws://") + path + "?EIO=4&transport=websocket"
+        self.auth = auth
+        self.frames: list[str | bytes] = []  # everything but pings, in arrival order
+        self.eio_sid: str | None = None
+        self.closed = asyncio.Event()
+        self._changed = asyncio.Condition()
+        self._ws: Any = None
+        self._reader: asyncio.Task[None] | None = None
+        self.answer_pings = True
+
+    async def connect(self, namespaces: tuple[str, ...] = ("/",)) -> RawClient:
+        self._ws = await websockets.connect(self.url, max_size=None, ping_interval=None)
+        opening = await self._ws.recv()
+        assert opening.startswith("0"), opening
+        self.eio_sid = json.loads(opening[1:])["sid"]
+        self._reader = asyncio.create_task(self._read())
+        for ns in namespaces:
+            prefix = "" if ns == "/" else ns + ","
+            await self.send("40" + prefix + (json.dumps(self.auth) if self.auth is not None else ""))
+            await self.wait_for(lambda f, prefix=prefix: isinstance(f, str) and f.startswith("40" + prefix + "{"))
+        return self
+
+    async def _read(self) -> None:
+        try:
+            async for message in self._ws:
+                if message == protocol.PING_FRAME:
+                    if self.answer_pings:
+                        await self._ws.send(protocol.PONG_FRAME)
+                    continue
+                async with self._changed:
+                    self.frames.append(message)
+                    self._changed.notify_all()
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            self.closed.set()
+            async with self._changed:
+                self._changed.notify_all()
+
+    async def send(self, frame: str | bytes) -> None:
+        await self._ws.send(frame)
+
+    async def emit(self, name: str, *args: Any, ack_id: int | None = None, namespace: str = "/") -> None:
+        await self.send(protocol.event(name, *args, namespace=namespace, ack_id=ack_id))
+
+    async def wait_for(self, predicate: Callable[[str | bytes], bool], timeout: float = 10.0) -> str | bytes:
+        """The first frame (already here or still to come) that satisfies ``predicate``."""
+        checked = 0
+
+        def find() -> str | bytes | None:
+            nonlocal checked
+            for frame in self.frames[checked:]:
+                checked += 1
+                if predicate(frame):
+                    return frame
+            return None
+
+        async with asyncio.timeout(timeout), self._changed:
+            while True:
+                found = find()
+                if found is not None:
+                    return found
+                if self.closed.is_set():
+                    raise ConnectionError(f"closed before a matching frame; frames: {self.frames[-5:]!r}")
+                await self._changed.wait()
+
+    async def wait_count(self, predicate: Callable[[str | bytes], bool], count: int, timeout: float = 10.0) -> None:
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(lambda: sum(1 for f in self.frames if predicate(f)) >= count)
+
+    async def request(self, name: str, arg: Any, ack_id: int, namespace: str = "/", timeout: float = 10.0) -> Any:
+        """Emit with an ack id and return the ack's first argument."""
+        await self.emit(name, arg, ack_id=ack_id, namespace=namespace)
+        prefix = "43" + ("" if namespace == "/" else namespace + ",") + str(ack_id) + "["
+        frame = await self.wait_for(lambda f: isinstance(f, str) and f.startswith(prefix), timeout)
+        assert isinstance(frame, str)
+        return json.loads(frame[len(prefix) - 1 :])[0]
+
+    def events(self, name: str) -> list[Any]:
+        """First arguments of the ``name`` events received so far."""
+        out = []
+        for frame in self.frames:
+            if isinstance(frame, str):
+                packet = protocol.parse(frame)
+                if packet is not None and packet.event_name == name:
+                    out.append(packet.first_arg)
+        return out
+
+    async def close(self) -> None:
+        if self._ws is not None:
+            await self._ws.close()
+        if self._reader is not None:
+            await self._reader
