@@ -243,6 +243,8 @@ def split_payload(body: str) -> list[str | bytes]:
     re-joining the payload gives the original body back.
     """
     packets: list[str | bytes] = []
+    if not body:
+        return packets
     for part in body.split(RECORD_SEPARATOR):
         if part[:1] == "b":
             try:

@@ -13,9 +13,17 @@ from asgi_resume import protocol
 
 
 class RawClient:
-    def __init__(self, base_url: str, *, auth: dict[str, Any] | None = None, path: str = "/socket.io/") -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        auth: dict[str, Any] | None = None,
+        path: str = "/socket.io/",
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.url = base_url.replace("http://", "ws://") + path + "?EIO=4&transport=websocket"
         self.auth = auth
+        self.headers = headers or {}
         self.frames: list[str | bytes] = []  # everything but pings, in arrival order
         self.eio_sid: str | None = None
         self.closed = asyncio.Event()
@@ -25,7 +33,9 @@ class RawClient:
         self.answer_pings = True
 
     async def connect(self, namespaces: tuple[str, ...] = ("/",)) -> RawClient:
-        self._ws = await websockets.connect(self.url, max_size=None, ping_interval=None)
+        self._ws = await websockets.connect(
+            self.url, max_size=None, ping_interval=None, additional_headers=self.headers
+        )
         opening = await self._ws.recv()
         assert opening.startswith("0"), opening
         self.eio_sid = json.loads(opening[1:])["sid"]
@@ -92,15 +102,30 @@ class RawClient:
         assert isinstance(frame, str)
         return json.loads(frame[len(prefix) - 1 :])[0]
 
-    def events(self, name: str) -> list[Any]:
+    def events(self, name: str = "events", namespace: str = "/") -> list[Any]:
         """First arguments of the ``name`` events received so far."""
         out = []
         for frame in self.frames:
             if isinstance(frame, str):
                 packet = protocol.parse(frame)
-                if packet is not None and packet.event_name == name:
+                if packet is not None and packet.event_name == name and packet.namespace == namespace:
                     out.append(packet.first_arg)
         return out
+
+    def seqs(self, message_id: str, name: str = "events") -> list[int | None]:
+        """The seq of every frame of one stream, in arrival order."""
+        return [
+            arg.get("seq") for arg in self.events(name) if isinstance(arg, dict) and arg.get("message_id") == message_id
+        ]
+
+    async def wait_seqs(self, message_id: str, count: int, timeout: float = 10.0) -> list[int | None]:
+        """Wait until ``count`` frames of the stream arrived; return their seqs."""
+
+        def of_stream(frame: str | bytes) -> bool:
+            return isinstance(frame, str) and f'"message_id":"{message_id}"' in frame and frame[:2] in ("42", "45")
+
+        await self.wait_count(of_stream, count, timeout)
+        return self.seqs(message_id)
 
     async def close(self) -> None:
         if self._ws is not None:

@@ -25,7 +25,9 @@ def free_port() -> int:
 
 
 def redis_server_binary() -> str:
-    binary = shutil.which("redis-server") or ("/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None)
+    binary = shutil.which("redis-server") or (
+        "/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None
+    )
     if binary is None:
         raise RuntimeError("redis-server is not installed; ./scripts/test installs it (apt-get install redis-server)")
     return binary
@@ -46,13 +48,20 @@ class RedisServer:
     def start(self, timeout: float = 15.0) -> RedisServer:
         args = [
             redis_server_binary(),
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", str(self.directory),
-            "--logfile", "",
-            "--protected-mode", "no",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.directory),
+            "--logfile",
+            "",
+            "--protected-mode",
+            "no",
             *self.extra,
         ]
         self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -1,0 +1,99 @@
+"""Settings: environment variables, overrides, and errors that name the variable."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+import socketio
+
+from asgi_resume import ConfigError, ResumeMiddleware, Settings
+from asgi_resume.config import OPTIONS
+from asgi_resume.principal import PrincipalSource
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_defaults() -> None:
+    settings = Settings.load({})
+    assert settings.redis_url is None
+    assert settings.path == "/socket.io/"
+    assert settings.events is None
+    assert settings.stream_id == ("message_id",)
+    assert settings.resume_event == "resume-stream"
+    assert (settings.maxlen, settings.ttl, settings.done_ttl) == (2000, 3600, 30)
+    assert settings.key_prefix == "asgi_resume"
+    assert settings.principal[0] == PrincipalSource("auth", "token")
+
+
+def test_environment_variables_are_read() -> None:
+    settings = Settings.load(
+        {
+            "ASGI_RESUME_REDIS_URL": "redis://127.0.0.1:1/0",
+            "ASGI_RESUME_PATH": "ws/socket.io",
+            "ASGI_RESUME_EVENTS": "events, chat",
+            "ASGI_RESUME_STREAM_ID": "data.stream",
+            "ASGI_RESUME_MAXLEN": "50",
+            "ASGI_RESUME_PRINCIPAL": "cookie:sid,scope:user",
+        }
+    )
+    assert settings.redis_url == "redis://127.0.0.1:1/0"
+    assert settings.path == "/ws/socket.io/"
+    assert settings.events == frozenset({"events", "chat"})
+    assert settings.stream_id == ("data", "stream")
+    assert settings.maxlen == 50
+    assert settings.principal == (PrincipalSource("cookie", "sid"), PrincipalSource("scope", "user"))
+
+
+def test_keyword_arguments_override_the_environment() -> None:
+    settings = Settings.load({"ASGI_RESUME_MAXLEN": "50"}, maxlen=70, events=["a", "b"])
+    assert settings.maxlen == 70
+    assert settings.events == frozenset({"a", "b"})
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("ASGI_RESUME_MAXLEN", "many"),
+        ("ASGI_RESUME_MAXLEN", "0"),
+        ("ASGI_RESUME_TTL", "-1"),
+        ("ASGI_RESUME_DONE_TTL", "soon"),
+        ("ASGI_RESUME_STREAM_ID", "data..id"),
+        ("ASGI_RESUME_EVENTS", " , "),
+        ("ASGI_RESUME_PRINCIPAL", "password:x"),
+        ("ASGI_RESUME_PRINCIPAL", "scope:session"),
+        ("ASGI_RESUME_KEY_PREFIX", "has space"),
+        ("ASGI_RESUME_WRITE_TIMEOUT", "0"),
+        ("ASGI_RESUME_DONE", "data..done"),
+    ],
+)
+def test_an_invalid_value_fails_at_startup_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match=re.escape(variable)):
+        ResumeMiddleware(socketio.ASGIApp(socketio.AsyncServer(async_mode="asgi")))
+
+
+def test_an_invalid_keyword_names_itself() -> None:
+    with pytest.raises(ConfigError, match="maxlen="):
+        Settings.load({}, maxlen=-3)
+    with pytest.raises(ConfigError, match="unknown setting"):
+        Settings.load({}, max_len=3)
+
+
+def test_settings_and_options_agree() -> None:
+    assert [f.name for f in dataclasses.fields(Settings)] == [option.name for option in OPTIONS]
+
+
+def test_readme_documents_every_variable_with_its_default() -> None:
+    readme = README.read_text()
+    for option in OPTIONS:
+        rows = [line for line in readme.splitlines() if line.startswith(f"| `{option.env}`")]
+        assert rows, f"README's configuration table lacks {option.env}"
+        if not option.default:
+            assert "| unset |" in rows[0], rows[0]
+        else:  # in its row, or (when long) verbatim elsewhere in README
+            assert f"`{option.default}`" in rows[0] or option.default in readme, (option.env, rows[0])

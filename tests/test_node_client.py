@@ -1,0 +1,48 @@
+"""Interop with the official socket.io-client (Node): drop mid-stream, resume, see every token once."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import socketio
+
+from tests.conftest import Stack
+from tests.support.app import chat_event, room_of
+from tests.support.node import NodeClient
+
+pytestmark = pytest.mark.anyio
+
+TOTAL = 300
+
+
+async def stream_paced(stack: Stack, message_id: str, started: asyncio.Event) -> None:
+    for i in range(1, TOTAL + 1):
+        await stack.sio.emit("events", chat_event(message_id, i), room=room_of("alice"))
+        if i == 50:
+            started.set()
+        await asyncio.sleep(0.002)  # a model's pace, so the drop lands mid-stream
+    await stack.sio.emit("events", chat_event(message_id, TOTAL + 1, done=True), room=room_of("alice"))
+
+
+async def test_node_client_drops_mid_stream_and_resumes(stack: Stack) -> None:
+    # a second tab of the same user stays connected the whole time
+    other_tab = socketio.AsyncClient()
+    await other_tab.connect(stack.url, auth={"token": "alice"}, transports=["websocket"], wait_timeout=5)
+    async with NodeClient("drop_and_resume.mjs", stack.url, "alice", "node-msg", "40", "websocket") as node:
+        await node.expect("connected")
+        started = asyncio.Event()
+        emitter = asyncio.create_task(stream_paced(stack, "node-msg", started))
+        dropped = await node.expect("dropped")
+        resumed = await node.expect("resumed")
+        finished = await node.expect("finished", timeout=30)
+        await emitter
+    await other_tab.disconnect()
+
+    answer = resumed["answer"]
+    assert answer["ok"] is True
+    assert answer["gap"] is False
+    assert answer["replayed"] > 0
+    assert answer["last_seq"] > dropped["lastSeq"]
+    assert finished["seqs"] == list(range(1, TOTAL + 2))
+    assert finished["contents"] == [f"tok{i} " for i in range(1, TOTAL + 1)] + [""]

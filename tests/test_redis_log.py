@@ -1,0 +1,192 @@
+"""What the Redis log holds, and what happens when Redis goes away.
+
+Talks to real redis-server processes that the tests start on free loopback ports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import msgpack
+import pytest
+import redis.asyncio as aioredis
+from redis.crc import key_slot
+
+from tests.support.app import chat_event, emit_tokens, make_app, make_sio, room_of
+from tests.support.raw import RawClient
+from tests.support.redis_server import RedisServer
+from tests.support.server import serve
+
+pytestmark = pytest.mark.anyio
+_prefixes = itertools.count()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"rl{next(_prefixes)}"
+
+
+@pytest.fixture
+async def redis(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_server.url)
+    yield client
+    await client.aclose()
+
+
+async def test_entries_are_msgpack_with_one_key_per_stream(
+    redis_server: RedisServer, redis: aioredis.Redis, prefix: str
+) -> None:
+    sio = make_sio()
+    app = make_app(sio, redis_url=redis_server.url, key_prefix=prefix)
+    async with serve(app) as url:
+        client = await RawClient(url, auth={"token": "alice-token"}).connect()
+        await emit_tokens(sio, "alice-token", "msg-1", 1, 5)
+        await client.wait_seqs("msg-1", 5)
+        await client.close()
+    await app.runtime.aclose()
+
+    keys = sorted(k.decode() for k in await redis.keys(f"{prefix}:*"))
+    assert keys == [
+        f"{prefix}:secret",
+        f"{prefix}:{{msg-1}}:log",
+        f"{prefix}:{{msg-1}}:meta",
+        f"{prefix}:{{msg-1}}:who",
+    ]
+    slots = {key_slot(k.encode()) for k in keys if "{" in k}
+    assert len(slots) == 1  # one hash tag: the scripts also run on Redis Cluster
+    assert await redis.type(f"{prefix}:{{msg-1}}:log") == b"stream"
+    entries = await redis.xrange(f"{prefix}:{{msg-1}}:log")
+    assert [entry_id for entry_id, _ in entries] == [f"{i}-0".encode() for i in range(1, 6)]
+    head, tail = msgpack.unpackb(entries[0][1][b"f"])
+    assert head + '"seq":1,"epoch":"x"' + tail == '42["events",{"seq":1,"epoch":"x",' + (
+        '"chat_id":"chat-1","message_id":"msg-1","data":{"type":"chat:completion","data":{"content":"tok1 "}}}]'
+    )
+    meta = await redis.hgetall(f"{prefix}:{{msg-1}}:meta")
+    assert meta[b"seq"] == b"5"
+    assert meta[b"done"] == b"0"
+    assert len(meta[b"epoch"]) == 8
+
+
+async def test_principals_are_stored_hashed(redis_server: RedisServer, redis: aioredis.Redis, prefix: str) -> None:
+    sio = make_sio()
+    app = make_app(sio, redis_url=redis_server.url, key_prefix=prefix)
+    async with serve(app) as url:
+        client = await RawClient(url, auth={"token": "raw-credential-123"}).connect()
+        await emit_tokens(sio, "raw-credential-123", "m", 1, 2)
+        await client.wait_seqs("m", 2)
+        await client.close()
+    await app.runtime.aclose()
+    members = await redis.smembers(f"{prefix}:{{m}}:who")
+    assert len(members) == 1
+    assert b"raw-credential-123" not in next(iter(members))
+    for key in await redis.keys(f"{prefix}:*"):
+        dump = await redis.dump(key)
+        assert b"raw-credential-123" not in dump, key
+
+
+async def test_maxlen_and_ttls(redis_server: RedisServer, redis: aioredis.Redis, prefix: str) -> None:
+    sio = make_sio()
+    app = make_app(sio, redis_url=redis_server.url, key_prefix=prefix, maxlen=100, ttl=600, done_ttl=20)
+    keys = [f"{prefix}:{{long}}:{part}" for part in ("log", "meta", "who")]
+    async with serve(app) as url:
+        client = await RawClient(url, auth={"token": "alice"}).connect()
+        await emit_tokens(sio, "alice", "long", 1, 1000)
+        await client.wait_seqs("long", 1000)
+        assert 100 <= await redis.xlen(keys[0]) < 300  # MAXLEN ~ trims whole nodes
+        for key in keys:
+            assert 590_000 < await redis.pttl(key) <= 600_000
+        await sio.emit("events", chat_event("long", 1001, done=True), room=room_of("alice"))
+        await client.wait_seqs("long", 1001)
+        for key in keys:
+            assert 0 < await redis.pttl(key) <= 20_000
+        # frames after done (a title, a follow-up) are still logged, within the same grace
+        await sio.emit(
+            "events", {"message_id": "long", "data": {"type": "chat:title", "data": "t"}}, room=room_of("alice")
+        )
+        await client.wait_seqs("long", 1002)
+        assert (await redis.xrevrange(keys[0], count=1))[0][0] == b"1002-0"
+        for key in keys:
+            assert 0 < await redis.pttl(key) <= 20_000
+        await client.close()
+    await app.runtime.aclose()
+
+
+async def test_two_processes_share_one_seq_per_stream(redis_server: RedisServer, prefix: str) -> None:
+    """Two middleware instances (as two workers would) append to one stream: seq stays one sequence."""
+    sio_a, sio_b = make_sio(), make_sio()
+    app_a = make_app(sio_a, redis_url=redis_server.url, key_prefix=prefix)
+    app_b = make_app(sio_b, redis_url=redis_server.url, key_prefix=prefix)
+    async with serve(app_a) as url_a, serve(app_b) as url_b:
+        on_a = await RawClient(url_a, auth={"token": "alice"}).connect()
+        on_b = await RawClient(url_b, auth={"token": "alice"}).connect()
+        for i in range(1, 41):
+            sio = sio_a if i % 2 else sio_b
+            await sio.emit("events", chat_event("shared", i), room=room_of("alice"))
+            client = on_a if i % 2 else on_b
+            await client.wait_seqs("shared", (i + 1) // 2 if i % 2 else i // 2)
+        assert on_a.seqs("shared") == list(range(1, 41, 2))
+        assert on_b.seqs("shared") == list(range(2, 41, 2))
+        # and either worker replays the whole stream
+        answer = await on_b.request("resume-stream", {"message_id": "shared", "last_seq": 0}, ack_id=1)
+        assert answer["replayed"] == 40
+        assert on_b.seqs("shared")[20:] == list(range(1, 41))
+        await on_a.close()
+        await on_b.close()
+    await app_a.runtime.aclose()
+    await app_b.runtime.aclose()
+
+
+async def test_redis_outage_never_stops_live_frames(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, prefix: str
+) -> None:
+    server = RedisServer(tmp_path / "flaky").start()
+    sio = make_sio()
+    app = make_app(sio, redis_url=server.url, key_prefix=prefix, write_timeout=0.2)
+    try:
+        async with serve(app) as url:
+            client = await RawClient(url, auth={"token": "alice"}).connect()
+            await emit_tokens(sio, "alice", "m", 1, 5)
+            assert await client.wait_seqs("m", 5) == [1, 2, 3, 4, 5]
+            epoch = client.events()[0]["epoch"]
+
+            server.kill()
+            with caplog.at_level(logging.WARNING, logger="asgi_resume"):
+                await emit_tokens(sio, "alice", "m", 6, 10)
+                seqs = await client.wait_seqs("m", 10)
+            assert seqs[5:] == [None] * 5  # delivered, unstamped
+            assert [e["data"]["data"]["content"] for e in client.events()[5:]] == [f"tok{i} " for i in range(6, 11)]
+            assert any("stream log unavailable" in r.getMessage() for r in caplog.records)
+            answer = await client.request("resume-stream", {"message_id": "m", "last_seq": 5}, ack_id=1)
+            assert answer == {
+                "message_id": "m",
+                "ok": False,
+                "error": "unavailable",
+                "detail": "the stream log is not reachable; try again",
+            }
+            assert app.runtime.stats.log_failures >= 1
+
+            server.start()  # an empty Redis on the same port: the old history is gone
+            i = 10
+            async with asyncio.timeout(15):  # until the middleware tries the log again and it answers
+                while client.seqs("m")[-1] is None:
+                    i += 1
+                    await emit_tokens(sio, "alice", "m", i, i)
+                    await client.wait_seqs("m", i)
+            await emit_tokens(sio, "alice", "m", i + 1, i + 1)
+            seqs = await client.wait_seqs("m", i + 1)
+            new_epoch = client.events()[-1]["epoch"]
+            assert seqs[-2:] == [1, 2]
+            assert new_epoch != epoch
+            # the lost stretch is a gap, not a silent partial replay
+            gap = await client.request("resume-stream", {"message_id": "m", "last_seq": 5, "epoch": epoch}, ack_id=2)
+            assert gap["ok"] is True
+            assert gap["gap"] is True
+            assert gap["epoch"] == new_epoch
+            await client.close()
+    finally:
+        server.stop()
+        await app.runtime.aclose()
