@@ -197,6 +197,7 @@ class Outbound:
                     reset=stream in session.unlogged,
                 )
             )
+        stats.log_writes += 1
         try:
             with anyio.fail_after(self.runtime.settings.write_timeout):
                 results = await self.log.append(requests)

@@ -32,6 +32,7 @@ class Stats:
     """Counters, in-process (also exported as Prometheus metrics when enabled)."""
 
     frames_stamped: int = 0
+    log_writes: int = 0  # append calls: one per batch of frames, whatever its size
     frames_unstamped: int = 0  # stream frames sent without seq because the log failed
     log_failures: int = 0
     resumes_ok: int = 0

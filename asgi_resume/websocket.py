@@ -57,13 +57,21 @@ class WebSocketConnection:
             text = message.get("text")
             item = text if text is not None else message.get("bytes")
             if item is not None:
-                await self._outbox.send(item)
+                await self._enqueue(item)
                 return
         if not self.accepted:  # the handshake (accept or reject) goes straight out
             self.accepted = kind == "websocket.accept"
             await self.send(message)
             return
-        await self._outbox.send(message)
+        await self._enqueue(message)
+
+    async def _enqueue(self, item: Item) -> None:
+        # No checkpoint while there is room: the app's writer hands over everything it has
+        # in one go, and the writer task logs it as one batch.
+        try:
+            self._outbox.send_nowait(item)
+        except anyio.WouldBlock:
+            await self._outbox.send(item)
 
     async def _write(self) -> None:
         async with self._inbox:
@@ -123,5 +131,5 @@ class WebSocketConnection:
         except Exception:  # never let a client's frame break the connection
             logger.exception("asgi_resume could not inspect an inbound frame; passing it on")
             return False
-        await self._outbox.send(request)
+        await self._enqueue(request)
         return True

@@ -16,6 +16,7 @@ import socketio
 from tests.conftest import Stack
 from tests.support.app import chat_event, emit_tokens, make_app, make_sio, room_of
 from tests.support.raw import RawClient
+from tests.support.redis_server import RedisServer
 from tests.support.server import serve
 
 pytestmark = pytest.mark.anyio
@@ -178,3 +179,18 @@ async def test_an_app_field_named_seq_is_replaced_not_duplicated(stack: Stack) -
     assert frame.count('"seq"') == 1
     assert json.loads(frame[2:])[1]["seq"] == 1
     await client.close()
+
+
+async def test_a_burst_is_logged_in_batches_not_one_write_per_frame(redis_server: RedisServer) -> None:
+    """With Redis, frames that queue up while a write is in flight go out in the next single write."""
+    sio = make_sio()
+    app = make_app(sio, redis_url=redis_server.url, key_prefix="burst")
+    async with serve(app) as url:
+        client = await RawClient(url, auth={"token": "alice"}).connect()
+        await emit_tokens(sio, "alice", "burst", 1, 2000)
+        assert await client.wait_seqs("burst", 2000) == list(range(1, 2001))
+        stats = app.runtime.stats
+        assert stats.frames_stamped == 2000
+        assert stats.log_writes < 2000 * 0.75, stats
+        await client.close()
+    await app.runtime.aclose()
