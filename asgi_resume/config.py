@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from asgi_resume.principal import DEFAULT_PRINCIPAL, PrincipalSource, parse_sources
@@ -82,10 +82,6 @@ def _key_prefix(raw: str) -> str:
     return raw.strip()
 
 
-def _done_rules(raw: str) -> tuple[DoneRule, ...]:
-    return parse_done_rules(raw)
-
-
 @dataclass(frozen=True, slots=True)
 class Option:
     name: str
@@ -103,7 +99,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("path", "/socket.io/", _path, "Engine.IO endpoint to watch, also found under a mount prefix"),
     Option("events", "*", _events, "Socket.IO event names whose frames are logged, comma separated; * for all"),
     Option("stream_id", "message_id", parse_path, "dotted path of the stream id in an event's first argument"),
-    Option("done", DEFAULT_DONE, _done_rules, "rules that mark a stream finished: `path`, `path=value`, `&`, `,`"),
+    Option("done", DEFAULT_DONE, parse_done_rules, "rules that mark a stream finished: `path`, `path=value`, `&`, `,`"),
     Option("resume_event", "resume-stream", _nonempty, "the inbound event the middleware answers itself"),
     Option("maxlen", "2000", _positive_int, "frames kept per stream (approximate on Redis)"),
     Option("ttl", "3600", _seconds, "seconds a stream's log lives after its last frame"),
@@ -112,6 +108,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("principal", DEFAULT_PRINCIPAL, parse_sources, "where a connection's identity comes from, in order"),
     Option("secret", "", _optional_str, "key for hashing principals; unset: a random key (kept in Redis when used)"),
     Option("write_timeout", "0.25", _seconds, "longest a frame waits for the log before it is sent unstamped"),
+    Option("hold_max", "300", _seconds, "longest the app-side connection is held open after its client left"),
+    Option("hold_grace", "5", _seconds, "how long a hold lasts after its streams are done (for late frames)"),
+    Option("hold_idle", "30", _seconds, "a stream with no frame for this long no longer keeps a hold open"),
+    Option("max_holds", "1000", _positive_int, "held connections per process; past it, a gone client is let go"),
 )
 
 
@@ -130,6 +130,10 @@ class Settings:
     principal: tuple[PrincipalSource, ...]
     secret: str | None
     write_timeout: float
+    hold_max: float
+    hold_grace: float
+    hold_idle: float
+    max_holds: int
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -163,6 +167,3 @@ def _as_text(value: Any) -> str:
     if isinstance(value, Iterable):
         return ",".join(str(item) for item in value)
     return str(value)
-
-
-assert [f.name for f in fields(Settings)] == [o.name for o in OPTIONS], "Settings and OPTIONS must agree"

@@ -13,8 +13,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from asgi_resume.config import Settings
 from asgi_resume.log import StreamLog
+from asgi_resume.polling import handle_polling
 from asgi_resume.runtime import Runtime
-from asgi_resume.websocket import WebSocketConnection
+from asgi_resume.websocket import WebSocketConnection, query_param
 
 
 class ResumeMiddleware:
@@ -38,6 +39,8 @@ class ResumeMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket" and self._watches(scope):
             await WebSocketConnection(self.app, self.runtime, scope, receive, send).run()
+        elif scope["type"] == "http" and self._watches(scope) and query_param(scope, "transport") == "polling":
+            await handle_polling(self.app, self.runtime, scope, receive, send)
         elif scope["type"] == "lifespan":
             await self.app(scope, receive, self._lifespan_send(send))
         else:

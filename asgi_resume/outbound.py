@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,8 @@ from asgi_resume.session import Session
 logger = logging.getLogger("asgi_resume")
 
 SEQ_FIELD, EPOCH_FIELD = "seq", "epoch"
+LEADER_WAIT_S = 0.2  # how long a frame waits for the stream's leader to log it before logging it itself
+LEADER_POLL_S = 0.001
 RESERVED = (SEQ_FIELD, EPOCH_FIELD)
 
 #: What flows through: text and binary Engine.IO packets, resume requests, and any
@@ -91,6 +94,12 @@ class Outbound:
         self.session = session
         self._units: list[Item] = []
         self._pending: _StreamUnit | None = None  # a binary event waiting for its attachments
+        self._deferred: list[ResumeRequest] = []  # requests that came by another transport
+        self.lock = anyio.Lock()  # transports of one session take turns: feed, then flush
+
+    def defer(self, request: ResumeRequest) -> None:
+        """Answer ``request`` in the next flush, after what was fed before it (polling POSTs)."""
+        self._deferred.append(request)
 
     @property
     def log(self) -> StreamLog:
@@ -137,6 +146,9 @@ class Outbound:
     async def flush(self) -> list[Item]:
         """Log what was fed and return what to send, in order."""
         units, self._units = self._units, []
+        if self._deferred:
+            units += self._deferred
+            self._deferred = []
         try:
             return await self._render(units)
         except Exception:  # a bug here must cost the stamps, never the frames
@@ -176,41 +188,58 @@ class Outbound:
 
     async def _append(self, units: list[_StreamUnit]) -> None:
         session, stats = self.session, self.runtime.stats
-        by_stream: dict[str, list[_StreamUnit]] = {}
+        pending: dict[str, list[_StreamUnit]] = {}
         for unit in units:
-            by_stream.setdefault(unit.stream, []).append(unit)
+            pending.setdefault(unit.stream, []).append(unit)
             session.saw(unit.stream, unit.done)
         if not self.runtime.health.available():
-            self._unlogged(by_stream, None)
+            self._unlogged(pending, None)
             return
-        requests = []
-        for stream, group in by_stream.items():
-            cursor_epoch, cursor_seq = session.cursors.get(stream, (None, 0))
-            requests.append(
-                AppendRequest(
-                    stream,
-                    [unit.entry() for unit in group],
-                    session.principal_for(group[0].namespace),
-                    cursor_epoch,
-                    cursor_seq,
-                    session.started_ms,
-                    reset=stream in session.unlogged,
-                )
-            )
-        stats.log_writes += 1
-        try:
-            with anyio.fail_after(self.runtime.settings.write_timeout):
-                results = await self.log.append(requests)
-        except (LogUnavailable, TimeoutError) as exc:
-            self._unlogged(by_stream, str(exc) or "timed out")
-            return
-        self.runtime.health.succeeded()
-        for (stream, group), result in zip(by_stream.items(), results, strict=True):
-            for unit, seq in zip(group, result.seqs, strict=True):
-                unit.seq, unit.epoch = seq, result.epoch
-            session.cursors[stream] = (result.epoch, result.seqs[-1])
-            session.unlogged.discard(stream)
-            stats.frames_stamped += len(group)
+        force, pause = False, LEADER_POLL_S
+        give_up_waiting = time.monotonic() + LEADER_WAIT_S
+        while pending:
+            requests = [self._request(stream, group, force) for stream, group in pending.items()]
+            stats.log_writes += 1
+            try:
+                with anyio.fail_after(self.runtime.settings.write_timeout):
+                    results = await self.log.append(requests)
+            except (LogUnavailable, TimeoutError) as exc:
+                self._unlogged(pending, str(exc) or "timed out")
+                return
+            self.runtime.health.succeeded()
+            waiting = {}
+            for (stream, group), result in zip(pending.items(), results, strict=True):
+                session.unlogged.discard(stream)
+                for unit, seq in zip(group, result.seqs, strict=False):
+                    unit.seq, unit.epoch = seq, result.epoch
+                if result.seqs:
+                    session.cursors[stream] = (result.epoch, result.seqs[-1])
+                    stats.frames_stamped += len(result.seqs)
+                if len(result.seqs) < len(group):
+                    waiting[stream] = group[len(result.seqs) :]
+            pending = waiting
+            if pending:  # another connection leads these streams and has not logged these frames yet
+                stats.leader_waits += 1
+                if time.monotonic() >= give_up_waiting:
+                    force = True
+                else:
+                    await anyio.sleep(pause)
+                    pause = min(pause * 2, 0.02)
+
+    def _request(self, stream: str, group: list[_StreamUnit], force: bool) -> AppendRequest:
+        session = self.session
+        cursor_epoch, cursor_seq = session.cursors.get(stream, (None, 0))
+        return AppendRequest(
+            stream,
+            [unit.entry() for unit in group],
+            session.principal_for(group[0].namespace),
+            cursor_epoch,
+            cursor_seq,
+            session.started_ms,
+            reset=stream in session.unlogged,
+            connection=session.id,
+            force=force,
+        )
 
     def _unlogged(self, by_stream: dict[str, list[_StreamUnit]], reason: str | None) -> None:
         """The log missed these frames: they go out unstamped, and the streams get a new epoch."""

@@ -1,7 +1,8 @@
 """What every connection of one middleware shares.
 
 Owns: the settings, the stream log and its health (when to stop waiting for it and
-when to try again), the principal resolver and its hashing key, and the counters.
+when to try again), the principal resolver and its hashing key, this process's
+Engine.IO sessions by sid, and the counters.
 Must not touch: any one connection's state.
 """
 
@@ -11,6 +12,7 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -20,6 +22,10 @@ from asgi_resume.log.base import LogLimits
 from asgi_resume.log.memory import MemoryLog
 from asgi_resume.principal import PrincipalResolver
 from asgi_resume.rules import StreamRules
+from asgi_resume.session import Registry
+
+if TYPE_CHECKING:
+    from asgi_resume.outbound import Outbound
 
 logger = logging.getLogger("asgi_resume")
 
@@ -33,6 +39,7 @@ class Stats:
 
     frames_stamped: int = 0
     log_writes: int = 0  # append calls: one per batch of frames, whatever its size
+    leader_waits: int = 0  # batches that waited for another connection to log their frames first
     frames_unstamped: int = 0  # stream frames sent without seq because the log failed
     log_failures: int = 0
     resumes_ok: int = 0
@@ -41,6 +48,9 @@ class Stats:
     resumes_bad_request: int = 0
     resumes_unavailable: int = 0
     frames_replayed: int = 0
+    holds_active: int = 0
+    holds_started: int = 0
+    holds_refused: int = 0  # clients let go because max_holds was reached
 
 
 class LogHealth:
@@ -89,6 +99,7 @@ class Runtime:
         if settings.secret is not None:
             self._resolver = PrincipalResolver(settings.principal, settings.secret.encode())
         self._resolver_lock = anyio.Lock()
+        self.sessions: Registry[Outbound] = Registry()  # Engine.IO sid -> its outbound pipeline
 
     @staticmethod
     def _make_log(settings: Settings, limits: LogLimits) -> StreamLog:

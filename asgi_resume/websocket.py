@@ -2,28 +2,48 @@
 
 Owns: wrapping the app's ``send`` (frames go through a bounded queue to a writer
 task that logs and stamps them a batch at a time) and ``receive`` (resume requests
-are answered here and never reach the app; CONNECT auth names the principal).
-Must not touch: what a frame means (``outbound``), how the log stores it (``log``).
+are answered here and never reach the app; CONNECT auth names the principal), and
+the *hold*: when the client leaves while one of its streams is in flight, the app is
+not told yet; the middleware answers its pings and keeps logging what it sends,
+until the streams are done (plus grace), go idle, ``hold_max`` passes, or the app
+closes. Must not touch: what a frame means (``outbound``), storage (``log``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from typing import Any
+from urllib.parse import parse_qs
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.abc import TaskGroup
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from asgi_resume import protocol
+from asgi_resume.inbound import inspect
 from asgi_resume.outbound import Item, Outbound
-from asgi_resume.resume import parse_request
 from asgi_resume.runtime import Runtime
 from asgi_resume.session import Session
 
 logger = logging.getLogger("asgi_resume")
 
 OUTBOX_SIZE = 1024  # frames queued per connection before the app's send waits (backpressure)
+_PONG: Message = {"type": "websocket.receive", "text": protocol.PONG_FRAME}
+
+
+def _ends_connection(item: Item) -> bool:
+    """An Engine.IO CLOSE, a Socket.IO DISCONNECT, or the ASGI close."""
+    if isinstance(item, str):
+        return item == protocol.EIO_CLOSE or item[:2] == "41"
+    return isinstance(item, dict) and item.get("type") == "websocket.close"
+
+
+def query_param(scope: Scope, name: str) -> str | None:
+    raw = scope.get("query_string", b"")
+    values = parse_qs(raw.decode("latin-1") if isinstance(raw, bytes) else raw).get(name)
+    return values[0] if values else None
 
 
 class WebSocketConnection:
@@ -33,21 +53,34 @@ class WebSocketConnection:
         self.scope = scope
         self.receive = receive
         self.send = send
-        self.session = Session(scope, runtime.log.now_ms())
-        self.outbound = Outbound(runtime, self.session)
+        # an upgrade from long-polling continues that session: same cursors, same principal
+        self.sid = query_param(scope, "sid")
+        existing = runtime.sessions.get(self.sid) if self.sid else None
+        self.outbound = existing or Outbound(runtime, Session(scope, runtime.log.now_ms()))
+        self.session = self.outbound.session
         self.accepted = False
         self.client_gone = False
-        self._outbox: MemoryObjectSendStream[Item]
-        self._inbox: MemoryObjectReceiveStream[Item]
         self._outbox, self._inbox = anyio.create_memory_object_stream[Item](OUTBOX_SIZE)
+        self._to_app, self._from_hold = anyio.create_memory_object_stream[Message](8)
+        self._holding = False
+        self._hold_end = anyio.Event()
+        self._hold_wake = anyio.Event()
+        self._hold_reason = ""
+        self._tg: TaskGroup | None = None
 
     async def run(self) -> None:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._write)
-            try:
-                await self.app(self.scope, self._receive, self._send)
-            finally:
-                self._outbox.close()  # the writer sends what is queued, then ends
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                tg.start_soon(self._write)
+                try:
+                    await self.app(self.scope, self._receive, self._send)
+                finally:
+                    self._outbox.close()  # the writer sends what is queued, then ends
+                    self._end_hold("the app ended the connection")
+        finally:
+            if self.sid:
+                self.runtime.sessions.remove(self.sid, self.outbound)
 
     # -- app -> client -------------------------------------------------------------------
 
@@ -82,13 +115,33 @@ class WebSocketConnection:
                         batch.append(self._inbox.receive_nowait())
                     except (anyio.WouldBlock, anyio.EndOfStream):
                         break
-                for item in batch:
-                    self.outbound.feed(item)
-                for item in await self.outbound.flush():
+                async with self.outbound.lock:
+                    for item in batch:
+                        if isinstance(item, str) and item[:1] == protocol.EIO_OPEN:
+                            self._register(item)
+                        self.outbound.feed(item)
+                    out = await self.outbound.flush()
+                for item in out:
                     await self._deliver(item)
+                self._hold_wake.set()
+
+    def _register(self, opening: str) -> None:
+        """A direct websocket learns its Engine.IO sid from the OPEN packet."""
+        try:
+            sid = json.loads(opening[1:]).get("sid")
+        except (ValueError, AttributeError):
+            return
+        if isinstance(sid, str) and not self.sid:
+            self.sid = sid
+            self.runtime.sessions.add(sid, self.outbound)
 
     async def _deliver(self, item: Item) -> None:
         if self.client_gone:
+            if self._holding:
+                if item == protocol.PING_FRAME:
+                    await self._to_app.send(_PONG)  # the app's heartbeat, answered for the absent client
+                elif _ends_connection(item):  # what the absent client would have answered by leaving
+                    self._end_hold("the app closed the connection")
             return
         message: Any
         if isinstance(item, str):
@@ -105,31 +158,66 @@ class WebSocketConnection:
     # -- client -> app -------------------------------------------------------------------
 
     async def _receive(self) -> Message:
+        if self._holding:
+            return await self._from_hold.receive()
         while True:
             message = await self.receive()
             if message["type"] == "websocket.receive":
                 text = message.get("text")
-                if text is not None and text[:1] == protocol.EIO_MESSAGE and await self._intercept(text):
-                    continue
+                if text is not None and text[:1] == protocol.EIO_MESSAGE:
+                    request = await inspect(self.runtime, self.session, text)
+                    if request is not None:
+                        await self._enqueue(request)
+                        continue
             elif message["type"] == "websocket.disconnect":
                 self.client_gone = True
+                if self._start_hold(message):
+                    return await self._from_hold.receive()
             return message
 
-    async def _intercept(self, frame: str) -> bool:
-        """Look at an inbound Socket.IO packet; True when it is ours and the app must not see it."""
-        try:
-            packet = protocol.parse(frame)
-            if packet is None:
-                return False
-            if packet.type == protocol.CONNECT:
-                resolver = await self.runtime.resolver()
-                self.session.principals[packet.namespace] = resolver.resolve(self.scope, packet.data)
-                return False
-            if packet.event_name != self.runtime.settings.resume_event:
-                return False
-            request = parse_request(packet, self.runtime.stream_key)
-        except Exception:  # never let a client's frame break the connection
-            logger.exception("asgi_resume could not inspect an inbound frame; passing it on")
+    # -- the hold ------------------------------------------------------------------------
+
+    def _start_hold(self, disconnect: Message) -> bool:
+        settings, stats = self.runtime.settings, self.runtime.stats
+        streams = self.session.active_streams(settings.hold_idle)
+        if not streams or self._tg is None or not self.accepted:
             return False
-        await self._enqueue(request)
+        if stats.holds_active >= settings.max_holds:
+            stats.holds_refused += 1
+            logger.warning(
+                "not holding %s: %d connections already held (ASGI_RESUME_MAX_HOLDS)", self.sid, stats.holds_active
+            )
+            return False
+        self._holding = True
+        stats.holds_active += 1
+        stats.holds_started += 1
+        logger.info("client of %s left with streams in flight %s: holding the connection", self.sid, streams[:5])
+        self._tg.start_soon(self._hold, disconnect)
         return True
+
+    async def _hold(self, disconnect: Message) -> None:
+        settings, session = self.runtime.settings, self.session
+        started = time.monotonic()
+        reason = ""
+        with anyio.move_on_after(settings.hold_max):
+            while not self._hold_end.is_set():
+                now = time.monotonic()
+                active = [at + settings.hold_idle for at in session.in_flight.values() if now < at + settings.hold_idle]
+                # streams still flowing: look again when they could have gone idle; else end after the grace
+                wake = max(active) if active else session.last_frame_at + settings.hold_grace
+                if wake <= now:
+                    reason = "streams went idle" if session.in_flight else "streams done"
+                    break
+                self._hold_wake = anyio.Event()
+                with anyio.move_on_after(wake - now):
+                    await self._hold_wake.wait()  # the writer wakes us when frames came
+        reason = reason or self._hold_reason or f"held for hold_max ({settings.hold_max:g}s)"
+        self.runtime.stats.holds_active -= 1
+        logger.info("hold of %s ended after %.1fs: %s", self.sid, time.monotonic() - started, reason)
+        self._holding = False
+        await self._to_app.send(disconnect)
+
+    def _end_hold(self, reason: str) -> None:
+        self._hold_reason = reason
+        self._hold_end.set()
+        self._hold_wake.set()

@@ -5,8 +5,13 @@ Owns: the storage interface (:class:`StreamLog`) and its two backends, Redis Str
 (:mod:`asgi_resume.log.memory`). Both implement the same rules:
 
 * ``append`` is an atomic "match or append" per stream: a connection that already
-  saw entry *n* of a stream matches its next frame against entry *n+1* and only
-  appends when nothing matches, so N copies of one emit make one entry with one seq.
+  saw entry *n* of a stream matches its next frame against entry *n+1* (its first
+  frame: the earliest entry with that content appended since it connected), so N
+  copies of one emit make one entry with one seq. Copies arrive with different lags
+  (another worker gets them through pub/sub), so one connection leads: only the
+  stream's leader appends what matches nothing; another connection's unmatched frame
+  waits for the leader, and takes the lead when the leader has been silent for a
+  lease or it has waited long enough.
 * ``replay`` authorizes the requester against the principals the stream was sent
   to live, and says when the history it returns has a hole (``gap``).
 

@@ -44,10 +44,14 @@ class AppendRequest:
     cursor_seq: int = 0  # ...or None/0 for its first frame of the stream
     since_ms: int = 0  # when the connection started, on the log's clock
     reset: bool = False  # start a new epoch: this connection could not log part of the stream
+    connection: str = ""  # who appends: the stream's leader appends, the others match
+    force: bool = False  # append what matches nothing even if another connection leads
 
 
 @dataclass(frozen=True, slots=True)
 class AppendResult:
+    """The epoch, and a seq for each entry handled; entries after those wait for the leader."""
+
     epoch: str
     seqs: list[int]
 
@@ -71,6 +75,7 @@ class LogLimits:
     maxlen: int = 2000  # entries kept per stream (approximately, on Redis)
     ttl_ms: int = 3_600_000  # a stream's life after its last frame
     done_ttl_ms: int = 30_000  # its life once it is done
+    lease_ms: int = 1000  # a leader that appended nothing this long is presumed gone
 
 
 class StreamLog(Protocol):

@@ -40,6 +40,8 @@ class _Stream:
     last: int = 0
     done: bool = False
     expires_at: int = 0
+    leader: str = ""
+    lease_until: int = 0
     who: set[str] = field(default_factory=set)
     records: deque[_Record] = field(init=False)
 
@@ -106,8 +108,10 @@ class MemoryLog:
             state = _Stream(new_epoch(), limits.maxlen)
             self._streams[request.stream] = state
         was_done = state.done
+        leading = request.force or not state.leader or state.leader == request.connection or state.lease_until <= now
         cursor = request.cursor_seq if request.cursor_epoch == state.epoch else None
         seqs = []
+        appended = False
         for entry in request.entries:
             seq = None
             if cursor is None:
@@ -119,12 +123,17 @@ class MemoryLog:
                 else:
                     seq = state.find_after(cursor + 1, entry.digest)
             if seq is None:
+                if not leading:
+                    break  # the leader will append it
                 state.last += 1
                 seq = state.last
                 state.records.append(_Record(seq, entry.digest, now, entry.payload))
+                appended = True
             cursor = seq
             state.done = state.done or entry.done
             seqs.append(seq)
+        if appended:
+            state.leader, state.lease_until = request.connection, now + limits.lease_ms
         if request.principal:
             state.who.add(request.principal)
         if state.done and not was_done:

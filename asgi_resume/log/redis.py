@@ -95,6 +95,9 @@ class RedisLog:
                 limits.done_ttl_ms,
                 new_epoch(),
                 1 if request.reset else 0,
+                request.connection,
+                limits.lease_ms,
+                1 if request.force else 0,
             ]
             for entry in request.entries:
                 args += [entry.digest, 1 if entry.done else 0, msgpack.packb(entry.payload)]

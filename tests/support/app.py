@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import socketio
@@ -15,9 +16,31 @@ def room_of(token: str) -> str:
     return f"user:{token}"
 
 
+class Disconnects:
+    """When the app learned that each of its connections ended."""
+
+    def __init__(self) -> None:
+        self.at: dict[str, float] = {}
+        self._changed = asyncio.Condition()
+
+    async def record(self, sid: str, reason: Any = None) -> None:
+        async with self._changed:
+            self.at[sid] = asyncio.get_running_loop().time()
+            self._changed.notify_all()
+
+    async def wait(self, sid: str, timeout: float = 15.0) -> float:
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(lambda: sid in self.at)
+        return self.at[sid]
+
+
 def make_sio(**options: Any) -> socketio.AsyncServer:
-    """A server that puts every connection in its user's room (by its auth token), in each namespace."""
+    """A server that puts every connection in its user's room (by its auth token), in each namespace.
+
+    ``sio.disconnects`` records when the app saw each connection end.
+    """
     sio = socketio.AsyncServer(async_mode="asgi", logger=False, engineio_logger=False, **options)
+    disconnects = sio.disconnects = Disconnects()
 
     for ns in NAMESPACES:
 
@@ -27,6 +50,7 @@ def make_sio(**options: Any) -> socketio.AsyncServer:
                 await sio.enter_room(sid, room_of(token), namespace=ns)
 
         sio.on("connect", on_connect, namespace=ns)
+    sio.on("disconnect", disconnects.record)
     return sio
 
 
@@ -47,3 +71,47 @@ async def emit_tokens(
 ) -> None:
     for i in range(first, last + 1):
         await sio.emit("events", chat_event(message_id, i), room=room_of(token), namespace=namespace)
+
+
+class PacedStream:
+    """Emits a stream like a model does: one token every ``pace`` seconds, then a done frame.
+
+    Tests wait on its progress (``wait_sent``) instead of sleeping.
+    """
+
+    def __init__(
+        self, sio: socketio.AsyncServer, token: str, message_id: str, total: int, *, pace: float = 0.004
+    ) -> None:
+        self.sio, self.token, self.message_id, self.total, self.pace = sio, token, message_id, total, pace
+        self.sent = 0
+        self.done_at: float | None = None  # loop time the done frame was emitted
+        self._progress = asyncio.Condition()
+
+    @property
+    def expected(self) -> list[str]:
+        return [f"tok{i} " for i in range(1, self.total + 1)] + [""]
+
+    async def run(self) -> None:
+        for i in range(1, self.total + 2):
+            event = chat_event(self.message_id, i, done=i > self.total)
+            await self.sio.emit("events", event, room=room_of(self.token))
+            if i > self.total:
+                self.done_at = asyncio.get_running_loop().time()
+            async with self._progress:
+                self.sent = i
+                self._progress.notify_all()
+            await asyncio.sleep(self.pace)  # a model's pace, not synchronisation
+
+    async def wait_sent(self, count: int, timeout: float = 15.0) -> None:
+        async with asyncio.timeout(timeout), self._progress:
+            await self._progress.wait_for(lambda: self.sent >= count)
+
+
+def content_by_seq(events: list[Any]) -> dict[int, str]:
+    """A client's view of a stream: one content per seq (asserting copies agree)."""
+    view: dict[int, str] = {}
+    for event in events:
+        seq = event.get("seq")
+        content = event["data"]["data"].get("content", "")
+        assert view.setdefault(seq, content) == content, f"seq {seq} carried two contents"
+    return view

@@ -127,6 +127,12 @@ class RawClient:
         await self.wait_count(of_stream, count, timeout)
         return self.seqs(message_id)
 
+    async def kill(self) -> None:
+        """Drop the connection the way a reload or a dead network does: no close frame."""
+        self._ws.transport.abort()
+        if self._reader is not None:
+            await self._reader
+
     async def close(self) -> None:
         if self._ws is not None:
             await self._ws.close()

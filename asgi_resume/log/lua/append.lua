@@ -1,20 +1,25 @@
 -- Match or append a connection's frames for one stream (see asgi_resume/log/__init__.py).
--- KEYS: 1 log (stream), 2 meta (hash: epoch, seq, done), 3 who (set of hashed principals)
--- ARGV: 1 principal, 2 since_ms, 3 cursor epoch, 4 cursor seq, 5 maxlen, 6 ttl ms,
---       7 done ttl ms, 8 fresh epoch, 9 reset, then per frame: digest, done, payload
--- Returns {epoch, seq...}: one seq per frame.
+-- KEYS: 1 log (stream), 2 meta (hash: epoch, seq, done, leader, lease), 3 who (hashed principals)
+-- ARGV: 1 principal, 2 since ms, 3 cursor epoch, 4 cursor seq, 5 maxlen, 6 ttl ms, 7 done ttl ms,
+--       8 fresh epoch, 9 reset, 10 connection id, 11 lease ms, 12 force,
+--       then per frame: digest, done, payload
+-- Returns {epoch, seq...}: a seq for each frame handled. Fewer seqs than frames means the rest
+-- waits: no entry matches it yet and another connection (the leader) is appending this stream.
 local log, meta, who = KEYS[1], KEYS[2], KEYS[3]
 local since = tonumber(ARGV[2])
+local conn = ARGV[10]
 local clock = redis.call('TIME')
 local now = clock[1] * 1000 + math.floor(clock[2] / 1000)
 
-local state = redis.call('HMGET', meta, 'epoch', 'seq', 'done')
+local state = redis.call('HMGET', meta, 'epoch', 'seq', 'done', 'leader', 'lease')
 local epoch, last, done = state[1], tonumber(state[2]), state[3] == '1'
+local leader, lease = state[4], tonumber(state[5] or '0')
 if not epoch or ARGV[9] == '1' then
-  epoch, last, done = ARGV[8], 0, false
+  epoch, last, done, leader, lease = ARGV[8], 0, false, false, 0
   redis.call('DEL', log, who)
 end
 local was_done = done
+local leading = ARGV[12] == '1' or not leader or leader == conn or lease <= now
 local cursor = false
 if ARGV[3] == epoch then cursor = tonumber(ARGV[4]) end
 
@@ -55,7 +60,8 @@ local function find_since(digest)
 end
 
 local out = {epoch}
-for i = 10, #ARGV, 3 do
+local appended = false
+for i = 13, #ARGV, 3 do
   local digest, fdone = ARGV[i], ARGV[i + 1]
   local seq = false
   if not cursor then
@@ -69,10 +75,12 @@ for i = 10, #ARGV, 3 do
     end
   end
   if not seq then
+    if not leading then break end
     last = last + 1
     seq = last
     redis.call('XADD', log, 'MAXLEN', '~', ARGV[5], seq .. '-0',
       'h', digest, 't', now, 'd', fdone, 'f', ARGV[i + 2])
+    appended = true
   end
   cursor = seq
   if fdone == '1' then done = true end
@@ -80,9 +88,11 @@ for i = 10, #ARGV, 3 do
 end
 
 redis.call('HSET', meta, 'epoch', epoch, 'seq', last, 'done', done and '1' or '0')
+if appended then
+  redis.call('HSET', meta, 'leader', conn, 'lease', now + tonumber(ARGV[11]))
+end
 if ARGV[1] ~= '' then redis.call('SADD', who, ARGV[1]) end
-local keys = {log, meta, who}
-for _, key in ipairs(keys) do
+for _, key in ipairs({log, meta, who}) do
   if done and not was_done then
     redis.call('PEXPIRE', key, ARGV[7])
   elseif done then

@@ -1,0 +1,164 @@
+"""The long-polling transport: Engine.IO packets in HTTP bodies.
+
+Owns: rewriting a polling GET response (packets joined by ``\\x1e``, binary as
+``b<base64>``, maybe gzip- or deflate-compressed) through the session's outbound
+pipeline, and reading a polling POST for CONNECT auth and resume requests. A resume
+request is taken out of the POST and replaced by an Engine.IO UPGRADE packet, which
+python-engineio answers with a NOOP on the pending GET: that GET's response then
+carries the replay and the answer at once. Must not touch: frames' meaning, storage.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import zlib
+from collections.abc import Callable
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from asgi_resume import protocol
+from asgi_resume.inbound import inspect
+from asgi_resume.outbound import Outbound
+from asgi_resume.runtime import Runtime
+from asgi_resume.session import Session
+from asgi_resume.websocket import query_param
+
+logger = logging.getLogger("asgi_resume")
+
+MAX_BODY = 16 * 1024 * 1024  # larger bodies pass through untouched (python-engineio refuses > 1 MB anyway)
+_Codec = tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]
+_CODECS: dict[str, _Codec] = {
+    "gzip": (gzip.decompress, gzip.compress),
+    "deflate": (zlib.decompress, zlib.compress),
+}
+
+
+async def handle_polling(app: ASGIApp, runtime: Runtime, scope: Scope, receive: Receive, send: Send) -> None:
+    sid = query_param(scope, "sid")
+    outbound = runtime.sessions.get(sid) if sid else None
+    method = scope.get("method")
+    if method == "GET" and (outbound is not None or sid is None):
+        if outbound is None:  # the handshake: a new session
+            outbound = Outbound(runtime, Session(scope, runtime.log.now_ms()))
+        await app(scope, receive, PollResponse(runtime, outbound, sid, send))
+    elif method == "POST" and outbound is not None:
+        scope, receive = await read_post(runtime, outbound, scope, receive)
+        await app(scope, receive, send)
+    else:  # a session this process does not know (or another method): not ours to touch
+        await app(scope, receive, send)
+
+
+class PollResponse:
+    """Wraps ``send`` for one polling GET: the body goes through the session's outbound pipeline."""
+
+    def __init__(self, runtime: Runtime, outbound: Outbound, sid: str | None, send: Send) -> None:
+        self.runtime = runtime
+        self.outbound = outbound
+        self.sid = sid
+        self.send = send
+        self.start: Message | None = None
+        self.body = bytearray()
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start" and message.get("status") == 200:
+            self.start = message
+            return
+        if message["type"] != "http.response.body" or self.start is None:
+            await self.send(message)
+            return
+        self.body += message.get("body", b"")
+        if message.get("more_body") and len(self.body) <= MAX_BODY:
+            return
+        start, self.start = self.start, None
+        body = await self.rewrite(start, bytes(self.body))
+        headers = MutableHeaders(raw=list(start.get("headers", [])))
+        if "content-length" in headers or body != bytes(self.body):
+            headers["content-length"] = str(len(body))
+        await self.send({**start, "headers": headers.raw})
+        await self.send({"type": "http.response.body", "body": body, "more_body": bool(message.get("more_body"))})
+
+    async def rewrite(self, start: Message, body: bytes) -> bytes:
+        encoding = Headers(raw=start.get("headers", [])).get("content-encoding", "").lower()
+        codec = _CODECS.get(encoding)
+        if (encoding and codec is None) or len(body) > MAX_BODY:
+            return body
+        try:
+            text = (codec[0](body) if codec else body).decode("utf-8")
+        except (OSError, EOFError, zlib.error, UnicodeDecodeError):
+            return body
+        packets = protocol.split_payload(text)
+        async with self.outbound.lock:
+            for packet in packets:
+                if isinstance(packet, str):
+                    self._note(packet)
+                self.outbound.feed(packet)
+            out = await self.outbound.flush()
+        new_text = protocol.join_payload([item for item in out if isinstance(item, str | bytes)])
+        if new_text == text:
+            return body
+        encoded = new_text.encode("utf-8")
+        return codec[1](encoded) if codec else encoded
+
+    def _note(self, packet: str) -> None:
+        """Register the session at its OPEN packet; forget it at CLOSE."""
+        sessions = self.runtime.sessions
+        if packet[:1] == protocol.EIO_OPEN and self.sid is None:
+            try:
+                sid = json.loads(packet[1:]).get("sid")
+            except (ValueError, AttributeError):
+                return
+            if isinstance(sid, str):
+                self.sid = sid
+                sessions.add(sid, self.outbound)
+        elif packet == protocol.EIO_CLOSE and self.sid:
+            sessions.remove(self.sid, self.outbound)
+
+
+async def read_post(runtime: Runtime, outbound: Outbound, scope: Scope, receive: Receive) -> tuple[Scope, Receive]:
+    """Read a POST body; take resume requests out of it. Returns the scope and receive the app gets."""
+    messages: list[Message] = []
+    body = bytearray()
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":
+            break
+        body += message.get("body", b"")
+        if not message.get("more_body") or len(body) > MAX_BODY:
+            break
+    rewritten = await _rewrite_post(runtime, outbound, bytes(body)) if len(body) <= MAX_BODY else None
+
+    if rewritten is None:
+        replay = iter(messages)
+    else:
+        headers = MutableHeaders(scope={"headers": list(scope.get("headers", []))})
+        headers["content-length"] = str(len(rewritten))
+        scope = {**scope, "headers": headers.raw}
+        replay = iter([{"type": "http.request", "body": rewritten, "more_body": False}])
+
+    async def replaying_receive() -> Message:
+        for message in replay:
+            return message
+        return await receive()
+
+    return scope, replaying_receive
+
+
+async def _rewrite_post(runtime: Runtime, outbound: Outbound, body: bytes) -> bytes | None:
+    """The body with resume requests replaced by UPGRADE packets; ``None`` when unchanged."""
+    try:
+        packets = protocol.split_payload(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        return None
+    changed = False
+    for i, packet in enumerate(packets):
+        if isinstance(packet, str) and packet[:1] == protocol.EIO_MESSAGE:
+            request = await inspect(runtime, outbound.session, packet)
+            if request is not None:
+                outbound.defer(request)
+                packets[i] = protocol.UPGRADE_FRAME  # python-engineio answers it with a NOOP: the GET returns
+                changed = True
+    return protocol.join_payload(packets).encode("utf-8") if changed else None

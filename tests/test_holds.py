@@ -1,0 +1,195 @@
+"""Frames emitted while nobody is connected: the hold keeps the app-side connection and logs them.
+
+Both logs; real uvicorn, real sockets killed mid-stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+
+from tests.support.app import PacedStream, chat_event, content_by_seq, make_app, make_sio, room_of
+from tests.support.logs import watch_logs
+from tests.support.raw import RawClient
+from tests.support.server import serve
+
+pytestmark = pytest.mark.anyio
+FAST = {"hold_grace": 0.2}
+
+
+def sid_of(sio: Any, token: str) -> str:
+    return next(iter(sio.manager.get_participants("/", room_of(token))))[0]
+
+
+async def test_reload_mid_stream_resumes_with_nothing_missing(backend: dict[str, Any]) -> None:
+    sio = make_sio()
+    app = make_app(sio, **backend, **FAST)
+    stream = PacedStream(sio, "alice", "reload", 150)
+    async with serve(app) as url:
+        tab = await RawClient(url, auth={"token": "alice"}).connect()
+        old_sid = sid_of(sio, "alice")
+        emitter = asyncio.create_task(stream.run())
+        await tab.wait_seqs("reload", 40)
+        await tab.kill()  # the page reloads: for a moment nobody is connected
+        gone_at = stream.sent
+        await stream.wait_sent(gone_at + 30)
+
+        reloaded = await RawClient(url, auth={"token": "alice"}).connect()
+        seen = content_by_seq(tab.events())
+        last_seq, epoch = max(seen), tab.events()[-1]["epoch"]
+        answer = await reloaded.request(
+            "resume-stream", {"message_id": "reload", "last_seq": last_seq, "epoch": epoch}, ack_id=1
+        )
+        await emitter
+        await reloaded.wait_for(lambda f: isinstance(f, str) and '"done":true' in f)
+
+        assert answer["ok"] is True
+        assert answer["gap"] is False
+        assert answer["replayed"] >= 30  # emitted while no client was connected
+        view = seen | content_by_seq(reloaded.events())
+        assert [view[s] for s in sorted(view)] == stream.expected
+        assert sorted(view) == list(range(1, stream.total + 2))
+        # the app heard of the first connection's end only once its stream was done
+        assert stream.done_at is not None
+        assert await sio.disconnects.wait(old_sid) >= stream.done_at
+        assert app.runtime.stats.holds_started == 1
+        await reloaded.close()
+    await app.runtime.aclose()
+
+
+async def test_the_hold_answers_the_apps_pings(backend: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:
+    """With pings every 50 ms, a held connection would die in 100 ms if nobody answered them."""
+    sio = make_sio(ping_interval=0.05, ping_timeout=0.05)
+    app = make_app(sio, **backend, **FAST)
+    stream = PacedStream(sio, "alice", "pings", 100, pace=0.005)
+    async with serve(app) as url:
+        tab = await RawClient(url, auth={"token": "alice"}).connect()
+        sid = sid_of(sio, "alice")
+        with caplog.at_level(logging.INFO, logger="asgi_resume"):
+            emitter = asyncio.create_task(stream.run())
+            await tab.wait_seqs("pings", 5)
+            await tab.kill()
+            await emitter
+            assert await sio.disconnects.wait(sid) >= stream.done_at  # type: ignore[operator]
+        messages = [r.getMessage() for r in caplog.records]
+        assert any("holding the connection" in m for m in messages)
+        assert any("hold of" in m and "streams done" in m for m in messages)
+        late = await RawClient(url, auth={"token": "alice"}).connect()
+        answer = await late.request("resume-stream", {"message_id": "pings", "last_seq": 0}, ack_id=1)
+        assert answer["replayed"] == 101
+        assert answer["done"] is True
+        await late.close()
+    await app.runtime.aclose()
+
+
+async def test_no_hold_without_a_stream_in_flight(backend: dict[str, Any]) -> None:
+    sio = make_sio()
+    app = make_app(sio, **backend)
+    async with serve(app) as url:
+        tab = await RawClient(url, auth={"token": "alice"}).connect()
+        sid = sid_of(sio, "alice")
+        await sio.emit("events", chat_event("finished", 1), room=room_of("alice"))
+        await sio.emit("events", chat_event("finished", 2, done=True), room=room_of("alice"))
+        await tab.wait_seqs("finished", 2)
+        await tab.kill()
+        await sio.disconnects.wait(sid)
+        assert app.runtime.stats.holds_started == 0
+    await app.runtime.aclose()
+
+
+@pytest.mark.parametrize(
+    "ending",
+    [
+        {"chat_id": "c", "message_id": "m", "data": {"type": "chat:tasks:cancel"}},
+        {"chat_id": "c", "message_id": "m", "data": {"type": "chat:message:error", "data": {"error": {}}}},
+        {"chat_id": "c", "message_id": "m", "data": {"type": "chat:active", "data": {"active": False}}},
+    ],
+)
+async def test_cancel_and_error_paths_end_the_hold(backend: dict[str, Any], ending: dict[str, Any]) -> None:
+    sio = make_sio()
+    app = make_app(sio, **backend, **FAST)
+    async with serve(app) as url:
+        tab = await RawClient(url, auth={"token": "alice"}).connect()
+        sid = sid_of(sio, "alice")
+        await sio.emit("events", chat_event("m", 1), room=room_of("alice"))
+        await tab.wait_seqs("m", 1)
+        with watch_logs() as logs:
+            await tab.kill()
+            await logs.wait_for("holding the connection")  # the middleware sees the socket close first
+        ended_at = asyncio.get_running_loop().time()
+        await sio.emit("events", ending, room=room_of("alice"))
+        assert await sio.disconnects.wait(sid) >= ended_at
+        assert app.runtime.stats.holds_active == 0
+    await app.runtime.aclose()
+
+
+async def test_a_stream_that_goes_idle_ends_the_hold(backend: dict[str, Any]) -> None:
+    sio = make_sio()
+    app = make_app(sio, **backend, hold_idle=0.3, hold_grace=0.1)
+    async with serve(app) as url:
+        tab = await RawClient(url, auth={"token": "alice"}).connect()
+        sid = sid_of(sio, "alice")
+        await sio.emit("events", chat_event("never-done", 1), room=room_of("alice"))
+        await tab.wait_seqs("never-done", 1)
+        await tab.kill()
+        await sio.disconnects.wait(sid, timeout=10)
+        assert app.runtime.stats.holds_started == 1
+        assert app.runtime.stats.holds_active == 0
+    await app.runtime.aclose()
+
+
+async def test_hold_max_bounds_a_hold(backend: dict[str, Any]) -> None:
+    sio = make_sio()
+    app = make_app(sio, **backend, hold_max=0.3)
+    stream = PacedStream(sio, "alice", "endless", 2000, pace=0.01)
+    async with serve(app) as url:
+        tab = await RawClient(url, auth={"token": "alice"}).connect()
+        sid = sid_of(sio, "alice")
+        emitter = asyncio.create_task(stream.run())
+        await tab.wait_seqs("endless", 3)
+        await tab.kill()
+        await sio.disconnects.wait(sid, timeout=10)
+        assert stream.done_at is None  # ended by hold_max, mid-stream
+        emitter.cancel()
+    await app.runtime.aclose()
+
+
+async def test_holds_are_bounded(backend: dict[str, Any]) -> None:
+    sio = make_sio()
+    app = make_app(sio, **backend, max_holds=1)
+    async with serve(app) as url:
+        alice = await RawClient(url, auth={"token": "alice"}).connect()
+        bob = await RawClient(url, auth={"token": "bob"}).connect()
+        bob_sid = sid_of(sio, "bob")
+        for token, client in (("alice", alice), ("bob", bob)):
+            await sio.emit("events", chat_event(f"s-{token}", 1), room=room_of(token))
+            await client.wait_seqs(f"s-{token}", 1)
+        with watch_logs() as logs:
+            await alice.kill()
+            await logs.wait_for("holding the connection")
+            await bob.kill()
+            await sio.disconnects.wait(bob_sid)  # let go at once: no room for a second hold
+        assert app.runtime.stats.holds_refused == 1
+        assert logs.count("MAX_HOLDS") == 1
+        await sio.emit("events", chat_event("s-alice", 2, done=True), room=room_of("alice"))
+    await app.runtime.aclose()
+
+
+async def test_the_app_closing_a_held_connection_ends_the_hold(backend: dict[str, Any]) -> None:
+    sio = make_sio()
+    app = make_app(sio, **backend)
+    async with serve(app) as url:
+        tab = await RawClient(url, auth={"token": "alice"}).connect()
+        sid = sid_of(sio, "alice")
+        await sio.emit("events", chat_event("m", 1), room=room_of("alice"))
+        await tab.wait_seqs("m", 1)
+        with watch_logs() as logs:
+            await tab.kill()
+            await logs.wait_for("holding the connection")
+            await sio.disconnect(sid)
+            await logs.wait_for("the app closed the connection")
+        assert app.runtime.stats.holds_active == 0
+    await app.runtime.aclose()
