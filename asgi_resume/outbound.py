@@ -30,7 +30,7 @@ from asgi_resume.session import Session
 logger = logging.getLogger("asgi_resume")
 
 SEQ_FIELD, EPOCH_FIELD = "seq", "epoch"
-LEADER_WAIT_S = 0.2  # how long a frame waits for the stream's leader to log it before logging it itself
+LEADER_WAIT_S = 0.45  # how long a frame waits for the stream's leader to log it (longer than its lease)
 LEADER_POLL_S = 0.001
 RESERVED = (SEQ_FIELD, EPOCH_FIELD)
 
@@ -64,6 +64,7 @@ class _StreamUnit:
     template: protocol.StampTemplate
     expected_attachments: int
     attachments: list[bytes] = field(default_factory=list)
+    received_ms: int = 0
     seq: int = 0
     epoch: str = ""
 
@@ -80,7 +81,7 @@ class _StreamUnit:
             digest.update(b"\x00")
             digest.update(attachment)
         payload: list[str | bytes] = [self.template.head, self.template.tail, *self.attachments]
-        return Entry(digest.hexdigest(), payload, self.done)
+        return Entry(digest.hexdigest(), payload, self.done, self.received_ms)
 
     def frames(self) -> list[Item]:
         if self.seq:
@@ -141,7 +142,8 @@ class Outbound:
         if template is None:
             return None
         expected = packet.attachments if packet.type == protocol.BINARY_EVENT else 0
-        return _StreamUnit(frame, classified.stream, packet.namespace, classified.done, template, expected)
+        stream, namespace, now = classified.stream, packet.namespace, self.log.now_ms()
+        return _StreamUnit(frame, stream, namespace, classified.done, template, expected, received_ms=now)
 
     async def flush(self) -> list[Item]:
         """Log what was fed and return what to send, in order."""
@@ -195,10 +197,10 @@ class Outbound:
         if not self.runtime.health.available():
             self._unlogged(pending, None)
             return
-        force, pause = False, LEADER_POLL_S
+        pause = LEADER_POLL_S
         give_up_waiting = time.monotonic() + LEADER_WAIT_S
         while pending:
-            requests = [self._request(stream, group, force) for stream, group in pending.items()]
+            requests = [self._request(stream, group) for stream, group in pending.items()]
             stats.log_writes += 1
             try:
                 with anyio.fail_after(self.runtime.settings.write_timeout):
@@ -218,15 +220,19 @@ class Outbound:
                 if len(result.seqs) < len(group):
                     waiting[stream] = group[len(result.seqs) :]
             pending = waiting
-            if pending:  # another connection leads these streams and has not logged these frames yet
-                stats.leader_waits += 1
-                if time.monotonic() >= give_up_waiting:
-                    force = True
-                else:
-                    await anyio.sleep(pause)
-                    pause = min(pause * 2, 0.02)
+            if not pending:
+                return
+            # Another connection leads these streams and has not logged these frames yet.
+            stats.leader_waits += 1
+            if time.monotonic() >= give_up_waiting:
+                # The leader is alive but never logged them: frames only this connection was sent.
+                # They go out unstamped; logging them here could put a twin where it does not belong.
+                stats.frames_unmatched += sum(len(group) for group in pending.values())
+                return
+            await anyio.sleep(pause)
+            pause = min(pause * 2, 0.02)
 
-    def _request(self, stream: str, group: list[_StreamUnit], force: bool) -> AppendRequest:
+    def _request(self, stream: str, group: list[_StreamUnit]) -> AppendRequest:
         session = self.session
         cursor_epoch, cursor_seq = session.cursors.get(stream, (None, 0))
         return AppendRequest(
@@ -238,7 +244,6 @@ class Outbound:
             session.started_ms,
             reset=stream in session.unlogged,
             connection=session.id,
-            force=force,
         )
 
     def _unlogged(self, by_stream: dict[str, list[_StreamUnit]], reason: str | None) -> None:

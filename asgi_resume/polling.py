@@ -16,7 +16,7 @@ import logging
 import zlib
 from collections.abc import Callable
 
-from starlette.datastructures import Headers, MutableHeaders
+from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from asgi_resume import protocol
@@ -73,15 +73,15 @@ class PollResponse:
         if message.get("more_body") and len(self.body) <= MAX_BODY:
             return
         start, self.start = self.start, None
-        body = await self.rewrite(start, bytes(self.body))
-        headers = MutableHeaders(raw=list(start.get("headers", [])))
+        # python-engineio's header names are not lower case: normalise before looking them up
+        headers = MutableHeaders(raw=[(k.lower(), v) for k, v in start.get("headers", [])])
+        body = await self.rewrite(headers.get("content-encoding", "").lower(), bytes(self.body))
         if "content-length" in headers or body != bytes(self.body):
             headers["content-length"] = str(len(body))
         await self.send({**start, "headers": headers.raw})
         await self.send({"type": "http.response.body", "body": body, "more_body": bool(message.get("more_body"))})
 
-    async def rewrite(self, start: Message, body: bytes) -> bytes:
-        encoding = Headers(raw=start.get("headers", [])).get("content-encoding", "").lower()
+    async def rewrite(self, encoding: str, body: bytes) -> bytes:
         codec = _CODECS.get(encoding)
         if (encoding and codec is None) or len(body) > MAX_BODY:
             return body
@@ -134,7 +134,7 @@ async def read_post(runtime: Runtime, outbound: Outbound, scope: Scope, receive:
     if rewritten is None:
         replay = iter(messages)
     else:
-        headers = MutableHeaders(scope={"headers": list(scope.get("headers", []))})
+        headers = MutableHeaders(raw=[(k.lower(), v) for k, v in scope.get("headers", [])])
         headers["content-length"] = str(len(rewritten))
         scope = {**scope, "headers": headers.raw}
         replay = iter([{"type": "http.request", "body": rewritten, "more_body": False}])

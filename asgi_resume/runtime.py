@@ -40,6 +40,7 @@ class Stats:
     frames_stamped: int = 0
     log_writes: int = 0  # append calls: one per batch of frames, whatever its size
     leader_waits: int = 0  # batches that waited for another connection to log their frames first
+    frames_unmatched: int = 0  # sent unstamped: only this connection got them while another one led
     frames_unstamped: int = 0  # stream frames sent without seq because the log failed
     log_failures: int = 0
     resumes_ok: int = 0

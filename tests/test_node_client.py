@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-import socketio
 
 from tests.conftest import Stack
 from tests.support.app import chat_event, room_of
@@ -25,11 +24,14 @@ async def stream_paced(stack: Stack, message_id: str, started: asyncio.Event) ->
     await stack.sio.emit("events", chat_event(message_id, TOTAL + 1, done=True), room=room_of("alice"))
 
 
-async def test_node_client_drops_mid_stream_and_resumes(stack: Stack) -> None:
-    # a second tab of the same user stays connected the whole time
-    other_tab = socketio.AsyncClient()
-    await other_tab.connect(stack.url, auth={"token": "alice"}, transports=["websocket"], wait_timeout=5)
-    async with NodeClient("drop_and_resume.mjs", stack.url, "alice", "node-msg", "40", "websocket") as node:
+@pytest.mark.parametrize(
+    ("transports", "how"),
+    [("websocket", "close"), ("websocket", "kill"), ("polling,websocket", "kill")],
+    ids=["websocket-close", "websocket-kill", "default-transports-kill"],
+)
+async def test_node_client_drops_mid_stream_and_resumes(stack: Stack, transports: str, how: str) -> None:
+    """Nobody else is connected: what is emitted while the client is away is logged by the hold."""
+    async with NodeClient("drop_and_resume.mjs", stack.url, "alice", "node-msg", "40", transports, how) as node:
         await node.expect("connected")
         started = asyncio.Event()
         emitter = asyncio.create_task(stream_paced(stack, "node-msg", started))
@@ -37,8 +39,8 @@ async def test_node_client_drops_mid_stream_and_resumes(stack: Stack) -> None:
         resumed = await node.expect("resumed")
         finished = await node.expect("finished", timeout=30)
         await emitter
-    await other_tab.disconnect()
 
+    assert dropped["transport"] == "websocket"  # the default client had upgraded by then
     answer = resumed["answer"]
     assert answer["ok"] is True
     assert answer["gap"] is False

@@ -31,6 +31,7 @@ class Entry:
     digest: str  # content hash of the unstamped frame: the safety check for matching copies
     payload: Payload
     done: bool = False
+    received_ms: int = 0  # when this connection got it from the app, on the log's clock
 
 
 @dataclass(slots=True)
@@ -45,7 +46,6 @@ class AppendRequest:
     since_ms: int = 0  # when the connection started, on the log's clock
     reset: bool = False  # start a new epoch: this connection could not log part of the stream
     connection: str = ""  # who appends: the stream's leader appends, the others match
-    force: bool = False  # append what matches nothing even if another connection leads
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +75,7 @@ class LogLimits:
     maxlen: int = 2000  # entries kept per stream (approximately, on Redis)
     ttl_ms: int = 3_600_000  # a stream's life after its last frame
     done_ttl_ms: int = 30_000  # its life once it is done
-    lease_ms: int = 1000  # a leader that appended nothing this long is presumed gone
+    lease_ms: int = 400  # a leader that appended nothing this long is presumed gone
 
 
 class StreamLog(Protocol):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from asgi_resume.log.base import (
@@ -74,13 +74,14 @@ class _Stream:
 class MemoryLog:
     """A :class:`~asgi_resume.log.StreamLog` in this process's memory."""
 
-    def __init__(self, limits: LogLimits | None = None) -> None:
+    def __init__(self, limits: LogLimits | None = None, clock: Callable[[], float] = time.time) -> None:
         self.limits = limits or LogLimits()
+        self.clock = clock  # seconds since the epoch
         self._streams: dict[str, _Stream] = {}
         self._next_sweep = 0
 
     def now_ms(self) -> int:
-        return int(time.time() * 1000)
+        return int(self.clock() * 1000)
 
     def _get(self, stream: str, now: int) -> _Stream | None:
         state = self._streams.get(stream)
@@ -108,7 +109,7 @@ class MemoryLog:
             state = _Stream(new_epoch(), limits.maxlen)
             self._streams[request.stream] = state
         was_done = state.done
-        leading = request.force or not state.leader or state.leader == request.connection or state.lease_until <= now
+        leading = not state.leader or state.leader == request.connection or state.lease_until <= now
         cursor = request.cursor_seq if request.cursor_epoch == state.epoch else None
         seqs = []
         appended = False
@@ -127,7 +128,7 @@ class MemoryLog:
                     break  # the leader will append it
                 state.last += 1
                 seq = state.last
-                state.records.append(_Record(seq, entry.digest, now, entry.payload))
+                state.records.append(_Record(seq, entry.digest, entry.received_ms, entry.payload))
                 appended = True
             cursor = seq
             state.done = state.done or entry.done

@@ -97,10 +97,9 @@ class RedisLog:
                 1 if request.reset else 0,
                 request.connection,
                 limits.lease_ms,
-                1 if request.force else 0,
             ]
             for entry in request.entries:
-                args += [entry.digest, 1 if entry.done else 0, msgpack.packb(entry.payload)]
+                args += [entry.digest, 1 if entry.done else 0, entry.received_ms, msgpack.packb(entry.payload)]
             calls.append((self.keys(request.stream), args))
         replies = await self._run(self._append_src, self._append_sha, calls)
         return [AppendResult(_text(reply[0]), [int(seq) for seq in reply[1:]]) for reply in replies]

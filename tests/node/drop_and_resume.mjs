@@ -1,10 +1,11 @@
 // The official socket.io-client, as an app would use it with asgi_resume's resume-stream:
 // it drops its transport mid-stream, reconnects, asks for what it missed and prints its view.
-// Usage: node drop_and_resume.mjs URL TOKEN MESSAGE_ID DROP_AFTER TRANSPORTS
+// Usage: node drop_and_resume.mjs URL TOKEN MESSAGE_ID DROP_AFTER TRANSPORTS [close|kill]
+//   close: socket.io.engine.close(); kill: destroy the TCP socket under the websocket (no close frame)
 // Prints one JSON object per line: {"type": "connected"|"dropped"|"resumed"|"finished", ...}
 import { io } from "socket.io-client";
 
-const [url, token, messageId, dropAfter, transports] = process.argv.slice(2);
+const [url, token, messageId, dropAfter, transports, how = "close"] = process.argv.slice(2);
 const say = (obj) => process.stdout.write(JSON.stringify(obj) + "\n");
 
 const socket = io(url, { auth: { token }, transports: transports.split(","), reconnectionDelay: 50 });
@@ -31,8 +32,10 @@ socket.on("events", (event) => {
   apply(event);
   if (!dropped && bySeq.size >= Number(dropAfter)) {
     dropped = true;
-    say({ type: "dropped", lastSeq });
-    socket.io.engine.close(); // the transport dies; the manager reconnects by itself
+    say({ type: "dropped", lastSeq, transport: socket.io.engine.transport.name });
+    const ws = socket.io.engine.transport.ws;
+    if (how === "kill" && ws?._socket) ws._socket.destroy();
+    else socket.io.engine.close(); // the transport dies; the manager reconnects by itself
   }
 });
 

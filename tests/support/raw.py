@@ -69,9 +69,11 @@ class RawClient:
     async def emit(self, name: str, *args: Any, ack_id: int | None = None, namespace: str = "/") -> None:
         await self.send(protocol.event(name, *args, namespace=namespace, ack_id=ack_id))
 
-    async def wait_for(self, predicate: Callable[[str | bytes], bool], timeout: float = 10.0) -> str | bytes:
-        """The first frame (already here or still to come) that satisfies ``predicate``."""
-        checked = 0
+    async def wait_for(
+        self, predicate: Callable[[str | bytes], bool], timeout: float = 10.0, since: int = 0
+    ) -> str | bytes:
+        """The first frame from index ``since`` (already here or still to come) that satisfies ``predicate``."""
+        checked = since
 
         def find() -> str | bytes | None:
             nonlocal checked
@@ -96,11 +98,13 @@ class RawClient:
 
     async def request(self, name: str, arg: Any, ack_id: int, namespace: str = "/", timeout: float = 10.0) -> Any:
         """Emit with an ack id and return the ack's first argument."""
+        since = len(self.frames)  # the answer to this request, not to an earlier one with the same id
         await self.emit(name, arg, ack_id=ack_id, namespace=namespace)
         prefix = "43" + ("" if namespace == "/" else namespace + ",") + str(ack_id) + "["
-        frame = await self.wait_for(lambda f: isinstance(f, str) and f.startswith(prefix), timeout)
+        frame = await self.wait_for(lambda f: isinstance(f, str) and f.startswith(prefix), timeout, since)
         assert isinstance(frame, str)
-        return json.loads(frame[len(prefix) - 1 :])[0]
+        args = json.loads(frame[len(prefix) - 1 :])
+        return args[0] if args else None
 
     def events(self, name: str = "events", namespace: str = "/") -> list[Any]:
         """First arguments of the ``name`` events received so far."""

@@ -1,8 +1,8 @@
 -- Match or append a connection's frames for one stream (see asgi_resume/log/__init__.py).
 -- KEYS: 1 log (stream), 2 meta (hash: epoch, seq, done, leader, lease), 3 who (hashed principals)
 -- ARGV: 1 principal, 2 since ms, 3 cursor epoch, 4 cursor seq, 5 maxlen, 6 ttl ms, 7 done ttl ms,
---       8 fresh epoch, 9 reset, 10 connection id, 11 lease ms, 12 force,
---       then per frame: digest, done, payload
+--       8 fresh epoch, 9 reset, 10 connection id, 11 lease ms,
+--       then per frame: digest, done, received at (ms), payload
 -- Returns {epoch, seq...}: a seq for each frame handled. Fewer seqs than frames means the rest
 -- waits: no entry matches it yet and another connection (the leader) is appending this stream.
 local log, meta, who = KEYS[1], KEYS[2], KEYS[3]
@@ -19,7 +19,7 @@ if not epoch or ARGV[9] == '1' then
   redis.call('DEL', log, who)
 end
 local was_done = done
-local leading = ARGV[12] == '1' or not leader or leader == conn or lease <= now
+local leading = not leader or leader == conn or lease <= now
 local cursor = false
 if ARGV[3] == epoch then cursor = tonumber(ARGV[4]) end
 
@@ -44,7 +44,7 @@ local function find_after(from, digest)
   return false
 end
 
--- the earliest entry appended since the connection started that carries `digest`
+-- the earliest entry received since the connection started that carries `digest`
 local function find_since(digest)
   local found = false
   local high = '+'
@@ -61,7 +61,7 @@ end
 
 local out = {epoch}
 local appended = false
-for i = 13, #ARGV, 3 do
+for i = 12, #ARGV, 4 do
   local digest, fdone = ARGV[i], ARGV[i + 1]
   local seq = false
   if not cursor then
@@ -79,7 +79,7 @@ for i = 13, #ARGV, 3 do
     last = last + 1
     seq = last
     redis.call('XADD', log, 'MAXLEN', '~', ARGV[5], seq .. '-0',
-      'h', digest, 't', now, 'd', fdone, 'f', ARGV[i + 2])
+      'h', digest, 't', ARGV[i + 2], 'd', fdone, 'f', ARGV[i + 3])
     appended = true
   end
   cursor = seq

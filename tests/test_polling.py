@@ -1,0 +1,115 @@
+"""Long-polling: bodies of several packets, binary as base64, compressed bodies, resume over POST, upgrade.
+
+Both logs; a hand-written polling client (exact packets and headers) and the official Node client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+from tests.conftest import Stack
+from tests.support.app import PacedStream, chat_event, emit_tokens, room_of
+from tests.support.node import NodeClient
+from tests.support.polling import PollingClient, event_args, is_event
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_polling_frames_are_stamped_and_logged(stack: Stack) -> None:
+    client = await PollingClient(stack.url).open({"token": "alice"})
+    await emit_tokens(stack.sio, "alice", "p", 1, 30)
+    packets = await client.collect(is_event, 30)
+    assert [e["seq"] for e in event_args(packets)] == list(range(1, 31))
+    answer_seqs = await resume_over_polling(client, {"message_id": "p", "last_seq": 28})
+    assert answer_seqs == (
+        [29, 30],
+        {
+            "message_id": "p",
+            "ok": True,
+            "replayed": 2,
+            "last_seq": 30,
+            "oldest_seq": 1,
+            "epoch": event_args(packets)[0]["epoch"],
+            "done": False,
+            "gap": False,
+        },
+    )
+    await client.aclose()
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_compressed_polling_bodies(stack: Stack, encoding: str) -> None:
+    client = await PollingClient(stack.url, accept_encoding=encoding).open({"token": "alice"})
+    for i in range(1, 41):  # about 4 KB: python-engineio compresses bodies of 1 KB and more
+        event = chat_event("z", i)
+        event["data"]["data"]["content"] = f"tok{i} " + "x" * 80
+        await stack.sio.emit("events", event, room=room_of("alice"))
+    packets = await client.collect(is_event, 40)
+    assert encoding in client.encodings
+    assert [e["seq"] for e in event_args(packets)] == list(range(1, 41))
+    assert [e["data"]["data"]["content"] for e in event_args(packets)] == [f"tok{i} " + "x" * 80 for i in range(1, 41)]
+    await client.aclose()
+
+
+async def test_binary_attachments_over_polling(stack: Stack) -> None:
+    client = await PollingClient(stack.url).open({"token": "alice"})
+    blob = bytes(range(256)) * 3
+    await stack.sio.emit("events", {"message_id": "bin", "blob": blob}, room=room_of("alice"))
+    await stack.sio.emit("events", {"message_id": "bin", "n": 2}, room=room_of("alice"))
+    packets = await client.collect(is_event, 2)
+    header_at = next(i for i, p in enumerate(packets) if isinstance(p, str) and p.startswith("451-"))
+    assert packets[header_at + 1] == blob
+    assert json.loads(str(packets[header_at])[4:])[1]["seq"] == 1
+    assert event_args(packets)[-1]["seq"] == 2
+    await client.aclose()
+
+
+async def resume_over_polling(client: PollingClient, request: dict[str, Any]) -> tuple[list[int], Any]:
+    """Send a resume in a POST while a GET waits: the GET must come back with the replay and the answer.
+
+    Nothing else is sent meanwhile and the ping interval is 25 s, so only the middleware can end that GET.
+    """
+    pending = asyncio.create_task(client.collect(lambda p: isinstance(p, str) and p.startswith("437["), 1))
+    await client.post("427" + json.dumps(["resume-stream", request]))
+    packets = await asyncio.wait_for(pending, 5)
+    answer = json.loads(str(next(p for p in packets if isinstance(p, str) and p.startswith("437[")))[3:])[0]
+    return [e["seq"] for e in event_args(packets)], answer
+
+
+async def test_resume_over_polling_when_the_stream_is_done(stack: Stack) -> None:
+    client = await PollingClient(stack.url).open({"token": "alice"})
+    await emit_tokens(stack.sio, "alice", "finished", 1, 5)
+    await stack.sio.emit("events", chat_event("finished", 6, done=True), room=room_of("alice"))
+    await client.collect(is_event, 6)
+    seqs, answer = await resume_over_polling(client, {"message_id": "finished", "last_seq": 2})
+    assert seqs == [3, 4, 5, 6]
+    assert answer["done"] is True
+    bad_seqs, bad = await resume_over_polling(client, {"message_id": "finished"})
+    assert bad_seqs == []
+    assert bad["error"] == "bad_request"
+    await client.aclose()
+
+
+async def test_node_client_upgrades_from_polling_mid_stream(stack: Stack) -> None:
+    stream = PacedStream(stack.sio, "alice", "up", 200, pace=0.003)
+    async with NodeClient("polling_upgrade.mjs", stack.url, "alice", "up", "60") as node:
+        await node.expect("connected")
+        emitter = asyncio.create_task(stream.run())
+        resumed = await node.expect("resumed")
+        upgraded = await node.expect("upgraded")
+        finished = await node.expect("finished", timeout=30)
+        await emitter
+    assert resumed["transport"] == "polling"
+    assert resumed["answer"]["ok"] is True
+    assert resumed["answer"]["replayed"] == resumed["answer"]["last_seq"] - 5 >= 5
+    assert upgraded["transport"] == "websocket"
+    assert finished["seqs"] == list(range(1, 202))  # in order, once each, across the upgrade
+    transports = finished["transports"]
+    assert transports[0] == "polling"
+    assert transports[-1] == "websocket"
+    assert transports == sorted(transports)  # polling, then websocket: never back
+    assert finished["contents"] == stream.expected
