@@ -255,6 +255,23 @@ class Outbound:
             self.session.cursors.pop(stream, None)
             self.runtime.stats.frames_unstamped += len(group)
 
+    async def release(self) -> None:
+        """The connection is over: hand the lead of its streams on, and flag those it left in flight.
+
+        A newcomer that later logs an orphaned stream starts a new epoch, so what was emitted while
+        nobody logged it shows up as a gap instead of a silent hole.
+        """
+        session = self.session
+        streams = list(session.cursors)
+        if not streams or not self.runtime.health.available():
+            return
+        orphaned = session.active_streams(self.runtime.settings.hold_idle)
+        try:
+            with anyio.fail_after(self.runtime.settings.write_timeout):
+                await self.log.release(streams, session.id, orphaned)
+        except (LogUnavailable, TimeoutError):
+            pass  # the lease runs out by itself
+
     async def _resume(self, request: ResumeRequest) -> list[Item]:
         runtime, stats = self.runtime, self.runtime.stats
         settings = runtime.settings

@@ -81,6 +81,8 @@ class WebSocketConnection:
         finally:
             if self.sid:
                 self.runtime.sessions.remove(self.sid, self.outbound)
+            with anyio.CancelScope(shield=True):
+                await self.outbound.release()
 
     # -- app -> client -------------------------------------------------------------------
 

@@ -193,3 +193,57 @@ async def test_the_app_closing_a_held_connection_ends_the_hold(backend: dict[str
             await logs.wait_for("the app closed the connection")
         assert app.runtime.stats.holds_active == 0
     await app.runtime.aclose()
+
+
+async def test_frames_lost_past_hold_max_come_back_as_a_gap(backend: dict[str, Any]) -> None:
+    """Past hold_max nobody logs the stream; whoever picks it up later starts a new epoch."""
+    sio = make_sio()
+    app = make_app(sio, **backend, hold_max=0.2)
+    stream = PacedStream(sio, "alice", "lost", 3000, pace=0.004)
+    async with serve(app) as url:
+        tab = await RawClient(url, auth={"token": "alice"}).connect()
+        sid = sid_of(sio, "alice")
+        emitter = asyncio.create_task(stream.run())
+        await tab.wait_seqs("lost", 10)
+        old = tab.events()[-1]
+        with watch_logs() as logs:
+            await tab.kill()
+            await sio.disconnects.wait(sid)  # the hold ran out mid-stream
+            lost_from = stream.sent
+            await stream.wait_sent(lost_from + 20)  # emitted while nobody was there at all
+            back = await RawClient(url, auth={"token": "alice"}).connect()
+            await back.wait_seqs("lost", 3)
+        assert logs.count("hold_max") == 1
+        answer = await back.request(
+            "resume-stream", {"message_id": "lost", "last_seq": old["seq"], "epoch": old["epoch"]}, ack_id=1
+        )
+        assert answer["ok"] is True
+        assert answer["gap"] is True  # not a silent hole
+        assert answer["epoch"] != old["epoch"]
+        emitter.cancel()
+        await back.close()
+    await app.runtime.aclose()
+
+
+async def test_a_tab_that_stays_keeps_the_history_when_another_leaves(backend: dict[str, Any]) -> None:
+    """The leader leaving mid-stream is no loss when another tab follows the stream: no new epoch."""
+    sio = make_sio()
+    app = make_app(sio, **backend, hold_max=0.1)  # the first tab's hold runs out mid-stream
+    stream = PacedStream(sio, "alice", "kept", 200, pace=0.003)
+    async with serve(app) as url:
+        first = await RawClient(url, auth={"token": "alice"}).connect()
+        await sio.emit("events", chat_event("kept", 0), to=sid_of(sio, "alice"))  # the first tab leads
+        await first.wait_seqs("kept", 1)
+        second = await RawClient(url, auth={"token": "alice"}).connect()
+        emitter = asyncio.create_task(stream.run())
+        await second.wait_seqs("kept", 10)
+        first_sid = sid_of(sio, "alice")
+        await first.close()
+        await sio.disconnects.wait(first_sid)
+        assert stream.done_at is None  # it left as leader, in flight
+        await emitter
+        await second.wait_for(lambda f: isinstance(f, str) and '"done":true' in f)
+        assert len({e["epoch"] for e in second.events()}) == 1
+        assert second.seqs("kept") == list(range(2, 203))
+        await second.close()
+    await app.runtime.aclose()

@@ -42,6 +42,7 @@ class _Stream:
     expires_at: int = 0
     leader: str = ""
     lease_until: int = 0
+    orphaned: bool = False
     who: set[str] = field(default_factory=set)
     records: deque[_Record] = field(init=False)
 
@@ -105,9 +106,11 @@ class MemoryLog:
     def _append(self, request: AppendRequest, now: int) -> AppendResult:
         limits = self.limits
         state = self._get(request.stream, now)
-        if state is None or request.reset:
+        continuous = state is not None and request.cursor_epoch == state.epoch
+        if state is None or request.reset or (state.orphaned and not continuous):
             state = _Stream(new_epoch(), limits.maxlen)
             self._streams[request.stream] = state
+        state.orphaned = False
         was_done = state.done
         leading = not state.leader or state.leader == request.connection or state.lease_until <= now
         cursor = request.cursor_seq if request.cursor_epoch == state.epoch else None
@@ -142,6 +145,14 @@ class MemoryLog:
         elif not state.done:
             state.expires_at = now + limits.ttl_ms
         return AppendResult(state.epoch, seqs)
+
+    async def release(self, streams: Sequence[str], connection: str, orphaned: Sequence[str]) -> None:
+        now = self.now_ms()
+        for stream in streams:
+            state = self._get(stream, now)
+            if state is not None and state.leader == connection:
+                state.lease_until = 0
+                state.orphaned = stream in orphaned
 
     async def replay(self, stream: str, principal: str | None, after_seq: int, epoch: str | None) -> ReplayResult:
         state = self._get(stream, self.now_ms())

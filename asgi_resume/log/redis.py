@@ -49,6 +49,7 @@ class RedisLog:
         self.limits = limits or LogLimits()
         self._append_src, self._append_sha = _script("append")
         self._replay_src, self._replay_sha = _script("replay")
+        self._release_src, self._release_sha = _script("release")
         self._clock_offset_ms = 0
         self._clock_checked = -_CLOCK_REFRESH_S
 
@@ -114,6 +115,11 @@ class RedisLog:
         _, epoch_b, last, oldest, done, gap, *rest = reply
         frames = [(int(rest[i]), msgpack.unpackb(rest[i + 1])) for i in range(0, len(rest), 2)]
         return ReplayResult("ok", _text(epoch_b), int(last), int(oldest), done == b"1", bool(gap), frames)
+
+    async def release(self, streams: Sequence[str], connection: str, orphaned: Sequence[str]) -> None:
+        calls = [([self.keys(s)[1]], [connection, 1 if s in orphaned else 0]) for s in streams]
+        if calls:
+            await self._run(self._release_src, self._release_sha, calls)
 
     async def _run(self, source: str, sha: str, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
         """EVALSHA each call in one pipelined round trip; load the script on NOSCRIPT."""

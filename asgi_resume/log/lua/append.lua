@@ -11,12 +11,16 @@ local conn = ARGV[10]
 local clock = redis.call('TIME')
 local now = clock[1] * 1000 + math.floor(clock[2] / 1000)
 
-local state = redis.call('HMGET', meta, 'epoch', 'seq', 'done', 'leader', 'lease')
+local state = redis.call('HMGET', meta, 'epoch', 'seq', 'done', 'leader', 'lease', 'orphaned')
 local epoch, last, done = state[1], tonumber(state[2]), state[3] == '1'
 local leader, lease = state[4], tonumber(state[5] or '0')
-if not epoch or ARGV[9] == '1' then
+local continuous = epoch and ARGV[3] == epoch -- this connection has followed this history
+-- An orphaned stream (its leader left mid-stream) picked up by a newcomer may have lost frames.
+if not epoch or ARGV[9] == '1' or (state[6] and not continuous) then
   epoch, last, done, leader, lease = ARGV[8], 0, false, false, 0
-  redis.call('DEL', log, who)
+  redis.call('DEL', log, who, meta)
+elseif state[6] then
+  redis.call('HDEL', meta, 'orphaned')
 end
 local was_done = done
 local leading = not leader or leader == conn or lease <= now
