@@ -51,7 +51,7 @@ async def test_starlette_middleware_under_a_mount_prefix(backend: dict[str, Any]
         await client.close()
 
 
-async def test_long_polling_passes_through_unharmed(backend: dict[str, Any]) -> None:
+async def test_python_socketio_client_on_long_polling(backend: dict[str, Any]) -> None:
     sio = make_sio()
     app = ResumeMiddleware(socketio.ASGIApp(sio), **backend)
     received: list[Any] = []
@@ -85,6 +85,7 @@ async def test_long_polling_passes_through_unharmed(backend: dict[str, Any]) -> 
     assert [{k: v for k, v in r.items() if k not in ("seq", "epoch")} for r in received[:100]] == [
         chat_event("poll", i) for i in range(1, 101)
     ]
+    assert [r["seq"] for r in received] == list(range(1, 102))  # stamped over polling too
     assert received[100]["blob"] == b"\x01\x02" * 600
 
 
