@@ -11,6 +11,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from asgi_resume.client import HELPER_PATH, helper_response
 from asgi_resume.config import Settings
 from asgi_resume.log import StreamLog
 from asgi_resume.polling import handle_polling
@@ -37,7 +38,9 @@ class ResumeMiddleware:
         return self.settings.path in path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket" and self._watches(scope):
+        if scope["type"] == "http" and scope.get("path", "").endswith(HELPER_PATH) and self._watches(scope):
+            await helper_response(scope, receive, send)
+        elif scope["type"] == "websocket" and self._watches(scope):
             await WebSocketConnection(self.app, self.runtime, scope, receive, send).run()
         elif scope["type"] == "http" and self._watches(scope) and query_param(scope, "transport") == "polling":
             await handle_polling(self.app, self.runtime, scope, receive, send)

@@ -1,0 +1,1 @@
+"""A demo chat that survives reload: ``python -m asgi_resume.demo``."""
