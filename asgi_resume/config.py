@@ -112,6 +112,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("hold_grace", "5", _seconds, "how long a hold lasts after its streams are done (for late frames)"),
     Option("hold_idle", "30", _seconds, "a stream with no frame for this long no longer keeps a hold open"),
     Option("max_holds", "1000", _positive_int, "held connections per process; past it, a gone client is let go"),
+    Option("recovery", "0", _flag, "speak Socket.IO connection state recovery (pid and offsets) to stock clients"),
+    Option("recovery_window", "120", _seconds, "how long after a drop a client may recover its session"),
 )
 
 
@@ -134,6 +136,8 @@ class Settings:
     hold_grace: float
     hold_idle: float
     max_holds: int
+    recovery: bool
+    recovery_window: float
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

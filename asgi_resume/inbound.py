@@ -1,9 +1,10 @@
 """What the middleware takes from a client's frames, whatever the transport.
 
-Owns: reading an inbound Socket.IO packet for the two things that concern us: a
-CONNECT (its auth names the connection's principal in that namespace, and starts the
-clock a stream's first frame is matched from) and a ``resume-stream`` EVENT (which
-becomes a :class:`ResumeRequest` and never reaches the app). Must not touch: I/O.
+Owns: reading an inbound Socket.IO packet for what concerns us: a CONNECT (its auth names the
+connection's principal in that namespace and starts the clock a stream's first frame is matched
+from; with recovery on, its ``pid`` and ``offset`` are taken out before the app sees it), a
+DISCONNECT (the client left on purpose: nothing to recover), and a ``resume-stream`` EVENT (a
+:class:`ResumeRequest`, answered here, never seen by the app). Must not touch: I/O.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 
 from asgi_resume import protocol
+from asgi_resume.recovery import RecoveryState, strip_connect
 from asgi_resume.resume import ResumeRequest, parse_request
 from asgi_resume.runtime import Runtime
 from asgi_resume.session import Session
@@ -18,19 +20,24 @@ from asgi_resume.session import Session
 logger = logging.getLogger("asgi_resume")
 
 
-async def inspect(runtime: Runtime, session: Session, frame: str) -> ResumeRequest | None:
-    """Note what ``frame`` tells about the client; a resume request is returned, to be answered here."""
-    if frame[:2] not in ("40", "42"):
+async def inspect(runtime: Runtime, session: Session, frame: str) -> ResumeRequest | str | None:
+    """Note what ``frame`` tells about the client.
+
+    Returns a resume request (to be answered here), a frame the app should get instead of this
+    one (a CONNECT without recovery fields), or ``None`` (pass the frame on as it is).
+    """
+    if frame[:2] not in ("40", "41", "42"):
         return None
     try:
         packet = protocol.parse(frame)
         if packet is None:
             return None
         if packet.type == protocol.CONNECT:
-            if not session.principals:
-                session.started_ms = runtime.log.now_ms()
-            resolver = await runtime.resolver()
-            session.principals[packet.namespace] = resolver.resolve(session.scope, packet.data)
+            return await _connect(runtime, session, frame, packet)
+        if packet.type == protocol.DISCONNECT:
+            state = session.recovery.get(packet.namespace)
+            if state is not None:
+                state.left_cleanly = True
             return None
         if packet.event_name != runtime.settings.resume_event:
             return None
@@ -38,3 +45,16 @@ async def inspect(runtime: Runtime, session: Session, frame: str) -> ResumeReque
     except Exception:  # never let a client's frame break the connection
         logger.exception("asgi_resume could not inspect an inbound frame; passing it on")
         return None
+
+
+async def _connect(runtime: Runtime, session: Session, frame: str, packet: protocol.Packet) -> str | None:
+    now = runtime.log.now_ms()
+    if not session.principals:
+        session.started_ms = now
+    replacement, auth = None, packet.data
+    if runtime.settings.recovery:
+        claim, replacement, auth = strip_connect(frame, packet)
+        session.recovery[packet.namespace] = RecoveryState(packet.namespace, now, claim)
+    resolver = await runtime.resolver()
+    session.principals[packet.namespace] = resolver.resolve(session.scope, auth)
+    return replacement

@@ -156,9 +156,15 @@ async def _rewrite_post(runtime: Runtime, outbound: Outbound, body: bytes) -> by
     changed = False
     for i, packet in enumerate(packets):
         if isinstance(packet, str) and packet[:1] == protocol.EIO_MESSAGE:
-            request = await inspect(runtime, outbound.session, packet)
-            if request is not None:
-                outbound.defer(request)
+            found = await inspect(runtime, outbound.session, packet)
+            if isinstance(found, str):
+                packets[i] = found  # a CONNECT without its recovery fields
+                changed = True
+            elif found is not None:
+                outbound.defer(found)
                 packets[i] = protocol.UPGRADE_FRAME  # python-engineio answers it with a NOOP: the GET returns
                 changed = True
+        elif packet == protocol.EIO_CLOSE:
+            for state in outbound.session.recovery.values():
+                state.left_cleanly = True
     return protocol.join_payload(packets).encode("utf-8") if changed else None

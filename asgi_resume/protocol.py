@@ -63,7 +63,12 @@ class Packet:
         return None
 
 
-def parse(frame: str) -> Packet | None:
+def peek(frame: str) -> Packet | None:
+    """Like :func:`parse` without decoding the JSON payload (``data`` stays ``None``): cheap."""
+    return parse(frame, decode=False)
+
+
+def parse(frame: str, *, decode: bool = True) -> Packet | None:
     """Parse a websocket text frame holding a Socket.IO packet (``4`` + packet).
 
     Returns ``None`` for any other Engine.IO packet and for anything malformed.
@@ -101,13 +106,13 @@ def parse(frame: str) -> Packet | None:
         ack_id = int(frame[i:j])
         i = j
     data = None
-    if i < n:
+    if i < n and decode:
         try:
             data = json.loads(frame[i:])
         except (ValueError, RecursionError):
             return None
     packet = Packet(ptype, namespace, ack_id, data, attachments, i)
-    if packet.is_event and packet.event_name is None:
+    if decode and packet.is_event and packet.event_name is None:
         return None
     return packet
 
@@ -192,6 +197,25 @@ def stamp_template(frame: str, packet: Packet, reserved: tuple[str, ...]) -> Sta
     if obj:
         tail = "," + tail
     return StampTemplate(prefix + body[: start + 1], tail, ack_digits, ack_at)
+
+
+def with_last_arg(frame: str, value: str) -> str:
+    """An EVENT frame with ``value`` appended as its last argument (a recovery offset)."""
+    end = len(frame.rstrip(_WHITESPACE)) - 1
+    if end < 0 or frame[end] != "]":
+        return frame
+    return frame[:end] + "," + json.dumps(value) + frame[end:]
+
+
+def with_member(frame: str, packet: Packet, key: str, value: str) -> str:
+    """A frame whose payload is a JSON object, with ``key`` set first in it (a CONNECT reply's pid)."""
+    offset = packet.data_offset
+    if not isinstance(packet.data, dict) or not offset or frame[offset : offset + 1] != "{":
+        return frame
+    member = json.dumps(key) + ":" + json.dumps(value)
+    if key in packet.data:
+        return encode(Packet(packet.type, packet.namespace, packet.ack_id, {key: value, **packet.data}))
+    return frame[: offset + 1] + member + ("," if packet.data else "") + frame[offset + 1 :]
 
 
 def _skip_ws(text: str, i: int) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -52,6 +53,9 @@ class Stats:
     holds_active: int = 0
     holds_started: int = 0
     holds_refused: int = 0  # clients let go because max_holds was reached
+    recoveries_ok: int = 0
+    recoveries_refused: int = 0  # unknown, expired or stolen pid, or frames gone: a normal connect
+    frames_recovered: int = 0
 
 
 class LogHealth:
@@ -101,6 +105,8 @@ class Runtime:
             self._resolver = PrincipalResolver(settings.principal, settings.secret.encode())
         self._resolver_lock = anyio.Lock()
         self.sessions: Registry[Outbound] = Registry()  # Engine.IO sid -> its outbound pipeline
+        self.holds: set[Callable[[str], None]] = set()  # how to end each hold in progress
+        self.shutting_down = False
 
     @staticmethod
     def _make_log(settings: Settings, limits: LogLimits) -> StreamLog:
@@ -137,5 +143,14 @@ class Runtime:
                 self._resolver = PrincipalResolver(self.settings.principal, key)
         return self._resolver
 
+    def shut_down_holds(self) -> None:
+        """The server is going down: end every hold, and start no new one."""
+        if not self.shutting_down:
+            self.shutting_down = True
+            logger.info("server shutting down: ending %d held connections", len(self.holds))
+        for end in list(self.holds):
+            end("the server is shutting down")
+
     async def aclose(self) -> None:
+        self.shut_down_holds()
         await self.log.aclose()

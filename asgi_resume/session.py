@@ -11,9 +11,12 @@ import secrets
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from starlette.types import Scope
+
+if TYPE_CHECKING:
+    from asgi_resume.recovery import RecoveryState
 
 T = TypeVar("T")
 
@@ -29,6 +32,7 @@ class Session:
     unlogged: set[str] = field(default_factory=set)  # streams with frames the log missed: next append resets
     in_flight: dict[str, float] = field(default_factory=dict)  # stream not done -> monotonic time of its last frame
     last_frame_at: float = 0.0  # monotonic time of the last stream frame
+    recovery: dict[str, RecoveryState] = field(default_factory=dict)  # namespace -> connection state recovery
 
     def principal_for(self, namespace: str) -> str | None:
         return self.principals.get(namespace)

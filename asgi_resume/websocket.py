@@ -22,14 +22,17 @@ from anyio.abc import TaskGroup
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from asgi_resume import protocol
+from asgi_resume.frames import Item
 from asgi_resume.inbound import inspect
-from asgi_resume.outbound import Item, Outbound
+from asgi_resume.outbound import Outbound
 from asgi_resume.runtime import Runtime
 from asgi_resume.session import Session
 
 logger = logging.getLogger("asgi_resume")
 
 OUTBOX_SIZE = 1024  # frames queued per connection before the app's send waits (backpressure)
+SERVER_GOING_AWAY = 1012  # uvicorn closes websockets with it on shutdown
+RECOVERY_POLL_S = 0.25  # how often a held connection asks whether its client recovered elsewhere
 _PONG: Message = {"type": "websocket.receive", "text": protocol.PONG_FRAME}
 
 
@@ -167,10 +170,15 @@ class WebSocketConnection:
             if message["type"] == "websocket.receive":
                 text = message.get("text")
                 if text is not None and text[:1] == protocol.EIO_MESSAGE:
-                    request = await inspect(self.runtime, self.session, text)
-                    if request is not None:
-                        await self._enqueue(request)
+                    found = await inspect(self.runtime, self.session, text)
+                    if isinstance(found, str):
+                        message = {**message, "text": found}
+                    elif found is not None:
+                        await self._enqueue(found)
                         continue
+                elif text == protocol.EIO_CLOSE:
+                    for state in self.session.recovery.values():
+                        state.left_cleanly = True
             elif message["type"] == "websocket.disconnect":
                 self.client_gone = True
                 if self._start_hold(message):
@@ -181,8 +189,17 @@ class WebSocketConnection:
 
     def _start_hold(self, disconnect: Message) -> bool:
         settings, stats = self.runtime.settings, self.runtime.stats
+        if disconnect.get("code") == SERVER_GOING_AWAY:
+            # uvicorn closes open websockets with 1012 when it shuts down, and then waits for every
+            # connection's task: held ones must end now, or shutdown would wait for them
+            self.runtime.shut_down_holds()
+            return False
+        if self.runtime.shutting_down:
+            return False
         streams = self.session.active_streams(settings.hold_idle)
-        if not streams or self._tg is None or not self.accepted:
+        recovery = self.outbound.recovery
+        recoverable = recovery is not None and recovery.recoverable
+        if not (streams or recoverable) or self._tg is None or not self.accepted:
             return False
         if stats.holds_active >= settings.max_holds:
             stats.holds_refused += 1
@@ -193,27 +210,43 @@ class WebSocketConnection:
         self._holding = True
         stats.holds_active += 1
         stats.holds_started += 1
-        logger.info("client of %s left with streams in flight %s: holding the connection", self.sid, streams[:5])
-        self._tg.start_soon(self._hold, disconnect)
+        what = f"streams in flight {streams[:5]}" if streams else "a recoverable session"
+        logger.info("client of %s left with %s: holding the connection", self.sid, what)
+        self.runtime.holds.add(self._end_hold)
+        self._tg.start_soon(self._hold, disconnect, recoverable)
         return True
 
-    async def _hold(self, disconnect: Message) -> None:
-        settings, session = self.runtime.settings, self.session
+    async def _hold(self, disconnect: Message, recoverable: bool) -> None:
+        settings, session, recovery = self.runtime.settings, self.session, self.outbound.recovery
         started = time.monotonic()
         reason = ""
+        # a recoverable session is held for the recovery window, so it keeps getting (and logging)
+        # what the app sends its rooms, as the Node server keeps a session's packets
+        recover_until = started + settings.recovery_window if recoverable else 0.0
+        next_poll = started + RECOVERY_POLL_S
         with anyio.move_on_after(settings.hold_max):
+            if recovery is not None and recoverable:
+                await recovery.note("left")
             while not self._hold_end.is_set():
                 now = time.monotonic()
                 active = [at + settings.hold_idle for at in session.in_flight.values() if now < at + settings.hold_idle]
                 # streams still flowing: look again when they could have gone idle; else end after the grace
-                wake = max(active) if active else session.last_frame_at + settings.hold_grace
-                if wake <= now:
+                until = max(max(active) if active else session.last_frame_at + settings.hold_grace, recover_until)
+                if until <= now:
                     reason = "streams went idle" if session.in_flight else "streams done"
                     break
+                if recovery is not None and now < recover_until:
+                    if now >= next_poll:
+                        next_poll = now + RECOVERY_POLL_S
+                        if await recovery.note("state"):
+                            reason = "its client recovered the session on another connection"
+                            break
+                    until = min(until, next_poll)
                 self._hold_wake = anyio.Event()
-                with anyio.move_on_after(wake - now):
+                with anyio.move_on_after(until - now):
                     await self._hold_wake.wait()  # the writer wakes us when frames came
         reason = reason or self._hold_reason or f"held for hold_max ({settings.hold_max:g}s)"
+        self.runtime.holds.discard(self._end_hold)
         self.runtime.stats.holds_active -= 1
         logger.info("hold of %s ended after %.1fs: %s", self.sid, time.monotonic() - started, reason)
         self._holding = False

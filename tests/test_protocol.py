@@ -166,3 +166,27 @@ def test_payload_round_trip(packets: list[str | bytes]) -> None:
 @given(st.text(max_size=200))
 def test_payload_garbage_never_raises(body: str) -> None:
     protocol.split_payload(body)
+
+
+@given(events(), st.text(max_size=12))
+def test_an_appended_last_argument_round_trips(packet: Packet, offset: str) -> None:
+    frame = protocol.encode(packet)
+    parsed = protocol.parse(protocol.with_last_arg(frame, offset))
+    assert parsed is not None
+    assert parsed.data == [*packet.data, offset]
+    assert (parsed.ack_id, parsed.namespace, parsed.attachments) == (
+        packet.ack_id,
+        packet.namespace,
+        packet.attachments,
+    )
+
+
+@given(namespaces, json_objects, st.text(max_size=12))
+def test_a_member_set_in_a_connect_reply(ns: str, data: dict[str, Any], pid: str) -> None:
+    frame = protocol.encode(Packet(CONNECT, ns, None, data))
+    packet = protocol.parse(frame)
+    assert packet is not None
+    result = protocol.parse(protocol.with_member(frame, packet, "pid", pid))
+    assert result is not None
+    assert result.data == {**data, "pid": pid}
+    assert result.namespace == ns

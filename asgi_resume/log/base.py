@@ -70,6 +70,42 @@ class ReplayResult:
 NOT_FOUND = ReplayResult("not_found")
 
 
+# -- connection state recovery: one log per Socket.IO session (pid), in generations -------------
+
+
+@dataclass(slots=True)
+class SessionAppend:
+    """Events one connection sent in a recovery session's current generation, in order."""
+
+    pid: str
+    gen: str
+    owner: str  # connection id
+    principal: str
+    namespace: str
+    frames: list[tuple[int, Payload]]  # (received at, on the log clock; [frame, *attachments])
+    flushed_ms: int  # every frame this connection got before this is in this call or an earlier one
+
+
+@dataclass(frozen=True, slots=True)
+class SessionAppendResult:
+    #: ok; taken (another connection claimed the session: only frames from before its claim were
+    #: logged); gone (the session is not this connection's any more)
+    status: Literal["ok", "taken", "gone"]
+    numbers: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    status: Literal["ok", "unknown", "refused", "stale", "expired"]
+    previous_gen: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionReplay:
+    status: Literal["ok", "wait", "lost"]
+    frames: list[tuple[int, int, Payload]] = field(default_factory=list)  # (n, received at, payload)
+
+
 @dataclass(frozen=True, slots=True)
 class LogLimits:
     maxlen: int = 2000  # entries kept per stream (approximately, on Redis)
@@ -97,6 +133,24 @@ class StreamLog(Protocol):
 
     async def release(self, streams: Sequence[str], connection: str, orphaned: Sequence[str]) -> None:
         """``connection`` is gone: it leads none of ``streams`` any more; ``orphaned`` ones were in flight."""
+        ...
+
+    async def session_append(self, requests: Sequence[SessionAppend]) -> list[SessionAppendResult]:
+        """Number and keep each request's frames; creates the session on its first call."""
+        ...
+
+    async def session_claim(
+        self, pid: str, principal: str, gen: str, claimer: str, new_gen: str, window_ms: int
+    ) -> Claim:
+        """A reconnect presents ``pid`` and an offset of generation ``gen``: move the session to ``new_gen``."""
+        ...
+
+    async def session_read(self, pid: str, gen: str, after: int, force: bool) -> SessionReplay:
+        """Frames of generation ``gen`` after ``after`` (``wait`` while its owner may still log some)."""
+        ...
+
+    async def session_note(self, pid: str, action: str, gen: str, owner: str) -> tuple[str, str]:
+        """``left`` (the client is gone), ``closed`` (the connection is over) or ``state``: (gen, owner)."""
         ...
 
     async def aclose(self) -> None: ...

@@ -15,9 +15,13 @@ from asgi_resume.log.base import (
     NOT_FOUND,
     AppendRequest,
     AppendResult,
+    Claim,
     LogLimits,
     Payload,
     ReplayResult,
+    SessionAppend,
+    SessionAppendResult,
+    SessionReplay,
     new_epoch,
 )
 
@@ -72,6 +76,27 @@ class _Stream:
         return found
 
 
+@dataclass(slots=True)
+class _Session:
+    """A recovery session: who owns it, and its frames per generation."""
+
+    gen: str
+    owner: str
+    principal: str
+    expires_at: int = 0
+    cutoff: int = 0
+    flushed: int = 0
+    last_at: int = 0
+    left_at: int | None = None
+    closed: bool = False
+    prev_gen: str = ""
+    prev_owner: str = ""
+    prev_flushed: int = 0
+    prev_closed: bool = False
+    logs: dict[str, deque[tuple[int, int, Payload]]] = field(default_factory=dict)  # gen -> (n, at, payload)
+    counters: dict[str, int] = field(default_factory=dict)
+
+
 class MemoryLog:
     """A :class:`~asgi_resume.log.StreamLog` in this process's memory."""
 
@@ -79,6 +104,7 @@ class MemoryLog:
         self.limits = limits or LogLimits()
         self.clock = clock  # seconds since the epoch
         self._streams: dict[str, _Stream] = {}
+        self._sessions: dict[str, _Session] = {}
         self._next_sweep = 0
 
     def now_ms(self) -> int:
@@ -97,6 +123,8 @@ class MemoryLog:
         self._next_sweep = now + _SWEEP_EVERY_MS
         for name in [name for name, state in self._streams.items() if state.expires_at <= now]:
             del self._streams[name]
+        for pid in [pid for pid, session in self._sessions.items() if session.expires_at <= now]:
+            del self._sessions[pid]
 
     async def append(self, requests: Sequence[AppendRequest]) -> list[AppendResult]:
         now = self.now_ms()
@@ -167,5 +195,96 @@ class MemoryLog:
         frames = [(r.seq, r.payload) for r in state.records if r.seq > after_seq]
         return ReplayResult("ok", state.epoch, state.last, oldest, state.done, gap, frames)
 
+    # -- recovery sessions (see lua/session_*.lua for the same rules on Redis) --------------------
+
+    def _session(self, pid: str) -> _Session | None:
+        session = self._sessions.get(pid)
+        if session is not None and session.expires_at <= self.now_ms():
+            del self._sessions[pid]
+            return None
+        return session
+
+    async def session_append(self, requests: Sequence[SessionAppend]) -> list[SessionAppendResult]:
+        now = self.now_ms()
+        self._sweep(now)
+        return [self._session_append(request, now) for request in requests]
+
+    def _session_append(self, request: SessionAppend, now: int) -> SessionAppendResult:
+        session = self._session(request.pid)
+        status: str = "ok"
+        cutoff = None
+        if session is None:
+            session = _Session(request.gen, request.owner, request.principal)
+            self._sessions[request.pid] = session
+        elif (session.gen, session.owner) != (request.gen, request.owner):
+            if (session.prev_gen, session.prev_owner) != (request.gen, request.owner):
+                return SessionAppendResult("gone", [])
+            status, cutoff = "taken", session.cutoff
+        log = session.logs.setdefault(request.gen, deque(maxlen=self.limits.maxlen))
+        numbers = []
+        for received_ms, payload in request.frames:
+            if cutoff is not None and received_ms >= cutoff:
+                break
+            n = session.counters.get(request.gen, 0) + 1
+            session.counters[request.gen] = n
+            log.append((n, received_ms, payload))
+            numbers.append(n)
+        if status == "ok":
+            session.flushed = session.last_at = request.flushed_ms
+        else:
+            session.prev_flushed = request.flushed_ms
+        session.expires_at = now + self.limits.ttl_ms
+        return SessionAppendResult("ok" if status == "ok" else "taken", numbers)
+
+    async def session_claim(
+        self, pid: str, principal: str, gen: str, claimer: str, new_gen: str, window_ms: int
+    ) -> Claim:
+        session = self._session(pid)
+        now = self.now_ms()
+        if session is None:
+            return Claim("unknown")
+        if session.principal != principal:
+            return Claim("refused")
+        if session.gen != gen:
+            return Claim("stale")
+        left = session.left_at if session.left_at is not None else session.last_at
+        if now - left > window_ms:
+            return Claim("expired")
+        session.prev_gen, session.prev_owner = session.gen, session.owner
+        session.prev_closed, session.prev_flushed = session.closed, session.flushed
+        session.gen, session.owner, session.cutoff = new_gen, claimer, now
+        session.closed, session.flushed, session.last_at, session.left_at = False, now, now, None
+        session.expires_at = now + self.limits.ttl_ms
+        return Claim("ok", session.prev_gen)
+
+    async def session_read(self, pid: str, gen: str, after: int, force: bool) -> SessionReplay:
+        session = self._session(pid)
+        if session is None or session.prev_gen != gen:
+            return SessionReplay("lost")
+        if not force and not session.prev_closed and session.prev_flushed < session.cutoff:
+            return SessionReplay("wait")
+        log = session.logs.get(gen, deque())
+        last = session.counters.get(gen, 0)
+        if after > last or (after < last and (not log or log[0][0] > after + 1)):
+            return SessionReplay("lost")
+        return SessionReplay("ok", [entry for entry in log if entry[0] > after])
+
+    async def session_note(self, pid: str, action: str, gen: str, owner: str) -> tuple[str, str]:
+        session = self._session(pid)
+        if session is None:
+            return "", ""
+        current = (session.gen, session.owner)
+        if action == "left" and current == (gen, owner):
+            session.left_at = self.now_ms()
+        elif action == "closed":
+            if current == (gen, owner):
+                session.closed = True
+                if session.left_at is None:
+                    session.left_at = self.now_ms()
+            elif (session.prev_gen, session.prev_owner) == (gen, owner):
+                session.prev_closed = True
+        return current
+
     async def aclose(self) -> None:
         self._streams.clear()
+        self._sessions.clear()

@@ -24,12 +24,17 @@ from asgi_resume.log.base import (
     NOT_FOUND,
     AppendRequest,
     AppendResult,
+    Claim,
     LogLimits,
     LogUnavailable,
     ReplayResult,
+    SessionAppend,
+    SessionAppendResult,
+    SessionReplay,
     new_epoch,
 )
 
+_SCRIPTS = ("append", "replay", "release", "session_append", "session_claim", "session_read", "session_note")
 _PLAIN_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _CLOCK_REFRESH_S = 60.0
 
@@ -47,9 +52,7 @@ class RedisLog:
         self.client = client
         self.prefix = prefix
         self.limits = limits or LogLimits()
-        self._append_src, self._append_sha = _script("append")
-        self._replay_src, self._replay_sha = _script("replay")
-        self._release_src, self._release_sha = _script("release")
+        self._scripts = {name: _script(name) for name in _SCRIPTS}
         self._clock_offset_ms = 0
         self._clock_checked = -_CLOCK_REFRESH_S
 
@@ -102,14 +105,14 @@ class RedisLog:
             for entry in request.entries:
                 args += [entry.digest, 1 if entry.done else 0, entry.received_ms, msgpack.packb(entry.payload)]
             calls.append((self.keys(request.stream), args))
-        replies = await self._run(self._append_src, self._append_sha, calls)
+        replies = await self._call("append", calls)
         return [AppendResult(_text(reply[0]), [int(seq) for seq in reply[1:]]) for reply in replies]
 
     async def replay(self, stream: str, principal: str | None, after_seq: int, epoch: str | None) -> ReplayResult:
         if not principal:
             return NOT_FOUND
         args = [principal, after_seq, epoch or "", self.limits.maxlen * 2]
-        (reply,) = await self._run(self._replay_src, self._replay_sha, [(self.keys(stream), args)])
+        (reply,) = await self._call("replay", [(self.keys(stream), args)])
         if reply[0] != b"ok":
             return NOT_FOUND
         _, epoch_b, last, oldest, done, gap, *rest = reply
@@ -119,10 +122,55 @@ class RedisLog:
     async def release(self, streams: Sequence[str], connection: str, orphaned: Sequence[str]) -> None:
         calls = [([self.keys(s)[1]], [connection, 1 if s in orphaned else 0]) for s in streams]
         if calls:
-            await self._run(self._release_src, self._release_sha, calls)
+            await self._call("release", calls)
 
-    async def _run(self, source: str, sha: str, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
-        """EVALSHA each call in one pipelined round trip; load the script on NOSCRIPT."""
+    # -- recovery sessions --------------------------------------------------------------------
+
+    def session_keys(self, pid: str, gen: str | None = None) -> list[str]:
+        """A session's meta and, given a generation, that generation's log: one hash tag."""
+        base = f"{self.prefix}:{{{pid}}}"
+        return [f"{base}:rmeta"] if gen is None else [f"{base}:rmeta", f"{base}:r:{gen}"]
+
+    async def session_append(self, requests: Sequence[SessionAppend]) -> list[SessionAppendResult]:
+        limits = self.limits
+        calls = []
+        for r in requests:
+            args: list[Any] = [r.gen, r.owner, r.principal, r.namespace, limits.ttl_ms, limits.maxlen, r.flushed_ms]
+            for received_ms, payload in r.frames:
+                args += [received_ms, msgpack.packb(payload)]
+            calls.append((self.session_keys(r.pid, r.gen), args))
+        if not calls:
+            return []
+        replies = await self._call("session_append", calls)
+        return [
+            SessionAppendResult(_text(reply[0]), [int(n) for n in reply[1:]])  # type: ignore[arg-type]
+            for reply in replies
+        ]
+
+    async def session_claim(
+        self, pid: str, principal: str, gen: str, claimer: str, new_gen: str, window_ms: int
+    ) -> Claim:
+        args = [principal, gen, claimer, new_gen, self.now_ms(), window_ms, self.limits.ttl_ms]
+        (reply,) = await self._call("session_claim", [(self.session_keys(pid), args)])
+        status = _text(reply[0])
+        return Claim("ok", _text(reply[1])) if status == "ok" else Claim(status)  # type: ignore[arg-type]
+
+    async def session_read(self, pid: str, gen: str, after: int, force: bool) -> SessionReplay:
+        (reply,) = await self._call("session_read", [(self.session_keys(pid, gen), [after, 1 if force else 0])])
+        status = _text(reply[0])
+        if status != "ok":
+            return SessionReplay(status)  # type: ignore[arg-type]
+        rest = reply[1:]
+        frames = [(int(rest[i]), int(rest[i + 1]), msgpack.unpackb(rest[i + 2])) for i in range(0, len(rest), 3)]
+        return SessionReplay("ok", frames)
+
+    async def session_note(self, pid: str, action: str, gen: str, owner: str) -> tuple[str, str]:
+        (reply,) = await self._call("session_note", [(self.session_keys(pid), [action, gen, owner, self.now_ms()])])
+        return _text(reply[0]), _text(reply[1])
+
+    async def _call(self, script: str, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        """EVALSHA ``script`` for each call in one pipelined round trip; load it on NOSCRIPT."""
+        source, sha = self._scripts[script]
         if time.monotonic() - self._clock_checked > _CLOCK_REFRESH_S:
             try:
                 await self._sync_clock()

@@ -44,7 +44,7 @@ function setup(options = {}) {
   const storage = options.storage ?? new Storage();
   const seen = [];
   const gaps = [];
-  const streams = resumable(socket, { storage, onGap: (id, a) => gaps.push([id, a]), ...options });
+  const streams = resumable(socket, { storage, fenceTimeout: 50, onGap: (id, a) => gaps.push([id, a]), ...options });
   streams.on("events", (e) => seen.push(e.seq ?? e));
   return { socket, storage, seen, gaps, streams };
 }

@@ -31,8 +31,10 @@ class RawClient:
         self._ws: Any = None
         self._reader: asyncio.Task[None] | None = None
         self.answer_pings = True
+        self.namespaces: tuple[str, ...] = ()
 
     async def connect(self, namespaces: tuple[str, ...] = ("/",)) -> RawClient:
+        self.namespaces = namespaces
         self._ws = await websockets.connect(
             self.url, max_size=None, ping_interval=None, additional_headers=self.headers
         )
@@ -138,7 +140,13 @@ class RawClient:
             await self._reader
 
     async def close(self) -> None:
+        """Leave as socket.io clients do: a DISCONNECT per namespace, then the websocket close."""
         if self._ws is not None:
+            try:
+                for ns in self.namespaces:
+                    await self._ws.send("41" if ns == "/" else f"41{ns},")
+            except websockets.ConnectionClosed:
+                pass
             await self._ws.close()
         if self._reader is not None:
             await self._reader

@@ -40,6 +40,8 @@ class Worker:
                 "warning",
                 "--ws",
                 "websockets-sansio",
+                "--timeout-graceful-shutdown",  # held connections must not delay the next test
+                "1",
             ],
             cwd=ROOT,
             env={**os.environ, **env},

@@ -1,0 +1,310 @@
+"""Socket.IO connection state recovery, for python-socketio apps and the stock socket.io-client.
+
+Owns: the protocol of the official Node server (see PROTOCOL.md) spoken on the app's behalf: a
+``pid`` in each CONNECT reply, an offset appended to every event without an ack id, and, when a
+client reconnects with ``{pid, offset}`` in its CONNECT auth, the events its previous connection
+missed, sent before the CONNECT reply (which repeats the pid, so ``socket.recovered`` is true).
+
+Each (connection, namespace) logs the events it sends in a session log (per pid, in generations:
+a reconnect claims the session and starts a new generation). The previous connection, when still
+held, keeps logging what it received before the claim, then notices the claim and lets its app
+connection go. Must not touch: transports, the per-stream log.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from asgi_resume import protocol
+from asgi_resume.frames import EventUnit, Item
+from asgi_resume.log import LogUnavailable
+from asgi_resume.log.base import Payload, SessionAppend, new_epoch
+
+if TYPE_CHECKING:
+    from asgi_resume.runtime import Runtime
+    from asgi_resume.session import Session
+
+logger = logging.getLogger("asgi_resume")
+
+PID_FIELD, OFFSET_FIELD = "pid", "offset"
+UNLOGGED_OFFSET = "-"  # an offset no session has: a client holding it gets a normal connect
+_OFFSET = re.compile(r"([A-Za-z0-9]{1,16})\.([0-9]{1,15})")
+_PID = re.compile(r"[A-Za-z0-9_-]{16,64}")
+
+
+def new_pid() -> str:
+    """A bearer secret: 144 random bits."""
+    return secrets.token_urlsafe(18)
+
+
+def offset(gen: str, n: int) -> str:
+    return f"{gen}.{n}"
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    """What a reconnecting client presented: its session and the last offset it got."""
+
+    pid: str
+    gen: str
+    after: int
+
+
+def take_claim(auth: Any) -> tuple[ClaimRequest | None, Any, bool]:
+    """Split a CONNECT auth into the recovery claim and what the app sees.
+
+    Returns (claim or None, auth without pid and offset, whether the auth had them).
+    """
+    if not isinstance(auth, dict) or (PID_FIELD not in auth and OFFSET_FIELD not in auth):
+        return None, auth, False
+    pid, raw_offset = auth.get(PID_FIELD), auth.get(OFFSET_FIELD)
+    rest = {k: v for k, v in auth.items() if k not in (PID_FIELD, OFFSET_FIELD)}
+    if not (isinstance(pid, str) and _PID.fullmatch(pid) and isinstance(raw_offset, str)):
+        return None, rest, True
+    match = _OFFSET.fullmatch(raw_offset)
+    if match is None:
+        return None, rest, True
+    return ClaimRequest(pid, match.group(1), int(match.group(2))), rest, True
+
+
+@dataclass(eq=False, slots=True)
+class RecoveryState:
+    """Recovery in one namespace of one connection."""
+
+    namespace: str
+    connect_ms: int  # when the client's CONNECT came in, on the log's clock
+    claim: ClaimRequest | None = None
+    awaiting_reply: bool = True  # until the app's CONNECT reply: frames wait, to follow the replay
+    held: list[Any] = field(default_factory=list)
+    pid: str = ""
+    gen: str = ""
+    logging: bool = False  # the session log takes this connection's events
+    left_cleanly: bool = False  # the client said goodbye (DISCONNECT or CLOSE): nothing to recover
+    duplicates: Counter[str] = field(default_factory=Counter)  # replayed events the new connection may repeat
+    duplicates_until: float = 0.0
+
+    @property
+    def recoverable(self) -> bool:
+        return self.logging and not self.left_cleanly
+
+
+def strip_connect(frame: str, packet: protocol.Packet) -> tuple[ClaimRequest | None, str | None, Any]:
+    """For an inbound CONNECT: the claim, the frame the app should get instead (or None), the auth."""
+    claim, auth, changed = take_claim(packet.data)
+    if not changed:
+        return None, None, packet.data
+    replacement = protocol.encode(protocol.Packet(protocol.CONNECT, packet.namespace, None, auth))
+    return claim, replacement, auth
+
+
+FLUSH_WAIT_S = 0.3  # how long a claim waits for the previous connection to log what it got before it
+DUPLICATES_FOR_S = 5.0  # how long after a recovery a replayed event may still arrive live
+
+
+class Recovery:
+    """Connection state recovery for one connection (all its namespaces)."""
+
+    def __init__(self, runtime: Runtime, session: Session) -> None:
+        self.runtime = runtime
+        self.session = session
+
+    @property
+    def states(self) -> dict[str, RecoveryState]:
+        return self.session.recovery
+
+    def wants(self, namespace: str, ack_id: int | None) -> bool:
+        """Does an event sent in ``namespace`` get an offset? (Ack'd events do not, as on Node.)"""
+        return ack_id is None and namespace in self.states
+
+    def holds(self, unit: EventUnit) -> bool:
+        """Frames sent before the CONNECT reply wait for it: the replay must come first."""
+        state = self.states.get(unit.namespace)
+        if state is None or not state.awaiting_reply:
+            return False
+        state.held.append(unit)
+        return True
+
+    def is_reply(self, frame: str) -> protocol.Packet | None:
+        """The app's CONNECT reply for a namespace whose client presented (or may get) a pid."""
+        if frame[:2] != "40":
+            return None
+        packet = protocol.parse(frame)
+        if packet is None or not isinstance(packet.data, dict) or "sid" not in packet.data:
+            return None
+        state = self.states.get(packet.namespace)
+        return packet if state is not None and state.awaiting_reply else None
+
+    def duplicate(self, unit: EventUnit) -> bool:
+        """An event the recovery replay already carried, arriving again on the new connection."""
+        state = self.states.get(unit.namespace)
+        if state is None or not state.duplicates:
+            return False
+        if time.monotonic() > state.duplicates_until:
+            state.duplicates.clear()
+            return False
+        if unit.stream is not None and unit.seq:
+            return False  # stream frames: told apart by seq (Session.was_replayed)
+        digest = unit.digest()
+        if state.duplicates[digest] <= 0:
+            return False
+        state.duplicates[digest] -= 1
+        return True
+
+    async def log(self, units: list[EventUnit], *, create: tuple[str, ...] = ()) -> None:
+        """Give each unit its offset: log it in its namespace's session (one round trip in all)."""
+        by_ns: dict[str, list[EventUnit]] = {ns: [] for ns in create}
+        for unit in units:
+            state = self.states.get(unit.namespace)
+            if state is not None and state.awaiting_reply:
+                continue  # held until the CONNECT reply, then logged in the session it recovers
+            if state is None or not state.logging:
+                unit.offset = UNLOGGED_OFFSET
+                continue
+            by_ns.setdefault(unit.namespace, []).append(unit)
+        if not by_ns:
+            return
+        session = self.session
+        now = self.runtime.log.now_ms()
+        requests = []
+        for ns, group in by_ns.items():
+            state = self.states[ns]
+            frames: list[tuple[int, Payload]] = [(u.received_ms, [u.live(), *u.attachments]) for u in group]
+            principal = session.principal_for(ns) or ""
+            requests.append(SessionAppend(state.pid, state.gen, session.id, principal, ns, frames, now))
+        try:
+            if not self.runtime.health.available():
+                raise TimeoutError("the log failed a moment ago")
+            with anyio.fail_after(self.runtime.settings.write_timeout):
+                results = await self.runtime.log.session_append(requests)
+        except (LogUnavailable, TimeoutError):
+            for group in by_ns.values():
+                for unit in group:
+                    unit.offset = UNLOGGED_OFFSET  # sent, but a recovery from here cannot be complete
+            return
+        for (ns, group), result in zip(by_ns.items(), results, strict=True):
+            state = self.states[ns]
+            if result.status != "ok":
+                state.logging = False  # another connection claimed this session
+            for i, unit in enumerate(group):
+                unit.offset = offset(state.gen, result.numbers[i]) if i < len(result.numbers) else UNLOGGED_OFFSET
+
+    async def reply(self, frame: str, packet: protocol.Packet) -> list[Item]:
+        """The app accepted the connection: recover the session (or start one), then the CONNECT reply."""
+        stats = self.runtime.stats
+        ns = packet.namespace
+        state = self.states[ns]
+        state.awaiting_reply = False
+        new_gen = new_epoch()
+        replay: list[Item] = []
+        recovered = False
+        if state.claim is not None:
+            recovered, replay = await self._claim(state, new_gen)
+        if not recovered:
+            state.pid = new_pid()
+        state.gen, state.logging = new_gen, True
+        held, state.held = state.held, []
+        held = [u for u in held if not self._replayed(u)]
+        await self.log(held, create=(ns,))
+        out: list[Item] = list(replay)
+        for unit in held:
+            out += unit.frames()
+        out.append(protocol.with_member(frame, packet, PID_FIELD, state.pid))
+        if state.claim is not None:
+            if recovered:
+                stats.recoveries_ok += 1
+            else:
+                stats.recoveries_refused += 1
+        return out
+
+    def _replayed(self, unit: EventUnit) -> bool:
+        if unit.stream is not None and unit.seq:
+            return self.session.was_replayed(unit.stream, unit.epoch, unit.seq)
+        return self.duplicate(unit)
+
+    async def _claim(self, state: RecoveryState, new_gen: str) -> tuple[bool, list[Item]]:
+        """Claim the client's previous session; its frames after the client's offset, or nothing."""
+        claim, runtime, session = state.claim, self.runtime, self.session
+        assert claim is not None
+        principal = session.principal_for(state.namespace) or ""
+        window_ms = int(runtime.settings.recovery_window * 1000)
+        try:
+            with anyio.fail_after(runtime.settings.write_timeout * 4):
+                result = await runtime.log.session_claim(
+                    claim.pid, principal, claim.gen, session.id, new_gen, window_ms
+                )
+            if result.status != "ok":
+                logger.info("recovery of session %s…: %s", claim.pid[:6], result.status)
+                return False, []
+            give_up_waiting = time.monotonic() + FLUSH_WAIT_S
+            while True:
+                with anyio.fail_after(runtime.settings.write_timeout * 4):
+                    read = await runtime.log.session_read(
+                        claim.pid, claim.gen, claim.after, time.monotonic() >= give_up_waiting
+                    )
+                if read.status != "wait":
+                    break
+                await anyio.sleep(0.01)  # the previous connection is still logging what it got
+        except (LogUnavailable, TimeoutError) as exc:
+            logger.warning("recovery of session %s… failed: the log is unreachable (%s)", claim.pid[:6], exc)
+            return False, []
+        if read.status != "ok":
+            logger.info("recovery of session %s…: its frames after the offset are gone", claim.pid[:6])
+            return False, []
+        state.pid = claim.pid
+        return True, self._replay_frames(state, claim.gen, read.frames)
+
+    def _replay_frames(self, state: RecoveryState, gen: str, entries: list[tuple[int, int, Any]]) -> list[Item]:
+        """The missed events with their old offsets; note them so live copies are not sent twice."""
+        out: list[Item] = []
+        rules = self.runtime.rules
+        for n, received_ms, payload in entries:
+            if not payload or not isinstance(payload[0], str):
+                continue
+            text, attachments = payload[0], [a for a in payload[1:] if isinstance(a, bytes)]
+            out += [protocol.with_last_arg(text, offset(gen, n)), *attachments]
+            classified = rules.classify(text)
+            arg = classified.packet.first_arg if classified is not None else None
+            if classified is not None and isinstance(arg, dict) and isinstance(arg.get("seq"), int):
+                epoch, seq = str(arg.get("epoch", "")), arg["seq"]
+                known = self.session.replayed.get(classified.stream)
+                if known is None or known[0] != epoch or known[1] < seq:
+                    self.session.replayed[classified.stream] = (epoch, seq)
+            elif received_ms >= state.connect_ms:
+                unit = EventUnit(text, state.namespace, 0, received_ms, attachments=attachments)
+                state.duplicates[unit.digest()] += 1
+        state.duplicates_until = time.monotonic() + DUPLICATES_FOR_S
+        self.runtime.stats.frames_recovered += len(entries)
+        return out
+
+    # -- the previous connection's side ---------------------------------------------------------
+
+    @property
+    def recoverable(self) -> bool:
+        return any(state.recoverable for state in self.states.values())
+
+    async def note(self, action: str) -> bool:
+        """Tell the log the client ``left`` or the connection ``closed``, or ask (``state``);
+        True when every recoverable session of this connection was claimed by another one."""
+        taken = True
+        for state in self.states.values():
+            if not state.pid or (action == "state" and not state.recoverable):
+                continue
+            try:
+                with anyio.fail_after(self.runtime.settings.write_timeout * 4):
+                    gen, owner = await self.runtime.log.session_note(state.pid, action, state.gen, self.session.id)
+            except (LogUnavailable, TimeoutError):
+                taken = False
+                continue
+            if (gen, owner) == (state.gen, self.session.id):
+                taken = False
+            else:
+                state.logging = False
+        return taken

@@ -1,0 +1,65 @@
+"""Answering a resume request: authorize, read the stream log, render the replay and the answer.
+
+Owns: turning a :class:`ResumeRequest` into the frames sent back to that one connection. Must not
+touch: transports, the outbound pipeline's ordering (``outbound`` decides where the frames go).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+
+from asgi_resume import resume
+from asgi_resume.frames import Item, render
+from asgi_resume.log import LogUnavailable
+from asgi_resume.resume import ResumeRequest
+from asgi_resume.runtime import Runtime
+from asgi_resume.session import Session
+
+
+async def answer(runtime: Runtime, session: Session, request: ResumeRequest) -> list[Item]:
+    """The replayed frames, in seq order, then the answer (an ack, or the result event)."""
+    stats, settings = runtime.stats, runtime.settings
+
+    def reply(body: dict[str, Any]) -> str:
+        return resume.answer(request, body, settings.resume_event, runtime.stream_key)
+
+    if request.error is not None:
+        stats.resumes_bad_request += 1
+        return [reply(resume.error("bad_request", request.error))]
+    principal = session.principal_for(request.namespace)
+    try:
+        with anyio.fail_after(settings.write_timeout * 4):
+            result = await runtime.log.replay(request.stream, principal, request.last_seq, request.epoch)
+    except (LogUnavailable, TimeoutError) as exc:
+        runtime.health.failed(str(exc) or "timed out")
+        stats.resumes_unavailable += 1
+        return [reply(resume.error("unavailable", "the stream log is not reachable; try again"))]
+    if result.status == "not_found":
+        stats.resumes_not_found += 1
+        return [reply(resume.error("not_found"))]
+    out: list[Item] = []
+    replayed = 0
+    for seq, payload in result.frames:
+        frames = render(payload, seq, result.epoch)
+        if frames is not None:
+            out += frames
+            replayed += 1
+    session.replayed[request.stream] = (result.epoch, result.last_seq)
+    stats.frames_replayed += replayed
+    if result.gap:
+        stats.resumes_gap += 1
+    else:
+        stats.resumes_ok += 1
+    body = {
+        "ok": True,
+        "replayed": replayed,
+        "last_seq": result.last_seq,
+        "oldest_seq": result.oldest_seq,
+        "epoch": result.epoch,
+        "done": result.done,
+        "gap": result.gap,
+    }
+    out.append(reply(body))
+    return out

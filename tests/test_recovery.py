@@ -1,0 +1,150 @@
+"""Connection state recovery: the stock socket.io-client recovers by itself, no resume code.
+
+The official socket.io-client (Node) against a python-socketio app under uvicorn, with
+ASGI_RESUME_RECOVERY=1; drops are real (engine.close() and a killed TCP socket).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.app import PacedStream, chat_event, make_app, make_sio, room_of
+from tests.support.node import NodeClient
+from tests.support.raw import RawClient
+from tests.support.redis_server import RedisServer
+from tests.support.server import serve
+from tests.support.workers import workers
+
+pytestmark = pytest.mark.anyio
+
+
+async def recover(url: str, sio: Any, how: str, *, total: int = 200) -> tuple[dict[str, Any], PacedStream]:
+    stream = PacedStream(sio, "alice", "rec", total, pace=0.003)
+    async with NodeClient("recovery_client.mjs", url, "alice", "40", how) as node:
+        first = await node.expect("connected")
+        emitter = asyncio.create_task(stream.run())
+        await node.expect("dropped")
+        second = await node.expect("connected")
+        finished = await node.expect("finished", timeout=30)
+        await emitter
+    assert first["recovered"] is False
+    assert second["recovered"] is True
+    assert second["pid"] == first["pid"]
+    return finished, stream
+
+
+@pytest.mark.parametrize("how", ["close", "kill"])
+async def test_a_dropped_client_recovers_every_event_once(backend: dict[str, Any], how: str) -> None:
+    sio = make_sio()
+    app = make_app(sio, recovery=True, **backend)
+    async with serve(app) as url:
+        finished, stream = await recover(url, sio, how)
+    assert finished["contents"] == stream.expected  # each event once, in order, none missing
+    assert all(isinstance(offset, str) for offset in finished["offsets"])
+    assert app.runtime.stats.recoveries_ok == 1
+
+
+async def test_past_the_window_the_client_gets_a_normal_connect(backend: dict[str, Any]) -> None:
+    sio = make_sio()
+    app = make_app(sio, recovery=True, recovery_window=0.2, **backend)
+    stream = PacedStream(sio, "alice", "late", 1000, pace=0.003)  # outlasts the 1.5 s away
+    # the client waits 1.5 s before reconnecting: past the 0.2 s window
+    async with serve(app) as url, NodeClient("recovery_client.mjs", url, "alice", "20", "kill", "", "1500") as node:
+        first = await node.expect("connected")
+        emitter = asyncio.create_task(stream.run())
+        await node.expect("dropped")
+        second = await node.expect("connected")
+        await node.expect("finished", timeout=30)
+        await emitter
+    assert second["recovered"] is False
+    assert second["pid"] != first["pid"]
+    assert app.runtime.stats.recoveries_ok == 0
+    assert app.runtime.stats.recoveries_refused == 1
+
+
+async def test_recovery_across_two_workers(redis_server: RedisServer, tmp_path: Path) -> None:
+    env = {
+        "TEST_REDIS_URL": redis_server.url,
+        "TEST_SIO_CHANNEL": "socketio-recovery",
+        "ASGI_RESUME_REDIS_URL": redis_server.url,
+        "ASGI_RESUME_KEY_PREFIX": "rec2",
+        "ASGI_RESUME_RECOVERY": "1",
+    }
+    with workers(2, env) as (first, second):
+        control = await RawClient(first.url, auth={"token": "ctl"}).connect()
+        async with NodeClient("recovery_client.mjs", first.url, "alice", "40", "kill", second.url) as node:
+            before = await node.expect("connected")
+            await control.request("stream", {"token": "alice", "message_id": "moving", "total": 200, "pace": 0.003}, 1)
+            await node.expect("dropped")
+            after = await node.expect("connected")
+            finished = await node.expect("finished", timeout=30)
+        await control.close()
+    assert before["recovered"] is False
+    assert after["recovered"] is True
+    assert finished["contents"] == [f"tok{i} " for i in range(1, 201)] + [""]
+
+
+async def test_a_stolen_pid_is_useless_to_another_principal(backend: dict[str, Any]) -> None:
+    sio = make_sio()
+    app = make_app(sio, recovery=True, **backend)
+    async with serve(app) as url:
+        alice = await RawClient(url, auth={"token": "alice"}).connect()
+        pid = json.loads(str(alice.frames[0])[2:])["pid"]
+        await sio.emit("events", chat_event("secret", 1), room=room_of("alice"))
+        frame = await alice.wait_for(lambda f: isinstance(f, str) and "secret" in f)
+        offset = json.loads(str(frame)[2:])[-1]
+        await sio.emit("events", chat_event("secret", 2), room=room_of("alice"))
+        await alice.wait_seqs("secret", 2)
+        await alice.kill()
+
+        mallory = await RawClient(url, auth={"token": "mallory", "pid": pid, "offset": offset}).connect()
+        reply = json.loads(str(mallory.frames[0])[2:])
+        assert reply["pid"] != pid  # a normal connect: recovered would be false
+        assert not any("secret" in str(f) for f in mallory.frames)
+        assert app.runtime.stats.recoveries_refused == 1
+        # and the pid still works for its owner
+        again = await RawClient(url, auth={"token": "alice", "pid": pid, "offset": offset}).connect()
+        assert json.loads(str(again.frames[-1])[2:])["pid"] == pid
+        assert [e["seq"] for e in again.events()] == [2]
+        await again.close()
+        await mallory.close()
+    await app.runtime.aclose()
+
+
+async def test_offsets_in_every_namespace_and_on_binary_events_not_on_acked_ones(backend: dict[str, Any]) -> None:
+    sio = make_sio()
+    app = make_app(sio, recovery=True, **backend)
+    async with serve(app) as url:
+        client = await RawClient(url, auth={"token": "alice"}).connect(namespaces=("/", "/admin"))
+        assert all('"pid":' in str(f) for f in client.frames if str(f).startswith("40"))
+        await sio.emit("note", "plain", room=room_of("alice"), namespace="/admin")
+        await sio.emit("blob", {"b": b"\x00\x01"}, room=room_of("alice"))
+        sid = next(iter(sio.manager.get_participants("/", room_of("alice"))))[0]
+        await sio.emit("ask", {"q": 1}, to=sid, callback=lambda *a: None)
+        await client.wait_for(lambda f: isinstance(f, str) and '"ask"' in f)
+        note = next(f for f in client.frames if isinstance(f, str) and '"note"' in f)
+        assert note.startswith('42/admin,["note","plain","')
+        blob = next(f for f in client.frames if isinstance(f, str) and f.startswith("451-"))
+        assert json.loads(blob[4:])[-1].count(".") == 1  # the offset, after the placeholder argument
+        ask = next(f for f in client.frames if isinstance(f, str) and '"ask"' in f)
+        assert json.loads(ask[ask.index("[") :]) == ["ask", {"q": 1}]  # an ack'd event gets no offset
+        await client.close()
+    await app.runtime.aclose()
+
+
+async def test_a_client_that_says_goodbye_is_not_held(backend: dict[str, Any]) -> None:
+    sio = make_sio()
+    app = make_app(sio, recovery=True, **backend)
+    async with serve(app) as url:
+        client = await RawClient(url, auth={"token": "alice"}).connect()
+        sid = next(iter(sio.manager.get_participants("/", room_of("alice"))))[0]
+        await client.send("41")  # socket.disconnect() on the client
+        await client.close()
+        await sio.disconnects.wait(sid)
+        assert app.runtime.stats.holds_started == 0
+    await app.runtime.aclose()
