@@ -13,6 +13,7 @@ client sees each seq once and in order.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -47,7 +48,21 @@ class Outbound:
         self._units: list[Item] = []
         self._pending: EventUnit | None = None  # a binary event waiting for its attachments
         self._deferred: list[ResumeRequest] = []  # requests that came by another transport
-        self.lock = anyio.Lock()  # transports of one session take turns: feed, then flush
+        self.lock = asyncio.Lock()  # transports of one session take turns: feed, then flush
+
+    def pending(self) -> int:
+        """Units fed and not flushed yet."""
+        return len(self._units) + len(self._deferred)
+
+    def needs_io(self) -> bool:
+        """Would :meth:`flush` wait for the log? (Never with the in-process log.)"""
+        if self.log.synchronous:
+            return False
+        return bool(self._deferred) or any(
+            isinstance(u, EventUnit | ResumeRequest | _ConnectReply)
+            and (not isinstance(u, EventUnit) or u.stream or u.recover)
+            for u in self._units
+        )
 
     def defer(self, request: ResumeRequest) -> None:
         """Answer ``request`` in the next flush, after what was fed before it (polling POSTs)."""
@@ -114,6 +129,7 @@ class Outbound:
     async def flush(self) -> list[Item]:
         """Log what was fed and return what to send, in order."""
         units, self._units = self._units, []
+        taken_ms = self.log.now_ms()  # everything fed before now is in this batch
         if self._deferred:
             units += self._deferred
             self._deferred = []
@@ -126,17 +142,17 @@ class Outbound:
             for unit in units:  # a CONNECT reply ends a segment: what follows gets the new session's offsets
                 segment.append(unit)
                 if isinstance(unit, _ConnectReply):
-                    out += await self._render(segment)
+                    out += await self._render(segment, taken_ms)
                     segment = []
-            return out + (await self._render(segment) if segment else [])
+            return out + (await self._render(segment, taken_ms) if segment else [])
         except Exception:  # a bug here must cost the stamps, never the frames
             logger.exception("asgi_resume failed to process a batch; sending it unchanged")
             return [f for unit in units for f in _unprocessed(unit)]
 
-    async def _render(self, units: list[Item]) -> list[Item]:
+    async def _render(self, units: list[Item], taken_ms: int) -> list[Item]:
         recovery = self.recovery
         if recovery is not None:
-            await recovery.log([u for u in units if isinstance(u, EventUnit) and u.recover and not u.offset])
+            await recovery.log([u for u in units if isinstance(u, EventUnit) and u.recover and not u.offset], taken_ms)
         # Frames of a stream that this batch also resumes wait for the replay, which
         # carries them; what it does not carry goes out right after it.
         last_resume = {u.stream: i for i, u in enumerate(units) if isinstance(u, ResumeRequest) and u.stream}
@@ -158,7 +174,7 @@ class Outbound:
                             out += held.frames()
             elif isinstance(unit, _ConnectReply):
                 assert recovery is not None
-                out += await recovery.reply(unit.frame, unit.packet)
+                out += await recovery.reply(unit.frame, unit.packet, taken_ms)
             else:
                 out.append(unit)
         return out
@@ -186,7 +202,7 @@ class Outbound:
             requests = [self._request(stream, group) for stream, group in pending.items()]
             stats.log_writes += 1
             try:
-                with anyio.fail_after(self.runtime.settings.write_timeout):
+                async with asyncio.timeout(self.runtime.settings.write_timeout):
                     results = await self.log.append(requests)
             except (LogUnavailable, TimeoutError) as exc:
                 self._unlogged(pending, str(exc) or "timed out")
@@ -238,11 +254,13 @@ class Outbound:
             self.session.cursors.pop(stream, None)
             self.runtime.stats.frames_unstamped += len(group)
 
-    async def release(self) -> None:
+    async def release(self, handed_over: bool = False) -> None:
         """The connection is over: hand the lead of its streams on, and flag those it left in flight.
 
         A newcomer that later logs an orphaned stream starts a new epoch, so what was emitted while
-        nobody logged it shows up as a gap instead of a silent hole.
+        nobody logged it shows up as a gap instead of a silent hole. A connection whose client
+        recovered its session on another one (``handed_over``) orphans nothing: that connection
+        joined the rooms before it claimed the session, so nothing fell between the two.
         """
         session = self.session
         if self.recovery is not None:
@@ -250,12 +268,18 @@ class Outbound:
         streams = list(session.cursors)
         if not streams or not self.runtime.health.available():
             return
-        orphaned = session.active_streams(self.runtime.settings.hold_idle)
+        orphaned = [] if handed_over else session.active_streams(self.runtime.settings.hold_idle)
         try:
             with anyio.fail_after(self.runtime.settings.write_timeout):
                 await self.log.release(streams, session.id, orphaned)
         except (LogUnavailable, TimeoutError):
             pass  # the lease runs out by itself
+
+
+def _needs_log(unit: Item) -> bool:
+    if isinstance(unit, EventUnit):
+        return unit.stream is not None or unit.recover
+    return isinstance(unit, ResumeRequest | _ConnectReply)
 
 
 def _unprocessed(unit: Item) -> list[Item]:

@@ -158,8 +158,12 @@ class Recovery:
         state.duplicates[digest] -= 1
         return True
 
-    async def log(self, units: list[EventUnit], *, create: tuple[str, ...] = ()) -> None:
-        """Give each unit its offset: log it in its namespace's session (one round trip in all)."""
+    async def log(self, units: list[EventUnit], flushed_ms: int, *, create: tuple[str, ...] = ()) -> None:
+        """Give each unit its offset: log it in its namespace's session (one round trip in all).
+
+        ``flushed_ms``: every frame this connection got before then is in ``units`` or was logged
+        before (a claim waits for that to pass its own time before it reads).
+        """
         by_ns: dict[str, list[EventUnit]] = {ns: [] for ns in create}
         for unit in units:
             state = self.states.get(unit.namespace)
@@ -172,13 +176,12 @@ class Recovery:
         if not by_ns:
             return
         session = self.session
-        now = self.runtime.log.now_ms()
         requests = []
         for ns, group in by_ns.items():
             state = self.states[ns]
             frames: list[tuple[int, Payload]] = [(u.received_ms, [u.live(), *u.attachments]) for u in group]
             principal = session.principal_for(ns) or ""
-            requests.append(SessionAppend(state.pid, state.gen, session.id, principal, ns, frames, now))
+            requests.append(SessionAppend(state.pid, state.gen, session.id, principal, ns, frames, flushed_ms))
         try:
             if not self.runtime.health.available():
                 raise TimeoutError("the log failed a moment ago")
@@ -196,7 +199,7 @@ class Recovery:
             for i, unit in enumerate(group):
                 unit.offset = offset(state.gen, result.numbers[i]) if i < len(result.numbers) else UNLOGGED_OFFSET
 
-    async def reply(self, frame: str, packet: protocol.Packet) -> list[Item]:
+    async def reply(self, frame: str, packet: protocol.Packet, flushed_ms: int) -> list[Item]:
         """The app accepted the connection: recover the session (or start one), then the CONNECT reply."""
         stats = self.runtime.stats
         ns = packet.namespace
@@ -212,7 +215,7 @@ class Recovery:
         state.gen, state.logging = new_gen, True
         held, state.held = state.held, []
         held = [u for u in held if not self._replayed(u)]
-        await self.log(held, create=(ns,))
+        await self.log(held, flushed_ms, create=(ns,))
         out: list[Item] = list(replay)
         for unit in held:
             out += unit.frames()

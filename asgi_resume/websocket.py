@@ -11,6 +11,8 @@ closes. Must not touch: what a frame means (``outbound``), storage (``log``).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -34,6 +36,8 @@ OUTBOX_SIZE = 1024  # frames queued per connection before the app's send waits (
 SERVER_GOING_AWAY = 1012  # uvicorn closes websockets with it on shutdown
 RECOVERY_POLL_S = 0.25  # how often a held connection asks whether its client recovered elsewhere
 _PONG: Message = {"type": "websocket.receive", "text": protocol.PONG_FRAME}
+_END = object()  # queued after the app returns: the writer ends once it has sent what came before
+_NUDGE = object()  # frames were fed that need the log: the writer sends them
 
 
 def _ends_connection(item: Item) -> bool:
@@ -63,12 +67,14 @@ class WebSocketConnection:
         self.session = self.outbound.session
         self.accepted = False
         self.client_gone = False
-        self._outbox, self._inbox = anyio.create_memory_object_stream[Item](OUTBOX_SIZE)
+        # asyncio's queue, not an anyio stream: it costs no checkpoint per frame on the hot path
+        self._outbox: asyncio.Queue[Item] = asyncio.Queue(OUTBOX_SIZE)
         self._to_app, self._from_hold = anyio.create_memory_object_stream[Message](8)
         self._holding = False
         self._hold_end = anyio.Event()
         self._hold_wake = anyio.Event()
         self._hold_reason = ""
+        self._handed_over = False
         self._tg: TaskGroup | None = None
 
     async def run(self) -> None:
@@ -79,13 +85,13 @@ class WebSocketConnection:
                 try:
                     await self.app(self.scope, self._receive, self._send)
                 finally:
-                    self._outbox.close()  # the writer sends what is queued, then ends
+                    await self._enqueue(_END)  # the writer sends what is queued, then ends
                     self._end_hold("the app ended the connection")
         finally:
             if self.sid:
                 self.runtime.sessions.remove(self.sid, self.outbound)
             with anyio.CancelScope(shield=True):
-                await self.outbound.release()
+                await self.outbound.release(handed_over=self._handed_over)
 
     # -- app -> client -------------------------------------------------------------------
 
@@ -95,40 +101,76 @@ class WebSocketConnection:
             text = message.get("text")
             item = text if text is not None else message.get("bytes")
             if item is not None:
-                await self._enqueue(item)
+                await self._forward(item)
                 return
         if not self.accepted:  # the handshake (accept or reject) goes straight out
             self.accepted = kind == "websocket.accept"
             await self.send(message)
             return
-        await self._enqueue(message)
+        await self._forward(message)
+
+    async def _forward(self, item: Item) -> None:
+        """Take one item from the app, keeping the order of everything the client is sent.
+
+        Frames are fed to the outbound pipeline right away (it is synchronous). Whoever holds the
+        lock sends what was fed, in order: this call when the frames need no I/O (no task switch
+        per frame), else the writer task, which logs everything fed while its previous log call
+        was in flight in one call: batches grow by themselves under load.
+        """
+        outbound = self.outbound
+        if not self._outbox.empty():  # requests or control messages queued ahead: keep behind them
+            await self._enqueue(item)
+            return
+        self._feed(item)
+        if outbound.lock.locked():
+            if outbound.pending() < OUTBOX_SIZE:
+                return  # the holder sends it after what it is sending now
+            async with outbound.lock:  # too much waiting: backpressure reaches the app
+                await self._drain()
+            return
+        if outbound.needs_io():
+            self._enqueue_nowait(_NUDGE)  # the writer logs it, with whatever comes meanwhile
+            return
+        async with outbound.lock:
+            await self._drain()
+
+    def _feed(self, item: Item) -> None:
+        if isinstance(item, str) and item[:1] == protocol.EIO_OPEN:
+            self._register(item)
+        self.outbound.feed(item)
+
+    async def _drain(self) -> None:
+        """Send everything fed so far (the caller holds the lock), in order."""
+        outbound = self.outbound
+        while outbound.pending():
+            for item in await outbound.flush():
+                await self._deliver(item)
+        if self._holding:
+            self._hold_wake.set()
 
     async def _enqueue(self, item: Item) -> None:
-        # No checkpoint while there is room: the app's writer hands over everything it has
-        # in one go, and the writer task logs it as one batch.
         try:
-            self._outbox.send_nowait(item)
-        except anyio.WouldBlock:
-            await self._outbox.send(item)
+            self._outbox.put_nowait(item)
+        except asyncio.QueueFull:
+            await self._outbox.put(item)
+
+    def _enqueue_nowait(self, item: Item) -> None:
+        with contextlib.suppress(asyncio.QueueFull):  # a full queue wakes the writer anyway
+            self._outbox.put_nowait(item)
 
     async def _write(self) -> None:
-        async with self._inbox:
-            async for first in self._inbox:
-                batch = [first]
-                while True:
-                    try:
-                        batch.append(self._inbox.receive_nowait())
-                    except (anyio.WouldBlock, anyio.EndOfStream):
-                        break
-                async with self.outbound.lock:
-                    for item in batch:
-                        if isinstance(item, str) and item[:1] == protocol.EIO_OPEN:
-                            self._register(item)
-                        self.outbound.feed(item)
-                    out = await self.outbound.flush()
-                for item in out:
-                    await self._deliver(item)
-                self._hold_wake.set()
+        outbox, outbound = self._outbox, self.outbound
+        while True:
+            batch = [await outbox.get()]
+            while not outbox.empty():
+                batch.append(outbox.get_nowait())
+            for item in batch:  # fed at once, before anything sent later can be fed
+                if item is not _NUDGE and item is not _END:
+                    self._feed(item)
+            async with outbound.lock:
+                await self._drain()
+            if batch[-1] is _END:
+                return
 
     def _register(self, opening: str) -> None:
         """A direct websocket learns its Engine.IO sid from the OPEN packet."""
@@ -240,6 +282,7 @@ class WebSocketConnection:
                         next_poll = now + RECOVERY_POLL_S
                         if await recovery.note("state"):
                             reason = "its client recovered the session on another connection"
+                            self._handed_over = True
                             break
                     until = min(until, next_poll)
                 self._hold_wake = anyio.Event()

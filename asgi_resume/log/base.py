@@ -118,6 +118,8 @@ class StreamLog(Protocol):
     """Storage for stream frames. Methods raise :class:`LogUnavailable` on backend faults."""
 
     limits: LogLimits
+    #: True when calls never wait (the in-process log): frames need no trip to the writer task
+    synchronous: bool
 
     def now_ms(self) -> int:
         """The log's clock, in milliseconds (Redis ``TIME`` for the Redis log)."""

@@ -100,6 +100,8 @@ class _Session:
 class MemoryLog:
     """A :class:`~asgi_resume.log.StreamLog` in this process's memory."""
 
+    synchronous = True
+
     def __init__(self, limits: LogLimits | None = None, clock: Callable[[], float] = time.time) -> None:
         self.limits = limits or LogLimits()
         self.clock = clock  # seconds since the epoch
@@ -212,19 +214,16 @@ class MemoryLog:
     def _session_append(self, request: SessionAppend, now: int) -> SessionAppendResult:
         session = self._session(request.pid)
         status: str = "ok"
-        cutoff = None
         if session is None:
             session = _Session(request.gen, request.owner, request.principal)
             self._sessions[request.pid] = session
         elif (session.gen, session.owner) != (request.gen, request.owner):
             if (session.prev_gen, session.prev_owner) != (request.gen, request.owner):
                 return SessionAppendResult("gone", [])
-            status, cutoff = "taken", session.cutoff
+            status = "taken"
         log = session.logs.setdefault(request.gen, deque(maxlen=self.limits.maxlen))
         numbers = []
         for received_ms, payload in request.frames:
-            if cutoff is not None and received_ms >= cutoff:
-                break
             n = session.counters.get(request.gen, 0) + 1
             session.counters[request.gen] = n
             log.append((n, received_ms, payload))
@@ -261,7 +260,7 @@ class MemoryLog:
         session = self._session(pid)
         if session is None or session.prev_gen != gen:
             return SessionReplay("lost")
-        if not force and not session.prev_closed and session.prev_flushed < session.cutoff:
+        if not force and not session.prev_closed and session.prev_flushed <= session.cutoff:
             return SessionReplay("wait")
         log = session.logs.get(gen, deque())
         last = session.counters.get(gen, 0)

@@ -48,6 +48,8 @@ def _script(name: str) -> tuple[str, str]:
 class RedisLog:
     """A :class:`~asgi_resume.log.StreamLog` on Redis, Valkey or Redis Cluster."""
 
+    synchronous = False
+
     def __init__(self, client: Redis | RedisCluster, prefix: str = "asgi_resume", limits: LogLimits | None = None):
         self.client = client
         self.prefix = prefix

@@ -4,21 +4,20 @@
 --       7 flushed ms (every frame this connection got before it is in this call or an earlier one),
 --       then per frame: received at (ms), payload
 -- Returns {'ok', n...}: the frames' numbers in that generation, or {'taken', n...} when another
--- connection claimed the session: then only frames received before its claim are appended.
+-- connection claimed the session (the frames are still logged: the claimer may not have read yet).
 local meta, log = KEYS[1], KEYS[2]
 local gen, owner = ARGV[1], ARGV[2]
 local state = redis.call('HMGET', meta, 'gen', 'owner', 'cutoff', 'prev_gen', 'prev_owner')
-local status, cutoff = 'ok', false
+local status = 'ok'
 if not state[1] then
   redis.call('HSET', meta, 'gen', gen, 'owner', owner, 'principal', ARGV[3], 'ns', ARGV[4], 'n', 0)
 elseif state[1] ~= gen or state[2] ~= owner then
   if state[4] ~= gen or state[5] ~= owner then return {'gone'} end
-  status, cutoff = 'taken', tonumber(state[3])
+  status = 'taken'
 end
 local counter = 'n:' .. gen
 local out = {status}
 for i = 8, #ARGV, 2 do
-  if cutoff and tonumber(ARGV[i]) >= cutoff then break end
   local n = redis.call('HINCRBY', meta, counter, 1)
   redis.call('XADD', log, 'MAXLEN', '~', ARGV[6], n .. '-0', 't', ARGV[i], 'f', ARGV[i + 1])
   out[#out + 1] = n

@@ -6,7 +6,8 @@ local meta, log = KEYS[1], KEYS[2]
 local prev_gen = redis.call('HGET', meta, 'prev_gen') or ''
 local state = redis.call('HMGET', meta, 'cutoff', 'prev_flushed', 'prev_closed', 'n:' .. prev_gen)
 local cutoff, flushed = tonumber(state[1] or '0'), tonumber(state[2] or '0')
-if ARGV[2] ~= '1' and state[3] ~= '1' and flushed < cutoff then return {'wait'} end
+-- strictly after the claim: a batch taken in the claim's own millisecond may have missed a frame
+if ARGV[2] ~= '1' and state[3] ~= '1' and flushed <= cutoff then return {'wait'} end
 local after = tonumber(ARGV[1])
 local last = tonumber(state[4] or '0')
 if after > last then return {'lost'} end

@@ -1,0 +1,63 @@
+"""The app every benchmark runs, bare or wrapped: an ordinary python-socketio server.
+
+``BENCH_MODE`` picks what wraps it: ``bare`` (nothing), ``memory`` (the middleware, memory log) or
+``redis`` (the middleware on ``BENCH_REDIS_URL``). Control events make it emit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+import socketio
+
+MODE = os.environ.get("BENCH_MODE", "bare")
+sio = socketio.AsyncServer(async_mode="asgi", logger=False, engineio_logger=False)
+
+
+def frame(message_id: str, i: int, size: int) -> dict[str, Any]:
+    """An open-webui shaped token frame; ``t`` is the emit time (CLOCK_MONOTONIC, shared by processes)."""
+    content = ("tok%d " % i).ljust(size, "x")
+    return {"chat_id": "bench", "message_id": message_id, "t": time.monotonic(),
+            "data": {"type": "chat:completion", "data": {"content": content}}}  # fmt: skip
+
+
+@sio.event
+async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+    room = auth.get("room") if isinstance(auth, dict) else None
+    if room:
+        await sio.enter_room(sid, room)
+
+
+@sio.on("blast")
+async def blast(sid: str, request: dict[str, Any]) -> float:
+    """Emit ``n`` frames to a room as fast as the app can; returns the seconds it took."""
+    started = time.monotonic()
+    for i in range(1, request["n"] + 1):
+        await sio.emit("events", frame(request["message_id"], i, request.get("size", 16)), room=request["room"])
+    return time.monotonic() - started
+
+
+@sio.on("steady")
+async def steady(sid: str, request: dict[str, Any]) -> None:
+    """Emit at ``rate`` frames/s for ``n`` frames, in the background."""
+
+    async def run() -> None:
+        interval, start = 1.0 / request["rate"], time.monotonic()
+        for i in range(1, request["n"] + 1):
+            delay = start + i * interval - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await sio.emit("events", frame(request["message_id"], i, request.get("size", 16)), room=request["room"])
+
+    sio.start_background_task(run)
+
+
+app: Any = socketio.ASGIApp(sio)
+if MODE != "bare":
+    from asgi_resume import ResumeMiddleware
+
+    redis_url = os.environ["BENCH_REDIS_URL"] if MODE == "redis" else None
+    app = ResumeMiddleware(app, redis_url=redis_url, principal="auth:room", key_prefix=f"bench{os.getpid()}")

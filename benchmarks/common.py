@@ -1,0 +1,162 @@
+"""What the benchmark scripts share: the server under test in its own process, and a lean client.
+
+The server (``benchmarks/app.py`` under uvicorn) runs bare or wrapped in a subprocess; clients run in
+the benchmark's own process. Every script measures the bare app in the same run and prints ratios.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import websockets
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.support.redis_server import RedisServer  # noqa: E402  (a redis-server of our own)
+
+MODES = ("bare", "memory", "redis")
+
+
+@contextmanager
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer(Path(tempfile.mkdtemp(prefix="bench-redis-"))).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@contextmanager
+def app_server(mode: str, redis_url: str = "", **env: str) -> Iterator[str]:
+    """``benchmarks.app:app`` under uvicorn in a subprocess; yields its ``http://`` URL."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(4096)
+    fd = sock.fileno()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "benchmarks.app:app", "--fd", str(fd), "--log-level", "warning",
+         "--ws", "websockets-sansio", "--timeout-graceful-shutdown", "1"],  # fmt: skip
+        cwd=ROOT,
+        env={**os.environ, "BENCH_MODE": mode, "BENCH_REDIS_URL": redis_url, **env},
+        pass_fds=(fd,),
+    )
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        process.terminate()
+        process.wait(15)
+        sock.close()
+
+
+def server_pid(url: str) -> int:
+    """The pid of the process listening on ``url`` (for RSS readings)."""
+    port = url.rsplit(":", 1)[1]
+    out = subprocess.run(["ss", "-ltnpH", f"sport = :{port}"], capture_output=True, text=True).stdout
+    return int(out.split("pid=")[1].split(",")[0])
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+class Client:
+    """A Socket.IO client over a raw websocket: counts events, keeps arrival times, answers pings."""
+
+    def __init__(self, url: str, auth: dict[str, Any]) -> None:
+        self.url = url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket"
+        self.auth = auth
+        self.count = 0
+        self.latencies: list[float] = []  # receive time - emit time, seconds
+        self.events: list[Any] = []  # first arguments, when keep=True
+        self.keep = False
+        self.acks: dict[int, asyncio.Future[Any]] = {}
+        self._changed = asyncio.Event()
+        self._ws: Any = None
+
+    async def connect(self) -> Client:
+        self._ws = await websockets.connect(self.url, max_size=None, ping_interval=None, compression=None)
+        await self._ws.recv()  # OPEN
+        await self._ws.send("40" + json.dumps(self.auth))
+        reply = await self._ws.recv()
+        assert reply.startswith("40"), reply
+        self._reader = asyncio.create_task(self._read())
+        return self
+
+    async def _read(self) -> None:
+        try:
+            async for message in self._ws:
+                if message == "2":
+                    await self._ws.send("3")
+                elif message.startswith("43"):
+                    ack_id = int(message[2 : message.index("[")])
+                    self.acks.pop(ack_id).set_result(json.loads(message[message.index("[") :]))
+                elif message.startswith("42"):
+                    now = time.monotonic()
+                    self.count += 1
+                    if self.keep or '"t":' in message:
+                        args = json.loads(message[2:])
+                        if isinstance(args[1], dict) and "t" in args[1]:
+                            self.latencies.append(now - args[1]["t"])
+                        if self.keep:
+                            self.events.append(args[1])
+                    self._changed.set()
+        except websockets.ConnectionClosed:
+            pass
+
+    async def call(self, event: str, arg: Any, timeout: float = 60) -> Any:
+        ack_id = len(self.acks) + int(time.monotonic() * 1000) % 1_000_000
+        future = asyncio.get_running_loop().create_future()
+        self.acks[ack_id] = future
+        await self._ws.send(f"42{ack_id}" + json.dumps([event, arg]))
+        return (await asyncio.wait_for(future, timeout))[0]
+
+    async def send(self, frame: str) -> None:
+        await self._ws.send(frame)
+
+    async def wait_count(self, count: int, timeout: float = 120) -> None:
+        async with asyncio.timeout(timeout):
+            while self.count < count:
+                self._changed.clear()
+                if self.count >= count:
+                    break
+                await self._changed.wait()
+
+    async def close(self) -> None:
+        await self._ws.send("41")
+        await self._ws.close()
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |"
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    body = ["| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows]
+    return "\n".join([line, sep, *body])
