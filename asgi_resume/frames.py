@@ -60,15 +60,13 @@ class EventUnit:
 
     def entry(self) -> Entry:
         """What the stream log keeps: the frame without ack id, cut where the stamp goes."""
-        assert self.template is not None
-        digest = hashlib.blake2b(digest_size=12)
-        digest.update(self.template.head.encode())
-        digest.update(b"\x00")
-        digest.update(self.template.tail.encode())
+        template = self.template
+        assert template is not None
+        digest = hashlib.blake2b((template.head + "\x00" + template.tail).encode(), digest_size=12)
         for attachment in self.attachments:
             digest.update(b"\x00")
             digest.update(attachment)
-        payload: list[str | bytes] = [self.template.head, self.template.tail, *self.attachments]
+        payload: list[str | bytes] = [template.head, template.tail, *self.attachments]
         return Entry(digest.hexdigest(), payload, self.done, self.received_ms)
 
     def live(self) -> str:

@@ -24,6 +24,7 @@ from asgi_resume.frames import RESERVED, EventUnit, Item
 from asgi_resume.log import AppendRequest, LogUnavailable, StreamLog
 from asgi_resume.recovery import Recovery
 from asgi_resume.resume import ResumeRequest
+from asgi_resume.rules import StreamFrame
 from asgi_resume.runtime import Runtime
 from asgi_resume.session import Session
 
@@ -31,6 +32,7 @@ logger = logging.getLogger("asgi_resume")
 
 LEADER_WAIT_S = 0.45  # how long a frame waits for the stream's leader to log it (longer than its lease)
 LEADER_POLL_S = 0.001
+STAMPING_CACHE_SIZE = 256  # recent stream frames: their copies to other connections are stamped alike
 
 
 class _ConnectReply:
@@ -54,15 +56,9 @@ class Outbound:
         """Units fed and not flushed yet."""
         return len(self._units) + len(self._deferred)
 
-    def needs_io(self) -> bool:
-        """Would :meth:`flush` wait for the log? (Never with the in-process log.)"""
-        if self.log.synchronous:
-            return False
-        return bool(self._deferred) or any(
-            isinstance(u, EventUnit | ResumeRequest | _ConnectReply)
-            and (not isinstance(u, EventUnit) or u.stream or u.recover)
-            for u in self._units
-        )
+    def needs_log(self) -> bool:
+        """Does :meth:`flush` have frames to log or requests to answer? (Else it only passes frames on.)"""
+        return bool(self._deferred) or any(_needs_log(u) for u in self._units)
 
     def defer(self, request: ResumeRequest) -> None:
         """Answer ``request`` in the next flush, after what was fed before it (polling POSTs)."""
@@ -104,16 +100,15 @@ class Outbound:
     def _event_unit(self, frame: str) -> EventUnit | _ConnectReply | None:
         """The unit for an event we stamp or log (``None``: the frame passes as it is)."""
         recovery = self.recovery
-        classified = self.runtime.rules.classify(frame)
-        if classified is not None:
+        stamping = self._stamping(frame)
+        if stamping is not None:
+            classified, template = stamping
             packet = classified.packet
-            template = protocol.stamp_template(frame, packet, RESERVED)
-            if template is not None:
-                expected = packet.attachments if packet.type == protocol.BINARY_EVENT else 0
-                unit = EventUnit(frame, packet.namespace, expected, self.log.now_ms(), classified.stream)
-                unit.done, unit.template = classified.done, template
-                unit.recover = recovery is not None and recovery.wants(packet.namespace, packet.ack_id)
-                return unit
+            expected = packet.attachments if packet.type == protocol.BINARY_EVENT else 0
+            unit = EventUnit(frame, packet.namespace, expected, self.log.now_ms(), classified.stream)
+            unit.done, unit.template = classified.done, template
+            unit.recover = recovery is not None and recovery.wants(packet.namespace, packet.ack_id)
+            return unit
         if recovery is None or not recovery.states or frame[:1] != protocol.EIO_MESSAGE:
             return None
         if frame[1:2] in ("2", "5"):
@@ -123,6 +118,21 @@ class Outbound:
                 return EventUnit(frame, peeked.namespace, expected, self.log.now_ms(), recover=True)
         reply = recovery.is_reply(frame)
         return _ConnectReply(frame, reply) if reply is not None else None
+
+    def _stamping(self, frame: str) -> tuple[StreamFrame, protocol.StampTemplate] | None:
+        """How to stamp ``frame``; shared by its copies (an emit to a room sends N equal frames)."""
+        cache = self.runtime.stamping_cache
+        if frame in cache:
+            cached: tuple[StreamFrame, protocol.StampTemplate] | None = cache[frame]
+            return cached
+        classified = self.runtime.rules.classify(frame)
+        template = protocol.stamp_template(frame, classified.packet, RESERVED) if classified is not None else None
+        found = (classified, template) if classified is not None and template is not None else None
+        if classified is not None:  # (frames without a stream id are cheap to classify again)
+            if len(cache) >= STAMPING_CACHE_SIZE:
+                del cache[next(iter(cache))]
+            cache[frame] = found
+        return found
 
     # -- flushing ----------------------------------------------------------------------------------
 
@@ -202,12 +212,16 @@ class Outbound:
             requests = [self._request(stream, group) for stream, group in pending.items()]
             stats.log_writes += 1
             try:
-                async with asyncio.timeout(self.runtime.settings.write_timeout):
+                if self.log.synchronous:  # nothing to wait for: no timer, no company
                     results = await self.log.append(requests)
+                else:
+                    async with asyncio.timeout(self.runtime.settings.write_timeout):
+                        results = await self.runtime.appends.append(requests)
             except (LogUnavailable, TimeoutError) as exc:
                 self._unlogged(pending, str(exc) or "timed out")
                 return
             self.runtime.health.succeeded()
+            self.runtime.notify_appended(pending)
             waiting = {}
             for (stream, group), result in zip(pending.items(), results, strict=True):
                 session.unlogged.discard(stream)
@@ -228,7 +242,8 @@ class Outbound:
                 # They go out unstamped; logging them here could put a twin where it does not belong.
                 stats.frames_unmatched += sum(len(group) for group in pending.values())
                 return
-            await anyio.sleep(pause)
+            # the leader may be in this process: its append wakes us; else look again after a pause
+            await self.runtime.appended(list(pending), pause)
             pause = min(pause * 2, 0.02)
 
     def _request(self, stream: str, group: list[EventUnit]) -> AppendRequest:

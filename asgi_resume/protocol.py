@@ -24,6 +24,22 @@ UPGRADE_FRAME = EIO_UPGRADE
 # Socket.IO packet types.
 CONNECT, DISCONNECT, EVENT, ACK, CONNECT_ERROR, BINARY_EVENT, BINARY_ACK = range(7)
 
+try:  # an optional speedup (pip install 'asgi-resume[speedups]'): 4x faster parsing, same results
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - depends on the environment
+    _orjson = None  # type: ignore[assignment]
+
+
+def loads(text: str) -> Any:
+    """``json.loads``, with orjson when it is installed (and the stdlib for what orjson refuses)."""
+    if _orjson is not None:
+        try:
+            return _orjson.loads(text)
+        except _orjson.JSONDecodeError:  # NaN, ints beyond 64 bits: what the stdlib accepts
+            pass
+    return json.loads(text)
+
+
 RECORD_SEPARATOR = "\x1e"  # joins Engine.IO packets in a long-polling body
 _MAX_ACK_DIGITS = 15  # anything longer is not an id python-socketio would send
 _MAX_ATTACHMENTS = 1000
@@ -75,6 +91,14 @@ def parse(frame: str, *, decode: bool = True) -> Packet | None:
     """
     if not isinstance(frame, str) or len(frame) < 2 or frame[0] != EIO_MESSAGE:
         return None
+    if frame[1:3] == "2[" and decode:  # the hot path: an EVENT in "/", no ack id
+        try:
+            data = loads(frame[2:])
+        except (ValueError, RecursionError):
+            return None
+        if not (isinstance(data, list) and data and isinstance(data[0], str)):
+            return None
+        return Packet(EVENT, "/", None, data, 0, 2)
     kind = frame[1]
     if not "0" <= kind <= "6":
         return None
@@ -108,7 +132,7 @@ def parse(frame: str, *, decode: bool = True) -> Packet | None:
     data = None
     if i < n and decode:
         try:
-            data = json.loads(frame[i:])
+            data = loads(frame[i:])
         except (ValueError, RecursionError):
             return None
     packet = Packet(ptype, namespace, ack_id, data, attachments, i)
@@ -177,7 +201,8 @@ def stamp_template(frame: str, packet: Packet, reserved: tuple[str, ...]) -> Sta
     the stamped frame carries each field exactly once. ``None`` when the first
     argument is not an object.
     """
-    obj = packet.first_arg
+    data = packet.data
+    obj = data[1] if isinstance(data, list) and len(data) > 1 and isinstance(data[0], str) else None
     if not isinstance(obj, dict) or not packet.data_offset:
         return None
     offset = packet.data_offset
@@ -187,10 +212,11 @@ def stamp_template(frame: str, packet: Packet, reserved: tuple[str, ...]) -> Sta
         return None
     prefix = frame[:ack_at]
     body = frame[offset:]
-    if any(key in obj for key in reserved):
+    if reserved and (reserved[0] in obj or (len(reserved) > 1 and any(key in obj for key in reserved[1:]))):
         obj = {k: v for k, v in obj.items() if k not in reserved}
         body = json.dumps([packet.data[0], obj, *packet.data[2:]], separators=(",", ":"))
-    start = _first_arg_start(body, 0)
+    compact = _event_prefix(packet.data[0])
+    start = len(compact) - 1 if body.startswith(compact) else _first_arg_start(body, 0)
     if start is None:
         return None
     tail = body[start + 1 :]
@@ -216,6 +242,19 @@ def with_member(frame: str, packet: Packet, key: str, value: str) -> str:
     if key in packet.data:
         return encode(Packet(packet.type, packet.namespace, packet.ack_id, {key: value, **packet.data}))
     return frame[: offset + 1] + member + ("," if packet.data else "") + frame[offset + 1 :]
+
+
+_PREFIXES: dict[str, str] = {}
+
+
+def _event_prefix(name: str) -> str:
+    """``["name",{`` as python-socketio encodes it: the first argument's ``{`` without a scan."""
+    prefix = _PREFIXES.get(name)
+    if prefix is None:
+        prefix = "[" + json.dumps(name) + ",{"
+        if len(_PREFIXES) < 1024:
+            _PREFIXES[name] = prefix
+    return prefix
 
 
 def _skip_ws(text: str, i: int) -> int:

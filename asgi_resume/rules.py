@@ -49,6 +49,19 @@ class DoneRule:
     def matches(self, obj: Any) -> bool:
         return all(condition.holds(obj) for condition in self.conditions)
 
+    @property
+    def needles(self) -> tuple[str, ...]:
+        """Text a frame must contain for this rule to possibly match: skips the JSON walk for most frames."""
+        rare, common = [], []
+        for condition in self.conditions:
+            key = json.dumps(condition.path[-1])
+            if isinstance(condition.expected, str):
+                rare.append(json.dumps(condition.expected)[1:-1])
+                common.append(key)
+            else:
+                (rare if condition.expected is _TRUTHY else common).append(key)
+        return tuple(rare[::-1] + common)  # the last condition is usually the telling one
+
 
 def parse_path(spec: str) -> tuple[str, ...]:
     """``"data.data.done"`` -> ``("data", "data", "done")``; raises ValueError when empty."""
@@ -109,20 +122,33 @@ class StreamRules:
         self.done_rules = done
         # a frame without this text cannot hold a stream id: skip its JSON entirely
         self._needle = json.dumps(stream_path[-1])
+        self._done_needles = [(rule, rule.needles) for rule in done]
 
     def classify(self, frame: str) -> StreamFrame | None:
         if frame[:2] not in ("42", "45") or self._needle not in frame:
             return None
         packet = protocol.parse(frame)
-        if packet is None or not packet.is_event:
+        if packet is None or packet.type not in (protocol.EVENT, protocol.BINARY_EVENT):
             return None
-        if self.events is not None and packet.event_name not in self.events:
+        data = packet.data  # parse() checked: a list starting with the event name
+        if (self.events is not None and data[0] not in self.events) or len(data) < 2:
             return None
-        obj = packet.first_arg
-        stream = stream_id_of(protocol.lookup(obj, self.stream_path))
+        obj = data[1]
+        path = self.stream_path
+        value = obj.get(path[0]) if len(path) == 1 and isinstance(obj, dict) else protocol.lookup(obj, path)
+        stream = value if type(value) is str and 0 < len(value) <= MAX_STREAM_ID_LENGTH else stream_id_of(value)
         if stream is None:
             return None
-        return StreamFrame(packet, stream, self.is_done(obj))
+        done = False
+        for rule, needles in self._done_needles:  # most frames lack a needle: no JSON walk
+            for needle in needles:
+                if needle not in frame:
+                    break
+            else:
+                if rule.matches(obj):
+                    done = True
+                    break
+        return StreamFrame(packet, stream, done)
 
     def is_done(self, obj: Any) -> bool:
         return any(rule.matches(obj) for rule in self.done_rules)

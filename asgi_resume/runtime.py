@@ -8,18 +8,20 @@ Must not touch: any one connection's state.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from asgi_resume.config import Settings
 from asgi_resume.log import StreamLog
-from asgi_resume.log.base import LogLimits
+from asgi_resume.log.base import GroupCommit, LogLimits
 from asgi_resume.log.memory import MemoryLog
 from asgi_resume.principal import PrincipalResolver
 from asgi_resume.rules import StreamRules
@@ -100,12 +102,15 @@ class Runtime:
         self.health = LogHealth(self.stats)
         limits = LogLimits(settings.maxlen, int(settings.ttl * 1000), int(settings.done_ttl * 1000))
         self.log: StreamLog = log if log is not None else self._make_log(settings, limits)
+        self.appends = GroupCommit(self.log)  # a room's copies share one round trip
         self._resolver: PrincipalResolver | None = None
         if settings.secret is not None:
             self._resolver = PrincipalResolver(settings.principal, settings.secret.encode())
         self._resolver_lock = anyio.Lock()
         self.sessions: Registry[Outbound] = Registry()  # Engine.IO sid -> its outbound pipeline
         self.holds: set[Callable[[str], None]] = set()  # how to end each hold in progress
+        self.stamping_cache: dict[str, Any] = {}  # frame -> how to stamp it (see Outbound._stamping)
+        self._append_waiters: dict[str, list[asyncio.Event]] = {}  # stream -> connections waiting for its leader
         self.shutting_down = False
 
     @staticmethod
@@ -142,6 +147,31 @@ class Runtime:
                     return PrincipalResolver(self.settings.principal, secrets.token_bytes(32))
                 self._resolver = PrincipalResolver(self.settings.principal, key)
         return self._resolver
+
+    async def appended(self, streams: list[str], at_most: float) -> None:
+        """Wait until a connection of this process logs one of ``streams``, or ``at_most`` seconds."""
+        event = asyncio.Event()
+        for stream in streams:
+            self._append_waiters.setdefault(stream, []).append(event)
+        try:
+            async with asyncio.timeout(at_most):
+                await event.wait()
+        except TimeoutError:
+            pass
+        finally:
+            for stream in streams:
+                waiters = self._append_waiters.get(stream)
+                if waiters is not None:
+                    with contextlib.suppress(ValueError):
+                        waiters.remove(event)
+                    if not waiters:
+                        del self._append_waiters[stream]
+
+    def notify_appended(self, streams: Iterable[str]) -> None:
+        if self._append_waiters:
+            for stream in streams:
+                for event in self._append_waiters.get(stream, ()):
+                    event.set()
 
     def shut_down_holds(self) -> None:
         """The server is going down: end every hold, and start no new one."""

@@ -35,6 +35,10 @@ logger = logging.getLogger("asgi_resume")
 OUTBOX_SIZE = 1024  # frames queued per connection before the app's send waits (backpressure)
 SERVER_GOING_AWAY = 1012  # uvicorn closes websockets with it on shutdown
 RECOVERY_POLL_S = 0.25  # how often a held connection asks whether its client recovered elsewhere
+LINGER_S = 0.001  # longest a batch waits for more frames before its log call (only while they keep coming)
+LINGER_IDLE_TURNS = 3  # loop turns without a new frame that end the wait
+LINGER_BATCH = 256
+LINGER_BELOW_S = 0.0002  # only frames closer together than this make a batch wait for more
 _PONG: Message = {"type": "websocket.receive", "text": protocol.PONG_FRAME}
 _END = object()  # queued after the app returns: the writer ends once it has sent what came before
 _NUDGE = object()  # frames were fed that need the log: the writer sends them
@@ -75,6 +79,7 @@ class WebSocketConnection:
         self._hold_wake = anyio.Event()
         self._hold_reason = ""
         self._handed_over = False
+        self._last_feed, self._gap = 0.0, 1.0  # when the last frame came, and the time before it
         self._tg: TaskGroup | None = None
 
     async def run(self) -> None:
@@ -113,9 +118,9 @@ class WebSocketConnection:
         """Take one item from the app, keeping the order of everything the client is sent.
 
         Frames are fed to the outbound pipeline right away (it is synchronous). Whoever holds the
-        lock sends what was fed, in order: this call when the frames need no I/O (no task switch
-        per frame), else the writer task, which logs everything fed while its previous log call
-        was in flight in one call: batches grow by themselves under load.
+        lock sends what was fed, in order: this call when nothing needs the log (no task switch),
+        else the writer task, which logs in one call everything fed while its previous call was
+        in flight: under load batches grow by themselves, and one log call serves many frames.
         """
         outbound = self.outbound
         if not self._outbox.empty():  # requests or control messages queued ahead: keep behind them
@@ -128,7 +133,7 @@ class WebSocketConnection:
             async with outbound.lock:  # too much waiting: backpressure reaches the app
                 await self._drain()
             return
-        if outbound.needs_io():
+        if outbound.needs_log():
             self._enqueue_nowait(_NUDGE)  # the writer logs it, with whatever comes meanwhile
             return
         async with outbound.lock:
@@ -137,16 +142,37 @@ class WebSocketConnection:
     def _feed(self, item: Item) -> None:
         if isinstance(item, str) and item[:1] == protocol.EIO_OPEN:
             self._register(item)
+        now = time.monotonic()
+        self._gap, self._last_feed = now - self._last_feed, now
         self.outbound.feed(item)
 
     async def _drain(self) -> None:
         """Send everything fed so far (the caller holds the lock), in order."""
         outbound = self.outbound
         while outbound.pending():
+            if outbound.needs_log() and self._gap < LINGER_BELOW_S:
+                await self._linger()
             for item in await outbound.flush():
                 await self._deliver(item)
         if self._holding:
             self._hold_wake.set()
+
+    async def _linger(self) -> None:
+        """Before a log call, let frames that are on their way join it, while they keep coming.
+
+        Each log call costs the event loop CPU time: when frames come fast, waiting a few loop
+        turns (never more than ``LINGER_S``) makes one call carry many frames. At a trickle (a
+        frame every ``LINGER_BELOW_S`` or slower) the call goes at once.
+        """
+        outbound = self.outbound
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LINGER_S
+        seen, idle = outbound.pending(), 0
+        while idle < LINGER_IDLE_TURNS and seen < LINGER_BATCH and loop.time() < deadline:
+            await asyncio.sleep(0)
+            now = outbound.pending()
+            idle = idle + 1 if now == seen else 0
+            seen = now
 
     async def _enqueue(self, item: Item) -> None:
         try:

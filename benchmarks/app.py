@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
 from typing import Any
@@ -19,9 +20,9 @@ sio = socketio.AsyncServer(async_mode="asgi", logger=False, engineio_logger=Fals
 
 def frame(message_id: str, i: int, size: int) -> dict[str, Any]:
     """An open-webui shaped token frame; ``t`` is the emit time (CLOCK_MONOTONIC, shared by processes)."""
-    content = ("tok%d " % i).ljust(size, "x")
-    return {"chat_id": "bench", "message_id": message_id, "t": time.monotonic(),
-            "data": {"type": "chat:completion", "data": {"content": content}}}  # fmt: skip
+    content = f"tok{i} ".ljust(size, "x")
+    data = {"type": "chat:completion", "data": {"content": content}}
+    return {"chat_id": "bench", "message_id": message_id, "t": time.monotonic(), "data": data}
 
 
 @sio.event
@@ -53,6 +54,13 @@ async def steady(sid: str, request: dict[str, Any]) -> None:
             await sio.emit("events", frame(request["message_id"], i, request.get("size", 16)), room=request["room"])
 
     sio.start_background_task(run)
+
+
+@sio.on("stats")
+async def stats(sid: str, request: Any = None) -> dict[str, Any]:
+    """The middleware's counters (empty for the bare app)."""
+    runtime = getattr(app, "runtime", None)
+    return dataclasses.asdict(runtime.stats) if runtime is not None else {}
 
 
 app: Any = socketio.ASGIApp(sio)

@@ -7,6 +7,7 @@ the benchmark's own process. Every script measures the bare app in the same run 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import socket
@@ -48,8 +49,20 @@ def app_server(mode: str, redis_url: str = "", **env: str) -> Iterator[str]:
     sock.listen(4096)
     fd = sock.fileno()
     process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "benchmarks.app:app", "--fd", str(fd), "--log-level", "warning",
-         "--ws", "websockets-sansio", "--timeout-graceful-shutdown", "1"],  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "benchmarks.app:app",
+            "--fd",
+            str(fd),
+            "--log-level",
+            "warning",
+            "--ws",
+            "websockets-sansio",
+            "--timeout-graceful-shutdown",
+            "1",
+        ],
         cwd=ROOT,
         env={**os.environ, "BENCH_MODE": mode, "BENCH_REDIS_URL": redis_url, **env},
         pass_fds=(fd,),
@@ -85,7 +98,8 @@ class Client:
         self.count = 0
         self.latencies: list[float] = []  # receive time - emit time, seconds
         self.events: list[Any] = []  # first arguments, when keep=True
-        self.keep = False
+        self.keep = False  # keep every event's first argument
+        self.timed = False  # measure latencies (parses every event: the client does more work)
         self.acks: dict[int, asyncio.Future[Any]] = {}
         self._changed = asyncio.Event()
         self._ws: Any = None
@@ -110,7 +124,7 @@ class Client:
                 elif message.startswith("42"):
                     now = time.monotonic()
                     self.count += 1
-                    if self.keep or '"t":' in message:
+                    if self.keep or self.timed:
                         args = json.loads(message[2:])
                         if isinstance(args[1], dict) and "t" in args[1]:
                             self.latencies.append(now - args[1]["t"])
@@ -141,6 +155,88 @@ class Client:
     async def close(self) -> None:
         await self._ws.send("41")
         await self._ws.close()
+
+
+class Counter(asyncio.Protocol):
+    """A client that only counts the app's events, parsing websocket frames by hand.
+
+    Throughput runs use it so the client is never the bottleneck (a full client spends more CPU
+    per frame than the server): it decodes nothing but frame headers.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.buffer = bytearray()
+        self.handshaken = asyncio.get_running_loop().create_future()
+        self.changed = asyncio.Event()
+        self.transport: asyncio.Transport | None = None
+
+    @classmethod
+    async def connect(cls, url: str, auth: dict[str, Any]) -> Counter:
+        host, port = url.removeprefix("http://").split(":")
+        loop = asyncio.get_running_loop()
+        transport, counter = await loop.create_connection(cls, host, int(port))
+        counter.transport = transport
+        key = base64.b64encode(os.urandom(16)).decode()
+        transport.write(
+            f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        await counter.handshaken
+        counter.send("40" + json.dumps(auth))
+        await counter.wait_count(1)  # the CONNECT reply
+        counter.count = 0
+        return counter
+
+    def send(self, text: str) -> None:
+        payload = text.encode()
+        mask = os.urandom(4)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        assert len(payload) < 126
+        assert self.transport is not None
+        self.transport.write(bytes([0x81, 0x80 | len(payload)]) + mask + masked)
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer
+        buffer += data
+        if not self.handshaken.done():
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            del buffer[: end + 4]
+            self.handshaken.set_result(None)
+        i, n, count = 0, len(buffer), 0
+        while n - i >= 2:
+            length, head = buffer[i + 1] & 0x7F, 2
+            if length == 126:
+                if n - i < 4:
+                    break
+                length, head = int.from_bytes(buffer[i + 2 : i + 4], "big"), 4
+            elif length == 127:
+                if n - i < 10:
+                    break
+                length, head = int.from_bytes(buffer[i + 2 : i + 10], "big"), 10
+            if n - i < head + length:
+                break
+            if buffer[i + head : i + head + 2] in (b"42", b"45") or buffer[i + head : i + head + 2] == b"40":
+                count += 1
+            i += head + length
+        del buffer[:i]
+        if count:
+            self.count += count
+            self.changed.set()
+
+    async def wait_count(self, count: int, timeout: float = 120) -> None:
+        async with asyncio.timeout(timeout):
+            while self.count < count:
+                self.changed.clear()
+                await self.changed.wait()
+
+    async def close(self) -> None:
+        self.send("41")
+        assert self.transport is not None
+        self.transport.close()
 
 
 def percentile(values: list[float], p: float) -> float:

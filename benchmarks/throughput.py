@@ -9,15 +9,16 @@ a room of many clients. Prints frames/s and the ratio to the bare app measured i
 from __future__ import annotations
 
 import argparse
-import asyncio
 import time
 
-from benchmarks.common import MODES, Client, app_server, redis_server, table
+import uvloop
+
+from benchmarks.common import MODES, Client, Counter, app_server, redis_server, table
 
 
 async def one_room(url: str, clients: int, frames: int, size: int, room: str) -> float:
     """Deliveries per second: frames x clients over the time until every client has them all."""
-    members = [await Client(url, {"room": room}).connect() for _ in range(clients)]
+    members = [await Counter.connect(url, {"room": room}) for _ in range(clients)]
     control = await Client(url, {}).connect()
     await control.call("blast", {"n": 500, "room": room, "message_id": f"warm-{room}", "size": size})
     for member in members:
@@ -34,7 +35,14 @@ async def one_room(url: str, clients: int, frames: int, size: int, room: str) ->
 
 
 async def measure(url: str, args: argparse.Namespace) -> dict[str, float]:
+    control = await Client(url, {}).connect()
+    before = await control.call("stats", {})
     single = max([await one_room(url, 1, args.frames, args.size, f"one{i}") for i in range(args.repeat)])
+    after = await control.call("stats", {})
+    await control.close()
+    writes = after.get("log_writes", 0) - before.get("log_writes", 0)
+    stamped = after.get("frames_stamped", 0) - before.get("frames_stamped", 0)
+    print(f"  one client: {stamped} frames stamped in {writes} log calls", flush=True)
     many = max([await one_room(url, args.clients, args.room_frames, args.size, f"many{i}") for i in range(args.repeat)])
     return {"one": single, "room": many}
 
@@ -51,10 +59,16 @@ def main() -> None:
     with redis_server() as redis:
         for mode in MODES:
             with app_server(mode, redis.url) as url:
-                results[mode] = asyncio.run(measure(url, args))
+                results[mode] = uvloop.run(measure(url, args))
     bare = results["bare"]
     rows = [
-        [mode, f"{r['one']:,.0f}", f"{r['one'] / bare['one']:.2f}", f"{r['room']:,.0f}", f"{r['room'] / bare['room']:.2f}"]
+        [
+            mode,
+            f"{r['one']:,.0f}",
+            f"{r['one'] / bare['one']:.2f}",
+            f"{r['room']:,.0f}",
+            f"{r['room'] / bare['room']:.2f}",
+        ]
         for mode, r in results.items()
     ]
     print(f"throughput, {args.size}-byte tokens; best of {args.repeat}")
