@@ -96,6 +96,7 @@ class Option:
 
 OPTIONS: tuple[Option, ...] = (
     Option("redis_url", "", _optional_str, "Redis URL; unset: the in-process memory log (one process only)"),
+    Option("redis_cluster", "0", _flag, "1: the URL names a node of a Redis Cluster"),
     Option("path", "/socket.io/", _path, "Engine.IO endpoint to watch, also found under a mount prefix"),
     Option("events", "*", _events, "Socket.IO event names whose frames are logged, comma separated; * for all"),
     Option("stream_id", "message_id", parse_path, "dotted path of the stream id in an event's first argument"),
@@ -120,6 +121,7 @@ OPTIONS: tuple[Option, ...] = (
 @dataclass(frozen=True, slots=True)
 class Settings:
     redis_url: str | None
+    redis_cluster: bool
     path: str
     events: frozenset[str] | None
     stream_id: tuple[str, ...]

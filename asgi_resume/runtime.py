@@ -120,7 +120,9 @@ class Runtime:
             return MemoryLog(limits)
         from asgi_resume.log.redis import RedisLog
 
-        return RedisLog.from_url(settings.redis_url, prefix=settings.key_prefix, limits=limits)
+        return RedisLog.from_url(
+            settings.redis_url, prefix=settings.key_prefix, limits=limits, cluster=settings.redis_cluster
+        )
 
     @property
     def stream_key(self) -> str:

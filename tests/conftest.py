@@ -10,7 +10,7 @@ import socketio
 
 from asgi_resume import ResumeMiddleware
 from tests.support.app import make_app, make_sio
-from tests.support.redis_server import RedisServer
+from tests.support.redis_server import RedisCluster, RedisServer
 from tests.support.server import serve
 
 _prefixes = itertools.count()
@@ -28,11 +28,21 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.stop()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    cluster = RedisCluster(tmp_path_factory.mktemp("cluster")).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def backend(request: pytest.FixtureRequest) -> dict[str, Any]:
-    """Middleware settings for each log backend; the behaviour suite runs on both."""
+    """Middleware settings for each log backend; the behaviour suite runs on all of them."""
     if request.param == "memory":
         return {}
+    if request.param == "cluster":
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        return {"redis_url": cluster.url, "redis_cluster": True, "key_prefix": f"t{next(_prefixes)}"}
     server: RedisServer = request.getfixturevalue("redis_server")
     return {"redis_url": server.url, "key_prefix": f"t{next(_prefixes)}"}
 

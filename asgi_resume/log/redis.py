@@ -8,6 +8,7 @@ pipelined round trip of ``EVALSHA`` (scripts are loaded once, again after a
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import secrets
@@ -197,6 +198,15 @@ class RedisLog:
                 return [await self.client.evalsha(sha, len(keys), *keys, *args)]
             except NoScriptError as exc:
                 return [exc]
+        if isinstance(self.client, RedisCluster):
+            # redis-py's cluster pipeline refuses EVALSHA: send the calls side by side instead
+            # (one round trip to each node that holds one of their slots)
+            client = self.client
+            return list(
+                await asyncio.gather(
+                    *(client.evalsha(sha, len(keys), *keys, *args) for keys, args in calls), return_exceptions=True
+                )
+            )
         pipe = self.client.pipeline(transaction=False)
         for keys, args in calls:
             pipe.evalsha(sha, len(keys), *keys, *args)
