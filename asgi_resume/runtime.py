@@ -142,8 +142,11 @@ class Runtime:
                 try:
                     if not self.health.available():
                         raise TimeoutError("the log failed a moment ago")
-                    with anyio.fail_after(max(self.settings.write_timeout, 1.0)):
+                    with anyio.fail_after(max(self.settings.write_timeout, 2.0)):
                         key: bytes = await shared_secret()
+                        prepare = getattr(self.log, "prepare", None)
+                        if prepare is not None:
+                            await prepare()
                 except Exception as exc:  # noqa: BLE001 - the log is down: this connection cannot be logged anyway
                     logger.warning("could not read the principal hashing key from the log (%s); will retry", exc)
                     return PrincipalResolver(self.settings.principal, secrets.token_bytes(32))

@@ -80,6 +80,7 @@ class WebSocketConnection:
         self._hold_reason = ""
         self._handed_over = False
         self._last_feed, self._gap = 0.0, 1.0  # when the last frame came, and the time before it
+        self._draining = False  # this connection holds the outbound lock and is sending
         self._tg: TaskGroup | None = None
 
     async def run(self) -> None:
@@ -123,13 +124,15 @@ class WebSocketConnection:
         in flight: under load batches grow by themselves, and one log call serves many frames.
         """
         outbound = self.outbound
-        if not self._outbox.empty():  # requests or control messages queued ahead: keep behind them
+        if not self._outbox.empty() or (outbound.lock.locked() and not self._draining):
+            # items queued ahead, or another transport of this session (long-polling, before the
+            # upgrade) is sending: the writer takes it in turn
             await self._enqueue(item)
             return
         self._feed(item)
-        if outbound.lock.locked():
+        if self._draining:
             if outbound.pending() < OUTBOX_SIZE:
-                return  # the holder sends it after what it is sending now
+                return  # our drain sends it after what it is sending now
             async with outbound.lock:  # too much waiting: backpressure reaches the app
                 await self._drain()
             return
@@ -149,11 +152,15 @@ class WebSocketConnection:
     async def _drain(self) -> None:
         """Send everything fed so far (the caller holds the lock), in order."""
         outbound = self.outbound
-        while outbound.pending():
-            if outbound.needs_log() and self._gap < LINGER_BELOW_S:
-                await self._linger()
-            for item in await outbound.flush():
-                await self._deliver(item)
+        self._draining = True
+        try:
+            while outbound.pending():
+                if outbound.needs_log() and self._gap < LINGER_BELOW_S:
+                    await self._linger()
+                for item in await outbound.flush():
+                    await self._deliver(item)
+        finally:
+            self._draining = False
         if self._holding:
             self._hold_wake.set()
 
@@ -190,10 +197,10 @@ class WebSocketConnection:
             batch = [await outbox.get()]
             while not outbox.empty():
                 batch.append(outbox.get_nowait())
-            for item in batch:  # fed at once, before anything sent later can be fed
-                if item is not _NUDGE and item is not _END:
-                    self._feed(item)
             async with outbound.lock:
+                for item in batch:  # nothing else feeds while the lock is held and not draining
+                    if item is not _NUDGE and item is not _END:
+                        self._feed(item)
                 await self._drain()
             if batch[-1] is _END:
                 return

@@ -55,10 +55,17 @@ async def start_answer(page: Page, url: str) -> None:
 
 
 async def finish(page: Page, name: str) -> str:
-    await page.wait_for_selector(".message[data-status=done]", timeout=30_000)
+    """Wait for the answer to finish; a screenshot of the page either way."""
     OUTPUT.mkdir(parents=True, exist_ok=True)
-    await page.screenshot(path=str(OUTPUT / f"{name}.png"), full_page=True)
+    try:
+        await page.wait_for_selector(".message[data-status=done]", timeout=30_000)
+    finally:
+        await page.screenshot(path=str(OUTPUT / f"{name}.png"), full_page=True)
     return str(await page.text_content(".message .text"))
+
+
+def name_of(backend: dict[str, Any]) -> str:
+    return "cluster" if backend.get("redis_cluster") else "redis" if backend else "memory"
 
 
 async def test_reload_mid_stream(browser: Browser, backend: dict[str, Any]) -> None:
@@ -67,7 +74,7 @@ async def test_reload_mid_stream(browser: Browser, backend: dict[str, Any]) -> N
         page = await browser.new_page()
         await start_answer(page, url)
         await page.reload()
-        text = await finish(page, f"reload-{'redis' if backend else 'memory'}")
+        text = await finish(page, f"reload-{name_of(backend)}")
         assert text == "".join(fake_answer(PROMPT, TOKENS))
         assert "resumed" in str(await page.text_content("#log"))
         await page.close()
@@ -83,7 +90,7 @@ async def test_two_seconds_offline(browser: Browser, backend: dict[str, Any]) ->
         await page.wait_for_selector("#status:has-text('disconnected')")
         await asyncio.sleep(2)  # the outage itself: the server keeps streaming meanwhile
         await context.set_offline(False)
-        text = await finish(page, f"offline-{'redis' if backend else 'memory'}")
+        text = await finish(page, f"offline-{name_of(backend)}")
         assert text == "".join(fake_answer(PROMPT, TOKENS))
         assert "resumed" in str(await page.text_content("#log"))
         await context.close()

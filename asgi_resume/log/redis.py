@@ -212,6 +212,15 @@ class RedisLog:
             pipe.evalsha(sha, len(keys), *keys, *args)
         return list(await pipe.execute(raise_on_error=False))
 
+    async def prepare(self) -> None:
+        """Connect, learn the clock and load the scripts now, so the first frames pay none of it."""
+        try:
+            await self._sync_clock()
+            for source, _ in self._scripts.values():
+                await self.client.script_load(source)
+        except (RedisError, OSError) as exc:
+            raise LogUnavailable(str(exc) or type(exc).__name__) from exc
+
     async def shared_secret(self) -> bytes:
         """A random key for hashing principals, made once and shared by every worker."""
         key = f"{self.prefix}:secret"

@@ -18,10 +18,21 @@ from pathlib import Path
 READY_LINE = "Ready to accept connections"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def free_port(below: int = 65536, also_free_at: int = 0) -> int:
+    """A free loopback port under ``below`` (and with ``port + also_free_at`` free too, when given)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port >= below:
+            continue
+        if also_free_at:
+            with socket.socket() as other:
+                try:
+                    other.bind(("127.0.0.1", port + also_free_at))
+                except OSError:
+                    continue
+        return port
 
 
 def redis_server_binary() -> str:
@@ -122,8 +133,16 @@ class RedisCluster:
     """A real local Redis Cluster: ``masters`` redis-server processes in cluster mode, slots spread."""
 
     def __init__(self, directory: Path, masters: int = 3) -> None:
+        # a node's cluster bus listens 10000 above its port
         self.nodes = [
-            RedisServer(directory / f"node{i}", "--cluster-enabled", "yes", "--cluster-node-timeout", "2000")
+            RedisServer(
+                directory / f"node{i}",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-node-timeout",
+                "2000",
+                port=free_port(below=55536, also_free_at=10000),
+            )
             for i in range(masters)
         ]
 
