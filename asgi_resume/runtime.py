@@ -14,7 +14,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -36,6 +36,27 @@ _RETRY_AFTER_S = 1.0  # after a log failure, frames skip the log this long befor
 _WARN_EVERY_S = 10.0
 
 
+TIMING_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+@dataclass(slots=True)
+class Timing:
+    """How long something takes: count, sum and worst, in seconds (and buckets for a histogram)."""
+
+    count: int = 0
+    total: float = 0.0
+    worst: float = 0.0
+    buckets: dict[float, int] = field(default_factory=lambda: dict.fromkeys(TIMING_BUCKETS, 0))
+
+    def observe(self, seconds: float) -> None:
+        self.count += 1
+        self.total += seconds
+        self.worst = max(self.worst, seconds)
+        for bound in TIMING_BUCKETS:
+            if seconds <= bound:
+                self.buckets[bound] += 1
+
+
 @dataclass(slots=True)
 class Stats:
     """Counters, in-process (also exported as Prometheus metrics when enabled)."""
@@ -52,6 +73,7 @@ class Stats:
     resumes_bad_request: int = 0
     resumes_unavailable: int = 0
     frames_replayed: int = 0
+    replay_seconds: Timing = field(default_factory=Timing)  # reading the log and rendering a replay
     holds_active: int = 0
     holds_started: int = 0
     holds_refused: int = 0  # clients let go because max_holds was reached

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
 import time
 from typing import Any
 from urllib.parse import parse_qs
@@ -49,6 +50,26 @@ def _ends_connection(item: Item) -> bool:
     if isinstance(item, str):
         return item == protocol.EIO_CLOSE or item[:2] == "41"
     return isinstance(item, dict) and item.get("type") == "websocket.close"
+
+
+def disable_nagle(send: Send) -> None:
+    """Ask the kernel to send each frame at once (TCP_NODELAY), when the server lets us reach its socket.
+
+    A frame the middleware sends after a log round trip can otherwise sit behind Nagle's
+    algorithm until the client's delayed ACK: measured at ~10 ms on loopback with uvicorn, which
+    leaves TCP_NODELAY off. uvicorn's ``send`` is a method of its protocol object, which has the
+    transport; any other server is left as it is.
+    """
+    transport = getattr(getattr(send, "__self__", None), "transport", None)
+    get_extra_info = getattr(transport, "get_extra_info", None)
+    if get_extra_info is None:
+        return
+    try:  # (no family check: a socket uvicorn got with --fd reports AF_UNIX whatever it is)
+        sock = get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError, TypeError):
+        pass  # not TCP, or not a socket we may touch
 
 
 def query_param(scope: Scope, name: str) -> str | None:
@@ -112,6 +133,8 @@ class WebSocketConnection:
         if not self.accepted:  # the handshake (accept or reject) goes straight out
             self.accepted = kind == "websocket.accept"
             await self.send(message)
+            if self.accepted:
+                disable_nagle(self.send)
             return
         await self._forward(message)
 

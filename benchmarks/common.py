@@ -53,7 +53,7 @@ def app_server(mode: str, redis_url: str = "", **env: str) -> Iterator[str]:
             sys.executable,
             "-m",
             "uvicorn",
-            "benchmarks.app:app",
+            os.environ.get("BENCH_APP", "benchmarks.app:app"),
             "--fd",
             str(fd),
             "--log-level",
@@ -62,6 +62,7 @@ def app_server(mode: str, redis_url: str = "", **env: str) -> Iterator[str]:
             "websockets-sansio",
             "--timeout-graceful-shutdown",
             "1",
+            *os.environ.get("BENCH_UVICORN", "").split(),
         ],
         cwd=ROOT,
         env={**os.environ, "BENCH_MODE": mode, "BENCH_REDIS_URL": redis_url, **env},
@@ -139,7 +140,8 @@ class Client:
         future = asyncio.get_running_loop().create_future()
         self.acks[ack_id] = future
         await self._ws.send(f"42{ack_id}" + json.dumps([event, arg]))
-        return (await asyncio.wait_for(future, timeout))[0]
+        args = await asyncio.wait_for(future, timeout)
+        return args[0] if args else None
 
     async def send(self, frame: str) -> None:
         await self._ws.send(frame)
@@ -166,6 +168,7 @@ class Counter(asyncio.Protocol):
 
     def __init__(self) -> None:
         self.count = 0
+        self.acks = 0
         self.buffer = bytearray()
         self.handshaken = asyncio.get_running_loop().create_future()
         self.changed = asyncio.Event()
@@ -197,6 +200,12 @@ class Counter(asyncio.Protocol):
         assert self.transport is not None
         self.transport.write(bytes([0x81, 0x80 | len(payload)]) + mask + masked)
 
+    async def wait_acks(self, count: int, timeout: float = 60) -> None:
+        async with asyncio.timeout(timeout):
+            while self.acks < count:
+                self.changed.clear()
+                await self.changed.wait()
+
     def data_received(self, data: bytes) -> None:
         buffer = self.buffer
         buffer += data
@@ -219,8 +228,12 @@ class Counter(asyncio.Protocol):
                 length, head = int.from_bytes(buffer[i + 2 : i + 10], "big"), 10
             if n - i < head + length:
                 break
-            if buffer[i + head : i + head + 2] in (b"42", b"45") or buffer[i + head : i + head + 2] == b"40":
+            kind = buffer[i + head : i + head + 2]
+            if kind in (b"42", b"45", b"40"):
                 count += 1
+            elif kind == b"43":
+                self.acks += 1
+                self.changed.set()
             i += head + length
         del buffer[:i]
         if count:

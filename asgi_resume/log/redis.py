@@ -18,7 +18,7 @@ from importlib.resources import files
 from typing import Any
 
 import msgpack
-from redis.asyncio import Redis, RedisCluster
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.exceptions import NoScriptError, RedisError
 
 from asgi_resume.log.base import (
@@ -38,6 +38,7 @@ from asgi_resume.log.base import (
 _SCRIPTS = ("append", "replay", "release", "session_append", "session_claim", "session_read", "session_note")
 _PLAIN_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _CLOCK_REFRESH_S = 60.0
+MAX_CONNECTIONS = 64
 
 
 def _script(name: str) -> tuple[str, str]:
@@ -68,7 +69,10 @@ class RedisLog:
         if cluster:
             client = RedisCluster.from_url(url, **options)
         else:
-            client = Redis.from_url(url, health_check_interval=30, **options)
+            # calls wait for one of a bounded set of connections (a reconnect storm of a thousand
+            # replays must queue, not fail for want of connections)
+            pool = BlockingConnectionPool.from_url(url, max_connections=MAX_CONNECTIONS, timeout=5, **options)
+            client = Redis(connection_pool=pool, health_check_interval=30)
         return cls(client, prefix, limits)
 
     def keys(self, stream: str) -> list[str]:
