@@ -57,6 +57,9 @@ class RedisLog:
         self.prefix = prefix
         self.limits = limits or LogLimits()
         self._scripts = {name: _script(name) for name in _SCRIPTS}
+        # calls wait their turn for a bounded number of connections (the cluster client has no
+        # blocking pool: a reconnect storm would exhaust it)
+        self._turns = asyncio.Semaphore(MAX_CONNECTIONS)
         self._clock_offset_ms = 0
         self._clock_checked = -_CLOCK_REFRESH_S
 
@@ -67,7 +70,7 @@ class RedisLog:
         options: dict[str, Any] = {"socket_connect_timeout": 2.0, "socket_timeout": 5.0}
         client: Redis | RedisCluster
         if cluster:
-            client = RedisCluster.from_url(url, **options)
+            client = RedisCluster.from_url(url, max_connections=16 * MAX_CONNECTIONS, **options)
         else:
             # calls wait for one of a bounded set of connections (a reconnect storm of a thousand
             # replays must queue, not fail for want of connections)
@@ -184,10 +187,11 @@ class RedisLog:
             except RedisError as exc:
                 raise LogUnavailable(str(exc)) from exc
         try:
-            replies = await self._pipeline(sha, calls)
-            if any(isinstance(reply, NoScriptError) for reply in replies):
-                await self.client.script_load(source)
+            async with self._turns:
                 replies = await self._pipeline(sha, calls)
+                if any(isinstance(reply, NoScriptError) for reply in replies):
+                    await self.client.script_load(source)
+                    replies = await self._pipeline(sha, calls)
         except (RedisError, OSError) as exc:
             raise LogUnavailable(str(exc) or type(exc).__name__) from exc
         for reply in replies:
