@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,9 +31,12 @@ except ImportError:  # pragma: no cover - depends on the environment
     _orjson = None  # type: ignore[assignment]
 
 
+_LONG_NUMBER = re.compile(r"\d{19}")  # orjson turns integers beyond 64 bits into floats
+
+
 def loads(text: str) -> Any:
-    """``json.loads``, with orjson when it is installed (and the stdlib for what orjson refuses)."""
-    if _orjson is not None:
+    """``json.loads``, with orjson when it is installed (and the stdlib for what orjson would change)."""
+    if _orjson is not None and _LONG_NUMBER.search(text) is None:
         try:
             return _orjson.loads(text)
         except _orjson.JSONDecodeError:  # NaN, ints beyond 64 bits: what the stdlib accepts

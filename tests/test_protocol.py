@@ -190,3 +190,15 @@ def test_a_member_set_in_a_connect_reply(ns: str, data: dict[str, Any], pid: str
     assert result is not None
     assert result.data == {**data, "pid": pid}
     assert result.namespace == ns
+
+
+@given(events())
+def test_the_stdlib_parser_gives_the_same_packets(packet: Packet) -> None:
+    """Without orjson (an optional speedup) parsing is the stdlib's: same packets."""
+    frame = protocol.encode(packet)
+    fast = protocol.parse(frame)
+    saved, protocol._orjson = protocol._orjson, None  # type: ignore[assignment]
+    try:
+        assert protocol.parse(frame) == fast == packet
+    finally:
+        protocol._orjson = saved
