@@ -69,6 +69,15 @@ def _path(raw: str) -> str:
     return "/" + path.strip("/") + "/"
 
 
+def _optional_path(raw: str) -> str | None:
+    path = raw.strip()
+    if not path:
+        return None
+    if not path.startswith("/") or " " in path:
+        raise ValueError("must be a URL path such as /metrics")
+    return path
+
+
 def _events(raw: str) -> frozenset[str] | None:
     names = frozenset(filter(None, (part.strip() for part in raw.split(","))))
     if not names:
@@ -113,6 +122,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("hold_grace", "5", _seconds, "how long a hold lasts after its streams are done (for late frames)"),
     Option("hold_idle", "30", _seconds, "a stream with no frame for this long no longer keeps a hold open"),
     Option("max_holds", "1000", _positive_int, "held connections per process; past it, a gone client is let go"),
+    Option("resume_limit", "20", _positive_int, "resume requests a connection may make per 10 seconds"),
+    Option("metrics", "", _optional_path, "path where Prometheus metrics are served; unset: none (needs [metrics])"),
     Option("recovery", "0", _flag, "speak Socket.IO connection state recovery (pid and offsets) to stock clients"),
     Option("recovery_window", "120", _seconds, "how long after a drop a client may recover its session"),
 )
@@ -138,6 +149,8 @@ class Settings:
     hold_grace: float
     hold_idle: float
     max_holds: int
+    resume_limit: int
+    metrics: str | None
     recovery: bool
     recovery_window: float
 

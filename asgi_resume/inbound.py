@@ -9,11 +9,12 @@ DISCONNECT (the client left on purpose: nothing to recover), and a ``resume-stre
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from asgi_resume import protocol
 from asgi_resume.recovery import RecoveryState, strip_connect
-from asgi_resume.resume import ResumeRequest, parse_request
+from asgi_resume.resume import RATE_LIMITED, ResumeRequest, parse_request
 from asgi_resume.runtime import Runtime
 from asgi_resume.session import Session
 
@@ -41,7 +42,10 @@ async def inspect(runtime: Runtime, session: Session, frame: str) -> ResumeReque
             return None
         if packet.event_name != runtime.settings.resume_event:
             return None
-        return parse_request(packet, runtime.stream_key)
+        request = parse_request(packet, runtime.stream_key)
+        if not session.may_resume(runtime.settings.resume_limit):
+            return dataclasses.replace(request, error=RATE_LIMITED)
+        return request
     except Exception:  # never let a client's frame break the connection
         logger.exception("asgi_resume could not inspect an inbound frame; passing it on")
         return None

@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from asgi_resume.client import HELPER_PATH, helper_response
 from asgi_resume.config import Settings
 from asgi_resume.log import StreamLog
+from asgi_resume.metrics import Metrics
 from asgi_resume.polling import handle_polling
 from asgi_resume.runtime import Runtime
 from asgi_resume.websocket import WebSocketConnection, query_param
@@ -30,6 +31,7 @@ class ResumeMiddleware:
         self.app = app
         self.settings = Settings.load(**settings)
         self.runtime = Runtime(self.settings, log)
+        self.metrics = Metrics(self.runtime) if self.settings.metrics else None
 
     def _watches(self, scope: Scope) -> bool:
         path: str = scope.get("path", "")
@@ -40,6 +42,8 @@ class ResumeMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope.get("path", "").endswith(HELPER_PATH) and self._watches(scope):
             await helper_response(scope, receive, send)
+        elif self.metrics is not None and scope["type"] == "http" and scope.get("path") == self.settings.metrics:
+            await self.metrics(scope, receive, send)
         elif scope["type"] == "websocket" and self._watches(scope):
             await WebSocketConnection(self.app, self.runtime, scope, receive, send).run()
         elif scope["type"] == "http" and self._watches(scope) and query_param(scope, "transport") == "polling":

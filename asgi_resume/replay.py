@@ -28,6 +28,9 @@ async def answer(runtime: Runtime, session: Session, request: ResumeRequest) -> 
     def reply(body: dict[str, Any]) -> str:
         return resume.answer(request, body, settings.resume_event, runtime.stream_key)
 
+    if request.error == resume.RATE_LIMITED:
+        stats.resumes_rate_limited += 1
+        return [reply(resume.error("rate_limited", request.error))]
     if request.error is not None:
         stats.resumes_bad_request += 1
         return [reply(resume.error("bad_request", request.error))]

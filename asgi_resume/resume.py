@@ -14,6 +14,7 @@ from asgi_resume import protocol
 from asgi_resume.rules import stream_id_of
 
 RESULT_SUFFIX = ":result"
+RATE_LIMITED = "too many resume requests on this connection; wait a few seconds"
 MAX_EPOCH_LENGTH = 64
 
 

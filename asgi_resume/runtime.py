@@ -72,6 +72,7 @@ class Stats:
     resumes_not_found: int = 0
     resumes_bad_request: int = 0
     resumes_unavailable: int = 0
+    resumes_rate_limited: int = 0
     frames_replayed: int = 0
     replay_seconds: Timing = field(default_factory=Timing)  # reading the log and rendering a replay
     holds_active: int = 0
@@ -80,6 +81,29 @@ class Stats:
     recoveries_ok: int = 0
     recoveries_refused: int = 0  # unknown, expired or stolen pid, or frames gone: a normal connect
     frames_recovered: int = 0
+
+
+def fault(event: str, **fields: Any) -> dict[str, Any]:
+    """Structured fields for a fault's log line: ``record.asgi_resume`` (for JSON log formatters)."""
+    return {"asgi_resume": {"event": event, **fields}}
+
+
+class Throttle:
+    """At most one log line per ``every_s`` for each kind of fault; says how many were skipped."""
+
+    def __init__(self, every_s: float = _WARN_EVERY_S) -> None:
+        self.every_s = every_s
+        self._last: dict[str, float] = {}
+        self._skipped: dict[str, int] = {}
+
+    def allow(self, kind: str) -> int | None:
+        """``None``: stay quiet; else log now, mentioning the returned number of skipped lines."""
+        now = time.monotonic()
+        if now - self._last.get(kind, -self.every_s) < self.every_s:
+            self._skipped[kind] = self._skipped.get(kind, 0) + 1
+            return None
+        self._last[kind] = now
+        return self._skipped.pop(kind, 0)
 
 
 class LogHealth:
@@ -101,11 +125,12 @@ class LogHealth:
         self._down_until = now + _RETRY_AFTER_S
         self.down = True
         self._failures_since_warning += 1
-        if now - self._last_warning >= _WARN_EVERY_S:
+        if now - self._last_warning >= _WARN_EVERY_S:  # one line per 10 s at most, with the count since
             logger.warning(
                 "stream log unavailable (%s); frames go out unstamped and unlogged until it answers (%d failures)",
                 reason,
                 self._failures_since_warning,
+                extra=fault("log_unavailable", reason=reason, failures=self._failures_since_warning),
             )
             self._last_warning = now
             self._failures_since_warning = 0
@@ -113,7 +138,10 @@ class LogHealth:
     def succeeded(self) -> None:
         if self.down:
             self.down = False
-            logger.warning("stream log reachable again; logging resumed (streams that lost frames get a new epoch)")
+            logger.warning(
+                "stream log reachable again; logging resumed (streams that lost frames get a new epoch)",
+                extra=fault("log_recovered"),
+            )
 
 
 class Runtime:
@@ -122,6 +150,7 @@ class Runtime:
         self.rules = StreamRules(settings.events, settings.stream_id, settings.done)
         self.stats = Stats()
         self.health = LogHealth(self.stats)
+        self.throttle = Throttle()
         limits = LogLimits(settings.maxlen, int(settings.ttl * 1000), int(settings.done_ttl * 1000))
         self.log: StreamLog = log if log is not None else self._make_log(settings, limits)
         self.appends = GroupCommit(self.log)  # a room's copies share one round trip

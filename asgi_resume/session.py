@@ -33,6 +33,20 @@ class Session:
     in_flight: dict[str, float] = field(default_factory=dict)  # stream not done -> monotonic time of its last frame
     last_frame_at: float = 0.0  # monotonic time of the last stream frame
     recovery: dict[str, RecoveryState] = field(default_factory=dict)  # namespace -> connection state recovery
+    resume_tokens: float = -1.0  # the resume rate limit's bucket (-1: full, not yet used)
+    resume_refilled: float = 0.0
+
+    def may_resume(self, limit: int, per_s: float = 10.0) -> bool:
+        """A token bucket: ``limit`` requests, refilled at ``limit`` per ``per_s`` seconds."""
+        now = time.monotonic()
+        if self.resume_tokens < 0:
+            self.resume_tokens, self.resume_refilled = float(limit), now
+        self.resume_tokens = min(float(limit), self.resume_tokens + (now - self.resume_refilled) * limit / per_s)
+        self.resume_refilled = now
+        if self.resume_tokens < 1:
+            return False
+        self.resume_tokens -= 1
+        return True
 
     def principal_for(self, namespace: str) -> str | None:
         return self.principals.get(namespace)

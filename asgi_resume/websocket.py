@@ -28,7 +28,7 @@ from asgi_resume import protocol
 from asgi_resume.frames import Item
 from asgi_resume.inbound import inspect
 from asgi_resume.outbound import Outbound
-from asgi_resume.runtime import Runtime
+from asgi_resume.runtime import Runtime, fault
 from asgi_resume.session import Session
 
 logger = logging.getLogger("asgi_resume")
@@ -302,9 +302,15 @@ class WebSocketConnection:
             return False
         if stats.holds_active >= settings.max_holds:
             stats.holds_refused += 1
-            logger.warning(
-                "not holding %s: %d connections already held (ASGI_RESUME_MAX_HOLDS)", self.sid, stats.holds_active
-            )
+            skipped = self.runtime.throttle.allow("hold_refused")
+            if skipped is not None:
+                logger.warning(
+                    "not holding %s: %d connections already held (ASGI_RESUME_MAX_HOLDS; %d more not logged)",
+                    self.sid,
+                    stats.holds_active,
+                    skipped,
+                    extra=fault("hold_refused", held=stats.holds_active, skipped=skipped),
+                )
             return False
         self._holding = True
         stats.holds_active += 1

@@ -1,0 +1,90 @@
+"""Redis faults against a real redis-server the test starts, pauses (SIGSTOP) and kills: live frames go on,
+the app sees no exception, and what the log missed comes back as a gap, never as a silent hole."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from pathlib import Path
+
+import pytest
+
+from tests.support.app import emit_tokens, make_app, make_sio
+from tests.support.raw import RawClient
+from tests.support.redis_server import RedisServer
+from tests.support.server import serve
+
+pytestmark = pytest.mark.anyio
+_prefixes = itertools.count()
+
+
+async def emit_until_stamped(sio: object, client: RawClient, start: int) -> int:
+    """Emit one frame at a time until one comes back stamped; returns the last index emitted."""
+    i = start
+    async with asyncio.timeout(20):
+        while True:
+            i += 1
+            await emit_tokens(sio, "alice", "m", i, i)  # type: ignore[arg-type]
+            seqs = await client.wait_seqs("m", i)
+            if seqs[-1] is not None:
+                return i
+
+
+async def test_a_paused_redis_does_not_stop_or_break_the_stream(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = RedisServer(tmp_path / "paused").start()
+    sio = make_sio()
+    app = make_app(sio, redis_url=server.url, key_prefix=f"f{next(_prefixes)}", write_timeout=0.2)
+    try:
+        with caplog.at_level(logging.WARNING):
+            async with serve(app) as url:
+                client = await RawClient(url, auth={"token": "alice"}).connect()
+                await emit_tokens(sio, "alice", "m", 1, 5)
+                assert await client.wait_seqs("m", 5) == [1, 2, 3, 4, 5]
+                old_epoch = client.events()[0]["epoch"]
+
+                server.pause()  # Redis hangs: its socket stays open, nothing answers
+                await emit_tokens(sio, "alice", "m", 6, 30)
+                seqs = await client.wait_seqs("m", 30)  # every frame arrives, in order
+                assert seqs[5:] == [None] * 25  # unstamped: they did not wait for the log
+                assert [e["data"]["data"]["content"] for e in client.events()] == [f"tok{i} " for i in range(1, 31)]
+
+                server.resume()
+                last = await emit_until_stamped(sio, client, 30)
+                new_epoch = client.events()[-1]["epoch"]
+                assert new_epoch != old_epoch  # the stretch the log missed is a new epoch...
+                answer = await client.request(
+                    "resume-stream", {"message_id": "m", "last_seq": 5, "epoch": old_epoch}, ack_id=1
+                )
+                assert answer["gap"] is True  # ...and a gap to whoever resumes across it
+                assert last > 30
+                await client.close()
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert errors == [], [r.getMessage() for r in errors]  # nothing raised into the app or the server
+        warnings = [r for r in caplog.records if getattr(r, "asgi_resume", None)]
+        assert warnings[0].asgi_resume["event"] == "log_unavailable"  # type: ignore[attr-defined]
+        assert app.runtime.stats.log_failures >= 1
+    finally:
+        server.resume() if server.process else None
+        server.stop()
+        await app.runtime.aclose()
+
+
+async def test_redis_down_at_startup_then_up(tmp_path: Path) -> None:
+    """The first connections come while Redis is not there yet: they work, and logging starts later."""
+    server = RedisServer(tmp_path / "late")
+    sio = make_sio()
+    app = make_app(sio, redis_url=server.url, key_prefix=f"f{next(_prefixes)}", write_timeout=0.2)
+    try:
+        async with serve(app) as url:
+            client = await RawClient(url, auth={"token": "alice"}).connect()
+            await emit_tokens(sio, "alice", "m", 1, 3)
+            assert await client.wait_seqs("m", 3) == [None, None, None]
+            server.start()
+            await emit_until_stamped(sio, client, 3)
+            await client.close()
+    finally:
+        server.stop()
+        await app.runtime.aclose()
