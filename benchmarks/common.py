@@ -10,7 +10,6 @@ import asyncio
 import base64
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.support.redis_server import RedisServer  # noqa: E402  (a redis-server of our own)
+from tests.support.workers import Worker  # noqa: E402
 
 MODES = ("bare", "memory", "redis")
 
@@ -43,37 +43,14 @@ def redis_server() -> Iterator[RedisServer]:
 @contextmanager
 def app_server(mode: str, redis_url: str = "", **env: str) -> Iterator[str]:
     """``benchmarks.app:app`` under uvicorn in a subprocess; yields its ``http://`` URL."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(4096)
-    fd = sock.fileno()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            os.environ.get("BENCH_APP", "benchmarks.app:app"),
-            "--fd",
-            str(fd),
-            "--log-level",
-            "warning",
-            "--ws",
-            "websockets-sansio",
-            "--timeout-graceful-shutdown",
-            "1",
-            *os.environ.get("BENCH_UVICORN", "").split(),
-        ],
-        cwd=ROOT,
-        env={**os.environ, "BENCH_MODE": mode, "BENCH_REDIS_URL": redis_url, **env},
-        pass_fds=(fd,),
+    app = os.environ.get("BENCH_APP", "benchmarks.app:app")
+    worker = Worker(
+        {"BENCH_MODE": mode, "BENCH_REDIS_URL": redis_url, **env}, app, *os.environ.get("BENCH_UVICORN", "").split()
     )
     try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+        yield worker.url
     finally:
-        process.terminate()
-        process.wait(15)
-        sock.close()
+        worker.stop()
 
 
 def server_pid(url: str) -> int:

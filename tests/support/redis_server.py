@@ -15,6 +15,8 @@ import threading
 import time
 from pathlib import Path
 
+from tests.support.processes import stop
+
 READY_LINE = "Ready to accept connections"
 
 
@@ -108,12 +110,7 @@ class RedisServer:
 
     def stop(self) -> None:
         if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+            stop(self.process)
             self.process = None
 
     def pause(self) -> None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
 import uvicorn
 from starlette.types import ASGIApp
+
+from tests.support.processes import listening_socket
 
 
 @asynccontextmanager
@@ -18,10 +19,7 @@ async def serve(app: ASGIApp, *, ws: str = "websockets-sansio") -> AsyncIterator
     The socket listens before uvicorn starts, so a client can connect at once: the
     kernel queues it until the server accepts.
     """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(1024)
+    sock = listening_socket()
     port = sock.getsockname()[1]
     config = uvicorn.Config(app, lifespan="off", log_level="warning", ws=ws, ws_ping_interval=None)  # type: ignore[arg-type]
     server = uvicorn.Server(config)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -11,37 +10,25 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tests.support.processes import listening_socket, stop
+
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 class Worker:
-    """One uvicorn process serving ``tests.support.worker_app:app`` on a socket bound before it starts.
+    """One uvicorn process serving ``app`` on a socket bound before it starts (see listening_socket)."""
 
-    Clients can connect at once: the kernel queues them until uvicorn accepts.
-    """
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(1024)
+    def __init__(self, env: dict[str, str], app: str = "tests.support.worker_app:app", *args: str) -> None:
+        self.sock = listening_socket()
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         self.output: list[str] = []
         fd = self.sock.fileno()
         self.process = subprocess.Popen(
             [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "tests.support.worker_app:app",
-                "--fd",
-                str(fd),
-                "--log-level",
-                "warning",
-                "--ws",
-                "websockets-sansio",
-                "--timeout-graceful-shutdown",  # held connections must not delay the next test
-                "1",
+                sys.executable, "-m", "uvicorn", app, "--fd", str(fd), "--log-level", "warning",
+                "--ws", "websockets-sansio",
+                "--timeout-graceful-shutdown", "1",  # held connections must not delay the next run
+                *args,
             ],
             cwd=ROOT,
             env={**os.environ, **env},
@@ -49,8 +36,12 @@ class Worker:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-        )
+        )  # fmt: skip
         threading.Thread(target=self._drain, daemon=True).start()
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
 
     def _drain(self) -> None:
         assert self.process.stdout is not None
@@ -58,12 +49,7 @@ class Worker:
             self.output.append(line)
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
+        stop(self.process)
         self.sock.close()
 
 
