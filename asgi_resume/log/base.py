@@ -190,6 +190,7 @@ class GroupCommit:
             for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
+                    future.exception()  # a caller that gave up (timed out) leaves it unread: no warning
             return
         start = 0
         for requests, future in batch:

@@ -1,0 +1,57 @@
+"""The group commit: one log call for the appends of many connections in one loop turn."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+from collections.abc import Sequence
+
+import pytest
+
+from asgi_resume.log.base import AppendRequest, AppendResult, GroupCommit, LogUnavailable
+
+pytestmark = pytest.mark.anyio
+
+
+class CountingLog:
+    def __init__(self, fail: bool = False) -> None:
+        self.calls: list[int] = []
+        self.fail = fail
+        self.release = asyncio.Event()
+
+    async def append(self, requests: Sequence[AppendRequest]) -> list[AppendResult]:
+        self.calls.append(len(requests))
+        await self.release.wait()
+        if self.fail:
+            raise LogUnavailable("down")
+        return [AppendResult("e", [i]) for i, _ in enumerate(requests)]
+
+
+def request(stream: str) -> AppendRequest:
+    return AppendRequest(stream, [], None)
+
+
+async def test_requests_of_one_turn_share_one_call() -> None:
+    log = CountingLog()
+    group = GroupCommit(log)  # type: ignore[arg-type]
+    waiting = [asyncio.create_task(group.append([request(f"s{i}"), request("x")])) for i in range(3)]
+    await asyncio.sleep(0)  # let the three callers ask (one loop turn), not synchronisation with the log
+    log.release.set()
+    results = await asyncio.gather(*waiting)
+    assert log.calls == [6]
+    assert [[r.seqs for r in rs] for rs in results] == [[[0], [1]], [[2], [3]], [[4], [5]]]
+
+
+async def test_a_caller_that_gives_up_leaves_no_unread_failure(caplog: pytest.LogCaptureFixture) -> None:
+    log = CountingLog(fail=True)
+    group = GroupCommit(log)  # type: ignore[arg-type]
+    with caplog.at_level(logging.ERROR):
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.01):
+                await group.append([request("s")])
+        log.release.set()
+        for _ in range(5):  # the shared call finishes and fails with nobody waiting for it
+            await asyncio.sleep(0)
+        gc.collect()
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
