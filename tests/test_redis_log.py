@@ -16,6 +16,8 @@ import pytest
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
+from asgi_resume.log import AppendRequest, LogUnavailable
+from asgi_resume.log.redis import RedisLog
 from tests.support.app import chat_event, emit_tokens, make_app, make_sio, room_of
 from tests.support.raw import RawClient
 from tests.support.redis_server import RedisServer
@@ -189,3 +191,24 @@ async def test_redis_outage_never_stops_live_frames(
     finally:
         server.stop()
         await app.runtime.aclose()
+
+
+@pytest.mark.parametrize("cluster", [False, True], ids=["redis", "cluster"])
+async def test_a_closed_log_refuses_work_instead_of_reconnecting(
+    request: pytest.FixtureRequest, cluster: bool, prefix: str
+) -> None:
+    """A connection ending after shutdown (it releases its streams) must not reopen the client.
+
+    A reopened client would be left with open sockets, reported as unclosed when collected.
+    """
+    server = request.getfixturevalue("redis_cluster" if cluster else "redis_server")
+    log = RedisLog.from_url(server.url, prefix=prefix, cluster=cluster)
+    await log.prepare()
+    await log.release(["m"], "conn", [])  # works while open
+    await log.aclose()
+    with pytest.raises(LogUnavailable, match="closed"):
+        await log.release(["m"], "conn", [])
+    with pytest.raises(LogUnavailable, match="closed"):
+        await log.append([AppendRequest("m", [], None)])
+    if cluster:
+        assert log.client._initialize  # type: ignore[union-attr]  # still closed: nothing reconnected it

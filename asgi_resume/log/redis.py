@@ -62,6 +62,7 @@ class RedisLog:
         self._turns = asyncio.Semaphore(MAX_CONNECTIONS)
         self._clock_offset_ms = 0
         self._clock_checked = -_CLOCK_REFRESH_S
+        self._closed = False
 
     @classmethod
     def from_url(
@@ -181,6 +182,7 @@ class RedisLog:
     async def _call(self, script: str, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
         """EVALSHA ``script`` for each call in one pipelined round trip; load it on NOSCRIPT."""
         source, sha = self._scripts[script]
+        self._check_open()
         if time.monotonic() - self._clock_checked > _CLOCK_REFRESH_S:
             try:
                 await self._sync_clock()
@@ -222,6 +224,7 @@ class RedisLog:
 
     async def prepare(self) -> None:
         """Connect, learn the clock and load the scripts now, so the first frames pay none of it."""
+        self._check_open()
         try:
             await self._sync_clock()
             for source, _ in self._scripts.values():
@@ -232,6 +235,7 @@ class RedisLog:
     async def shared_secret(self) -> bytes:
         """A random key for hashing principals, made once and shared by every worker."""
         key = f"{self.prefix}:secret"
+        self._check_open()
         try:
             await self.client.set(key, secrets.token_hex(32), nx=True)
             value = await self.client.get(key)
@@ -241,7 +245,14 @@ class RedisLog:
             raise LogUnavailable("the hashing key vanished")
         return value if isinstance(value, bytes) else str(value).encode()
 
+    def _check_open(self) -> None:
+        # a connection that ends after shutdown (its lease release, say) must not reconnect a
+        # closed client: it would be left open, with its sockets, for the garbage collector
+        if self._closed:
+            raise LogUnavailable("the log is closed (the server is shutting down)")
+
     async def aclose(self) -> None:
+        self._closed = True
         await self.client.aclose()
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
 import anyio
@@ -35,19 +36,35 @@ async def serve(app: ASGIApp, *, ws: str = "websockets-sansio") -> AsyncIterator
     finally:
         sock.close()
         with anyio.CancelScope(shield=True):
-            await close_middlewares(app)
+            await _wind_down(server, app)
 
 
-async def close_middlewares(app: object) -> None:
-    """Close every ResumeMiddleware in ``app``'s stack, as a lifespan shutdown would.
+async def _wind_down(server: uvicorn.Server, app: object) -> None:
+    """What a graceful shutdown does, without waiting for clients a test left connected.
 
-    uvicorn skips the lifespan shutdown on a forced exit, and a log left open (its Redis
-    connections) is reported as unclosed by whichever later test the garbage collector runs in.
-    Closing twice is harmless.
+    uvicorn's forced exit neither waits for connection tasks nor runs the lifespan shutdown: holds
+    end, every connection is cut, its task ends (releasing its streams in the log), and then each
+    ResumeMiddleware closes its log. A log left open (its Redis connections) would be reported as
+    unclosed by whichever later test the garbage collector happens to run in.
     """
+    found = list(_middlewares(app))
+    for middleware in found:
+        middleware.runtime.shut_down_holds()
+    for connection in list(server.server_state.connections):
+        transport = getattr(connection, "transport", None)
+        if transport is not None:
+            transport.abort()
+    if server.server_state.tasks:
+        await asyncio.wait(server.server_state.tasks, timeout=5)
+    for middleware in found:
+        await middleware.runtime.aclose()
+
+
+def _middlewares(app: object) -> Iterator[ResumeMiddleware]:
+    """Every ResumeMiddleware in ``app``'s stack (Starlette's built middleware stack included)."""
     seen: set[int] = set()
     while app is not None and id(app) not in seen:
         seen.add(id(app))
         if isinstance(app, ResumeMiddleware):
-            await app.runtime.aclose()
+            yield app
         app = getattr(app, "middleware_stack", None) or getattr(app, "app", None)
