@@ -212,3 +212,22 @@ async def test_a_closed_log_refuses_work_instead_of_reconnecting(
         await log.append([AppendRequest("m", [], None)])
     if cluster:
         assert log.client._initialize  # type: ignore[union-attr]  # still closed: nothing reconnected it
+
+
+async def test_the_lifespan_shutdown_closes_the_log(redis_server: RedisServer, prefix: str) -> None:
+    """Under uvicorn's default lifespan, the app's shutdown closes the middleware's Redis client."""
+    app = make_app(make_sio(), redis_url=redis_server.url, key_prefix=prefix)
+    await app.runtime.log.release(["m"], "conn", [])  # the client is connected
+    inbox: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+    for message in ({"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}):
+        inbox.put_nowait(message)
+    sent: list[str] = []
+
+    async def send(message: dict[str, str]) -> None:
+        sent.append(message["type"])
+
+    async with asyncio.timeout(10):
+        await app({"type": "lifespan", "asgi": {"version": "3.0"}}, inbox.get, send)  # type: ignore[arg-type]
+    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    with pytest.raises(LogUnavailable, match="closed"):
+        await app.runtime.log.release(["m"], "conn", [])
