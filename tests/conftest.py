@@ -61,4 +61,3 @@ async def stack(backend: dict[str, Any]) -> AsyncIterator[Stack]:
     app = make_app(sio, **backend)
     async with serve(app) as url:
         yield Stack(sio, app, url)
-    await app.runtime.aclose()

@@ -72,7 +72,6 @@ async def test_a_frame_sent_to_one_tab_only_is_still_logged(backend: dict[str, A
         assert await other.wait_seqs("m", 2) == [2, 4]
         await lead.close()
         await other.close()
-    await app.runtime.aclose()
 
 
 async def test_a_frame_only_a_follower_got_goes_out_unstamped(backend: dict[str, Any]) -> None:
@@ -96,4 +95,3 @@ async def test_a_frame_only_a_follower_got_goes_out_unstamped(backend: dict[str,
         emitter.cancel()
         await lead.close()
         await follower.close()
-    await app.runtime.aclose()

@@ -154,6 +154,5 @@ def test_a_live_connection_survives_garbage(no_errors: None, items: list[str | b
             await emit_tokens(sio, "alice", "m", 3, 3)  # and the live stream goes on
             await client.wait_for(lambda f: isinstance(f, str) and "tok3" in f)
             await client.close()
-        await app.runtime.aclose()
 
     anyio.run(run)

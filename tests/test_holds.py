@@ -57,7 +57,6 @@ async def test_reload_mid_stream_resumes_with_nothing_missing(backend: dict[str,
         assert await sio.disconnects.wait(old_sid) >= stream.done_at
         assert app.runtime.stats.holds_started == 1
         await reloaded.close()
-    await app.runtime.aclose()
 
 
 async def test_the_hold_answers_the_apps_pings(backend: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:
@@ -82,7 +81,6 @@ async def test_the_hold_answers_the_apps_pings(backend: dict[str, Any], caplog: 
         assert answer["replayed"] == 101
         assert answer["done"] is True
         await late.close()
-    await app.runtime.aclose()
 
 
 async def test_no_hold_without_a_stream_in_flight(backend: dict[str, Any]) -> None:
@@ -97,7 +95,6 @@ async def test_no_hold_without_a_stream_in_flight(backend: dict[str, Any]) -> No
         await tab.kill()
         await sio.disconnects.wait(sid)
         assert app.runtime.stats.holds_started == 0
-    await app.runtime.aclose()
 
 
 @pytest.mark.parametrize(
@@ -123,7 +120,6 @@ async def test_cancel_and_error_paths_end_the_hold(backend: dict[str, Any], endi
         await sio.emit("events", ending, room=room_of("alice"))
         assert await sio.disconnects.wait(sid) >= ended_at
         assert app.runtime.stats.holds_active == 0
-    await app.runtime.aclose()
 
 
 async def test_a_stream_that_goes_idle_ends_the_hold(backend: dict[str, Any]) -> None:
@@ -138,7 +134,6 @@ async def test_a_stream_that_goes_idle_ends_the_hold(backend: dict[str, Any]) ->
         await sio.disconnects.wait(sid, timeout=10)
         assert app.runtime.stats.holds_started == 1
         assert app.runtime.stats.holds_active == 0
-    await app.runtime.aclose()
 
 
 async def test_hold_max_bounds_a_hold(backend: dict[str, Any]) -> None:
@@ -154,7 +149,6 @@ async def test_hold_max_bounds_a_hold(backend: dict[str, Any]) -> None:
         await sio.disconnects.wait(sid, timeout=10)
         assert stream.done_at is None  # ended by hold_max, mid-stream
         emitter.cancel()
-    await app.runtime.aclose()
 
 
 async def test_holds_are_bounded(backend: dict[str, Any]) -> None:
@@ -175,7 +169,6 @@ async def test_holds_are_bounded(backend: dict[str, Any]) -> None:
         assert app.runtime.stats.holds_refused == 1
         assert logs.count("MAX_HOLDS") == 1
         await sio.emit("events", chat_event("s-alice", 2, done=True), room=room_of("alice"))
-    await app.runtime.aclose()
 
 
 async def test_the_app_closing_a_held_connection_ends_the_hold(backend: dict[str, Any]) -> None:
@@ -192,7 +185,6 @@ async def test_the_app_closing_a_held_connection_ends_the_hold(backend: dict[str
             await sio.disconnect(sid)
             await logs.wait_for("the app closed the connection")
         assert app.runtime.stats.holds_active == 0
-    await app.runtime.aclose()
 
 
 async def test_frames_lost_past_hold_max_come_back_as_a_gap(backend: dict[str, Any]) -> None:
@@ -222,7 +214,6 @@ async def test_frames_lost_past_hold_max_come_back_as_a_gap(backend: dict[str, A
         assert answer["epoch"] != old["epoch"]
         emitter.cancel()
         await back.close()
-    await app.runtime.aclose()
 
 
 async def test_a_tab_that_stays_keeps_the_history_when_another_leaves(backend: dict[str, Any]) -> None:
@@ -246,4 +237,3 @@ async def test_a_tab_that_stays_keeps_the_history_when_another_leaves(backend: d
         assert len({e["epoch"] for e in second.events()}) == 1
         assert second.seqs("kept") == list(range(2, 203))
         await second.close()
-    await app.runtime.aclose()

@@ -37,7 +37,6 @@ async def test_metrics_count_what_happened(backend: dict[str, Any]) -> None:
         async with httpx.AsyncClient() as http:
             response = await http.get(url + "/metrics")
         await client.close()
-    await app.runtime.aclose()
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     values = samples(response.text)

@@ -113,7 +113,6 @@ async def test_a_stolen_pid_is_useless_to_another_principal(backend: dict[str, A
         assert [e["seq"] for e in again.events()] == [2]
         await again.close()
         await mallory.close()
-    await app.runtime.aclose()
 
 
 async def test_offsets_in_every_namespace_and_on_binary_events_not_on_acked_ones(backend: dict[str, Any]) -> None:
@@ -134,7 +133,6 @@ async def test_offsets_in_every_namespace_and_on_binary_events_not_on_acked_ones
         ask = next(f for f in client.frames if isinstance(f, str) and '"ask"' in f)
         assert json.loads(ask[ask.index("[") :]) == ["ask", {"q": 1}]  # an ack'd event gets no offset
         await client.close()
-    await app.runtime.aclose()
 
 
 async def test_a_client_that_says_goodbye_is_not_held(backend: dict[str, Any]) -> None:
@@ -147,4 +145,3 @@ async def test_a_client_that_says_goodbye_is_not_held(backend: dict[str, Any]) -
         await client.close()
         await sio.disconnects.wait(sid)
         assert app.runtime.stats.holds_started == 0
-    await app.runtime.aclose()

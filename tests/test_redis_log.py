@@ -49,7 +49,6 @@ async def test_entries_are_msgpack_with_one_key_per_stream(
         await emit_tokens(sio, "alice-token", "msg-1", 1, 5)
         await client.wait_seqs("msg-1", 5)
         await client.close()
-    await app.runtime.aclose()
 
     keys = sorted(k.decode() for k in await redis.keys(f"{prefix}:*"))
     assert keys == [
@@ -81,7 +80,6 @@ async def test_principals_are_stored_hashed(redis_server: RedisServer, redis: ai
         await emit_tokens(sio, "raw-credential-123", "m", 1, 2)
         await client.wait_seqs("m", 2)
         await client.close()
-    await app.runtime.aclose()
     members = await redis.smembers(f"{prefix}:{{m}}:who")
     assert len(members) == 1
     assert b"raw-credential-123" not in next(iter(members))
@@ -114,7 +112,6 @@ async def test_maxlen_and_ttls(redis_server: RedisServer, redis: aioredis.Redis,
         for key in keys:
             assert 0 < await redis.pttl(key) <= 20_000
         await client.close()
-    await app.runtime.aclose()
 
 
 async def test_two_processes_share_one_seq_per_stream(redis_server: RedisServer, prefix: str) -> None:
@@ -137,8 +134,6 @@ async def test_two_processes_share_one_seq_per_stream(redis_server: RedisServer,
         assert [e["data"]["data"]["content"] for e in on_b.events()[20:]] == [f"tok{i} " for i in range(1, 41)]
         await on_a.close()
         await on_b.close()
-    await app_a.runtime.aclose()
-    await app_b.runtime.aclose()
 
 
 async def test_redis_outage_never_stops_live_frames(

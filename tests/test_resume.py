@@ -94,7 +94,6 @@ async def test_resume_never_reaches_the_app(backend: dict[str, Any]) -> None:
         await asyncio.wait_for(hello.wait(), 5)  # frames reach the app in order: the resumes came first
         assert seen == ["after"]
         await client.close()
-    await app.runtime.aclose()
 
 
 @pytest.mark.parametrize(
@@ -184,7 +183,6 @@ async def test_cookie_principal(backend: dict[str, Any]) -> None:
         assert (await again.request("resume-stream", {"message_id": "c1", "last_seq": 0}, ack_id=1))["replayed"] == 1
         for client in (owner, other, again):
             await client.close()
-    await app.runtime.aclose()
 
 
 def owner_sid(sio: Any) -> str:
@@ -209,7 +207,6 @@ async def test_gap_when_the_log_no_longer_holds_the_frames(backend: dict[str, An
         assert inside["gap"] is False
         assert inside["replayed"] == 2
         await client.close()
-    await app.runtime.aclose()
 
 
 async def test_another_epoch_is_a_gap_and_replays_this_history(stack: Stack) -> None:

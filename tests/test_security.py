@@ -36,7 +36,6 @@ async def test_resume_requests_are_rate_limited_per_connection(backend: dict[str
         assert (await other.request("resume-stream", {"message_id": "m", "last_seq": 0}, ack_id=1))["ok"]
         for c in (client, other):
             await c.close()
-    await app.runtime.aclose()
 
 
 async def test_a_forged_epoch_does_not_open_another_users_stream(stack: Stack) -> None:

@@ -120,7 +120,6 @@ async def test_event_filter_limits_what_is_logged(backend: dict[str, Any]) -> No
         assert client.frames[1] == '42["progress",{"message_id":"m"}]'
         assert '"seq":1' in str(client.frames[2])
         await client.close()
-    await app.runtime.aclose()
 
 
 async def test_custom_stream_id_path(backend: dict[str, Any]) -> None:
@@ -136,7 +135,6 @@ async def test_custom_stream_id_path(backend: dict[str, Any]) -> None:
         assert answer["ok"]
         assert answer["replayed"] == 2
         await client.close()
-    await app.runtime.aclose()
 
 
 async def test_namespaces_are_stamped_and_resumed(stack: Stack) -> None:
@@ -193,4 +191,3 @@ async def test_a_burst_is_logged_in_batches_not_one_write_per_frame(redis_server
         assert stats.frames_stamped == 2000
         assert stats.log_writes < 2000 * 0.75, stats
         await client.close()
-    await app.runtime.aclose()

@@ -34,4 +34,3 @@ async def test_many_tabs_resuming_at_once_lose_nothing(backend: dict[str, Any]) 
         for tab in tabs:
             assert tab.seqs("storm") == list(range(1, FRAMES + 1))
         await asyncio.gather(*(tab.close() for tab in [*tabs, owner]))
-    await app.runtime.aclose()
