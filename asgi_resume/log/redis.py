@@ -113,8 +113,10 @@ class RedisLog:
                 request.connection,
                 limits.lease_ms,
             ]
+            frames: list[Any] = []  # one argument for all: redis-py encodes each argument on its own
             for entry in request.entries:
-                args += [entry.digest, 1 if entry.done else 0, entry.received_ms, msgpack.packb(entry.payload)]
+                frames += [entry.digest, "1" if entry.done else "0", entry.received_ms, msgpack.packb(entry.payload)]
+            args.append(msgpack.packb(frames, use_bin_type=False))  # Redis's cmsgpack knows no bin type
             calls.append((self.keys(request.stream), args))
         replies = await self._call("append", calls)
         return [AppendResult(_text(reply[0]), [int(seq) for seq in reply[1:]]) for reply in replies]

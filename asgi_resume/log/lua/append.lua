@@ -2,7 +2,7 @@
 -- KEYS: 1 log (stream), 2 meta (hash: epoch, seq, done, leader, lease), 3 who (hashed principals)
 -- ARGV: 1 principal, 2 since ms, 3 cursor epoch, 4 cursor seq, 5 maxlen, 6 ttl ms, 7 done ttl ms,
 --       8 fresh epoch, 9 reset, 10 connection id, 11 lease ms,
---       then per frame: digest, done, received at (ms), payload
+--       12 the frames, one msgpack array of: digest, done ('1' or '0'), received at (ms), payload
 -- Returns {epoch, seq...}: a seq for each frame handled. Fewer seqs than frames means the rest
 -- waits: no entry matches it yet and another connection (the leader) is appending this stream.
 local log, meta, who = KEYS[1], KEYS[2], KEYS[3]
@@ -65,8 +65,9 @@ end
 
 local out = {epoch}
 local appended = false
-for i = 12, #ARGV, 4 do
-  local digest, fdone = ARGV[i], ARGV[i + 1]
+local frames = cmsgpack.unpack(ARGV[12])
+for i = 1, #frames, 4 do
+  local digest, fdone = frames[i], frames[i + 1]
   local seq = false
   if not cursor then
     seq = find_since(digest)
@@ -83,7 +84,7 @@ for i = 12, #ARGV, 4 do
     last = last + 1
     seq = last
     redis.call('XADD', log, 'MAXLEN', '~', ARGV[5], seq .. '-0',
-      'h', digest, 't', ARGV[i + 2], 'd', fdone, 'f', ARGV[i + 3])
+      'h', digest, 't', frames[i + 2], 'd', fdone, 'f', frames[i + 3])
     appended = true
   end
   cursor = seq
