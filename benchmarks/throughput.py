@@ -3,7 +3,9 @@
     python -m benchmarks.throughput [--frames 20000] [--clients 50]
 
 One client: the app emits frames as fast as it can to a room of one; the client counts them. Then
-a room of many clients. Prints frames/s and the ratio to the bare app measured in the same run.
+a room of many clients. Prints frames/s and the ratio to the bare app measured in the same run, and
+the server's CPU time per delivery (steadier than wall time on a shared machine: clients, server
+and Redis share the cores).
 """
 
 from __future__ import annotations
@@ -13,38 +15,45 @@ import time
 
 import uvloop
 
-from benchmarks.common import MODES, Client, Counter, app_server, redis_server, table
+from benchmarks.common import MODES, Client, Counter, app_server, cpu_seconds, redis_server, server_pid, table
 
 
-async def one_room(url: str, clients: int, frames: int, size: int, room: str) -> float:
-    """Deliveries per second: frames x clients over the time until every client has them all."""
+async def one_room(url: str, clients: int, frames: int, size: int, room: str) -> tuple[float, float]:
+    """Deliveries per second (frames x clients over the time until every client has them all), and
+    the server's CPU microseconds per delivery meanwhile."""
     members = [await Counter.connect(url, {"room": room}) for _ in range(clients)]
     control = await Client(url, {}).connect()
     await control.call("blast", {"n": 500, "room": room, "message_id": f"warm-{room}", "size": size})
     for member in members:
         await member.wait_count(500)
     before = [m.count for m in members]
-    started = time.monotonic()
+    pid = server_pid(url)
+    cpu, started = cpu_seconds(pid), time.monotonic()
     await control.call("blast", {"n": frames, "room": room, "message_id": f"m-{room}", "size": size})
     for member, count in zip(members, before, strict=True):
         await member.wait_count(count + frames)
-    elapsed = time.monotonic() - started
+    elapsed, cpu = time.monotonic() - started, cpu_seconds(pid) - cpu
     for client in [*members, control]:
         await client.close()
-    return frames * clients / elapsed
+    return frames * clients / elapsed, cpu / (frames * clients) * 1e6
 
 
 async def measure(url: str, args: argparse.Namespace) -> dict[str, float]:
     control = await Client(url, {}).connect()
     before = await control.call("stats", {})
-    single = max([await one_room(url, 1, args.frames, args.size, f"one{i}") for i in range(args.repeat)])
+    single = [await one_room(url, 1, args.frames, args.size, f"one{i}") for i in range(args.repeat)]
     after = await control.call("stats", {})
     await control.close()
     writes = after.get("log_writes", 0) - before.get("log_writes", 0)
     stamped = after.get("frames_stamped", 0) - before.get("frames_stamped", 0)
     print(f"  one client: {stamped} frames stamped in {writes} log calls", flush=True)
-    many = max([await one_room(url, args.clients, args.room_frames, args.size, f"many{i}") for i in range(args.repeat)])
-    return {"one": single, "room": many}
+    many = [await one_room(url, args.clients, args.room_frames, args.size, f"many{i}") for i in range(args.repeat)]
+    return {
+        "one": max(rate for rate, _ in single),
+        "one_cpu": min(cpu for _, cpu in single),
+        "room": max(rate for rate, _ in many),
+        "room_cpu": min(cpu for _, cpu in many),
+    }
 
 
 def main() -> None:
@@ -66,13 +75,16 @@ def main() -> None:
             mode,
             f"{r['one']:,.0f}",
             f"{r['one'] / bare['one']:.2f}",
+            f"{r['one_cpu']:.1f} ({r['one_cpu'] - bare['one_cpu']:+.1f})",
             f"{r['room']:,.0f}",
             f"{r['room'] / bare['room']:.2f}",
+            f"{r['room_cpu']:.1f} ({r['room_cpu'] - bare['room_cpu']:+.1f})",
         ]
         for mode, r in results.items()
     ]
-    print(f"throughput, {args.size}-byte tokens; best of {args.repeat}")
-    print(table(rows, ["app", "1 client frames/s", "ratio", f"{args.clients} clients deliveries/s", "ratio"]))
+    print(f"throughput, {args.size}-byte tokens; best of {args.repeat}; server CPU µs per delivery (added)")
+    headers = ["app", "1 client frames/s", "ratio", "CPU µs", f"{args.clients} clients deliveries/s", "ratio", "CPU µs"]
+    print(table(rows, headers))
 
 
 if __name__ == "__main__":
