@@ -82,10 +82,6 @@ class PrincipalResolver:
         self.sources = sources
         self._secret = secret
 
-    @property
-    def uses_auth(self) -> bool:
-        return any(source.kind == "auth" for source in self.sources)
-
     def resolve(self, scope: Scope, auth: Any = None) -> str | None:
         """The first source that yields a value, hashed; ``None`` when none does."""
         for source in self.sources:

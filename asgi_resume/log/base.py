@@ -100,7 +100,6 @@ class SessionAppendResult:
 @dataclass(frozen=True, slots=True)
 class Claim:
     status: Literal["ok", "unknown", "refused", "stale", "expired"]
-    previous_gen: str = ""
 
 
 @dataclass(frozen=True, slots=True)

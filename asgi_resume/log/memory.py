@@ -254,7 +254,7 @@ class MemoryLog:
         session.gen, session.owner, session.cutoff = new_gen, claimer, now
         session.closed, session.flushed, session.last_at, session.left_at = False, now, now, None
         session.expires_at = now + self.limits.ttl_ms
-        return Claim("ok", session.prev_gen)
+        return Claim("ok")
 
     async def session_read(self, pid: str, gen: str, after: int, force: bool) -> SessionReplay:
         session = self._session(pid)

@@ -165,8 +165,7 @@ class RedisLog:
     ) -> Claim:
         args = [principal, gen, claimer, new_gen, self.now_ms(), window_ms, self.limits.ttl_ms]
         (reply,) = await self._call("session_claim", [(self.session_keys(pid), args)])
-        status = _text(reply[0])
-        return Claim("ok", _text(reply[1])) if status == "ok" else Claim(status)  # type: ignore[arg-type]
+        return Claim(_text(reply[0]))  # type: ignore[arg-type]
 
     async def session_read(self, pid: str, gen: str, after: int, force: bool) -> SessionReplay:
         (reply,) = await self._call("session_read", [(self.session_keys(pid, gen), [after, 1 if force else 0])])

@@ -1,7 +1,7 @@
 -- A reconnecting client presents its session id (pid) and last offset: claim the session.
 -- KEYS: 1 session meta. ARGV: 1 principal, 2 the offset's generation, 3 claimer (connection id),
 --       4 new generation, 5 now ms, 6 recovery window ms, 7 ttl ms
--- Returns {'ok', previous generation, previous owner's state ('live' or 'closed')} or {reason}.
+-- Returns {'ok'} or {reason}.
 local meta = KEYS[1]
 local state = redis.call('HMGET', meta, 'principal', 'gen', 'owner', 'disconnected_at', 'last_at', 'closed')
 if not state[1] then return {'unknown'} end
@@ -15,4 +15,4 @@ redis.call('HSET', meta, 'prev_gen', state[2], 'prev_owner', state[3], 'prev_clo
   'gen', ARGV[4], 'owner', ARGV[3], 'cutoff', now, 'closed', '0', 'flushed', now, 'last_at', now)
 redis.call('HDEL', meta, 'disconnected_at')
 redis.call('PEXPIRE', meta, ARGV[7])
-return {'ok', state[2], state[6] == '1' and 'closed' or 'live'}
+return {'ok'}
