@@ -52,13 +52,16 @@ class Outbound:
         self._deferred: list[ResumeRequest] = []  # requests that came by another transport
         self.lock = asyncio.Lock()  # transports of one session take turns: feed, then flush
 
-    def pending(self) -> int:
+    def pending(self, *, answer_deferred: bool = True) -> int:
         """Units fed and not flushed yet."""
-        return len(self._units) + len(self._deferred)
+        return len(self._units) + (len(self._deferred) if answer_deferred else 0)
 
-    def needs_log(self) -> bool:
+    def needs_log(self, *, answer_deferred: bool = True) -> bool:
         """Does :meth:`flush` have frames to log or requests to answer? (Else it only passes frames on.)"""
-        return bool(self._deferred) or any(_needs_log(u) for u in self._units)
+        return (answer_deferred and bool(self._deferred)) or any(_needs_log(u) for u in self._units)
+
+    def has_deferred(self) -> bool:
+        return bool(self._deferred)
 
     def defer(self, request: ResumeRequest) -> None:
         """Answer ``request`` in the next flush, after what was fed before it (polling POSTs)."""
@@ -136,11 +139,15 @@ class Outbound:
 
     # -- flushing ----------------------------------------------------------------------------------
 
-    async def flush(self) -> list[Item]:
-        """Log what was fed and return what to send, in order."""
+    async def flush(self, *, answer_deferred: bool = True) -> list[Item]:
+        """Log what was fed and return what to send, in order.
+
+        ``answer_deferred=False``: keep the requests that came by another transport for a later
+        flush (a websocket still probing an upgrade: the client drops what it carries until then).
+        """
         units, self._units = self._units, []
         taken_ms = self.log.now_ms()  # everything fed before now is in this batch
-        if self._deferred:
+        if self._deferred and answer_deferred:
             units += self._deferred
             self._deferred = []
         try:

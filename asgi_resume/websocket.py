@@ -91,6 +91,10 @@ class WebSocketConnection:
         existing = runtime.sessions.get(self.sid) if self.sid else None
         self.outbound = existing or Outbound(runtime, Session(scope, runtime.log.now_ms()))
         self.session = self.outbound.session
+        # An upgrade probe: until the client sends UPGRADE it ignores what this websocket carries
+        # (python-engineio only sends the probe's PONG here meanwhile), so requests that came by
+        # long-polling are answered there, or here once the upgrade is done.
+        self._probing = existing is not None
         self.accepted = False
         self.client_gone = False
         # asyncio's queue, not an anyio stream: it costs no checkpoint per frame on the hot path
@@ -160,7 +164,7 @@ class WebSocketConnection:
             async with outbound.lock:  # too much waiting: backpressure reaches the app
                 await self._drain()
             return
-        if outbound.needs_log():
+        if outbound.needs_log(answer_deferred=not self._probing):
             self._enqueue_nowait(_NUDGE)  # the writer logs it, with whatever comes meanwhile
             return
         async with outbound.lock:
@@ -178,10 +182,11 @@ class WebSocketConnection:
         outbound = self.outbound
         self._draining = True
         try:
-            while outbound.pending():
-                if outbound.needs_log() and self._gap < LINGER_BELOW_S:
+            answer_deferred = not self._probing
+            while outbound.pending(answer_deferred=answer_deferred):
+                if outbound.needs_log(answer_deferred=answer_deferred) and self._gap < LINGER_BELOW_S:
                     await self._linger()
-                for item in await outbound.flush():
+                for item in await outbound.flush(answer_deferred=answer_deferred):
                     await self._deliver(item)
         finally:
             self._draining = False
@@ -278,6 +283,10 @@ class WebSocketConnection:
                 elif text == protocol.EIO_CLOSE:
                     for state in self.session.recovery.values():
                         state.left_cleanly = True
+                elif text == protocol.EIO_UPGRADE and self._probing:
+                    self._probing = False  # the client reads this websocket from now on
+                    if self.outbound.has_deferred():
+                        await self._enqueue(_NUDGE)
             elif message["type"] == "websocket.disconnect":
                 self.client_gone = True
                 if self._start_hold(message):
