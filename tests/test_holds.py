@@ -60,10 +60,14 @@ async def test_reload_mid_stream_resumes_with_nothing_missing(backend: dict[str,
 
 
 async def test_the_hold_answers_the_apps_pings(backend: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:
-    """With pings every 50 ms, a held connection would die in 100 ms if nobody answered them."""
-    sio = make_sio(ping_interval=0.05, ping_timeout=0.05)
+    """With pings every 0.3 s, a held connection would die 0.6 s after its client if nobody answered them.
+
+    The stream goes on for about 2.5 s after the client left: four ping rounds the hold answers.
+    (Intervals a loaded machine meets by a wide margin: the client must answer them too, before.)
+    """
+    sio = make_sio(ping_interval=0.3, ping_timeout=0.3)
     app = make_app(sio, **backend, **FAST)
-    stream = PacedStream(sio, "alice", "pings", 100, pace=0.005)
+    stream = PacedStream(sio, "alice", "pings", 100, pace=0.025)
     async with serve(app) as url:
         tab = await RawClient(url, auth={"token": "alice"}).connect()
         sid = sid_of(sio, "alice")
