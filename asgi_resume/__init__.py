@@ -24,3 +24,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(config, name)
     raise AttributeError(f"module 'asgi_resume' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -27,6 +27,45 @@ def _optional_str(raw: str) -> str | None:
     return raw.strip() or None
 
 
+def _redis_url(raw: str) -> str | None:
+    url = raw.strip()
+    if not url:
+        return None
+    from redis.connection import parse_url  # only its parser: no connection is made here
+
+    try:
+        parse_url(url)  # type: ignore[no-untyped-call]
+    except ValueError as exc:
+        raise ValueError(f"{exc} (a URL such as redis://127.0.0.1:6379/0)") from None
+    return url
+
+
+def _optional_path_spec(raw: str) -> tuple[str, ...] | None:
+    return parse_path(raw) if raw.strip() else None
+
+
+def _optional_rules(raw: str) -> tuple[DoneRule, ...]:
+    return parse_done_rules(raw) if raw.strip() else ()
+
+
+def _algorithms(raw: str) -> tuple[str, ...]:
+    names = tuple(filter(None, (part.strip() for part in raw.split(","))))
+    if not names:
+        raise ValueError("must name at least one JWT algorithm, e.g. HS256")
+    if "none" in (name.lower() for name in names):
+        raise ValueError("'none' would accept unsigned tokens")
+    return names
+
+
+def _preset(raw: str) -> str | None:
+    name = raw.strip().lower()
+    if not name:
+        return None
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset; known: {', '.join(sorted(PRESETS))}")
+    return name
+
+
 def _nonempty(raw: str) -> str:
     if not raw.strip():
         raise ValueError("must not be empty")
@@ -104,18 +143,24 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("redis_url", "", _optional_str, "Redis URL; unset: the in-process memory log (one process only)"),
+    Option("preset", "", _preset, "defaults for a known app (open-webui); other settings still override them"),
+    Option("redis_url", "", _redis_url, "Redis URL; unset: the in-process memory log (one process only)"),
     Option("redis_cluster", "0", _flag, "1: the URL names a node of a Redis Cluster"),
     Option("path", "/socket.io/", _path, "Engine.IO endpoint to watch, also found under a mount prefix"),
     Option("events", "*", _events, "Socket.IO event names whose frames are logged, comma separated; * for all"),
     Option("stream_id", "message_id", parse_path, "dotted path of the stream id in an event's first argument"),
     Option("done", DEFAULT_DONE, parse_done_rules, "rules that mark a stream finished: `path`, `path=value`, `&`, `,`"),
+    Option("variant", "", _optional_path_spec, "dotted path whose value tells apart views sent to other audiences"),
+    Option("exclude", "", _optional_rules, "rules (as for done) for events with a stream id that are not its content"),
+    Option("log_calls", "0", _flag, "1: also log events the app sends with an ack id (a call to one connection)"),
     Option("resume_event", "resume-stream", _nonempty, "the inbound event the middleware answers itself"),
     Option("maxlen", "2000", _positive_int, "frames kept per stream (approximate on Redis)"),
     Option("ttl", "3600", _seconds, "seconds a stream's log lives after its last frame"),
     Option("done_ttl", "30", _seconds, "seconds a stream's log lives once the stream is done"),
     Option("key_prefix", "asgi_resume", _key_prefix, "prefix of every Redis key"),
     Option("principal", DEFAULT_PRINCIPAL, parse_sources, "where a connection's identity comes from, in order"),
+    Option("jwt_secret", "", _optional_str, "key that verifies the tokens of jwt:CLAIM principals"),
+    Option("jwt_algorithms", "HS256", _algorithms, "algorithms accepted for jwt:CLAIM principals, comma separated"),
     Option("secret", "", _optional_str, "key for hashing principals; unset: a random key (kept in Redis when used)"),
     Option("write_timeout", "0.25", _seconds, "longest a frame waits for the log before it is sent unstamped"),
     Option("hold_max", "300", _seconds, "longest the app-side connection is held open after its client left"),
@@ -129,20 +174,39 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 
+#: Defaults for apps we know. Values are option name -> raw text; ``$NAME`` reads environment NAME.
+PRESETS: dict[str, dict[str, str]] = {
+    "open-webui": {
+        "path": "/ws/socket.io/",
+        "events": "events",
+        "principal": "jwt:id",
+        "jwt_secret": "$WEBUI_SECRET_KEY|WEBUI_JWT_SECRET_KEY",
+        "variant": "shared",
+        "exclude": "data.type=chat:list",
+    },
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
+    preset: str | None
     redis_url: str | None
     redis_cluster: bool
     path: str
     events: frozenset[str] | None
     stream_id: tuple[str, ...]
     done: tuple[DoneRule, ...]
+    variant: tuple[str, ...] | None
+    exclude: tuple[DoneRule, ...]
+    log_calls: bool
     resume_event: str
     maxlen: int
     ttl: float
     done_ttl: float
     key_prefix: str
     principal: tuple[PrincipalSource, ...]
+    jwt_secret: str | None
+    jwt_algorithms: tuple[str, ...]
     secret: str | None
     write_timeout: float
     hold_max: float
@@ -162,17 +226,39 @@ class Settings:
         unknown = set(overrides) - known
         if unknown:
             raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
-        values = {}
+        values: dict[str, Any] = {}
+        preset: dict[str, str] = {}
         for option in OPTIONS:
             if option.name in overrides:
                 raw, origin = _as_text(overrides[option.name]), f"{option.name}= (overrides {option.env})"
+            elif option.env in environ:
+                raw, origin = environ[option.env], option.env
+            elif option.name in preset:
+                raw, origin = _from_preset(preset[option.name], environ, values["preset"], option)
             else:
-                raw, origin = environ.get(option.env, option.default), option.env
+                raw, origin = option.default, option.env
             try:
                 values[option.name] = option.parse(raw)
             except ValueError as exc:
                 raise ConfigError(f"{origin}: {exc} (got {raw!r})") from None
-        return cls(**values)
+            if option.name == "preset" and values["preset"] is not None:
+                preset = PRESETS[values["preset"]]
+        settings = cls(**values)
+        if any(source.kind == "jwt" for source in settings.principal) and settings.jwt_secret is None:
+            raise ConfigError(f"{ENV_PREFIX}PRINCIPAL has a jwt: source: {ENV_PREFIX}JWT_SECRET must be set")
+        return settings
+
+
+def _from_preset(raw: str, environ: Mapping[str, str], preset: str, option: Option) -> tuple[str, str]:
+    """A preset's value; ``$A|B`` is the first of environment variables A and B that is set."""
+    origin = f"{option.env} (from {ENV_PREFIX}PRESET={preset})"
+    if not raw.startswith("$"):
+        return raw, origin
+    names = raw[1:].split("|")
+    for name in names:
+        if environ.get(name):
+            return environ[name], f"{origin}, read from {name}"
+    raise ConfigError(f"{origin}: needs {' or '.join(names)} (or {option.env}) to be set")
 
 
 def _as_text(value: Any) -> str:

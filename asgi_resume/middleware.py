@@ -1,37 +1,85 @@
 """The ASGI middleware: routes Engine.IO traffic through asgi_resume, leaves the rest alone.
 
-Owns: deciding per ASGI scope whether asgi_resume is involved, and the lifespan of
-the shared runtime. Must not touch: frames (``outbound``), transports' details
-(``websocket``), storage (``log``).
+Owns: deciding per ASGI scope whether asgi_resume is involved, the lifespan of the shared
+runtime, and the start-up line that says how it is configured. Must not touch: frames
+(``outbound``), transports' details (``websocket``), storage (``log``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+import sys
+from collections.abc import Iterable
+from urllib.parse import urlsplit, urlunsplit
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from asgi_resume import protocol
 from asgi_resume.client import HELPER_PATH, helper_response
-from asgi_resume.config import Settings
+from asgi_resume.config import OPTIONS, Settings
 from asgi_resume.log import StreamLog
 from asgi_resume.metrics import Metrics
 from asgi_resume.polling import handle_polling
 from asgi_resume.runtime import Runtime
 from asgi_resume.websocket import WebSocketConnection, query_param
 
+logger = logging.getLogger("asgi_resume")
+
+Text = str | None
+Seconds = float | str | None
+Names = str | Iterable[str] | None
+
 
 class ResumeMiddleware:
     """Make Socket.IO streams resumable: wrap a python-socketio ``ASGIApp`` (or an app mounting one).
 
-    Settings come from ``ASGI_RESUME_*`` environment variables; keyword arguments
-    (the variable's name without the prefix, lower case) override them.
+    Settings come from ``ASGI_RESUME_*`` environment variables; a keyword argument (the variable's
+    name without the prefix, lower case) overrides its variable. ``None`` leaves it to the
+    environment. ``docs/configuration.md`` says what each one does.
     """
 
-    def __init__(self, app: ASGIApp, *, log: StreamLog | None = None, **settings: Any) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        log: StreamLog | None = None,
+        preset: Text = None,
+        redis_url: Text = None,
+        redis_cluster: bool | None = None,
+        path: Text = None,
+        events: Names = None,
+        stream_id: Text = None,
+        done: Text = None,
+        variant: Text = None,
+        exclude: Text = None,
+        log_calls: bool | None = None,
+        resume_event: Text = None,
+        maxlen: int | None = None,
+        ttl: Seconds = None,
+        done_ttl: Seconds = None,
+        key_prefix: Text = None,
+        principal: Names = None,
+        jwt_secret: Text = None,
+        jwt_algorithms: Names = None,
+        secret: Text = None,
+        write_timeout: Seconds = None,
+        hold_max: Seconds = None,
+        hold_grace: Seconds = None,
+        hold_idle: Seconds = None,
+        max_holds: int | None = None,
+        resume_limit: int | None = None,
+        metrics: Text = None,
+        recovery: bool | None = None,
+        recovery_window: Seconds = None,
+    ) -> None:
+        given = dict(locals())
+        overrides = {name: value for name, value in given.items() if name in _SETTINGS and value is not None}
         self.app = app
-        self.settings = Settings.load(**settings)
+        self.settings = Settings.load(**overrides)
         self.runtime = Runtime(self.settings, log)
         self.metrics = Metrics(self.runtime) if self.settings.metrics else None
+        _make_visible(logger)
+        logger.info("%s", startup_line(self.settings, log is not None))
 
     def _watches(self, scope: Scope) -> bool:
         path: str = scope.get("path", "")
@@ -60,3 +108,59 @@ class ResumeMiddleware:
             await send(message)
 
         return lifespan_send
+
+
+_SETTINGS = frozenset(option.name for option in OPTIONS)  # a test checks the parameters above name them all
+
+
+def startup_line(settings: Settings, custom_log: bool = False) -> str:
+    """One line that says what this middleware does: which path, which log, who may resume, which JSON."""
+    if custom_log:
+        log = "a log given by the app"
+    elif settings.redis_url is None:
+        log = "memory (this process only; set ASGI_RESUME_REDIS_URL for several workers)"
+    else:
+        log = ("redis cluster " if settings.redis_cluster else "redis ") + _without_password(settings.redis_url)
+    parts = [
+        f"asgi_resume: watching {settings.path}",
+        f"log: {log}",
+        "principal: " + ",".join(str(source) for source in settings.principal),
+        "JSON: " + protocol.JSON_PATH,
+        "recovery: " + ("on" if settings.recovery else "off"),
+    ]
+    if settings.preset:
+        parts.insert(1, f"preset: {settings.preset}")
+    return " · ".join(parts)
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _make_visible(log: logging.Logger) -> None:
+    """Show our INFO lines when the app configured no logging of its own (plain ``uvicorn app:app``).
+
+    uvicorn configures only its own loggers, so without this the start-up line and the hold
+    messages would go nowhere. Once the app (or ``logging.basicConfig``) gives the root logger a
+    handler, ours stays out of the way.
+    """
+    if log.hasHandlers() or any(isinstance(h, _FallbackHandler) for h in log.handlers):
+        return
+    handler = _FallbackHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+    log.addHandler(handler)
+    if log.level == logging.NOTSET:
+        log.setLevel(logging.INFO)
+
+
+class _FallbackHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Prints only while the root logger has no handler (else the app's logging has our lines)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not logging.getLogger().handlers:
+            super().emit(record)

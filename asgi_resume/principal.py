@@ -1,8 +1,11 @@
 """Who a connection is: the principal that may later replay what it was sent.
 
 Owns: the principal sources (``auth:FIELD``, ``cookie:NAME``, ``header:NAME``,
-``query:NAME``, ``scope:user``) and hashing their values with a secret, so the log
-never holds a credential. Must not touch: the log, websockets, Socket.IO framing.
+``query:NAME``, ``scope:user``, ``jwt:CLAIM``) and hashing their values with a secret, so
+the log never holds a credential. A ``jwt:CLAIM`` source verifies the connection's token
+(CONNECT auth ``token``, else an ``Authorization: Bearer`` header, else a ``token`` cookie)
+and takes one claim: a token that does not verify (forged, expired) gives no principal.
+Must not touch: the log, websockets, Socket.IO framing.
 """
 
 from __future__ import annotations
@@ -13,12 +16,14 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import jwt
 from starlette.datastructures import Headers, QueryParams
 from starlette.requests import cookie_parser
 from starlette.types import Scope
 
-Kind = Literal["auth", "cookie", "header", "query", "scope"]
-_KINDS: tuple[Kind, ...] = ("auth", "cookie", "header", "query", "scope")
+Kind = Literal["auth", "cookie", "header", "query", "scope", "jwt"]
+_KINDS: tuple[Kind, ...] = ("auth", "cookie", "header", "query", "scope", "jwt")
+_FORMS = "auth:FIELD, cookie:NAME, header:NAME, query:NAME, scope:user, jwt:CLAIM"
 DEFAULT_PRINCIPAL = "auth:token,header:authorization,scope:user"
 _USER_ATTRIBUTES = ("identity", "username", "display_name", "id")
 
@@ -38,7 +43,7 @@ def parse_sources(spec: str) -> tuple[PrincipalSource, ...]:
     for item in filter(None, (part.strip() for part in spec.split(","))):
         kind, _, name = item.partition(":")
         if kind not in _KINDS or not name:
-            raise ValueError(f"{item!r} is not one of auth:FIELD, cookie:NAME, header:NAME, query:NAME, scope:user")
+            raise ValueError(f"{item!r} is not one of {_FORMS}")
         if kind == "scope" and name != "user":
             raise ValueError(f"{item!r}: the only scope source is scope:user")
         sources.append(PrincipalSource(kind, name))
@@ -75,12 +80,41 @@ def _scope_user(scope: Scope) -> str | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class JwtKey:
+    """What verifies the tokens of ``jwt:CLAIM`` sources."""
+
+    secret: str
+    algorithms: tuple[str, ...]
+
+    def claim(self, token: str, name: str) -> str | None:
+        try:
+            claims = jwt.decode(token, self.secret, algorithms=list(self.algorithms), options={"require": []})
+        except (jwt.PyJWTError, ValueError, TypeError):
+            return None
+        return _plain(claims.get(name)) if isinstance(claims, dict) else None
+
+
+def _bearer(scope: Scope, auth: Any) -> str | None:
+    """The connection's token: CONNECT auth ``token``, an Authorization bearer, or a ``token`` cookie."""
+    token = auth.get("token") if isinstance(auth, dict) else None
+    if isinstance(token, str) and token:
+        return token
+    headers = Headers(scope=scope)
+    scheme, _, credentials = headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    cookie = headers.get("cookie")
+    return cookie_parser(cookie).get("token") or None if cookie else None
+
+
 class PrincipalResolver:
     """Turns a connection's scope and Socket.IO auth into a hashed principal."""
 
-    def __init__(self, sources: tuple[PrincipalSource, ...], secret: bytes):
+    def __init__(self, sources: tuple[PrincipalSource, ...], secret: bytes, jwt_key: JwtKey | None = None):
         self.sources = sources
         self._secret = secret
+        self._jwt = jwt_key
 
     def resolve(self, scope: Scope, auth: Any = None) -> str | None:
         """The first source that yields a value, hashed; ``None`` when none does."""
@@ -94,8 +128,10 @@ class PrincipalResolver:
         message = f"{source}\x00{value}".encode()
         return hmac.new(self._secret, message, hashlib.sha256).hexdigest()[:32]
 
-    @staticmethod
-    def _value(source: PrincipalSource, scope: Scope, auth: Any) -> str | None:
+    def _value(self, source: PrincipalSource, scope: Scope, auth: Any) -> str | None:
+        if source.kind == "jwt":
+            token = _bearer(scope, auth)
+            return self._jwt.claim(token, source.name) if token and self._jwt is not None else None
         if source.kind == "auth":
             return _plain(auth.get(source.name)) if isinstance(auth, dict) else None
         if source.kind == "scope":

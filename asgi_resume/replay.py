@@ -21,6 +21,14 @@ from asgi_resume.session import Session
 REPLAY_TIMEOUT_S = 5.0
 
 
+def no_principal_detail(runtime: Runtime) -> str:
+    sources = ", ".join(str(source) for source in runtime.settings.principal)
+    return (
+        f"this connection has no principal, so it may replay nothing: none of {sources} "
+        "named a user when the app accepted its CONNECT (ASGI_RESUME_PRINCIPAL)"
+    )
+
+
 async def answer(runtime: Runtime, session: Session, request: ResumeRequest) -> list[Item]:
     """The replayed frames, in seq order, then the answer (an ack, or the result event)."""
     stats, settings = runtime.stats, runtime.settings
@@ -35,6 +43,10 @@ async def answer(runtime: Runtime, session: Session, request: ResumeRequest) -> 
         stats.resumes_bad_request += 1
         return [reply(resume.error("bad_request", request.error))]
     principal = session.principal_for(request.namespace)
+    if principal is None:
+        stats.resumes_not_found += 1
+        runtime.hint_no_principal()
+        return [reply(resume.error("not_found", no_principal_detail(runtime)))]
     started = time.perf_counter()
     try:
         # not on the live path: a replay may wait its turn (a reconnect storm), up to REPLAY_TIMEOUT_S

@@ -23,7 +23,7 @@ from asgi_resume.config import Settings
 from asgi_resume.log import StreamLog
 from asgi_resume.log.base import GroupCommit, LogLimits
 from asgi_resume.log.memory import MemoryLog
-from asgi_resume.principal import PrincipalResolver
+from asgi_resume.principal import JwtKey, PrincipalResolver
 from asgi_resume.rules import StreamRules
 from asgi_resume.session import Registry
 
@@ -154,20 +154,21 @@ class Runtime:
         limits = LogLimits(settings.maxlen, int(settings.ttl * 1000), int(settings.done_ttl * 1000))
         self.log: StreamLog = log if log is not None else self._make_log(settings, limits)
         self.appends = GroupCommit(self.log)  # a room's copies share one round trip
+        self._jwt = JwtKey(settings.jwt_secret, settings.jwt_algorithms) if settings.jwt_secret else None
         self._resolver: PrincipalResolver | None = None
         if settings.secret is not None:
-            self._resolver = PrincipalResolver(settings.principal, settings.secret.encode())
+            self._resolver = self._make_resolver(settings.secret.encode())
         self._resolver_lock = anyio.Lock()
         self.sessions: Registry[Outbound] = Registry()  # Engine.IO sid -> its outbound pipeline
         self.holds: set[Callable[[str], None]] = set()  # how to end each hold in progress
         self.stamping_cache: dict[str, Any] = {}  # frame -> how to stamp it (see Outbound._stamping)
         self._append_waiters: dict[str, list[asyncio.Event]] = {}  # stream -> connections waiting for its leader
         self.shutting_down = False
+        self._hinted_no_principal = False
 
     @staticmethod
     def _make_log(settings: Settings, limits: LogLimits) -> StreamLog:
         if settings.redis_url is None:
-            logger.info("ASGI_RESUME_REDIS_URL is not set: using the in-process memory log (one process only)")
             return MemoryLog(limits)
         from asgi_resume.log.redis import RedisLog
 
@@ -180,6 +181,22 @@ class Runtime:
         """The field a resume request names its stream by: the stream id path's last part."""
         return self.settings.stream_id[-1]
 
+    def hint_no_principal(self) -> None:
+        """Once per process: say why resumes of connections without a principal find nothing."""
+        if self._hinted_no_principal:
+            return
+        self._hinted_no_principal = True
+        sources = ",".join(str(source) for source in self.settings.principal)
+        logger.warning(
+            "a connection without a principal asked to resume: it gets not_found. A principal comes from "
+            "ASGI_RESUME_PRINCIPAL=%s, read when the app accepts the CONNECT (e.g. the client's auth "
+            "{token: ...}); frames sent to connections without one are not logged. (Said once.)",
+            sources,
+        )
+
+    def _make_resolver(self, key: bytes) -> PrincipalResolver:
+        return PrincipalResolver(self.settings.principal, key, self._jwt)
+
     async def resolver(self) -> PrincipalResolver:
         """The principal resolver, once its hashing key is known (shared through the log)."""
         if self._resolver is not None:
@@ -188,7 +205,7 @@ class Runtime:
             if self._resolver is None:
                 shared_secret = getattr(self.log, "shared_secret", None)
                 if shared_secret is None:  # one process: any key will do
-                    self._resolver = PrincipalResolver(self.settings.principal, secrets.token_bytes(32))
+                    self._resolver = self._make_resolver(secrets.token_bytes(32))
                     return self._resolver
                 try:
                     if not self.health.available():
@@ -200,8 +217,8 @@ class Runtime:
                             await prepare()
                 except Exception as exc:  # noqa: BLE001 - the log is down: this connection cannot be logged anyway
                     logger.warning("could not read the principal hashing key from the log (%s); will retry", exc)
-                    return PrincipalResolver(self.settings.principal, secrets.token_bytes(32))
-                self._resolver = PrincipalResolver(self.settings.principal, key)
+                    return self._make_resolver(secrets.token_bytes(32))
+                self._resolver = self._make_resolver(key)
         return self._resolver
 
     async def appended(self, streams: list[str], at_most: float) -> None:

@@ -97,3 +97,38 @@ def test_readme_documents_every_variable_with_its_default() -> None:
             assert "| unset |" in rows[0], rows[0]
         else:  # in its row, or (when long) verbatim elsewhere in README
             assert f"`{option.default}`" in rows[0] or option.default in readme, (option.env, rows[0])
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:6379", "valkey//x", "redis://host:port/0"])
+def test_a_bad_redis_url_names_the_variable(url: str) -> None:
+    with pytest.raises(ConfigError, match="ASGI_RESUME_REDIS_URL"):
+        Settings.load({"ASGI_RESUME_REDIS_URL": url})
+
+
+def test_the_open_webui_preset() -> None:
+    settings = Settings.load({"ASGI_RESUME_PRESET": "open-webui", "WEBUI_SECRET_KEY": "k"})
+    assert settings.path == "/ws/socket.io/"
+    assert settings.principal == (PrincipalSource("jwt", "id"),)
+    assert settings.jwt_secret == "k"
+    assert settings.variant == ("shared",)
+    assert settings.events == frozenset({"events"})
+    assert len(settings.exclude) == 1
+    # a variable of its own still wins over the preset
+    mine = Settings.load({"ASGI_RESUME_PRESET": "open-webui", "WEBUI_SECRET_KEY": "k", "ASGI_RESUME_PATH": "/x"})
+    assert mine.path == "/x/"
+
+
+def test_the_open_webui_preset_needs_the_apps_secret() -> None:
+    with pytest.raises(ConfigError, match="WEBUI_SECRET_KEY"):
+        Settings.load({"ASGI_RESUME_PRESET": "open-webui"})
+    with pytest.raises(ConfigError, match="ASGI_RESUME_PRESET"):
+        Settings.load({"ASGI_RESUME_PRESET": "wordpress"})
+
+
+def test_a_jwt_principal_needs_a_secret() -> None:
+    with pytest.raises(ConfigError, match="ASGI_RESUME_JWT_SECRET"):
+        Settings.load({"ASGI_RESUME_PRINCIPAL": "jwt:sub"})
+    with pytest.raises(ConfigError, match="ASGI_RESUME_JWT_ALGORITHMS"):
+        Settings.load(
+            {"ASGI_RESUME_PRINCIPAL": "jwt:sub", "ASGI_RESUME_JWT_SECRET": "k", "ASGI_RESUME_JWT_ALGORITHMS": "none"}
+        )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 import pytest
@@ -261,3 +262,17 @@ async def emit_tokens_paced(stack: Stack, message_id: str, total: int) -> None:
         await stack.sio.emit("events", chat_event(message_id, i), room=room_of("alice"))
         if i % 10 == 0:
             await asyncio.sleep(0.001)  # pacing the emitter like a model, not synchronising the test
+
+
+async def test_a_connection_without_a_principal_is_told_why(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
+    anonymous = await RawClient(stack.url).connect()
+    with caplog.at_level(logging.WARNING, logger="asgi_resume"):
+        answer = await anonymous.request("resume-stream", {"message_id": "m1", "last_seq": 0}, ack_id=1)
+        again = await anonymous.request("resume-stream", {"message_id": "m1", "last_seq": 0}, ack_id=2)
+    assert answer["error"] == "not_found"
+    assert "no principal" in answer["detail"]
+    assert "auth:token" in answer["detail"]
+    assert again["detail"] == answer["detail"]
+    hints = [r for r in caplog.records if "without a principal" in r.getMessage()]
+    assert len(hints) == 1  # said once, however often it happens
+    await anonymous.close()
