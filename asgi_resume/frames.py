@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from asgi_resume import protocol
-from asgi_resume.log import Entry
+from asgi_resume.log import Entry, StreamKey
 
 SEQ_FIELD, EPOCH_FIELD = "seq", "epoch"
 RESERVED = (SEQ_FIELD, EPOCH_FIELD)
@@ -45,7 +45,7 @@ class EventUnit:
     namespace: str
     expected_attachments: int
     received_ms: int
-    stream: str | None = None  # set when it belongs to a stream (then template is set too)
+    stream: StreamKey | None = None  # set when it belongs to a stream (then template is set too)
     done: bool = False
     template: protocol.StampTemplate | None = None
     recover: bool = False  # gets a recovery offset

@@ -1,9 +1,10 @@
 """What the middleware takes from a client's frames, whatever the transport.
 
 Owns: reading an inbound Socket.IO packet for what concerns us: a CONNECT (its auth names the
-connection's principal in that namespace and starts the clock a stream's first frame is matched
-from; with recovery on, its ``pid`` and ``offset`` are taken out before the app sees it), a
-DISCONNECT (the client left on purpose: nothing to recover), and a ``resume-stream`` EVENT (a
+principal the connection will have in that namespace once the app accepts it, and starts the
+clock a stream's first frame is matched from; with recovery on, its ``pid`` and ``offset`` are
+taken out before the app sees it), a DISCONNECT (the client left on purpose: nothing to
+recover), an ACK (the client answered one of the app's calls), and a ``resume-stream`` EVENT (a
 :class:`ResumeRequest`, answered here, never seen by the app). Must not touch: I/O.
 """
 
@@ -27,7 +28,7 @@ async def inspect(runtime: Runtime, session: Session, frame: str) -> ResumeReque
     Returns a resume request (to be answered here), a frame the app should get instead of this
     one (a CONNECT without recovery fields), or ``None`` (pass the frame on as it is).
     """
-    if frame[:2] not in ("40", "41", "42"):
+    if frame[:2] not in ("40", "41", "42", "43"):
         return None
     try:
         packet = protocol.parse(frame)
@@ -35,6 +36,10 @@ async def inspect(runtime: Runtime, session: Session, frame: str) -> ResumeReque
             return None
         if packet.type == protocol.CONNECT:
             return await _connect(runtime, session, frame, packet)
+        if packet.type == protocol.ACK:
+            if packet.ack_id is not None:
+                session.answered(packet.namespace, packet.ack_id)
+            return None
         if packet.type == protocol.DISCONNECT:
             state = session.recovery.get(packet.namespace)
             if state is not None:
@@ -53,12 +58,12 @@ async def inspect(runtime: Runtime, session: Session, frame: str) -> ResumeReque
 
 async def _connect(runtime: Runtime, session: Session, frame: str, packet: protocol.Packet) -> str | None:
     now = runtime.log.now_ms()
-    if not session.principals:
+    if not session.principals and not session.pending:
         session.started_ms = now
     replacement, auth = None, packet.data
     if runtime.settings.recovery:
         claim, replacement, auth = strip_connect(frame, packet)
         session.recovery[packet.namespace] = RecoveryState(packet.namespace, now, claim)
     resolver = await runtime.resolver()
-    session.principals[packet.namespace] = resolver.resolve(session.scope, auth)
+    session.connecting(packet.namespace, resolver.resolve(session.scope, auth))
     return replacement

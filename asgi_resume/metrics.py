@@ -42,7 +42,7 @@ class StatsCollector:
 
         yield counter("frames_stamped", "Stream frames stamped with seq and logged", stats.frames_stamped)
         yield counter("frames_unstamped", "Stream frames sent unstamped because the log failed", stats.frames_unstamped)
-        yield counter("frames_unmatched", "Frames only a follower got, sent unstamped", stats.frames_unmatched)
+        yield counter("frames_unmatched", "Frames sent unstamped: logged out of order", stats.frames_unmatched)
         yield counter("log_writes", "Append calls to the stream log (one per batch)", stats.log_writes)
         yield counter("log_failures", "Stream log calls that failed or timed out", stats.log_failures)
         yield counter("frames_replayed", "Frames sent by resume replays", stats.frames_replayed)

@@ -1,10 +1,12 @@
 """One connection's outbound frames on their way to the client.
 
 Owns: turning a batch of Engine.IO packets the app sent into what the client receives: stream
-frames matched or appended in the stream log with one call per batch and stamped with
-``seq``/``epoch``, binary attachments kept behind their header, resume requests answered in
-order with the live frames around them, and (when recovery is on) recovery offsets. Must not
-touch: transports (websocket or polling framing), ASGI messages, the app.
+frames matched or appended in the stream log (under the connection's own principal) with one
+call per batch and stamped with ``seq``/``epoch``, binary attachments kept behind their header,
+resume requests answered in order with the live frames around them, and (when recovery is on)
+recovery offsets. It also reads what the app tells the client that matters to the session: the
+CONNECT reply that binds a principal, the calls the client owes an answer. Must not touch:
+transports (websocket or polling framing), ASGI messages, the app.
 
 A batch is rendered in order after one log call: a replay reads the log after every frame
 queued before it was logged, and a live frame the replay already carried is dropped, so the
@@ -15,13 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 import anyio
 
 from asgi_resume import protocol, replay
 from asgi_resume.frames import RESERVED, EventUnit, Item
-from asgi_resume.log import AppendRequest, LogUnavailable, StreamLog
+from asgi_resume.log import AppendRequest, LogUnavailable, StreamKey, StreamLog
 from asgi_resume.recovery import Recovery
 from asgi_resume.resume import ResumeRequest
 from asgi_resume.rules import StreamFrame
@@ -30,8 +31,6 @@ from asgi_resume.session import Session
 
 logger = logging.getLogger("asgi_resume")
 
-LEADER_WAIT_S = 0.45  # how long a frame waits for the stream's leader to log it (longer than its lease)
-LEADER_POLL_S = 0.001
 STAMPING_CACHE_SIZE = 256  # recent stream frames: their copies to other connections are stamped alike
 
 
@@ -90,6 +89,8 @@ class Outbound:
             self._units.extend([pending.raw, *pending.attachments])
             self._pending = None
         if isinstance(item, str):
+            if item[:2] in ("40", "44") or (item[:2] in ("42", "45") and item[2:3] != "["):
+                self._note(item)
             unit = self._event_unit(item)
             if unit is None:
                 self._units.append(item)
@@ -100,6 +101,18 @@ class Outbound:
             return
         self._units.append(item)
 
+    def _note(self, frame: str) -> None:
+        """What the app tells the client that the session keeps: a CONNECT's outcome, a call."""
+        packet = protocol.peek(frame)
+        if packet is None:
+            return
+        if packet.type == protocol.CONNECT:
+            self.session.connected(packet.namespace, accepted=True)
+        elif packet.type == protocol.CONNECT_ERROR:
+            self.session.connected(packet.namespace, accepted=False)
+        elif packet.ack_id is not None:
+            self.session.called(packet.namespace, packet.ack_id)
+
     def _event_unit(self, frame: str) -> EventUnit | _ConnectReply | None:
         """The unit for an event we stamp or log (``None``: the frame passes as it is)."""
         recovery = self.recovery
@@ -107,11 +120,16 @@ class Outbound:
         if stamping is not None:
             classified, template = stamping
             packet = classified.packet
-            expected = packet.attachments if packet.type == protocol.BINARY_EVENT else 0
-            unit = EventUnit(frame, packet.namespace, expected, self.log.now_ms(), classified.stream)
-            unit.done, unit.template = classified.done, template
-            unit.recover = recovery is not None and recovery.wants(packet.namespace, packet.ack_id)
-            return unit
+            principal = self.session.principal_for(packet.namespace)
+            recover = recovery is not None and recovery.wants(packet.namespace, packet.ack_id)
+            if principal is not None or recover:  # a connection without a principal logs nothing
+                expected = packet.attachments if packet.type == protocol.BINARY_EVENT else 0
+                unit = EventUnit(frame, packet.namespace, expected, self.log.now_ms(), recover=recover)
+                if principal is not None:
+                    unit.stream = StreamKey(principal, packet.namespace, classified.variant, classified.stream)
+                    unit.done, unit.template = classified.done, template
+                return unit
+            return None
         if recovery is None or not recovery.states or frame[:1] != protocol.EIO_MESSAGE:
             return None
         if frame[1:2] in ("2", "5"):
@@ -172,8 +190,13 @@ class Outbound:
             await recovery.log([u for u in units if isinstance(u, EventUnit) and u.recover and not u.offset], taken_ms)
         # Frames of a stream that this batch also resumes wait for the replay, which
         # carries them; what it does not carry goes out right after it.
-        last_resume = {u.stream: i for i, u in enumerate(units) if isinstance(u, ResumeRequest) and u.stream}
-        waiting: dict[str, list[EventUnit]] = {}
+        session = self.session
+        last_resume = {
+            key: i
+            for i, u in enumerate(units)
+            if isinstance(u, ResumeRequest) and (key := session.key_of(u)) is not None
+        }
+        waiting: dict[StreamKey, list[EventUnit]] = {}
         out: list[Item] = []
         for i, unit in enumerate(units):
             if isinstance(unit, EventUnit):
@@ -185,8 +208,9 @@ class Outbound:
                     out += unit.frames()
             elif isinstance(unit, ResumeRequest):
                 out += await replay.answer(self.runtime, self.session, unit)
-                if last_resume.get(unit.stream) == i:
-                    for held in waiting.pop(unit.stream, ()):
+                key = session.key_of(unit)
+                if key is not None and last_resume.get(key) == i:
+                    for held in waiting.pop(key, ()):
                         if not self._replayed(held):
                             out += held.frames()
             elif isinstance(unit, _ConnectReply):
@@ -204,8 +228,9 @@ class Outbound:
     # -- the stream log ----------------------------------------------------------------------------
 
     async def _append(self, units: list[EventUnit]) -> None:
+        """Match or append the batch's stream frames: one log call, however many streams."""
         session, stats = self.session, self.runtime.stats
-        pending: dict[str, list[EventUnit]] = {}
+        pending: dict[StreamKey, list[EventUnit]] = {}
         for unit in units:
             assert unit.stream is not None
             pending.setdefault(unit.stream, []).append(unit)
@@ -213,71 +238,52 @@ class Outbound:
         if not self.runtime.health.available():
             self._unlogged(pending, None)
             return
-        pause = LEADER_POLL_S
-        give_up_waiting = time.monotonic() + LEADER_WAIT_S
-        while pending:
-            requests = [self._request(stream, group) for stream, group in pending.items()]
-            stats.log_writes += 1
-            try:
-                if self.log.synchronous:  # nothing to wait for: no timer, no company
-                    results = await self.log.append(requests)
-                else:
-                    async with asyncio.timeout(self.runtime.settings.write_timeout):
-                        results = await self.runtime.appends.append(requests)
-            except (LogUnavailable, TimeoutError) as exc:
-                self._unlogged(pending, str(exc) or "timed out")
-                return
-            self.runtime.health.succeeded()
-            self.runtime.notify_appended(pending)
-            waiting = {}
-            for (stream, group), result in zip(pending.items(), results, strict=True):
-                session.unlogged.discard(stream)
-                for unit, seq in zip(group, result.seqs, strict=False):
+        requests = [self._request(key, group) for key, group in pending.items()]
+        stats.log_writes += 1
+        try:
+            if self.log.synchronous:  # nothing to wait for: no timer, no company
+                results = await self.log.append(requests)
+            else:
+                async with asyncio.timeout(self.runtime.settings.write_timeout):
+                    results = await self.runtime.appends.append(requests)
+        except (LogUnavailable, TimeoutError) as exc:
+            self._unlogged(pending, str(exc) or "timed out")
+            return
+        self.runtime.health.succeeded()
+        for (key, group), result in zip(pending.items(), results, strict=True):
+            session.unlogged.discard(key)
+            for unit, seq in zip(group, result.seqs, strict=True):
+                if seq > 0:
                     unit.seq, unit.epoch = seq, result.epoch
-                if result.seqs:
-                    session.cursors[stream] = (result.epoch, result.seqs[-1])
-                    stats.frames_stamped += len(result.seqs)
-                if len(result.seqs) < len(group):
-                    waiting[stream] = group[len(result.seqs) :]
-            pending = waiting
-            if not pending:
-                return
-            # Another connection leads these streams and has not logged these frames yet.
-            stats.leader_waits += 1
-            if time.monotonic() >= give_up_waiting:
-                # The leader is alive but never logged them: frames only this connection was sent.
-                # They go out unstamped; logging them here could put a twin where it does not belong.
-                stats.frames_unmatched += sum(len(group) for group in pending.values())
-                return
-            # the leader may be in this process: its append wakes us; else look again after a pause
-            await self.runtime.appended(list(pending), pause)
-            pause = min(pause * 2, 0.02)
+                    stats.frames_stamped += 1
+                else:  # its copy was logged before frames this connection got earlier: no seq for it
+                    stats.frames_unmatched += 1
+            session.followed(key, result.epoch, result.seqs, result.others_ms)
 
-    def _request(self, stream: str, group: list[EventUnit]) -> AppendRequest:
+    def _request(self, key: StreamKey, group: list[EventUnit]) -> AppendRequest:
         session = self.session
-        cursor_epoch, cursor_seq = session.cursors.get(stream, (None, 0))
+        cursor_epoch, cursor_seq = session.cursors.get(key, (None, 0))
         return AppendRequest(
-            stream,
+            key,
             [unit.entry() for unit in group],
-            session.principal_for(group[0].namespace),
             cursor_epoch,
             cursor_seq,
             session.started_ms,
-            reset=stream in session.unlogged,
+            reset=key in session.unlogged,
             connection=session.id,
+            skipped=session.skipped.get(key, []),
         )
 
-    def _unlogged(self, by_stream: dict[str, list[EventUnit]], reason: str | None) -> None:
+    def _unlogged(self, by_key: dict[StreamKey, list[EventUnit]], reason: str | None) -> None:
         """The log missed these frames: they go out unstamped, and the streams get a new epoch."""
         if reason is not None:
             self.runtime.health.failed(reason)
-        for stream, group in by_stream.items():
-            self.session.unlogged.add(stream)
-            self.session.cursors.pop(stream, None)
+        for key, group in by_key.items():
+            self.session.forget(key)
             self.runtime.stats.frames_unstamped += len(group)
 
     async def release(self, handed_over: bool = False) -> None:
-        """The connection is over: hand the lead of its streams on, and flag those it left in flight.
+        """The connection is over: flag the streams it left in flight.
 
         A newcomer that later logs an orphaned stream starts a new epoch, so what was emitted while
         nobody logged it shows up as a gap instead of a silent hole. A connection whose client
@@ -287,15 +293,14 @@ class Outbound:
         session = self.session
         if self.recovery is not None:
             await self.recovery.note("closed")
-        streams = list(session.cursors)
-        if not streams or not self.runtime.health.available():
-            return
         orphaned = [] if handed_over else session.active_streams(self.runtime.settings.hold_idle)
+        if not orphaned or not self.runtime.health.available():
+            return
         try:
             with anyio.fail_after(self.runtime.settings.write_timeout):
-                await self.log.release(streams, session.id, orphaned)
+                await self.log.release(orphaned, session.id)
         except (LogUnavailable, TimeoutError):
-            pass  # the lease runs out by itself
+            pass  # a newcomer then continues the epoch: what was lost meanwhile is not flagged
 
 
 def _needs_log(unit: Item) -> bool:

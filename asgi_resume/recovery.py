@@ -25,7 +25,7 @@ import anyio
 
 from asgi_resume import protocol
 from asgi_resume.frames import EventUnit, Item
-from asgi_resume.log import LogUnavailable
+from asgi_resume.log import LogUnavailable, StreamKey
 from asgi_resume.log.base import Payload, SessionAppend, new_epoch
 
 if TYPE_CHECKING:
@@ -275,11 +275,13 @@ class Recovery:
             out += [protocol.with_last_arg(text, offset(gen, n)), *attachments]
             classified = rules.classify(text)
             arg = classified.packet.first_arg if classified is not None else None
-            if classified is not None and isinstance(arg, dict) and isinstance(arg.get("seq"), int):
+            principal = self.session.principal_for(state.namespace)
+            if classified is not None and principal and isinstance(arg, dict) and isinstance(arg.get("seq"), int):
                 epoch, seq = str(arg.get("epoch", "")), arg["seq"]
-                known = self.session.replayed.get(classified.stream)
+                key = StreamKey(principal, state.namespace, classified.variant, classified.stream)
+                known = self.session.replayed.get(key)
                 if known is None or known[0] != epoch or known[1] < seq:
-                    self.session.replayed[classified.stream] = (epoch, seq)
+                    self.session.replayed[key] = (epoch, seq)
             elif received_ms >= state.connect_ms:
                 unit = EventUnit(text, state.namespace, 0, received_ms, attachments=attachments)
                 state.duplicates[unit.digest()] += 1

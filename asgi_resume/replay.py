@@ -42,8 +42,8 @@ async def answer(runtime: Runtime, session: Session, request: ResumeRequest) -> 
     if request.error is not None:
         stats.resumes_bad_request += 1
         return [reply(resume.error("bad_request", request.error))]
-    principal = session.principal_for(request.namespace)
-    if principal is None:
+    key = session.key_of(request)
+    if key is None:
         stats.resumes_not_found += 1
         runtime.hint_no_principal()
         return [reply(resume.error("not_found", no_principal_detail(runtime)))]
@@ -51,7 +51,7 @@ async def answer(runtime: Runtime, session: Session, request: ResumeRequest) -> 
     try:
         # not on the live path: a replay may wait its turn (a reconnect storm), up to REPLAY_TIMEOUT_S
         with anyio.fail_after(REPLAY_TIMEOUT_S):
-            result = await runtime.log.replay(request.stream, principal, request.last_seq, request.epoch)
+            result = await runtime.log.replay(key, request.last_seq, request.epoch, session.id)
     except (LogUnavailable, TimeoutError) as exc:
         if isinstance(exc, LogUnavailable):  # slowness is no outage: live frames keep the log
             runtime.health.failed(str(exc))
@@ -67,7 +67,7 @@ async def answer(runtime: Runtime, session: Session, request: ResumeRequest) -> 
         if frames is not None:
             out += frames
             replayed += 1
-    session.replayed[request.stream] = (result.epoch, result.last_seq)
+    session.replayed[key] = (result.epoch, result.last_seq)
     stats.frames_replayed += replayed
     stats.replay_seconds.observe(time.perf_counter() - started)
     if result.gap:

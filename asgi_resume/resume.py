@@ -1,7 +1,7 @@
 """The ``resume-stream`` request and its answers, on the wire.
 
 Owns: validating what a client sends (``{"message_id": ID, "last_seq": N,
-"epoch": E}``), and encoding the answer as an ack, or as a ``<event>:result``
+"epoch": E, "variant": V}``), and encoding the answer as an ack, or as a ``<event>:result``
 event when the request carried no ack id. Must not touch: the log, sessions, I/O.
 """
 
@@ -27,6 +27,7 @@ class ResumeRequest:
     stream: str = ""
     last_seq: int = 0
     epoch: str | None = None
+    variant: str = ""  # which view of the stream (ASGI_RESUME_VARIANT); "" the default one
     error: str | None = None  # bad_request detail
 
 
@@ -46,13 +47,18 @@ def parse_request(packet: protocol.Packet, stream_key: str) -> ResumeRequest:
     epoch = arg.get("epoch")
     if epoch is not None and not (isinstance(epoch, str) and 0 < len(epoch) <= MAX_EPOCH_LENGTH):
         return ResumeRequest(ns, ack_id, stream, error="epoch must be a string from a stamped frame")
-    return ResumeRequest(ns, ack_id, stream, last_seq, epoch)
+    variant = arg.get("variant", "")
+    if variant is None or variant is False:
+        variant = ""
+    if not (isinstance(variant, str) and len(variant) <= MAX_EPOCH_LENGTH):
+        return ResumeRequest(ns, ack_id, stream, error="variant must be a string (the view's name)")
+    return ResumeRequest(ns, ack_id, stream, last_seq, epoch, variant)
 
 
 def answer(request: ResumeRequest, body: dict[str, Any], resume_event: str, stream_key: str) -> str:
     """The frame carrying ``body`` back to the requester."""
     if request.stream:
-        body = {stream_key: request.stream, **body}
+        body = {stream_key: request.stream, **({"variant": request.variant} if request.variant else {}), **body}
     if request.ack_id is not None:
         return protocol.ack(request.ack_id, body, namespace=request.namespace)
     return protocol.event(resume_event + RESULT_SUFFIX, body, namespace=request.namespace)

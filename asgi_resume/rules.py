@@ -1,7 +1,8 @@
 """Which outbound events belong to a stream, which stream, and which ones finish it.
 
-Owns: the event filter, the stream-id path and the "done" rules, parsed from their
-configuration strings. Must not touch: I/O, the log, sessions.
+Owns: the event filter, the stream-id path, the variant path (which audience's view of a
+stream an event is), the rules that exclude events from streams and the "done" rules,
+parsed from their configuration strings. Must not touch: I/O, the log, sessions.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ DEFAULT_DONE = ",".join(
     ]
 )
 MAX_STREAM_ID_LENGTH = 256
+MAX_VARIANT_LENGTH = 64
 _TRUTHY: Any = object()
 
 
@@ -104,6 +106,17 @@ def stream_id_of(value: Any) -> str | None:
     return None
 
 
+def variant_of(value: Any) -> str | None:
+    """A view's name: ``""`` for the default view (no value, null, false), else the value as text
+    (``true`` for true, as the JS helper writes it); ``None``: too long or not a plain value."""
+    if value is None or value is False or protocol.is_missing(value):
+        return ""
+    if value is True:
+        return "true"
+    text = value if isinstance(value, str) else str(value) if isinstance(value, int | float) else None
+    return text if text is not None and len(text) <= MAX_VARIANT_LENGTH else None
+
+
 @dataclass(frozen=True, slots=True)
 class StreamFrame:
     """An outbound event that belongs to a stream."""
@@ -111,24 +124,39 @@ class StreamFrame:
     packet: protocol.Packet
     stream: str
     done: bool
+    variant: str = ""
 
 
 class StreamRules:
     """Classifies outbound frames. Cheap for frames that carry no stream id."""
 
-    def __init__(self, events: frozenset[str] | None, stream_path: tuple[str, ...], done: tuple[DoneRule, ...]):
+    def __init__(
+        self,
+        events: frozenset[str] | None,
+        stream_path: tuple[str, ...],
+        done: tuple[DoneRule, ...],
+        *,
+        variant: tuple[str, ...] | None = None,
+        exclude: tuple[DoneRule, ...] = (),
+        log_calls: bool = False,
+    ):
         self.events = events  # None: every event
         self.stream_path = stream_path
         self.done_rules = done
+        self.variant_path = variant
+        self.log_calls = log_calls  # events with an ack id (a call to one connection) belong to streams too
         # a frame without this text cannot hold a stream id: skip its JSON entirely
         self._needle = json.dumps(stream_path[-1])
         self._done_needles = [(rule, rule.needles) for rule in done]
+        self._exclude_needles = [(rule, rule.needles) for rule in exclude]
 
     def classify(self, frame: str) -> StreamFrame | None:
         if frame[:2] not in ("42", "45") or self._needle not in frame:
             return None
         packet = protocol.parse(frame)
         if packet is None or packet.type not in (protocol.EVENT, protocol.BINARY_EVENT):
+            return None
+        if packet.ack_id is not None and not self.log_calls:
             return None
         data = packet.data  # parse() checked: a list starting with the event name
         if (self.events is not None and data[0] not in self.events) or len(data) < 2:
@@ -137,18 +165,26 @@ class StreamRules:
         path = self.stream_path
         value = obj.get(path[0]) if len(path) == 1 and isinstance(obj, dict) else protocol.lookup(obj, path)
         stream = value if type(value) is str and 0 < len(value) <= MAX_STREAM_ID_LENGTH else stream_id_of(value)
-        if stream is None:
+        if stream is None or _any_matches(self._exclude_needles, frame, obj):
             return None
-        done = False
-        for rule, needles in self._done_needles:  # most frames lack a needle: no JSON walk
-            for needle in needles:
-                if needle not in frame:
-                    break
-            else:
-                if rule.matches(obj):
-                    done = True
-                    break
-        return StreamFrame(packet, stream, done)
+        variant = ""
+        if self.variant_path is not None:
+            found = variant_of(protocol.lookup(obj, self.variant_path))
+            if found is None:
+                return None  # not a view we can name: sent as it is
+            variant = found
+        return StreamFrame(packet, stream, _any_matches(self._done_needles, frame, obj), variant)
 
     def is_done(self, obj: Any) -> bool:
         return any(rule.matches(obj) for rule in self.done_rules)
+
+
+def _any_matches(rules: list[tuple[DoneRule, tuple[str, ...]]], frame: str, obj: Any) -> bool:
+    for rule, needles in rules:  # most frames lack a needle: no JSON walk
+        for needle in needles:
+            if needle not in frame:
+                break
+        else:
+            if rule.matches(obj):
+                return True
+    return False

@@ -8,12 +8,10 @@ Must not touch: any one connection's state.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -63,8 +61,7 @@ class Stats:
 
     frames_stamped: int = 0
     log_writes: int = 0  # append calls: one per batch of frames, whatever its size
-    leader_waits: int = 0  # batches that waited for another connection to log their frames first
-    frames_unmatched: int = 0  # sent unstamped: only this connection got them while another one led
+    frames_unmatched: int = 0  # sent unstamped: their copy was logged before frames this connection got earlier
     frames_unstamped: int = 0  # stream frames sent without seq because the log failed
     log_failures: int = 0
     resumes_ok: int = 0
@@ -147,7 +144,14 @@ class LogHealth:
 class Runtime:
     def __init__(self, settings: Settings, log: StreamLog | None = None) -> None:
         self.settings = settings
-        self.rules = StreamRules(settings.events, settings.stream_id, settings.done)
+        self.rules = StreamRules(
+            settings.events,
+            settings.stream_id,
+            settings.done,
+            variant=settings.variant,
+            exclude=settings.exclude,
+            log_calls=settings.log_calls,
+        )
         self.stats = Stats()
         self.health = LogHealth(self.stats)
         self.throttle = Throttle()
@@ -162,7 +166,6 @@ class Runtime:
         self.sessions: Registry[Outbound] = Registry()  # Engine.IO sid -> its outbound pipeline
         self.holds: set[Callable[[str], None]] = set()  # how to end each hold in progress
         self.stamping_cache: dict[str, Any] = {}  # frame -> how to stamp it (see Outbound._stamping)
-        self._append_waiters: dict[str, list[asyncio.Event]] = {}  # stream -> connections waiting for its leader
         self.shutting_down = False
         self._hinted_no_principal = False
 
@@ -220,31 +223,6 @@ class Runtime:
                     return self._make_resolver(secrets.token_bytes(32))
                 self._resolver = self._make_resolver(key)
         return self._resolver
-
-    async def appended(self, streams: list[str], at_most: float) -> None:
-        """Wait until a connection of this process logs one of ``streams``, or ``at_most`` seconds."""
-        event = asyncio.Event()
-        for stream in streams:
-            self._append_waiters.setdefault(stream, []).append(event)
-        try:
-            async with asyncio.timeout(at_most):
-                await event.wait()
-        except TimeoutError:
-            pass
-        finally:
-            for stream in streams:
-                waiters = self._append_waiters.get(stream)
-                if waiters is not None:
-                    with contextlib.suppress(ValueError):
-                        waiters.remove(event)
-                    if not waiters:
-                        del self._append_waiters[stream]
-
-    def notify_appended(self, streams: Iterable[str]) -> None:
-        if self._append_waiters:
-            for stream in streams:
-                for event in self._append_waiters.get(stream, ()):
-                    event.set()
 
     def shut_down_holds(self) -> None:
         """The server is going down: end every hold, and start no new one."""

@@ -1,8 +1,10 @@
 """One client's Engine.IO session as the middleware sees it, and this process's sessions by sid.
 
-Owns: what the middleware remembers about one connection: who it is (per
-namespace), where it stands in each stream's log (cursors), what it was replayed,
-which streams are in flight. Must not touch: I/O of any kind.
+Owns: what the middleware remembers about one connection: who it is (per namespace,
+bound when the app accepts the CONNECT, never changed after), where it stands in each
+stream key's log (cursors, and the entries it passed over), what it was replayed, which
+streams are in flight, and which of the app's calls its client has not answered yet.
+Must not touch: I/O of any kind.
 """
 
 from __future__ import annotations
@@ -15,10 +17,16 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 
 from starlette.types import Scope
 
+from asgi_resume.log.base import StreamKey
+from asgi_resume.resume import ResumeRequest
+
 if TYPE_CHECKING:
     from asgi_resume.recovery import RecoveryState
 
 T = TypeVar("T")
+
+SKIPPED_KEPT = 64  # entries a connection passed over, remembered per stream key (the log looks 64 ahead)
+CALLS_KEPT = 64  # unanswered calls remembered per connection
 
 
 @dataclass(eq=False, slots=True)
@@ -26,11 +34,15 @@ class Session:
     scope: Scope
     started_ms: int  # on the log's clock (reset at CONNECT): a stream's first frame matches copies since then
     id: str = field(default_factory=lambda: secrets.token_hex(8))
-    principals: dict[str, str | None] = field(default_factory=dict)  # namespace -> hashed principal
-    cursors: dict[str, tuple[str, int]] = field(default_factory=dict)  # stream -> (epoch, last seq seen)
-    replayed: dict[str, tuple[str, int]] = field(default_factory=dict)  # stream -> (epoch, replayed up to)
-    unlogged: set[str] = field(default_factory=set)  # streams with frames the log missed: next append resets
-    in_flight: dict[str, float] = field(default_factory=dict)  # stream not done -> monotonic time of its last frame
+    principals: dict[str, str | None] = field(default_factory=dict)  # namespace -> hashed principal, once accepted
+    pending: dict[str, str | None] = field(default_factory=dict)  # namespace -> principal its CONNECT names
+    cursors: dict[StreamKey, tuple[str, int]] = field(default_factory=dict)  # key -> (epoch, last seq seen)
+    skipped: dict[StreamKey, list[int]] = field(default_factory=dict)  # key -> recent seqs passed over
+    others_ms: dict[StreamKey, int] = field(default_factory=dict)  # key -> when another connection last used it
+    replayed: dict[StreamKey, tuple[str, int]] = field(default_factory=dict)  # key -> (epoch, replayed up to)
+    unlogged: set[StreamKey] = field(default_factory=set)  # keys with frames the log missed: next append resets
+    in_flight: dict[StreamKey, float] = field(default_factory=dict)  # key not done -> monotonic time of last frame
+    calls: dict[tuple[str, int], None] = field(default_factory=dict)  # (namespace, ack id) the client owes
     last_frame_at: float = 0.0  # monotonic time of the last stream frame
     recovery: dict[str, RecoveryState] = field(default_factory=dict)  # namespace -> connection state recovery
     resume_tokens: float = -1.0  # the resume rate limit's bucket (-1: full, not yet used)
@@ -51,7 +63,62 @@ class Session:
     def principal_for(self, namespace: str) -> str | None:
         return self.principals.get(namespace)
 
-    def saw(self, stream: str, done: bool) -> None:
+    def key_of(self, request: ResumeRequest) -> StreamKey | None:
+        """The stream key a resume request names: always one of this connection's principal."""
+        principal = self.principals.get(request.namespace)
+        if principal is None or not request.stream:
+            return None
+        return StreamKey(principal, request.namespace, request.variant, request.stream)
+
+    def connecting(self, namespace: str, principal: str | None) -> None:
+        """The client asked to CONNECT to ``namespace`` as ``principal``: the app decides."""
+        if namespace not in self.principals:
+            self.pending[namespace] = principal
+
+    def connected(self, namespace: str, accepted: bool) -> None:
+        """The app answered the CONNECT: its principal is bound if accepted, and never rebound."""
+        principal = self.pending.pop(namespace, None)
+        if accepted and namespace not in self.principals:
+            self.principals[namespace] = principal
+
+    def called(self, namespace: str, ack_id: int) -> None:
+        """The app sent the client an event that expects an answer."""
+        self.calls[(namespace, ack_id)] = None
+        if len(self.calls) > CALLS_KEPT:
+            del self.calls[next(iter(self.calls))]
+
+    def answered(self, namespace: str, ack_id: int) -> None:
+        self.calls.pop((namespace, ack_id), None)
+
+    def followed(self, key: StreamKey, epoch: str, seqs: list[int], others_ms: int) -> None:
+        """Where this connection stands in ``key`` after an append: its cursor and what it passed over."""
+        cursor = self.cursors.get(key)
+        previous = cursor[1] if cursor is not None and cursor[0] == epoch else None
+        skipped = self.skipped.get(key, []) if previous is not None else []
+        for seq in seqs:
+            if seq < 0:  # an out-of-order copy of an entry it had passed over: not passed over any more
+                if -seq in skipped:
+                    skipped.remove(-seq)
+                continue
+            if previous is not None and seq > previous + 1:
+                skipped.extend(range(max(previous + 1, seq - SKIPPED_KEPT), seq))
+            previous = seq
+        if previous is not None:
+            self.cursors[key] = (epoch, previous)
+        if skipped:
+            self.skipped[key] = skipped[-SKIPPED_KEPT:]
+        else:
+            self.skipped.pop(key, None)
+        if others_ms:
+            self.others_ms[key] = others_ms
+
+    def forget(self, key: StreamKey) -> None:
+        """The log missed frames of ``key``: the next append starts a new epoch."""
+        self.unlogged.add(key)
+        self.cursors.pop(key, None)
+        self.skipped.pop(key, None)
+
+    def saw(self, stream: StreamKey, done: bool) -> None:
         """Track streams in flight on this connection (what a hold waits for)."""
         self.last_frame_at = now = time.monotonic()
         if done:
@@ -59,12 +126,17 @@ class Session:
         else:
             self.in_flight[stream] = now
 
-    def active_streams(self, idle_s: float) -> list[str]:
+    def active_streams(self, idle_s: float) -> list[StreamKey]:
         """Streams in flight that had a frame in the last ``idle_s`` seconds."""
         now = time.monotonic()
         return [stream for stream, at in self.in_flight.items() if now - at < idle_s]
 
-    def was_replayed(self, stream: str, epoch: str, seq: int) -> bool:
+    def taken_over(self, since_ms: int, idle_s: float) -> bool:
+        """Has another connection used each stream in flight here since ``since_ms``?"""
+        active = self.active_streams(idle_s)
+        return bool(active) and all(self.others_ms.get(key, 0) >= since_ms for key in active)
+
+    def was_replayed(self, stream: StreamKey, epoch: str, seq: int) -> bool:
         """True when a replay already gave this client the frame ``seq`` of ``epoch``."""
         replayed = self.replayed.get(stream)
         return replayed is not None and replayed[0] == epoch and seq <= replayed[1]

@@ -5,8 +5,11 @@ task that logs and stamps them a batch at a time) and ``receive`` (resume reques
 are answered here and never reach the app; CONNECT auth names the principal), and
 the *hold*: when the client leaves while one of its streams is in flight, the app is
 not told yet; the middleware answers its pings and keeps logging what it sends,
-until the streams are done (plus grace), go idle, ``hold_max`` passes, or the app
-closes. Must not touch: what a frame means (``outbound``), storage (``log``).
+until another connection of the same principal takes the streams over (receives them
+live or resumes them), the streams are done (plus grace) or go idle, ``hold_max``
+passes, or the app closes. A client that owes the app an answer (an event with an ack
+id) is not held, and a hold ends at once when the app asks the absent client something.
+Must not touch: what a frame means (``outbound``), storage (``log``).
 """
 
 from __future__ import annotations
@@ -309,6 +312,9 @@ class WebSocketConnection:
         recoverable = recovery is not None and recovery.recoverable
         if not (streams or recoverable) or self._tg is None or not self.accepted:
             return False
+        if self.session.calls:  # the app waits for this client's answer: it must learn it left
+            logger.info("not holding %s: its client left owing the app an answer", self.sid)
+            return False
         if stats.holds_active >= settings.max_holds:
             stats.holds_refused += 1
             skipped = self.runtime.throttle.allow("hold_refused")
@@ -333,6 +339,7 @@ class WebSocketConnection:
     async def _hold(self, disconnect: Message, recoverable: bool) -> None:
         settings, session, recovery = self.runtime.settings, self.session, self.outbound.recovery
         started = time.monotonic()
+        started_ms = self.runtime.log.now_ms()
         reason = ""
         # a recoverable session is held for the recovery window, so it keeps getting (and logging)
         # what the app sends its rooms, as the Node server keeps a session's packets
@@ -342,6 +349,13 @@ class WebSocketConnection:
             if recovery is not None and recoverable:
                 await recovery.note("left")
             while not self._hold_end.is_set():
+                if session.calls:
+                    reason = "the app asked its absent client something"
+                    break
+                if session.taken_over(started_ms, settings.hold_idle):
+                    reason = "another connection took its streams over"
+                    self._handed_over = True
+                    break
                 now = time.monotonic()
                 active = [at + settings.hold_idle for at in session.in_flight.values() if now < at + settings.hold_idle]
                 # streams still flowing: look again when they could have gone idle; else end after the grace

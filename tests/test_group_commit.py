@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from asgi_resume.log.base import AppendRequest, AppendResult, GroupCommit, LogUnavailable
+from asgi_resume.log.base import AppendRequest, AppendResult, GroupCommit, LogUnavailable, StreamKey
 
 pytestmark = pytest.mark.anyio
 
@@ -29,7 +29,7 @@ class CountingLog:
 
 
 def request(stream: str) -> AppendRequest:
-    return AppendRequest(stream, [], None)
+    return AppendRequest(StreamKey("p", "/", "", stream), [])
 
 
 async def test_requests_of_one_turn_share_one_call() -> None:

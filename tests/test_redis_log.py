@@ -16,9 +16,10 @@ import pytest
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
-from asgi_resume.log import AppendRequest, LogUnavailable
+from asgi_resume.log import AppendRequest, LogUnavailable, StreamKey
 from asgi_resume.log.redis import RedisLog
 from tests.support.app import chat_event, emit_tokens, make_app, make_sio, room_of
+from tests.support.keys import redis_keys
 from tests.support.raw import RawClient
 from tests.support.redis_server import RedisServer
 from tests.support.server import serve
@@ -50,23 +51,20 @@ async def test_entries_are_msgpack_with_one_key_per_stream(
         await client.wait_seqs("msg-1", 5)
         await client.close()
 
+    log_key, meta_key = await redis_keys(redis, prefix, "alice-token", "msg-1")
     keys = sorted(k.decode() for k in await redis.keys(f"{prefix}:*"))
-    assert keys == [
-        f"{prefix}:secret",
-        f"{prefix}:{{msg-1}}:log",
-        f"{prefix}:{{msg-1}}:meta",
-        f"{prefix}:{{msg-1}}:who",
-    ]
+    assert keys == sorted([f"{prefix}:secret", log_key, meta_key])
+    assert "msg-1" not in log_key  # the key names the principal's view, hashed: never a raw id
     slots = {key_slot(k.encode()) for k in keys if "{" in k}
     assert len(slots) == 1  # one hash tag: the scripts also run on Redis Cluster
-    assert await redis.type(f"{prefix}:{{msg-1}}:log") == b"stream"
-    entries = await redis.xrange(f"{prefix}:{{msg-1}}:log")
+    assert await redis.type(log_key) == b"stream"
+    entries = await redis.xrange(log_key)
     assert [entry_id for entry_id, _ in entries] == [f"{i}-0".encode() for i in range(1, 6)]
     head, tail = msgpack.unpackb(entries[0][1][b"f"])
     assert head + '"seq":1,"epoch":"x"' + tail == '42["events",{"seq":1,"epoch":"x",' + (
         '"chat_id":"chat-1","message_id":"msg-1","data":{"type":"chat:completion","data":{"content":"tok1 "}}}]'
     )
-    meta = await redis.hgetall(f"{prefix}:{{msg-1}}:meta")
+    meta = await redis.hgetall(meta_key)
     assert meta[b"seq"] == b"5"
     assert meta[b"done"] == b"0"
     assert len(meta[b"epoch"]) == 8
@@ -80,9 +78,8 @@ async def test_principals_are_stored_hashed(redis_server: RedisServer, redis: ai
         await emit_tokens(sio, "raw-credential-123", "m", 1, 2)
         await client.wait_seqs("m", 2)
         await client.close()
-    members = await redis.smembers(f"{prefix}:{{m}}:who")
-    assert len(members) == 1
-    assert b"raw-credential-123" not in next(iter(members))
+    log_key, _ = await redis_keys(redis, prefix, "raw-credential-123", "m")
+    assert await redis.xlen(log_key) == 2
     for key in await redis.keys(f"{prefix}:*"):
         dump = await redis.dump(key)
         assert b"raw-credential-123" not in dump, key
@@ -91,11 +88,11 @@ async def test_principals_are_stored_hashed(redis_server: RedisServer, redis: ai
 async def test_maxlen_and_ttls(redis_server: RedisServer, redis: aioredis.Redis, prefix: str) -> None:
     sio = make_sio()
     app = make_app(sio, redis_url=redis_server.url, key_prefix=prefix, maxlen=100, ttl=600, done_ttl=20)
-    keys = [f"{prefix}:{{long}}:{part}" for part in ("log", "meta", "who")]
     async with serve(app) as url:
         client = await RawClient(url, auth={"token": "alice"}).connect()
         await emit_tokens(sio, "alice", "long", 1, 1000)
         await client.wait_seqs("long", 1000)
+        keys = await redis_keys(redis, prefix, "alice", "long")
         assert 100 <= await redis.xlen(keys[0]) < 300  # MAXLEN ~ trims whole nodes
         for key in keys:
             assert 590_000 < await redis.pttl(key) <= 600_000
@@ -199,12 +196,13 @@ async def test_a_closed_log_refuses_work_instead_of_reconnecting(
     server = request.getfixturevalue("redis_cluster" if cluster else "redis_server")
     log = RedisLog.from_url(server.url, prefix=prefix, cluster=cluster)
     await log.prepare()
-    await log.release(["m"], "conn", [])  # works while open
+    key = StreamKey("p", "/", "", "m")
+    await log.release([key], "conn")  # works while open
     await log.aclose()
     with pytest.raises(LogUnavailable, match="closed"):
-        await log.release(["m"], "conn", [])
+        await log.release([key], "conn")
     with pytest.raises(LogUnavailable, match="closed"):
-        await log.append([AppendRequest("m", [], None)])
+        await log.append([AppendRequest(key, [])])
     if cluster:
         assert log.client._initialize  # type: ignore[union-attr]  # still closed: nothing reconnected it
 
@@ -212,7 +210,7 @@ async def test_a_closed_log_refuses_work_instead_of_reconnecting(
 async def test_the_lifespan_shutdown_closes_the_log(redis_server: RedisServer, prefix: str) -> None:
     """Under uvicorn's default lifespan, the app's shutdown closes the middleware's Redis client."""
     app = make_app(make_sio(), redis_url=redis_server.url, key_prefix=prefix)
-    await app.runtime.log.release(["m"], "conn", [])  # the client is connected
+    await app.runtime.log.release([StreamKey("p", "/", "", "m")], "conn")  # the client is connected
     inbox: asyncio.Queue[dict[str, str]] = asyncio.Queue()
     for message in ({"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}):
         inbox.put_nowait(message)
@@ -225,4 +223,4 @@ async def test_the_lifespan_shutdown_closes_the_log(redis_server: RedisServer, p
         await app({"type": "lifespan", "asgi": {"version": "3.0"}}, inbox.get, send)  # type: ignore[arg-type]
     assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
     with pytest.raises(LogUnavailable, match="closed"):
-        await app.runtime.log.release(["m"], "conn", [])
+        await app.runtime.log.release([StreamKey("p", "/", "", "m")], "conn")

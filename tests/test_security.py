@@ -84,3 +84,58 @@ async def test_a_flood_of_garbage_does_not_stall_the_stream(stack: Stack) -> Non
     await emit_tokens(stack.sio, "alice", "after", 1, 5)
     assert await client.wait_seqs("after", 5) == [1, 2, 3, 4, 5]
     await client.close()
+
+
+async def test_a_user_who_reuses_a_message_id_neither_reads_nor_writes_the_victims_stream(stack: Stack) -> None:
+    """The browser chooses message ids: mallory asks the app for a completion under alice's id."""
+    victim = await RawClient(stack.url, auth={"token": "alice"}).connect()
+    mallory = await RawClient(stack.url, auth={"token": "mallory"}).connect()
+    await emit_tokens(stack.sio, "alice", "shared-id", 1, 30)
+    await victim.wait_seqs("shared-id", 30)
+    await emit_tokens(stack.sio, "mallory", "shared-id", 1, 5)  # her own frames under the same id
+    assert await mallory.wait_seqs("shared-id", 5) == [1, 2, 3, 4, 5]  # her own view, from 1
+
+    stolen = await mallory.request("resume-stream", {"message_id": "shared-id", "last_seq": 0}, ack_id=1)
+    assert stolen["replayed"] == 5  # hers only: none of the victim's 30
+    contents = [e["data"]["data"]["content"] for e in mallory.events() if e.get("message_id") == "shared-id"]
+    assert contents[5:] == contents[:5]
+
+    own = await victim.request("resume-stream", {"message_id": "shared-id", "last_seq": 0}, ack_id=1)
+    assert own["replayed"] == 30  # nothing mallory received entered the victim's log
+    replayed = [e["data"]["data"]["content"] for e in victim.events()[30:]]
+    assert replayed == [f"tok{i} " for i in range(1, 31)]
+    await victim.close()
+    await mallory.close()
+
+
+async def test_a_refused_connect_cannot_replay(stack: Stack) -> None:
+    """The principal is bound when the app accepts the CONNECT, never from one it refused."""
+    owner = await RawClient(stack.url, auth={"token": "alice"}).connect()
+    await emit_tokens(stack.sio, "alice", "m", 1, 10)
+    await owner.wait_seqs("m", 10)
+    refused = await RawClient(stack.url, auth={"token": "alice", "refuse": True}).connect(namespaces=())
+    await refused.send('40{"token":"alice","refuse":true}')
+    await refused.wait_for(lambda f: isinstance(f, str) and f.startswith("44"))
+    answer = await refused.request("resume-stream", {"message_id": "m", "last_seq": 0}, ack_id=1)
+    assert answer["error"] == "not_found"
+    assert not [f for f in refused.frames if isinstance(f, str) and '"seq"' in f]
+    # nor on a namespace the app does not have
+    await refused.send('40/nowhere,{"token":"alice"}')
+    await refused.wait_for(lambda f: isinstance(f, str) and f.startswith("44/nowhere,"))
+    answer = await refused.request("resume-stream", {"message_id": "m", "last_seq": 0}, ack_id=2, namespace="/nowhere")
+    assert answer["error"] == "not_found"
+    await owner.close()
+    await refused.close()
+
+
+async def test_a_principal_is_never_rebound(stack: Stack) -> None:
+    """A second CONNECT in a namespace (another user's token) does not change who the connection is."""
+    owner = await RawClient(stack.url, auth={"token": "alice"}).connect()
+    await emit_tokens(stack.sio, "alice", "m", 1, 3)
+    await owner.wait_seqs("m", 3)
+    mallory = await RawClient(stack.url, auth={"token": "mallory"}).connect()
+    await mallory.send('40{"token":"alice"}')
+    answer = await mallory.request("resume-stream", {"message_id": "m", "last_seq": 0}, ack_id=1)
+    assert answer["error"] == "not_found"
+    await owner.close()
+    await mallory.close()

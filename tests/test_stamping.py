@@ -150,7 +150,8 @@ async def test_namespaces_are_stamped_and_resumed(stack: Stack) -> None:
     await client.close()
 
 
-async def test_server_events_with_an_ack_keep_it(stack: Stack) -> None:
+async def test_calls_to_one_connection_are_not_stream_content(stack: Stack) -> None:
+    """An event with an ack id (``sio.call``, open-webui's input request) passes as it is, unlogged."""
     client = await RawClient(stack.url, auth={"token": "alice"}).connect()
     sid = next(iter(stack.sio.manager.get_participants("/", room_of("alice"))))[0]
     answered = asyncio.get_running_loop().create_future()
@@ -159,14 +160,34 @@ async def test_server_events_with_an_ack_keep_it(stack: Stack) -> None:
     assert isinstance(frame, str)
     packet_id = frame[2 : frame.index("[")]
     assert packet_id.isdigit()
-    assert json.loads(frame[2 + len(packet_id) :])[1]["seq"] == 1
+    assert "seq" not in json.loads(frame[2 + len(packet_id) :])[1]
     await client.send(f'43{packet_id}["yes"]')
     assert await asyncio.wait_for(answered, 5) == "yes"
-    # the log keeps it without the ack id: a replay cannot be answered to the old callback
-    await client.request("resume-stream", {"message_id": "q", "last_seq": 0}, ack_id=99)
-    replayed = [f for f in client.frames if isinstance(f, str) and '"ask":1' in f][-1]
-    assert replayed.startswith('42["events",')
+    answer = await client.request("resume-stream", {"message_id": "q", "last_seq": 0}, ack_id=99)
+    assert answer["error"] == "not_found"
     await client.close()
+
+
+async def test_server_events_with_an_ack_keep_it_when_calls_are_logged(backend: dict[str, Any]) -> None:
+    sio = make_sio()
+    app = make_app(sio, **backend, log_calls=True)
+    async with serve(app) as url:
+        client = await RawClient(url, auth={"token": "alice"}).connect()
+        sid = next(iter(sio.manager.get_participants("/", room_of("alice"))))[0]
+        answered = asyncio.get_running_loop().create_future()
+        await sio.emit("events", {"message_id": "q", "ask": 1}, to=sid, callback=answered.set_result)
+        frame = await client.wait_for(lambda f: isinstance(f, str) and '"ask":1' in f)
+        assert isinstance(frame, str)
+        packet_id = frame[2 : frame.index("[")]
+        assert packet_id.isdigit()
+        assert json.loads(frame[2 + len(packet_id) :])[1]["seq"] == 1
+        await client.send(f'43{packet_id}["yes"]')
+        assert await asyncio.wait_for(answered, 5) == "yes"
+        # the log keeps it without the ack id: a replay cannot be answered to the old callback
+        await client.request("resume-stream", {"message_id": "q", "last_seq": 0}, ack_id=99)
+        replayed = [f for f in client.frames if isinstance(f, str) and '"ask":1' in f][-1]
+        assert replayed.startswith('42["events",')
+        await client.close()
 
 
 async def test_an_app_field_named_seq_is_replaced_not_duplicated(stack: Stack) -> None:

@@ -17,6 +17,8 @@ import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from asgi_resume.log import StreamKey
+from asgi_resume.principal import PrincipalResolver, PrincipalSource, parse_sources
 from tests.support.app import chat_event, content_by_seq
 from tests.support.raw import RawClient
 from tests.support.redis_server import RedisServer
@@ -40,10 +42,14 @@ def pair(redis_server: RedisServer) -> Iterator[list[Worker]]:
         yield started
 
 
-async def log_length(redis_server: RedisServer, message_id: str) -> int:
+async def log_length(redis_server: RedisServer, token: str, message_id: str) -> int:
+    """Entries in ``token``'s log of ``message_id``: its key comes from the principal the workers share."""
     client = aioredis.Redis.from_url(redis_server.url)
     try:
-        return int(await client.xlen(f"{PREFIX}:{{{message_id}}}:log"))
+        secret = await client.get(f"{PREFIX}:secret")
+        principal = PrincipalResolver(parse_sources("auth:token"), secret).hash(PrincipalSource("auth", "token"), token)
+        key = StreamKey(principal, "/", "", message_id)
+        return int(await client.xlen(f"{PREFIX}:{{{key.tag()}}}:log"))
     finally:
         await client.aclose()
 
@@ -70,7 +76,7 @@ async def test_a_tab_on_each_worker_sees_the_same_sequence(pair: list[Worker], r
     for tab, view in zip(tabs, views, strict=True):
         assert tab.seqs(message_id) == list(range(1, 152))  # live, in order, once each
         assert [view[s] for s in sorted(view)] == expected
-    assert await log_length(redis_server, message_id) == 151
+    assert await log_length(redis_server, token, message_id) == 151
     for tab in tabs:
         await tab.close()
 
@@ -95,7 +101,7 @@ async def test_a_tab_moves_to_the_other_worker_mid_stream(pair: list[Worker], re
     await wait_done(moved, message_id)
     view = seen | content_by_seq(moved.events())
     assert [view[s] for s in sorted(view)] == [f"tok{i} " for i in range(1, 201)] + [""]
-    assert await log_length(redis_server, message_id) == 201
+    assert await log_length(redis_server, token, message_id) == 201
     await moved.close()
 
 
@@ -223,7 +229,7 @@ async def run_schedule(schedule: Schedule, pair: list[Worker], redis_server: Red
         view = tab.view()
         assert [view[s] for s in sorted(view)] == emitted, (tab.plan, view)
         assert sorted(view) == list(range(1, len(emitted) + 1))
-    assert await log_length(redis_server, message_id) == len(emitted)  # one entry per emit
+    assert await log_length(redis_server, token, message_id) == len(emitted)  # one entry per emit
     for tab in tabs:
         if tab.current is not None:
             await tab.current.close()

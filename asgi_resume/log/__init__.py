@@ -4,16 +4,18 @@ Owns: the storage interface (:class:`StreamLog`) and its two backends, Redis Str
 (:mod:`asgi_resume.log.redis`) and an in-process memory log
 (:mod:`asgi_resume.log.memory`). Both implement the same rules:
 
-* ``append`` is an atomic "match or append" per stream: a connection that already
-  saw entry *n* of a stream matches its next frame against entry *n+1* (its first
-  frame: the earliest entry with that content appended since it connected), so N
-  copies of one emit make one entry with one seq. Copies arrive with different lags
-  (another worker gets them through pub/sub), so one connection leads: only the
-  stream's leader appends what matches nothing; another connection's unmatched frame
-  waits for the leader, and takes the lead when the leader has been silent for a
-  lease or it has waited long enough.
-* ``replay`` authorizes the requester against the principals the stream was sent
-  to live, and says when the history it returns has a hole (``gap``).
+* Everything is kept per :class:`StreamKey`: one principal's view (namespace, variant) of
+  one stream id. A principal's keys are the only ones its connections append to or
+  replay, so nothing crosses principals, whatever stream id the app or a browser chose.
+* ``append`` is an atomic "match or append" per key: a connection that already saw
+  entry *n* matches its next frame against entry *n+1*, or a later one (a frame it did
+  not get; its first frame: the earliest entry with that content logged since it
+  connected), so the copies of one emit to a principal's tabs make one entry with one
+  seq. A frame that matches nothing is appended at once: no frame waits for another
+  connection. One whose copy is among the entries the connection passed over came out of
+  order: it goes out unstamped rather than twice in the log.
+* ``replay`` reads the requester's own key, and says when the history it returns has a
+  hole (``gap``).
 
 Must not touch: websockets, ASGI, Socket.IO framing (entries are opaque payloads).
 """
@@ -24,7 +26,8 @@ from asgi_resume.log.base import (
     Entry,
     LogUnavailable,
     ReplayResult,
+    StreamKey,
     StreamLog,
 )
 
-__all__ = ["AppendRequest", "AppendResult", "Entry", "LogUnavailable", "ReplayResult", "StreamLog"]
+__all__ = ["AppendRequest", "AppendResult", "Entry", "LogUnavailable", "ReplayResult", "StreamKey", "StreamLog"]

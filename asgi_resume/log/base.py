@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import secrets
 import string
 from collections.abc import Sequence
@@ -14,6 +15,9 @@ from typing import Literal, Protocol
 Payload = list[str | bytes]
 
 _EPOCH_ALPHABET = string.ascii_letters + string.digits
+#: Copies of one emit reach a principal's connections within this much of each other (fan-out
+#: between workers included); an entry received further apart is another emit with the same bytes.
+COPY_WINDOW_MS = 1000
 
 
 def new_epoch() -> str:
@@ -28,6 +32,27 @@ class LogUnavailable(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class StreamKey:
+    """One recipient's view of a stream: the unit the log keeps, appends to and replays.
+
+    A stream id is chosen by the app, often by the browser: it is never an authority. What one
+    principal received under it is a log of its own, so nothing another principal's connections
+    received can enter it, and a resume can only name logs of the requester's own principal.
+    """
+
+    principal: str  # hashed: the log never holds a credential
+    namespace: str
+    variant: str  # which audience's view ("" unless ASGI_RESUME_VARIANT tells them apart)
+    stream: str
+
+    def tag(self) -> str:
+        """A fixed-size name for the key (one Redis Cluster hash tag for all of its keys)."""
+        text = "\x00".join((self.principal, self.namespace, self.variant, self.stream))
+        # surrogatepass: a stream id is JSON from the app, and JSON may hold a lone surrogate
+        return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
 class Entry:
     """One logical emit of a stream, as one connection saw it."""
 
@@ -39,24 +64,29 @@ class Entry:
 
 @dataclass(slots=True)
 class AppendRequest:
-    """A connection's frames for one stream, in the order it received them."""
+    """A connection's frames for one stream key, in the order it received them."""
 
-    stream: str
+    key: StreamKey
     entries: list[Entry]
-    principal: str | None  # hashed principal of the receiving connection
     cursor_epoch: str | None = None  # the last entry this connection matched or appended...
     cursor_seq: int = 0  # ...or None/0 for its first frame of the stream
     since_ms: int = 0  # when the connection started, on the log's clock
     reset: bool = False  # start a new epoch: this connection could not log part of the stream
-    connection: str = ""  # who appends: the stream's leader appends, the others match
+    connection: str = ""
+    #: recent seqs this connection passed over without getting them (another tab's frames, or
+    #: copies of its own still on their way): a frame of its own found among them came out of
+    #: order, and goes out unstamped rather than twice in the log
+    skipped: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
 class AppendResult:
-    """The epoch, and a seq for each entry handled; entries after those wait for the leader."""
+    """The epoch, and for each entry its seq: > 0 matched or appended; -s: the copy already
+    logged at ``s`` among the request's ``skipped`` (sent unstamped: it came out of order)."""
 
     epoch: str
     seqs: list[int]
+    others_ms: int = 0  # when another connection last appended to, matched in or replayed this key
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +143,6 @@ class LogLimits:
     maxlen: int = 2000  # entries kept per stream (approximately, on Redis)
     ttl_ms: int = 3_600_000  # a stream's life after its last frame
     done_ttl_ms: int = 30_000  # its life once it is done
-    lease_ms: int = 400  # a leader that appended nothing this long is presumed gone
 
 
 class StreamLog(Protocol):
@@ -131,12 +160,13 @@ class StreamLog(Protocol):
         """Match or append each request's entries; one result per request, in order."""
         ...
 
-    async def replay(self, stream: str, principal: str | None, after_seq: int, epoch: str | None) -> ReplayResult:
-        """Entries with seq > ``after_seq``, if ``principal`` received the stream live."""
+    async def replay(self, key: StreamKey, after_seq: int, epoch: str | None, connection: str) -> ReplayResult:
+        """Entries of ``key`` with seq > ``after_seq`` (``connection`` takes the stream over)."""
         ...
 
-    async def release(self, streams: Sequence[str], connection: str, orphaned: Sequence[str]) -> None:
-        """``connection`` is gone: it leads none of ``streams`` any more; ``orphaned`` ones were in flight."""
+    async def release(self, keys: Sequence[StreamKey], connection: str) -> None:
+        """``connection`` left while ``keys`` were in flight: what is emitted until a connection
+        that followed them logs them again may be lost (a newcomer starts a new epoch)."""
         ...
 
     async def session_append(self, requests: Sequence[SessionAppend]) -> list[SessionAppendResult]:

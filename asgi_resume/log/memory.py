@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from asgi_resume.log.base import (
+    COPY_WINDOW_MS,
     NOT_FOUND,
     AppendRequest,
     AppendResult,
@@ -22,6 +23,7 @@ from asgi_resume.log.base import (
     SessionAppend,
     SessionAppendResult,
     SessionReplay,
+    StreamKey,
     new_epoch,
 )
 
@@ -44,16 +46,17 @@ class _Stream:
     last: int = 0
     done: bool = False
     expires_at: int = 0
-    leader: str = ""
-    lease_until: int = 0
     orphaned: bool = False
-    who: set[str] = field(default_factory=set)
+    by: str = ""  # the connection that touched it last (appended, matched, replayed), and when
+    at: int = 0
+    by2: str = ""  # the one before that was another connection, and when
+    at2: int = 0
     records: deque[_Record] = field(init=False)
 
     def __post_init__(self) -> None:
         self.records = deque(maxlen=self.maxlen)
 
-    def at(self, seq: int) -> _Record | None:
+    def at_seq(self, seq: int) -> _Record | None:
         if not self.records:
             return None
         index = seq - self.records[0].seq
@@ -61,7 +64,7 @@ class _Stream:
 
     def find_after(self, seq: int, digest: str) -> int | None:
         for candidate in range(seq + 1, min(seq + 1 + _SCAN_AHEAD, self.last + 1)):
-            record = self.at(candidate)
+            record = self.at_seq(candidate)
             if record is not None and record.digest == digest:
                 return candidate
         return None
@@ -74,6 +77,21 @@ class _Stream:
             if record.digest == digest:
                 found = record.seq
         return found
+
+    def find_among(self, seqs: set[int], digest: str, received_ms: int) -> int | None:
+        """The first of ``seqs`` holding a copy of this frame: same digest, received about when it was."""
+        for seq in sorted(seqs):
+            record = self.at_seq(seq)
+            if record is not None and record.digest == digest and abs(record.ts - received_ms) <= COPY_WINDOW_MS:
+                return seq
+        return None
+
+    def touch(self, connection: str, now: int) -> int:
+        """``connection`` used this key now; when another one last did (0: never)."""
+        if self.by != connection:
+            self.by2, self.at2 = self.by, self.at
+        self.by, self.at = connection, now
+        return self.at2 if self.by2 else 0
 
 
 @dataclass(slots=True)
@@ -105,17 +123,17 @@ class MemoryLog:
     def __init__(self, limits: LogLimits | None = None, clock: Callable[[], float] = time.time) -> None:
         self.limits = limits or LogLimits()
         self.clock = clock  # seconds since the epoch
-        self._streams: dict[str, _Stream] = {}
+        self._streams: dict[StreamKey, _Stream] = {}
         self._sessions: dict[str, _Session] = {}
         self._next_sweep = 0
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
 
-    def _get(self, stream: str, now: int) -> _Stream | None:
-        state = self._streams.get(stream)
+    def _get(self, key: StreamKey, now: int) -> _Stream | None:
+        state = self._streams.get(key)
         if state is not None and state.expires_at <= now:
-            del self._streams[stream]
+            del self._streams[key]
             return None
         return state
 
@@ -135,59 +153,59 @@ class MemoryLog:
 
     def _append(self, request: AppendRequest, now: int) -> AppendResult:
         limits = self.limits
-        state = self._get(request.stream, now)
+        state = self._get(request.key, now)
         continuous = state is not None and request.cursor_epoch == state.epoch
         if state is None or request.reset or (state.orphaned and not continuous):
             state = _Stream(new_epoch(), limits.maxlen)
-            self._streams[request.stream] = state
+            self._streams[request.key] = state
         state.orphaned = False
         was_done = state.done
-        leading = not state.leader or state.leader == request.connection or state.lease_until <= now
         cursor = request.cursor_seq if request.cursor_epoch == state.epoch else None
+        skipped = set(request.skipped) if cursor is not None else set()
         seqs = []
-        appended = False
         for entry in request.entries:
             seq = None
             if cursor is None:
                 seq = state.find_since(request.since_ms, entry.digest)
             elif cursor < state.last:
-                record = state.at(cursor + 1)
+                record = state.at_seq(cursor + 1)
                 if record is not None and record.digest == entry.digest:
                     seq = cursor + 1
                 else:
                     seq = state.find_after(cursor + 1, entry.digest)
+            if seq is None and skipped:
+                out_of_order = state.find_among(skipped, entry.digest, entry.received_ms)
+                if out_of_order is not None:
+                    skipped.discard(out_of_order)
+                    seqs.append(-out_of_order)
+                    continue
             if seq is None:
-                if not leading:
-                    break  # the leader will append it
                 state.last += 1
                 seq = state.last
                 state.records.append(_Record(seq, entry.digest, entry.received_ms, entry.payload))
-                appended = True
             cursor = seq
             state.done = state.done or entry.done
             seqs.append(seq)
-        if appended:
-            state.leader, state.lease_until = request.connection, now + limits.lease_ms
-        if request.principal:
-            state.who.add(request.principal)
+        others = state.touch(request.connection, now)
         if state.done and not was_done:
             state.expires_at = now + limits.done_ttl_ms
         elif not state.done:
             state.expires_at = now + limits.ttl_ms
-        return AppendResult(state.epoch, seqs)
+        return AppendResult(state.epoch, seqs, others)
 
-    async def release(self, streams: Sequence[str], connection: str, orphaned: Sequence[str]) -> None:
+    async def release(self, keys: Sequence[StreamKey], connection: str) -> None:
         now = self.now_ms()
-        for stream in streams:
-            state = self._get(stream, now)
-            if state is not None and state.leader == connection:
-                state.lease_until = 0
-                state.orphaned = stream in orphaned
+        for key in keys:
+            state = self._get(key, now)
+            if state is not None and not state.done:
+                state.orphaned = True
 
-    async def replay(self, stream: str, principal: str | None, after_seq: int, epoch: str | None) -> ReplayResult:
-        state = self._get(stream, self.now_ms())
-        if state is None or not principal or principal not in state.who:
+    async def replay(self, key: StreamKey, after_seq: int, epoch: str | None, connection: str) -> ReplayResult:
+        now = self.now_ms()
+        state = self._get(key, now)
+        if state is None:
             return NOT_FOUND
+        state.touch(connection, now)
         gap = False
         if (epoch and epoch != state.epoch) or after_seq > state.last:
             after_seq, gap = 0, True  # the client's history is not this log's

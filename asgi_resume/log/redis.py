@@ -1,6 +1,7 @@
-"""Redis Streams log: one stream key per stream id, shared by every worker and host.
+"""Redis Streams log: one Redis stream per :class:`~asgi_resume.log.StreamKey` (a principal's view
+of a stream), shared by every worker and host.
 
-Keys of one stream share a ``{hash tag}`` so the scripts, which touch all of them at
+Keys of one stream key share a ``{hash tag}`` so the scripts, which touch all of them at
 once, also run on Redis Cluster. Entries hold msgpack payloads. Each call is one
 pipelined round trip of ``EVALSHA`` (scripts are loaded once, again after a
 ``NOSCRIPT``), however many frames and streams it carries.
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import re
 import secrets
 import time
 from collections.abc import Sequence
@@ -22,6 +22,7 @@ from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.exceptions import NoScriptError, RedisError
 
 from asgi_resume.log.base import (
+    COPY_WINDOW_MS,
     NOT_FOUND,
     AppendRequest,
     AppendResult,
@@ -32,11 +33,11 @@ from asgi_resume.log.base import (
     SessionAppend,
     SessionAppendResult,
     SessionReplay,
+    StreamKey,
     new_epoch,
 )
 
 _SCRIPTS = ("append", "replay", "release", "session_append", "session_claim", "session_read", "session_note")
-_PLAIN_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _CLOCK_REFRESH_S = 60.0
 MAX_CONNECTIONS = 64
 
@@ -79,11 +80,10 @@ class RedisLog:
             client = Redis(connection_pool=pool, health_check_interval=30)
         return cls(client, prefix, limits)
 
-    def keys(self, stream: str) -> list[str]:
-        """The stream's keys; all carry the same hash tag, so one cluster slot holds them."""
-        tag = stream if _PLAIN_ID.fullmatch(stream) else "~" + hashlib.sha256(stream.encode()).hexdigest()[:32]
-        base = f"{self.prefix}:{{{tag}}}"
-        return [f"{base}:log", f"{base}:meta", f"{base}:who"]
+    def keys(self, key: StreamKey) -> list[str]:
+        """The stream key's Redis keys; all carry the same hash tag, so one cluster slot holds them."""
+        base = f"{self.prefix}:{{{key.tag()}}}"
+        return [f"{base}:log", f"{base}:meta"]
 
     def now_ms(self) -> int:
         return int(time.time() * 1000) + self._clock_offset_ms
@@ -100,8 +100,10 @@ class RedisLog:
         limits = self.limits
         calls = []
         for request in requests:
+            frames: list[Any] = []  # one argument for all: redis-py encodes each argument on its own
+            for entry in request.entries:
+                frames += [entry.digest, "1" if entry.done else "0", entry.received_ms, msgpack.packb(entry.payload)]
             args: list[Any] = [
-                request.principal or "",
                 request.since_ms,
                 request.cursor_epoch or "",
                 request.cursor_seq,
@@ -111,29 +113,25 @@ class RedisLog:
                 new_epoch(),
                 1 if request.reset else 0,
                 request.connection,
-                limits.lease_ms,
+                msgpack.packb(frames, use_bin_type=False),  # Redis's cmsgpack knows no bin type
+                msgpack.packb(request.skipped),
+                COPY_WINDOW_MS,
             ]
-            frames: list[Any] = []  # one argument for all: redis-py encodes each argument on its own
-            for entry in request.entries:
-                frames += [entry.digest, "1" if entry.done else "0", entry.received_ms, msgpack.packb(entry.payload)]
-            args.append(msgpack.packb(frames, use_bin_type=False))  # Redis's cmsgpack knows no bin type
-            calls.append((self.keys(request.stream), args))
+            calls.append((self.keys(request.key), args))
         replies = await self._call("append", calls)
-        return [AppendResult(_text(reply[0]), [int(seq) for seq in reply[1:]]) for reply in replies]
+        return [AppendResult(_text(reply[0]), [int(seq) for seq in reply[2:]], int(reply[1])) for reply in replies]
 
-    async def replay(self, stream: str, principal: str | None, after_seq: int, epoch: str | None) -> ReplayResult:
-        if not principal:
-            return NOT_FOUND
-        args = [principal, after_seq, epoch or "", self.limits.maxlen * 2]
-        (reply,) = await self._call("replay", [(self.keys(stream), args)])
+    async def replay(self, key: StreamKey, after_seq: int, epoch: str | None, connection: str) -> ReplayResult:
+        args = [after_seq, epoch or "", self.limits.maxlen * 2, connection]
+        (reply,) = await self._call("replay", [(self.keys(key), args)])
         if reply[0] != b"ok":
             return NOT_FOUND
         _, epoch_b, last, oldest, done, gap, *rest = reply
         frames = [(int(rest[i]), msgpack.unpackb(rest[i + 1])) for i in range(0, len(rest), 2)]
         return ReplayResult("ok", _text(epoch_b), int(last), int(oldest), done == b"1", bool(gap), frames)
 
-    async def release(self, streams: Sequence[str], connection: str, orphaned: Sequence[str]) -> None:
-        calls = [([self.keys(s)[1]], [connection, 1 if s in orphaned else 0]) for s in streams]
+    async def release(self, keys: Sequence[StreamKey], connection: str) -> None:
+        calls = [([self.keys(key)[1]], [connection]) for key in keys]
         if calls:
             await self._call("release", calls)
 

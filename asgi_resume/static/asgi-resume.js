@@ -10,9 +10,14 @@
 // stream's resume is being answered its live frames wait (up to `fenceTimeout`); when seq skips a
 // number it asks again from the hole. Finished streams are forgotten. Frames without seq (not part
 // of a stream, or sent while the server's log was down) are delivered as they come.
+//
+// Views of one stream sent to different audiences (ASGI_RESUME_VARIANT, e.g. open-webui's `shared`)
+// have seqs of their own: with `variantField` set, the helper keeps one state per (stream, view)
+// and names the view in its resume requests.
 
 const DEFAULTS = {
   streamField: "message_id", // the stream id's field in an event's first argument (ASGI_RESUME_STREAM_ID)
+  variantField: null, // the field that names a view (ASGI_RESUME_VARIANT), e.g. "shared" for open-webui
   resumeEvent: "resume-stream", // ASGI_RESUME_RESUME_EVENT
   storage: typeof sessionStorage === "undefined" ? null : sessionStorage,
   storageKey: "asgi-resume",
@@ -24,6 +29,22 @@ const DEFAULTS = {
 };
 
 const MAX_HOLE_RETRIES = 2; // a hole that two resumes could not fill is accepted (and reported)
+const VIEW = "\u0000"; // joins a stream id and a view's name in the helper's own keys
+
+/** A view's name as the server writes it: "" for none (absent, null, false), "true", or the value. */
+export function variantOf(value) {
+  if (value === undefined || value === null || value === false) return "";
+  return value === true ? "true" : String(value);
+}
+
+function keyOf(id, variant) {
+  return variant ? `${id}${VIEW}${variant}` : id;
+}
+
+function idOf(key) {
+  const [id, variant = ""] = key.split(VIEW);
+  return { id, variant };
+}
 
 /** The server's default done rules (ASGI_RESUME_DONE): open-webui's shapes and a plain `done`. */
 export function defaultIsDone(payload) {
@@ -66,9 +87,9 @@ export class Resumer {
     return this;
   }
 
-  /** What the helper knows of a stream: { seq, epoch, done }, or undefined. */
-  state(streamId) {
-    const s = this.streams.get(String(streamId));
+  /** What the helper knows of a stream (or of one view of it): { seq, epoch, done }, or undefined. */
+  state(streamId, { variant = "" } = {}) {
+    const s = this.streams.get(keyOf(String(streamId), variantOf(variant)));
     return s && { seq: s.seq, epoch: s.epoch, done: s.done };
   }
 
@@ -77,8 +98,8 @@ export class Resumer {
    * has nothing of it, e.g. a message its API listed as still streaming). Resolves with the server's
    * answer: { ok, replayed, last_seq, oldest_seq, epoch, done, gap } or { ok: false, error }.
    */
-  resume(streamId, { fromStart = false } = {}) {
-    const id = String(streamId);
+  resume(streamId, { fromStart = false, variant = "" } = {}) {
+    const id = keyOf(String(streamId), variantOf(variant));
     let state = this.streams.get(id);
     if (!state) {
       state = this._track(id, 0, undefined);
@@ -89,9 +110,9 @@ export class Resumer {
     return this._resume(id, state);
   }
 
-  /** Stop tracking a stream. */
+  /** Stop tracking a stream (every view of it). */
   forget(streamId) {
-    this.streams.delete(String(streamId));
+    for (const key of [...this.streams.keys()]) if (idOf(key).id === String(streamId)) this.streams.delete(key);
     this._save();
   }
 
@@ -115,13 +136,14 @@ export class Resumer {
     const payload = args[0];
     const raw = payload?.[this.options.streamField];
     if (raw === undefined || raw === null || typeof payload.seq !== "number") return this._deliver(event, args);
-    const id = String(raw);
+    const field = this.options.variantField;
+    const id = keyOf(String(raw), field ? variantOf(payload[field]) : "");
     const fence = this.fences.get(id);
     if (fence) return void fence.frames.push([event, args]);
     const state = this.streams.get(id) ?? this._track(id, payload.seq - 1, payload.epoch);
     if (state.epoch !== undefined && payload.epoch !== state.epoch) {
       // the server lost this stream's log and started it again: what came in between is unknown
-      this.options.onGap(id, { ok: true, gap: true, epoch: payload.epoch, reason: "epoch" });
+      this.options.onGap(idOf(id).id, { ok: true, gap: true, epoch: payload.epoch, reason: "epoch" });
       state.seq = payload.seq - 1;
     }
     state.epoch = payload.epoch;
@@ -133,7 +155,7 @@ export class Resumer {
       this.fences.get(id).frames.push([event, args]);
       return;
     }
-    if (payload.seq > state.seq + 1) this.options.onGap(id, { ok: true, gap: true, reason: "hole" });
+    if (payload.seq > state.seq + 1) this.options.onGap(idOf(id).id, { ok: true, gap: true, reason: "hole" });
     state.holes = 0;
     state.seq = payload.seq;
     state.at = Date.now();
@@ -163,8 +185,10 @@ export class Resumer {
     }
     fence.pending += 1;
     fence.queued = fence.queued || !this.socket.connected; // socket.io sends it once connected
-    const request = { [this.options.streamField]: id, last_seq: state.seq };
+    const { id: streamId, variant } = idOf(id);
+    const request = { [this.options.streamField]: streamId, last_seq: state.seq };
     if (state.epoch !== undefined) request.epoch = state.epoch;
+    if (variant) request.variant = variant;
     let answer;
     try {
       answer = await this.socket.timeout(this.options.fenceTimeout).emitWithAck(this.options.resumeEvent, request);
@@ -177,8 +201,8 @@ export class Resumer {
       state.epoch = answer.epoch;
     }
     if (answer?.ok && answer.done) state.done = true;
-    this.options.onResume(id, answer);
-    if (answer?.gap || answer?.error === "not_found") this.options.onGap(id, answer);
+    this.options.onResume(streamId, answer);
+    if (answer?.gap || answer?.error === "not_found") this.options.onGap(streamId, answer);
     if (this.fences.get(id) === fence && --fence.pending === 0) this._release(id);
     return answer;
   }

@@ -185,3 +185,20 @@ test("a resume lost with a dropped connection is asked again on the next one", a
   socket.connect(); // ...which drops before the answer: the new connection asks again
   assert.equal(socket.requests.length, 2);
 });
+
+test("views for other audiences keep seqs of their own and are resumed by name", async () => {
+  const shared = (seq) => ({ ...frame(seq, `view${seq}`), epoch: "E2", shared: true });
+  const storage = new Storage();
+  const { socket, seen } = setup({ storage, variantField: "shared" });
+  for (const f of [frame(1), shared(1), frame(2), frame(3), shared(2), shared(2)]) socket.fire("events", f);
+  assert.deepEqual(seen, [1, 1, 2, 3, 2]); // each view once, in its own order
+  const { socket: reloaded } = setup({ storage, variantField: "shared" });
+  reloaded.connect();
+  assert.deepEqual(
+    reloaded.requests.map((r) => r.request),
+    [
+      { message_id: "m", last_seq: 3, epoch: "E1" },
+      { message_id: "m", last_seq: 2, epoch: "E2", variant: "true" },
+    ],
+  );
+});

@@ -44,10 +44,13 @@ def make_sio(**options: Any) -> socketio.AsyncServer:
 
     for ns in NAMESPACES:
 
-        async def on_connect(sid: str, environ: dict[str, Any], auth: Any = None, ns: str = ns) -> None:
+        async def on_connect(sid: str, environ: dict[str, Any], auth: Any = None, ns: str = ns) -> bool:
+            if isinstance(auth, dict) and auth.get("refuse"):  # a revoked token, say: the app says no
+                return False
             token = auth.get("token") if isinstance(auth, dict) else None
             if token:
                 await sio.enter_room(sid, room_of(token), namespace=ns)
+            return True
 
         sio.on("connect", on_connect, namespace=ns)
     sio.on("disconnect", disconnects.record)

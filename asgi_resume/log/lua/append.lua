@@ -1,31 +1,26 @@
--- Match or append a connection's frames for one stream (see asgi_resume/log/__init__.py).
--- KEYS: 1 log (stream), 2 meta (hash: epoch, seq, done, leader, lease), 3 who (hashed principals)
--- ARGV: 1 principal, 2 since ms, 3 cursor epoch, 4 cursor seq, 5 maxlen, 6 ttl ms, 7 done ttl ms,
---       8 fresh epoch, 9 reset, 10 connection id, 11 lease ms,
---       12 the frames, one msgpack array of: digest, done ('1' or '0'), received at (ms), payload
--- Returns {epoch, seq...}: a seq for each frame handled. Fewer seqs than frames means the rest
--- waits: no entry matches it yet and another connection (the leader) is appending this stream.
-local log, meta, who = KEYS[1], KEYS[2], KEYS[3]
-local since = tonumber(ARGV[2])
-local conn = ARGV[10]
+-- Match or append one connection's frames for one stream key (see asgi_resume/log/memory.py for
+-- the same rules in Python). Copies of one emit to a principal's tabs make one entry: a
+-- connection that saw entry n matches its next frame against n+1, or a later one (a frame it
+-- did not get); its first frame, against the earliest entry logged since it connected. A frame
+-- that matches nothing is appended at once. A frame whose copy is among the entries this
+-- connection passed over came out of order: it goes out unstamped (-seq), not twice in the log.
+local log, meta = KEYS[1], KEYS[2]
+local since = tonumber(ARGV[1])
+local cursor_epoch = ARGV[2]
+local cursor_seq = tonumber(ARGV[3])
+local maxlen = ARGV[4]
+local ttl_ms = ARGV[5]
+local done_ttl_ms = ARGV[6]
+local fresh_epoch = ARGV[7]
+local reset = ARGV[8] == '1'
+local conn = ARGV[9]
+local frames = cmsgpack.unpack(ARGV[10]) -- digest, done ('1'/'0'), received at (ms), payload; ...
+local skipped = cmsgpack.unpack(ARGV[11]) -- seqs this connection passed over
+local copy_window_ms = tonumber(ARGV[12]) -- copies of one emit arrive within this of each other
+-- Returns {epoch, others_ms, seq...}: a seq per frame (negative: the out-of-order copy's seq).
+
 local clock = redis.call('TIME')
 local now = clock[1] * 1000 + math.floor(clock[2] / 1000)
-
-local state = redis.call('HMGET', meta, 'epoch', 'seq', 'done', 'leader', 'lease', 'orphaned')
-local epoch, last, done = state[1], tonumber(state[2]), state[3] == '1'
-local leader, lease = state[4], tonumber(state[5] or '0')
-local continuous = epoch and ARGV[3] == epoch -- this connection has followed this history
--- An orphaned stream (its leader left mid-stream) picked up by a newcomer may have lost frames.
-if not epoch or ARGV[9] == '1' or (state[6] and not continuous) then
-  epoch, last, done, leader, lease = ARGV[8], 0, false, false, 0
-  redis.call('DEL', log, who, meta)
-elseif state[6] then
-  redis.call('HDEL', meta, 'orphaned')
-end
-local was_done = done
-local leading = not leader or leader == conn or lease <= now
-local cursor = false
-if ARGV[3] == epoch then cursor = tonumber(ARGV[4]) end
 
 local function seq_of(id)
   return tonumber(string.match(id, '^(%d+)'))
@@ -37,6 +32,10 @@ local function field(entry, name)
     if f[i] == name then return f[i + 1] end
   end
   return false
+end
+
+local function entry_at(seq)
+  return redis.call('XRANGE', log, seq .. '-0', seq .. '-0')[1]
 end
 
 -- the first entry after `from` (within 64) carrying `digest`: frames this connection never got
@@ -63,47 +62,78 @@ local function find_since(digest)
   end
 end
 
-local out = {epoch}
-local appended = false
-local frames = cmsgpack.unpack(ARGV[12])
+local state = redis.call('HMGET', meta, 'epoch', 'seq', 'done', 'orphaned', 'by', 'at', 'by2', 'at2')
+local epoch, last, done = state[1], tonumber(state[2]), state[3] == '1'
+local continuous = epoch and cursor_epoch == epoch -- this connection has followed this history
+-- An orphaned stream (a connection left it mid-stream) picked up by a newcomer may have lost frames.
+if not epoch or reset or (state[4] and not continuous) then
+  epoch, last, done = fresh_epoch, 0, false
+  state[5], state[6], state[7], state[8] = false, false, false, false
+  redis.call('DEL', log, meta)
+elseif state[4] then
+  redis.call('HDEL', meta, 'orphaned')
+end
+local was_done = done
+local cursor = false
+if cursor_epoch == epoch then cursor = cursor_seq end
+local passed = {}
+if cursor then
+  for _, s in ipairs(skipped) do passed[tonumber(s)] = true end
+end
+
+local out = {epoch, 0}
 for i = 1, #frames, 4 do
   local digest, fdone = frames[i], frames[i + 1]
   local seq = false
   if not cursor then
     seq = find_since(digest)
   elseif cursor < last then
-    local next_entry = redis.call('XRANGE', log, (cursor + 1) .. '-0', (cursor + 1) .. '-0')[1]
+    local next_entry = entry_at(cursor + 1)
     if next_entry and field(next_entry, 'h') == digest then
       seq = cursor + 1
     else
       seq = find_after(cursor + 1, digest)
     end
   end
-  if not seq then
-    if not leading then break end
-    last = last + 1
-    seq = last
-    redis.call('XADD', log, 'MAXLEN', '~', ARGV[5], seq .. '-0',
-      'h', digest, 't', frames[i + 2], 'd', fdone, 'f', frames[i + 3])
-    appended = true
+  local out_of_order = false
+  if not seq and cursor then
+    for s, _ in pairs(passed) do
+      local e = entry_at(s)
+      local near = e and math.abs(tonumber(field(e, 't')) - tonumber(frames[i + 2])) <= copy_window_ms
+      if near and field(e, 'h') == digest and (not out_of_order or s < out_of_order) then out_of_order = s end
+    end
   end
-  cursor = seq
-  if fdone == '1' then done = true end
-  out[#out + 1] = seq
+  if out_of_order then
+    passed[out_of_order] = nil
+    out[#out + 1] = -out_of_order
+  else
+    if not seq then
+      last = last + 1
+      seq = last
+      redis.call('XADD', log, 'MAXLEN', '~', maxlen, seq .. '-0',
+        'h', digest, 't', frames[i + 2], 'd', fdone, 'f', frames[i + 3])
+    end
+    cursor = seq
+    if fdone == '1' then done = true end
+    out[#out + 1] = seq
+  end
 end
 
-redis.call('HSET', meta, 'epoch', epoch, 'seq', last, 'done', done and '1' or '0')
-if appended then
-  redis.call('HSET', meta, 'leader', conn, 'lease', now + tonumber(ARGV[11]))
+-- who touched this key: the last connection, and the last other one before it
+local by, at, by2, at2 = state[5], state[6], state[7], state[8]
+if by and by ~= conn then by2, at2 = by, at end
+redis.call('HSET', meta, 'epoch', epoch, 'seq', last, 'done', done and '1' or '0', 'by', conn, 'at', now)
+if by2 then
+  redis.call('HSET', meta, 'by2', by2, 'at2', at2)
+  out[2] = tonumber(at2)
 end
-if ARGV[1] ~= '' then redis.call('SADD', who, ARGV[1]) end
-for _, key in ipairs({log, meta, who}) do
+for _, key in ipairs({log, meta}) do
   if done and not was_done then
-    redis.call('PEXPIRE', key, ARGV[7])
+    redis.call('PEXPIRE', key, done_ttl_ms)
   elseif done then
-    redis.call('PEXPIRE', key, ARGV[7], 'NX') -- keys made after done still expire
+    redis.call('PEXPIRE', key, done_ttl_ms, 'NX') -- keys made after done still expire
   else
-    redis.call('PEXPIRE', key, ARGV[6])
+    redis.call('PEXPIRE', key, ttl_ms)
   end
 end
 return out

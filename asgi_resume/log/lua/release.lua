@@ -1,8 +1,5 @@
--- A connection leaves a stream: give up its lead at once, and when the stream was still in
--- flight, mark it orphaned: whatever is emitted until someone logs it again is lost.
--- KEYS: 1 meta. ARGV: 1 connection id, 2 orphaned (1/0)
-if redis.call('HGET', KEYS[1], 'leader') == ARGV[1] then
-  redis.call('HSET', KEYS[1], 'lease', 0)
-  if ARGV[2] == '1' then redis.call('HSET', KEYS[1], 'orphaned', 1) end
-end
+-- A connection left a stream key while it was in flight: whatever is emitted until a connection
+-- that followed it logs it again is lost, so a newcomer that picks it up starts a new epoch.
+local meta = KEYS[1]
+if redis.call('HGET', meta, 'done') == '0' then redis.call('HSET', meta, 'orphaned', 1) end
 return 0

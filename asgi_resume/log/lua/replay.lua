@@ -1,15 +1,23 @@
--- Read a stream for a resume, if the requester received it live.
--- KEYS: 1 log, 2 meta, 3 who. ARGV: 1 principal, 2 after seq, 3 client epoch ('' = any), 4 limit
+-- Read one stream key for a resume (the key is the requester's own view: no other check).
+local log, meta = KEYS[1], KEYS[2]
+local after = tonumber(ARGV[1])
+local client_epoch = ARGV[2] -- '' = any
+local limit = ARGV[3]
+local conn = ARGV[4] -- the resuming connection: it takes the stream over
 -- Returns {'not_found'} or {'ok', epoch, last, oldest, done, gap, seq, payload, seq, payload...}
-local log, meta, who = KEYS[1], KEYS[2], KEYS[3]
-local state = redis.call('HMGET', meta, 'epoch', 'seq', 'done')
-if not state[1] or ARGV[1] == '' or redis.call('SISMEMBER', who, ARGV[1]) == 0 then
+
+local state = redis.call('HMGET', meta, 'epoch', 'seq', 'done', 'by', 'at')
+if not state[1] then
   return {'not_found'}
 end
+local clock = redis.call('TIME')
+local now = clock[1] * 1000 + math.floor(clock[2] / 1000)
+if state[4] and state[4] ~= conn then redis.call('HSET', meta, 'by2', state[4], 'at2', state[5]) end
+redis.call('HSET', meta, 'by', conn, 'at', now)
+
 local epoch, last = state[1], tonumber(state[2])
-local after = tonumber(ARGV[2])
 local gap = 0
-if (ARGV[3] ~= '' and ARGV[3] ~= epoch) or after > last then
+if (client_epoch ~= '' and client_epoch ~= epoch) or after > last then
   after, gap = 0, 1 -- the client's history is not this log's
 end
 local first = redis.call('XRANGE', log, '-', '+', 'COUNT', 1)[1]
@@ -18,7 +26,7 @@ if first then oldest = tonumber(string.match(first[1], '^(%d+)')) end
 if after + 1 < oldest and after < last then gap = 1 end
 
 local out = {'ok', epoch, last, oldest, state[3], gap}
-local entries = redis.call('XRANGE', log, '(' .. after .. '-0', '+', 'COUNT', ARGV[4])
+local entries = redis.call('XRANGE', log, '(' .. after .. '-0', '+', 'COUNT', limit)
 for _, e in ipairs(entries) do
   out[#out + 1] = tonumber(string.match(e[1], '^(%d+)'))
   local f = e[2]

@@ -1,0 +1,177 @@
+"""The stream log's contract, run directly against every backend: memory, Redis and Redis Cluster.
+
+No server, no socket.io: the rules the pipeline relies on, one call at a time.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+
+import pytest
+
+from asgi_resume.log import AppendRequest, Entry, StreamKey, StreamLog
+from asgi_resume.log.base import LogLimits
+from asgi_resume.log.memory import MemoryLog
+from asgi_resume.log.redis import RedisLog
+
+pytestmark = pytest.mark.anyio
+_prefixes = itertools.count()
+ALICE, MALLORY = "alice-hash", "mallory-hash"
+
+
+@pytest.fixture(params=["memory", "redis", "cluster"])
+async def log(request: pytest.FixtureRequest) -> AsyncIterator[StreamLog]:
+    limits = LogLimits(maxlen=500, ttl_ms=60_000, done_ttl_ms=5_000)
+    if request.param == "memory":
+        made: StreamLog = MemoryLog(limits)
+    else:
+        server = request.getfixturevalue("redis_cluster" if request.param == "cluster" else "redis_server")
+        made = RedisLog.from_url(
+            server.url, prefix=f"contract{next(_prefixes)}", limits=limits, cluster=request.param == "cluster"
+        )
+    yield made
+    await made.aclose()
+
+
+def entry(log: StreamLog, text: str, *, done: bool = False, at: int | None = None) -> Entry:
+    received = log.now_ms() if at is None else at
+    return Entry(f"d-{text}", ['42["events",{', f'"message_id":"m","t":"{text}"}}]'], done, received)
+
+
+class Connection:
+    """One connection's side of the contract: its cursor and what it passed over (as a Session keeps)."""
+
+    def __init__(self, log: StreamLog, key: StreamKey, name: str) -> None:
+        self.log, self.key, self.name = log, key, name
+        self.since = log.now_ms()
+        self.epoch: str | None = None
+        self.cursor = 0
+        self.skipped: list[int] = []
+        self.others_ms = 0
+
+    async def send(self, *entries: Entry, reset: bool = False) -> list[int]:
+        request = AppendRequest(
+            self.key, list(entries), self.epoch, self.cursor, self.since, reset, self.name, list(self.skipped)
+        )
+        (result,) = await self.log.append([request])
+        if result.epoch != self.epoch:
+            self.cursor, self.skipped = 0, []
+        self.epoch, self.others_ms = result.epoch, result.others_ms
+        previous = self.cursor or None
+        for seq in result.seqs:
+            if seq < 0:
+                self.skipped.remove(-seq)
+                continue
+            if previous is not None and seq > previous + 1:
+                self.skipped.extend(range(previous + 1, seq))
+            previous = self.cursor = seq
+        return result.seqs
+
+
+def key(principal: str = ALICE, stream: str = "m", variant: str = "") -> StreamKey:
+    return StreamKey(principal, "/", variant, stream)
+
+
+async def test_copies_of_one_emit_make_one_entry(log: StreamLog) -> None:
+    tabs = [Connection(log, key(), f"tab{i}") for i in range(3)]
+    for seq, text in enumerate(["a", "a", "b", "a"], 1):  # identical frames in a row are separate emits
+        for tab in tabs:
+            assert await tab.send(entry(log, text)) == [seq]
+    replay = await log.replay(key(), 0, None, "tab0")
+    assert [seq for seq, _ in replay.frames] == [1, 2, 3, 4]
+
+
+async def test_a_late_copy_matches_by_position(log: StreamLog) -> None:
+    first, late = Connection(log, key(), "first"), Connection(log, key(), "late")
+    assert await first.send(entry(log, "a"), entry(log, "b"), entry(log, "a")) == [1, 2, 3]
+    assert await late.send(entry(log, "a")) == [1]
+    assert await late.send(entry(log, "b"), entry(log, "a")) == [2, 3]
+    assert (await log.replay(key(), 0, None, "late")).last_seq == 3
+
+
+async def test_a_frame_only_one_tab_got_is_appended_at_once(log: StreamLog) -> None:
+    one, other = Connection(log, key(), "one"), Connection(log, key(), "other")
+    assert await one.send(entry(log, "shared-1")) == [1]
+    assert await other.send(entry(log, "shared-1")) == [1]
+    assert await one.send(entry(log, "only-one")) == [2]  # no waiting for the other tab
+    assert await other.send(entry(log, "shared-2")) == [3]
+    assert await one.send(entry(log, "shared-2")) == [3]
+    assert other.skipped == [2]
+
+
+async def test_a_copy_that_comes_out_of_order_is_not_logged_twice(log: StreamLog) -> None:
+    """``one`` gets y after its own x; ``other`` logged y before x: ``one``'s y goes out unstamped."""
+    one, other = Connection(log, key(), "one"), Connection(log, key(), "other")
+    assert await one.send(entry(log, "start")) == [1]
+    assert await other.send(entry(log, "start")) == [1]
+    assert await other.send(entry(log, "y")) == [2]
+    assert await one.send(entry(log, "x")) == [3]
+    assert one.skipped == [2]
+    assert await one.send(entry(log, "y")) == [-2]
+    assert one.skipped == []
+    replay = await log.replay(key(), 0, None, "one")
+    assert [payload[1] for _, payload in replay.frames] == [entry(log, t).payload[1] for t in ("start", "y", "x")]
+
+
+async def test_the_same_bytes_long_after_are_another_emit(log: StreamLog) -> None:
+    one, other = Connection(log, key(), "one"), Connection(log, key(), "other")
+    now = log.now_ms()
+    assert await one.send(entry(log, "start", at=now)) == [1]
+    assert await other.send(entry(log, "start", at=now)) == [1]
+    assert await other.send(entry(log, "y", at=now)) == [2]
+    assert await one.send(entry(log, "x", at=now)) == [3]
+    assert await one.send(entry(log, "y", at=now + 5000)) == [4]  # not a copy of seq 2: logged
+
+
+async def test_principals_never_share_a_log(log: StreamLog) -> None:
+    """The same stream id, chosen by a hostile user: two logs, neither reads nor writes the other."""
+    victim, mallory = Connection(log, key(ALICE), "victim"), Connection(log, key(MALLORY), "mallory")
+    assert await victim.send(entry(log, "secret-1"), entry(log, "secret-2")) == [1, 2]
+    assert await mallory.send(entry(log, "mine")) == [1]
+    assert (await log.replay(key(MALLORY), 0, None, "mallory")).last_seq == 1
+    replay = await log.replay(key(ALICE), 0, None, "victim")
+    assert [payload[1] for _, payload in replay.frames] == [entry(log, t).payload[1] for t in ("secret-1", "secret-2")]
+    assert (await log.replay(key(MALLORY, "never"), 0, None, "mallory")).status == "not_found"
+
+
+async def test_variants_are_separate_logs(log: StreamLog) -> None:
+    tab = Connection(log, key(variant=""), "tab")
+    shared = Connection(log, key(variant="true"), "tab")
+    assert await tab.send(entry(log, "delta-1"), entry(log, "delta-2")) == [1, 2]
+    assert await shared.send(entry(log, "view-1")) == [1]
+    assert (await log.replay(key(variant="true"), 0, None, "x")).last_seq == 1
+
+
+async def test_a_newcomer_to_a_stream_left_in_flight_starts_a_new_epoch(log: StreamLog) -> None:
+    gone, stays = Connection(log, key(), "gone"), Connection(log, key(), "stays")
+    await gone.send(entry(log, "a"))
+    await stays.send(entry(log, "a"))
+    epoch = gone.epoch
+    await log.release([key()], "gone")
+    assert await stays.send(entry(log, "b")) == [2]  # it followed the stream: nothing was lost
+    assert stays.epoch == epoch
+    await log.release([key()], "stays")
+    newcomer = Connection(log, key(), "newcomer")
+    assert await newcomer.send(entry(log, "d")) == [1]  # frames may have been lost: a new history
+    assert newcomer.epoch != epoch
+
+
+async def test_others_are_seen(log: StreamLog) -> None:
+    held, reloaded = Connection(log, key(), "held"), Connection(log, key(), "reloaded")
+    await held.send(entry(log, "a"))
+    assert held.others_ms == 0
+    before = log.now_ms()
+    await log.replay(key(), 0, None, "reloaded")  # the reloaded tab resumes: it takes the stream over
+    await held.send(entry(log, "b"))
+    assert held.others_ms >= before - 50  # (the Redis clock and ours agree to within a few ms)
+    await reloaded.send(entry(log, "b"))
+    assert reloaded.others_ms > 0
+
+
+async def test_done_shortens_the_life_of_the_log(log: StreamLog) -> None:
+    tab = Connection(log, key(), "tab")
+    await tab.send(entry(log, "a"), entry(log, "end", done=True))
+    replay = await log.replay(key(), 0, None, "tab")
+    assert replay.done is True
+    assert replay.last_seq == 2
