@@ -13,7 +13,7 @@ from asgi_resume import ConfigError, ResumeMiddleware, Settings
 from asgi_resume.config import OPTIONS
 from asgi_resume.principal import PrincipalSource
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+CONFIGURATION = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 
 
 def test_defaults() -> None:
@@ -88,15 +88,15 @@ def test_settings_and_options_agree() -> None:
     assert [f.name for f in dataclasses.fields(Settings)] == [option.name for option in OPTIONS]
 
 
-def test_readme_documents_every_variable_with_its_default() -> None:
-    readme = README.read_text()
+def test_the_configuration_page_documents_every_variable_with_its_default() -> None:
+    page = CONFIGURATION.read_text()
     for option in OPTIONS:
-        rows = [line for line in readme.splitlines() if line.startswith(f"| `{option.env}`")]
-        assert rows, f"README's configuration table lacks {option.env}"
+        rows = [line for line in page.splitlines() if line.startswith(f"| `{option.env}`")]
+        assert rows, f"docs/configuration.md's table lacks {option.env}"
         if not option.default:
             assert "| unset |" in rows[0], rows[0]
-        else:  # in its row, or (when long) verbatim elsewhere in README
-            assert f"`{option.default}`" in rows[0] or option.default in readme, (option.env, rows[0])
+        else:  # in its row, or (when long) verbatim elsewhere on the page
+            assert f"`{option.default}`" in rows[0] or option.default in page, (option.env, rows[0])
 
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:6379", "valkey//x", "redis://host:port/0"])

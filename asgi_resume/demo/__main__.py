@@ -1,7 +1,8 @@
 """``python -m asgi_resume.demo``: run the demo chat on localhost.
 
 From a source checkout on a machine that lacks the demo's dependencies, the first run installs
-them into ``.venv`` (next to ``pyproject.toml``) and starts again from there.
+them into ``.venv`` (next to ``pyproject.toml``) and starts again from there; later runs (and runs
+after ``./scripts/test`` created ``.venv``) start from that ``.venv`` at once.
 """
 
 from __future__ import annotations
@@ -14,26 +15,51 @@ import sys
 from pathlib import Path
 
 NEEDED = ("socketio", "uvicorn", "starlette", "redis", "msgpack", "anyio")
+_INSTALLED = "ASGI_RESUME_DEMO_INSTALLED"  # set once this run has installed into .venv: never twice
 
 
-def _bootstrap() -> None:
+def _missing() -> list[str]:
+    return [name for name in NEEDED if importlib.util.find_spec(name) is None]
+
+
+def _is_running_in(venv: Path) -> bool:
+    """Whether this interpreter is ``venv``'s.
+
+    By ``sys.prefix``, not by the interpreter's path: a venv's ``python`` is a symlink to the very
+    interpreter that created it, so resolved paths cannot tell the two apart.
+    """
+    try:
+        return Path(sys.prefix).resolve() == venv.resolve() and sys.prefix != sys.base_prefix
+    except OSError:
+        return False
+
+
+def _bootstrap(missing: list[str]) -> None:
     root = Path(__file__).resolve().parents[2]
     if not (root / "pyproject.toml").exists():
         sys.exit("The demo needs its dependencies: pip install 'asgi-resume[demo]'")
     venv = root / ".venv"
     python = venv / "bin" / "python"
-    if Path(sys.executable).resolve() == python.resolve():
-        sys.exit("Installing the demo's dependencies into .venv failed; see above")
-    print(f"First run: installing the demo's dependencies into {venv} ...", flush=True)
-    if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "-e", f"{root}[demo]"], check=True)
-    os.execv(str(python), [str(python), "-m", "asgi_resume.demo", *sys.argv[1:]])
+    argv = [str(python), "-m", "asgi_resume.demo", *sys.argv[1:]]
+    if not _is_running_in(venv):
+        # another interpreter (the system's python3): start again in .venv, which has (or gets) them
+        if not python.exists():
+            print(f"First run: creating {venv} ...", flush=True)
+            if subprocess.run([sys.executable, "-m", "venv", str(venv)]).returncode:
+                sys.exit(f"Creating {venv} failed; see above")
+        os.execv(str(python), argv)
+    if os.environ.get(_INSTALLED):
+        sys.exit(f"Installing the demo's dependencies into {venv} failed: still missing {', '.join(missing)}")
+    print(f"Installing the demo's dependencies into {venv} (missing: {', '.join(missing)}) ...", flush=True)
+    if subprocess.run([str(python), "-m", "pip", "install", "-q", "-e", f"{root}[demo]"]).returncode:
+        sys.exit(f"Installing the demo's dependencies into {venv} failed; see above")
+    os.execve(str(python), argv, {**os.environ, _INSTALLED: "1"})
 
 
 def main() -> None:
-    if any(importlib.util.find_spec(name) is None for name in NEEDED):
-        _bootstrap()
+    missing = _missing()
+    if missing:
+        _bootstrap(missing)
     parser = argparse.ArgumentParser(prog="python -m asgi_resume.demo", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)

@@ -17,7 +17,7 @@ from typing import Any
 import socketio
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, HTMLResponse, JSONResponse
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
@@ -130,6 +130,9 @@ def create_app(*, tokens: int = 400, pace: float = 0.06, **middleware: Any) -> A
             return FileResponse(str(STATIC.joinpath("index.html")), status_code=404)
         return FileResponse(str(STATIC.joinpath(name)), media_type="text/javascript")
 
+    async def favicon(request: Request) -> Response:
+        return Response(status_code=204)  # the page has an inline icon; this is for clients that ask anyway
+
     async def messages(request: Request) -> JSONResponse:
         user = request.query_params.get("user", "")
         return JSONResponse([m.public() for m in db.messages.get(user, [])])
@@ -137,6 +140,7 @@ def create_app(*, tokens: int = 400, pace: float = 0.06, **middleware: Any) -> A
     web = Starlette(
         routes=[
             Route("/", index),
+            Route("/favicon.ico", favicon),
             Route("/static/{name}", static),
             Route("/api/messages", messages),
         ]

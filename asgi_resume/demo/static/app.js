@@ -6,7 +6,9 @@ const user = localStorage.getItem("demo-user") ?? crypto.randomUUID();
 localStorage.setItem("demo-user", user);
 
 const socket = io({ auth: { token: user } });
+const causes = watchResumes(socket); // only for the log below: why each resume was asked
 const streams = resumable(socket, { onResume: logResume, onGap: (id) => log(`gap in ${short(id)}: reloading it`) }); // (2)
+socket.on("connect", () => { causes.connecting = false; });
 const views = new Map(); // message id -> { text, seq, status, element }
 
 streams.on("events", (event) => { // (3) instead of socket.on("events", ...)
@@ -35,7 +37,10 @@ document.querySelector("#ask").addEventListener("submit", async (e) => {
 const messages = await (await fetch(`/api/messages?user=${encodeURIComponent(user)}`)).json();
 for (const message of messages) {
   add(message);
-  if (message.status === "streaming") streams.resume(message.id, { fromStart: true }); // (4)
+  if (message.status === "streaming") {
+    causes.fromStart.add(message.id);
+    streams.resume(message.id, { fromStart: true }); // (4)
+  }
 }
 
 function add(message) {
@@ -52,13 +57,35 @@ function add(message) {
 
 function render(view) {
   view.element.dataset.status = view.status;
-  view.element.querySelector(".meta").textContent = `${view.status} · seq ${view.seq}`;
+  // a message loaded finished from the API has no seq on this page: none is shown rather than 0
+  view.element.querySelector(".meta").textContent = view.seq ? `${view.status} · seq ${view.seq}` : view.status;
   view.element.querySelector(".text").textContent = view.text;
 }
 
 function logResume(id, answer) {
-  if (answer?.ok) log(`resumed ${short(id)}: replayed ${answer.replayed}, up to seq ${answer.last_seq}${answer.gap ? " (gap)" : ""}`);
-  else log(`resume ${short(id)}: ${answer?.error}`);
+  const why = causes.of(id);
+  if (answer?.ok) log(`resumed ${short(id)}: replayed ${answer.replayed}, up to seq ${answer.last_seq}${answer.gap ? " (gap)" : ""} (${why})`);
+  else log(`resume ${short(id)}: ${answer?.error} (${why})`);
+}
+
+// The helper asks to resume in three cases: the page asks for a stream from its start (after a
+// reload), the helper resumes its streams on every (re)connect, and it asks again when seq skips a
+// number (a frame overtook the replay or another frame: the second resume fills that hole). Its
+// requests are watched on their way out to tell the log which one an answer belongs to.
+function watchResumes(socket) {
+  const causes = { connecting: false, fromStart: new Set(), pending: new Map() };
+  socket.on("connect", () => { causes.connecting = true; }); // before the helper's own "connect" handler
+  socket.onAnyOutgoing((event, request) => {
+    if (event !== "resume-stream") return;
+    const id = request.message_id;
+    let why = "seq skipped a number: filled the hole";
+    if (request.last_seq === 0 && causes.fromStart.delete(id)) why = "page loaded: from its start";
+    else if (causes.connecting) why = "after connecting";
+    if (!causes.pending.has(id)) causes.pending.set(id, []);
+    causes.pending.get(id).push(why);
+  });
+  causes.of = (id) => causes.pending.get(id)?.shift() ?? "asked";
+  return causes;
 }
 
 function log(line) {
