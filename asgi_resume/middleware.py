@@ -78,6 +78,7 @@ class ResumeMiddleware:
         self.settings = Settings.load(**overrides)
         self.runtime = Runtime(self.settings, log)
         self.metrics = Metrics(self.runtime) if self.settings.metrics else None
+        self._found_body_limit = False
         _make_visible(logger)
         logger.info("%s", startup_line(self.settings, log is not None))
 
@@ -95,6 +96,9 @@ class ResumeMiddleware:
         elif scope["type"] == "websocket" and self._watches(scope):
             await WebSocketConnection(self.app, self.runtime, scope, receive, send).run()
         elif scope["type"] == "http" and self._watches(scope) and query_param(scope, "transport") == "polling":
+            if not self._found_body_limit:  # the app's routes are all there by its first request
+                self._found_body_limit = True
+                self.runtime.max_post_body = engineio_body_limit(self.app) or self.runtime.max_post_body
             await handle_polling(self.app, self.runtime, scope, receive, send)
         elif scope["type"] == "lifespan":
             await self.app(scope, receive, self._lifespan_send(send))
@@ -111,6 +115,30 @@ class ResumeMiddleware:
 
 
 _SETTINGS = frozenset(option.name for option in OPTIONS)  # a test checks the parameters above name them all
+
+
+def engineio_body_limit(app: object) -> int | None:
+    """The ``max_http_buffer_size`` of the python-engineio server in ``app``'s stack, if one is found.
+
+    Looks through ASGI wrappers (``.app``), Starlette's routes and mounts, and python-socketio's
+    ``ASGIApp`` (``engineio_server``, a Socket.IO server's ``eio``).
+    """
+    seen: set[int] = set()
+    todo = [app]
+    while todo:
+        item = todo.pop()
+        if item is None or id(item) in seen:
+            continue
+        seen.add(id(item))
+        size = getattr(item, "max_http_buffer_size", None)
+        if isinstance(size, int) and not isinstance(size, bool):
+            return size
+        for name in ("engineio_server", "eio", "app", "middleware_stack", "router", "other_asgi_app"):
+            todo.append(getattr(item, name, None))
+        routes = getattr(item, "routes", None)
+        if isinstance(routes, list):
+            todo.extend(routes)
+    return None
 
 
 def startup_line(settings: Settings, custom_log: bool = False) -> str:

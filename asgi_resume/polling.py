@@ -16,7 +16,7 @@ import logging
 import zlib
 from collections.abc import Callable
 
-from starlette.datastructures import MutableHeaders
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from asgi_resume import protocol
@@ -28,7 +28,7 @@ from asgi_resume.websocket import query_param
 
 logger = logging.getLogger("asgi_resume")
 
-MAX_BODY = 16 * 1024 * 1024  # larger bodies pass through untouched (python-engineio refuses > 1 MB anyway)
+MAX_BODY = 16 * 1024 * 1024  # larger responses pass through untouched
 _Codec = tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]
 _CODECS: dict[str, _Codec] = {
     "gzip": (gzip.decompress, gzip.compress),
@@ -44,10 +44,10 @@ async def handle_polling(app: ASGIApp, runtime: Runtime, scope: Scope, receive: 
         if outbound is None:  # the handshake: a new session
             outbound = Outbound(runtime, Session(scope, runtime.log.now_ms()))
         await app(scope, receive, PollResponse(runtime, outbound, sid, send))
-    elif method == "POST" and outbound is not None:
+    elif method == "POST" and outbound is not None and not outbound.session.upgraded:
         scope, receive = await read_post(runtime, outbound, scope, receive)
         await app(scope, receive, send)
-    else:  # a session this process does not know (or another method): not ours to touch
+    else:  # a session this process does not know, one python-engineio would refuse: not ours to touch
         await app(scope, receive, send)
 
 
@@ -118,7 +118,15 @@ class PollResponse:
 
 
 async def read_post(runtime: Runtime, outbound: Outbound, scope: Scope, receive: Receive) -> tuple[Scope, Receive]:
-    """Read a POST body; take resume requests out of it. Returns the scope and receive the app gets."""
+    """Read a POST body; take resume requests out of it. Returns the scope and receive the app gets.
+
+    Only a body python-engineio would read is read: one with a Content-Length within the app's
+    ``max_http_buffer_size`` (python-engineio refuses a longer one, and so never acts on it).
+    """
+    limit = runtime.max_post_body
+    declared = Headers(scope=scope).get("content-length", "")
+    if not declared.isdigit() or int(declared) > limit:
+        return scope, receive  # not ours to read: the app answers it as it would without us
     messages: list[Message] = []
     body = bytearray()
     while True:
@@ -127,9 +135,9 @@ async def read_post(runtime: Runtime, outbound: Outbound, scope: Scope, receive:
         if message["type"] != "http.request":
             break
         body += message.get("body", b"")
-        if not message.get("more_body") or len(body) > MAX_BODY:
+        if not message.get("more_body") or len(body) > limit:
             break
-    rewritten = await _rewrite_post(runtime, outbound, bytes(body)) if len(body) <= MAX_BODY else None
+    rewritten = await _rewrite_post(runtime, outbound, bytes(body)) if len(body) <= limit else None
 
     if rewritten is None:
         replay = iter(messages)

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("asgi_resume")
 
+DEFAULT_MAX_POST_BODY = 1_000_000  # python-engineio's default max_http_buffer_size
 _RETRY_AFTER_S = 1.0  # after a log failure, frames skip the log this long before it is tried again
 _WARN_EVERY_S = 10.0
 
@@ -168,6 +169,8 @@ class Runtime:
         self.stamping_cache: dict[str, Any] = {}  # frame -> how to stamp it (see Outbound._stamping)
         self.shutting_down = False
         self._hinted_no_principal = False
+        #: the longest polling POST body the app reads (python-engineio's max_http_buffer_size)
+        self.max_post_body = DEFAULT_MAX_POST_BODY
 
     @staticmethod
     def _make_log(settings: Settings, limits: LogLimits) -> StreamLog:

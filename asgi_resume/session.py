@@ -45,6 +45,7 @@ class Session:
     calls: dict[tuple[str, int], None] = field(default_factory=dict)  # (namespace, ack id) the client owes
     last_frame_at: float = 0.0  # monotonic time of the last stream frame
     recovery: dict[str, RecoveryState] = field(default_factory=dict)  # namespace -> connection state recovery
+    upgraded: bool = False  # on a websocket for good: python-engineio refuses its polling requests
     resume_tokens: float = -1.0  # the resume rate limit's bucket (-1: full, not yet used)
     resume_refilled: float = 0.0
 

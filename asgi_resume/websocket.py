@@ -98,6 +98,8 @@ class WebSocketConnection:
         # (python-engineio only sends the probe's PONG here meanwhile), so requests that came by
         # long-polling are answered there, or here once the upgrade is done.
         self._probing = existing is not None
+        if existing is None:
+            self.session.upgraded = True  # a websocket from the start
         self.accepted = False
         self.client_gone = False
         # asyncio's queue, not an anyio stream: it costs no checkpoint per frame on the hot path
@@ -288,6 +290,7 @@ class WebSocketConnection:
                         state.left_cleanly = True
                 elif text == protocol.EIO_UPGRADE and self._probing:
                     self._probing = False  # the client reads this websocket from now on
+                    self.session.upgraded = True
                     if self.outbound.has_deferred():
                         await self._enqueue(_NUDGE)
             elif message["type"] == "websocket.disconnect":

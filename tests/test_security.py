@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.conftest import Stack
 from tests.support.app import chat_event, emit_tokens, make_app, make_sio, room_of
+from tests.support.polling import PollingClient
 from tests.support.raw import RawClient
 from tests.support.server import serve
 
@@ -139,3 +141,41 @@ async def test_a_principal_is_never_rebound(stack: Stack) -> None:
     assert answer["error"] == "not_found"
     await owner.close()
     await mallory.close()
+
+
+async def test_a_leaked_sid_of_a_websocket_session_is_not_ours_to_read(stack: Stack) -> None:
+    """python-engineio refuses polling POSTs for a websocket session: the middleware does not act on them."""
+    victim = await RawClient(stack.url, auth={"token": "alice"}).connect()
+    await emit_tokens(stack.sio, "alice", "m", 1, 20)
+    await victim.wait_seqs("m", 20)
+    resume = '421["resume-stream",{"message_id":"m","last_seq":0}]'
+    body = "\x1e".join(['40{"token":"mallory"}'] + [resume] * 25)
+    async with httpx.AsyncClient() as http:
+        response = await http.post(
+            stack.url + "/socket.io/", params={"EIO": "4", "transport": "polling", "sid": victim.eio_sid}, content=body
+        )
+    assert response.status_code == 400  # python-engineio's answer, unchanged
+    assert stack.app.runtime.stats.frames_replayed == 0  # nothing was replayed to the victim
+    answer = await victim.request("resume-stream", {"message_id": "m", "last_seq": 19}, ack_id=7)
+    assert answer["replayed"] == 1  # still alice: the POSTed CONNECT bound nothing
+    assert len(victim.seqs("m")) == 21
+    await victim.close()
+
+
+async def test_a_polling_body_longer_than_the_app_accepts_is_not_read(backend: dict[str, Any]) -> None:
+    sio = make_sio(max_http_buffer_size=10_000)
+    app = make_app(sio, **backend)
+    async with serve(app) as url:
+        client = await PollingClient(url).open({"token": "alice"})
+        (sid,) = [sid for sid, _ in sio.manager.get_participants("/", room_of("alice"))]
+        resume = '42["resume-stream",{"message_id":"m","last_seq":0}]'
+        body = "\x1e".join([resume] * 400)  # 20 KB: over the app's limit
+        params = {"EIO": "4", "transport": "polling", "sid": client.sid}
+        async with httpx.AsyncClient() as http:
+            # python-engineio refuses it and ends the session (its answer may never come: not ours)
+            post = asyncio.create_task(http.post(url + "/socket.io/", params=params, content=body))
+            await sio.disconnects.wait(sid)
+            post.cancel()
+        stats = app.runtime.stats
+        assert stats.resumes_not_found + stats.resumes_rate_limited + stats.resumes_ok == 0  # nothing parsed
+        await client.aclose()
