@@ -251,6 +251,10 @@ class Outbound:
             return
         self.runtime.health.succeeded()
         for (key, group), result in zip(pending.items(), results, strict=True):
+            if result.failed is not None:  # this stream alone: the log is up, and others were logged
+                stats.log_failures += 1
+                self._unlogged({key: group}, None)
+                continue
             session.unlogged.discard(key)
             for unit, seq in zip(group, result.seqs, strict=True):
                 if seq > 0:

@@ -125,7 +125,8 @@ class PrincipalResolver:
         return None
 
     def hash(self, source: PrincipalSource, value: str) -> str:
-        message = f"{source}\x00{value}".encode()
+        # surrogatepass: a value from JSON (an auth field, a claim) may hold a lone surrogate
+        message = f"{source}\x00{value}".encode("utf-8", "surrogatepass")
         return hmac.new(self._secret, message, hashlib.sha256).hexdigest()[:32]
 
     def _value(self, source: PrincipalSource, scope: Scope, auth: Any) -> str | None:

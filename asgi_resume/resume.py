@@ -7,15 +7,16 @@ event when the request carried no ack id. Must not touch: the log, sessions, I/O
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from asgi_resume import protocol
-from asgi_resume.rules import stream_id_of
+from asgi_resume.rules import MAX_VARIANT_LENGTH, stream_id_of
 
 RESULT_SUFFIX = ":result"
 RATE_LIMITED = "too many resume requests on this connection; wait a few seconds"
-MAX_EPOCH_LENGTH = 64
+_EPOCH = re.compile(r"[A-Za-z0-9]{1,64}")  # what the log makes (see log.base.new_epoch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,12 +46,12 @@ def parse_request(packet: protocol.Packet, stream_key: str) -> ResumeRequest:
     if isinstance(last_seq, bool) or not isinstance(last_seq, int) or last_seq < 0:
         return ResumeRequest(ns, ack_id, stream, error="last_seq must be a non-negative integer")
     epoch = arg.get("epoch")
-    if epoch is not None and not (isinstance(epoch, str) and 0 < len(epoch) <= MAX_EPOCH_LENGTH):
+    if epoch is not None and not (isinstance(epoch, str) and _EPOCH.fullmatch(epoch)):
         return ResumeRequest(ns, ack_id, stream, error="epoch must be a string from a stamped frame")
     variant = arg.get("variant", "")
     if variant is None or variant is False:
         variant = ""
-    if not (isinstance(variant, str) and len(variant) <= MAX_EPOCH_LENGTH):
+    if not (isinstance(variant, str) and len(variant) <= MAX_VARIANT_LENGTH):
         return ResumeRequest(ns, ack_id, stream, error="variant must be a string (the view's name)")
     return ResumeRequest(ns, ack_id, stream, last_seq, epoch, variant)
 

@@ -158,6 +158,8 @@ class StreamRules:
             return None
         if packet.ack_id is not None and not self.log_calls:
             return None
+        if not frame.isascii() and not _encodable(frame):
+            return None  # a lone surrogate in the frame's own text: nothing could store it
         data = packet.data  # parse() checked: a list starting with the event name
         if (self.events is not None and data[0] not in self.events) or len(data) < 2:
             return None
@@ -177,6 +179,14 @@ class StreamRules:
 
     def is_done(self, obj: Any) -> bool:
         return any(rule.matches(obj) for rule in self.done_rules)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _any_matches(rules: list[tuple[DoneRule, tuple[str, ...]]], frame: str, obj: Any) -> bool:

@@ -175,3 +175,17 @@ async def test_done_shortens_the_life_of_the_log(log: StreamLog) -> None:
     replay = await log.replay(key(), 0, None, "tab")
     assert replay.done is True
     assert replay.last_seq == 2
+
+
+async def test_one_request_that_cannot_be_stored_costs_no_other(log: StreamLog) -> None:
+    """A lone surrogate (legal JSON) in one stream's frame fails that request alone."""
+    good = Connection(log, key(stream="bystander"), "good")
+    bad_entry = Entry("d-bad", ['42["events",{', '"message_id":"\ud800"}]'], False, log.now_ms())
+    requests = [
+        AppendRequest(key(stream="\ud800"), [bad_entry], connection="bad"),
+        AppendRequest(good.key, [entry(log, "a")], since_ms=good.since, connection="good"),
+    ]
+    bad_result, good_result = await log.append(requests)
+    assert good_result.seqs == [1]
+    assert good_result.failed is None
+    assert bad_result.failed is not None or bad_result.seqs == [1]  # the memory log can keep it

@@ -179,3 +179,21 @@ async def test_a_polling_body_longer_than_the_app_accepts_is_not_read(backend: d
         stats = app.runtime.stats
         assert stats.resumes_not_found + stats.resumes_rate_limited + stats.resumes_ok == 0  # nothing parsed
         await client.aclose()
+
+
+async def test_a_stream_id_with_a_lone_surrogate_costs_nobody_else(stack: Stack) -> None:
+    """A hostile stream id ("\\ud800", legal JSON) in the same batches as a bystander's stream."""
+    bystander = await RawClient(stack.url, auth={"token": "alice"}).connect()
+    mallory = await RawClient(stack.url, auth={"token": "mallory"}).connect()
+    for i in range(1, 201):
+        await stack.sio.emit("events", chat_event("\ud800", i), room=room_of("mallory"))
+        await stack.sio.emit("events", chat_event("m", i), room=room_of("alice"))
+    assert await bystander.wait_seqs("m", 200) == list(range(1, 201))
+    answer = await bystander.request("resume-stream", {"message_id": "m", "last_seq": 0}, ack_id=1)
+    assert (answer["replayed"], answer["gap"]) == (200, False)
+    odd = await mallory.request("resume-stream", {"message_id": "\ud800", "last_seq": 0}, ack_id=1)
+    assert "ok" in odd  # answered, whatever it says
+    bad_epoch = await mallory.request("resume-stream", {"message_id": "m", "last_seq": 0, "epoch": "\ud800"}, ack_id=2)
+    assert bad_epoch["error"] == "bad_request"
+    await bystander.close()
+    await mallory.close()

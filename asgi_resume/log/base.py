@@ -87,6 +87,7 @@ class AppendResult:
     epoch: str
     seqs: list[int]
     others_ms: int = 0  # when another connection last appended to, matched in or replayed this key
+    failed: str | None = None  # this request alone could not be logged (the others were)
 
 
 @dataclass(frozen=True, slots=True)

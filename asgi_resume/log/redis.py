@@ -97,29 +97,42 @@ class RedisLog:
         self._clock_checked = time.monotonic()
 
     async def append(self, requests: Sequence[AppendRequest]) -> list[AppendResult]:
-        limits = self.limits
         calls = []
-        for request in requests:
-            frames: list[Any] = []  # one argument for all: redis-py encodes each argument on its own
-            for entry in request.entries:
-                frames += [entry.digest, "1" if entry.done else "0", entry.received_ms, msgpack.packb(entry.payload)]
-            args: list[Any] = [
-                request.since_ms,
-                request.cursor_epoch or "",
-                request.cursor_seq,
-                limits.maxlen,
-                limits.ttl_ms,
-                limits.done_ttl_ms,
-                new_epoch(),
-                1 if request.reset else 0,
-                request.connection,
-                msgpack.packb(frames, use_bin_type=False),  # Redis's cmsgpack knows no bin type
-                msgpack.packb(request.skipped),
-                COPY_WINDOW_MS,
-            ]
-            calls.append((self.keys(request.key), args))
-        replies = await self._call("append", calls)
-        return [AppendResult(_text(reply[0]), [int(seq) for seq in reply[2:]], int(reply[1])) for reply in replies]
+        refused: dict[int, str] = {}  # requests that cannot be sent: only they fail
+        for i, request in enumerate(requests):
+            try:
+                calls.append((self.keys(request.key), self._append_args(request)))
+            except (UnicodeError, ValueError, TypeError, OverflowError) as exc:
+                refused[i] = f"cannot encode the request: {exc}"
+        replies = iter(await self._call("append", calls, isolated=True) if calls else [])
+        results = []
+        for i in range(len(requests)):
+            reply = refused.get(i) or next(replies)
+            if isinstance(reply, str | Exception):
+                results.append(AppendResult("", [], failed=str(reply) or type(reply).__name__))
+            else:
+                results.append(AppendResult(_text(reply[0]), [int(seq) for seq in reply[2:]], int(reply[1])))
+        return results
+
+    def _append_args(self, request: AppendRequest) -> list[Any]:
+        limits = self.limits
+        frames: list[Any] = []  # one argument for all: redis-py encodes each argument on its own
+        for entry in request.entries:
+            frames += [entry.digest, "1" if entry.done else "0", entry.received_ms, msgpack.packb(entry.payload)]
+        return [
+            request.since_ms,
+            request.cursor_epoch or "",
+            request.cursor_seq,
+            limits.maxlen,
+            limits.ttl_ms,
+            limits.done_ttl_ms,
+            new_epoch(),
+            1 if request.reset else 0,
+            request.connection,
+            msgpack.packb(frames, use_bin_type=False),  # Redis's cmsgpack knows no bin type
+            msgpack.packb(request.skipped),
+            COPY_WINDOW_MS,
+        ]
 
     async def replay(self, key: StreamKey, after_seq: int, epoch: str | None, connection: str) -> ReplayResult:
         args = [after_seq, epoch or "", self.limits.maxlen * 2, connection]
@@ -178,8 +191,14 @@ class RedisLog:
         (reply,) = await self._call("session_note", [(self.session_keys(pid), [action, gen, owner, self.now_ms()])])
         return _text(reply[0]), _text(reply[1])
 
-    async def _call(self, script: str, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
-        """EVALSHA ``script`` for each call in one pipelined round trip; load it on NOSCRIPT."""
+    async def _call(
+        self, script: str, calls: list[tuple[list[str], list[Any]]], *, isolated: bool = False
+    ) -> list[Any]:
+        """EVALSHA ``script`` for each call in one pipelined round trip; load it on NOSCRIPT.
+
+        ``isolated``: a call that failed on its own gives its exception in its place, instead of
+        failing them all (a connection lost, the server gone, still fails them all).
+        """
         source, sha = self._scripts[script]
         self._check_open()
         if time.monotonic() - self._clock_checked > _CLOCK_REFRESH_S:
@@ -190,14 +209,18 @@ class RedisLog:
         try:
             async with self._turns:
                 replies = await self._pipeline(sha, calls)
-                if any(isinstance(reply, NoScriptError) for reply in replies):
+                missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+                if missing:  # only the calls that got NOSCRIPT run again (the others ran)
                     await self.client.script_load(source)
-                    replies = await self._pipeline(sha, calls)
+                    again = await self._pipeline(sha, [calls[i] for i in missing])
+                    for i, reply in zip(missing, again, strict=True):
+                        replies[i] = reply
         except (RedisError, OSError) as exc:
             raise LogUnavailable(str(exc) or type(exc).__name__) from exc
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise LogUnavailable(str(reply)) from reply
+        if not isolated:
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise LogUnavailable(str(reply)) from reply
         return replies
 
     async def _pipeline(self, sha: str, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
