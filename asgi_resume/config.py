@@ -155,6 +155,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("log_calls", "0", _flag, "1: also log events the app sends with an ack id (a call to one connection)"),
     Option("resume_event", "resume-stream", _nonempty, "the inbound event the middleware answers itself"),
     Option("maxlen", "2000", _positive_int, "frames kept per stream (approximate on Redis)"),
+    Option("max_streams", "10000", _positive_int, "streams the memory log keeps; the least recently used go first"),
     Option("ttl", "3600", _seconds, "seconds a stream's log lives after its last frame"),
     Option("done_ttl", "30", _seconds, "seconds a stream's log lives once the stream is done"),
     Option("key_prefix", "asgi_resume", _key_prefix, "prefix of every Redis key"),
@@ -167,6 +168,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("hold_grace", "5", _seconds, "how long a hold lasts after its streams are done (for late frames)"),
     Option("hold_idle", "30", _seconds, "a stream with no frame for this long no longer keeps a hold open"),
     Option("max_holds", "1000", _positive_int, "held connections per process; past it, a gone client is let go"),
+    Option("max_holds_per_principal", "10", _positive_int, "held connections of one principal per process"),
     Option("resume_limit", "20", _positive_int, "resume requests a connection may make per 10 seconds"),
     Option("metrics", "", _optional_path, "path where Prometheus metrics are served; unset: none (needs [metrics])"),
     Option("recovery", "0", _flag, "speak Socket.IO connection state recovery (pid and offsets) to stock clients"),
@@ -183,6 +185,7 @@ PRESETS: dict[str, dict[str, str]] = {
         "jwt_secret": "$WEBUI_SECRET_KEY|WEBUI_JWT_SECRET_KEY",
         "variant": "shared",
         "exclude": "data.type=chat:list",
+        "secret": "$WEBUI_SECRET_KEY|WEBUI_JWT_SECRET_KEY",
     },
 }
 
@@ -201,6 +204,7 @@ class Settings:
     log_calls: bool
     resume_event: str
     maxlen: int
+    max_streams: int
     ttl: float
     done_ttl: float
     key_prefix: str
@@ -213,6 +217,7 @@ class Settings:
     hold_grace: float
     hold_idle: float
     max_holds: int
+    max_holds_per_principal: int
     resume_limit: int
     metrics: str | None
     recovery: bool

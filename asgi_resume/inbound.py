@@ -11,11 +11,14 @@ recover), an ACK (the client answered one of the app's calls), and a ``resume-st
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import logging
+import re
 
 from asgi_resume import protocol
 from asgi_resume.recovery import RecoveryState, strip_connect
-from asgi_resume.resume import RATE_LIMITED, ResumeRequest, parse_request
+from asgi_resume.resume import DROPPED, RATE_LIMITED, ResumeRequest, parse_request
 from asgi_resume.runtime import Runtime
 from asgi_resume.session import Session
 
@@ -28,11 +31,14 @@ async def inspect(runtime: Runtime, session: Session, frame: str) -> ResumeReque
     Returns a resume request (to be answered here), a frame the app should get instead of this
     one (a CONNECT without recovery fields), or ``None`` (pass the frame on as it is).
     """
-    if frame[:2] not in ("40", "41", "42", "43"):
+    if frame[:2] not in ("40", "41", "42", "43", "45"):
         return None
     try:
         packet = protocol.parse(frame)
         if packet is None:
+            if frame[:2] in ("42", "45") and _names(frame, runtime.settings.resume_event):
+                # unreadable (an ack id python-socketio would never send, broken JSON): still ours
+                return ResumeRequest(_namespace(frame), None, error=UNREADABLE)
             return None
         if packet.type == protocol.CONNECT:
             return await _connect(runtime, session, frame, packet)
@@ -41,19 +47,43 @@ async def inspect(runtime: Runtime, session: Session, frame: str) -> ResumeReque
                 session.answered(packet.namespace, packet.ack_id)
             return None
         if packet.type == protocol.DISCONNECT:
+            session.disconnected(packet.namespace)
             state = session.recovery.get(packet.namespace)
             if state is not None:
                 state.left_cleanly = True
             return None
         if packet.event_name != runtime.settings.resume_event:
             return None
+        if packet.type == protocol.BINARY_EVENT:
+            session.drop_attachments += packet.attachments  # they follow it: not the app's either
+            return ResumeRequest(packet.namespace, packet.ack_id, error="a resume request carries no binary data")
         request = parse_request(packet, runtime.stream_key)
-        if not session.may_resume(runtime.settings.resume_limit):
-            return dataclasses.replace(request, error=RATE_LIMITED)
+        allowed = session.may_resume(runtime.settings.resume_limit)
+        if not allowed:
+            return dataclasses.replace(request, error=RATE_LIMITED if allowed is False else DROPPED)
         return request
     except Exception:  # never let a client's frame break the connection
         logger.exception("asgi_resume could not inspect an inbound frame; passing it on")
         return None
+
+
+UNREADABLE = "the resume request could not be read (its ack id or its JSON)"
+_NAMESPACE = re.compile(r"4[25](?:\d+-)?(/[^,]*),")
+
+
+@functools.lru_cache(maxsize=4)
+def _resume_pattern(event: str) -> re.Pattern[str]:
+    return re.compile(r"4[25](?:\d+-)?(?:/[^,]*,)?\d*\[\s*" + re.escape(json.dumps(event)))
+
+
+def _names(frame: str, event: str) -> bool:
+    """Does an unparseable EVENT frame name ``event``? (Looks at its head only.)"""
+    return _resume_pattern(event).match(frame[:512]) is not None
+
+
+def _namespace(frame: str) -> str:
+    found = _NAMESPACE.match(frame[:512])
+    return found.group(1) if found else "/"
 
 
 async def _connect(runtime: Runtime, session: Session, frame: str, packet: protocol.Packet) -> str | None:
@@ -64,6 +94,6 @@ async def _connect(runtime: Runtime, session: Session, frame: str, packet: proto
     if runtime.settings.recovery:
         claim, replacement, auth = strip_connect(frame, packet)
         session.recovery[packet.namespace] = RecoveryState(packet.namespace, now, claim)
-    resolver = await runtime.resolver()
-    session.connecting(packet.namespace, resolver.resolve(session.scope, auth))
+    await runtime.ready()
+    session.connecting(packet.namespace, runtime.resolver.resolve(session.scope, auth))
     return replacement

@@ -50,6 +50,7 @@ class Outbound:
         self._pending: EventUnit | None = None  # a binary event waiting for its attachments
         self._deferred: list[ResumeRequest] = []  # requests that came by another transport
         self.lock = asyncio.Lock()  # transports of one session take turns: feed, then flush
+        self.held = False  # its client left and the connection is held: it takes no stream over
 
     def pending(self, *, answer_deferred: bool = True) -> int:
         """Units fed and not flushed yet."""
@@ -89,7 +90,7 @@ class Outbound:
             self._units.extend([pending.raw, *pending.attachments])
             self._pending = None
         if isinstance(item, str):
-            if item[:2] in ("40", "44") or (item[:2] in ("42", "45") and item[2:3] != "["):
+            if item[:2] in ("40", "41", "44") or (item[:2] in ("42", "45") and item[2:3] != "["):
                 self._note(item)
             unit = self._event_unit(item)
             if unit is None:
@@ -110,6 +111,8 @@ class Outbound:
             self.session.connected(packet.namespace, accepted=True)
         elif packet.type == protocol.CONNECT_ERROR:
             self.session.connected(packet.namespace, accepted=False)
+        elif packet.type == protocol.DISCONNECT:
+            self.session.disconnected(packet.namespace)
         elif packet.ack_id is not None:
             self.session.called(packet.namespace, packet.ack_id)
 
@@ -276,6 +279,7 @@ class Outbound:
             reset=key in session.unlogged,
             connection=session.id,
             skipped=session.skipped.get(key, []),
+            held=self.held,
         )
 
     def _unlogged(self, by_key: dict[StreamKey, list[EventUnit]], reason: str | None) -> None:

@@ -29,6 +29,12 @@ from asgi_resume.websocket import query_param
 logger = logging.getLogger("asgi_resume")
 
 MAX_BODY = 16 * 1024 * 1024  # larger responses pass through untouched
+try:  # python-engineio's own limit on the packets of one POST (it refuses a body with more)
+    from engineio.payload import Payload as _Payload
+
+    MAX_POST_PACKETS: int = int(_Payload.max_decode_packets)
+except (ImportError, AttributeError, TypeError, ValueError):  # pragma: no cover - another server
+    MAX_POST_PACKETS = 16
 _Codec = tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]
 _CODECS: dict[str, _Codec] = {
     "gzip": (gzip.decompress, gzip.compress),
@@ -158,21 +164,31 @@ async def read_post(runtime: Runtime, outbound: Outbound, scope: Scope, receive:
 async def _rewrite_post(runtime: Runtime, outbound: Outbound, body: bytes) -> bytes | None:
     """The body with resume requests replaced by UPGRADE packets; ``None`` when unchanged."""
     try:
-        packets = protocol.split_payload(body.decode("utf-8"))
+        text = body.decode("utf-8")
     except UnicodeDecodeError:
         return None
+    if text.count(protocol.RECORD_SEPARATOR) >= MAX_POST_PACKETS:
+        return None  # python-engineio refuses a body of more packets than this: so do we
+    packets = protocol.split_payload(text)
     changed = False
-    for i, packet in enumerate(packets):
+    session = outbound.session
+    kept: list[str | bytes] = []
+    for packet in packets:
+        if isinstance(packet, bytes) and session.drop_attachments > 0:
+            session.drop_attachments -= 1  # an attachment of a request answered here
+            changed = True
+            continue
         if isinstance(packet, str) and packet[:1] == protocol.EIO_MESSAGE:
-            found = await inspect(runtime, outbound.session, packet)
+            found = await inspect(runtime, session, packet)
             if isinstance(found, str):
-                packets[i] = found  # a CONNECT without its recovery fields
+                packet = found  # a CONNECT without its recovery fields
                 changed = True
             elif found is not None:
                 outbound.defer(found)
-                packets[i] = protocol.UPGRADE_FRAME  # python-engineio answers it with a NOOP: the GET returns
+                packet = protocol.UPGRADE_FRAME  # python-engineio answers it with a NOOP: the GET returns
                 changed = True
         elif packet == protocol.EIO_CLOSE:
-            for state in outbound.session.recovery.values():
+            for state in session.recovery.values():
                 state.left_cleanly = True
-    return protocol.join_payload(packets).encode("utf-8") if changed else None
+        kept.append(packet)
+    return protocol.join_payload(kept).encode("utf-8") if changed else None

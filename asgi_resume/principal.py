@@ -25,7 +25,7 @@ Kind = Literal["auth", "cookie", "header", "query", "scope", "jwt"]
 _KINDS: tuple[Kind, ...] = ("auth", "cookie", "header", "query", "scope", "jwt")
 _FORMS = "auth:FIELD, cookie:NAME, header:NAME, query:NAME, scope:user, jwt:CLAIM"
 DEFAULT_PRINCIPAL = "auth:token,header:authorization,scope:user"
-_USER_ATTRIBUTES = ("identity", "username", "display_name", "id")
+_USER_ATTRIBUTES = ("identity", "username", "id")  # never display_name: two users may share one
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +92,15 @@ class JwtKey:
             claims = jwt.decode(token, self.secret, algorithms=list(self.algorithms), options={"require": []})
         except (jwt.PyJWTError, ValueError, TypeError):
             return None
-        return _plain(claims.get(name)) if isinstance(claims, dict) else None
+        if not isinstance(claims, dict) or name not in claims:
+            return None
+        value = claims[name]
+        if value is None or isinstance(value, bool) or value == "":
+            return None
+        try:  # typed: the claim 1 and the claim "1" are two users
+            return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        except (TypeError, ValueError):
+            return None
 
 
 def _bearer(scope: Scope, auth: Any) -> str | None:
@@ -106,6 +114,14 @@ def _bearer(scope: Scope, auth: Any) -> str | None:
         return credentials.strip()
     cookie = headers.get("cookie")
     return cookie_parser(cookie).get("token") or None if cookie else None
+
+
+def default_principal_key(prefix: str) -> bytes:
+    """The hashing key when ASGI_RESUME_SECRET is unset: every worker of one prefix derives the same.
+
+    (It protects nothing from whoever reads Redis, no more than a key stored there would.)
+    """
+    return hashlib.sha256(f"asgi_resume principal key\x00{prefix}".encode()).digest()
 
 
 class PrincipalResolver:

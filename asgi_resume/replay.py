@@ -36,6 +36,9 @@ async def answer(runtime: Runtime, session: Session, request: ResumeRequest) -> 
     def reply(body: dict[str, Any]) -> str:
         return resume.answer(request, body, settings.resume_event, runtime.stream_key)
 
+    if request.error == resume.DROPPED:
+        stats.resumes_rate_limited += 1
+        return []
     if request.error == resume.RATE_LIMITED:
         stats.resumes_rate_limited += 1
         return [reply(resume.error("rate_limited", request.error))]
@@ -47,6 +50,9 @@ async def answer(runtime: Runtime, session: Session, request: ResumeRequest) -> 
         stats.resumes_not_found += 1
         runtime.hint_no_principal()
         return [reply(resume.error("not_found", no_principal_detail(runtime)))]
+    if not runtime.health.available():  # it failed a moment ago: answer now, do not wait on it
+        stats.resumes_unavailable += 1
+        return [reply(resume.error("unavailable", "the stream log is not reachable; try again"))]
     started = time.perf_counter()
     try:
         # not on the live path: a replay may wait its turn (a reconnect storm), up to REPLAY_TIMEOUT_S

@@ -16,7 +16,8 @@ from asgi_resume.rules import MAX_VARIANT_LENGTH, stream_id_of
 
 RESULT_SUFFIX = ":result"
 RATE_LIMITED = "too many resume requests on this connection; wait a few seconds"
-_EPOCH = re.compile(r"[A-Za-z0-9]{1,64}")  # what the log makes (see log.base.new_epoch)
+DROPPED = "flood"  # past the rate limit and as many refusals again: dropped, unanswered
+_EPOCH = re.compile(r"[!-~]{1,64}")  # printable ASCII: what a log could have made (log.base.new_epoch)
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ DEFAULT_DONE = ",".join(
 )
 MAX_STREAM_ID_LENGTH = 256
 MAX_VARIANT_LENGTH = 64
+MAX_SAFE_INTEGER = 2**53 - 1  # JavaScript's: the browser helper must write ids and views as we do
 _TRUTHY: Any = object()
 
 
@@ -100,6 +101,8 @@ def stream_id_of(value: Any) -> str | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
+        if abs(value) > MAX_SAFE_INTEGER:
+            return None
         value = str(value)
     if isinstance(value, str) and 0 < len(value) <= MAX_STREAM_ID_LENGTH:
         return value
@@ -113,8 +116,9 @@ def variant_of(value: Any) -> str | None:
         return ""
     if value is True:
         return "true"
-    text = value if isinstance(value, str) else str(value) if isinstance(value, int | float) else None
-    return text if text is not None and len(text) <= MAX_VARIANT_LENGTH else None
+    if isinstance(value, int) and abs(value) <= MAX_SAFE_INTEGER:
+        return str(value)  # (as JavaScript writes it: no floats, no integers it cannot hold)
+    return value if isinstance(value, str) and len(value) <= MAX_VARIANT_LENGTH else None
 
 
 @dataclass(frozen=True, slots=True)

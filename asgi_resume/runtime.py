@@ -8,6 +8,8 @@ Must not touch: any one connection's state.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import secrets
 import time
@@ -18,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from asgi_resume.config import Settings
-from asgi_resume.log import StreamLog
+from asgi_resume.log import LogUnavailable, StreamLog
 from asgi_resume.log.base import GroupCommit, LogLimits
 from asgi_resume.log.memory import MemoryLog
-from asgi_resume.principal import JwtKey, PrincipalResolver
+from asgi_resume.principal import JwtKey, PrincipalResolver, default_principal_key
 from asgi_resume.rules import StreamRules
 from asgi_resume.session import Registry
 
@@ -31,7 +33,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("asgi_resume")
 
 DEFAULT_MAX_POST_BODY = 1_000_000  # python-engineio's default max_http_buffer_size
-_RETRY_AFTER_S = 1.0  # after a log failure, frames skip the log this long before it is tried again
+_RETRY_AFTER_S = 1.0
+PREPARE_TIMEOUT_S = 2.0  # after a log failure, frames skip the log this long before it is tried again
 _WARN_EVERY_S = 10.0
 
 
@@ -156,16 +159,17 @@ class Runtime:
         self.stats = Stats()
         self.health = LogHealth(self.stats)
         self.throttle = Throttle()
-        limits = LogLimits(settings.maxlen, int(settings.ttl * 1000), int(settings.done_ttl * 1000))
+        limits = LogLimits(
+            settings.maxlen, int(settings.ttl * 1000), int(settings.done_ttl * 1000), settings.max_streams
+        )
         self.log: StreamLog = log if log is not None else self._make_log(settings, limits)
         self.appends = GroupCommit(self.log)  # a room's copies share one round trip
         self._jwt = JwtKey(settings.jwt_secret, settings.jwt_algorithms) if settings.jwt_secret else None
-        self._resolver: PrincipalResolver | None = None
-        if settings.secret is not None:
-            self._resolver = self._make_resolver(settings.secret.encode())
-        self._resolver_lock = anyio.Lock()
+        self.resolver = PrincipalResolver(settings.principal, self._principal_key(settings), self._jwt)
+        self._ready = False
         self.sessions: Registry[Outbound] = Registry()  # Engine.IO sid -> its outbound pipeline
         self.holds: set[Callable[[str], None]] = set()  # how to end each hold in progress
+        self.held_by: dict[str, int] = {}  # principal -> its connections held now
         self.stamping_cache: dict[str, Any] = {}  # frame -> how to stamp it (see Outbound._stamping)
         self.shutting_down = False
         self._hinted_no_principal = False
@@ -200,32 +204,34 @@ class Runtime:
             sources,
         )
 
-    def _make_resolver(self, key: bytes) -> PrincipalResolver:
-        return PrincipalResolver(self.settings.principal, key, self._jwt)
+    def _principal_key(self, settings: Settings) -> bytes:
+        """The key principals are hashed with: the same on every worker, or the log would not match."""
+        if settings.secret is not None:  # a key of its own, even when the secret also signs tokens
+            return hmac.new(settings.secret.encode(), b"asgi_resume principals", hashlib.sha256).digest()
+        if isinstance(self.log, MemoryLog):  # one process: any key will do
+            return secrets.token_bytes(32)
+        logger.warning(
+            "ASGI_RESUME_SECRET is not set: principals are hashed with a key derived from the key prefix, "
+            "the same on every worker; set a secret so that what Redis holds reveals no credential",
+            extra=fault("no_secret"),
+        )
+        return default_principal_key(settings.key_prefix)
 
-    async def resolver(self) -> PrincipalResolver:
-        """The principal resolver, once its hashing key is known (shared through the log)."""
-        if self._resolver is not None:
-            return self._resolver
-        async with self._resolver_lock:
-            if self._resolver is None:
-                shared_secret = getattr(self.log, "shared_secret", None)
-                if shared_secret is None:  # one process: any key will do
-                    self._resolver = self._make_resolver(secrets.token_bytes(32))
-                    return self._resolver
-                try:
-                    if not self.health.available():
-                        raise TimeoutError("the log failed a moment ago")
-                    with anyio.fail_after(max(self.settings.write_timeout, 2.0)):
-                        key: bytes = await shared_secret()
-                        prepare = getattr(self.log, "prepare", None)
-                        if prepare is not None:
-                            await prepare()
-                except Exception as exc:  # noqa: BLE001 - the log is down: this connection cannot be logged anyway
-                    logger.warning("could not read the principal hashing key from the log (%s); will retry", exc)
-                    return self._make_resolver(secrets.token_bytes(32))
-                self._resolver = self._make_resolver(key)
-        return self._resolver
+    async def ready(self) -> None:
+        """Before the first connection's frames: connect the log, learn its clock, load its scripts.
+
+        Best effort, once (again after a failure, once the log may be back): a log that does not
+        answer now costs this connection's first frames their stamps, never the connection.
+        """
+        if self._ready or not self.health.available():
+            return
+        try:
+            with anyio.fail_after(PREPARE_TIMEOUT_S):
+                await self.log.prepare()
+        except (LogUnavailable, TimeoutError) as exc:
+            self.health.failed(str(exc) or "timed out")
+            return
+        self._ready = True
 
     def shut_down_holds(self) -> None:
         """The server is going down: end every hold, and start no new one."""

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+_AMBIGUOUS = "\x00ambiguous"  # a pending CONNECT whose principal cannot be known (never a hash)
 SKIPPED_KEPT = 64  # entries a connection passed over, remembered per stream key (the log looks 64 ahead)
 CALLS_KEPT = 64  # unanswered calls remembered per connection
 
@@ -46,20 +47,31 @@ class Session:
     last_frame_at: float = 0.0  # monotonic time of the last stream frame
     recovery: dict[str, RecoveryState] = field(default_factory=dict)  # namespace -> connection state recovery
     upgraded: bool = False  # on a websocket for good: python-engineio refuses its polling requests
+    drop_attachments: int = 0  # binary frames still to come of an inbound request the app never sees
     resume_tokens: float = -1.0  # the resume rate limit's bucket (-1: full, not yet used)
     resume_refilled: float = 0.0
+    resume_refusals: float = 0.0  # rate_limited answers sent lately (they refill like the tokens)
 
-    def may_resume(self, limit: int, per_s: float = 10.0) -> bool:
-        """A token bucket: ``limit`` requests, refilled at ``limit`` per ``per_s`` seconds."""
+    def may_resume(self, limit: int, per_s: float = 10.0) -> bool | None:
+        """A token bucket: ``limit`` requests, refilled at ``limit`` per ``per_s`` seconds.
+
+        True: go on; False: answer that it is rate limited; None: past as many refusals again, drop
+        it unanswered (a flood must not make the middleware send one answer per request).
+        """
         now = time.monotonic()
         if self.resume_tokens < 0:
             self.resume_tokens, self.resume_refilled = float(limit), now
-        self.resume_tokens = min(float(limit), self.resume_tokens + (now - self.resume_refilled) * limit / per_s)
+        refill = (now - self.resume_refilled) * limit / per_s
+        self.resume_tokens = min(float(limit), self.resume_tokens + refill)
+        self.resume_refusals = max(0.0, self.resume_refusals - refill)
         self.resume_refilled = now
-        if self.resume_tokens < 1:
-            return False
-        self.resume_tokens -= 1
-        return True
+        if self.resume_tokens >= 1:
+            self.resume_tokens -= 1
+            return True
+        if self.resume_refusals >= limit:
+            return None
+        self.resume_refusals += 1
+        return False
 
     def principal_for(self, namespace: str) -> str | None:
         return self.principals.get(namespace)
@@ -72,15 +84,26 @@ class Session:
         return StreamKey(principal, request.namespace, request.variant, request.stream)
 
     def connecting(self, namespace: str, principal: str | None) -> None:
-        """The client asked to CONNECT to ``namespace`` as ``principal``: the app decides."""
-        if namespace not in self.principals:
-            self.pending[namespace] = principal
+        """The client asked to CONNECT to ``namespace`` as ``principal``: the app decides.
+
+        Two CONNECTs in flight at once cannot be told apart by their replies: neither binds.
+        """
+        if namespace in self.principals:
+            return  # connected: python-socketio refuses it, and a principal is never rebound
+        self.pending[namespace] = _AMBIGUOUS if namespace in self.pending else principal
 
     def connected(self, namespace: str, accepted: bool) -> None:
         """The app answered the CONNECT: its principal is bound if accepted, and never rebound."""
-        principal = self.pending.pop(namespace, None)
+        if namespace not in self.pending:
+            return  # a reply to a CONNECT whose outcome is taken already (or never seen)
+        principal = self.pending.pop(namespace)
         if accepted and namespace not in self.principals:
-            self.principals[namespace] = principal
+            self.principals[namespace] = None if principal is _AMBIGUOUS else principal
+
+    def disconnected(self, namespace: str) -> None:
+        """The client left ``namespace``, or the app disconnected it: it is nobody there any more."""
+        self.principals.pop(namespace, None)
+        self.pending.pop(namespace, None)
 
     def called(self, namespace: str, ack_id: int) -> None:
         """The app sent the client an event that expects an answer."""

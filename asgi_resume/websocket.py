@@ -36,7 +36,7 @@ from asgi_resume.session import Session
 
 logger = logging.getLogger("asgi_resume")
 
-OUTBOX_SIZE = 1024  # frames queued per connection before the app's send waits (backpressure)
+OUTBOX_SIZE = 1024  # frames queued per connection before python-engineio's writer for it waits
 SERVER_GOING_AWAY = 1012  # uvicorn closes websockets with it on shutdown
 RECOVERY_POLL_S = 0.25  # how often a held connection asks whether its client recovered elsewhere
 LINGER_S = 0.001  # longest a batch waits for more frames before its log call (only while they keep coming)
@@ -106,6 +106,7 @@ class WebSocketConnection:
         self._outbox: asyncio.Queue[Item] = asyncio.Queue(OUTBOX_SIZE)
         self._to_app, self._from_hold = anyio.create_memory_object_stream[Message](8)
         self._holding = False
+        self._owner = ""  # the principal a hold is counted against
         self._hold_end = anyio.Event()
         self._hold_wake = anyio.Event()
         self._hold_reason = ""
@@ -166,7 +167,7 @@ class WebSocketConnection:
         if self._draining:
             if outbound.pending() < OUTBOX_SIZE:
                 return  # our drain sends it after what it is sending now
-            async with outbound.lock:  # too much waiting: backpressure reaches the app
+            async with outbound.lock:  # too much waiting: python-engineio's writer waits for it
                 await self._drain()
             return
         if outbound.needs_log(answer_deferred=not self._probing):
@@ -278,6 +279,9 @@ class WebSocketConnection:
             message = await self.receive()
             if message["type"] == "websocket.receive":
                 text = message.get("text")
+                if text is None and self.session.drop_attachments > 0:
+                    self.session.drop_attachments -= 1  # an attachment of a request answered here
+                    continue
                 if text is not None and text[:1] == protocol.EIO_MESSAGE:
                     found = await inspect(self.runtime, self.session, text)
                     if isinstance(found, str):
@@ -315,25 +319,34 @@ class WebSocketConnection:
         recoverable = recovery is not None and recovery.recoverable
         if not (streams or recoverable) or self._tg is None or not self.accepted:
             return False
+        owner = next((principal for principal in self.session.principals.values() if principal), None)
+        if owner is None:  # nothing of its own is logged: a hold would keep nothing
+            return False
         if self.session.calls:  # the app waits for this client's answer: it must learn it left
             logger.info("not holding %s: its client left owing the app an answer", self.sid)
             return False
-        if stats.holds_active >= settings.max_holds:
+        held_by_owner = self.runtime.held_by.get(owner, 0)
+        if stats.holds_active >= settings.max_holds or held_by_owner >= settings.max_holds_per_principal:
             stats.holds_refused += 1
             skipped = self.runtime.throttle.allow("hold_refused")
             if skipped is not None:
                 logger.warning(
-                    "not holding %s: %d connections already held (ASGI_RESUME_MAX_HOLDS; %d more not logged)",
+                    "not holding %s: %d connections already held, %d of them this user's "
+                    "(ASGI_RESUME_MAX_HOLDS, ASGI_RESUME_MAX_HOLDS_PER_PRINCIPAL; %d more not logged)",
                     self.sid,
                     stats.holds_active,
+                    held_by_owner,
                     skipped,
                     extra=fault("hold_refused", held=stats.holds_active, skipped=skipped),
                 )
             return False
         self._holding = True
+        self.outbound.held = True
+        self._owner = owner
+        self.runtime.held_by[owner] = held_by_owner + 1
         stats.holds_active += 1
         stats.holds_started += 1
-        what = f"streams in flight {streams[:5]}" if streams else "a recoverable session"
+        what = f"streams in flight {[key.stream for key in streams[:5]]}" if streams else "a recoverable session"
         logger.info("client of %s left with %s: holding the connection", self.sid, what)
         self.runtime.holds.add(self._end_hold)
         self._tg.start_soon(self._hold, disconnect, recoverable)
@@ -380,8 +393,12 @@ class WebSocketConnection:
         reason = reason or self._hold_reason or f"held for hold_max ({settings.hold_max:g}s)"
         self.runtime.holds.discard(self._end_hold)
         self.runtime.stats.holds_active -= 1
+        held = self.runtime.held_by.pop(self._owner, 1) - 1
+        if held:
+            self.runtime.held_by[self._owner] = held
         logger.info("hold of %s ended after %.1fs: %s", self.sid, time.monotonic() - started, reason)
         self._holding = False
+        self.outbound.held = False
         await self._to_app.send(disconnect)
 
     def _end_hold(self, reason: str) -> None:

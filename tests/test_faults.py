@@ -36,7 +36,7 @@ async def test_a_paused_redis_does_not_stop_or_break_the_stream(
 ) -> None:
     server = RedisServer(tmp_path / "paused").start()
     sio = make_sio()
-    app = make_app(sio, redis_url=server.url, key_prefix=f"f{next(_prefixes)}", write_timeout=0.2)
+    app = make_app(sio, redis_url=server.url, key_prefix=f"f{next(_prefixes)}", write_timeout=0.2, secret="s")
     try:
         with caplog.at_level(logging.WARNING):
             async with serve(app) as url:
@@ -76,7 +76,7 @@ async def test_redis_down_at_startup_then_up(tmp_path: Path) -> None:
     """The first connections come while Redis is not there yet: they work, and logging starts later."""
     server = RedisServer(tmp_path / "late")
     sio = make_sio()
-    app = make_app(sio, redis_url=server.url, key_prefix=f"f{next(_prefixes)}", write_timeout=0.2)
+    app = make_app(sio, redis_url=server.url, key_prefix=f"f{next(_prefixes)}", write_timeout=0.2, secret="s")
     try:
         async with serve(app) as url:
             client = await RawClient(url, auth={"token": "alice"}).connect()

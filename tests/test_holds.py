@@ -242,3 +242,83 @@ async def test_a_tab_that_stays_keeps_the_history_when_another_leaves(backend: d
         assert len({e["epoch"] for e in second.events()}) == 1
         assert second.seqs("kept") == list(range(2, 203))
         await second.close()
+
+
+async def test_one_user_cannot_take_every_hold(backend: dict[str, Any]) -> None:
+    """Mallory drops five connections with streams in flight: two are held; the victim still is."""
+    sio = make_sio()
+    app = make_app(sio, **backend, max_holds=4, max_holds_per_principal=2, hold_grace=0.2)
+    hers = PacedStream(sio, "mallory", "flood", 2000, pace=0.01)
+    victims = PacedStream(sio, "alice", "answer", 150, pace=0.01)
+    async with serve(app) as url:
+        mallory = [await RawClient(url, auth={"token": "mallory"}).connect() for _ in range(5)]
+        victim = await RawClient(url, auth={"token": "alice"}).connect()
+        flood = asyncio.create_task(hers.run())
+        emitter = asyncio.create_task(victims.run())
+        for tab in mallory:
+            await tab.wait_seqs("flood", 3)
+            await tab.kill()
+        await victim.wait_seqs("answer", 20)
+        assert app.runtime.stats.holds_started == 2
+        await victim.kill()
+        gone_at = victims.sent
+        await victims.wait_sent(gone_at + 20)
+        assert app.runtime.stats.holds_started == 3  # the victim was held
+        reloaded = await RawClient(url, auth={"token": "alice"}).connect()
+        seen = content_by_seq(victim.events())
+        answer = await reloaded.request(
+            "resume-stream",
+            {"message_id": "answer", "last_seq": max(seen), "epoch": victim.events()[-1]["epoch"]},
+            ack_id=1,
+        )
+        assert answer["gap"] is False
+        await emitter
+        await reloaded.wait_for(lambda f: isinstance(f, str) and '"done":true' in f)
+        view = seen | content_by_seq(reloaded.events())
+        assert [view[s] for s in sorted(view)] == victims.expected
+        flood.cancel()
+        await reloaded.close()
+
+
+async def test_a_connection_without_a_principal_is_never_held(backend: dict[str, Any]) -> None:
+    sio = make_sio()
+    app = make_app(sio, **backend, recovery=True)
+    async with serve(app) as url:
+        anonymous = await RawClient(url).connect()
+        await sio.emit("events", {"note": 1})
+        await anonymous.wait_for(lambda f: isinstance(f, str) and '"note":1' in f)
+        (sid,) = [sid for sid, _ in sio.manager.get_participants("/", None)]
+        await anonymous.kill()
+        await sio.disconnects.wait(sid)
+        assert app.runtime.stats.holds_started == 0
+
+
+async def test_two_held_tabs_do_not_end_each_others_holds(backend: dict[str, Any]) -> None:
+    """Both tabs of a laptop drop at once: a held connection takes nothing over from another."""
+    sio = make_sio()
+    app = make_app(sio, **backend, hold_grace=0.2)
+    stream = PacedStream(sio, "alice", "m", 300, pace=0.01)
+    async with serve(app) as url:
+        first = await RawClient(url, auth={"token": "alice"}).connect()
+        second = await RawClient(url, auth={"token": "alice"}).connect()
+        sids = [sid for sid, _ in sio.manager.get_participants("/", room_of("alice"))]
+        emitter = asyncio.create_task(stream.run())
+        await first.wait_seqs("m", 30)
+        await second.wait_seqs("m", 30)
+        await first.kill()
+        await second.kill()
+        gone = stream.sent
+        await stream.wait_sent(gone + 40)  # nobody is connected meanwhile
+        assert not [sid for sid in sids if sid in sio.disconnects.at]  # both still held
+        reloaded = await RawClient(url, auth={"token": "alice"}).connect()
+        seen = content_by_seq(first.events()) | content_by_seq(second.events())
+        request = {"message_id": "m", "last_seq": max(seen), "epoch": first.events()[-1]["epoch"]}
+        answer = await reloaded.request("resume-stream", request, ack_id=1)
+        assert answer["gap"] is False
+        await emitter
+        await reloaded.wait_for(lambda f: isinstance(f, str) and '"done":true' in f)
+        view = seen | content_by_seq(reloaded.events())
+        assert [view[s] for s in sorted(view)] == stream.expected
+        for sid in sids:  # the reloaded tab took the stream over: the app learns of both departures
+            await sio.disconnects.wait(sid)
+        await reloaded.close()

@@ -189,3 +189,22 @@ async def test_one_request_that_cannot_be_stored_costs_no_other(log: StreamLog) 
     assert good_result.seqs == [1]
     assert good_result.failed is None
     assert bad_result.failed is not None or bad_result.seqs == [1]  # the memory log can keep it
+
+
+async def test_the_memory_log_keeps_a_bounded_number_of_streams() -> None:
+    log = MemoryLog(LogLimits(max_streams=100))
+    for i in range(150):
+        await Connection(log, key(f"p{i % 15}", f"s{i}"), "c").send(entry(log, "a"))
+    assert (await log.replay(key("p0", "s0"), 0, None, "c")).status == "not_found"  # the oldest went
+    assert (await log.replay(key("p14", "s149"), 0, None, "c")).last_seq == 1
+    assert len(log._streams) == 100
+
+
+async def test_one_principal_cannot_evict_the_others_streams_from_the_memory_log() -> None:
+    log = MemoryLog(LogLimits(max_streams=100))  # a tenth each at most
+    await Connection(log, key(ALICE, "live"), "alice").send(entry(log, "a"))
+    for i in range(60):
+        await Connection(log, key(MALLORY, f"s{i}"), "mallory").send(entry(log, "x"))
+    assert (await log.replay(key(ALICE, "live"), 0, None, "alice")).last_seq == 1
+    assert (await log.replay(key(MALLORY, "s59"), 0, None, "mallory")).last_seq == 1
+    assert (await log.replay(key(MALLORY, "s0"), 0, None, "mallory")).status == "not_found"

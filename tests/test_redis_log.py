@@ -53,7 +53,7 @@ async def test_entries_are_msgpack_with_one_key_per_stream(
 
     log_key, meta_key = await redis_keys(redis, prefix, "alice-token", "msg-1")
     keys = sorted(k.decode() for k in await redis.keys(f"{prefix}:*"))
-    assert keys == sorted([f"{prefix}:secret", log_key, meta_key])
+    assert keys == sorted([log_key, meta_key])
     assert "msg-1" not in log_key  # the key names the principal's view, hashed: never a raw id
     slots = {key_slot(k.encode()) for k in keys if "{" in k}
     assert len(slots) == 1  # one hash tag: the scripts also run on Redis Cluster
@@ -224,3 +224,25 @@ async def test_the_lifespan_shutdown_closes_the_log(redis_server: RedisServer, p
     assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
     with pytest.raises(LogUnavailable, match="closed"):
         await app.runtime.log.release([StreamKey("p", "/", "", "m")], "conn")
+
+
+async def test_workers_without_a_secret_hash_principals_alike_even_after_a_flush(
+    redis_server: RedisServer, redis: aioredis.Redis, prefix: str
+) -> None:
+    """With ASGI_RESUME_SECRET unset, every worker derives the same key: no key in Redis to lose."""
+    sio_a, sio_b = make_sio(), make_sio()
+    app_a = make_app(sio_a, redis_url=redis_server.url, key_prefix=prefix)
+    async with serve(app_a) as url_a:
+        first = await RawClient(url_a, auth={"token": "alice"}).connect()
+        await emit_tokens(sio_a, "alice", "before", 1, 3)
+        await first.wait_seqs("before", 3)
+        await redis.flushall()  # an operator's mistake, or a Redis that lost its data
+        app_b = make_app(sio_b, redis_url=redis_server.url, key_prefix=prefix)  # a worker started after it
+        async with serve(app_b) as url_b:
+            await emit_tokens(sio_a, "alice", "after", 1, 5)
+            await first.wait_seqs("after", 5)
+            on_b = await RawClient(url_b, auth={"token": "alice"}).connect()
+            answer = await on_b.request("resume-stream", {"message_id": "after", "last_seq": 0}, ack_id=1)
+            assert answer["replayed"] == 5
+            await on_b.close()
+        await first.close()

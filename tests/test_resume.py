@@ -90,10 +90,18 @@ async def test_resume_never_reaches_the_app(backend: dict[str, Any]) -> None:
         client = await RawClient(url, auth={"token": "alice"}).connect()
         await client.request("resume-stream", {"message_id": "x", "last_seq": 0}, ack_id=1)
         await client.emit("resume-stream", {"message_id": "x", "last_seq": 0})
+        # unreadable ones too: an ack id no client sends, a binary resume and its attachment
+        await client.send('421234567890123456789["resume-stream",{"message_id":"x","last_seq":0}]')
+        await client.send('451-7["resume-stream",{"_placeholder":true,"num":0}]')
+        await client.send(b"\x00\x01")
         await client.emit("hello", "after")
-        await client.wait_for(lambda f: isinstance(f, str) and "resume-stream:result" in f)
+        await client.wait_count(lambda f: isinstance(f, str) and "resume-stream:result" in f, 2)
+        binary = await client.wait_for(lambda f: isinstance(f, str) and f.startswith("437["))
+        assert "bad_request" in str(binary)
         await asyncio.wait_for(hello.wait(), 5)  # frames reach the app in order: the resumes came first
         assert seen == ["after"]
+        results = [f for f in client.frames if isinstance(f, str) and "resume-stream:result" in f]
+        assert "bad_request" in results[-1]
         await client.close()
 
 

@@ -197,3 +197,116 @@ async def test_a_stream_id_with_a_lone_surrogate_costs_nobody_else(stack: Stack)
     assert bad_epoch["error"] == "bad_request"
     await bystander.close()
     await mallory.close()
+
+
+async def test_two_connects_in_flight_bind_nobody(stack: Stack) -> None:
+    """CONNECT as herself, then at once as alice (refused): the replies cannot tell which is which."""
+    owner = await RawClient(stack.url, auth={"token": "alice"}).connect()
+    await emit_tokens(stack.sio, "alice", "m", 1, 10)
+    await owner.wait_seqs("m", 10)
+    mallory = await RawClient(stack.url).connect(namespaces=())
+    await mallory.send('40{"token":"mallory"}')
+    await mallory.send('40{"token":"alice","refuse":true}')
+    await mallory.wait_for(lambda f: isinstance(f, str) and f.startswith("44"))
+    await mallory.wait_for(lambda f: isinstance(f, str) and f.startswith('40{"sid"'))
+    answer = await mallory.request("resume-stream", {"message_id": "m", "last_seq": 0}, ack_id=1)
+    assert answer["error"] == "not_found"
+    await owner.close()
+    await mallory.close()
+
+
+async def test_leaving_a_namespace_unbinds_its_principal(stack: Stack) -> None:
+    """alice leaves "/" and connects again as mallory on the same Engine.IO connection."""
+    alice = await RawClient(stack.url, auth={"token": "alice"}).connect()
+    await emit_tokens(stack.sio, "alice", "a", 1, 5)
+    await alice.wait_seqs("a", 5)
+    sid = await _only_sid(stack)
+    await alice.send("41")
+    await stack.sio.disconnects.wait(sid)
+    await alice.send('40{"token":"mallory"}')
+    await alice.wait_count(lambda f: isinstance(f, str) and f.startswith('40{"sid"'), 2)
+    await emit_tokens(stack.sio, "mallory", "b", 1, 4)
+    await alice.wait_seqs("b", 4)
+    mine = await alice.request("resume-stream", {"message_id": "b", "last_seq": 0}, ack_id=1)
+    assert mine["replayed"] == 4  # logged under mallory, who received it
+    theirs = await alice.request("resume-stream", {"message_id": "a", "last_seq": 0}, ack_id=2)
+    assert theirs["error"] == "not_found"  # the connection is mallory now, not alice
+    phone = await RawClient(stack.url, auth={"token": "alice"}).connect()
+    leaked = await phone.request("resume-stream", {"message_id": "b", "last_seq": 0}, ack_id=1)
+    assert leaked["error"] == "not_found"  # nothing mallory received entered alice's log
+    await alice.close()
+    await phone.close()
+
+
+async def test_a_connection_the_app_disconnected_cannot_replay(stack: Stack) -> None:
+    client = await RawClient(stack.url, auth={"token": "alice"}).connect()
+    await emit_tokens(stack.sio, "alice", "m", 1, 10)
+    await client.wait_seqs("m", 10)
+    sid = await _only_sid(stack)
+    await stack.sio.disconnect(sid)  # a logout, a ban
+    await client.wait_for(lambda f: isinstance(f, str) and f.startswith("41"))
+    answer = await client.request("resume-stream", {"message_id": "m", "last_seq": 0}, ack_id=1)
+    assert answer["error"] == "not_found"
+    await client.close()
+
+
+async def test_always_connect_then_refused_binds_nothing(backend: dict[str, Any]) -> None:
+    """With always_connect, python-socketio accepts first (40), then disconnects a refusal (41)."""
+    sio = make_sio(always_connect=True)
+    app = make_app(sio, **backend)
+    async with serve(app) as url:
+        owner = await RawClient(url, auth={"token": "alice"}).connect()
+        await emit_tokens(sio, "alice", "m", 1, 10)
+        await owner.wait_seqs("m", 10)
+        revoked = await RawClient(url).connect(namespaces=())
+        await revoked.send('40{"token":"alice","refuse":true}')
+        await revoked.wait_for(lambda f: isinstance(f, str) and f.startswith("41"))
+        answer = await revoked.request("resume-stream", {"message_id": "m", "last_seq": 0}, ack_id=1)
+        assert answer["error"] == "not_found"
+        await owner.close()
+        await revoked.close()
+
+
+async def _only_sid(stack: Stack) -> str:
+    (sid,) = [sid for sid, _ in stack.sio.manager.get_participants("/", room_of("alice"))]
+    return sid
+
+
+async def test_a_flood_of_resume_requests_gets_a_bounded_number_of_answers(backend: dict[str, Any]) -> None:
+    """2,000 resume requests on a websocket: the allowed ones and as many refusals are answered."""
+    sio = make_sio()
+    seen: list[Any] = []
+    sio.on("resume-stream", lambda sid, data: seen.append(data))
+
+    async def on_hello(sid: str, data: Any) -> None:
+        await sio.emit("marker", 1, to=sid)  # follows every answer to the requests sent before it
+
+    sio.on("hello", on_hello)
+    app = make_app(sio, **backend, resume_limit=5)
+    async with serve(app) as url:
+        client = await RawClient(url, auth={"token": "alice"}).connect()
+        for _ in range(2000):
+            await client.emit("resume-stream", {"message_id": "m", "last_seq": 0})
+        await client.emit("hello", 1)
+        await client.wait_for(lambda f: isinstance(f, str) and '"marker"' in f)
+        answers = [f for f in client.frames if isinstance(f, str) and "resume-stream:result" in f]
+        # 5 allowed, 5 refusals, and what the buckets refilled while the flood was read: not 2,000
+        assert 10 <= len(answers) <= 20
+        assert sum('"rate_limited"' in a for a in answers) >= 5
+        assert seen == []
+        await client.close()
+
+
+async def test_a_polling_body_of_more_packets_than_the_app_reads_is_not_read(backend: dict[str, Any]) -> None:
+    """python-engineio refuses a POST of more than 16 packets: so does the middleware."""
+    sio = make_sio()
+    app = make_app(sio, **backend)
+    async with serve(app) as url:
+        client = await PollingClient(url).open({"token": "alice"})
+        resume = '42["resume-stream",{"message_id":"m","last_seq":0}]'
+        params = {"EIO": "4", "transport": "polling", "sid": client.sid}
+        async with httpx.AsyncClient() as http:
+            await http.post(url + "/socket.io/", params=params, content="\x1e".join([resume] * 17))
+        stats = app.runtime.stats
+        assert stats.resumes_not_found + stats.resumes_rate_limited + stats.resumes_ok == 0
+        await client.aclose()

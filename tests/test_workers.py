@@ -17,9 +17,8 @@ import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from asgi_resume.log import StreamKey
-from asgi_resume.principal import PrincipalResolver, PrincipalSource, parse_sources
 from tests.support.app import chat_event, content_by_seq
+from tests.support.keys import redis_keys
 from tests.support.raw import RawClient
 from tests.support.redis_server import RedisServer
 from tests.support.workers import Worker, workers
@@ -46,10 +45,8 @@ async def log_length(redis_server: RedisServer, token: str, message_id: str) -> 
     """Entries in ``token``'s log of ``message_id``: its key comes from the principal the workers share."""
     client = aioredis.Redis.from_url(redis_server.url)
     try:
-        secret = await client.get(f"{PREFIX}:secret")
-        principal = PrincipalResolver(parse_sources("auth:token"), secret).hash(PrincipalSource("auth", "token"), token)
-        key = StreamKey(principal, "/", "", message_id)
-        return int(await client.xlen(f"{PREFIX}:{{{key.tag()}}}:log"))
+        log_key, _ = await redis_keys(client, PREFIX, token, message_id)
+        return int(await client.xlen(log_key))
     finally:
         await client.aclose()
 

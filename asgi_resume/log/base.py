@@ -77,6 +77,8 @@ class AppendRequest:
     #: copies of its own still on their way): a frame of its own found among them came out of
     #: order, and goes out unstamped rather than twice in the log
     skipped: list[int] = field(default_factory=list)
+    #: the connection is held (its client left): it logs, but it takes nothing over from anyone
+    held: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +146,7 @@ class LogLimits:
     maxlen: int = 2000  # entries kept per stream (approximately, on Redis)
     ttl_ms: int = 3_600_000  # a stream's life after its last frame
     done_ttl_ms: int = 30_000  # its life once it is done
+    max_streams: int = 10_000  # stream keys the memory log keeps; the least recently used go first
 
 
 class StreamLog(Protocol):
@@ -186,6 +189,10 @@ class StreamLog(Protocol):
 
     async def session_note(self, pid: str, action: str, gen: str, owner: str) -> tuple[str, str]:
         """``left`` (the client is gone), ``closed`` (the connection is over) or ``state``: (gen, owner)."""
+        ...
+
+    async def prepare(self) -> None:
+        """Connect and load what the first calls need, so that they pay none of it."""
         ...
 
     async def aclose(self) -> None: ...

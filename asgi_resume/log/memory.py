@@ -7,7 +7,7 @@ serves one process only: workers of a multi-process server each have their own.
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -86,8 +86,10 @@ class _Stream:
                 return seq
         return None
 
-    def touch(self, connection: str, now: int) -> int:
-        """``connection`` used this key now; when another one last did (0: never)."""
+    def touch(self, connection: str, now: int, *, held: bool = False) -> int:
+        """``connection`` used this key now (unless it is held); when another one last did (0: never)."""
+        if held:
+            return (self.at if self.by != connection else self.at2 if self.by2 else 0) if self.by else 0
         if self.by != connection:
             self.by2, self.at2 = self.by, self.at
         self.by, self.at = connection, now
@@ -123,7 +125,8 @@ class MemoryLog:
     def __init__(self, limits: LogLimits | None = None, clock: Callable[[], float] = time.time) -> None:
         self.limits = limits or LogLimits()
         self.clock = clock  # seconds since the epoch
-        self._streams: dict[StreamKey, _Stream] = {}
+        self._streams: OrderedDict[StreamKey, _Stream] = OrderedDict()  # least recently appended first
+        self._by_principal: dict[str, OrderedDict[StreamKey, None]] = {}  # the same, per principal
         self._sessions: dict[str, _Session] = {}
         self._next_sweep = 0
 
@@ -133,16 +136,37 @@ class MemoryLog:
     def _get(self, key: StreamKey, now: int) -> _Stream | None:
         state = self._streams.get(key)
         if state is not None and state.expires_at <= now:
-            del self._streams[key]
+            self._drop(key)
             return None
         return state
+
+    def _add(self, key: StreamKey, state: _Stream) -> None:
+        """Keep a new stream key: bounded per process and per principal, whatever ids the app is made
+        to send (one user's many ids evict that user's own least recently used streams first)."""
+        if key in self._streams:
+            self._drop(key)
+        own = self._by_principal.setdefault(key.principal, OrderedDict())
+        while len(own) >= max(1, self.limits.max_streams // 10):
+            self._drop(next(iter(own)))
+        while len(self._streams) >= self.limits.max_streams:
+            self._drop(next(iter(self._streams)))
+        self._streams[key] = state
+        own[key] = None
+
+    def _drop(self, key: StreamKey) -> None:
+        self._streams.pop(key, None)
+        own = self._by_principal.get(key.principal)
+        if own is not None:
+            own.pop(key, None)
+            if not own:
+                del self._by_principal[key.principal]
 
     def _sweep(self, now: int) -> None:
         if now < self._next_sweep:
             return
         self._next_sweep = now + _SWEEP_EVERY_MS
         for name in [name for name, state in self._streams.items() if state.expires_at <= now]:
-            del self._streams[name]
+            self._drop(name)
         for pid in [pid for pid, session in self._sessions.items() if session.expires_at <= now]:
             del self._sessions[pid]
 
@@ -157,7 +181,10 @@ class MemoryLog:
         continuous = state is not None and request.cursor_epoch == state.epoch
         if state is None or request.reset or (state.orphaned and not continuous):
             state = _Stream(new_epoch(), limits.maxlen)
-            self._streams[request.key] = state
+            self._add(request.key, state)
+        else:
+            self._streams.move_to_end(request.key)
+            self._by_principal[request.key.principal].move_to_end(request.key)
         state.orphaned = False
         was_done = state.done
         cursor = request.cursor_seq if request.cursor_epoch == state.epoch else None
@@ -186,7 +213,7 @@ class MemoryLog:
             cursor = seq
             state.done = state.done or entry.done
             seqs.append(seq)
-        others = state.touch(request.connection, now)
+        others = state.touch(request.connection, now, held=request.held)
         if state.done and not was_done:
             state.expires_at = now + limits.done_ttl_ms
         elif not state.done:
@@ -302,6 +329,10 @@ class MemoryLog:
                 session.prev_closed = True
         return current
 
+    async def prepare(self) -> None:
+        pass
+
     async def aclose(self) -> None:
         self._streams.clear()
+        self._by_principal.clear()
         self._sessions.clear()

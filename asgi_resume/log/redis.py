@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import secrets
 import time
 from collections.abc import Sequence
 from importlib.resources import files
@@ -132,6 +131,7 @@ class RedisLog:
             msgpack.packb(frames, use_bin_type=False),  # Redis's cmsgpack knows no bin type
             msgpack.packb(request.skipped),
             COPY_WINDOW_MS,
+            1 if request.held else 0,
         ]
 
     async def replay(self, key: StreamKey, after_seq: int, epoch: str | None, connection: str) -> ReplayResult:
@@ -253,19 +253,6 @@ class RedisLog:
                 await self.client.script_load(source)
         except (RedisError, OSError) as exc:
             raise LogUnavailable(str(exc) or type(exc).__name__) from exc
-
-    async def shared_secret(self) -> bytes:
-        """A random key for hashing principals, made once and shared by every worker."""
-        key = f"{self.prefix}:secret"
-        self._check_open()
-        try:
-            await self.client.set(key, secrets.token_hex(32), nx=True)
-            value = await self.client.get(key)
-        except (RedisError, OSError) as exc:
-            raise LogUnavailable(str(exc) or type(exc).__name__) from exc
-        if not value:
-            raise LogUnavailable("the hashing key vanished")
-        return value if isinstance(value, bytes) else str(value).encode()
 
     def _check_open(self) -> None:
         # a connection that ends after shutdown (its lease release, say) must not reconnect a

@@ -5,17 +5,16 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 
 from asgi_resume.log import StreamKey
-from asgi_resume.principal import PrincipalResolver, PrincipalSource
+from asgi_resume.principal import PrincipalResolver, PrincipalSource, default_principal_key
 
 
 async def stream_key(
     redis: aioredis.Redis, prefix: str, token: str, stream: str, *, namespace: str = "/", variant: str = ""
 ) -> StreamKey:
-    """``token``'s key of ``stream`` (an ``auth:token`` principal, hashed with the key the workers share)."""
-    secret = await redis.get(f"{prefix}:secret")
-    assert secret, "no hashing key in Redis yet"
+    """``token``'s key of ``stream`` (an ``auth:token`` principal, hashed with the key the workers share
+    when ASGI_RESUME_SECRET is unset)."""
     source = PrincipalSource("auth", "token")
-    principal = PrincipalResolver((source,), secret).hash(source, token)
+    principal = PrincipalResolver((source,), default_principal_key(prefix)).hash(source, token)
     return StreamKey(principal, namespace, variant, stream)
 
 

@@ -17,6 +17,7 @@ local conn = ARGV[9]
 local frames = cmsgpack.unpack(ARGV[10]) -- digest, done ('1'/'0'), received at (ms), payload; ...
 local skipped = cmsgpack.unpack(ARGV[11]) -- seqs this connection passed over
 local copy_window_ms = tonumber(ARGV[12]) -- copies of one emit arrive within this of each other
+local held = ARGV[13] == '1' -- a held connection logs, but takes nothing over from anyone
 -- Returns {epoch, others_ms, seq...}: a seq per frame (negative: the out-of-order copy's seq).
 
 local clock = redis.call('TIME')
@@ -119,13 +120,18 @@ for i = 1, #frames, 4 do
   end
 end
 
--- who touched this key: the last connection, and the last other one before it
+-- who touched this key: the last live connection, and the last other one before it
 local by, at, by2, at2 = state[5], state[6], state[7], state[8]
-if by and by ~= conn then by2, at2 = by, at end
-redis.call('HSET', meta, 'epoch', epoch, 'seq', last, 'done', done and '1' or '0', 'by', conn, 'at', now)
-if by2 then
-  redis.call('HSET', meta, 'by2', by2, 'at2', at2)
-  out[2] = tonumber(at2)
+redis.call('HSET', meta, 'epoch', epoch, 'seq', last, 'done', done and '1' or '0')
+if held then
+  if by and by ~= conn then out[2] = tonumber(at) elseif by2 then out[2] = tonumber(at2) end
+else
+  if by and by ~= conn then by2, at2 = by, at end
+  redis.call('HSET', meta, 'by', conn, 'at', now)
+  if by2 then
+    redis.call('HSET', meta, 'by2', by2, 'at2', at2)
+    out[2] = tonumber(at2)
+  end
 end
 for _, key in ipairs({log, meta}) do
   if done and not was_done then
