@@ -53,21 +53,31 @@ class EventUnit:
     seq: int = 0
     epoch: str = ""
     offset: str = ""
+    order: int = -1  # its number in the order this process was fed its stream's frames
+    _digest: str = ""
 
     @property
     def complete(self) -> bool:
         return len(self.attachments) >= self.expected_attachments
 
+    def content_digest(self) -> str:
+        """Identifies the content the log keeps (copies of one emit share it): computed once."""
+        if not self._digest:
+            template = self.template
+            assert template is not None
+            digest = hashlib.blake2b((template.head + "\x00" + template.tail).encode(), digest_size=12)
+            for attachment in self.attachments:
+                digest.update(b"\x00")
+                digest.update(attachment)
+            self._digest = digest.hexdigest()
+        return self._digest
+
     def entry(self) -> Entry:
         """What the stream log keeps: the frame without ack id, cut where the stamp goes."""
         template = self.template
         assert template is not None
-        digest = hashlib.blake2b((template.head + "\x00" + template.tail).encode(), digest_size=12)
-        for attachment in self.attachments:
-            digest.update(b"\x00")
-            digest.update(attachment)
         payload: list[str | bytes] = [template.head, template.tail, *self.attachments]
-        return Entry(digest.hexdigest(), payload, self.done, self.received_ms)
+        return Entry(self.content_digest(), payload, self.done, self.received_ms)
 
     def live(self) -> str:
         """The text frame as this connection gets it, without its recovery offset."""

@@ -80,7 +80,7 @@ class Outbound:
             if isinstance(item, bytes):
                 pending.attachments.append(item)
                 if pending.complete:
-                    self._units.append(pending)
+                    self._queue(pending)
                     self._pending = None
                 return
             if item in (protocol.PING_FRAME, protocol.NOOP_FRAME):
@@ -96,11 +96,16 @@ class Outbound:
             if unit is None:
                 self._units.append(item)
             elif not isinstance(unit, EventUnit) or unit.complete:
-                self._units.append(unit)
+                self._queue(unit)
             else:
                 self._pending = unit
             return
         self._units.append(item)
+
+    def _queue(self, unit: EventUnit | _ConnectReply) -> None:
+        if isinstance(unit, EventUnit) and unit.stream is not None:
+            unit.order = self.runtime.order.fed(unit.stream, unit.content_digest())
+        self._units.append(unit)
 
     def _note(self, frame: str) -> None:
         """What the app tells the client that the session keeps: a CONNECT's outcome, a call."""
@@ -171,8 +176,8 @@ class Outbound:
         if self._deferred and answer_deferred:
             units += self._deferred
             self._deferred = []
+        stream_units = [u for u in units if isinstance(u, EventUnit) and u.stream is not None]
         try:
-            stream_units = [u for u in units if isinstance(u, EventUnit) and u.stream is not None]
             if stream_units:
                 await self._append(stream_units)
             out: list[Item] = []
@@ -186,6 +191,11 @@ class Outbound:
         except Exception:  # a bug here must cost the stamps, never the frames
             logger.exception("asgi_resume failed to process a batch; sending it unchanged")
             return [f for unit in units for f in _unprocessed(unit)]
+        finally:
+            order = self.runtime.order
+            for unit in stream_units:
+                assert unit.stream is not None
+                order.logged(unit.stream, unit.order)
 
     async def _render(self, units: list[Item], taken_ms: int) -> list[Item]:
         recovery = self.recovery
@@ -241,6 +251,14 @@ class Outbound:
         if not self.runtime.health.available():
             self._unlogged(pending, None)
             return
+        order, timeout = self.runtime.order, self.runtime.settings.write_timeout
+        for key, group in pending.items():
+            if key in session.cursors:
+                continue  # it follows the stream: its frames come in emit order
+            # new to it: frames another tab here was fed before these, and these lack, go first
+            mine = {unit.content_digest() for unit in group}
+            if not await order.turn(key, group[0].order, mine, timeout):
+                stats.order_waits_timed_out += 1
         requests = [self._request(key, group) for key, group in pending.items()]
         stats.log_writes += 1
         try:
@@ -299,6 +317,9 @@ class Outbound:
         joined the rooms before it claimed the session, so nothing fell between the two.
         """
         session = self.session
+        for unit in self._units:  # fed, never flushed (the connection was cut): nobody waits for them
+            if isinstance(unit, EventUnit) and unit.stream is not None:
+                self.runtime.order.logged(unit.stream, unit.order)
         if self.recovery is not None:
             await self.recovery.note("closed")
         orphaned = [] if handed_over else session.active_streams(self.runtime.settings.hold_idle)

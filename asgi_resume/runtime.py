@@ -23,6 +23,7 @@ from asgi_resume.config import Settings
 from asgi_resume.log import LogUnavailable, StreamLog
 from asgi_resume.log.base import GroupCommit, LogLimits
 from asgi_resume.log.memory import MemoryLog
+from asgi_resume.order import FeedOrder
 from asgi_resume.principal import JwtKey, PrincipalResolver, default_principal_key
 from asgi_resume.rules import StreamRules
 from asgi_resume.session import Registry
@@ -65,6 +66,7 @@ class Stats:
 
     frames_stamped: int = 0
     log_writes: int = 0  # append calls: one per batch of frames, whatever its size
+    order_waits_timed_out: int = 0  # batches logged before frames fed earlier on another connection
     frames_unmatched: int = 0  # sent unstamped: their copy was logged before frames this connection got earlier
     frames_unstamped: int = 0  # stream frames sent without seq because the log failed
     log_failures: int = 0
@@ -164,6 +166,7 @@ class Runtime:
         )
         self.log: StreamLog = log if log is not None else self._make_log(settings, limits)
         self.appends = GroupCommit(self.log)  # a room's copies share one round trip
+        self.order = FeedOrder()  # each stream's frames go to the log in the order they were fed here
         self._jwt = JwtKey(settings.jwt_secret, settings.jwt_algorithms) if settings.jwt_secret else None
         self.resolver = PrincipalResolver(settings.principal, self._principal_key(settings), self._jwt)
         self._ready = False

@@ -245,7 +245,7 @@ async def test_a_tab_that_stays_keeps_the_history_when_another_leaves(backend: d
 
 
 async def test_one_user_cannot_take_every_hold(backend: dict[str, Any]) -> None:
-    """Mallory drops five connections with streams in flight: two are held; the victim still is."""
+    """Mallory drops five connections with streams in flight: two at most are held; the victim still is."""
     sio = make_sio()
     app = make_app(sio, **backend, max_holds=4, max_holds_per_principal=2, hold_grace=0.2)
     hers = PacedStream(sio, "mallory", "flood", 2000, pace=0.01)
@@ -259,11 +259,12 @@ async def test_one_user_cannot_take_every_hold(backend: dict[str, Any]) -> None:
             await tab.wait_seqs("flood", 3)
             await tab.kill()
         await victim.wait_seqs("answer", 20)
-        assert app.runtime.stats.holds_started == 2
+        assert app.runtime.stats.holds_active <= 2  # (a hold ends when a live tab of hers takes over)
+        before = app.runtime.stats.holds_started
         await victim.kill()
         gone_at = victims.sent
         await victims.wait_sent(gone_at + 20)
-        assert app.runtime.stats.holds_started == 3  # the victim was held
+        assert app.runtime.stats.holds_started == before + 1  # the victim was held
         reloaded = await RawClient(url, auth={"token": "alice"}).connect()
         seen = content_by_seq(victim.events())
         answer = await reloaded.request(

@@ -208,3 +208,11 @@ async def test_one_principal_cannot_evict_the_others_streams_from_the_memory_log
     assert (await log.replay(key(ALICE, "live"), 0, None, "alice")).last_seq == 1
     assert (await log.replay(key(MALLORY, "s59"), 0, None, "mallory")).last_seq == 1
     assert (await log.replay(key(MALLORY, "s0"), 0, None, "mallory")).status == "not_found"
+
+
+async def test_a_copy_out_of_order_within_one_call_is_not_logged_twice(log: StreamLog) -> None:
+    one, other = Connection(log, key(), "one"), Connection(log, key(), "other")
+    assert await one.send(entry(log, "start")) == [1]
+    assert await other.send(entry(log, "start")) == [1]
+    assert await other.send(entry(log, "y")) == [2]
+    assert await one.send(entry(log, "x"), entry(log, "y")) == [3, -2]  # x steps over y, then y comes

@@ -210,6 +210,8 @@ class MemoryLog:
                 state.last += 1
                 seq = state.last
                 state.records.append(_Record(seq, entry.digest, entry.received_ms, entry.payload))
+            if cursor is not None:  # what it steps over now is passed over for its next frames too
+                skipped.update(range(max(cursor + 1, seq - _SCAN_AHEAD), seq))
             cursor = seq
             state.done = state.done or entry.done
             seqs.append(seq)

@@ -114,6 +114,9 @@ for i = 1, #frames, 4 do
       redis.call('XADD', log, 'MAXLEN', '~', maxlen, seq .. '-0',
         'h', digest, 't', frames[i + 2], 'd', fdone, 'f', frames[i + 3])
     end
+    if cursor then -- what it steps over now is passed over for its next frames too
+      for s = math.max(cursor + 1, seq - 64), seq - 1 do passed[s] = true end
+    end
     cursor = seq
     if fdone == '1' then done = true end
     out[#out + 1] = seq

@@ -1,0 +1,70 @@
+"""The order this process was fed each stream's frames in, across its connections.
+
+Owns: a number for every stream frame a connection of this process is fed, per stream key, and
+the rule that a connection new to a stream logs its first frames only after the frames of that
+key that another connection here was fed before them, and that it does not have itself, were
+logged. A tab that joins mid-stream gets its first frame while another tab's writer may still
+hold frames emitted before it: logging it first would put the log out of emit order (and the
+other tab's frames after it, as new entries). A connection that follows a stream never waits:
+its frames come in emit order, and another tab's frames it has too are copies. The wait is for
+frames already fed here, on their way to the log: a loop turn or a log round trip, bounded by
+``ASGI_RESUME_WRITE_TIMEOUT``; never for frames that may not come.
+Must not touch: the log, frames' content, I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+from asgi_resume.log import StreamKey
+
+
+class FeedOrder:
+    def __init__(self) -> None:
+        self._numbers = itertools.count()
+        self._unlogged: dict[StreamKey, dict[int, str]] = {}  # key -> number fed, not logged -> digest
+        self._changed = asyncio.Event()
+        self._waiters = 0
+
+    def fed(self, key: StreamKey, digest: str) -> int:
+        """A frame of ``key`` with content ``digest`` was fed: its number (numbers only grow)."""
+        number = next(self._numbers)
+        self._unlogged.setdefault(key, {})[number] = digest
+        return number
+
+    def logged(self, key: StreamKey, number: int) -> None:
+        """The frame numbered ``number`` was logged, or will never be (idempotent)."""
+        numbers = self._unlogged.get(key)
+        if numbers is None or number not in numbers:
+            return
+        del numbers[number]
+        if not numbers:
+            del self._unlogged[key]
+        if self._waiters:
+            self._changed.set()
+            self._changed = asyncio.Event()
+
+    def ahead(self, key: StreamKey, number: int, mine: set[str]) -> bool:
+        """Are frames of ``key`` fed before ``number``, other than copies of ``mine``, still unlogged?"""
+        for fed, digest in self._unlogged.get(key, {}).items():  # in number order
+            if fed >= number:
+                return False
+            if digest not in mine:
+                return True
+        return False
+
+    async def turn(self, key: StreamKey, number: int, mine: set[str], at_most: float) -> bool:
+        """Wait until ``ahead`` is false: False if ``at_most`` passed first."""
+        if not self.ahead(key, number, mine):
+            return True
+        self._waiters += 1
+        try:
+            async with asyncio.timeout(at_most):
+                while self.ahead(key, number, mine):
+                    await self._changed.wait()
+        except TimeoutError:
+            return False
+        finally:
+            self._waiters -= 1
+        return True
