@@ -1,36 +1,38 @@
 """The order this process was fed each stream's frames in, across its connections.
 
 Owns: a number for every stream frame a connection of this process is fed, per stream key, and
-the rule that a connection new to a stream logs its first frames only after the frames of that
-key that another connection here was fed before them, and that it does not have itself, were
-logged. A tab that joins mid-stream gets its first frame while another tab's writer may still
-hold frames emitted before it: logging it first would put the log out of emit order (and the
-other tab's frames after it, as new entries). A connection that follows a stream never waits:
-its frames come in emit order, and another tab's frames it has too are copies. The wait is for
-frames already fed here, on their way to the log: a loop turn or a log round trip, bounded by
-``ASGI_RESUME_WRITE_TIMEOUT``; never for frames that may not come.
+the rule that a connection logs frames only after the frames of that key that another
+connection here was fed before them, and that it does not have itself, were logged. A tab that
+joins mid-stream, or that is not sent every frame of the stream, may get a frame while another
+tab's writer still holds frames emitted before it: logging it first would put the log out of
+emit order. Copies it has too never make it wait (the tabs of a room get the same frames). The
+wait is for frames already fed here, on their way to the log: a loop turn or a log round trip,
+bounded by ``ASGI_RESUME_WRITE_TIMEOUT``; never for frames that may not come.
 Must not touch: the log, frames' content, I/O.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 
 from asgi_resume.log import StreamKey
 
 
 class FeedOrder:
     def __init__(self) -> None:
-        self._numbers = itertools.count()
+        self._next = 0
         self._unlogged: dict[StreamKey, dict[int, str]] = {}  # key -> number fed, not logged -> digest
         self._changed = asyncio.Event()
         self._waiters = 0
 
     def fed(self, key: StreamKey, digest: str) -> int:
         """A frame of ``key`` with content ``digest`` was fed: its number (numbers only grow)."""
-        number = next(self._numbers)
-        self._unlogged.setdefault(key, {})[number] = digest
+        number = self._next = self._next + 1
+        numbers = self._unlogged.get(key)
+        if numbers is None:
+            self._unlogged[key] = {number: digest}
+        else:
+            numbers[number] = digest
         return number
 
     def logged(self, key: StreamKey, number: int) -> None:
@@ -44,6 +46,11 @@ class FeedOrder:
         if self._waiters:
             self._changed.set()
             self._changed = asyncio.Event()
+
+    def before(self, key: StreamKey, number: int) -> bool:
+        """Are frames of ``key`` fed before ``number`` still unlogged? (Cheap: the first one tells.)"""
+        numbers = self._unlogged.get(key)
+        return numbers is not None and next(iter(numbers)) < number
 
     def ahead(self, key: StreamKey, number: int, mine: set[str]) -> bool:
         """Are frames of ``key`` fed before ``number``, other than copies of ``mine``, still unlogged?"""

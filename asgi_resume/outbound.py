@@ -90,8 +90,8 @@ class Outbound:
             self._units.extend([pending.raw, *pending.attachments])
             self._pending = None
         if isinstance(item, str):
-            if item[:2] in ("40", "41", "44") or (item[:2] in ("42", "45") and item[2:3] != "["):
-                self._note(item)
+            if item[:3] != "42[" and item[:1] == "4" and item[1:2] in ("0", "1", "2", "4", "5"):
+                self._note(item)  # (an EVENT in "/" without ack id, most frames, tells nothing)
             unit = self._event_unit(item)
             if unit is None:
                 self._units.append(item)
@@ -134,7 +134,7 @@ class Outbound:
                 expected = packet.attachments if packet.type == protocol.BINARY_EVENT else 0
                 unit = EventUnit(frame, packet.namespace, expected, self.log.now_ms(), recover=recover)
                 if principal is not None:
-                    unit.stream = StreamKey(principal, packet.namespace, classified.variant, classified.stream)
+                    unit.stream = StreamKey._make((principal, packet.namespace, classified.variant, classified.stream))
                     unit.done, unit.template = classified.done, template
                 return unit
             return None
@@ -252,12 +252,11 @@ class Outbound:
             self._unlogged(pending, None)
             return
         order, timeout = self.runtime.order, self.runtime.settings.write_timeout
-        for key, group in pending.items():
-            if key in session.cursors:
-                continue  # it follows the stream: its frames come in emit order
-            # new to it: frames another tab here was fed before these, and these lack, go first
-            mine = {unit.content_digest() for unit in group}
-            if not await order.turn(key, group[0].order, mine, timeout):
+        for key, group in pending.items():  # frames another tab here was fed first, and these lack, go first
+            first = group[0].order
+            if order.before(key, first) and not await order.turn(
+                key, first, {unit.content_digest() for unit in group}, timeout
+            ):
                 stats.order_waits_timed_out += 1
         requests = [self._request(key, group) for key, group in pending.items()]
         stats.log_writes += 1

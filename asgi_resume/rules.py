@@ -171,7 +171,7 @@ class StreamRules:
         path = self.stream_path
         value = obj.get(path[0]) if len(path) == 1 and isinstance(obj, dict) else protocol.lookup(obj, path)
         stream = value if type(value) is str and 0 < len(value) <= MAX_STREAM_ID_LENGTH else stream_id_of(value)
-        if stream is None or _any_matches(self._exclude_needles, frame, obj):
+        if stream is None or (self._exclude_needles and _any_matches(self._exclude_needles, frame, obj)):
             return None
         variant = ""
         if self.variant_path is not None:

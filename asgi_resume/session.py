@@ -118,6 +118,18 @@ class Session:
         """Where this connection stands in ``key`` after an append: its cursor and what it passed over."""
         cursor = self.cursors.get(key)
         previous = cursor[1] if cursor is not None and cursor[0] == epoch else None
+        if (
+            seqs
+            and (previous is None or seqs[0] == previous + 1)
+            and seqs[-1] - seqs[0] == len(seqs) - 1
+            and min(seqs) > 0
+        ):  # contiguous, the common case: nothing passed over (positive seqs only grow within a call)
+            self.cursors[key] = (epoch, seqs[-1])
+            if previous is None:
+                self.skipped.pop(key, None)
+            if others_ms:
+                self.others_ms[key] = others_ms
+            return
         skipped = self.skipped.get(key, []) if previous is not None else []
         for seq in seqs:
             if seq < 0:  # an out-of-order copy of an entry it had passed over: not passed over any more

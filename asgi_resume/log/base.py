@@ -8,7 +8,7 @@ import secrets
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 #: A logged frame as the log keeps it: ``[head, tail, *binary attachments]``, where the
 #: stamped text frame is ``head + fields + tail`` (see ``protocol.StampTemplate``).
@@ -31,13 +31,13 @@ class LogUnavailable(Exception):
     """The log backend could not be reached or did not answer in time."""
 
 
-@dataclass(frozen=True, slots=True)
-class StreamKey:
+class StreamKey(NamedTuple):
     """One recipient's view of a stream: the unit the log keeps, appends to and replays.
 
     A stream id is chosen by the app, often by the browser: it is never an authority. What one
     principal received under it is a log of its own, so nothing another principal's connections
     received can enter it, and a resume can only name logs of the requester's own principal.
+    A named tuple: a dict key on the hot path, hashed and compared in C.
     """
 
     principal: str  # hashed: the log never holds a credential
