@@ -251,6 +251,7 @@ class Outbound:
         if not self.runtime.health.available():
             self._unlogged(pending, None)
             return
+        await self.runtime.repair()  # streams the log missed frames of start a new epoch before more are logged
         order, timeout = self.runtime.order, self.runtime.settings.write_timeout
         for key, group in pending.items():  # frames another tab here was fed first, and these lack, go first
             first = group[0].order
@@ -306,6 +307,7 @@ class Outbound:
         for key, group in by_key.items():
             self.session.forget(key)
             self.runtime.stats.frames_unstamped += len(group)
+        self.runtime.missed(self.session, by_key)
 
     async def release(self, handed_over: bool = False) -> None:
         """The connection is over: flag the streams it left in flight.

@@ -53,6 +53,7 @@ async def answer(runtime: Runtime, session: Session, request: ResumeRequest) -> 
     if not runtime.health.available():  # it failed a moment ago: answer now, do not wait on it
         stats.resumes_unavailable += 1
         return [reply(resume.error("unavailable", "the stream log is not reachable; try again"))]
+    await runtime.repair()  # a stream the log missed frames of must answer gap, not a silent hole
     started = time.perf_counter()
     try:
         # not on the live path: a replay may wait its turn (a reconnect storm), up to REPLAY_TIMEOUT_S

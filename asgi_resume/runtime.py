@@ -8,25 +8,26 @@ Must not touch: any one connection's state.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from asgi_resume.config import Settings
-from asgi_resume.log import LogUnavailable, StreamLog
+from asgi_resume.log import AppendRequest, LogUnavailable, StreamKey, StreamLog
 from asgi_resume.log.base import GroupCommit, LogLimits
 from asgi_resume.log.memory import MemoryLog
 from asgi_resume.order import FeedOrder
 from asgi_resume.principal import JwtKey, PrincipalResolver, default_principal_key
 from asgi_resume.rules import StreamRules
-from asgi_resume.session import Registry
+from asgi_resume.session import Registry, Session
 
 if TYPE_CHECKING:
     from asgi_resume.outbound import Outbound
@@ -35,7 +36,8 @@ logger = logging.getLogger("asgi_resume")
 
 DEFAULT_MAX_POST_BODY = 1_000_000  # python-engineio's default max_http_buffer_size
 _RETRY_AFTER_S = 1.0
-PREPARE_TIMEOUT_S = 2.0  # after a log failure, frames skip the log this long before it is tried again
+PREPARE_TIMEOUT_S = 2.0
+MAX_REPAIRS = 10_000  # after a log failure, frames skip the log this long before it is tried again
 _WARN_EVERY_S = 10.0
 
 
@@ -175,6 +177,8 @@ class Runtime:
         self.held_by: dict[str, int] = {}  # principal -> its connections held now
         self.stamping_cache: dict[str, Any] = {}  # frame -> how to stamp it (see Outbound._stamping)
         self.shutting_down = False
+        self._repairs: dict[StreamKey, Session] = {}  # streams whose frames the log missed, not yet repaired
+        self._repairing: asyncio.Task[None] | None = None
         self._hinted_no_principal = False
         #: the longest polling POST body the app reads (python-engineio's max_http_buffer_size)
         self.max_post_body = DEFAULT_MAX_POST_BODY
@@ -220,6 +224,45 @@ class Runtime:
         )
         return default_principal_key(settings.key_prefix)
 
+    def missed(self, session: Session, keys: Iterable[StreamKey]) -> None:
+        """The log missed frames of ``keys`` (or may have: an append that timed out).
+
+        Until a new epoch starts for them, a resume would read a history with a silent hole (or
+        a duplicate of what went out unstamped): they are repaired (a new, empty epoch) as soon
+        as the log answers again, even if no frame of them ever comes again.
+        """
+        for key in keys:
+            if len(self._repairs) < MAX_REPAIRS:
+                self._repairs[key] = session
+        if self._repairs and (self._repairing is None or self._repairing.done()):
+            self._repairing = asyncio.get_running_loop().create_task(self._repair_soon())
+
+    async def repair(self) -> None:
+        """Start a new epoch for every stream the log missed frames of, in one call."""
+        if not self._repairs or not self.health.available():
+            return
+        repairs, self._repairs = self._repairs, {}
+        requests = [AppendRequest(key, [], reset=True, connection=session.id) for key, session in repairs.items()]
+        try:
+            with anyio.fail_after(self.settings.write_timeout):
+                results = await self.log.append(requests)
+        except (LogUnavailable, TimeoutError) as exc:
+            self.health.failed(str(exc) or "timed out")
+            for key, session in repairs.items():
+                self._repairs.setdefault(key, session)
+            return
+        for (key, session), result in zip(repairs.items(), results, strict=True):
+            if result.failed is not None:
+                continue  # this stream alone: its next frame starts the new epoch
+            session.unlogged.discard(key)  # done on its behalf: its next frame joins the new epoch
+            session.cursors.pop(key, None)
+            session.skipped.pop(key, None)
+
+    async def _repair_soon(self) -> None:
+        while self._repairs and not self.shutting_down:
+            await asyncio.sleep(_RETRY_AFTER_S)  # (the log failed a moment ago)
+            await self.repair()
+
     async def ready(self) -> None:
         """Before the first connection's frames: connect the log, learn its clock, load its scripts.
 
@@ -246,4 +289,6 @@ class Runtime:
 
     async def aclose(self) -> None:
         self.shut_down_holds()
+        if self._repairing is not None:
+            self._repairing.cancel()
         await self.log.aclose()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.app import emit_tokens, make_app, make_sio
+from tests.support.app import chat_event, emit_tokens, make_app, make_sio, room_of
 from tests.support.raw import RawClient
 from tests.support.redis_server import RedisServer
 from tests.support.server import serve
@@ -86,5 +86,41 @@ async def test_redis_down_at_startup_then_up(tmp_path: Path) -> None:
             await emit_until_stamped(sio, client, 3)
             await client.close()
     finally:
+        server.stop()
+        await app.runtime.aclose()
+
+
+async def test_a_stream_that_ends_while_redis_hangs_is_a_gap_not_a_silent_hole(tmp_path: Path) -> None:
+    """Its tail, done frame included, goes out unlogged; no frame of it ever comes again: a resume
+    across it must still say gap (the stream is repaired once Redis answers), never gap: false."""
+    server = RedisServer(tmp_path / "tail").start()
+    sio = make_sio()
+    app = make_app(sio, redis_url=server.url, key_prefix=f"f{next(_prefixes)}", write_timeout=0.2, secret="s")
+    try:
+        async with serve(app) as url:
+            client = await RawClient(url, auth={"token": "alice"}).connect()
+            await emit_tokens(sio, "alice", "m", 1, 5)
+            assert await client.wait_seqs("m", 5) == [1, 2, 3, 4, 5]
+            old_epoch = client.events()[0]["epoch"]
+            server.pause()
+            await emit_tokens(sio, "alice", "m", 6, 10)
+            await sio.emit("events", chat_event("m", 11, done=True), room=room_of("alice"))
+            assert (await client.wait_seqs("m", 11))[5:] == [None] * 6  # the tail and its end, unlogged
+            server.resume()
+            reloaded = await RawClient(url, auth={"token": "alice"}).connect()
+            async with asyncio.timeout(10):  # the log answers again after its retry pause (1 s)
+                while (
+                    answer := await reloaded.request(
+                        "resume-stream", {"message_id": "m", "last_seq": 5, "epoch": old_epoch}, ack_id=1
+                    )
+                )["ok"] is False:
+                    assert answer["error"] == "unavailable"
+                    await asyncio.sleep(0.1)  # a client's retry pace, not synchronisation
+            assert answer["gap"] is True
+            assert answer["epoch"] != old_epoch
+            await client.close()
+            await reloaded.close()
+    finally:
+        server.resume() if server.process else None
         server.stop()
         await app.runtime.aclose()
