@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import secrets
 import string
@@ -47,9 +48,14 @@ class StreamKey(NamedTuple):
 
     def tag(self) -> str:
         """A fixed-size name for the key (one Redis Cluster hash tag for all of its keys)."""
-        text = "\x00".join((self.principal, self.namespace, self.variant, self.stream))
-        # surrogatepass: a stream id is JSON from the app, and JSON may hold a lone surrogate
-        return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+        return _tag(self)
+
+
+@functools.lru_cache(maxsize=4096)  # a key is named for every append call: hash it once
+def _tag(key: StreamKey) -> str:
+    text = "\x00".join(key)
+    # surrogatepass: a stream id is JSON from the app, and JSON may hold a lone surrogate
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 @dataclass(frozen=True, slots=True)
