@@ -37,6 +37,15 @@ def render(payload: list[Any], seq: int, epoch: str) -> list[str | bytes] | None
     return [payload[0] + stamp_fields(seq, epoch) + payload[1], *attachments]
 
 
+def _hash(template: protocol.StampTemplate) -> hashlib.blake2b:
+    return hashlib.blake2b((template.head + "\x00" + template.tail).encode(), digest_size=12)
+
+
+def template_digest(template: protocol.StampTemplate) -> str:
+    """The digest of a text frame's content as the log keeps it (without stamps or ack id)."""
+    return _hash(template).hexdigest()
+
+
 @dataclass(eq=False, slots=True)
 class EventUnit:
     """An outbound EVENT/BINARY_EVENT and its attachments, before and after the logs."""
@@ -49,6 +58,7 @@ class EventUnit:
     done: bool = False
     template: protocol.StampTemplate | None = None
     recover: bool = False  # gets a recovery offset
+    base_digest: str = ""  # the text frame's digest (template_digest), shared by the copies of an emit
     attachments: list[bytes] = field(default_factory=list)
     seq: int = 0
     epoch: str = ""
@@ -62,10 +72,12 @@ class EventUnit:
 
     def content_digest(self) -> str:
         """Identifies the content the log keeps (copies of one emit share it): computed once."""
+        if not self.attachments and self.base_digest:
+            return self.base_digest  # the frame's own, shared by its copies
         if not self._digest:
             template = self.template
             assert template is not None
-            digest = hashlib.blake2b((template.head + "\x00" + template.tail).encode(), digest_size=12)
+            digest = _hash(template)
             for attachment in self.attachments:
                 digest.update(b"\x00")
                 digest.update(attachment)

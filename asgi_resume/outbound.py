@@ -21,7 +21,7 @@ import logging
 import anyio
 
 from asgi_resume import protocol, replay
-from asgi_resume.frames import RESERVED, EventUnit, Item
+from asgi_resume.frames import RESERVED, EventUnit, Item, template_digest
 from asgi_resume.log import AppendRequest, LogUnavailable, StreamKey, StreamLog
 from asgi_resume.recovery import Recovery
 from asgi_resume.resume import ResumeRequest
@@ -104,7 +104,7 @@ class Outbound:
 
     def _queue(self, unit: EventUnit | _ConnectReply) -> None:
         if isinstance(unit, EventUnit) and unit.stream is not None:
-            unit.order = self.runtime.order.fed(unit.stream, unit.content_digest())
+            unit.order = self.runtime.order.fed(unit.stream, unit.base_digest or unit.content_digest())
         self._units.append(unit)
 
     def _note(self, frame: str) -> None:
@@ -126,17 +126,19 @@ class Outbound:
         recovery = self.recovery
         stamping = self._stamping(frame)
         if stamping is not None:
-            classified, template = stamping
+            classified, template, digest = stamping
             packet = classified.packet
-            principal = self.session.principal_for(packet.namespace)
-            recover = recovery is not None and recovery.wants(packet.namespace, packet.ack_id)
-            if principal is not None or recover:  # a connection without a principal logs nothing
-                expected = packet.attachments if packet.type == protocol.BINARY_EVENT else 0
-                unit = EventUnit(frame, packet.namespace, expected, self.log.now_ms(), recover=recover)
-                if principal is not None:
-                    unit.stream = StreamKey._make((principal, packet.namespace, classified.variant, classified.stream))
-                    unit.done, unit.template = classified.done, template
-                return unit
+            namespace = packet.namespace
+            principal = self.session.principals.get(namespace)
+            recover = recovery is not None and recovery.wants(namespace, packet.ack_id)
+            expected = packet.attachments if packet.type == protocol.BINARY_EVENT else 0
+            if principal is not None:
+                key = StreamKey._make((principal, namespace, classified.variant, classified.stream))
+                return EventUnit(
+                    frame, namespace, expected, self.log.now_ms(), key, classified.done, template, recover, digest
+                )
+            if recover:  # a connection without a principal logs nothing: only recovery offsets
+                return EventUnit(frame, namespace, expected, self.log.now_ms(), recover=True)
             return None
         if recovery is None or not recovery.states or frame[:1] != protocol.EIO_MESSAGE:
             return None
@@ -148,15 +150,18 @@ class Outbound:
         reply = recovery.is_reply(frame)
         return _ConnectReply(frame, reply) if reply is not None else None
 
-    def _stamping(self, frame: str) -> tuple[StreamFrame, protocol.StampTemplate] | None:
-        """How to stamp ``frame``; shared by its copies (an emit to a room sends N equal frames)."""
+    def _stamping(self, frame: str) -> tuple[StreamFrame, protocol.StampTemplate, str] | None:
+        """How to stamp ``frame`` and its content's digest: shared by its copies (an emit to a room
+        sends N equal frames)."""
         cache = self.runtime.stamping_cache
         if frame in cache:
-            cached: tuple[StreamFrame, protocol.StampTemplate] | None = cache[frame]
+            cached: tuple[StreamFrame, protocol.StampTemplate, str] | None = cache[frame]
             return cached
         classified = self.runtime.rules.classify(frame)
         template = protocol.stamp_template(frame, classified.packet, RESERVED) if classified is not None else None
-        found = (classified, template) if classified is not None and template is not None else None
+        found = None
+        if classified is not None and template is not None:
+            found = (classified, template, template_digest(template))
         if classified is not None:  # (frames without a stream id are cheap to classify again)
             if len(cache) >= STAMPING_CACHE_SIZE:
                 del cache[next(iter(cache))]
@@ -234,8 +239,13 @@ class Outbound:
         return out
 
     def _replayed(self, unit: EventUnit) -> bool:
+        replayed = self.session.replayed  # (empty unless this connection resumed something)
         return (
-            unit.stream is not None and bool(unit.seq) and self.session.was_replayed(unit.stream, unit.epoch, unit.seq)
+            bool(replayed)
+            and unit.stream is not None
+            and bool(unit.seq)
+            and unit.stream in replayed
+            and (self.session.was_replayed(unit.stream, unit.epoch, unit.seq))
         )
 
     # -- the stream log ----------------------------------------------------------------------------
@@ -252,6 +262,9 @@ class Outbound:
             self._unlogged(pending, None)
             return
         await self.runtime.repair()  # streams the log missed frames of start a new epoch before more are logged
+        if not self.runtime.health.available():  # the repair found the log still failing
+            self._unlogged(pending, None)
+            return
         order, timeout = self.runtime.order, self.runtime.settings.write_timeout
         for key, group in pending.items():  # frames another tab here was fed first, and these lack, go first
             first = group[0].order
@@ -276,7 +289,7 @@ class Outbound:
                 stats.log_failures += 1
                 self._unlogged({key: group}, None)
                 continue
-            session.unlogged.discard(key)
+            session.unlogged.pop(key, None)
             for unit, seq in zip(group, result.seqs, strict=True):
                 if seq > 0:
                     unit.seq, unit.epoch = seq, result.epoch
@@ -295,6 +308,7 @@ class Outbound:
             cursor_seq,
             session.started_ms,
             reset=key in session.unlogged,
+            reset_epoch=session.unlogged.get(key, ""),
             connection=session.id,
             skipped=session.skipped.get(key, []),
             held=self.held,

@@ -179,7 +179,16 @@ class StreamRules:
             if found is None:
                 return None  # not a view we can name: sent as it is
             variant = found
-        return StreamFrame(packet, stream, _any_matches(self._done_needles, frame, obj), variant)
+        done = False
+        for rule, needles in self._done_needles:  # most frames lack a needle: no JSON walk (inlined: hot)
+            for needle in needles:
+                if needle not in frame:
+                    break
+            else:
+                if rule.matches(obj):
+                    done = True
+                    break
+        return StreamFrame(packet, stream, done, variant)
 
     def is_done(self, obj: Any) -> bool:
         return any(rule.matches(obj) for rule in self.done_rules)

@@ -241,8 +241,15 @@ class Runtime:
         """Start a new epoch for every stream the log missed frames of, in one call."""
         if not self._repairs or not self.health.available():
             return
-        repairs, self._repairs = self._repairs, {}
-        requests = [AppendRequest(key, [], reset=True, connection=session.id) for key, session in repairs.items()]
+        # a stream whose own connection started its new epoch meanwhile needs nothing more
+        repairs = {key: session for key, session in self._repairs.items() if key in session.unlogged}
+        self._repairs = {}
+        if not repairs:
+            return
+        requests = [
+            AppendRequest(key, [], reset=True, reset_epoch=session.unlogged[key], connection=session.id)
+            for key, session in repairs.items()
+        ]
         try:
             with anyio.fail_after(self.settings.write_timeout):
                 results = await self.log.append(requests)
@@ -254,7 +261,7 @@ class Runtime:
         for (key, session), result in zip(repairs.items(), results, strict=True):
             if result.failed is not None:
                 continue  # this stream alone: its next frame starts the new epoch
-            session.unlogged.discard(key)  # done on its behalf: its next frame joins the new epoch
+            session.unlogged.pop(key, None)  # done on its behalf: its next frame joins the new epoch
             session.cursors.pop(key, None)
             session.skipped.pop(key, None)
 

@@ -41,7 +41,9 @@ class Session:
     skipped: dict[StreamKey, list[int]] = field(default_factory=dict)  # key -> recent seqs passed over
     others_ms: dict[StreamKey, int] = field(default_factory=dict)  # key -> when another connection last used it
     replayed: dict[StreamKey, tuple[str, int]] = field(default_factory=dict)  # key -> (epoch, replayed up to)
-    unlogged: set[StreamKey] = field(default_factory=set)  # keys with frames the log missed: next append resets
+    #: keys with frames the log missed -> the epoch this connection knew them in ("" none): that
+    #: history has a hole, so the next append (or a repair) starts a new epoch, if nobody did yet
+    unlogged: dict[StreamKey, str] = field(default_factory=dict)
     in_flight: dict[StreamKey, float] = field(default_factory=dict)  # key not done -> monotonic time of last frame
     calls: dict[tuple[str, int], None] = field(default_factory=dict)  # (namespace, ack id) the client owes
     last_frame_at: float = 0.0  # monotonic time of the last stream frame
@@ -150,8 +152,8 @@ class Session:
 
     def forget(self, key: StreamKey) -> None:
         """The log missed frames of ``key``: the next append starts a new epoch."""
-        self.unlogged.add(key)
-        self.cursors.pop(key, None)
+        cursor = self.cursors.pop(key, None)
+        self.unlogged.setdefault(key, cursor[0] if cursor is not None else "")
         self.skipped.pop(key, None)
 
     def saw(self, stream: StreamKey, done: bool) -> None:

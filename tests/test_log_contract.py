@@ -216,3 +216,16 @@ async def test_a_copy_out_of_order_within_one_call_is_not_logged_twice(log: Stre
     assert await other.send(entry(log, "start")) == [1]
     assert await other.send(entry(log, "y")) == [2]
     assert await one.send(entry(log, "x"), entry(log, "y")) == [3, -2]  # x steps over y, then y comes
+
+
+async def test_a_history_with_a_hole_gets_one_new_epoch_whoever_starts_it(log: StreamLog) -> None:
+    """The connection that missed frames and the repair on its behalf race: only the first resets."""
+    tab = Connection(log, key(), "tab")
+    await tab.send(entry(log, "a"))
+    broken = tab.epoch
+    assert broken is not None
+    repair = AppendRequest(key(), [], reset=True, reset_epoch=broken, connection="tab")
+    (first,) = await log.append([repair])
+    assert first.epoch != broken
+    (second,) = await log.append([repair])  # the same reset again: the stream left that epoch already
+    assert second.epoch == first.epoch

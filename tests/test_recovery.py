@@ -145,3 +145,34 @@ async def test_a_client_that_says_goodbye_is_not_held(backend: dict[str, Any]) -
         await client.close()
         await sio.disconnects.wait(sid)
         assert app.runtime.stats.holds_started == 0
+
+
+def _pid(frame: str | bytes) -> str:
+    assert isinstance(frame, str)
+    return str(json.loads(frame[2:])["pid"])
+
+
+async def test_a_client_that_was_not_held_is_not_told_it_recovered(backend: dict[str, Any]) -> None:
+    """Its hold refused, the app let it go: what it sent since went to nobody. recovered stays false."""
+    sio = make_sio()
+    app = make_app(sio, recovery=True, max_holds=1, **backend)
+    async with serve(app) as url:
+        bob = await RawClient(url, auth={"token": "bob"}).connect()
+        await sio.emit("events", chat_event("b", 1), room=room_of("bob"))
+        await bob.wait_for(lambda f: isinstance(f, str) and '"message_id":"b"' in f)
+        await bob.kill()  # held: the only hold there is
+        alice = await RawClient(url, auth={"token": "alice"}).connect()
+        pid = _pid(next(f for f in alice.frames if isinstance(f, str) and f.startswith("40{")))
+        await sio.emit("events", chat_event("a", 1), room=room_of("alice"))
+        frame = await alice.wait_for(lambda f: isinstance(f, str) and '"message_id":"a"' in f)
+        offset = json.loads(str(frame)[2:])[-1]
+        (sid,) = [s for s, _ in sio.manager.get_participants("/", room_of("alice"))]
+        await alice.kill()
+        await sio.disconnects.wait(sid)  # not held: the app knows at once
+        for i in range(2, 12):  # emitted to nobody
+            await sio.emit("events", chat_event("a", i), room=room_of("alice"))
+        back = await RawClient(url, auth={"token": "alice", "pid": pid, "offset": offset}).connect()
+        reply = next(f for f in back.frames if isinstance(f, str) and f.startswith("40{"))
+        assert _pid(reply) != pid  # a normal connect: the client knows it missed events
+        assert app.runtime.stats.recoveries_ok == 0
+        await back.close()

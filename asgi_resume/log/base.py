@@ -85,6 +85,10 @@ class AppendRequest:
     skipped: list[int] = field(default_factory=list)
     #: the connection is held (its client left): it logs, but it takes nothing over from anyone
     held: bool = False
+    #: with ``reset``: only if the stream is still in this epoch ("": whatever it is), so that
+    #: whoever comes first starts the new epoch (the connection's next append, or the repair on its
+    #: behalf), once
+    reset_epoch: str = ""
 
 
 @dataclass(frozen=True, slots=True)

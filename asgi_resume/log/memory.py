@@ -179,7 +179,8 @@ class MemoryLog:
         limits = self.limits
         state = self._get(request.key, now)
         continuous = state is not None and request.cursor_epoch == state.epoch
-        if state is None or request.reset or (state.orphaned and not continuous):
+        broken = request.reset and (not request.reset_epoch or state is None or state.epoch == request.reset_epoch)
+        if state is None or broken or (state.orphaned and not continuous):
             state = _Stream(new_epoch(), limits.maxlen)
             self._add(request.key, state)
         else:
@@ -295,6 +296,8 @@ class MemoryLog:
             return Claim("stale")
         left = session.left_at if session.left_at is not None else session.last_at
         if now - left > window_ms:
+            return Claim("expired")
+        if session.closed:  # closed before anyone claimed it: what the app sent since is in no log
             return Claim("expired")
         session.prev_gen, session.prev_owner = session.gen, session.owner
         session.prev_closed, session.prev_flushed = session.closed, session.flushed

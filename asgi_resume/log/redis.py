@@ -132,6 +132,7 @@ class RedisLog:
             msgpack.packb(request.skipped),
             COPY_WINDOW_MS,
             1 if request.held else 0,
+            request.reset_epoch,
         ]
 
     async def replay(self, key: StreamKey, after_seq: int, epoch: str | None, connection: str) -> ReplayResult:

@@ -18,6 +18,7 @@ local frames = cmsgpack.unpack(ARGV[10]) -- digest, done ('1'/'0'), received at 
 local skipped = cmsgpack.unpack(ARGV[11]) -- seqs this connection passed over
 local copy_window_ms = tonumber(ARGV[12]) -- copies of one emit arrive within this of each other
 local held = ARGV[13] == '1' -- a held connection logs, but takes nothing over from anyone
+local reset_epoch = ARGV[14] -- reset only a stream still in this epoch ('': whatever its epoch)
 -- Returns {epoch, others_ms, seq...}: a seq per frame (negative: the out-of-order copy's seq).
 
 local clock = redis.call('TIME')
@@ -67,7 +68,8 @@ local state = redis.call('HMGET', meta, 'epoch', 'seq', 'done', 'orphaned', 'by'
 local epoch, last, done = state[1], tonumber(state[2]), state[3] == '1'
 local continuous = epoch and cursor_epoch == epoch -- this connection has followed this history
 -- An orphaned stream (a connection left it mid-stream) picked up by a newcomer may have lost frames.
-if not epoch or reset or (state[4] and not continuous) then
+local broken = reset and (reset_epoch == '' or reset_epoch == epoch)
+if not epoch or broken or (state[4] and not continuous) then
   epoch, last, done = fresh_epoch, 0, false
   state[5], state[6], state[7], state[8] = false, false, false, false
   redis.call('DEL', log, meta)

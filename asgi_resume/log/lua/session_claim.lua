@@ -10,6 +10,8 @@ if state[2] ~= ARGV[2] then return {'stale'} end
 local now = tonumber(ARGV[5])
 local left = tonumber(state[4] or state[5] or '0')
 if now - left > tonumber(ARGV[6]) then return {'expired'} end
+-- closed before anyone claimed it: what the app sent since went to nobody, and is in no log
+if state[6] == '1' then return {'expired'} end
 redis.call('HSET', meta, 'prev_gen', state[2], 'prev_owner', state[3], 'prev_closed', state[6] or '0',
   'prev_flushed', redis.call('HGET', meta, 'flushed') or '0',
   'gen', ARGV[4], 'owner', ARGV[3], 'cutoff', now, 'closed', '0', 'flushed', now, 'last_at', now)
