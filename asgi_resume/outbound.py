@@ -261,10 +261,11 @@ class Outbound:
         if not self.runtime.health.available():
             self._unlogged(pending, None)
             return
-        await self.runtime.repair()  # streams the log missed frames of start a new epoch before more are logged
-        if not self.runtime.health.available():  # the repair found the log still failing
-            self._unlogged(pending, None)
-            return
+        if self.runtime.repairs_due():  # streams the log missed frames of start a new epoch first
+            await self.runtime.repair()
+            if not self.runtime.health.available():  # the repair found the log still failing
+                self._unlogged(pending, None)
+                return
         order, timeout = self.runtime.order, self.runtime.settings.write_timeout
         for key, group in pending.items():  # frames another tab here was fed first, and these lack, go first
             first = group[0].order

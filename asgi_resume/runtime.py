@@ -237,6 +237,9 @@ class Runtime:
         if self._repairs and (self._repairing is None or self._repairing.done()):
             self._repairing = asyncio.get_running_loop().create_task(self._repair_soon())
 
+    def repairs_due(self) -> bool:
+        return bool(self._repairs)
+
     async def repair(self) -> None:
         """Start a new epoch for every stream the log missed frames of, in one call."""
         if not self._repairs or not self.health.available():

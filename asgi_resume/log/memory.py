@@ -125,7 +125,7 @@ class MemoryLog:
     def __init__(self, limits: LogLimits | None = None, clock: Callable[[], float] = time.time) -> None:
         self.limits = limits or LogLimits()
         self.clock = clock  # seconds since the epoch
-        self._streams: OrderedDict[StreamKey, _Stream] = OrderedDict()  # least recently appended first
+        self._streams: OrderedDict[StreamKey, _Stream] = OrderedDict()  # oldest first
         self._by_principal: dict[str, OrderedDict[StreamKey, None]] = {}  # the same, per principal
         self._sessions: dict[str, _Session] = {}
         self._next_sweep = 0
@@ -142,7 +142,7 @@ class MemoryLog:
 
     def _add(self, key: StreamKey, state: _Stream) -> None:
         """Keep a new stream key: bounded per process and per principal, whatever ids the app is made
-        to send (one user's many ids evict that user's own least recently used streams first)."""
+        to send (one user's many ids evict that user's own oldest streams first)."""
         if key in self._streams:
             self._drop(key)
         own = self._by_principal.setdefault(key.principal, OrderedDict())
@@ -183,9 +183,6 @@ class MemoryLog:
         if state is None or broken or (state.orphaned and not continuous):
             state = _Stream(new_epoch(), limits.maxlen)
             self._add(request.key, state)
-        else:
-            self._streams.move_to_end(request.key)
-            self._by_principal[request.key.principal].move_to_end(request.key)
         state.orphaned = False
         was_done = state.done
         cursor = request.cursor_seq if request.cursor_epoch == state.epoch else None
