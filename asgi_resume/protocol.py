@@ -247,7 +247,8 @@ def with_member(frame: str, packet: Packet, key: str, value: str) -> str:
         return frame
     member = json.dumps(key) + ":" + json.dumps(value)
     if key in packet.data:
-        return encode(Packet(packet.type, packet.namespace, packet.ack_id, {key: value, **packet.data}))
+        rest = {k: v for k, v in packet.data.items() if k != key}  # ours wins over the app's member
+        return encode(Packet(packet.type, packet.namespace, packet.ack_id, {key: value, **rest}))
     return frame[: offset + 1] + member + ("," if packet.data else "") + frame[offset + 1 :]
 
 

@@ -183,6 +183,8 @@ def test_an_appended_last_argument_round_trips(packet: Packet, offset: str) -> N
 
 @given(namespaces, json_objects, st.text(max_size=12))
 def test_a_member_set_in_a_connect_reply(ns: str, data: dict[str, Any], pid: str) -> None:
+    """Set first, and set even when the app's reply has a member of that name (found by hypothesis:
+    ``{"pid": null}`` used to keep the app's null)."""
     frame = protocol.encode(Packet(CONNECT, ns, None, data))
     packet = protocol.parse(frame)
     assert packet is not None
@@ -202,3 +204,12 @@ def test_the_stdlib_parser_gives_the_same_packets(packet: Packet) -> None:
         assert protocol.parse(frame) == fast == packet
     finally:
         protocol._orjson = saved
+
+
+def test_a_member_the_app_already_set_is_replaced() -> None:
+    frame = '40{"pid":null,"sid":"s"}'
+    packet = protocol.parse(frame)
+    assert packet is not None
+    result = protocol.parse(protocol.with_member(frame, packet, "pid", ""))
+    assert result is not None
+    assert result.data == {"pid": "", "sid": "s"}
