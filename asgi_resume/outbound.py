@@ -104,7 +104,7 @@ class Outbound:
 
     def _queue(self, unit: EventUnit | _ConnectReply) -> None:
         if isinstance(unit, EventUnit) and unit.stream is not None:
-            unit.order = self.runtime.order.fed(unit.stream, unit.base_digest or unit.content_digest())
+            unit.order = self.runtime.order.fed(unit.stream, unit.content_digest())
         self._units.append(unit)
 
     def _note(self, frame: str) -> None:
