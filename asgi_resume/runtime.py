@@ -35,9 +35,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger("asgi_resume")
 
 DEFAULT_MAX_POST_BODY = 1_000_000  # python-engineio's default max_http_buffer_size
-_RETRY_AFTER_S = 1.0
-PREPARE_TIMEOUT_S = 2.0
-MAX_REPAIRS = 10_000  # after a log failure, frames skip the log this long before it is tried again
+_RETRY_AFTER_S = 1.0  # after a log failure, frames skip the log this long before it is tried again
+PREPARE_TIMEOUT_S = 2.0  # longest the first CONNECT waits for the log to connect and load its scripts
+MAX_REPAIRS = 10_000  # streams waiting for their new epoch after a failure; past it, their next frame starts it
 _WARN_EVERY_S = 10.0
 
 
