@@ -88,8 +88,12 @@ class _Stream:
 
     def touch(self, connection: str, now: int, *, held: bool = False) -> int:
         """``connection`` used this key now (unless it is held); when another one last did (0: never)."""
-        if held:
-            return (self.at if self.by != connection else self.at2 if self.by2 else 0) if self.by else 0
+        if held:  # it takes nothing over: only report the last other connection
+            if not self.by:
+                return 0
+            if self.by != connection:
+                return self.at
+            return self.at2 if self.by2 else 0
         if self.by != connection:
             self.by2, self.at2 = self.by, self.at
         self.by, self.at = connection, now
