@@ -109,7 +109,9 @@ class ResumeMiddleware:
 
     def _lifespan_send(self, send: Send) -> Send:
         async def lifespan_send(message: Message) -> None:
-            if message["type"] == "lifespan.shutdown.complete":
+            if message["type"] == "lifespan.startup.complete":
+                await self.runtime.ready()  # connect the log now: a Redis too old is said at start-up
+            elif message["type"] == "lifespan.shutdown.complete":
                 await self.runtime.aclose()
             await send(message)
 
@@ -150,7 +152,10 @@ def startup_line(settings: Settings, custom_log: bool = False) -> str:
     elif settings.redis_url is None:
         log = "memory (this process only; set ASGI_RESUME_REDIS_URL for several workers)"
     else:
+        from asgi_resume.log.redis import REPLY_PARSER
+
         log = ("redis cluster " if settings.redis_cluster else "redis ") + _without_password(settings.redis_url)
+        log += f" (replies: {REPLY_PARSER})"
     parts = [
         f"asgi_resume: watching {settings.path}",
         f"log: {log}",

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from asgi_resume.config import Settings
-from asgi_resume.log import AppendRequest, LogUnavailable, StreamKey, StreamLog
+from asgi_resume.log import AppendRequest, LogUnavailable, LogUnsupported, StreamKey, StreamLog
 from asgi_resume.log.base import GroupCommit, LogLimits
 from asgi_resume.log.memory import MemoryLog
 from asgi_resume.order import FeedOrder
@@ -172,6 +172,7 @@ class Runtime:
         self._jwt = JwtKey(settings.jwt_secret, settings.jwt_algorithms) if settings.jwt_secret else None
         self.resolver = PrincipalResolver(settings.principal, self._principal_key(settings), self._jwt)
         self._ready = False
+        self._unsupported = False
         self.sessions: Registry[Outbound] = Registry()  # Engine.IO sid -> its outbound pipeline
         self.holds: set[Callable[[str], None]] = set()  # how to end each hold in progress
         self.held_by: dict[str, int] = {}  # principal -> its connections held now
@@ -284,6 +285,12 @@ class Runtime:
         try:
             with anyio.fail_after(PREPARE_TIMEOUT_S):
                 await self.log.prepare()
+        except LogUnsupported as exc:
+            if not self._unsupported:  # (said once: the log answers, and will not change its mind)
+                self._unsupported = True
+                logger.error("%s", exc, extra=fault("log_unsupported", reason=str(exc)))
+            self.health.failed(str(exc))
+            return
         except (LogUnavailable, TimeoutError) as exc:
             self.health.failed(str(exc) or "timed out")
             return

@@ -246,3 +246,90 @@ async def test_workers_without_a_secret_hash_principals_alike_even_after_a_flush
             assert answer["replayed"] == 5
             await on_b.close()
         await first.close()
+
+
+class _OldRedis:
+    """A server that speaks enough RESP to say it is Redis 6.2 (Debian ships no Redis 6 to test with).
+
+    Answers INFO with its version and refuses every other command, as a Redis 6 refuses the
+    scripts' ``PEXPIRE ... NX``.
+    """
+
+    def __init__(self) -> None:
+        self.commands: list[str] = []
+
+    async def __aenter__(self) -> str:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"redis://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/0"
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:  # (a client that leaves, or the server closing, ends it)
+            while header := await reader.readline():
+                words = []
+                for _ in range(int(header[1:])):  # an array of bulk strings
+                    length = int((await reader.readline())[1:])
+                    words.append((await reader.readexactly(length + 2))[:-2].decode())
+                self.commands.append(words[0].upper())
+                if words[0].upper() == "INFO":
+                    body = b"# Server\r\nredis_version:6.2.14\r\n"
+                    writer.write(b"$%d\r\n%s\r\n" % (len(body), body))
+                else:
+                    writer.write(b"-ERR unknown command\r\n")
+                await writer.drain()
+        except (ConnectionError, ValueError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
+async def test_a_redis_too_old_is_refused_at_start_up_and_frames_still_flow(
+    prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis < 7.0: one clear ERROR at start-up; the log stays off; the app's frames go out unstamped."""
+    too_old = (
+        "Redis 6.2.14 is too old: asgi_resume needs Redis 7.0 or later (or Valkey); "
+        "the log stays off and frames go out unstamped"
+    )
+
+    def errors() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+    old = _OldRedis()
+    async with old as url:
+        # the lifespan start-up says it, before any connection
+        app = make_app(make_sio(), redis_url=url, key_prefix=prefix)
+        inbox: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+        sent: list[str] = []
+
+        async def send(message: dict[str, str]) -> None:
+            sent.append(message["type"])
+            if message["type"] == "lifespan.startup.complete":
+                assert errors() == [too_old]
+                inbox.put_nowait({"type": "lifespan.shutdown"})
+
+        inbox.put_nowait({"type": "lifespan.startup"})
+        with caplog.at_level(logging.INFO, logger="asgi_resume"):
+            async with asyncio.timeout(10):
+                await app({"type": "lifespan", "asgi": {"version": "3.0"}}, inbox.get, send)  # type: ignore[arg-type]
+        assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+
+        # without a lifespan, the first CONNECT says it; the app works, its frames unstamped
+        caplog.clear()
+        sio = make_sio()
+        app = make_app(sio, redis_url=url, key_prefix=prefix)
+        with caplog.at_level(logging.INFO, logger="asgi_resume"):
+            async with serve(app) as server_url:
+                client = await RawClient(server_url, auth={"token": "alice"}).connect()
+                await emit_tokens(sio, "alice", "m1", 1, 3)
+                assert await client.wait_seqs("m1", 3) == [None, None, None]
+                answer = await client.request("resume-stream", {"message_id": "m1", "last_seq": 0}, ack_id=7)
+                assert answer["error"] == "unavailable"
+                await client.close()
+                with pytest.raises(LogUnavailable, match="too old"):
+                    await app.runtime.log.append([AppendRequest(StreamKey("p", "/", "", "m"), [])])
+        assert errors() == [too_old]  # once, however many calls were refused
+    assert "EVALSHA" not in old.commands
+    assert "SCRIPT" not in old.commands

@@ -53,7 +53,7 @@ def test_the_start_up_line_shows_under_plain_uvicorn(redis: bool) -> None:
     assert found, "".join(lines)
     assert "JSON: orjson" in found[0]
     if redis:
-        assert "log: redis redis://:***@127.0.0.1:1/0" in found[0]
+        assert "log: redis redis://:***@127.0.0.1:1/0 (replies: hiredis)" in found[0]
         assert "hunter2" not in "".join(lines)
     else:
         assert "log: memory" in found[0]

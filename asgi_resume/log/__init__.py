@@ -25,9 +25,19 @@ from asgi_resume.log.base import (
     AppendResult,
     Entry,
     LogUnavailable,
+    LogUnsupported,
     ReplayResult,
     StreamKey,
     StreamLog,
 )
 
-__all__ = ["AppendRequest", "AppendResult", "Entry", "LogUnavailable", "ReplayResult", "StreamKey", "StreamLog"]
+__all__ = [
+    "AppendRequest",
+    "AppendResult",
+    "Entry",
+    "LogUnavailable",
+    "LogUnsupported",
+    "ReplayResult",
+    "StreamKey",
+    "StreamLog",
+]

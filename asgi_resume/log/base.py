@@ -32,6 +32,10 @@ class LogUnavailable(Exception):
     """The log backend could not be reached or did not answer in time."""
 
 
+class LogUnsupported(LogUnavailable):
+    """The log backend answers but cannot run this log (a Redis older than the scripts need)."""
+
+
 class StreamKey(NamedTuple):
     """One recipient's view of a stream: the unit the log keeps, appends to and replays.
 

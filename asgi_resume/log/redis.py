@@ -19,6 +19,7 @@ from typing import Any
 import msgpack
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.exceptions import NoScriptError, RedisError
+from redis.utils import HIREDIS_AVAILABLE
 
 from asgi_resume.log.base import (
     COPY_WINDOW_MS,
@@ -28,6 +29,7 @@ from asgi_resume.log.base import (
     Claim,
     LogLimits,
     LogUnavailable,
+    LogUnsupported,
     ReplayResult,
     SessionAppend,
     SessionAppendResult,
@@ -39,6 +41,9 @@ from asgi_resume.log.base import (
 _SCRIPTS = ("append", "replay", "release", "session_append", "session_claim", "session_read", "session_note")
 _CLOCK_REFRESH_S = 60.0
 MAX_CONNECTIONS = 64
+MIN_VERSION = (7, 0)  # the scripts use PEXPIRE ... NX (Redis 7.0; Valkey reports a 7.x redis_version)
+#: what parses Redis's replies: hiredis (C) when installed, as the dependency asks, else redis-py's Python
+REPLY_PARSER = "hiredis" if HIREDIS_AVAILABLE else "python"
 
 
 def _script(name: str) -> tuple[str, str]:
@@ -63,6 +68,7 @@ class RedisLog:
         self._clock_offset_ms = 0
         self._clock_checked = -_CLOCK_REFRESH_S
         self._closed = False
+        self._unsupported: str | None = None  # why this server cannot run the scripts
 
     @classmethod
     def from_url(
@@ -249,17 +255,34 @@ class RedisLog:
         """Connect, learn the clock and load the scripts now, so the first frames pay none of it."""
         self._check_open()
         try:
+            await self._check_version()
             await self._sync_clock()
             for source, _ in self._scripts.values():
                 await self.client.script_load(source)
         except (RedisError, OSError) as exc:
             raise LogUnavailable(str(exc) or type(exc).__name__) from exc
 
+    async def _check_version(self) -> None:
+        """Refuse, once and for good, a server older than :data:`MIN_VERSION`."""
+        info = await self.client.info("server")
+        # (a cluster client answers for each node: the oldest one counts)
+        found = [info] if "redis_version" in info else [node for node in info.values() if isinstance(node, dict)]
+        versions = [str(node.get("redis_version", "")) for node in found]
+        oldest = min(versions, key=_version, default="")
+        if oldest and _version(oldest) < MIN_VERSION:
+            self._unsupported = (
+                f"Redis {oldest} is too old: asgi_resume needs Redis {'.'.join(map(str, MIN_VERSION))} or later "
+                "(or Valkey); the log stays off and frames go out unstamped"
+            )
+            raise LogUnsupported(self._unsupported)
+
     def _check_open(self) -> None:
         # a connection that ends after shutdown (its lease release, say) must not reconnect a
         # closed client: it would be left open, with its sockets, for the garbage collector
         if self._closed:
             raise LogUnavailable("the log is closed (the server is shutting down)")
+        if self._unsupported is not None:
+            raise LogUnsupported(self._unsupported)
 
     async def aclose(self) -> None:
         self._closed = True
@@ -268,3 +291,8 @@ class RedisLog:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _version(text: str) -> tuple[int, ...]:
+    """``"7.0.15"`` -> ``(7, 0, 15)``; what is not a number counts as 0."""
+    return tuple(int(part) if part.isdigit() else 0 for part in text.split(".")[:3])
