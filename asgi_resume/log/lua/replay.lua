@@ -4,6 +4,10 @@ local after = tonumber(ARGV[1])
 local client_epoch = ARGV[2] -- '' = any
 local limit = ARGV[3]
 local conn = ARGV[4] -- the resuming connection: it takes the stream over
+
+local function seq_of(id) -- an entry id 'seq-0' -> seq
+  return tonumber(string.match(id, '^(%d+)'))
+end
 -- Returns {'not_found'} or {'ok', epoch, last, oldest, done, gap, seq, payload, seq, payload...}
 
 local state = redis.call('HMGET', meta, 'epoch', 'seq', 'done', 'by', 'at')
@@ -22,13 +26,13 @@ if (client_epoch ~= '' and client_epoch ~= epoch) or after > last then
 end
 local first = redis.call('XRANGE', log, '-', '+', 'COUNT', 1)[1]
 local oldest = last + 1
-if first then oldest = tonumber(string.match(first[1], '^(%d+)')) end
+if first then oldest = seq_of(first[1]) end
 if after + 1 < oldest and after < last then gap = 1 end
 
 local out = {'ok', epoch, last, oldest, state[3], gap}
 local entries = redis.call('XRANGE', log, '(' .. after .. '-0', '+', 'COUNT', limit)
 for _, e in ipairs(entries) do
-  out[#out + 1] = tonumber(string.match(e[1], '^(%d+)'))
+  out[#out + 1] = seq_of(e[1])
   local f = e[2]
   for i = 1, #f, 2 do
     if f[i] == 'f' then out[#out + 1] = f[i + 1] end

@@ -6,27 +6,30 @@
 -- Returns {'ok', n...}: the frames' numbers in that generation, or {'taken', n...} when another
 -- connection claimed the session (the frames are still logged: the claimer may not have read yet).
 local meta, log = KEYS[1], KEYS[2]
-local gen, owner = ARGV[1], ARGV[2]
+local gen, owner, principal, namespace = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local ttl_ms, maxlen, flushed_ms = ARGV[5], ARGV[6], ARGV[7]
+local FIRST_FRAME = 8 -- then per frame: received at (ms), payload
+
 local state = redis.call('HMGET', meta, 'gen', 'owner', 'cutoff', 'prev_gen', 'prev_owner')
 local status = 'ok'
 if not state[1] then
-  redis.call('HSET', meta, 'gen', gen, 'owner', owner, 'principal', ARGV[3], 'ns', ARGV[4], 'n', 0)
+  redis.call('HSET', meta, 'gen', gen, 'owner', owner, 'principal', principal, 'ns', namespace, 'n', 0)
 elseif state[1] ~= gen or state[2] ~= owner then
   if state[4] ~= gen or state[5] ~= owner then return {'gone'} end
   status = 'taken'
 end
 local counter = 'n:' .. gen
 local out = {status}
-for i = 8, #ARGV, 2 do
+for i = FIRST_FRAME, #ARGV, 2 do
   local n = redis.call('HINCRBY', meta, counter, 1)
-  redis.call('XADD', log, 'MAXLEN', '~', ARGV[6], n .. '-0', 't', ARGV[i], 'f', ARGV[i + 1])
+  redis.call('XADD', log, 'MAXLEN', '~', maxlen, n .. '-0', 't', ARGV[i], 'f', ARGV[i + 1])
   out[#out + 1] = n
 end
 if status == 'ok' then
-  redis.call('HSET', meta, 'flushed', ARGV[7], 'last_at', ARGV[7])
+  redis.call('HSET', meta, 'flushed', flushed_ms, 'last_at', flushed_ms)
 else
-  redis.call('HSET', meta, 'prev_flushed', ARGV[7])
+  redis.call('HSET', meta, 'prev_flushed', flushed_ms)
 end
-redis.call('PEXPIRE', meta, ARGV[5])
-redis.call('PEXPIRE', log, ARGV[5])
+redis.call('PEXPIRE', meta, ttl_ms)
+redis.call('PEXPIRE', log, ttl_ms)
 return out

@@ -2,14 +2,16 @@
 -- KEYS: 1 session meta. ARGV: 1 'left' | 'closed' | 'state', 2 generation, 3 owner, 4 now ms
 -- Returns {current generation or '', current owner or ''}.
 local meta = KEYS[1]
+local what, gen, owner, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+
 local state = redis.call('HMGET', meta, 'gen', 'owner', 'prev_gen', 'prev_owner')
-if ARGV[1] == 'left' and state[1] == ARGV[2] and state[2] == ARGV[3] then
-  redis.call('HSET', meta, 'disconnected_at', ARGV[4])
-elseif ARGV[1] == 'closed' then
-  if state[1] == ARGV[2] and state[2] == ARGV[3] then
+if what == 'left' and state[1] == gen and state[2] == owner then
+  redis.call('HSET', meta, 'disconnected_at', now)
+elseif what == 'closed' then
+  if state[1] == gen and state[2] == owner then
     redis.call('HSET', meta, 'closed', '1')
-    redis.call('HSETNX', meta, 'disconnected_at', ARGV[4])
-  elseif state[3] == ARGV[2] and state[4] == ARGV[3] then
+    redis.call('HSETNX', meta, 'disconnected_at', now)
+  elseif state[3] == gen and state[4] == owner then
     redis.call('HSET', meta, 'prev_closed', '1')
   end
 end

@@ -3,19 +3,25 @@
 -- Returns {'wait'} while the previous owner may still be logging frames it got before the claim,
 -- {'lost'} when frames after the offset are no longer held, else {'ok', n, t, payload, ...}.
 local meta, log = KEYS[1], KEYS[2]
+local after = tonumber(ARGV[1])
+local force = ARGV[2] == '1'
+
+local function seq_of(id) -- an entry id 'n-0' -> n
+  return tonumber(string.match(id, '^(%d+)'))
+end
+
 local prev_gen = redis.call('HGET', meta, 'prev_gen') or ''
 local state = redis.call('HMGET', meta, 'cutoff', 'prev_flushed', 'prev_closed', 'n:' .. prev_gen)
 local cutoff, flushed = tonumber(state[1] or '0'), tonumber(state[2] or '0')
 -- strictly after the claim: a batch taken in the claim's own millisecond may have missed a frame
-if ARGV[2] ~= '1' and state[3] ~= '1' and flushed <= cutoff then return {'wait'} end
-local after = tonumber(ARGV[1])
+if not force and state[3] ~= '1' and flushed <= cutoff then return {'wait'} end
 local last = tonumber(state[4] or '0')
 if after > last then return {'lost'} end
 local first = redis.call('XRANGE', log, '-', '+', 'COUNT', 1)[1]
-if after < last and (not first or tonumber(string.match(first[1], '^(%d+)')) > after + 1) then return {'lost'} end
+if after < last and (not first or seq_of(first[1]) > after + 1) then return {'lost'} end
 local out = {'ok'}
 for _, e in ipairs(redis.call('XRANGE', log, '(' .. after .. '-0', '+')) do
-  out[#out + 1] = tonumber(string.match(e[1], '^(%d+)'))
+  out[#out + 1] = seq_of(e[1])
   local f = e[2]
   for i = 1, #f, 2 do
     if f[i] == 't' then out[#out + 1] = f[i + 1] end
