@@ -83,7 +83,7 @@ class Outbound:
                     self._queue(pending)
                     self._pending = None
                 return
-            if item in (protocol.PING_FRAME, protocol.NOOP_FRAME):
+            if item in (protocol.EIO_PING, protocol.EIO_NOOP):
                 self._units.append(item)  # harmless between a header and its attachments
                 return
             # the attachments never came: give up on logging this one, keep the bytes

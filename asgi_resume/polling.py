@@ -185,7 +185,7 @@ async def _rewrite_post(runtime: Runtime, outbound: Outbound, body: bytes) -> by
                 changed = True
             elif found is not None:
                 outbound.defer(found)
-                packet = protocol.UPGRADE_FRAME  # python-engineio answers it with a NOOP: the GET returns
+                packet = protocol.EIO_UPGRADE  # python-engineio answers it with a NOOP: the GET returns
                 changed = True
         elif packet == protocol.EIO_CLOSE:
             for state in session.recovery.values():

@@ -15,12 +15,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-# Engine.IO packet types, as the first character of a text frame.
+# Engine.IO packet types, as the first character of a text frame (a PING, PONG, UPGRADE or NOOP is
+# that character alone).
 EIO_OPEN, EIO_CLOSE, EIO_PING, EIO_PONG, EIO_MESSAGE, EIO_UPGRADE, EIO_NOOP = "0123456"
-PING_FRAME = EIO_PING
-PONG_FRAME = EIO_PONG
-NOOP_FRAME = EIO_NOOP
-UPGRADE_FRAME = EIO_UPGRADE
 
 # Socket.IO packet types.
 CONNECT, DISCONNECT, EVENT, ACK, CONNECT_ERROR, BINARY_EVENT, BINARY_ACK = range(7)
@@ -176,8 +173,9 @@ def ack(ack_id: int, *args: Any, namespace: str = "/") -> str:
 class StampTemplate:
     """An event frame cut open where stamped fields go into its first argument.
 
-    ``stamped(fields_json)`` is the frame without its ack id (what the log keeps and
-    replays); ``live(fields_json)`` keeps the ack id, for the connection it was sent to.
+    ``head + fields + tail`` is the frame without its ack id (what the log keeps and a replay
+    sends: :func:`asgi_resume.frames.render`); ``live(fields)`` puts the ack id back, for the
+    connection it was sent to.
     """
 
     head: str  # frame up to and including the "{" of the first argument, minus the ack id
@@ -185,19 +183,11 @@ class StampTemplate:
     ack_digits: str  # the ack id as sent, "" when none
     ack_at: int  # where the ack id sat in ``head``
 
-    def stamped(self, fields_json: str) -> str:
-        return self.head + fields_json + self.tail
-
     def live(self, fields_json: str) -> str:
         if not self.ack_digits:
             return self.head + fields_json + self.tail
         at = self.ack_at
         return self.head[:at] + self.ack_digits + self.head[at:] + fields_json + self.tail
-
-
-def fields_json(fields: dict[str, Any]) -> str:
-    """The JSON members ``"k":v,...`` to splice into a template (no braces)."""
-    return ",".join(f"{json.dumps(k)}:{json.dumps(v, separators=(',', ':'))}" for k, v in fields.items())
 
 
 def stamp_template(frame: str, packet: Packet, reserved: tuple[str, ...]) -> StampTemplate | None:

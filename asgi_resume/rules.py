@@ -190,9 +190,6 @@ class StreamRules:
                     break
         return StreamFrame(packet, stream, done, variant)
 
-    def is_done(self, obj: Any) -> bool:
-        return any(rule.matches(obj) for rule in self.done_rules)
-
 
 def _encodable(text: str) -> bool:
     try:

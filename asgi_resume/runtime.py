@@ -46,17 +46,15 @@ TIMING_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.
 
 @dataclass(slots=True)
 class Timing:
-    """How long something takes: count, sum and worst, in seconds (and buckets for a histogram)."""
+    """How long something takes: count and sum, in seconds, and buckets for a histogram."""
 
     count: int = 0
     total: float = 0.0
-    worst: float = 0.0
     buckets: dict[float, int] = field(default_factory=lambda: dict.fromkeys(TIMING_BUCKETS, 0))
 
     def observe(self, seconds: float) -> None:
         self.count += 1
         self.total += seconds
-        self.worst = max(self.worst, seconds)
         for bound in TIMING_BUCKETS:
             if seconds <= bound:
                 self.buckets[bound] += 1

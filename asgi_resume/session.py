@@ -191,9 +191,6 @@ class Registry(Generic[T]):
         self.limit = limit
         self._items: OrderedDict[str, tuple[float, T]] = OrderedDict()
 
-    def __len__(self) -> int:
-        return len(self._items)
-
     def add(self, sid: str, item: T) -> None:
         now = time.monotonic()
         self._items[sid] = (now, item)

@@ -43,7 +43,7 @@ LINGER_S = 0.001  # longest a batch waits for more frames before its log call (o
 LINGER_IDLE_TURNS = 3  # loop turns without a new frame that end the wait
 LINGER_BATCH = 256
 LINGER_BELOW_S = 0.0002  # only frames closer together than this make a batch wait for more
-_PONG: Message = {"type": "websocket.receive", "text": protocol.PONG_FRAME}
+_PONG: Message = {"type": "websocket.receive", "text": protocol.EIO_PONG}
 _END = object()  # queued after the app returns: the writer ends once it has sent what came before
 _NUDGE = object()  # frames were fed that need the log: the writer sends them
 
@@ -253,7 +253,7 @@ class WebSocketConnection:
     async def _deliver(self, item: Item) -> None:
         if self.client_gone:
             if self._holding:
-                if item == protocol.PING_FRAME:
+                if item == protocol.EIO_PING:
                     await self._to_app.send(_PONG)  # the app's heartbeat, answered for the absent client
                 elif _ends_connection(item):  # what the absent client would have answered by leaving
                     self._end_hold("the app closed the connection")

@@ -71,7 +71,13 @@ def test_event_filter() -> None:
 
 def test_custom_done_rules() -> None:
     r = rules(done="phase=final,state.code=3&state.ok=false")
-    assert r.is_done({"phase": "final"})
-    assert not r.is_done({"phase": "draft"})
-    assert r.is_done({"state": {"code": 3, "ok": False}})
-    assert not r.is_done({"state": {"code": 3, "ok": 0}})
+
+    def done(arg: dict[str, object]) -> bool:
+        found = r.classify(frame("e", {"message_id": "m", **arg}))
+        assert found is not None
+        return found.done
+
+    assert done({"phase": "final"})
+    assert not done({"phase": "draft"})
+    assert done({"state": {"code": 3, "ok": False}})
+    assert not done({"state": {"code": 3, "ok": 0}})

@@ -51,9 +51,9 @@ class RawClient:
     async def _read(self) -> None:
         try:
             async for message in self._ws:
-                if message == protocol.PING_FRAME:
+                if message == protocol.EIO_PING:
                     if self.answer_pings:
-                        await self._ws.send(protocol.PONG_FRAME)
+                        await self._ws.send(protocol.EIO_PONG)
                     continue
                 async with self._changed:
                     self.frames.append(message)
