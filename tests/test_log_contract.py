@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from asgi_resume.log import AppendRequest, Entry, StreamKey, StreamLog
-from asgi_resume.log.base import LogLimits
+from asgi_resume.log.base import LogLimits, SessionAppend
 from asgi_resume.log.memory import MemoryLog
 from asgi_resume.log.redis import RedisLog
 
@@ -229,3 +229,56 @@ async def test_a_history_with_a_hole_gets_one_new_epoch_whoever_starts_it(log: S
     assert first.epoch != broken
     (second,) = await log.append([repair])  # the same reset again: the stream left that epoch already
     assert second.epoch == first.epoch
+
+
+# -- recovery sessions (connection state recovery) ---------------------------------------------
+
+
+async def session(log: StreamLog, pid: str, gen: str, owner: str, *frames: str, principal: str = ALICE) -> list[int]:
+    """``owner`` logs ``frames`` in generation ``gen`` of session ``pid``; their numbers."""
+    now = log.now_ms()
+    payloads: list[tuple[int, list[str | bytes]]] = [(now, [f'42["e","{text}"]']) for text in frames]
+    (result,) = await log.session_append([SessionAppend(pid, gen, owner, principal, "/", payloads, now)])
+    assert result.status == "ok"
+    return result.numbers
+
+
+async def test_a_claimed_session_replays_what_its_generation_held_after_the_offset(log: StreamLog) -> None:
+    pid = f"pid{next(_prefixes)}"
+    assert await session(log, pid, "g1", "c1", "a", "b", "c") == [1, 2, 3]
+    assert (await log.session_claim(pid, ALICE, "g1", "c2", "g2", 60_000)).status == "ok"
+    read = await log.session_read(pid, "g1", 1, force=True)
+    assert read.status == "ok"
+    assert [(n, payload) for n, _, payload in read.frames] == [(2, ['42["e","b"]']), (3, ['42["e","c"]'])]
+
+
+async def test_a_claim_is_refused_to_another_principal_and_to_a_stale_offset(log: StreamLog) -> None:
+    pid = f"pid{next(_prefixes)}"
+    await session(log, pid, "g1", "c1", "a")
+    assert (await log.session_claim(f"{pid}-unknown", ALICE, "g1", "c2", "g2", 60_000)).status == "unknown"
+    assert (await log.session_claim(pid, MALLORY, "g1", "c2", "g2", 60_000)).status == "refused"
+    assert (await log.session_claim(pid, ALICE, "g0", "c2", "g2", 60_000)).status == "stale"
+    await log.session_note(pid, "closed", "g1", "c1")  # closed before anyone claimed it
+    assert (await log.session_claim(pid, ALICE, "g1", "c2", "g2", 60_000)).status == "expired"
+
+
+async def test_a_read_of_any_generation_but_the_one_claimed_from_is_lost(log: StreamLog) -> None:
+    """What the memory log and the script both answer (the script used to read the other generation)."""
+    pid = f"pid{next(_prefixes)}"
+    await session(log, pid, "g1", "c1", "a", "b")
+    assert (await log.session_read(pid, "g1", 0, force=True)).status == "lost"  # not claimed yet
+    assert (await log.session_claim(pid, ALICE, "g1", "c2", "g2", 60_000)).status == "ok"
+    await session(log, pid, "g2", "c2", "x")
+    assert (await log.session_read(pid, "g2", 0, force=True)).status == "lost"  # the current one
+    assert (await log.session_read(pid, "g9", 0, force=True)).status == "lost"
+    assert (await log.session_read(pid, "g1", 0, force=True)).status == "ok"
+
+
+async def test_a_read_waits_while_the_previous_owner_may_still_log(log: StreamLog) -> None:
+    pid = f"pid{next(_prefixes)}"
+    await session(log, pid, "g1", "c1", "a")
+    assert (await log.session_claim(pid, ALICE, "g1", "c2", "g2", 60_000)).status == "ok"
+    assert (await log.session_read(pid, "g1", 0, force=False)).status == "wait"
+    await log.session_note(pid, "closed", "g1", "c1")  # the previous owner is done
+    read = await log.session_read(pid, "g1", 0, force=False)
+    assert (read.status, [n for n, _, _ in read.frames]) == ("ok", [1])

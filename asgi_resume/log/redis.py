@@ -186,7 +186,7 @@ class RedisLog:
         return Claim(_text(reply[0]))  # type: ignore[arg-type]
 
     async def session_read(self, pid: str, gen: str, after: int, force: bool) -> SessionReplay:
-        (reply,) = await self._call("session_read", [(self.session_keys(pid, gen), [after, 1 if force else 0])])
+        (reply,) = await self._call("session_read", [(self.session_keys(pid, gen), [after, 1 if force else 0, gen])])
         status = _text(reply[0])
         if status != "ok":
             return SessionReplay(status)  # type: ignore[arg-type]

@@ -1,16 +1,18 @@
 -- What a claimed session's previous generation holds after an offset, for the claimer to replay.
--- KEYS: 1 session meta, 2 the previous generation's log. ARGV: 1 after n, 2 force (stop waiting)
+-- KEYS: 1 session meta, 2 the log of generation `gen`. ARGV: 1 after n, 2 force (stop waiting), 3 gen
 -- Returns {'wait'} while the previous owner may still be logging frames it got before the claim,
 -- {'lost'} when frames after the offset are no longer held, else {'ok', n, t, payload, ...}.
 local meta, log = KEYS[1], KEYS[2]
 local after = tonumber(ARGV[1])
 local force = ARGV[2] == '1'
+local gen = ARGV[3] -- the generation the claimer's offset is of: the one before the claim
 
 local function seq_of(id) -- an entry id 'n-0' -> n
   return tonumber(string.match(id, '^(%d+)'))
 end
 
-local prev_gen = redis.call('HGET', meta, 'prev_gen') or ''
+local prev_gen = redis.call('HGET', meta, 'prev_gen')
+if prev_gen ~= gen then return {'lost'} end -- no claim of it, or another since
 local state = redis.call('HMGET', meta, 'cutoff', 'prev_flushed', 'prev_closed', 'n:' .. prev_gen)
 local cutoff, flushed = tonumber(state[1] or '0'), tonumber(state[2] or '0')
 -- strictly after the claim: a batch taken in the claim's own millisecond may have missed a frame
