@@ -11,10 +11,7 @@ recover), an ACK (the client answered one of the app's calls), and a ``resume-st
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
 import logging
-import re
 
 from asgi_resume import protocol
 from asgi_resume.recovery import RecoveryState, strip_connect
@@ -31,14 +28,14 @@ async def inspect(runtime: Runtime, session: Session, frame: str) -> ResumeReque
     Returns a resume request (to be answered here), a frame the app should get instead of this
     one (a CONNECT without recovery fields), or ``None`` (pass the frame on as it is).
     """
-    if frame[:2] not in ("40", "41", "42", "43", "45"):
+    if frame[:2] not in protocol.CLIENT_HEADS:
         return None
     try:
         packet = protocol.parse(frame)
         if packet is None:
-            if frame[:2] in ("42", "45") and _names(frame, runtime.settings.resume_event):
+            if frame[:2] in protocol.EVENT_HEADS and protocol.names_event(frame, runtime.settings.resume_event):
                 # unreadable (an ack id python-socketio would never send, broken JSON): still ours
-                return ResumeRequest(_namespace(frame), None, error=UNREADABLE)
+                return ResumeRequest(protocol.namespace_of(frame), None, error=UNREADABLE)
             return None
         if packet.type == protocol.CONNECT:
             return await _connect(runtime, session, frame, packet)
@@ -68,22 +65,6 @@ async def inspect(runtime: Runtime, session: Session, frame: str) -> ResumeReque
 
 
 UNREADABLE = "the resume request could not be read (its ack id or its JSON)"
-_NAMESPACE = re.compile(r"4[25](?:\d+-)?(/[^,]*),")
-
-
-@functools.lru_cache(maxsize=4)
-def _resume_pattern(event: str) -> re.Pattern[str]:
-    return re.compile(r"4[25](?:\d+-)?(?:/[^,]*,)?\d*\[\s*" + re.escape(json.dumps(event)))
-
-
-def _names(frame: str, event: str) -> bool:
-    """Does an unparseable EVENT frame name ``event``? (Looks at its head only.)"""
-    return _resume_pattern(event).match(frame[:512]) is not None
-
-
-def _namespace(frame: str) -> str:
-    found = _NAMESPACE.match(frame[:512])
-    return found.group(1) if found else "/"
 
 
 async def _connect(runtime: Runtime, session: Session, frame: str, packet: protocol.Packet) -> str | None:

@@ -90,8 +90,8 @@ class Outbound:
             self._units.extend([pending.raw, *pending.attachments])
             self._pending = None
         if isinstance(item, str):
-            if item[:3] != "42[" and item[:1] == "4" and item[1:2] in ("0", "1", "2", "4", "5"):
-                self._note(item)  # (an EVENT in "/" without ack id, most frames, tells nothing)
+            if protocol.concerns_session(item):
+                self._note(item)
             unit = self._event_unit(item)
             if unit is None:
                 self._units.append(item)

@@ -134,7 +134,7 @@ class Recovery:
 
     def is_reply(self, frame: str) -> protocol.Packet | None:
         """The app's CONNECT reply for a namespace whose client presented (or may get) a pid."""
-        if frame[:2] != "40":
+        if frame[:2] != protocol.CONNECT_HEAD:
             return None
         packet = protocol.parse(frame)
         if packet is None or not isinstance(packet.data, dict) or "sid" not in packet.data:

@@ -29,6 +29,16 @@ MAX_STREAM_ID_LENGTH = 256
 MAX_VARIANT_LENGTH = 64
 MAX_SAFE_INTEGER = 2**53 - 1  # JavaScript's: the browser helper must write ids and views as we do
 _TRUTHY: Any = object()
+_MISSING: Any = object()
+
+
+def lookup(obj: Any, path: tuple[str, ...]) -> Any:
+    """Follow a dotted path (already split) through nested objects; ``_MISSING`` if absent."""
+    for key in path:
+        if not isinstance(obj, dict) or key not in obj:
+            return _MISSING
+        obj = obj[key]
+    return obj
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,8 +47,8 @@ class Condition:
     expected: Any = _TRUTHY  # _TRUTHY: the value must be truthy
 
     def holds(self, obj: Any) -> bool:
-        value = protocol.lookup(obj, self.path)
-        if protocol.is_missing(value):
+        value = lookup(obj, self.path)
+        if value is _MISSING:
             return False
         if self.expected is _TRUTHY:
             return bool(value)
@@ -112,7 +122,7 @@ def stream_id_of(value: Any) -> str | None:
 def variant_of(value: Any) -> str | None:
     """A view's name: ``""`` for the default view (no value, null, false), else the value as text
     (``true`` for true, as the JS helper writes it); ``None``: too long or not a plain value."""
-    if value is None or value is False or protocol.is_missing(value):
+    if value is None or value is False or value is _MISSING:
         return ""
     if value is True:
         return "true"
@@ -155,7 +165,7 @@ class StreamRules:
         self._exclude_needles = [(rule, rule.needles) for rule in exclude]
 
     def classify(self, frame: str) -> StreamFrame | None:
-        if frame[:2] not in ("42", "45") or self._needle not in frame:
+        if frame[:2] not in protocol.EVENT_HEADS or self._needle not in frame:
             return None
         packet = protocol.parse(frame)
         if packet is None or packet.type not in (protocol.EVENT, protocol.BINARY_EVENT):
@@ -169,13 +179,13 @@ class StreamRules:
             return None
         obj = data[1]
         path = self.stream_path
-        value = obj.get(path[0]) if len(path) == 1 and isinstance(obj, dict) else protocol.lookup(obj, path)
+        value = obj.get(path[0]) if len(path) == 1 and isinstance(obj, dict) else lookup(obj, path)
         stream = value if type(value) is str and 0 < len(value) <= MAX_STREAM_ID_LENGTH else stream_id_of(value)
         if stream is None or (self._exclude_needles and _any_matches(self._exclude_needles, frame, obj)):
             return None
         variant = ""
         if self.variant_path is not None:
-            found = variant_of(protocol.lookup(obj, self.variant_path))
+            found = variant_of(lookup(obj, self.variant_path))
             if found is None:
                 return None  # not a view we can name: sent as it is
             variant = found

@@ -51,7 +51,7 @@ _NUDGE = object()  # frames were fed that need the log: the writer sends them
 def _ends_connection(item: Item) -> bool:
     """An Engine.IO CLOSE, a Socket.IO DISCONNECT, or the ASGI close."""
     if isinstance(item, str):
-        return item == protocol.EIO_CLOSE or item[:2] == "41"
+        return item == protocol.EIO_CLOSE or item[:2] == protocol.DISCONNECT_HEAD
     return isinstance(item, dict) and item.get("type") == "websocket.close"
 
 

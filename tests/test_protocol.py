@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from asgi_resume import frames, protocol
-from asgi_resume.protocol import ACK, BINARY_EVENT, CONNECT, EVENT, Packet
+from asgi_resume.protocol import ACK, BINARY_EVENT, CONNECT, EVENT, Packet, socketio
 
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text()
 json_values = st.recursive(
@@ -199,11 +199,11 @@ def test_the_stdlib_parser_gives_the_same_packets(packet: Packet) -> None:
     """Without orjson (an optional speedup) parsing is the stdlib's: same packets."""
     frame = protocol.encode(packet)
     fast = protocol.parse(frame)
-    saved, protocol._orjson = protocol._orjson, None  # type: ignore[assignment]
+    saved, socketio._orjson = socketio._orjson, None  # type: ignore[assignment]
     try:
         assert protocol.parse(frame) == fast == packet
     finally:
-        protocol._orjson = saved
+        socketio._orjson = saved
 
 
 def test_a_member_the_app_already_set_is_replaced() -> None:

@@ -1,0 +1,89 @@
+"""The wire: Engine.IO v4 and Socket.IO v5, as text and binary frames; no I/O.
+
+* :mod:`~asgi_resume.protocol.engineio`: packet types, long-polling payloads.
+* :mod:`~asgi_resume.protocol.socketio`: Socket.IO packets (parse, peek, encode) and the cheap
+  tests on a frame's head.
+* :mod:`~asgi_resume.protocol.stamping`: the rewrites that stamp an event and keep the app's bytes.
+
+Every function is total: garbage in gives ``None`` (or the input back), never an exception.
+Everything the rest of the package knows about frames comes from here (``protocol.X``).
+"""
+
+from asgi_resume.protocol.engineio import (
+    EIO_CLOSE,
+    EIO_MESSAGE,
+    EIO_NOOP,
+    EIO_OPEN,
+    EIO_PING,
+    EIO_PONG,
+    EIO_UPGRADE,
+    RECORD_SEPARATOR,
+    join_payload,
+    split_payload,
+)
+from asgi_resume.protocol.socketio import (
+    ACK,
+    BINARY_ACK,
+    BINARY_EVENT,
+    CLIENT_HEADS,
+    CONNECT,
+    CONNECT_ERROR,
+    CONNECT_HEAD,
+    DISCONNECT,
+    DISCONNECT_HEAD,
+    EVENT,
+    EVENT_HEADS,
+    JSON_PATH,
+    PLAIN_EVENT_HEAD,
+    Packet,
+    ack,
+    concerns_session,
+    encode,
+    event,
+    loads,
+    names_event,
+    namespace_of,
+    parse,
+    peek,
+)
+from asgi_resume.protocol.stamping import StampTemplate, stamp_template, with_last_arg, with_member
+
+__all__ = [
+    "ACK",
+    "BINARY_ACK",
+    "BINARY_EVENT",
+    "CLIENT_HEADS",
+    "CONNECT",
+    "CONNECT_ERROR",
+    "CONNECT_HEAD",
+    "DISCONNECT",
+    "DISCONNECT_HEAD",
+    "EIO_CLOSE",
+    "EIO_MESSAGE",
+    "EIO_NOOP",
+    "EIO_OPEN",
+    "EIO_PING",
+    "EIO_PONG",
+    "EIO_UPGRADE",
+    "EVENT",
+    "EVENT_HEADS",
+    "JSON_PATH",
+    "PLAIN_EVENT_HEAD",
+    "RECORD_SEPARATOR",
+    "Packet",
+    "StampTemplate",
+    "ack",
+    "concerns_session",
+    "encode",
+    "event",
+    "join_payload",
+    "loads",
+    "names_event",
+    "namespace_of",
+    "parse",
+    "peek",
+    "split_payload",
+    "stamp_template",
+    "with_last_arg",
+    "with_member",
+]

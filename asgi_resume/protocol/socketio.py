@@ -1,0 +1,193 @@
+"""Socket.IO v5 packets as Engine.IO message frames carry them: parse, peek, encode.
+
+Owns: the packet types, the JSON codec (orjson when installed), parsing a text frame into a
+:class:`Packet` and encoding one, and the cheap tests on a frame's head that the pipeline makes
+before parsing anything. Must not touch: I/O. Total: garbage in gives ``None``, never an
+exception.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from asgi_resume.protocol.engineio import EIO_MESSAGE
+
+# Socket.IO packet types.
+CONNECT, DISCONNECT, EVENT, ACK, CONNECT_ERROR, BINARY_EVENT, BINARY_ACK = range(7)
+
+# A frame's head (``4`` and the packet type) tells what it is before anything is parsed.
+CONNECT_HEAD, DISCONNECT_HEAD = "40", "41"
+EVENT_HEADS = ("42", "45")  # an EVENT or a BINARY_EVENT
+PLAIN_EVENT_HEAD = "42["  # an EVENT in "/" without ack id: most frames, and nothing to note
+CLIENT_HEADS = ("40", "41", "42", "43", "45")  # what a client sends that may concern us (not BINARY_ACK)
+
+try:  # a dependency: 4x faster parsing, same results; the stdlib stays as a fallback
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - depends on the environment
+    _orjson = None  # type: ignore[assignment]
+
+#: Which JSON parser is in use (the start-up line and the benchmarks print it).
+JSON_PATH = "orjson" if _orjson is not None else "stdlib json (slow path: pip install orjson)"
+
+
+_LONG_NUMBER = re.compile(r"\d{19}")  # orjson turns integers beyond 64 bits into floats
+
+
+def loads(text: str) -> Any:
+    """``json.loads``, with orjson when it is installed (and the stdlib for what orjson would change)."""
+    if _orjson is not None and _LONG_NUMBER.search(text) is None:
+        try:
+            return _orjson.loads(text)
+        except _orjson.JSONDecodeError:  # NaN, ints beyond 64 bits: what the stdlib accepts
+            pass
+    return json.loads(text)
+
+
+_MAX_ACK_DIGITS = 15  # anything longer is not an id python-socketio would send
+_MAX_ATTACHMENTS = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Packet:
+    """One Socket.IO packet, as carried by an Engine.IO message frame."""
+
+    type: int
+    namespace: str = "/"
+    ack_id: int | None = None
+    data: Any = None
+    attachments: int = 0
+    #: Where the JSON payload starts in the frame it was parsed from (0: built, not parsed).
+    data_offset: int = field(default=0, compare=False)
+
+    @property
+    def is_event(self) -> bool:
+        return self.type in (EVENT, BINARY_EVENT)
+
+    @property
+    def event_name(self) -> str | None:
+        """The event name of an EVENT/BINARY_EVENT, else ``None``."""
+        if self.is_event and isinstance(self.data, list) and self.data and isinstance(self.data[0], str):
+            return self.data[0]
+        return None
+
+    @property
+    def first_arg(self) -> Any:
+        """The first argument after the event name (``None`` when there is none)."""
+        if self.event_name is not None and len(self.data) > 1:
+            return self.data[1]
+        return None
+
+
+def peek(frame: str) -> Packet | None:
+    """Like :func:`parse` without decoding the JSON payload (``data`` stays ``None``): cheap."""
+    return parse(frame, decode=False)
+
+
+def parse(frame: str, *, decode: bool = True) -> Packet | None:
+    """Parse a websocket text frame holding a Socket.IO packet (``4`` + packet).
+
+    Returns ``None`` for any other Engine.IO packet and for anything malformed.
+    """
+    if not isinstance(frame, str) or len(frame) < 2 or frame[0] != EIO_MESSAGE:
+        return None
+    if frame[1:3] == "2[" and decode:  # the hot path: an EVENT in "/", no ack id
+        try:
+            data = loads(frame[2:])
+        except (ValueError, RecursionError):
+            return None
+        if not (isinstance(data, list) and data and isinstance(data[0], str)):
+            return None
+        return Packet(EVENT, "/", None, data, 0, 2)
+    kind = frame[1]
+    if not "0" <= kind <= "6":
+        return None
+    ptype = ord(kind) - 48
+    i = 2
+    n = len(frame)
+    attachments = 0
+    if ptype in (BINARY_EVENT, BINARY_ACK):
+        dash = frame.find("-", i, i + 8)
+        if dash <= i or not frame[i:dash].isdigit():
+            return None
+        attachments = int(frame[i:dash])
+        if attachments > _MAX_ATTACHMENTS:
+            return None
+        i = dash + 1
+    namespace = "/"
+    if i < n and frame[i] == "/":
+        comma = frame.find(",", i)
+        end = n if comma == -1 else comma
+        namespace = frame[i:end].split("?", 1)[0]
+        i = end if comma == -1 else comma + 1
+    ack_id = None
+    j = i
+    while j < n and "0" <= frame[j] <= "9":
+        j += 1
+    if j > i:
+        if j - i > _MAX_ACK_DIGITS:
+            return None
+        ack_id = int(frame[i:j])
+        i = j
+    data = None
+    if i < n and decode:
+        try:
+            data = loads(frame[i:])
+        except (ValueError, RecursionError):
+            return None
+    packet = Packet(ptype, namespace, ack_id, data, attachments, i)
+    if decode and packet.is_event and packet.event_name is None:
+        return None
+    return packet
+
+
+def encode(packet: Packet) -> str:
+    """Encode a packet as a websocket text frame (the inverse of :func:`parse`)."""
+    parts = [EIO_MESSAGE, str(packet.type)]
+    if packet.type in (BINARY_EVENT, BINARY_ACK):
+        parts.append(f"{packet.attachments}-")
+    if packet.namespace != "/":
+        parts.append(packet.namespace + ",")
+    if packet.ack_id is not None:
+        parts.append(str(packet.ack_id))
+    if packet.data is not None:
+        parts.append(json.dumps(packet.data, separators=(",", ":")))
+    return "".join(parts)
+
+
+def event(name: str, *args: Any, namespace: str = "/", ack_id: int | None = None) -> str:
+    """Encode an EVENT frame."""
+    return encode(Packet(EVENT, namespace, ack_id, [name, *args]))
+
+
+def ack(ack_id: int, *args: Any, namespace: str = "/") -> str:
+    """Encode an ACK frame answering ``ack_id``."""
+    return encode(Packet(ACK, namespace, ack_id, list(args)))
+
+
+def concerns_session(frame: str) -> bool:
+    """May an outbound frame change what the session keeps? (A CONNECT reply, CONNECT_ERROR,
+    DISCONNECT, or an event that may carry an ack id: not a plain EVENT in ``/``.)"""
+    return frame[:3] != PLAIN_EVENT_HEAD and frame[:1] == EIO_MESSAGE and frame[1:2] in ("0", "1", "2", "4", "5")
+
+
+_NAMESPACE = re.compile(r"4[25](?:\d+-)?(/[^,]*),")
+
+
+@functools.lru_cache(maxsize=4)
+def _event_pattern(event: str) -> re.Pattern[str]:
+    return re.compile(r"4[25](?:\d+-)?(?:/[^,]*,)?\d*\[\s*" + re.escape(json.dumps(event)))
+
+
+def names_event(frame: str, event: str) -> bool:
+    """Does an EVENT frame, even one :func:`parse` refuses, name ``event``? (Looks at its head only.)"""
+    return _event_pattern(event).match(frame[:512]) is not None
+
+
+def namespace_of(frame: str) -> str:
+    """The namespace an EVENT frame names in its head, even one :func:`parse` refuses."""
+    found = _NAMESPACE.match(frame[:512])
+    return found.group(1) if found else "/"
