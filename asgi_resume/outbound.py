@@ -16,9 +16,8 @@ client sees each seq once and in order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-
-import anyio
 
 from asgi_resume import protocol, replay
 from asgi_resume.frames import RESERVED, EventUnit, Item, template_digest
@@ -258,13 +257,14 @@ class Outbound:
             assert unit.stream is not None
             pending.setdefault(unit.stream, []).append(unit)
             session.saw(unit.stream, unit.done)
-        if not self.runtime.health.available():
-            self._unlogged(pending, None)
+        guard = self.runtime.guard
+        if not guard.available():
+            self._unlogged(pending)
             return
         if self.runtime.repairs_due():  # streams the log missed frames of start a new epoch first
             await self.runtime.repair()
-            if not self.runtime.health.available():  # the repair found the log still failing
-                self._unlogged(pending, None)
+            if not guard.available():  # the repair found the log still failing
+                self._unlogged(pending)
                 return
         order, timeout = self.runtime.order, self.runtime.settings.write_timeout
         for key, group in pending.items():  # frames another tab here was fed first, and these lack, go first
@@ -275,20 +275,17 @@ class Outbound:
                 stats.order_waits_timed_out += 1
         requests = [self._request(key, group) for key, group in pending.items()]
         stats.log_writes += 1
+        # (the in-process log answers at once: no company to wait for)
+        log = self.log if self.log.synchronous else self.runtime.appends
         try:
-            if self.log.synchronous:  # nothing to wait for: no timer, no company
-                results = await self.log.append(requests)
-            else:
-                async with asyncio.timeout(self.runtime.settings.write_timeout):
-                    results = await self.runtime.appends.append(requests)
-        except (LogUnavailable, TimeoutError) as exc:
-            self._unlogged(pending, str(exc) or "timed out")
+            results = await guard.call(guard.deadlines.write, log.append, requests)
+        except LogUnavailable:
+            self._unlogged(pending)
             return
-        self.runtime.health.succeeded()
         for (key, group), result in zip(pending.items(), results, strict=True):
             if result.failed is not None:  # this stream alone: the log is up, and others were logged
-                stats.log_failures += 1
-                self._unlogged({key: group}, None)
+                guard.failed_alone()
+                self._unlogged({key: group})
                 continue
             session.unlogged.pop(key, None)
             for unit, seq in zip(group, result.seqs, strict=True):
@@ -315,10 +312,8 @@ class Outbound:
             held=self.held,
         )
 
-    def _unlogged(self, by_key: dict[StreamKey, list[EventUnit]], reason: str | None) -> None:
+    def _unlogged(self, by_key: dict[StreamKey, list[EventUnit]]) -> None:
         """The log missed these frames: they go out unstamped, and the streams get a new epoch."""
-        if reason is not None:
-            self.runtime.health.failed(reason)
         for key, group in by_key.items():
             self.session.forget(key)
             self.runtime.stats.frames_unstamped += len(group)
@@ -339,13 +334,12 @@ class Outbound:
         if self.recovery is not None:
             await self.recovery.note("closed")
         orphaned = [] if handed_over else session.active_streams(self.runtime.settings.hold_idle)
-        if not orphaned or not self.runtime.health.available():
+        if not orphaned:
             return
-        try:
-            with anyio.fail_after(self.runtime.settings.write_timeout):
-                await self.log.release(orphaned, session.id)
-        except (LogUnavailable, TimeoutError):
-            pass  # a newcomer then continues the epoch: what was lost meanwhile is not flagged
+        guard = self.runtime.guard
+        # (if it fails, a newcomer continues the epoch: what was lost meanwhile is not flagged)
+        with contextlib.suppress(LogUnavailable):
+            await guard.call(guard.deadlines.write, self.log.release, orphaned, session.id)
 
 
 def _needs_log(unit: Item) -> bool:

@@ -182,12 +182,10 @@ class Recovery:
             frames: list[tuple[int, Payload]] = [(u.received_ms, [u.live(), *u.attachments]) for u in group]
             principal = session.principal_for(ns) or ""
             requests.append(SessionAppend(state.pid, state.gen, session.id, principal, ns, frames, flushed_ms))
+        guard = self.runtime.guard
         try:
-            if not self.runtime.health.available():
-                raise TimeoutError("the log failed a moment ago")
-            with anyio.fail_after(self.runtime.settings.write_timeout):
-                results = await self.runtime.log.session_append(requests)
-        except (LogUnavailable, TimeoutError):
+            results = await guard.call(guard.deadlines.write, self.runtime.log.session_append, requests)
+        except LogUnavailable:
             for group in by_ns.values():
                 for unit in group:
                     unit.offset = UNLOGGED_OFFSET  # sent, but a recovery from here cannot be complete
@@ -238,24 +236,31 @@ class Recovery:
         assert claim is not None
         principal = session.principal_for(state.namespace) or ""
         window_ms = int(runtime.settings.recovery_window * 1000)
+        guard, log = runtime.guard, runtime.log
         try:
-            with anyio.fail_after(runtime.settings.write_timeout * 4):
-                result = await runtime.log.session_claim(
-                    claim.pid, principal, claim.gen, session.id, new_gen, window_ms
-                )
+            result = await guard.call(
+                guard.deadlines.recovery,
+                log.session_claim,
+                claim.pid,
+                principal,
+                claim.gen,
+                session.id,
+                new_gen,
+                window_ms,
+            )
             if result.status != "ok":
                 logger.info("recovery of session %s…: %s", claim.pid[:6], result.status)
                 return False, []
             give_up_waiting = time.monotonic() + FLUSH_WAIT_S
             while True:
-                with anyio.fail_after(runtime.settings.write_timeout * 4):
-                    read = await runtime.log.session_read(
-                        claim.pid, claim.gen, claim.after, time.monotonic() >= give_up_waiting
-                    )
+                force = time.monotonic() >= give_up_waiting
+                read = await guard.call(
+                    guard.deadlines.recovery, log.session_read, claim.pid, claim.gen, claim.after, force
+                )
                 if read.status != "wait":
                     break
                 await anyio.sleep(0.01)  # the previous connection is still logging what it got
-        except (LogUnavailable, TimeoutError) as exc:
+        except LogUnavailable as exc:
             logger.warning("recovery of session %s… failed: the log is unreachable (%s)", claim.pid[:6], exc)
             return False, []
         if read.status != "ok":
@@ -302,10 +307,17 @@ class Recovery:
         for state in self.states.values():
             if not state.pid or (action == "state" and not state.recoverable):
                 continue
+            guard = self.runtime.guard
             try:
-                with anyio.fail_after(self.runtime.settings.write_timeout * 4):
-                    gen, owner = await self.runtime.log.session_note(state.pid, action, state.gen, self.session.id)
-            except (LogUnavailable, TimeoutError):
+                gen, owner = await guard.call(
+                    guard.deadlines.recovery,
+                    self.runtime.log.session_note,
+                    state.pid,
+                    action,
+                    state.gen,
+                    self.session.id,
+                )
+            except LogUnavailable:
                 taken = False
                 continue
             if (gen, owner) == (state.gen, self.session.id):

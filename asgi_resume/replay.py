@@ -9,16 +9,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import anyio
-
 from asgi_resume import resume
 from asgi_resume.frames import Item, render
 from asgi_resume.log import LogUnavailable
 from asgi_resume.resume import ResumeRequest
 from asgi_resume.runtime import Runtime
 from asgi_resume.session import Session
-
-REPLAY_TIMEOUT_S = 5.0
 
 
 def no_principal_detail(runtime: Runtime) -> str:
@@ -50,18 +46,19 @@ async def answer(runtime: Runtime, session: Session, request: ResumeRequest) -> 
         stats.resumes_not_found += 1
         runtime.hint_no_principal()
         return [reply(resume.error("not_found", no_principal_detail(runtime)))]
-    if not runtime.health.available():  # it failed a moment ago: answer now, do not wait on it
+    guard = runtime.guard
+    if not guard.available():  # it failed a moment ago: answer now, do not wait on it
         stats.resumes_unavailable += 1
         return [reply(resume.error("unavailable", "the stream log is not reachable; try again"))]
     await runtime.repair()  # a stream the log missed frames of must answer gap, not a silent hole
     started = time.perf_counter()
     try:
-        # not on the live path: a replay may wait its turn (a reconnect storm), up to REPLAY_TIMEOUT_S
-        with anyio.fail_after(REPLAY_TIMEOUT_S):
-            result = await runtime.log.replay(key, request.last_seq, request.epoch, session.id)
-    except (LogUnavailable, TimeoutError) as exc:
-        if isinstance(exc, LogUnavailable):  # slowness is no outage: live frames keep the log
-            runtime.health.failed(str(exc))
+        # not on the live path: a replay may wait its turn (a reconnect storm), and its slowness is
+        # no outage (live frames keep the log)
+        result = await guard.call(
+            guard.deadlines.replay, runtime.log.replay, key, request.last_seq, request.epoch, session.id
+        )
+    except LogUnavailable:
         stats.resumes_unavailable += 1
         return [reply(resume.error("unavailable", "the stream log is not reachable; try again"))]
     if result.status == "not_found":

@@ -1,8 +1,8 @@
 """What every connection of one middleware shares.
 
-Owns: the settings, the stream log and its health (when to stop waiting for it and
-when to try again), the principal resolver and its hashing key, this process's
-Engine.IO sessions by sid, and the counters.
+Owns: the settings, the stream log and the guard every call to it goes through, the
+principal resolver and its hashing key, this process's Engine.IO sessions by sid, and the
+counters.
 Must not touch: any one connection's state.
 """
 
@@ -13,14 +13,11 @@ import hashlib
 import hmac
 import logging
 import secrets
-import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import anyio
-
 from asgi_resume.config import Settings
+from asgi_resume.guard import RETRY_AFTER_S, Deadlines, LogGuard
 from asgi_resume.log import AppendRequest, LogUnavailable, LogUnsupported, StreamKey, StreamLog
 from asgi_resume.log.base import GroupCommit, LogLimits
 from asgi_resume.log.memory import MemoryLog
@@ -28,6 +25,7 @@ from asgi_resume.order import FeedOrder
 from asgi_resume.principal import JwtKey, PrincipalResolver, default_principal_key
 from asgi_resume.rules import StreamRules
 from asgi_resume.session import Registry, Session
+from asgi_resume.stats import Stats, Throttle, fault
 
 if TYPE_CHECKING:
     from asgi_resume.outbound import Outbound
@@ -35,116 +33,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("asgi_resume")
 
 DEFAULT_MAX_POST_BODY = 1_000_000  # python-engineio's default max_http_buffer_size
-_RETRY_AFTER_S = 1.0  # after a log failure, frames skip the log this long before it is tried again
-PREPARE_TIMEOUT_S = 2.0  # longest the first CONNECT waits for the log to connect and load its scripts
 MAX_REPAIRS = 10_000  # streams waiting for their new epoch after a failure; past it, their next frame starts it
-_WARN_EVERY_S = 10.0
-
-
-TIMING_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-
-
-@dataclass(slots=True)
-class Timing:
-    """How long something takes: count and sum, in seconds, and buckets for a histogram."""
-
-    count: int = 0
-    total: float = 0.0
-    buckets: dict[float, int] = field(default_factory=lambda: dict.fromkeys(TIMING_BUCKETS, 0))
-
-    def observe(self, seconds: float) -> None:
-        self.count += 1
-        self.total += seconds
-        for bound in TIMING_BUCKETS:
-            if seconds <= bound:
-                self.buckets[bound] += 1
-
-
-@dataclass(slots=True)
-class Stats:
-    """Counters, in-process (also exported as Prometheus metrics when enabled)."""
-
-    frames_stamped: int = 0
-    log_writes: int = 0  # append calls: one per batch of frames, whatever its size
-    order_waits_timed_out: int = 0  # batches logged before frames fed earlier on another connection
-    frames_unmatched: int = 0  # sent unstamped: their copy was logged before frames this connection got earlier
-    frames_unstamped: int = 0  # stream frames sent without seq because the log failed
-    log_failures: int = 0
-    resumes_ok: int = 0
-    resumes_gap: int = 0
-    resumes_not_found: int = 0
-    resumes_bad_request: int = 0
-    resumes_unavailable: int = 0
-    resumes_rate_limited: int = 0
-    frames_replayed: int = 0
-    replay_seconds: Timing = field(default_factory=Timing)  # reading the log and rendering a replay
-    holds_active: int = 0
-    holds_started: int = 0
-    holds_refused: int = 0  # clients let go because max_holds was reached
-    recoveries_ok: int = 0
-    recoveries_refused: int = 0  # unknown, expired or stolen pid, or frames gone: a normal connect
-    frames_recovered: int = 0
-
-
-def fault(event: str, **fields: Any) -> dict[str, Any]:
-    """Structured fields for a fault's log line: ``record.asgi_resume`` (for JSON log formatters)."""
-    return {"asgi_resume": {"event": event, **fields}}
-
-
-class Throttle:
-    """At most one log line per ``every_s`` for each kind of fault; says how many were skipped."""
-
-    def __init__(self, every_s: float = _WARN_EVERY_S) -> None:
-        self.every_s = every_s
-        self._last: dict[str, float] = {}
-        self._skipped: dict[str, int] = {}
-
-    def allow(self, kind: str) -> int | None:
-        """``None``: stay quiet; else log now, mentioning the returned number of skipped lines."""
-        now = time.monotonic()
-        if now - self._last.get(kind, -self.every_s) < self.every_s:
-            self._skipped[kind] = self._skipped.get(kind, 0) + 1
-            return None
-        self._last[kind] = now
-        return self._skipped.pop(kind, 0)
-
-
-class LogHealth:
-    """Stops frames from waiting on a log that just failed; warns at a bounded rate."""
-
-    def __init__(self, stats: Stats) -> None:
-        self.stats = stats
-        self._down_until = 0.0
-        self._last_warning = -_WARN_EVERY_S
-        self._failures_since_warning = 0
-        self.down = False
-
-    def available(self) -> bool:
-        return time.monotonic() >= self._down_until
-
-    def failed(self, reason: str) -> None:
-        now = time.monotonic()
-        self.stats.log_failures += 1
-        self._down_until = now + _RETRY_AFTER_S
-        self.down = True
-        self._failures_since_warning += 1
-        if now - self._last_warning >= _WARN_EVERY_S:  # one line per 10 s at most, with the count since
-            logger.warning(
-                "stream log unavailable (%s); frames go out unstamped and unlogged until it answers (%d failures)",
-                reason,
-                self._failures_since_warning,
-                extra=fault("log_unavailable", reason=reason, failures=self._failures_since_warning),
-            )
-            self._last_warning = now
-            self._failures_since_warning = 0
-
-    def succeeded(self) -> None:
-        if self.down:
-            self.down = False
-            logger.warning(
-                "stream log reachable again; logging resumed (streams that lost frames get a new epoch)",
-                extra=fault("log_recovered"),
-            )
 
 
 class Runtime:
@@ -159,13 +48,14 @@ class Runtime:
             log_calls=settings.log_calls,
         )
         self.stats = Stats()
-        self.health = LogHealth(self.stats)
         self.throttle = Throttle()
         limits = LogLimits(
             settings.maxlen, int(settings.ttl * 1000), int(settings.done_ttl * 1000), settings.max_streams
         )
         self.log: StreamLog = log if log is not None else self._make_log(settings, limits)
         self.appends = GroupCommit(self.log)  # a room's copies share one round trip
+        #: every log call goes through it: deadlines, the circuit breaker, failures counted
+        self.guard = LogGuard(self.log, Deadlines.from_write_timeout(settings.write_timeout), self.stats)
         self.order = FeedOrder()  # each stream's frames go to the log in the order they were fed here
         self._jwt = JwtKey(settings.jwt_secret, settings.jwt_algorithms) if settings.jwt_secret else None
         self.resolver = PrincipalResolver(settings.principal, self._principal_key(settings), self._jwt)
@@ -241,7 +131,7 @@ class Runtime:
 
     async def repair(self) -> None:
         """Start a new epoch for every stream the log missed frames of, in one call."""
-        if not self._repairs or not self.health.available():
+        if not self._repairs or not self.guard.available():
             return
         # a stream whose own connection started its new epoch meanwhile needs nothing more
         repairs = {key: session for key, session in self._repairs.items() if key in session.unlogged}
@@ -253,10 +143,8 @@ class Runtime:
             for key, session in repairs.items()
         ]
         try:
-            with anyio.fail_after(self.settings.write_timeout):
-                results = await self.log.append(requests)
-        except (LogUnavailable, TimeoutError) as exc:
-            self.health.failed(str(exc) or "timed out")
+            results = await self.guard.call(self.guard.deadlines.write, self.log.append, requests)
+        except LogUnavailable:
             for key, session in repairs.items():
                 self._repairs.setdefault(key, session)
             return
@@ -269,7 +157,7 @@ class Runtime:
 
     async def _repair_soon(self) -> None:
         while self._repairs and not self.shutting_down:
-            await asyncio.sleep(_RETRY_AFTER_S)  # (the log failed a moment ago)
+            await asyncio.sleep(RETRY_AFTER_S)  # (the log failed a moment ago)
             await self.repair()
 
     async def ready(self) -> None:
@@ -278,19 +166,16 @@ class Runtime:
         Best effort, once (again after a failure, once the log may be back): a log that does not
         answer now costs this connection's first frames their stamps, never the connection.
         """
-        if self._ready or not self.health.available():
+        if self._ready or not self.guard.available():
             return
         try:
-            with anyio.fail_after(PREPARE_TIMEOUT_S):
-                await self.log.prepare()
+            await self.guard.call(self.guard.deadlines.prepare, self.log.prepare)
         except LogUnsupported as exc:
             if not self._unsupported:  # (said once: the log answers, and will not change its mind)
                 self._unsupported = True
                 logger.error("%s", exc, extra=fault("log_unsupported", reason=str(exc)))
-            self.health.failed(str(exc))
             return
-        except (LogUnavailable, TimeoutError) as exc:
-            self.health.failed(str(exc) or "timed out")
+        except LogUnavailable:
             return
         self._ready = True
 

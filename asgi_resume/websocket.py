@@ -31,8 +31,9 @@ from asgi_resume import protocol
 from asgi_resume.frames import Item
 from asgi_resume.inbound import inspect
 from asgi_resume.outbound import Outbound
-from asgi_resume.runtime import Runtime, fault
+from asgi_resume.runtime import Runtime
 from asgi_resume.session import Session
+from asgi_resume.stats import fault
 
 logger = logging.getLogger("asgi_resume")
 

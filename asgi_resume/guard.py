@@ -1,0 +1,112 @@
+"""Every call to the stream log goes through one guard.
+
+Owns: the deadline of each kind of call (:class:`Deadlines`), the circuit breaker that stops
+callers from waiting on a log that just failed (for ``RETRY_AFTER_S``, then it is tried again),
+and the failures: counted in one place (``Stats.log_failures``) and reported as one throttled
+warning line, and one line when the log answers again. A call that fails or passes its deadline
+raises :class:`~asgi_resume.log.LogUnavailable`; callers decide what that costs (frames sent
+unstamped, a resume answered ``unavailable``). Must not touch: what the calls mean.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar, TypeVarTuple
+
+from asgi_resume.log import LogUnavailable, StreamLog
+from asgi_resume.stats import Stats, Throttle, fault
+
+logger = logging.getLogger("asgi_resume")
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+
+RETRY_AFTER_S = 1.0  # after a failure, calls fail at once this long before the log is tried again
+
+
+@dataclass(frozen=True, slots=True)
+class Deadline:
+    seconds: float
+    #: does passing it open the breaker? (A replay waiting its turn in a reconnect storm is slow,
+    #: not a sign of an outage: it fails that call alone.)
+    slow_is_outage: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Deadlines:
+    """How long each kind of call may take."""
+
+    write: Deadline  # live frames wait for it: an append, a repair, a release (ASGI_RESUME_WRITE_TIMEOUT)
+    recovery: Deadline  # a recovery session's claim, read or note: a reconnect waits for it
+    replay: Deadline = Deadline(5.0, slow_is_outage=False)  # a resume: not on the live path
+    prepare: Deadline = Deadline(2.0)  # connecting and loading the scripts, once at start-up
+
+    @classmethod
+    def from_write_timeout(cls, seconds: float) -> Deadlines:
+        return cls(Deadline(seconds), Deadline(seconds * 4))
+
+
+class LogGuard:
+    def __init__(self, log: StreamLog, deadlines: Deadlines, stats: Stats) -> None:
+        self.log = log
+        self.deadlines = deadlines
+        self.stats = stats
+        self._throttle = Throttle()
+        self._down_until = 0.0
+        self.down = False  # the last call failed, and no call succeeded since
+
+    def available(self) -> bool:
+        """False for ``RETRY_AFTER_S`` after a failure: callers then skip the log instead of waiting."""
+        return time.monotonic() >= self._down_until
+
+    async def call(self, deadline: Deadline, call: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> T:
+        """``await call(*args)`` within ``deadline``, or :class:`LogUnavailable`.
+
+        Fails at once while the breaker is open.
+        """
+        if not self.available():
+            raise LogUnavailable("the log failed a moment ago")
+        try:
+            if self.log.synchronous:  # the in-process log never waits: no timer
+                result = await call(*args)
+            else:
+                async with asyncio.timeout(deadline.seconds):
+                    result = await call(*args)
+        except TimeoutError:
+            if deadline.slow_is_outage:
+                self.failed("timed out")
+            else:
+                self.stats.log_failures += 1
+            raise LogUnavailable("timed out") from None
+        except LogUnavailable as exc:
+            self.failed(str(exc) or type(exc).__name__)
+            raise
+        if self.down:
+            self.down = False
+            logger.warning(
+                "stream log reachable again; logging resumed (streams that lost frames get a new epoch)",
+                extra=fault("log_recovered"),
+            )
+        return result
+
+    def failed(self, reason: str) -> None:
+        """The log failed (or a call found it failing): open the breaker, count it, say so (throttled)."""
+        self.stats.log_failures += 1
+        self._down_until = time.monotonic() + RETRY_AFTER_S
+        self.down = True
+        skipped = self._throttle.allow("log_unavailable")
+        if skipped is not None:
+            logger.warning(
+                "stream log unavailable (%s); frames go out unstamped and unlogged until it answers (%d failures)",
+                reason,
+                skipped + 1,
+                extra=fault("log_unavailable", reason=reason, failures=skipped + 1),
+            )
+
+    def failed_alone(self) -> None:
+        """One request failed while the log answered the others: counted, nothing else."""
+        self.stats.log_failures += 1
