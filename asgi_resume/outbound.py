@@ -217,7 +217,11 @@ class Outbound:
         out: list[Item] = []
         for i, unit in enumerate(units):
             if isinstance(unit, EventUnit):
-                if recovery is not None and unit.recover and (recovery.holds(unit) or recovery.duplicate(unit)):
+                if (
+                    recovery is not None
+                    and unit.recover
+                    and (recovery.waits_for_reply(unit) or recovery.duplicate(unit))
+                ):
                     continue
                 if unit.stream is not None and i < last_resume.get(unit.stream, -1):
                     waiting.setdefault(unit.stream, []).append(unit)

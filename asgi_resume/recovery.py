@@ -14,12 +14,8 @@ connection go. Must not touch: transports, the per-stream log.
 from __future__ import annotations
 
 import logging
-import re
-import secrets
 import time
-from collections import Counter
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 
@@ -27,83 +23,11 @@ from asgi_resume import protocol
 from asgi_resume.frames import EventUnit, Item
 from asgi_resume.log import LogUnavailable, StreamKey
 from asgi_resume.log.base import Payload, SessionAppend, new_epoch
-
-if TYPE_CHECKING:
-    from asgi_resume.runtime import Runtime
-    from asgi_resume.session import Session
+from asgi_resume.protocol.recovery import PID_FIELD, UNLOGGED_OFFSET, new_pid, offset
+from asgi_resume.runtime import Runtime
+from asgi_resume.session import RecoveryState, Session
 
 logger = logging.getLogger("asgi_resume")
-
-PID_FIELD, OFFSET_FIELD = "pid", "offset"
-UNLOGGED_OFFSET = "-"  # an offset no session has: a client holding it gets a normal connect
-_OFFSET = re.compile(r"([A-Za-z0-9]{1,16})\.([0-9]{1,15})")
-_PID = re.compile(r"[A-Za-z0-9_-]{16,64}")
-
-
-def new_pid() -> str:
-    """A bearer secret: 144 random bits."""
-    return secrets.token_urlsafe(18)
-
-
-def offset(gen: str, n: int) -> str:
-    return f"{gen}.{n}"
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimRequest:
-    """What a reconnecting client presented: its session and the last offset it got."""
-
-    pid: str
-    gen: str
-    after: int
-
-
-def take_claim(auth: Any) -> tuple[ClaimRequest | None, Any, bool]:
-    """Split a CONNECT auth into the recovery claim and what the app sees.
-
-    Returns (claim or None, auth without pid and offset, whether the auth had them).
-    """
-    if not isinstance(auth, dict) or (PID_FIELD not in auth and OFFSET_FIELD not in auth):
-        return None, auth, False
-    pid, raw_offset = auth.get(PID_FIELD), auth.get(OFFSET_FIELD)
-    rest = {k: v for k, v in auth.items() if k not in (PID_FIELD, OFFSET_FIELD)}
-    if not (isinstance(pid, str) and _PID.fullmatch(pid) and isinstance(raw_offset, str)):
-        return None, rest, True
-    match = _OFFSET.fullmatch(raw_offset)
-    if match is None:
-        return None, rest, True
-    return ClaimRequest(pid, match.group(1), int(match.group(2))), rest, True
-
-
-@dataclass(eq=False, slots=True)
-class RecoveryState:
-    """Recovery in one namespace of one connection."""
-
-    namespace: str
-    connect_ms: int  # when the client's CONNECT came in, on the log's clock
-    claim: ClaimRequest | None = None
-    awaiting_reply: bool = True  # until the app's CONNECT reply: frames wait, to follow the replay
-    held: list[Any] = field(default_factory=list)
-    pid: str = ""
-    gen: str = ""
-    logging: bool = False  # the session log takes this connection's events
-    left_cleanly: bool = False  # the client said goodbye (DISCONNECT or CLOSE): nothing to recover
-    duplicates: Counter[str] = field(default_factory=Counter)  # replayed events the new connection may repeat
-    duplicates_until: float = 0.0
-
-    @property
-    def recoverable(self) -> bool:
-        return self.logging and not self.left_cleanly
-
-
-def strip_connect(frame: str, packet: protocol.Packet) -> tuple[ClaimRequest | None, str | None, Any]:
-    """For an inbound CONNECT: the claim, the frame the app should get instead (or None), the auth."""
-    claim, auth, changed = take_claim(packet.data)
-    if not changed:
-        return None, None, packet.data
-    replacement = protocol.encode(protocol.Packet(protocol.CONNECT, packet.namespace, None, auth))
-    return claim, replacement, auth
-
 
 FLUSH_WAIT_S = 0.3  # how long a claim waits for the previous connection to log what it got before it
 DUPLICATES_FOR_S = 5.0  # how long after a recovery a replayed event may still arrive live
@@ -124,12 +48,12 @@ class Recovery:
         """Does an event sent in ``namespace`` get an offset? (Ack'd events do not, as on Node.)"""
         return ack_id is None and namespace in self.states
 
-    def holds(self, unit: EventUnit) -> bool:
+    def waits_for_reply(self, unit: EventUnit) -> bool:
         """Frames sent before the CONNECT reply wait for it: the replay must come first."""
         state = self.states.get(unit.namespace)
         if state is None or not state.awaiting_reply:
             return False
-        state.held.append(unit)
+        state.before_reply.append(unit)
         return True
 
     def is_reply(self, frame: str) -> protocol.Packet | None:
@@ -211,11 +135,11 @@ class Recovery:
         if not recovered:
             state.pid = new_pid()
         state.gen, state.logging = new_gen, True
-        held, state.held = state.held, []
-        held = [u for u in held if not self._replayed(u)]
-        await self.log(held, flushed_ms, create=(ns,))
+        waited, state.before_reply = state.before_reply, []
+        waited = [u for u in waited if not self._replayed(u)]
+        await self.log(waited, flushed_ms, create=(ns,))
         out: list[Item] = list(replay)
-        for unit in held:
+        for unit in waited:
             out += unit.frames()
         out.append(protocol.with_member(frame, packet, PID_FIELD, state.pid))
         if state.claim is not None:

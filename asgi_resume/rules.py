@@ -46,7 +46,7 @@ class Condition:
     path: tuple[str, ...]
     expected: Any = _TRUTHY  # _TRUTHY: the value must be truthy
 
-    def holds(self, obj: Any) -> bool:
+    def is_met(self, obj: Any) -> bool:
         value = lookup(obj, self.path)
         if value is _MISSING:
             return False
@@ -60,7 +60,7 @@ class DoneRule:
     conditions: tuple[Condition, ...]
 
     def matches(self, obj: Any) -> bool:
-        return all(condition.holds(obj) for condition in self.conditions)
+        return all(condition.is_met(obj) for condition in self.conditions)
 
     @property
     def needles(self) -> tuple[str, ...]:

@@ -11,23 +11,43 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from starlette.types import Scope
 
+from asgi_resume.frames import EventUnit
 from asgi_resume.log.base import StreamKey
+from asgi_resume.protocol.recovery import ClaimRequest
 from asgi_resume.resume import ResumeRequest
-
-if TYPE_CHECKING:
-    from asgi_resume.recovery import RecoveryState
 
 T = TypeVar("T")
 
 _AMBIGUOUS = "\x00ambiguous"  # a pending CONNECT whose principal cannot be known (never a hash)
 SKIPPED_KEPT = 64  # entries a connection passed over, remembered per stream key (the log looks 64 ahead)
 CALLS_KEPT = 64  # unanswered calls remembered per connection
+
+
+@dataclass(eq=False, slots=True)
+class RecoveryState:
+    """Recovery in one namespace of one connection."""
+
+    namespace: str
+    connect_ms: int  # when the client's CONNECT came in, on the log's clock
+    claim: ClaimRequest | None = None
+    awaiting_reply: bool = True  # until the app's CONNECT reply: frames wait, to follow the replay
+    before_reply: list[EventUnit] = field(default_factory=list)  # frames waiting for the CONNECT reply
+    pid: str = ""
+    gen: str = ""
+    logging: bool = False  # the session log takes this connection's events
+    left_cleanly: bool = False  # the client said goodbye (DISCONNECT or CLOSE): nothing to recover
+    duplicates: Counter[str] = field(default_factory=Counter)  # replayed events the new connection may repeat
+    duplicates_until: float = 0.0
+
+    @property
+    def recoverable(self) -> bool:
+        return self.logging and not self.left_cleanly
 
 
 @dataclass(eq=False, slots=True)
