@@ -21,6 +21,7 @@ import logging
 
 from asgi_resume import protocol, replay
 from asgi_resume.frames import RESERVED, EventUnit, Item, template_digest
+from asgi_resume.guard import Deadline
 from asgi_resume.log import AppendRequest, LogUnavailable, StreamKey, StreamLog
 from asgi_resume.recovery import Recovery
 from asgi_resume.resume import ResumeRequest
@@ -265,16 +266,19 @@ class Outbound:
         if not guard.available():
             self._unlogged(pending)
             return
+        # one deadline for the whole batch: a repair, the wait for other tabs' frames and the append
+        loop = asyncio.get_running_loop()
+        ends = loop.time() + guard.deadlines.write.seconds
         if self.runtime.repairs_due():  # streams the log missed frames of start a new epoch first
-            await self.runtime.repair()
+            await self.runtime.repair(Deadline(max(0.0, ends - loop.time())))
             if not guard.available():  # the repair found the log still failing
                 self._unlogged(pending)
                 return
-        order, timeout = self.runtime.order, self.runtime.settings.write_timeout
+        order = self.runtime.order
         for key, group in pending.items():  # frames another tab here was fed first, and these lack, go first
             first = group[0].order
             if order.before(key, first) and not await order.turn(
-                key, first, {unit.content_digest() for unit in group}, timeout
+                key, first, {unit.content_digest() for unit in group}, max(0.0, ends - loop.time())
             ):
                 stats.order_waits_timed_out += 1
         requests = [self._request(key, group) for key, group in pending.items()]
@@ -282,7 +286,7 @@ class Outbound:
         # (the in-process log answers at once: no company to wait for)
         log = self.log if self.log.synchronous else self.runtime.appends
         try:
-            results = await guard.call(guard.deadlines.write, log.append, requests)
+            results = await guard.call(Deadline(max(0.0, ends - loop.time())), log.append, requests)
         except LogUnavailable:
             self._unlogged(pending)
             return

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from asgi_resume.config import Settings
-from asgi_resume.guard import RETRY_AFTER_S, Deadlines, LogGuard
+from asgi_resume.guard import RETRY_AFTER_S, Deadline, Deadlines, LogGuard
 from asgi_resume.log import AppendRequest, LogUnavailable, LogUnsupported, StreamKey, StreamLog
 from asgi_resume.log.base import GroupCommit, LogLimits
 from asgi_resume.log.memory import MemoryLog
@@ -129,8 +129,9 @@ class Runtime:
     def repairs_due(self) -> bool:
         return bool(self._repairs)
 
-    async def repair(self) -> None:
-        """Start a new epoch for every stream the log missed frames of, in one call."""
+    async def repair(self, deadline: Deadline | None = None) -> None:
+        """Start a new epoch for every stream the log missed frames of, in one call (within
+        ``deadline``, by default the write deadline)."""
         if not self._repairs or not self.guard.available():
             return
         # a stream whose own connection started its new epoch meanwhile needs nothing more
@@ -143,7 +144,7 @@ class Runtime:
             for key, session in repairs.items()
         ]
         try:
-            results = await self.guard.call(self.guard.deadlines.write, self.log.append, requests)
+            results = await self.guard.call(deadline or self.guard.deadlines.write, self.log.append, requests)
         except LogUnavailable:
             for key, session in repairs.items():
                 self._repairs.setdefault(key, session)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.app import chat_event, emit_tokens, make_app, make_sio, room_of
+from tests.support.app import PacedStream, chat_event, emit_tokens, make_app, make_sio, room_of
 from tests.support.raw import RawClient
 from tests.support.redis_server import RedisServer
 from tests.support.server import serve
@@ -120,6 +120,44 @@ async def test_a_stream_that_ends_while_redis_hangs_is_a_gap_not_a_silent_hole(t
             assert answer["epoch"] != old_epoch
             await client.close()
             await reloaded.close()
+    finally:
+        server.resume() if server.process else None
+        server.stop()
+        await app.runtime.aclose()
+
+
+async def test_a_redis_hang_during_a_resume_storm_stalls_a_bystander_no_longer_than_the_write_deadline(
+    tmp_path: Path,
+) -> None:
+    """Issue 13, finding 10: a bystander's live frames wait for the log at most one write deadline
+    per batch (measured before: 525 ms against a 250 ms deadline), however many resumes wait on it."""
+    write_timeout = 0.5
+    server = RedisServer(tmp_path / "storm").start()
+    sio = make_sio()
+    app = make_app(sio, redis_url=server.url, key_prefix=f"f{next(_prefixes)}", write_timeout=write_timeout)
+    try:
+        async with serve(app) as url:
+            bystander = await RawClient(url, auth={"token": "bystander"}).connect()
+            storm = [await RawClient(url, auth={"token": f"user{i}"}).connect() for i in range(100)]
+            for i in range(len(storm)):
+                await emit_tokens(sio, f"user{i}", f"s{i}", 1, 3)
+            stream = PacedStream(sio, "bystander", "live", 400, pace=0.005)
+            running = asyncio.create_task(stream.run())
+            await stream.wait_sent(20)
+            server.pause()  # Redis hangs while every user asks to resume (more requests than connections)
+            for round_ in range(3):
+                for i, client in enumerate(storm):
+                    await client.emit("resume-stream", {"message_id": f"s{i}", "last_seq": 0}, ack_id=10 + round_)
+            await stream.wait_sent(stream.total // 2)
+            server.resume()
+            await running
+            await bystander.wait_count(lambda f: isinstance(f, str) and '"live"' in f, stream.total + 1, timeout=30)
+            assert [e["data"]["data"].get("content", "") for e in bystander.events()] == stream.expected
+            arrived = [at for frame, at in zip(bystander.frames, bystander.arrived, strict=True) if '"live"' in frame]
+            worst = max(b - a for a, b in itertools.pairwise(arrived))
+            assert worst < write_timeout + 0.4, f"the bystander waited {worst:.3f} s for one frame"
+            for client in [bystander, *storm]:
+                await client.close()
     finally:
         server.resume() if server.process else None
         server.stop()

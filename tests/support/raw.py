@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,7 @@ class RawClient:
         self.auth = auth
         self.headers = headers or {}
         self.frames: list[str | bytes] = []  # everything but pings, in arrival order
+        self.arrived: list[float] = []  # when each of them came (time.monotonic())
         self.eio_sid: str | None = None
         self.closed = asyncio.Event()
         self._changed = asyncio.Condition()
@@ -56,6 +58,7 @@ class RawClient:
                         await self._ws.send(protocol.EIO_PONG)
                     continue
                 async with self._changed:
+                    self.arrived.append(time.monotonic())
                     self.frames.append(message)
                     self._changed.notify_all()
         except websockets.ConnectionClosed:
