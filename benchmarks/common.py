@@ -246,6 +246,20 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def paths() -> str:
+    """Which fast paths the server gets (it runs in this environment): said under every result."""
+    from asgi_resume.log.redis import REPLY_PARSER
+    from asgi_resume.protocol import JSON_PATH
+
+    try:
+        import uvloop  # noqa: F401 - only whether it is there
+
+        loop = "uvloop"
+    except ImportError:  # pragma: no cover - uvicorn[standard] brings it
+        loop = "asyncio"
+    return f"paths: JSON {JSON_PATH}; Redis replies {REPLY_PARSER}; event loop {loop}"
+
+
 def table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     line = "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |"

@@ -13,7 +13,7 @@ import argparse
 
 import uvloop
 
-from benchmarks.common import MODES, Client, app_server, percentile, redis_server, table
+from benchmarks.common import MODES, Client, app_server, paths, percentile, redis_server, table
 
 
 async def measure(url: str, rate: int, frames: int) -> list[float]:
@@ -47,6 +47,7 @@ def main() -> None:
         rows.append([mode, f"{p50:.2f}", f"{p99:.2f}", f"{added50:+.2f}", f"{added99:+.2f}"])
     print(f"latency at {args.rate} frames/s, {args.frames} frames, milliseconds")
     print(table(rows, ["app", "p50", "p99", "added p50", "added p99"]))
+    print(paths())
 
 
 if __name__ == "__main__":

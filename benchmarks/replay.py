@@ -18,7 +18,7 @@ import time
 
 import uvloop
 
-from benchmarks.common import Client, Counter, app_server, redis_server, table
+from benchmarks.common import Client, Counter, app_server, paths, redis_server, table
 
 
 async def replay_time(url: str, frames: int) -> float:
@@ -74,6 +74,7 @@ def main() -> None:
     print(f"replay of {args.frames} frames (server time, median of 10); storm: {args.clients} clients resume "
           f"{args.storm_frames} frames each at once")  # fmt: skip
     print(table(rows, ["log", "replay ms", "storm: all caught up, s", "frames lost"]))
+    print(paths())
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import asyncio
 import redis.asyncio as aioredis
 import uvloop
 
-from benchmarks.common import Client, Counter, app_server, redis_server, table
+from benchmarks.common import Client, Counter, app_server, paths, redis_server, table
 
 
 async def evalsha_calls(url: str) -> int:
@@ -50,6 +50,7 @@ def main() -> None:
     rows.append(["trickle (100 frames/s)", f"{trickle[0]:.3f}", f"{trickle[1]:.3f}"])
     print("Redis round trips per logged frame (one client)")
     print(table(rows, ["load", "log calls / frame", "EVALSHA / frame"]))
+    print(paths())
 
 
 if __name__ == "__main__":

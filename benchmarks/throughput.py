@@ -15,7 +15,7 @@ import time
 
 import uvloop
 
-from benchmarks.common import MODES, Client, Counter, app_server, cpu_seconds, redis_server, server_pid, table
+from benchmarks.common import MODES, Client, Counter, app_server, cpu_seconds, paths, redis_server, server_pid, table
 
 
 async def one_room(url: str, clients: int, frames: int, size: int, room: str) -> tuple[float, float]:
@@ -85,6 +85,7 @@ def main() -> None:
     print(f"throughput, {args.size}-byte tokens; best of {args.repeat}; server CPU µs per delivery (added)")
     headers = ["app", "1 client frames/s", "ratio", "CPU µs", f"{args.clients} clients deliveries/s", "ratio", "CPU µs"]
     print(table(rows, headers))
+    print(paths())
 
 
 if __name__ == "__main__":
