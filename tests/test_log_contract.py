@@ -282,3 +282,41 @@ async def test_a_read_waits_while_the_previous_owner_may_still_log(log: StreamLo
     await log.session_note(pid, "closed", "g1", "c1")  # the previous owner is done
     read = await log.session_read(pid, "g1", 0, force=False)
     assert (read.status, [n for n, _, _ in read.frames]) == ("ok", [1])
+
+
+# -- replay: what a resume reads -------------------------------------------------------------------
+
+
+async def test_a_replay_after_a_seq_of_the_same_epoch_has_no_gap(log: StreamLog) -> None:
+    tab = Connection(log, key(), "tab")
+    await tab.send(*(entry(log, t) for t in "abcd"))
+    replay = await log.replay(key(), 2, tab.epoch, "reloaded")
+    assert (replay.status, replay.epoch, replay.last_seq, replay.oldest_seq, replay.gap) == (
+        "ok",
+        tab.epoch,
+        4,
+        1,
+        False,
+    )
+    assert [seq for seq, _ in replay.frames] == [3, 4]
+    caught_up = await log.replay(key(), 4, tab.epoch, "reloaded")
+    assert (caught_up.frames, caught_up.gap) == ([], False)
+
+
+async def test_a_replay_from_another_epoch_or_beyond_the_end_starts_over_with_a_gap(log: StreamLog) -> None:
+    tab = Connection(log, key(), "tab")
+    await tab.send(entry(log, "a"), entry(log, "b"))
+    for after, epoch in ((1, "another"), (9, tab.epoch)):
+        replay = await log.replay(key(), after, epoch, "reloaded")
+        assert replay.gap is True
+        assert [seq for seq, _ in replay.frames] == [1, 2]  # the whole history the log has
+
+
+async def test_a_replay_gives_the_entries_as_they_were_logged(log: StreamLog) -> None:
+    tab = Connection(log, key(), "tab")
+    binary = Entry(
+        "d-bin", ['451-["events",{', '"message_id":"m"},{"_placeholder":true,"num":0}]', b"\x00\xff"], False, 0
+    )
+    await tab.send(entry(log, "text"), binary)
+    replay = await log.replay(key(), 0, None, "reloaded")
+    assert [payload for _, payload in replay.frames] == [entry(log, "text").payload, binary.payload]
