@@ -1,0 +1,155 @@
+"""The outbound pipeline alone, without a server: what one batch of frames becomes.
+
+Drives :class:`~asgi_resume.outbound.Outbound` as the transports do (``feed``, then ``flush``),
+on the memory log. Fast: a change to the pipeline is checked here in a second, before the
+end-to-end suites.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from asgi_resume import protocol
+from asgi_resume.config import Settings
+from asgi_resume.outbound import Outbound
+from asgi_resume.resume import ResumeRequest
+from asgi_resume.runtime import Runtime
+from asgi_resume.session import Session
+
+pytestmark = pytest.mark.anyio
+ALICE = "alice-principal-hash"
+
+
+def runtime(**settings: Any) -> Runtime:
+    return Runtime(Settings.load({}, **settings))
+
+
+def tab(rt: Runtime, principal: str | None = ALICE, namespace: str = "/") -> Outbound:
+    """A connection whose CONNECT in ``namespace`` the app accepted, as ``principal``."""
+    outbound = Outbound(rt, Session({"type": "websocket", "query_string": b""}, rt.log.now_ms()))
+    outbound.session.connecting(namespace, principal)
+    outbound.feed("40" + ("" if namespace == "/" else namespace + ",") + '{"sid":"s"}')
+    return outbound
+
+
+def token(i: int, message_id: str = "m", **extra: Any) -> str:
+    arg = {"chat_id": "c", "message_id": message_id, "data": {"type": "chat:completion", "data": {"content": f"t{i}"}}}
+    return "42" + json.dumps(["events", {**arg, **extra}], separators=(",", ":"))
+
+
+def done(message_id: str = "m") -> str:
+    arg = {"chat_id": "c", "message_id": message_id, "data": {"type": "chat:completion", "data": {"done": True}}}
+    return "42" + json.dumps(["events", arg], separators=(",", ":"))
+
+
+async def send(outbound: Outbound, *frames: str | bytes) -> list[Any]:
+    for frame in frames:
+        outbound.feed(frame)
+    return await outbound.flush()
+
+
+def events(sent: list[Any]) -> list[Any]:
+    """The first argument of each EVENT sent (binary attachments and other frames left out)."""
+    found = []
+    for frame in sent:
+        packet = protocol.parse(frame) if isinstance(frame, str) else None
+        if packet is not None and packet.type in (protocol.EVENT, protocol.BINARY_EVENT):
+            found.append(packet.first_arg)
+    return found
+
+
+async def test_stream_frames_are_stamped_in_order_and_otherwise_unchanged() -> None:
+    alice = tab(runtime())
+    sent = await send(alice, token(1), token(2), done())
+    stamped = events(sent[1:])  # (after the CONNECT reply)
+    assert [e["seq"] for e in stamped] == [1, 2, 3]
+    assert len({e["epoch"] for e in stamped}) == 1
+    assert [e["data"]["data"] for e in stamped] == [{"content": "t1"}, {"content": "t2"}, {"done": True}]
+    assert sent[0] == '40{"sid":"s"}'
+
+
+async def test_the_tabs_of_one_principal_get_one_seq_per_emit() -> None:
+    rt = runtime()
+    one, two = tab(rt), tab(rt)
+    for i in range(1, 4):
+        first, second = events(await send(one, token(i))), events(await send(two, token(i)))
+        assert first == second  # the copies, stamped alike
+        assert first[0]["seq"] == i
+
+
+async def test_principals_have_separate_streams_under_one_id() -> None:
+    rt = runtime()
+    alice, mallory = tab(rt), tab(rt, "mallory-principal-hash")
+    await send(alice, token(1), token(2))
+    assert [e["seq"] for e in events(await send(mallory, token(9)))] == [1]  # her own stream, from 1
+
+
+async def test_a_connection_without_principal_gets_frames_as_the_app_sent_them() -> None:
+    anonymous = tab(runtime(), None)
+    assert await send(anonymous, token(1)) == ['40{"sid":"s"}', token(1)]
+
+
+async def test_a_refused_connect_binds_nobody() -> None:
+    rt = runtime()
+    refused = Outbound(rt, Session({"type": "websocket", "query_string": b""}, rt.log.now_ms()))
+    refused.session.connecting("/", ALICE)
+    assert await send(refused, '44{"message":"revoked"}', token(1)) == ['44{"message":"revoked"}', token(1)]
+    assert refused.session.principals == {}
+
+
+async def test_a_call_is_noted_and_not_logged() -> None:
+    alice = tab(runtime())
+    call = "421" + token(1)[2:]  # ack id 1: the app waits for this client's answer
+    assert (await send(alice, call))[1:] == [call]
+    assert alice.session.calls == {("/", 1): None}
+
+
+async def test_a_binary_event_is_stamped_and_keeps_its_attachments_behind_it() -> None:
+    alice = tab(runtime())
+    header = '451-["events",{"message_id":"m","blob":{"_placeholder":true,"num":0}}]'
+    sent = await send(alice, header, protocol.EIO_PING, b"\x00\x01")  # a ping may come in between
+    assert sent[1] == protocol.EIO_PING
+    assert sent[3] == b"\x00\x01"
+    assert events(sent)[0]["seq"] == 1
+
+
+async def test_a_resume_in_a_batch_replays_then_sends_what_it_did_not_carry() -> None:
+    alice = tab(runtime())
+    await send(alice, token(1), token(2))
+    epoch = alice.session.cursors[next(iter(alice.session.cursors))][0]
+    later = tab(alice.runtime)  # a reloaded tab: live frames and its resume in one batch
+    later.feed(token(3))
+    later.feed(ResumeRequest("/", 7, "m", 1, epoch))
+    later.feed(token(4))
+    sent = await later.flush()
+    await send(alice, token(3), token(4))
+    seqs = [e["seq"] for e in events(sent) if "seq" in e]
+    assert seqs == [2, 3, 4]  # each once, in order: the replay carried 3, then 4 went live
+    answer = next(protocol.parse(f) for f in sent if isinstance(f, str) and f.startswith("437"))
+    assert answer is not None
+    assert answer.data[0]["last_seq"] >= 3
+
+
+async def test_a_failure_in_the_pipeline_costs_the_stamps_never_the_frames(monkeypatch: pytest.MonkeyPatch) -> None:
+    alice = tab(runtime())
+    await alice.flush()
+
+    async def broken(*args: Any) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(alice, "_append", broken)
+    assert await send(alice, token(1), "2", token(2)) == [token(1), "2", token(2)]
+
+
+async def test_a_log_that_just_failed_is_not_waited_for() -> None:
+    rt = runtime()
+    alice = tab(rt)
+    before = events(await send(alice, token(1)))[0]
+    rt.guard.failed("gone")  # the breaker is open for a moment
+    assert await send(alice, token(2)) == [token(2)]  # unstamped, at once
+    rt.guard._down_until = 0.0  # (the retry delay passed)
+    after = events(await send(alice, token(3)))[0]
+    assert after["epoch"] != before["epoch"]  # the history with a hole is a new epoch
