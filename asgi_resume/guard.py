@@ -34,6 +34,9 @@ class Deadline:
     #: does passing it open the breaker? (A replay waiting its turn in a reconnect storm is slow,
     #: not a sign of an outage: it fails that call alone.)
     slow_is_outage: bool = True
+    #: does an open breaker fail the call at once? (A reconnecting client's recovery claim is
+    #: tried anyway: it cannot ask again, and the log may be back before the breaker knows.)
+    fails_fast: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,13 +44,13 @@ class Deadlines:
     """How long each kind of call may take."""
 
     write: Deadline  # live frames wait for it: an append, a repair, a release (ASGI_RESUME_WRITE_TIMEOUT)
-    recovery: Deadline  # a recovery session's claim, read or note: a reconnect waits for it
+    recovery: Deadline  # a recovery session's claim, read or note: a reconnect waits for it, tried anyway
     replay: Deadline = Deadline(5.0, slow_is_outage=False)  # a resume: not on the live path
     prepare: Deadline = Deadline(2.0)  # connecting and loading the scripts, once at start-up
 
     @classmethod
     def from_write_timeout(cls, seconds: float) -> Deadlines:
-        return cls(Deadline(seconds), Deadline(seconds * 4))
+        return cls(Deadline(seconds), Deadline(seconds * 4, fails_fast=False))
 
 
 class LogGuard:
@@ -66,9 +69,9 @@ class LogGuard:
     async def call(self, deadline: Deadline, call: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> T:
         """``await call(*args)`` within ``deadline``, or :class:`LogUnavailable`.
 
-        Fails at once while the breaker is open.
+        Fails at once while the breaker is open (unless ``deadline.fails_fast`` is false).
         """
-        if not self.available():
+        if deadline.fails_fast and not self.available():
             raise LogUnavailable("the log failed a moment ago")
         try:
             if self.log.synchronous:  # the in-process log never waits: no timer

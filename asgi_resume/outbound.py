@@ -10,7 +10,11 @@ transports (websocket or polling framing), ASGI messages, the app.
 
 A batch is rendered in order after one log call: a replay reads the log after every frame
 queued before it was logged, and a live frame the replay already carried is dropped, so the
-client sees each seq once and in order.
+client sees each seq once and in order. What is rendered is handed to the transport as it is
+ready (:meth:`Outbound.send`): a replay goes out a page at a time (``replay.answer``), each page
+once the one before was taken, and the batch's live frames of that stream wait behind it; the
+connection's later frames wait for the batch. So a connection has one replay in flight at most,
+and a second request is answered after it, in order.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from asgi_resume.frames import RESERVED, EventUnit, Item, template_digest
 from asgi_resume.guard import Deadline
 from asgi_resume.log import AppendRequest, LogUnavailable, StreamKey, StreamLog
 from asgi_resume.recovery import Recovery
+from asgi_resume.replay import Deliver
 from asgi_resume.resume import ResumeRequest
 from asgi_resume.rules import StreamFrame
 from asgi_resume.runtime import Runtime
@@ -31,6 +36,7 @@ from asgi_resume.session import Session
 
 logger = logging.getLogger("asgi_resume")
 
+_NONE_HELD: tuple[int, ...] = ()
 STAMPING_CACHE_SIZE = 256  # recent stream frames: their copies to other connections are stamped alike
 
 
@@ -51,6 +57,7 @@ class Outbound:
         self._deferred: list[ResumeRequest] = []  # requests that came by another transport
         self.lock = asyncio.Lock()  # transports of one session take turns: feed, then flush
         self.held = False  # its client left and the connection is held: it takes no stream over
+        self._handed: tuple[int, tuple[int, ...]] = (0, _NONE_HELD)  # how far :meth:`send` handed its batch over
 
     def pending(self, *, answer_deferred: bool = True) -> int:
         """Units fed and not flushed yet."""
@@ -171,8 +178,21 @@ class Outbound:
     # -- flushing ----------------------------------------------------------------------------------
 
     async def flush(self, *, answer_deferred: bool = True) -> list[Item]:
-        """Log what was fed and return what to send, in order.
+        """Log what was fed and return what to send, in order (replays whole: see :meth:`send`)."""
+        out: list[Item] = []
 
+        async def collect(items: list[Item]) -> bool:
+            out.extend(items)
+            return True
+
+        await self.send(collect, answer_deferred=answer_deferred)
+        return out
+
+    async def send(self, deliver: Deliver, *, answer_deferred: bool = True) -> None:
+        """Log what was fed and hand what to send to ``deliver``, in order.
+
+        ``deliver`` is called with what is ready whenever the batch is about to wait (a replay's
+        next page, a log read), so a replay goes out a page at a time (see :func:`replay.answer`).
         ``answer_deferred=False``: keep the requests that came by another transport for a later
         flush (a websocket still probing an upgrade: the client drops what it carries until then).
         """
@@ -182,41 +202,51 @@ class Outbound:
             units += self._deferred
             self._deferred = []
         stream_units = [u for u in units if isinstance(u, EventUnit) and u.stream is not None]
+        self._handed = (0, _NONE_HELD)  # nothing of this batch handed over yet
         try:
-            if stream_units:
-                await self._append(stream_units)
-            out: list[Item] = []
-            segment: list[Item] = []
-            for unit in units:  # a CONNECT reply ends a segment: what follows gets the new session's offsets
-                segment.append(unit)
+            try:
+                if stream_units:
+                    await self._append(stream_units)
+            finally:  # logged (or never to be): other connections' frames of these keys may go now
+                order = self.runtime.order
+                for unit in stream_units:
+                    assert unit.stream is not None
+                    order.logged(unit.stream, unit.order)
+            start = 0  # a CONNECT reply ends a segment: what follows gets the new session's offsets
+            for i, unit in enumerate(units):
                 if isinstance(unit, _ConnectReply):
-                    out += await self._render(segment, taken_ms)
-                    segment = []
-            return out + (await self._render(segment, taken_ms) if segment else [])
+                    await self._render(units, start, i + 1, taken_ms, deliver)
+                    start = i + 1
+            if start < len(units):
+                await self._render(units, start, len(units), taken_ms, deliver)
         except Exception:  # a bug here must cost the stamps, never the frames
-            logger.exception("asgi_resume failed to process a batch; sending it unchanged")
-            return [f for unit in units for f in _unprocessed(unit)]
-        finally:
-            order = self.runtime.order
-            for unit in stream_units:
-                assert unit.stream is not None
-                order.logged(unit.stream, unit.order)
+            logger.exception("asgi_resume failed to process a batch; sending what is left of it unchanged")
+            upto, held = self._handed
+            left = [units[index] for index in held] + units[upto:]
+            await deliver([f for unit in left for f in _unprocessed(unit)])
 
-    async def _render(self, units: list[Item], taken_ms: int) -> list[Item]:
+    async def _render(self, units: list[Item], start: int, stop: int, taken_ms: int, deliver: Deliver) -> None:
+        """Render ``units[start:stop]`` and hand it to ``deliver``, in order.
+
+        ``self._handed`` follows what was handed over (every unit before an index, but those held
+        back for a replay), so a failure sends the rest unchanged and nothing twice.
+        """
         recovery = self.recovery
         if recovery is not None:
-            await recovery.log([u for u in units if isinstance(u, EventUnit) and u.recover and not u.offset], taken_ms)
+            recovering = [units[i] for i in range(start, stop) if _recovering(units[i])]
+            await recovery.log(recovering, taken_ms)
         # Frames of a stream that this batch also resumes wait for the replay, which
         # carries them; what it does not carry goes out right after it.
         session = self.session
         last_resume = {
             key: i
-            for i, u in enumerate(units)
-            if isinstance(u, ResumeRequest) and (key := session.key_of(u)) is not None
+            for i in range(start, stop)
+            if isinstance(u := units[i], ResumeRequest) and (key := session.key_of(u)) is not None
         }
-        waiting: dict[StreamKey, list[EventUnit]] = {}
+        waiting: dict[StreamKey, list[int]] = {}
         out: list[Item] = []
-        for i, unit in enumerate(units):
+        for i in range(start, stop):
+            unit = units[i]
             if isinstance(unit, EventUnit):
                 if (
                     recovery is not None
@@ -225,22 +255,34 @@ class Outbound:
                 ):
                     continue
                 if unit.stream is not None and i < last_resume.get(unit.stream, -1):
-                    waiting.setdefault(unit.stream, []).append(unit)
+                    waiting.setdefault(unit.stream, []).append(i)
                 elif not self._replayed(unit):
                     out += unit.frames()
             elif isinstance(unit, ResumeRequest):
-                out += await replay.answer(self.runtime, self.session, unit)
+                # what came before it goes first; then the replay, a page at a time
+                self._handed = (i + 1, _held(waiting))
+                if out:
+                    await deliver(out)
+                    out = []
+                await replay.answer(self.runtime, self.session, unit, deliver)
                 key = session.key_of(unit)
                 if key is not None and last_resume.get(key) == i:
-                    for held in waiting.pop(key, ()):
+                    for j in waiting.pop(key, ()):
+                        held = units[j]
+                        assert isinstance(held, EventUnit)
                         if not self._replayed(held):
                             out += held.frames()
             elif isinstance(unit, _ConnectReply):
                 assert recovery is not None
-                out += await recovery.reply(unit.frame, unit.packet, taken_ms)
+                self._handed = (i, _held(waiting))
+                if out:
+                    await deliver(out)
+                out = await recovery.reply(unit.frame, unit.packet, taken_ms)
             else:
                 out.append(unit)
-        return out
+        self._handed = (stop, _NONE_HELD)  # (nothing waits past the segment's last resume request)
+        if out:
+            await deliver(out)
 
     def _replayed(self, unit: EventUnit) -> bool:
         replayed = self.session.replayed  # (empty unless this connection resumed something)
@@ -348,6 +390,15 @@ class Outbound:
         # (if it fails, a newcomer continues the epoch: what was lost meanwhile is not flagged)
         with contextlib.suppress(LogUnavailable):
             await guard.call(guard.deadlines.write, self.log.release, orphaned, session.id)
+
+
+def _held(waiting: dict[StreamKey, list[int]]) -> tuple[int, ...]:
+    """The indexes of the units held back for a replay, in order."""
+    return tuple(sorted(i for held in waiting.values() for i in held)) if waiting else _NONE_HELD
+
+
+def _recovering(unit: Item) -> bool:
+    return isinstance(unit, EventUnit) and unit.recover and not unit.offset
 
 
 def _needs_log(unit: Item) -> bool:

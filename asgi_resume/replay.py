@@ -1,20 +1,29 @@
 """Answering a resume request: authorize, read the stream log, render the replay and the answer.
 
-Owns: turning a :class:`ResumeRequest` into the frames sent back to that one connection. Must not
-touch: transports, the outbound pipeline's ordering (``outbound`` decides where the frames go).
+Owns: turning a :class:`ResumeRequest` into the frames sent back to that one connection, a page of
+the log at a time (so a replay to a client that does not read holds one page, however long the
+stream). Must not touch: transports, the outbound pipeline's ordering (``outbound`` decides where
+the frames go).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from asgi_resume import resume
 from asgi_resume.frames import Item, render
-from asgi_resume.log import LogUnavailable
+from asgi_resume.log import LogUnavailable, ReplayResult, StreamKey
 from asgi_resume.resume import ResumeRequest
 from asgi_resume.runtime import Runtime
 from asgi_resume.session import Session
+
+REPLAY_PAGE = 100  # log entries read, rendered and handed to the transport at a time
+
+#: Sends a list of items to the client, in order; returns once the transport took them, False
+#: when the client is gone (what is left of a replay is not read).
+Deliver = Callable[[list[Item]], Awaitable[bool]]
 
 
 def no_principal_detail(runtime: Runtime) -> str:
@@ -25,67 +34,127 @@ def no_principal_detail(runtime: Runtime) -> str:
     )
 
 
-async def answer(runtime: Runtime, session: Session, request: ResumeRequest) -> list[Item]:
-    """The replayed frames, in seq order, then the answer (an ack, or the result event)."""
+async def answer(runtime: Runtime, session: Session, request: ResumeRequest, deliver: Deliver) -> None:
+    """Hand ``deliver`` the replayed frames in seq order, a page at a time, then the answer.
+
+    A page (``REPLAY_PAGE`` entries) is read from the log and rendered only once the previous one
+    was handed to the transport (``deliver`` returns when the transport took it, and waits while a
+    client that does not read leaves the transport's buffer full), and the event loop runs other
+    connections between pages: one replay holds at most a page in memory and the loop for a page's
+    work, however long the stream and however slow the client.
+
+    The replay ends at the last entry the log had at its first read: entries appended meanwhile
+    reach this client live. If later pages find entries gone (trimmed, expired, another epoch), the
+    answer says ``gap: true``.
+    """
     stats, settings = runtime.stats, runtime.settings
 
     def reply(body: dict[str, Any]) -> str:
         return resume.answer(request, body, settings.resume_event, runtime.stream_key)
 
+    def unavailable() -> str:
+        stats.resumes_unavailable += 1
+        return reply(resume.error("unavailable", "the stream log is not reachable; try again"))
+
     if request.error == resume.DROPPED:
         stats.resumes_rate_limited += 1
-        return []
+        return
     if request.error == resume.RATE_LIMITED:
         stats.resumes_rate_limited += 1
-        return [reply(resume.error("rate_limited", request.error))]
+        await deliver([reply(resume.error("rate_limited", request.error))])
+        return
     if request.error is not None:
         stats.resumes_bad_request += 1
-        return [reply(resume.error("bad_request", request.error))]
+        await deliver([reply(resume.error("bad_request", request.error))])
+        return
     key = session.key_of(request)
     if key is None:
         stats.resumes_not_found += 1
         runtime.hint_no_principal()
-        return [reply(resume.error("not_found", no_principal_detail(runtime)))]
-    guard = runtime.guard
-    if not guard.available():  # it failed a moment ago: answer now, do not wait on it
-        stats.resumes_unavailable += 1
-        return [reply(resume.error("unavailable", "the stream log is not reachable; try again"))]
+        await deliver([reply(resume.error("not_found", no_principal_detail(runtime)))])
+        return
+    if not runtime.guard.available():  # it failed a moment ago: answer now, do not wait on it
+        await deliver([unavailable()])
+        return
     await runtime.repair()  # a stream the log missed frames of must answer gap, not a silent hole
+    building = 0.0  # time spent reading and rendering (not waiting for the client)
     started = time.perf_counter()
-    try:
-        # not on the live path: a replay may wait its turn (a reconnect storm), and its slowness is
-        # no outage (live frames keep the log)
-        result = await guard.call(
-            guard.deadlines.replay, runtime.log.replay, key, request.last_seq, request.epoch, session.id
-        )
-    except LogUnavailable:
-        stats.resumes_unavailable += 1
-        return [reply(resume.error("unavailable", "the stream log is not reachable; try again"))]
-    if result.status == "not_found":
+    first = await _read(runtime, key, request.last_seq, request.epoch, session.id)
+    if first is None:
+        await deliver([unavailable()])
+        return
+    if first.status == "not_found":
         stats.resumes_not_found += 1
-        return [reply(resume.error("not_found"))]
-    out: list[Item] = []
-    replayed = 0
-    for seq, payload in result.frames:
-        frames = render(payload, seq, result.epoch)
-        if frames is not None:
-            out += frames
-            replayed += 1
-    session.replayed[key] = (result.epoch, result.last_seq)
+        await deliver([reply(resume.error("not_found"))])
+        return
+    epoch, until, gap = first.epoch, first.last_seq, first.gap
+    replayed, sent, page = 0, 0, first  # sent: the last seq handed over
+    complete = failed = False
+    while True:
+        building += time.perf_counter() - started
+        await runtime.replay_turns.take()  # one page per loop iteration, of all replays going on
+        started = time.perf_counter()
+        out: list[Item] = []
+        for seq, payload in page.frames:
+            if seq > until:  # appended after the first read: it reaches this client live
+                complete = True
+                break
+            sent = seq
+            frames = render(payload, seq, epoch)
+            if frames is not None:
+                out += frames
+                replayed += 1
+        building += time.perf_counter() - started
+        gone = bool(out) and not await deliver(out)
+        del out
+        if gone:
+            session.replayed[key] = (epoch, sent)
+            stats.frames_replayed += replayed
+            return  # nobody to send the rest to
+        if complete or sent >= until or len(page.frames) < REPLAY_PAGE:
+            complete = True  # (a short page: the log had nothing more)
+            break
+        started = time.perf_counter()
+        following = await _read(runtime, key, sent, epoch, session.id)
+        if following is None:
+            failed = True
+            break
+        if following.status == "not_found" or following.epoch != epoch:
+            gap = True  # it expired, or a new epoch began, while the replay was being sent
+            break
+        gap = gap or following.gap  # trimmed while the replay was being sent
+        page = following
+    last_seq = until if complete else sent
+    session.replayed[key] = (epoch, last_seq)
     stats.frames_replayed += replayed
-    stats.replay_seconds.observe(time.perf_counter() - started)
-    if result.gap:
+    stats.replay_seconds.observe(building)
+    if failed:
+        await deliver([unavailable()])
+        return
+    if gap:
         stats.resumes_gap += 1
     else:
         stats.resumes_ok += 1
     body = {
         "ok": True,
         "replayed": replayed,
-        "last_seq": result.last_seq,
-        "oldest_seq": result.oldest_seq,
-        "epoch": result.epoch,
-        "done": result.done,
-        "gap": result.gap,
+        "last_seq": last_seq,
+        "oldest_seq": first.oldest_seq,
+        "epoch": epoch,
+        "done": first.done,
+        "gap": gap,
     }
-    out.append(reply(body))
-    return out
+    await deliver([reply(body)])
+
+
+async def _read(
+    runtime: Runtime, key: StreamKey, after: int, epoch: str | None, connection: str
+) -> ReplayResult | None:
+    """A page of ``key``'s log after ``after`` (``None``: the log failed or was too slow)."""
+    guard = runtime.guard
+    try:
+        # not on the live path: a replay may wait its turn (a reconnect storm), and its slowness is
+        # no outage (live frames keep the log)
+        return await guard.call(guard.deadlines.replay, runtime.log.replay, key, after, epoch, connection, REPLAY_PAGE)
+    except LogUnavailable:
+        return None

@@ -26,6 +26,7 @@ from asgi_resume.principal import JwtKey, PrincipalResolver, default_principal_k
 from asgi_resume.rules import StreamRules
 from asgi_resume.session import Registry, Session
 from asgi_resume.stats import Stats, Throttle, fault
+from asgi_resume.turns import Turns
 
 if TYPE_CHECKING:
     from asgi_resume.outbound import Outbound
@@ -57,6 +58,7 @@ class Runtime:
         #: every log call goes through it: deadlines, the circuit breaker, failures counted
         self.guard = LogGuard(self.log, Deadlines.from_write_timeout(settings.write_timeout), self.stats)
         self.order = FeedOrder()  # each stream's frames go to the log in the order they were fed here
+        self.replay_turns = Turns()  # one replay page per loop iteration, whoever asked
         self._jwt = JwtKey(settings.jwt_secret, settings.jwt_algorithms) if settings.jwt_secret else None
         self.resolver = PrincipalResolver(settings.principal, self._principal_key(settings), self._jwt)
         self._ready = False

@@ -193,8 +193,7 @@ class WebSocketConnection:
             while outbound.pending(answer_deferred=answer_deferred):
                 if outbound.needs_log(answer_deferred=answer_deferred) and self._gap < LINGER_BELOW_S:
                     await self._linger()
-                for item in await outbound.flush(answer_deferred=answer_deferred):
-                    await self._deliver(item)
+                await outbound.send(self._deliver_all, answer_deferred=answer_deferred)
         finally:
             self._draining = False
         if self._holding:
@@ -250,6 +249,14 @@ class WebSocketConnection:
         if isinstance(sid, str) and not self.sid:
             self.sid = sid
             self.runtime.sessions.add(sid, self.outbound)
+
+    async def _deliver_all(self, items: list[Item]) -> bool:
+        """Send ``items`` in order; returns once the server took the last one (uvicorn waits while
+        its buffer for a client that does not read is full: a replay's next page waits with it).
+        False when the client is gone."""
+        for item in items:
+            await self._deliver(item)
+        return not self.client_gone
 
     async def _deliver(self, item: Item) -> None:
         if self.client_gone:

@@ -55,6 +55,13 @@ async def test_a_write_past_its_deadline_fails_and_opens_the_breaker() -> None:
     assert g.stats.log_failures == 1
 
 
+async def test_a_recovery_claim_is_tried_while_the_breaker_is_open() -> None:
+    g = guard()
+    g.failed("gone")
+    assert await g.call(g.deadlines.recovery, answer, 5) == 5  # the client cannot ask again
+    assert g.down is False
+
+
 async def test_a_slow_replay_fails_alone() -> None:
     g = guard()
     with pytest.raises(LogUnavailable, match="timed out"):
@@ -87,5 +94,5 @@ async def test_the_in_process_log_runs_without_a_timer() -> None:
 def test_deadlines_follow_the_write_timeout() -> None:
     deadlines = Deadlines.from_write_timeout(0.25)
     assert deadlines.write == Deadline(0.25)
-    assert deadlines.recovery == Deadline(1.0)
+    assert deadlines.recovery == Deadline(1.0, fails_fast=False)
     assert not deadlines.replay.slow_is_outage

@@ -177,6 +177,27 @@ async def test_done_shortens_the_life_of_the_log(log: StreamLog) -> None:
     assert replay.last_seq == 2
 
 
+async def test_a_replay_reads_a_page_at_a_time(log: StreamLog) -> None:
+    """``limit`` entries after ``after_seq``; the next page starts after the last one read, and a
+    page whose first entries were trimmed meanwhile says so (gap)."""
+    tab = Connection(log, key(), "tab")
+    await tab.send(*(entry(log, f"t{i}") for i in range(1, 251)))
+    first = await log.replay(key(), 0, None, "reader", limit=100)
+    assert [seq for seq, _ in first.frames] == list(range(1, 101))
+    assert (first.last_seq, first.gap) == (250, False)
+    following = await log.replay(key(), 100, first.epoch, "reader", limit=100)
+    assert [seq for seq, _ in following.frames] == list(range(101, 201))
+    assert following.gap is False
+    last = await log.replay(key(), 200, first.epoch, "reader", limit=100)
+    assert [seq for seq, _ in last.frames] == list(range(201, 251))
+    assert [seq for seq, _ in (await log.replay(key(), 250, first.epoch, "reader", limit=100)).frames] == []
+    await tab.send(*(entry(log, f"u{i}") for i in range(1, 601)))  # past maxlen (500): the oldest go
+    trimmed = await log.replay(key(), 100, first.epoch, "reader", limit=100)
+    assert trimmed.gap is True
+    assert trimmed.frames[0][0] == trimmed.oldest_seq > 101
+    assert len(trimmed.frames) == 100
+
+
 async def test_one_request_that_cannot_be_stored_costs_no_other(log: StreamLog) -> None:
     """A lone surrogate (legal JSON) in one stream's frame fails that request alone."""
     good = Connection(log, key(stream="bystander"), "good")
@@ -310,6 +331,20 @@ async def test_a_replay_from_another_epoch_or_beyond_the_end_starts_over_with_a_
         replay = await log.replay(key(), after, epoch, "reloaded")
         assert replay.gap is True
         assert [seq for seq, _ in replay.frames] == [1, 2]  # the whole history the log has
+
+
+async def test_a_replay_past_what_was_trimmed_says_gap_and_where_the_log_starts(log: StreamLog) -> None:
+    small = LogLimits(maxlen=5, ttl_ms=60_000, done_ttl_ms=5_000)
+    log.limits = small  # (both backends read their limits at each call)
+    tab = Connection(log, key(), "tab")
+    for i in range(250):  # (Redis trims with MAXLEN ~: whole nodes of 100 entries at a time)
+        await tab.send(entry(log, f"t{i}"))
+    replay = await log.replay(key(), 0, tab.epoch, "reloaded")
+    assert replay.last_seq == 250
+    assert replay.oldest_seq > 1
+    assert replay.gap is True
+    assert [seq for seq, _ in replay.frames] == list(range(replay.oldest_seq, 251))
+    assert (await log.replay(key(), replay.oldest_seq - 1, tab.epoch, "reloaded")).gap is False  # nothing missing
 
 
 async def test_a_replay_gives_the_entries_as_they_were_logged(log: StreamLog) -> None:

@@ -178,8 +178,11 @@ class StreamLog(Protocol):
         """Match or append each request's entries; one result per request, in order."""
         ...
 
-    async def replay(self, key: StreamKey, after_seq: int, epoch: str | None, connection: str) -> ReplayResult:
-        """Entries of ``key`` with seq > ``after_seq`` (``connection`` takes the stream over)."""
+    async def replay(
+        self, key: StreamKey, after_seq: int, epoch: str | None, connection: str, limit: int | None = None
+    ) -> ReplayResult:
+        """Entries of ``key`` with seq > ``after_seq``, the first ``limit`` of them when given
+        (``connection`` takes the stream over)."""
         ...
 
     async def release(self, keys: Sequence[StreamKey], connection: str) -> None:

@@ -6,6 +6,7 @@ serves one process only: workers of a multi-process server each have their own.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
@@ -231,7 +232,9 @@ class MemoryLog:
             if state is not None and not state.done:
                 state.orphaned = True
 
-    async def replay(self, key: StreamKey, after_seq: int, epoch: str | None, connection: str) -> ReplayResult:
+    async def replay(
+        self, key: StreamKey, after_seq: int, epoch: str | None, connection: str, limit: int | None = None
+    ) -> ReplayResult:
         now = self.now_ms()
         state = self._get(key, now)
         if state is None:
@@ -243,7 +246,9 @@ class MemoryLog:
         oldest = state.records[0].seq if state.records else state.last + 1
         if after_seq + 1 < oldest and after_seq < state.last:
             gap = True
-        frames = [(r.seq, r.payload) for r in state.records if r.seq > after_seq]
+        start = max(0, after_seq + 1 - oldest)  # seqs are contiguous in the deque
+        stop = None if limit is None else start + limit
+        frames = [(r.seq, r.payload) for r in itertools.islice(state.records, start, stop)]
         return ReplayResult("ok", state.epoch, state.last, oldest, state.done, gap, frames)
 
     # -- recovery sessions (see lua/session_*.lua for the same rules on Redis) --------------------

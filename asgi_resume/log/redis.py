@@ -141,8 +141,10 @@ class RedisLog:
             request.reset_epoch,
         ]
 
-    async def replay(self, key: StreamKey, after_seq: int, epoch: str | None, connection: str) -> ReplayResult:
-        args = [after_seq, epoch or "", self.limits.maxlen * 2, connection]
+    async def replay(
+        self, key: StreamKey, after_seq: int, epoch: str | None, connection: str, limit: int | None = None
+    ) -> ReplayResult:
+        args = [after_seq, epoch or "", limit or 0, connection]
         (reply,) = await self._call("replay", [(self.keys(key), args)])
         if reply[0] != b"ok":
             return NOT_FOUND

@@ -2,7 +2,7 @@
 local log, meta = KEYS[1], KEYS[2]
 local after = tonumber(ARGV[1])
 local client_epoch = ARGV[2] -- '' = any
-local limit = ARGV[3]
+local limit = tonumber(ARGV[3]) -- entries at most (0: all)
 local conn = ARGV[4] -- the resuming connection: it takes the stream over
 
 local function seq_of(id) -- an entry id 'seq-0' -> seq
@@ -30,7 +30,12 @@ if first then oldest = seq_of(first[1]) end
 if after + 1 < oldest and after < last then gap = 1 end
 
 local out = {'ok', epoch, last, oldest, state[3], gap}
-local entries = redis.call('XRANGE', log, '(' .. after .. '-0', '+', 'COUNT', limit)
+local entries
+if limit > 0 then
+  entries = redis.call('XRANGE', log, '(' .. after .. '-0', '+', 'COUNT', limit)
+else
+  entries = redis.call('XRANGE', log, '(' .. after .. '-0', '+')
+end
 for _, e in ipairs(entries) do
   out[#out + 1] = seq_of(e[1])
   local f = e[2]

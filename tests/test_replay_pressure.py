@@ -1,0 +1,415 @@
+"""Replays to clients that never read (issue 13, finding 5).
+
+50 connections that never read each asked 20 times for a 2,000-frame stream: all 20 replays were
+built in one batch per connection and stayed in memory behind the blocked socket (RSS 51 -> 604
+MiB while the sockets stayed open), and building them stalled another user's live stream 4-5 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import gc
+import itertools
+import json
+import logging
+import os
+import socket
+import struct
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from asgi_resume import protocol
+from asgi_resume.config import Settings
+from asgi_resume.outbound import Outbound
+from asgi_resume.replay import REPLAY_PAGE
+from asgi_resume.resume import ResumeRequest
+from asgi_resume.runtime import Runtime, Turns
+from asgi_resume.session import Session
+from tests.support.app import chat_event, emit_tokens, make_app, make_sio, room_of
+from tests.support.raw import RawClient
+from tests.support.server import serve
+
+pytestmark = pytest.mark.anyio
+
+NON_READERS, REQUESTS, FRAMES = 50, 20, 2000
+PACE_S = 0.01  # the bystander's stream: a token every 10 ms
+# Bounds, with a wide margin on a loaded 2-core machine. Measured before the fix: +550 MiB and a
+# 4-5 s stall; after it: see docs/security.md (Slow readers).
+MAX_RSS_GROWTH_MIB = 100
+MAX_LIVE_GAP_S = 1.0
+
+
+def rss_mib() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+class NonReader:
+    """A websocket client spoken over a bare socket: it reads its CONNECT answer, then never reads again."""
+
+    def __init__(self, url: str, token: str) -> None:
+        parts = urlsplit(url)
+        self.host, self.port, self.token = parts.hostname or "127.0.0.1", parts.port or 80, token
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setblocking(False)
+        self._buffer = b""
+
+    async def connect(self) -> NonReader:
+        loop = asyncio.get_running_loop()
+        await loop.sock_connect(self.sock, (self.host, self.port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        await loop.sock_sendall(
+            self.sock,
+            (
+                "GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\n"
+                f"Host: {self.host}:{self.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            ).encode(),
+        )
+        while b"\r\n\r\n" not in self._buffer:
+            self._buffer += await self._recv()
+        head, self._buffer = self._buffer.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        assert (await self._frame()).startswith("0")  # Engine.IO OPEN
+        await self.send("40" + json.dumps({"token": self.token}))
+        while not (await self._frame()).startswith("40{"):
+            pass
+        return self
+
+    async def _recv(self) -> bytes:
+        data = await asyncio.get_running_loop().sock_recv(self.sock, 65536)
+        if not data:
+            raise ConnectionError("closed")
+        return data
+
+    async def _frame(self) -> str:
+        while True:
+            if len(self._buffer) >= 2:
+                length, offset = self._buffer[1] & 0x7F, 2
+                if length == 126 and len(self._buffer) >= 4:
+                    length, offset = struct.unpack("!H", self._buffer[2:4])[0], 4
+                elif length == 127 and len(self._buffer) >= 10:
+                    length, offset = struct.unpack("!Q", self._buffer[2:10])[0], 10
+                if length < 126 and len(self._buffer) >= offset + length:
+                    payload = self._buffer[offset : offset + length]
+                    self._buffer = self._buffer[offset + length :]
+                    return payload.decode()
+            self._buffer += await self._recv()
+
+    async def send(self, text: str) -> None:
+        payload, mask = text.encode(), os.urandom(4)
+        length = len(payload)
+        if length < 126:
+            header = struct.pack("!BB", 0x81, 0x80 | length)
+        elif length < 65536:
+            header = struct.pack("!BBH", 0x81, 0x80 | 126, length)
+        else:
+            header = struct.pack("!BBQ", 0x81, 0x80 | 127, length)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        await asyncio.get_running_loop().sock_sendall(self.sock, header + mask + masked)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+class Bystander:
+    """Another user's reading tab: when each frame of its live stream arrived (looked at every 5 ms)."""
+
+    def __init__(self, client: RawClient, message_id: str) -> None:
+        self.client, self.marker = client, f'"message_id":"{message_id}"'
+        self.arrivals: list[float] = []
+
+    async def watch(self) -> None:
+        seen = 0
+        while True:
+            await asyncio.sleep(0.005)
+            frames, now = self.client.frames, time.monotonic()
+            for frame in frames[seen:]:
+                if isinstance(frame, str) and self.marker in frame:
+                    self.arrivals.append(now)
+            seen = len(frames)
+
+    def longest_gap(self) -> float:
+        """The longest time without a live frame, up to now."""
+        times = [*self.arrivals, time.monotonic()]
+        return max(b - a for a, b in itertools.pairwise(times))
+
+
+async def paced(sio: Any, token: str, message_id: str, stop: asyncio.Event) -> None:
+    i = 0
+    while not stop.is_set():
+        i += 1
+        await sio.emit("events", chat_event(message_id, i), room=room_of(token))
+        await asyncio.sleep(PACE_S)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("log", ["memory", "redis"])
+async def test_replays_to_clients_that_never_read_pin_no_memory_and_stall_nobody(
+    log: str, request: pytest.FixtureRequest
+) -> None:
+    settings: dict[str, Any] = {}
+    if log == "redis":
+        server = request.getfixturevalue("redis_server")
+        settings = {"redis_url": server.url, "key_prefix": f"pressure{time.monotonic_ns()}"}
+    sio = make_sio()
+    app = make_app(sio, **settings)
+    stats = app.runtime.stats
+    async with serve(app) as url:
+        owner = await RawClient(url, auth={"token": "mallory"}).connect()
+        await emit_tokens(sio, "mallory", "long", 1, FRAMES)
+        await owner.wait_seqs("long", FRAMES, timeout=60)
+        await owner.close()
+        alice = await RawClient(url, auth={"token": "alice"}).connect()
+        bystander = Bystander(alice, "live")
+        watcher = asyncio.create_task(bystander.watch())
+        stop = asyncio.Event()
+        stream = asyncio.create_task(paced(sio, "alice", "live", stop))
+        attackers = await asyncio.gather(*(NonReader(url, "mallory").connect() for _ in range(NON_READERS)))
+        await asyncio.sleep(0.5)
+        gc.collect()
+        before = rss_mib()
+        resume = protocol.event("resume-stream", {"message_id": "long", "last_seq": 0})
+        for attacker in attackers:
+            for _ in range(REQUESTS):
+                await attacker.send(resume)
+        # until the server took every request in and sent what the sockets take: no frame replayed for 1 s
+        peak, replayed, still = before, -1, 0.0
+        deadline = time.monotonic() + 120
+        while still < 1.0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            peak = max(peak, rss_mib())
+            still = still + 0.1 if stats.frames_replayed == replayed else 0.0
+            replayed = stats.frames_replayed
+        gc.collect()
+        held = rss_mib()
+        gap = bystander.longest_gap()
+        stop.set()
+        await stream
+        watcher.cancel()
+        measured = (
+            f"{log} log: RSS {before:.0f} -> {peak:.0f} MiB at most, {held:.0f} MiB held; the bystander's "
+            f"longest gap {gap * 1000:.0f} ms; {replayed} frames replayed"
+        )
+        assert replayed >= NON_READERS * REPLAY_PAGE, measured  # the flood did reach the replays
+        assert peak - before < MAX_RSS_GROWTH_MIB, measured
+        assert held - before < MAX_RSS_GROWTH_MIB, measured
+        assert gap < MAX_LIVE_GAP_S, measured
+        # and the bystander's stream kept its log: every frame stamped, in order
+        seqs = alice.seqs("live")
+        assert seqs == list(range(1, len(seqs) + 1)), measured
+        assert (stats.frames_unstamped, stats.log_failures) == (0, 0), measured
+        for attacker in attackers:
+            attacker.close()
+        await alice.close()
+
+
+# -- the pipeline alone: pages, their order, and what a failure costs -------------------------------
+
+
+class Pipeline:
+    """Two connections of one principal on one runtime (memory log): ``tab`` gets the stream live,
+    ``reader`` resumes it. ``reads`` counts the log reads; ``sent`` is what ``reader`` was handed,
+    one list per hand-over."""
+
+    def __init__(self, **settings: Any) -> None:
+        self.runtime = Runtime(Settings.load({}, **settings))
+        self.tab, self.reader = self._connection(), self._connection()
+        self.reads = 0
+        self.sent: list[list[Any]] = []
+        self.reads_at: list[int] = []  # log reads done when each hand-over came
+        self.on_page: Any = None
+        self.client_gone_after = 0  # > 0: the client is gone after that many hand-overs
+        read = self.runtime.log.replay
+
+        async def counting(*args: Any, **kwargs: Any) -> Any:
+            self.reads += 1
+            return await read(*args, **kwargs)
+
+        self.runtime.log.replay = counting  # type: ignore[method-assign]
+
+    def _connection(self) -> Outbound:
+        session = Session({"type": "websocket", "headers": []}, 0)
+        session.principals["/"] = "alice"
+        return Outbound(self.runtime, session)
+
+    async def emit(self, first: int, last: int, to: Outbound | None = None) -> None:
+        outbound = to or self.tab
+        for i in range(first, last + 1):
+            outbound.feed(protocol.event("events", chat_event("m", i)))
+        if outbound is self.reader:
+            await outbound.send(self.deliver)
+        else:
+            await outbound.flush()
+
+    async def deliver(self, items: list[Any]) -> bool:
+        self.sent.append(items)
+        self.reads_at.append(self.reads)
+        if self.on_page is not None:
+            await self.on_page(len(self.sent))
+        return not (self.client_gone_after and len(self.sent) >= self.client_gone_after)
+
+    def frames(self) -> list[Any]:
+        return [item for items in self.sent for item in items]
+
+    def seqs(self) -> list[int]:
+        return [
+            json.loads(f[2:])[1].get("seq") for f in self.frames() if isinstance(f, str) and f.startswith('42["events"')
+        ]
+
+    def answers(self) -> list[Any]:
+        return [json.loads(f[3:])[0] for f in self.frames() if isinstance(f, str) and f.startswith("43")]
+
+
+def resume_request(ack_id: int, last_seq: int = 0) -> ResumeRequest:
+    return ResumeRequest("/", ack_id, "m", last_seq)
+
+
+async def test_a_replay_is_read_and_sent_a_page_at_a_time() -> None:
+    """A page is read only once the one before was handed over; what is logged meanwhile comes live."""
+    pipeline = Pipeline()
+    await pipeline.emit(1, 1000)
+
+    async def on_page(pages: int) -> None:
+        if pages == 3:
+            await pipeline.emit(1001, 1050)  # another tab logs more while the replay is being sent
+
+    pipeline.on_page = on_page
+    pipeline.reader.feed(resume_request(1))
+    await pipeline.reader.send(pipeline.deliver)
+    pages = pipeline.sent[:-1]
+    assert len(pages) == 1000 // REPLAY_PAGE
+    assert all(len(page) == REPLAY_PAGE for page in pages)
+    assert pipeline.reads_at[:-1] == list(range(1, len(pages) + 1))  # never a page read ahead
+    assert pipeline.seqs() == list(range(1, 1001))
+    assert pipeline.answers() == [
+        {"message_id": "m", "ok": True, "replayed": 1000, "last_seq": 1000, "oldest_seq": 1,
+         "epoch": pipeline.answers()[0]["epoch"], "done": False, "gap": False}
+    ]  # fmt: skip
+    # the frames logged meanwhile reach the reader live, after the answer
+    pipeline.sent.clear()
+    await pipeline.emit(1001, 1050, to=pipeline.reader)
+    assert pipeline.seqs() == list(range(1001, 1051))
+
+
+async def test_frames_live_in_the_batch_of_a_replay_go_out_once_each_in_order() -> None:
+    """The batch's frames are logged before the replay's first read: its pages carry them."""
+    pipeline = Pipeline()
+    await pipeline.emit(1, 250)
+    await pipeline.emit(251, 252)  # the tab got them: logged
+    # the reader gets them too, in the batch of its request, before and after it, and one more
+    pipeline.reader.feed(protocol.event("events", chat_event("m", 251)))
+    pipeline.reader.feed(resume_request(1))
+    pipeline.reader.feed(protocol.event("events", chat_event("m", 252)))
+    pipeline.reader.feed(protocol.event("events", chat_event("m", 253)))
+    await pipeline.reader.send(pipeline.deliver)
+    assert pipeline.seqs() == list(range(1, 254))
+    assert pipeline.answers()[0]["last_seq"] == 253
+    assert str(pipeline.frames()[-1]).startswith("431[")  # the answer comes last
+    pipeline.sent.clear()
+    await pipeline.emit(254, 254, to=pipeline.reader)
+    assert pipeline.seqs() == [254]
+
+
+async def test_entries_trimmed_while_a_replay_is_sent_make_it_a_gap() -> None:
+    pipeline = Pipeline(maxlen=300)
+    await pipeline.emit(1, 300)
+
+    async def on_page(pages: int) -> None:
+        if pages == 1:
+            await pipeline.emit(301, 700)  # the log keeps 401..700 now
+
+    pipeline.on_page = on_page
+    pipeline.reader.feed(resume_request(1))
+    await pipeline.reader.send(pipeline.deliver)
+    assert pipeline.seqs() == list(range(1, 101))  # what was there; nothing past the first read's end
+    (answer,) = pipeline.answers()
+    assert (answer["gap"], answer["replayed"], answer["last_seq"]) == (True, 100, 300)
+
+
+async def test_a_replay_to_a_client_that_left_stops_reading() -> None:
+    pipeline = Pipeline()
+    await pipeline.emit(1, 1000)
+    pipeline.client_gone_after = 1
+    for ack_id in range(1, 4):
+        pipeline.reader.feed(resume_request(ack_id))
+    await pipeline.reader.send(pipeline.deliver)
+    assert pipeline.reads == 3  # one page each, not ten
+    assert pipeline.answers() == []
+
+
+async def test_a_failure_in_the_middle_of_a_replay_sends_the_rest_of_the_batch_unchanged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pipeline = Pipeline()
+    await pipeline.emit(1, 250)
+    broken = pipeline.runtime.log.replay
+
+    async def fails_on_the_second_page(*args: Any, **kwargs: Any) -> Any:
+        if pipeline.reads == 1:
+            raise RuntimeError("a bug")
+        return await broken(*args, **kwargs)
+
+    pipeline.runtime.log.replay = fails_on_the_second_page  # type: ignore[method-assign]
+    before = protocol.event("events", chat_event("m", 251))
+    after = protocol.event("events", chat_event("m", 252))
+    pipeline.reader.feed("2")
+    pipeline.reader.feed(before)  # held back for the replay
+    pipeline.reader.feed(resume_request(1))
+    pipeline.reader.feed(after)
+    with caplog.at_level(logging.ERROR, logger="asgi_resume"):
+        await pipeline.reader.send(pipeline.deliver)
+    assert "failed to process a batch" in caplog.text
+    frames = pipeline.frames()
+    assert frames[0] == "2"
+    assert pipeline.seqs()[:REPLAY_PAGE] == list(range(1, REPLAY_PAGE + 1))
+    assert frames[1 + REPLAY_PAGE :] == [before, after]  # unchanged, once each, in order
+
+
+async def test_requests_queued_behind_a_replay_are_answered_after_it_in_order(backend: dict[str, Any]) -> None:
+    """A second request while a replay is being sent waits for it; each gets its whole replay."""
+    sio = make_sio()
+    app = make_app(sio, **backend)
+    async with serve(app) as url:
+        client = await RawClient(url, auth={"token": "alice"}).connect()
+        await emit_tokens(sio, "alice", "m", 1, 250)
+        await client.wait_seqs("m", 250)
+        start = len(client.frames)
+        for ack_id in (1, 2, 3):
+            await client.emit("resume-stream", {"message_id": "m", "last_seq": 0}, ack_id=ack_id)
+        await client.wait_for(lambda f: isinstance(f, str) and f.startswith("433["), since=start)
+        sent = client.frames[start:]
+        acks = [i for i, f in enumerate(sent) if isinstance(f, str) and f.startswith("43")]
+        assert [sent[i][:3] for i in acks] == ["431", "432", "433"]
+        for first, last in zip([-1, *acks], acks, strict=False):
+            replay = [json.loads(f[2:])[1]["seq"] for f in sent[first + 1 : last]]
+            assert replay == list(range(1, 251))
+        await client.close()
+
+
+async def test_replay_pages_take_turns_one_per_loop_iteration() -> None:
+    turns, taken, ticks = Turns(), [], 0
+
+    async def replay(name: str) -> None:
+        for _ in range(3):
+            await turns.take()
+            taken.append((name, ticks))
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while len(taken) < 9:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    await asyncio.gather(replay("a"), replay("b"), replay("c"), ticker())
+    assert [name for name, _ in taken] == ["a", "b", "c"] * 3  # first come, first served
+    assert len({tick for _, tick in taken}) == 9  # never two in one iteration
