@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from asgi_resume import protocol
 from asgi_resume.client import HELPER_PATH, helper_response
 from asgi_resume.config import OPTIONS, Settings
+from asgi_resume.holds import Holds
 from asgi_resume.log import StreamLog
 from asgi_resume.metrics import Metrics
 from asgi_resume.polling import handle_polling
@@ -79,6 +80,7 @@ class ResumeMiddleware:
         self.app = app
         self.settings = Settings.load(**overrides)
         self.runtime = Runtime(self.settings, log)
+        self.holds = Holds(self.settings, self.runtime.stats)  # connections whose client left, held
         self.metrics = Metrics(self.runtime) if self.settings.metrics else None
         self._found_body_limit = False
         _make_visible(logger)
@@ -96,7 +98,7 @@ class ResumeMiddleware:
         elif self.metrics is not None and scope["type"] == "http" and scope.get("path") == self.settings.metrics:
             await self.metrics(scope, receive, send)
         elif scope["type"] == "websocket" and self._watches(scope):
-            await WebSocketConnection(self.app, self.runtime, scope, receive, send).run()
+            await WebSocketConnection(self.app, self.runtime, self.holds, scope, receive, send).run()
         elif scope["type"] == "http" and self._watches(scope) and query_param(scope, "transport") == "polling":
             if not self._found_body_limit:  # the app's routes are all there by its first request
                 self._found_body_limit = True
@@ -112,6 +114,7 @@ class ResumeMiddleware:
             if message["type"] == "lifespan.startup.complete":
                 await self.runtime.ready()  # connect the log now: a Redis too old is said at start-up
             elif message["type"] == "lifespan.shutdown.complete":
+                self.holds.shut_down()
                 await self.runtime.aclose()
             await send(message)
 

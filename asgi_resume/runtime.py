@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import logging
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from asgi_resume.config import Settings
@@ -25,7 +25,7 @@ from asgi_resume.order import FeedOrder
 from asgi_resume.principal import JwtKey, PrincipalResolver, default_principal_key
 from asgi_resume.rules import StreamRules
 from asgi_resume.session import Registry, Session
-from asgi_resume.stats import Stats, Throttle, fault
+from asgi_resume.stats import Stats, fault
 from asgi_resume.turns import Turns
 
 if TYPE_CHECKING:
@@ -49,7 +49,6 @@ class Runtime:
             log_calls=settings.log_calls,
         )
         self.stats = Stats()
-        self.throttle = Throttle()
         limits = LogLimits(
             settings.maxlen, int(settings.ttl * 1000), int(settings.done_ttl * 1000), settings.max_streams
         )
@@ -64,10 +63,8 @@ class Runtime:
         self._ready = False
         self._unsupported = False
         self.sessions: Registry[Outbound] = Registry()  # Engine.IO sid -> its outbound pipeline
-        self.holds: set[Callable[[str], None]] = set()  # how to end each hold in progress
-        self.held_by: dict[str, int] = {}  # principal -> its connections held now
         self.stamping_cache: dict[str, Any] = {}  # frame -> how to stamp it (see Outbound._stamping)
-        self.shutting_down = False
+        self.closing = False  # the server is going down: no more repairs
         self._repairs: dict[StreamKey, Session] = {}  # streams whose frames the log missed, not yet repaired
         self._repairing: asyncio.Task[None] | None = None
         self._hinted_no_principal = False
@@ -159,7 +156,7 @@ class Runtime:
             session.skipped.pop(key, None)
 
     async def _repair_soon(self) -> None:
-        while self._repairs and not self.shutting_down:
+        while self._repairs and not self.closing:
             await asyncio.sleep(RETRY_AFTER_S)  # (the log failed a moment ago)
             await self.repair()
 
@@ -182,16 +179,8 @@ class Runtime:
             return
         self._ready = True
 
-    def shut_down_holds(self) -> None:
-        """The server is going down: end every hold, and start no new one."""
-        if not self.shutting_down:
-            self.shutting_down = True
-            logger.info("server shutting down: ending %d held connections", len(self.holds))
-        for end in list(self.holds):
-            end("the server is shutting down")
-
     async def aclose(self) -> None:
-        self.shut_down_holds()
+        self.closing = True
         if self._repairing is not None:
             self._repairing.cancel()
         await self.log.aclose()

@@ -1,15 +1,11 @@
 """The websocket transport: one ASGI websocket connection to the Engine.IO endpoint.
 
-Owns: wrapping the app's ``send`` (frames go through a bounded queue to a writer
-task that logs and stamps them a batch at a time) and ``receive`` (resume requests
-are answered here and never reach the app; CONNECT auth names the principal), and
-the *hold*: when the client leaves while one of its streams is in flight, the app is
-not told yet; the middleware answers its pings and keeps logging what it sends,
-until another connection of the same principal takes the streams over (receives them
-live or resumes them), the streams are done (plus grace) or go idle, ``hold_max``
-passes, or the app closes. A client that owes the app an answer (an event with an ack
-id) is not held, and a hold ends at once when the app asks the absent client something.
-Must not touch: what a frame means (``outbound``), storage (``log``).
+Owns: wrapping the app's ``send`` (frames go through a bounded queue to a writer task that logs
+and stamps them a batch at a time) and ``receive`` (resume requests are answered here and never
+reach the app; CONNECT auth names the principal), and, while a connection is held
+(:mod:`asgi_resume.holds`) after its client left, answering the app's pings and telling the app
+at the end. Must not touch: what a frame means (``outbound``), storage (``log``), when a hold
+ends (``holds``).
 """
 
 from __future__ import annotations
@@ -29,17 +25,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from asgi_resume import protocol
 from asgi_resume.frames import Item
+from asgi_resume.holds import Hold, Holds, HoldState
 from asgi_resume.inbound import inspect
 from asgi_resume.outbound import Outbound
 from asgi_resume.runtime import Runtime
 from asgi_resume.session import Session
-from asgi_resume.stats import fault
 
 logger = logging.getLogger("asgi_resume")
 
 OUTBOX_SIZE = 1024  # frames queued per connection before python-engineio's writer for it waits
 SERVER_GOING_AWAY = 1012  # uvicorn closes websockets with it on shutdown
-RECOVERY_POLL_S = 0.25  # how often a held connection asks whether its client recovered elsewhere
 LINGER_S = 0.001  # longest a batch waits for more frames before its log call (only while they keep coming)
 LINGER_IDLE_TURNS = 3  # loop turns without a new frame that end the wait
 LINGER_BATCH = 256
@@ -84,7 +79,9 @@ def query_param(scope: Scope, name: str) -> str | None:
 
 
 class WebSocketConnection:
-    def __init__(self, app: ASGIApp, runtime: Runtime, scope: Scope, receive: Receive, send: Send) -> None:
+    def __init__(
+        self, app: ASGIApp, runtime: Runtime, holds: Holds, scope: Scope, receive: Receive, send: Send
+    ) -> None:
         self.app = app
         self.runtime = runtime
         self.scope = scope
@@ -106,12 +103,8 @@ class WebSocketConnection:
         # asyncio's queue, not an anyio stream: it costs no checkpoint per frame on the hot path
         self._outbox: asyncio.Queue[Item] = asyncio.Queue(OUTBOX_SIZE)
         self._to_app, self._from_hold = anyio.create_memory_object_stream[Message](8)
-        self._holding = False
-        self._owner = ""  # the principal a hold is counted against
-        self._hold_end = anyio.Event()
-        self._hold_wake = anyio.Event()
-        self._hold_reason = ""
-        self._handed_over = False
+        self.holds = holds
+        self.hold = Hold(holds, self.session, self.outbound.recovery, self.sid)
         self._last_feed, self._gap = 0.0, 1.0  # when the last frame came, and the time before it
         self._draining = False  # this connection holds the outbound lock and is sending
         self._tg: TaskGroup | None = None
@@ -125,12 +118,12 @@ class WebSocketConnection:
                     await self.app(self.scope, self._receive, self._send)
                 finally:
                     await self._enqueue(_END)  # the writer sends what is queued, then ends
-                    self._end_hold("the app ended the connection")
+                    self.hold.end("the app ended the connection")
         finally:
             if self.sid:
                 self.runtime.sessions.remove(self.sid, self.outbound)
             with anyio.CancelScope(shield=True):
-                await self.outbound.release(handed_over=self._handed_over)
+                await self.outbound.release(handed_over=self.hold.handed_over)
 
     # -- app -> client -------------------------------------------------------------------
 
@@ -196,8 +189,7 @@ class WebSocketConnection:
                 await outbound.send(self._deliver_all, answer_deferred=answer_deferred)
         finally:
             self._draining = False
-        if self._holding:
-            self._hold_wake.set()
+        self.hold.wake()
 
     async def _linger(self) -> None:
         """Before a log call, let frames that are on their way join it, while they keep coming.
@@ -260,11 +252,11 @@ class WebSocketConnection:
 
     async def _deliver(self, item: Item) -> None:
         if self.client_gone:
-            if self._holding:
+            if self.hold.state is HoldState.HELD:
                 if item == protocol.EIO_PING:
                     await self._to_app.send(_PONG)  # the app's heartbeat, answered for the absent client
                 elif _ends_connection(item):  # what the absent client would have answered by leaving
-                    self._end_hold("the app closed the connection")
+                    self.hold.end("the app closed the connection")
             return
         message: Any
         if isinstance(item, str):
@@ -281,7 +273,7 @@ class WebSocketConnection:
     # -- client -> app -------------------------------------------------------------------
 
     async def _receive(self) -> Message:
-        if self._holding:
+        if self.hold.state is not HoldState.NOT_HELD:
             return await self._from_hold.receive()
         while True:
             message = await self.receive()
@@ -314,102 +306,20 @@ class WebSocketConnection:
     # -- the hold ------------------------------------------------------------------------
 
     def _start_hold(self, disconnect: Message) -> bool:
-        settings, stats = self.runtime.settings, self.runtime.stats
         if disconnect.get("code") == SERVER_GOING_AWAY:
             # uvicorn closes open websockets with 1012 when it shuts down, and then waits for every
             # connection's task: held ones must end now, or shutdown would wait for them
-            self.runtime.shut_down_holds()
+            self.holds.shut_down()
             return False
-        if self.runtime.shutting_down:
+        if self._tg is None or not self.accepted or not self.hold.start(self.runtime.log.now_ms()):
             return False
-        streams = self.session.active_streams(settings.hold_idle)
-        recovery = self.outbound.recovery
-        recoverable = recovery is not None and recovery.recoverable
-        if not (streams or recoverable) or self._tg is None or not self.accepted:
-            return False
-        owner = next((principal for principal in self.session.principals.values() if principal), None)
-        if owner is None:  # nothing of its own is logged: a hold would keep nothing
-            return False
-        if self.session.calls:  # the app waits for this client's answer: it must learn it left
-            logger.info("not holding %s: its client left owing the app an answer", self.sid)
-            return False
-        held_by_owner = self.runtime.held_by.get(owner, 0)
-        if stats.holds_active >= settings.max_holds or held_by_owner >= settings.max_holds_per_principal:
-            stats.holds_refused += 1
-            skipped = self.runtime.throttle.allow("hold_refused")
-            if skipped is not None:
-                logger.warning(
-                    "not holding %s: %d connections already held, %d of them this user's "
-                    "(ASGI_RESUME_MAX_HOLDS, ASGI_RESUME_MAX_HOLDS_PER_PRINCIPAL; %d more not logged)",
-                    self.sid,
-                    stats.holds_active,
-                    held_by_owner,
-                    skipped,
-                    extra=fault("hold_refused", held=stats.holds_active, skipped=skipped),
-                )
-            return False
-        self._holding = True
         self.outbound.held = True
-        self._owner = owner
-        self.runtime.held_by[owner] = held_by_owner + 1
-        stats.holds_active += 1
-        stats.holds_started += 1
-        what = f"streams in flight {[key.stream for key in streams[:5]]}" if streams else "a recoverable session"
-        logger.info("client of %s left with %s: holding the connection", self.sid, what)
-        self.runtime.holds.add(self._end_hold)
-        self._tg.start_soon(self._hold, disconnect, recoverable)
+        self._tg.start_soon(self._held, disconnect)
         return True
 
-    async def _hold(self, disconnect: Message, recoverable: bool) -> None:
-        settings, session, recovery = self.runtime.settings, self.session, self.outbound.recovery
-        started = time.monotonic()
-        started_ms = self.runtime.log.now_ms()
-        reason = ""
-        # a recoverable session is held for the recovery window, so it keeps getting (and logging)
-        # what the app sends its rooms, as the Node server keeps a session's packets
-        recover_until = started + settings.recovery_window if recoverable else 0.0
-        next_poll = started + RECOVERY_POLL_S
-        with anyio.move_on_after(settings.hold_max):
-            if recovery is not None and recoverable:
-                await recovery.note("left")
-            while not self._hold_end.is_set():
-                if session.calls:
-                    reason = "the app asked its absent client something"
-                    break
-                if session.taken_over(started_ms, settings.hold_idle):
-                    reason = "another connection took its streams over"
-                    self._handed_over = True
-                    break
-                now = time.monotonic()
-                active = [at + settings.hold_idle for at in session.in_flight.values() if now < at + settings.hold_idle]
-                # streams still flowing: look again when they could have gone idle; else end after the grace
-                until = max(max(active) if active else session.last_frame_at + settings.hold_grace, recover_until)
-                if until <= now:
-                    reason = "streams went idle" if session.in_flight else "streams done"
-                    break
-                if recovery is not None and now < recover_until:
-                    if now >= next_poll:
-                        next_poll = now + RECOVERY_POLL_S
-                        if await recovery.note("state"):
-                            reason = "its client recovered the session on another connection"
-                            self._handed_over = True
-                            break
-                    until = min(until, next_poll)
-                self._hold_wake = anyio.Event()
-                with anyio.move_on_after(until - now):
-                    await self._hold_wake.wait()  # the writer wakes us when frames came
-        reason = reason or self._hold_reason or f"held for hold_max ({settings.hold_max:g}s)"
-        self.runtime.holds.discard(self._end_hold)
-        self.runtime.stats.holds_active -= 1
-        held = self.runtime.held_by.pop(self._owner, 1) - 1
-        if held:
-            self.runtime.held_by[self._owner] = held
-        logger.info("hold of %s ended after %.1fs: %s", self.sid, time.monotonic() - started, reason)
-        self._holding = False
-        self.outbound.held = False
-        await self._to_app.send(disconnect)
-
-    def _end_hold(self, reason: str) -> None:
-        self._hold_reason = reason
-        self._hold_end.set()
-        self._hold_wake.set()
+    async def _held(self, disconnect: Message) -> None:
+        try:
+            await self.hold.run()
+        finally:
+            self.outbound.held = False
+            await self._to_app.send(disconnect)  # the app learns now that its client left

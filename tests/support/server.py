@@ -49,7 +49,7 @@ async def _wind_down(server: uvicorn.Server, app: object) -> None:
     """
     found = list(_middlewares(app))
     for middleware in found:
-        middleware.runtime.shut_down_holds()
+        middleware.holds.shut_down()
     for connection in list(server.server_state.connections):
         transport = getattr(connection, "transport", None)
         if transport is not None:
