@@ -1,9 +1,12 @@
-"""One outbound event on its way to the client: its parts and its stamps.
+"""What flows through the outbound pipeline: the closed set of its units, and their stamps.
 
-Owns: the unit the outbound pipeline works on (an event frame with its binary attachments), how
-it is stamped (``seq``/``epoch`` in the first argument, a recovery offset as the last argument),
-what the stream log keeps of it and how a logged entry turns back into frames. Must not touch:
-I/O, sessions.
+Owns: the units of a batch (:data:`Unit`): Engine.IO packets passed on as they are, an event on
+its way to the client (:class:`EventUnit`: a frame with its binary attachments), the app's
+CONNECT reply in a namespace with recovery (:class:`ConnectReply`), a resume request answered
+in its place (:class:`~asgi_resume.resume.ResumeRequest`) and any other ASGI message
+(:class:`Passthrough`); how an event is stamped (``seq``/``epoch`` in the first argument, a
+recovery offset as the last argument), what the stream log keeps of it and how a logged entry
+turns back into frames. Must not touch: I/O, sessions.
 """
 
 from __future__ import annotations
@@ -12,15 +15,29 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from starlette.types import Message
+
 from asgi_resume import protocol
 from asgi_resume.log import Entry, StreamKey
+from asgi_resume.resume import ResumeRequest
 
 SEQ_FIELD, EPOCH_FIELD = "seq", "epoch"
 RESERVED = (SEQ_FIELD, EPOCH_FIELD)
 
-#: What flows through the pipeline: text and binary Engine.IO packets, resume requests, and any
-#: other object (e.g. an ASGI close message), which passes through in its place.
-Item = Any
+
+@dataclass(frozen=True, slots=True)
+class Passthrough:
+    """An ASGI message that is not a frame (a websocket close), kept in its place among them."""
+
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectReply:
+    """The app's CONNECT reply in a namespace with recovery: it carries the pid, after the replay."""
+
+    frame: str
+    packet: protocol.Packet
 
 
 def stamp_fields(seq: int, epoch: str) -> str:
@@ -97,7 +114,7 @@ class EventUnit:
             return self.template.live(stamp_fields(self.seq, self.epoch))
         return self.raw
 
-    def frames(self) -> list[Item]:
+    def frames(self) -> list[str | bytes]:
         text = self.live()
         if self.offset:
             text = protocol.with_last_arg(text, self.offset)
@@ -109,3 +126,11 @@ class EventUnit:
         for attachment in self.attachments:
             digest.update(attachment)
         return digest.hexdigest()
+
+
+#: What the pipeline sends: Engine.IO packets (text or binary), and ASGI messages in their place.
+Outgoing = str | bytes | Passthrough
+#: What a transport feeds the pipeline: what it sends, and resume requests to answer in order.
+Incoming = str | bytes | Passthrough | ResumeRequest
+#: The units of a batch, between feeding and sending (a closed set: dispatched with ``match``).
+Unit = str | bytes | Passthrough | ResumeRequest | EventUnit | ConnectReply

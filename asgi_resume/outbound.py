@@ -22,9 +22,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import assert_never
 
 from asgi_resume import protocol, replay
-from asgi_resume.frames import RESERVED, EventUnit, Item, template_digest
+from asgi_resume.frames import RESERVED, ConnectReply, EventUnit, Incoming, Outgoing, Passthrough, Unit, template_digest
 from asgi_resume.guard import Deadline
 from asgi_resume.log import AppendRequest, LogUnavailable, StreamKey, StreamLog
 from asgi_resume.recovery import Recovery
@@ -40,19 +41,12 @@ _NONE_HELD: tuple[int, ...] = ()
 STAMPING_CACHE_SIZE = 256  # recent stream frames: their copies to other connections are stamped alike
 
 
-class _ConnectReply:
-    """The app's CONNECT reply in a namespace with recovery: it carries the pid, after the replay."""
-
-    def __init__(self, frame: str, packet: protocol.Packet) -> None:
-        self.frame, self.packet = frame, packet
-
-
 class Outbound:
     def __init__(self, runtime: Runtime, session: Session) -> None:
         self.runtime = runtime
         self.session = session
         self.recovery = Recovery(runtime, session) if runtime.settings.recovery else None
-        self._units: list[Item] = []
+        self._units: list[Unit] = []
         self._pending: EventUnit | None = None  # a binary event waiting for its attachments
         self._deferred: list[ResumeRequest] = []  # requests that came by another transport
         self.lock = asyncio.Lock()  # transports of one session take turns: feed, then flush
@@ -80,8 +74,8 @@ class Outbound:
 
     # -- feeding -----------------------------------------------------------------------------------
 
-    def feed(self, item: Item) -> None:
-        """Queue one packet (or request, or control message) for the next :meth:`flush`."""
+    def feed(self, item: Incoming) -> None:
+        """Queue one packet (or request, or other ASGI message) for the next :meth:`flush`."""
         pending = self._pending
         if pending is not None:
             if isinstance(item, bytes):
@@ -109,7 +103,7 @@ class Outbound:
             return
         self._units.append(item)
 
-    def _queue(self, unit: EventUnit | _ConnectReply) -> None:
+    def _queue(self, unit: EventUnit | ConnectReply) -> None:
         if isinstance(unit, EventUnit) and unit.stream is not None:
             unit.order = self.runtime.order.fed(unit.stream, unit.content_digest())
         self._units.append(unit)
@@ -128,7 +122,7 @@ class Outbound:
         elif packet.ack_id is not None:
             self.session.called(packet.namespace, packet.ack_id)
 
-    def _event_unit(self, frame: str) -> EventUnit | _ConnectReply | None:
+    def _event_unit(self, frame: str) -> EventUnit | ConnectReply | None:
         """The unit for an event we stamp or log (``None``: the frame passes as it is)."""
         recovery = self.recovery
         stamping = self._stamping(frame)
@@ -155,7 +149,7 @@ class Outbound:
                 expected = peeked.attachments if peeked.type == protocol.BINARY_EVENT else 0
                 return EventUnit(frame, peeked.namespace, expected, self.log.now_ms(), recover=True)
         reply = recovery.is_reply(frame)
-        return _ConnectReply(frame, reply) if reply is not None else None
+        return ConnectReply(frame, reply) if reply is not None else None
 
     def _stamping(self, frame: str) -> tuple[StreamFrame, protocol.StampTemplate, str] | None:
         """How to stamp ``frame`` and its content's digest: shared by its copies (an emit to a room
@@ -177,11 +171,11 @@ class Outbound:
 
     # -- flushing ----------------------------------------------------------------------------------
 
-    async def flush(self, *, answer_deferred: bool = True) -> list[Item]:
+    async def flush(self, *, answer_deferred: bool = True) -> list[Outgoing]:
         """Log what was fed and return what to send, in order (replays whole: see :meth:`send`)."""
-        out: list[Item] = []
+        out: list[Outgoing] = []
 
-        async def collect(items: list[Item]) -> bool:
+        async def collect(items: list[Outgoing]) -> bool:
             out.extend(items)
             return True
 
@@ -213,8 +207,8 @@ class Outbound:
                     assert unit.stream is not None
                     order.logged(unit.stream, unit.order)
             start = 0  # a CONNECT reply ends a segment: what follows gets the new session's offsets
-            for i, unit in enumerate(units):
-                if isinstance(unit, _ConnectReply):
+            for i, each in enumerate(units):
+                if isinstance(each, ConnectReply):
                     await self._render(units, start, i + 1, taken_ms, deliver)
                     start = i + 1
             if start < len(units):
@@ -225,7 +219,7 @@ class Outbound:
             left = [units[index] for index in held] + units[upto:]
             await deliver([f for unit in left for f in _unprocessed(unit)])
 
-    async def _render(self, units: list[Item], start: int, stop: int, taken_ms: int, deliver: Deliver) -> None:
+    async def _render(self, units: list[Unit], start: int, stop: int, taken_ms: int, deliver: Deliver) -> None:
         """Render ``units[start:stop]`` and hand it to ``deliver``, in order.
 
         ``self._handed`` follows what was handed over (every unit before an index, but those held
@@ -233,7 +227,7 @@ class Outbound:
         """
         recovery = self.recovery
         if recovery is not None:
-            recovering = [units[i] for i in range(start, stop) if _recovering(units[i])]
+            recovering = [u for u in units[start:stop] if isinstance(u, EventUnit) and u.recover and not u.offset]
             await recovery.log(recovering, taken_ms)
         # Frames of a stream that this batch also resumes wait for the replay, which
         # carries them; what it does not carry goes out right after it.
@@ -244,42 +238,45 @@ class Outbound:
             if isinstance(u := units[i], ResumeRequest) and (key := session.key_of(u)) is not None
         }
         waiting: dict[StreamKey, list[int]] = {}
-        out: list[Item] = []
+        out: list[Outgoing] = []
         for i in range(start, stop):
             unit = units[i]
-            if isinstance(unit, EventUnit):
-                if (
-                    recovery is not None
-                    and unit.recover
-                    and (recovery.waits_for_reply(unit) or recovery.duplicate(unit))
-                ):
-                    continue
-                if unit.stream is not None and i < last_resume.get(unit.stream, -1):
-                    waiting.setdefault(unit.stream, []).append(i)
-                elif not self._replayed(unit):
-                    out += unit.frames()
-            elif isinstance(unit, ResumeRequest):
-                # what came before it goes first; then the replay, a page at a time
-                self._handed = (i + 1, _held(waiting))
-                if out:
-                    await deliver(out)
-                    out = []
-                await replay.answer(self.runtime, self.session, unit, deliver)
-                key = session.key_of(unit)
-                if key is not None and last_resume.get(key) == i:
-                    for j in waiting.pop(key, ()):
-                        held = units[j]
-                        assert isinstance(held, EventUnit)
-                        if not self._replayed(held):
-                            out += held.frames()
-            elif isinstance(unit, _ConnectReply):
-                assert recovery is not None
-                self._handed = (i, _held(waiting))
-                if out:
-                    await deliver(out)
-                out = await recovery.reply(unit.frame, unit.packet, taken_ms)
-            else:
-                out.append(unit)
+            match unit:
+                case EventUnit():
+                    if (
+                        recovery is not None
+                        and unit.recover
+                        and (recovery.waits_for_reply(unit) or recovery.duplicate(unit))
+                    ):
+                        continue
+                    if unit.stream is not None and i < last_resume.get(unit.stream, -1):
+                        waiting.setdefault(unit.stream, []).append(i)
+                    elif not self._replayed(unit):
+                        out += unit.frames()
+                case ResumeRequest():
+                    # what came before it goes first; then the replay, a page at a time
+                    self._handed = (i + 1, _held(waiting))
+                    if out:
+                        await deliver(out)
+                        out = []
+                    await replay.answer(self.runtime, self.session, unit, deliver)
+                    key = session.key_of(unit)
+                    if key is not None and last_resume.get(key) == i:
+                        for j in waiting.pop(key, ()):
+                            held = units[j]
+                            assert isinstance(held, EventUnit)
+                            if not self._replayed(held):
+                                out += held.frames()
+                case ConnectReply():
+                    assert recovery is not None
+                    self._handed = (i, _held(waiting))
+                    if out:
+                        await deliver(out)
+                    out = await recovery.reply(unit.frame, unit.packet, taken_ms)
+                case str() | bytes() | Passthrough():
+                    out.append(unit)
+                case _:
+                    assert_never(unit)
         self._handed = (stop, _NONE_HELD)  # (nothing waits past the segment's last resume request)
         if out:
             await deliver(out)
@@ -397,20 +394,28 @@ def _held(waiting: dict[StreamKey, list[int]]) -> tuple[int, ...]:
     return tuple(sorted(i for held in waiting.values() for i in held)) if waiting else _NONE_HELD
 
 
-def _recovering(unit: Item) -> bool:
-    return isinstance(unit, EventUnit) and unit.recover and not unit.offset
+def _needs_log(unit: Unit) -> bool:
+    match unit:
+        case EventUnit():
+            return unit.stream is not None or unit.recover
+        case ResumeRequest() | ConnectReply():
+            return True
+        case str() | bytes() | Passthrough():
+            return False
+        case _:
+            assert_never(unit)
 
 
-def _needs_log(unit: Item) -> bool:
-    if isinstance(unit, EventUnit):
-        return unit.stream is not None or unit.recover
-    return isinstance(unit, ResumeRequest | _ConnectReply)
-
-
-def _unprocessed(unit: Item) -> list[Item]:
+def _unprocessed(unit: Unit) -> list[Outgoing]:
     """What to send for a unit when processing the batch failed: its original bytes."""
-    if isinstance(unit, EventUnit):
-        return [unit.raw, *unit.attachments]
-    if isinstance(unit, _ConnectReply):
-        return [unit.frame]
-    return [] if isinstance(unit, ResumeRequest) else [unit]
+    match unit:
+        case EventUnit():
+            return [unit.raw, *unit.attachments]
+        case ConnectReply():
+            return [unit.frame]
+        case ResumeRequest():
+            return []
+        case str() | bytes() | Passthrough():
+            return [unit]
+        case _:
+            assert_never(unit)

@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 
 from asgi_resume import protocol
-from asgi_resume.frames import EventUnit, Item
+from asgi_resume.frames import EventUnit, Outgoing
 from asgi_resume.log import LogUnavailable, StreamKey
 from asgi_resume.log.base import Payload, SessionAppend, new_epoch
 from asgi_resume.protocol.recovery import PID_FIELD, UNLOGGED_OFFSET, new_pid, offset
@@ -121,14 +121,14 @@ class Recovery:
             for i, unit in enumerate(group):
                 unit.offset = offset(state.gen, result.numbers[i]) if i < len(result.numbers) else UNLOGGED_OFFSET
 
-    async def reply(self, frame: str, packet: protocol.Packet, flushed_ms: int) -> list[Item]:
+    async def reply(self, frame: str, packet: protocol.Packet, flushed_ms: int) -> list[Outgoing]:
         """The app accepted the connection: recover the session (or start one), then the CONNECT reply."""
         stats = self.runtime.stats
         ns = packet.namespace
         state = self.states[ns]
         state.awaiting_reply = False
         new_gen = new_epoch()
-        replay: list[Item] = []
+        replay: list[Outgoing] = []
         recovered = False
         if state.claim is not None:
             recovered, replay = await self._claim(state, new_gen)
@@ -138,7 +138,7 @@ class Recovery:
         waited, state.before_reply = state.before_reply, []
         waited = [u for u in waited if not self._replayed(u)]
         await self.log(waited, flushed_ms, create=(ns,))
-        out: list[Item] = list(replay)
+        out: list[Outgoing] = list(replay)
         for unit in waited:
             out += unit.frames()
         out.append(protocol.with_member(frame, packet, PID_FIELD, state.pid))
@@ -154,7 +154,7 @@ class Recovery:
             return self.session.was_replayed(unit.stream, unit.epoch, unit.seq)
         return self.duplicate(unit)
 
-    async def _claim(self, state: RecoveryState, new_gen: str) -> tuple[bool, list[Item]]:
+    async def _claim(self, state: RecoveryState, new_gen: str) -> tuple[bool, list[Outgoing]]:
         """Claim the client's previous session; its frames after the client's offset, or nothing."""
         claim, runtime, session = state.claim, self.runtime, self.session
         assert claim is not None
@@ -193,9 +193,9 @@ class Recovery:
         state.pid = claim.pid
         return True, self._replay_frames(state, claim.gen, read.frames)
 
-    def _replay_frames(self, state: RecoveryState, gen: str, entries: list[tuple[int, int, Any]]) -> list[Item]:
+    def _replay_frames(self, state: RecoveryState, gen: str, entries: list[tuple[int, int, Any]]) -> list[Outgoing]:
         """The missed events with their old offsets; note them so live copies are not sent twice."""
-        out: list[Item] = []
+        out: list[Outgoing] = []
         rules = self.runtime.rules
         for n, received_ms, payload in entries:
             if not payload or not isinstance(payload[0], str):

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from asgi_resume import resume
-from asgi_resume.frames import Item, render
+from asgi_resume.frames import Outgoing, render
 from asgi_resume.log import LogUnavailable, ReplayResult, StreamKey
 from asgi_resume.resume import ResumeRequest
 from asgi_resume.runtime import Runtime
@@ -23,7 +23,7 @@ REPLAY_PAGE = 100  # log entries read, rendered and handed to the transport at a
 
 #: Sends a list of items to the client, in order; returns once the transport took them, False
 #: when the client is gone (what is left of a replay is not read).
-Deliver = Callable[[list[Item]], Awaitable[bool]]
+Deliver = Callable[[list[Outgoing]], Awaitable[bool]]
 
 
 def no_principal_detail(runtime: Runtime) -> str:
@@ -94,7 +94,7 @@ async def answer(runtime: Runtime, session: Session, request: ResumeRequest, del
         building += time.perf_counter() - started
         await runtime.replay_turns.take()  # one page per loop iteration, of all replays going on
         started = time.perf_counter()
-        out: list[Item] = []
+        out: list[Outgoing] = []
         for seq, payload in page.frames:
             if seq > until:  # appended after the first read: it reaches this client live
                 complete = True

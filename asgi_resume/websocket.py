@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import json
 import logging
 import socket
 import time
-from typing import Any
+from typing import assert_never
 from urllib.parse import parse_qs
 
 import anyio
@@ -24,7 +25,7 @@ from anyio.abc import TaskGroup
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from asgi_resume import protocol
-from asgi_resume.frames import Item
+from asgi_resume.frames import Incoming, Outgoing, Passthrough
 from asgi_resume.holds import Hold, Holds, HoldState
 from asgi_resume.inbound import inspect
 from asgi_resume.outbound import Outbound
@@ -40,15 +41,21 @@ LINGER_IDLE_TURNS = 3  # loop turns without a new frame that end the wait
 LINGER_BATCH = 256
 LINGER_BELOW_S = 0.0002  # only frames closer together than this make a batch wait for more
 _PONG: Message = {"type": "websocket.receive", "text": protocol.EIO_PONG}
-_END = object()  # queued after the app returns: the writer ends once it has sent what came before
-_NUDGE = object()  # frames were fed that need the log: the writer sends them
 
 
-def _ends_connection(item: Item) -> bool:
+class _Signal(enum.Enum):
+    END = "end"  # queued after the app returns: the writer ends once it has sent what came before
+    NUDGE = "nudge"  # frames were fed that need the log: the writer sends them
+
+
+_END, _NUDGE = _Signal.END, _Signal.NUDGE
+
+
+def _ends_connection(item: Outgoing) -> bool:
     """An Engine.IO CLOSE, a Socket.IO DISCONNECT, or the ASGI close."""
     if isinstance(item, str):
         return item == protocol.EIO_CLOSE or item[:2] == protocol.DISCONNECT_HEAD
-    return isinstance(item, dict) and item.get("type") == "websocket.close"
+    return isinstance(item, Passthrough) and item.message.get("type") == "websocket.close"
 
 
 def disable_nagle(send: Send) -> None:
@@ -101,7 +108,7 @@ class WebSocketConnection:
         self.accepted = False
         self.client_gone = False
         # asyncio's queue, not an anyio stream: it costs no checkpoint per frame on the hot path
-        self._outbox: asyncio.Queue[Item] = asyncio.Queue(OUTBOX_SIZE)
+        self._outbox: asyncio.Queue[Incoming | _Signal] = asyncio.Queue(OUTBOX_SIZE)
         self._to_app, self._from_hold = anyio.create_memory_object_stream[Message](8)
         self.holds = holds
         self.hold = Hold(holds, self.session, self.outbound.recovery, self.sid)
@@ -141,9 +148,9 @@ class WebSocketConnection:
             if self.accepted and not self.runtime.log.synchronous:
                 disable_nagle(self.send)
             return
-        await self._forward(message)
+        await self._forward(Passthrough(message))
 
-    async def _forward(self, item: Item) -> None:
+    async def _forward(self, item: Incoming) -> None:
         """Take one item from the app, keeping the order of everything the client is sent.
 
         Frames are fed to the outbound pipeline right away (it is synchronous). Whoever holds the
@@ -170,7 +177,7 @@ class WebSocketConnection:
         async with outbound.lock:
             await self._drain()
 
-    def _feed(self, item: Item) -> None:
+    def _feed(self, item: Incoming) -> None:
         if isinstance(item, str) and item[:1] == protocol.EIO_OPEN:
             self._register(item)
         now = time.monotonic()
@@ -208,13 +215,13 @@ class WebSocketConnection:
             idle = idle + 1 if now == seen else 0
             seen = now
 
-    async def _enqueue(self, item: Item) -> None:
+    async def _enqueue(self, item: Incoming | _Signal) -> None:
         try:
             self._outbox.put_nowait(item)
         except asyncio.QueueFull:
             await self._outbox.put(item)
 
-    def _enqueue_nowait(self, item: Item) -> None:
+    def _enqueue_nowait(self, item: Incoming | _Signal) -> None:
         with contextlib.suppress(asyncio.QueueFull):  # a full queue wakes the writer anyway
             self._outbox.put_nowait(item)
 
@@ -226,7 +233,7 @@ class WebSocketConnection:
                 batch.append(outbox.get_nowait())
             async with outbound.lock:
                 for item in batch:  # nothing else feeds while the lock is held and not draining
-                    if item is not _NUDGE and item is not _END:
+                    if not isinstance(item, _Signal):
                         self._feed(item)
                 await self._drain()
             if batch[-1] is _END:
@@ -242,7 +249,7 @@ class WebSocketConnection:
             self.sid = sid
             self.runtime.sessions.add(sid, self.outbound)
 
-    async def _deliver_all(self, items: list[Item]) -> bool:
+    async def _deliver_all(self, items: list[Outgoing]) -> bool:
         """Send ``items`` in order; returns once the server took the last one (uvicorn waits while
         its buffer for a client that does not read is full: a replay's next page waits with it).
         False when the client is gone."""
@@ -250,7 +257,7 @@ class WebSocketConnection:
             await self._deliver(item)
         return not self.client_gone
 
-    async def _deliver(self, item: Item) -> None:
+    async def _deliver(self, item: Outgoing) -> None:
         if self.client_gone:
             if self.hold.state is HoldState.HELD:
                 if item == protocol.EIO_PING:
@@ -258,13 +265,16 @@ class WebSocketConnection:
                 elif _ends_connection(item):  # what the absent client would have answered by leaving
                     self.hold.end("the app closed the connection")
             return
-        message: Any
-        if isinstance(item, str):
-            message = {"type": "websocket.send", "text": item, "bytes": None}
-        elif isinstance(item, bytes):
-            message = {"type": "websocket.send", "text": None, "bytes": item}
-        else:
-            message = item
+        message: Message
+        match item:
+            case str():
+                message = {"type": "websocket.send", "text": item, "bytes": None}
+            case bytes():
+                message = {"type": "websocket.send", "text": None, "bytes": item}
+            case Passthrough():
+                message = item.message
+            case _:
+                assert_never(item)
         try:
             await self.send(message)
         except Exception:  # noqa: BLE001 - the client is gone; the app learns it from receive()
