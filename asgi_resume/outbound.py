@@ -170,14 +170,17 @@ class Outbound:
 
     # -- flushing ----------------------------------------------------------------------------------
 
-    async def flush(self, *, answer_deferred: bool = True) -> list[Item]:
+    async def flush(self, *, answer_deferred: bool = True, taken_ms: int | None = None) -> list[Item]:
         """Log what was fed and return what to send, in order.
 
         ``answer_deferred=False``: keep the requests that came by another transport for a later
         flush (a websocket still probing an upgrade: the client drops what it carries until then).
+        ``taken_ms``: when what was fed was taken from the app (a polling GET's response: python-
+        engineio took everything queued for it then), if not now.
         """
         units, self._units = self._units, []
-        taken_ms = self.log.now_ms()  # everything fed before now is in this batch
+        if taken_ms is None:
+            taken_ms = self.log.now_ms()  # everything fed before now is in this batch
         if self._deferred and answer_deferred:
             units += self._deferred
             self._deferred = []

@@ -67,9 +67,12 @@ class PollResponse:
         self.send = send
         self.start: Message | None = None
         self.body = bytearray()
+        self.taken_ms = 0  # when python-engineio took the packets of this response from its queue
 
     async def __call__(self, message: Message) -> None:
         if message["type"] == "http.response.start" and message.get("status") == 200:
+            # python-engineio took the packets off its queue just now (it answers a poll at once)
+            self.taken_ms = self.runtime.log.now_ms()
             self.start = message
             return
         if message["type"] != "http.response.body" or self.start is None:
@@ -101,7 +104,7 @@ class PollResponse:
                 if isinstance(packet, str):
                     self._note(packet)
                 self.outbound.feed(packet)
-            out = await self.outbound.flush()
+            out = await self.outbound.flush(taken_ms=self.taken_ms or None)
         new_text = protocol.join_payload([item for item in out if isinstance(item, str | bytes)])
         if new_text == text:
             return body

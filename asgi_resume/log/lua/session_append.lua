@@ -2,6 +2,7 @@
 -- KEYS: 1 session meta (hash), 2 the log of generation `gen` (stream)
 -- ARGV: 1 generation, 2 owner (connection id), 3 principal, 4 namespace, 5 ttl ms, 6 maxlen,
 --       7 flushed ms (every frame this connection got before it is in this call or an earlier one),
+--       8 fetched ('1': its frames reach the log only when its client fetches them, long-polling),
 --       then per frame: received at (ms), payload
 -- Returns {'ok', n...}: the frames' numbers in that generation, or {'taken', n...} when another
 -- connection claimed the session (the frames are still logged: the claimer may not have read yet).
@@ -17,13 +18,13 @@ elseif state[1] ~= gen or state[2] ~= owner then
 end
 local counter = 'n:' .. gen
 local out = {status}
-for i = 8, #ARGV, 2 do
+for i = 9, #ARGV, 2 do
   local n = redis.call('HINCRBY', meta, counter, 1)
   redis.call('XADD', log, 'MAXLEN', '~', ARGV[6], n .. '-0', 't', ARGV[i], 'f', ARGV[i + 1])
   out[#out + 1] = n
 end
 if status == 'ok' then
-  redis.call('HSET', meta, 'flushed', ARGV[7], 'last_at', ARGV[7])
+  redis.call('HSET', meta, 'flushed', ARGV[7], 'last_at', ARGV[7], 'fetched', ARGV[8])
 else
   redis.call('HSET', meta, 'prev_flushed', ARGV[7])
 end

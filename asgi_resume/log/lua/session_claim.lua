@@ -3,7 +3,7 @@
 --       4 new generation, 5 now ms, 6 recovery window ms, 7 ttl ms
 -- Returns {'ok'} or {reason}.
 local meta = KEYS[1]
-local state = redis.call('HMGET', meta, 'principal', 'gen', 'owner', 'disconnected_at', 'last_at', 'closed')
+local state = redis.call('HMGET', meta, 'principal', 'gen', 'owner', 'disconnected_at', 'last_at', 'closed', 'fetched')
 if not state[1] then return {'unknown'} end
 if state[1] ~= ARGV[1] then return {'refused'} end -- a pid is useless to anyone else
 if state[2] ~= ARGV[2] then return {'stale'} end
@@ -13,8 +13,8 @@ if now - left > tonumber(ARGV[6]) then return {'expired'} end
 -- closed before anyone claimed it: what the app sent since went to nobody, and is in no log
 if state[6] == '1' then return {'expired'} end
 redis.call('HSET', meta, 'prev_gen', state[2], 'prev_owner', state[3], 'prev_closed', state[6] or '0',
-  'prev_flushed', redis.call('HGET', meta, 'flushed') or '0',
-  'gen', ARGV[4], 'owner', ARGV[3], 'cutoff', now, 'closed', '0', 'flushed', now, 'last_at', now)
+  'prev_flushed', redis.call('HGET', meta, 'flushed') or '0', 'prev_fetched', state[7] or '0',
+  'gen', ARGV[4], 'owner', ARGV[3], 'cutoff', now, 'closed', '0', 'flushed', now, 'last_at', now, 'fetched', '0')
 redis.call('HDEL', meta, 'disconnected_at')
 redis.call('PEXPIRE', meta, ARGV[7])
 return {'ok'}

@@ -1,13 +1,18 @@
 -- What a claimed session's previous generation holds after an offset, for the claimer to replay.
 -- KEYS: 1 session meta, 2 the previous generation's log. ARGV: 1 after n, 2 force (stop waiting)
 -- Returns {'wait'} while the previous owner may still be logging frames it got before the claim,
--- {'lost'} when frames after the offset are no longer held, else {'ok', n, t, payload, ...}.
+-- {'incomplete'} when it fetched its frames (long-polling) and logged none it fetched after the
+-- claim (forced: its silence proves nothing), {'lost'} when frames after the offset are no longer
+-- held, else {'ok', n, t, payload, ...}.
 local meta, log = KEYS[1], KEYS[2]
 local prev_gen = redis.call('HGET', meta, 'prev_gen') or ''
-local state = redis.call('HMGET', meta, 'cutoff', 'prev_flushed', 'prev_closed', 'n:' .. prev_gen)
+local state = redis.call('HMGET', meta, 'cutoff', 'prev_flushed', 'prev_closed', 'n:' .. prev_gen, 'prev_fetched')
 local cutoff, flushed = tonumber(state[1] or '0'), tonumber(state[2] or '0')
 -- strictly after the claim: a batch taken in the claim's own millisecond may have missed a frame
-if ARGV[2] ~= '1' and state[3] ~= '1' and flushed <= cutoff then return {'wait'} end
+if flushed <= cutoff then
+  if state[5] == '1' then return {ARGV[2] == '1' and 'incomplete' or 'wait'} end
+  if ARGV[2] ~= '1' and state[3] ~= '1' then return {'wait'} end
+end
 local after = tonumber(ARGV[1])
 local last = tonumber(state[4] or '0')
 if after > last then return {'lost'} end
