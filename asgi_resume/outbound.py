@@ -327,13 +327,15 @@ class Outbound:
             self.runtime.stats.frames_unstamped += len(group)
         self.runtime.missed(self.session, by_key)
 
-    async def release(self, handed_over: bool = False) -> None:
-        """The connection is over: flag the streams it left in flight.
+    async def release(self, handed_over: bool = False, *, last_seen: float | None = None) -> list[StreamKey]:
+        """The connection is over: flag the streams it left in flight (returned).
 
         A newcomer that later logs an orphaned stream starts a new epoch, so what was emitted while
         nobody logged it shows up as a gap instead of a silent hole. A connection whose client
         recovered its session on another one (``handed_over``) orphans nothing: that connection
         joined the rooms before it claimed the session, so nothing fell between the two.
+        ``last_seen``: when its client was last there (monotonic; a polling client that stopped
+        polling a while ago): streams in flight then are the ones it left.
         """
         session = self.session
         for unit in self._units:  # fed, never flushed (the connection was cut): nobody waits for them
@@ -341,14 +343,15 @@ class Outbound:
                 self.runtime.order.logged(unit.stream, unit.order)
         if self.recovery is not None:
             await self.recovery.note("closed")
-        orphaned = [] if handed_over else session.active_streams(self.runtime.settings.hold_idle)
+        orphaned = [] if handed_over else session.active_streams(self.runtime.settings.hold_idle, last_seen)
         if not orphaned or not self.runtime.health.available():
-            return
+            return []
         try:
             with anyio.fail_after(self.runtime.settings.write_timeout):
                 await self.log.release(orphaned, session.id)
         except (LogUnavailable, TimeoutError):
-            pass  # a newcomer then continues the epoch: what was lost meanwhile is not flagged
+            return []  # a newcomer then continues the epoch: what was lost meanwhile is not flagged
+        return orphaned
 
 
 def _needs_log(unit: Item) -> bool:

@@ -14,7 +14,7 @@ import hmac
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -174,6 +174,7 @@ class Runtime:
         self._ready = False
         self.sessions: Registry[Outbound] = Registry()  # Engine.IO sid -> its outbound pipeline
         self.holds: set[Callable[[str], None]] = set()  # how to end each hold in progress
+        self._background: set[asyncio.Task[Any]] = set()  # tasks of in_background(), until they end
         self.held_by: dict[str, int] = {}  # principal -> its connections held now
         self.stamping_cache: dict[str, Any] = {}  # frame -> how to stamp it (see Outbound._stamping)
         self.shutting_down = False
@@ -223,6 +224,12 @@ class Runtime:
             extra=fault("no_secret"),
         )
         return default_principal_key(settings.key_prefix)
+
+    def in_background(self, work: Coroutine[Any, Any, Any]) -> None:
+        """Run ``work`` on its own (a polling session let go, a note to the log), keeping its task."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def missed(self, session: Session, keys: Iterable[StreamKey]) -> None:
         """The log missed frames of ``keys`` (or may have: an append that timed out).

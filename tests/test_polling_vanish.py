@@ -2,14 +2,17 @@
 
 A polling client's frames reach the middleware only when the client fetches them: what the app
 emits while it is away waits in python-engineio's queue for a GET that never comes, and is in no
-log. A recovery claim of such a session must not say ``recovered`` unless every event since the
-offset was fetched. A real python-socketio app under uvicorn, hand-written polling
+log. The middleware must learn that the session ended (the client left mid-poll, its stale sid was
+refused, it stopped polling, it said goodbye) and treat it as the websocket transport treats a
+closed connection; and a recovery claim of such a session must not say ``recovered`` unless every
+event since the offset was fetched. A real python-socketio app under uvicorn, hand-written polling
 clients (exact packets), a websocket client as the user's next tab; the memory log and Redis.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 from collections import Counter
@@ -17,6 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import pytest
 import socketio
 import websockets
@@ -28,11 +32,13 @@ from asgi_resume.log.base import LogLimits, SessionAppend, new_epoch
 from asgi_resume.log.memory import MemoryLog
 from asgi_resume.log.redis import RedisLog
 from asgi_resume.websocket import query_param
-from tests.support.app import chat_event, make_sio, room_of
+from tests.support.app import chat_event, emit_tokens, make_sio, room_of
+from tests.support.logs import watch_logs
 from tests.support.polling import PollingClient, event_args, is_event
 from tests.support.raw import RawClient
 from tests.support.redis_server import RedisServer
 from tests.support.server import serve
+from tests.test_polling import resume_over_polling
 
 pytestmark = pytest.mark.anyio
 _prefixes = itertools.count()
@@ -161,6 +167,15 @@ def sid_of(sio: socketio.AsyncServer, token: str) -> str:
     return str(sid)
 
 
+async def leave_mid_poll(served: Served, client: PollingClient) -> None:
+    """The client goes away while its GET waits in python-engineio (a reload, a closed tab)."""
+    poll = asyncio.create_task(client.get())
+    await served.requests.wait(lambda: served.requests.serving[client.sid] == 1)
+    poll.cancel()
+    await client.aclose()
+    await served.requests.wait(lambda: served.requests.left[client.sid] == 1)  # the server saw it go
+
+
 # -- recovery ---------------------------------------------------------------------------------
 
 
@@ -214,6 +229,100 @@ async def test_a_client_that_upgraded_from_polling_still_recovers(served: Served
     assert json.loads(reply[2:])["pid"] == alice.pid  # recovered: nothing was missed
     assert served.app.runtime.stats.recoveries_ok == 1
     await back.close()
+    await alice.aclose()
+
+
+# -- streams ----------------------------------------------------------------------------------
+
+
+async def follow(served: Served, token: str, stream: str, count: int) -> tuple[Poller, dict[str, Any]]:
+    """A polling client that got the first ``count`` frames of ``stream``; its last frame."""
+    client = await Poller(served.url).open({"token": token})
+    await emit_tokens(served.sio, token, stream, 1, count)
+    await client.collect(is_event, count)
+    last = event_args(client.events)[-1]
+    assert last["seq"] == count
+    return client, last
+
+
+async def resumed_by_a_new_tab(served: Served, stream: str, last: dict[str, Any], first: int) -> dict[str, Any]:
+    """The user's next tab gets two more frames live, then resumes from what the polling client had."""
+    tab = await RawClient(served.url, auth={"token": "alice"}).connect()
+    await emit_tokens(served.sio, "alice", stream, first, first + 1)
+    await tab.wait_seqs(stream, 2)
+    answer: dict[str, Any] = await tab.request(
+        "resume-stream", {"message_id": stream, "last_seq": last["seq"], "epoch": last["epoch"]}, ack_id=1
+    )
+    await tab.close()
+    return answer
+
+
+async def test_a_stream_whose_polling_client_left_mid_poll_resumes_with_a_gap(served: Served) -> None:
+    """The client leaves while its GET waits (a reload): the frames emitted after the one that GET
+    carried are in no log, so the next tab's resume must say ``gap``, not replay a history without them."""
+    alice, last = await follow(served, "alice", "s", 3)
+    await leave_mid_poll(served, alice)
+    answered = served.requests.answered[alice.sid]
+    await emit_tokens(served.sio, "alice", "s", 4, 4)  # the waiting GET returns it: logged, never read
+    await served.requests.wait(lambda: served.requests.answered[alice.sid] > answered)
+    await emit_tokens(served.sio, "alice", "s", 5, 8)  # wait in python-engineio for a GET that never comes
+    answer = await resumed_by_a_new_tab(served, "s", last, 9)
+    assert answer["ok"] is True
+    assert answer["gap"] is True  # it used to say false: seq 4 was tok4, seq 5 tok9, tok5-8 missing
+    assert answer["epoch"] != last["epoch"]
+
+
+@pytest.mark.parametrize("served", [{"sio": FAST_PINGS}], indirect=True)
+async def test_a_polling_client_back_after_its_session_timed_out_resumes_with_a_gap(served: Served) -> None:
+    """Its network died mid-stream: python-engineio gave up on it; back online, its stale sid is
+    refused and it connects again (as socket.io-client does): the frames meanwhile are in no log."""
+    alice, last = await follow(served, "alice", "s", 3)
+    sid = sid_of(served.sio, "alice")
+    await emit_tokens(served.sio, "alice", "s", 4, 8)  # queued for alice, who polls no more
+    await served.sio.disconnects.wait(sid)
+    with pytest.raises(httpx.HTTPStatusError) as refused:
+        await alice.get()
+    assert refused.value.response.status_code == 400
+    await alice.aclose()
+    back = await Poller(served.url).open({"token": "alice"})
+    await emit_tokens(served.sio, "alice", "s", 9, 10)
+    await back.collect(is_event, 2)
+    _, answer = await resume_over_polling(back, {"message_id": "s", "last_seq": 3, "epoch": last["epoch"]})
+    assert answer["ok"] is True
+    assert answer["gap"] is True  # it used to say false, and replay tok9 and tok10 as seq 4 and 5
+    assert answer["epoch"] != last["epoch"]
+    await back.aclose()
+
+
+@pytest.mark.parametrize("served", [{"sio": FAST_PINGS}], indirect=True)
+async def test_a_stream_whose_polling_client_stopped_polling_resumes_with_a_gap(served: Served) -> None:
+    """Its network died and it never comes back: the user's other tab, after python-engineio gave up
+    on it, picks the stream up: the frames emitted in between are in no log."""
+    alice, last = await follow(served, "alice", "s", 3)
+    sid = sid_of(served.sio, "alice")
+    with watch_logs() as logs:
+        await emit_tokens(served.sio, "alice", "s", 4, 8)
+        await served.sio.disconnects.wait(sid)
+        with contextlib.suppress(TimeoutError):  # (the middleware did not use to notice at all)
+            await logs.wait_for("it stopped polling", timeout=5)
+    answer = await resumed_by_a_new_tab(served, "s", last, 9)
+    assert answer["ok"] is True
+    assert answer["gap"] is True
+    assert answer["epoch"] != last["epoch"]
+    await alice.aclose()
+
+
+async def test_a_stream_whose_polling_client_said_goodbye_mid_stream_resumes_with_a_gap(served: Served) -> None:
+    """socket.disconnect() mid-stream (a closed tab): the app forgets the connection at once."""
+    alice, last = await follow(served, "alice", "s", 3)
+    sid = sid_of(served.sio, "alice")
+    await alice.post("1")
+    await served.sio.disconnects.wait(sid)
+    await emit_tokens(served.sio, "alice", "s", 4, 8)  # to nobody
+    answer = await resumed_by_a_new_tab(served, "s", last, 9)
+    assert answer["ok"] is True
+    assert answer["gap"] is True
+    assert answer["epoch"] != last["epoch"]
     await alice.aclose()
 
 
