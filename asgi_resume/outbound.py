@@ -20,7 +20,6 @@ and a second request is answered after it, in order.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import assert_never
 
@@ -171,7 +170,7 @@ class Outbound:
 
     # -- flushing ----------------------------------------------------------------------------------
 
-    async def flush(self, *, answer_deferred: bool = True) -> list[Outgoing]:
+    async def flush(self, *, answer_deferred: bool = True, taken_ms: int | None = None) -> list[Outgoing]:
         """Log what was fed and return what to send, in order (replays whole: see :meth:`send`)."""
         out: list[Outgoing] = []
 
@@ -179,19 +178,22 @@ class Outbound:
             out.extend(items)
             return True
 
-        await self.send(collect, answer_deferred=answer_deferred)
+        await self.send(collect, answer_deferred=answer_deferred, taken_ms=taken_ms)
         return out
 
-    async def send(self, deliver: Deliver, *, answer_deferred: bool = True) -> None:
+    async def send(self, deliver: Deliver, *, answer_deferred: bool = True, taken_ms: int | None = None) -> None:
         """Log what was fed and hand what to send to ``deliver``, in order.
 
         ``deliver`` is called with what is ready whenever the batch is about to wait (a replay's
         next page, a log read), so a replay goes out a page at a time (see :func:`replay.answer`).
         ``answer_deferred=False``: keep the requests that came by another transport for a later
         flush (a websocket still probing an upgrade: the client drops what it carries until then).
+        ``taken_ms``: when what was fed was taken from the app (a polling GET's response: python-
+        engineio took everything queued for it then), if not now.
         """
         units, self._units = self._units, []
-        taken_ms = self.log.now_ms()  # everything fed before now is in this batch
+        if taken_ms is None:
+            taken_ms = self.log.now_ms()  # everything fed before now is in this batch
         if self._deferred and answer_deferred:
             units += self._deferred
             self._deferred = []
@@ -366,13 +368,15 @@ class Outbound:
             self.runtime.stats.frames_unstamped += len(group)
         self.runtime.missed(self.session, by_key)
 
-    async def release(self, handed_over: bool = False) -> None:
-        """The connection is over: flag the streams it left in flight.
+    async def release(self, handed_over: bool = False, *, last_seen: float | None = None) -> list[StreamKey]:
+        """The connection is over: flag the streams it left in flight (returned).
 
         A newcomer that later logs an orphaned stream starts a new epoch, so what was emitted while
         nobody logged it shows up as a gap instead of a silent hole. A connection whose client
         recovered its session on another one (``handed_over``) orphans nothing: that connection
         joined the rooms before it claimed the session, so nothing fell between the two.
+        ``last_seen``: when its client was last there (monotonic; a polling client that stopped
+        polling a while ago): streams in flight then are the ones it left.
         """
         session = self.session
         for unit in self._units:  # fed, never flushed (the connection was cut): nobody waits for them
@@ -380,13 +384,15 @@ class Outbound:
                 self.runtime.order.logged(unit.stream, unit.order)
         if self.recovery is not None:
             await self.recovery.note("closed")
-        orphaned = [] if handed_over else session.active_streams(self.runtime.settings.hold_idle)
+        orphaned = [] if handed_over else session.active_streams(self.runtime.settings.hold_idle, last_seen)
         if not orphaned:
-            return
+            return []
         guard = self.runtime.guard
-        # (if it fails, a newcomer continues the epoch: what was lost meanwhile is not flagged)
-        with contextlib.suppress(LogUnavailable):
+        try:
             await guard.call(guard.deadlines.write, self.log.release, orphaned, session.id)
+        except LogUnavailable:
+            return []  # a newcomer then continues the epoch: what was lost meanwhile is not flagged
+        return orphaned
 
 
 def _held(waiting: dict[StreamKey, list[int]]) -> tuple[int, ...]:

@@ -5,17 +5,24 @@ Owns: rewriting a polling GET response (packets joined by ``\\x1e``, binary as
 pipeline, and reading a polling POST for CONNECT auth and resume requests. A resume
 request is taken out of the POST and replaced by an Engine.IO UPGRADE packet, which
 python-engineio answers with a NOOP on the pending GET: that GET's response then
-carries the replay and the answer at once. Must not touch: frames' meaning, storage.
+carries the replay and the answer at once. And noticing that a session's client is gone,
+which no connection close tells here: its client left while its GET waited, stopped
+polling for Engine.IO's ping timeout, had its sid refused, or a CLOSE ended the session;
+the session is then released as a closed websocket's is. Must not touch: frames' meaning,
+storage.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import logging
+import time
 import zlib
 from collections.abc import Callable
 
+import anyio
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -23,7 +30,7 @@ from asgi_resume import protocol
 from asgi_resume.inbound import inspect
 from asgi_resume.outbound import Outbound
 from asgi_resume.runtime import Runtime
-from asgi_resume.session import Session
+from asgi_resume.session import Polling, Session
 from asgi_resume.websocket import query_param
 
 logger = logging.getLogger("asgi_resume")
@@ -40,6 +47,7 @@ _CODECS: dict[str, _Codec] = {
     "gzip": (gzip.decompress, gzip.compress),
     "deflate": (zlib.decompress, zlib.compress),
 }
+_REFUSED = 400  # python-engineio's answer to a request for a session it does not have (any more)
 
 
 async def handle_polling(app: ASGIApp, runtime: Runtime, scope: Scope, receive: Receive, send: Send) -> None:
@@ -48,13 +56,117 @@ async def handle_polling(app: ASGIApp, runtime: Runtime, scope: Scope, receive: 
     method = scope.get("method")
     if method == "GET" and (outbound is not None or sid is None):
         if outbound is None:  # the handshake: a new session
-            outbound = Outbound(runtime, Session(scope, runtime.log.now_ms()))
-        await app(scope, receive, PollResponse(runtime, outbound, sid, send))
+            outbound = Outbound(runtime, Session(scope, runtime.log.now_ms(), polling=Polling()))
+        response = PollResponse(runtime, outbound, sid, send)
+        with _Request(runtime, outbound):
+            await _watching_client(app, scope, receive, response)
     elif method == "POST" and outbound is not None and not outbound.session.upgraded:
-        scope, receive = await read_post(runtime, outbound, scope, receive)
-        await app(scope, receive, send)
+        with _Request(runtime, outbound):
+            scope, receive = await read_post(runtime, outbound, scope, receive)
+            await app(scope, receive, PostResponse(runtime, outbound, sid, send))
     else:  # a session this process does not know, one python-engineio would refuse: not ours to touch
         await app(scope, receive, send)
+
+
+async def _watching_client(app: ASGIApp, scope: Scope, receive: Receive, response: PollResponse) -> None:
+    """Serve a GET, noticing when its client goes away before the response (a reload, a closed tab).
+
+    The GET goes on waiting in python-engineio: what it returns next is logged, and nobody reads it.
+    """
+    first = await receive()  # a GET's (empty) body: the app reads it first, and nothing more
+    if first["type"] != "http.request" or first.get("more_body"):
+        await app(scope, _replaying(first, receive), response)
+        return
+    request: list[Message] = [first]
+    gone = asyncio.Event()
+
+    async def app_receive() -> Message:
+        if request:
+            return request.pop()
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def watch() -> None:
+        await receive()  # http.disconnect: the client left, or its response is complete
+        if not response.complete:
+            response.abandoned = True
+        gone.set()
+
+    watcher = asyncio.ensure_future(watch())  # (a task per poll: no task group to wrap the app's errors)
+    try:
+        await app(scope, app_receive, response)
+    finally:
+        watcher.cancel()
+
+
+def _replaying(message: Message, receive: Receive) -> Receive:
+    replay: list[Message] = [message]
+
+    async def replaying_receive() -> Message:
+        return replay.pop() if replay else await receive()
+
+    return replaying_receive
+
+
+class _Request:
+    """One request of the session's client, while the app serves it: the client is there."""
+
+    def __init__(self, runtime: Runtime, outbound: Outbound) -> None:
+        self.runtime, self.outbound = runtime, outbound
+
+    def __enter__(self) -> None:
+        polling = self.outbound.session.polling
+        if polling is not None:
+            polling.requests += 1
+            if polling.timer is not None:
+                polling.timer.cancel()
+                polling.timer = None
+
+    def __exit__(self, *exc: object) -> None:
+        session = self.outbound.session
+        polling = session.polling
+        if polling is None:
+            return
+        polling.requests -= 1
+        polling.seen_at = time.monotonic()
+        if polling.requests or polling.over or polling.released or session.upgraded or not polling.silence_s:
+            return
+        polling.timer = asyncio.get_running_loop().call_later(polling.silence_s, self._silent)
+
+    def _silent(self) -> None:
+        """No request for Engine.IO's ping interval + timeout: python-engineio has given up on it too."""
+        polling = self.outbound.session.polling
+        assert polling is not None
+        polling.timer = None
+        if polling.requests or self.runtime.closing:
+            return
+        self.runtime.in_background(let_go(self.runtime, self.outbound, "it stopped polling"))
+
+
+async def let_go(runtime: Runtime, outbound: Outbound, reason: str, *, over: bool = False) -> None:
+    """The client of this polling session is gone: release it, as a closed websocket's connection is.
+
+    Its streams in flight are flagged (a newcomer starts a new epoch: a resume says ``gap``), and its
+    recovery sessions closed (a claim gets a normal connect). ``over``: a CLOSE ended the session.
+    Done before the response that tells the client, so that nothing it does next comes first.
+    """
+    session, polling = outbound.session, outbound.session.polling
+    if polling is None or session.upgraded:
+        return  # on a websocket now: that transport says when it ends
+    polling.over = polling.over or over
+    if polling.released:
+        return
+    polling.released = True
+    async with outbound.lock:  # after any response being rewritten: what it carries is logged first
+        with anyio.CancelScope(shield=True):
+            flagged = await outbound.release(last_seen=polling.seen_at or None)
+    if flagged:  # (said when it matters, as a hold is)
+        streams = [key.stream for key in flagged[:5]]
+        logger.info(
+            "client of polling session %s is gone (%s): streams in flight %s flagged", polling.sid, reason, streams
+        )
+    else:
+        logger.debug("client of polling session %s is gone (%s)", polling.sid, reason)
 
 
 class PollResponse:
@@ -67,13 +179,26 @@ class PollResponse:
         self.send = send
         self.start: Message | None = None
         self.body = bytearray()
+        self.taken_ms = 0  # when python-engineio took the packets of this response from its queue
+        self.closed = False  # the response carries a CLOSE: the session is over
+        self.complete = False  # the response is on its way to the client
+        self.abandoned = False  # the client went away before it
 
     async def __call__(self, message: Message) -> None:
-        if message["type"] == "http.response.start" and message.get("status") == 200:
-            self.start = message
-            return
+        if message["type"] == "http.response.start":
+            status = message.get("status")
+            polling = self.outbound.session.polling
+            if status == 200:
+                # python-engineio took the packets off its queue just now (it answers a poll at once)
+                self.taken_ms = self.runtime.log.now_ms()
+                if polling is not None and not polling.over:
+                    polling.released = False  # the client is there: watch it again
+                self.start = message
+                return
+            if status == _REFUSED and self.sid and polling is not None:
+                await let_go(self.runtime, self.outbound, "python-engineio refused its sid")
         if message["type"] != "http.response.body" or self.start is None:
-            await self.send(message)
+            await self._send(message)
             return
         self.body += message.get("body", b"")
         if message.get("more_body") and len(self.body) <= MAX_BODY:
@@ -82,10 +207,19 @@ class PollResponse:
         # python-engineio's header names are not lower case: normalise before looking them up
         headers = MutableHeaders(raw=[(k.lower(), v) for k, v in start.get("headers", [])])
         body = await self.rewrite(headers.get("content-encoding", "").lower(), bytes(self.body))
+        if self.closed:
+            await let_go(self.runtime, self.outbound, "the session was closed", over=True)
+        elif self.abandoned:
+            await let_go(self.runtime, self.outbound, "its client left while its GET waited")
         if "content-length" in headers or body != bytes(self.body):
             headers["content-length"] = str(len(body))
         await self.send({**start, "headers": headers.raw})
-        await self.send({"type": "http.response.body", "body": body, "more_body": bool(message.get("more_body"))})
+        await self._send({"type": "http.response.body", "body": body, "more_body": bool(message.get("more_body"))})
+
+    async def _send(self, message: Message) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            self.complete = True
+        await self.send(message)
 
     async def rewrite(self, encoding: str, body: bytes) -> bytes:
         codec = _CODECS.get(encoding)
@@ -101,7 +235,7 @@ class PollResponse:
                 if isinstance(packet, str):
                     self._note(packet)
                 self.outbound.feed(packet)
-            out = await self.outbound.flush()
+            out = await self.outbound.flush(taken_ms=self.taken_ms or None)
         new_text = protocol.join_payload([item for item in out if isinstance(item, str | bytes)])
         if new_text == text:
             return body
@@ -109,18 +243,51 @@ class PollResponse:
         return codec[1](encoded) if codec else encoded
 
     def _note(self, packet: str) -> None:
-        """Register the session at its OPEN packet; forget it at CLOSE."""
+        """Register the session at its OPEN packet (and learn its ping timeout); forget it at CLOSE."""
         sessions = self.runtime.sessions
         if packet[:1] == protocol.EIO_OPEN and self.sid is None:
             try:
-                sid = json.loads(packet[1:]).get("sid")
+                opening = json.loads(packet[1:])
+                sid = opening.get("sid")
             except (ValueError, AttributeError):
                 return
             if isinstance(sid, str):
                 self.sid = sid
                 sessions.add(sid, self.outbound)
+                polling = self.outbound.session.polling
+                if polling is not None:
+                    polling.sid, polling.silence_s = sid, _silence_s(opening)
         elif packet == protocol.EIO_CLOSE and self.sid:
             sessions.remove(self.sid, self.outbound)
+            self.closed = True
+
+
+def _silence_s(opening: dict[str, object]) -> float:
+    """After how long without a request python-engineio gives up on a client (0: it does not say)."""
+    interval, timeout = opening.get("pingInterval"), opening.get("pingTimeout")
+    if not isinstance(interval, int | float) or not isinstance(timeout, int | float) or interval < 0 or timeout < 0:
+        return 0.0
+    return (interval + timeout) / 1000
+
+
+class PostResponse:
+    """Wraps ``send`` for one polling POST: a CLOSE it carried, or a refusal, ends the session here."""
+
+    def __init__(self, runtime: Runtime, outbound: Outbound, sid: str | None, send: Send) -> None:
+        self.runtime, self.outbound, self.sid, self.send = runtime, outbound, sid, send
+
+    async def __call__(self, message: Message) -> None:
+        polling = self.outbound.session.polling
+        if message["type"] == "http.response.start" and polling is not None:
+            status = message.get("status")
+            if status == 200 and polling.goodbye:
+                self.runtime.sessions.remove(self.sid or "", self.outbound)
+                await let_go(self.runtime, self.outbound, "its client said goodbye", over=True)
+            elif status == 200 and not polling.over:
+                polling.released = False
+            elif status == _REFUSED:
+                await let_go(self.runtime, self.outbound, "python-engineio refused its sid")
+        await self.send(message)
 
 
 async def read_post(runtime: Runtime, outbound: Outbound, scope: Scope, receive: Receive) -> tuple[Scope, Receive]:
@@ -190,5 +357,7 @@ async def _rewrite_post(runtime: Runtime, outbound: Outbound, body: bytes) -> by
         elif packet == protocol.EIO_CLOSE:
             for state in session.recovery.values():
                 state.left_cleanly = True
+            if session.polling is not None:
+                session.polling.goodbye = True
         kept.append(packet)
     return protocol.join_payload(kept).encode("utf-8") if changed else None

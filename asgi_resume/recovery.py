@@ -100,12 +100,13 @@ class Recovery:
         if not by_ns:
             return
         session = self.session
+        fetched = not session.upgraded  # on long-polling: what the app sends waits for the client's GET
         requests = []
         for ns, group in by_ns.items():
             state = self.states[ns]
             frames: list[tuple[int, Payload]] = [(u.received_ms, [u.live(), *u.attachments]) for u in group]
             principal = session.principal_for(ns) or ""
-            requests.append(SessionAppend(state.pid, state.gen, session.id, principal, ns, frames, flushed_ms))
+            requests.append(SessionAppend(state.pid, state.gen, session.id, principal, ns, frames, flushed_ms, fetched))
         guard = self.runtime.guard
         try:
             results = await guard.call(guard.deadlines.write, self.runtime.log.session_append, requests)
@@ -187,6 +188,13 @@ class Recovery:
         except LogUnavailable as exc:
             logger.warning("recovery of session %s… failed: the log is unreachable (%s)", claim.pid[:6], exc)
             return False, []
+        if read.status == "incomplete":
+            logger.info(
+                "recovery of session %s…: its connection was on long-polling and fetched nothing since the "
+                "claim, so what the app sent it meanwhile may be in no log",
+                claim.pid[:6],
+            )
+            return False, []
         if read.status != "ok":
             logger.info("recovery of session %s…: its frames after the offset are gone", claim.pid[:6])
             return False, []
@@ -225,8 +233,9 @@ class Recovery:
         return any(state.recoverable for state in self.states.values())
 
     async def note(self, action: str) -> bool:
-        """Tell the log the client ``left`` or the connection ``closed``, or ask (``state``);
-        True when every recoverable session of this connection was claimed by another one."""
+        """Tell the log the client ``left``, the connection ``closed`` or ``upgraded`` from long-polling
+        (its frames no longer wait for its client's GET), or ask (``state``); True when every
+        recoverable session of this connection was claimed by another one."""
         taken = True
         for state in self.states.values():
             if not state.pid or (action == "state" and not state.recoverable):

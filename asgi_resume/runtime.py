@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import logging
 import secrets
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
 
 from asgi_resume.config import Settings
@@ -63,6 +63,7 @@ class Runtime:
         self._ready = False
         self._unsupported = False
         self.sessions: Registry[Outbound] = Registry()  # Engine.IO sid -> its outbound pipeline
+        self._background: set[asyncio.Task[Any]] = set()  # tasks of in_background(), until they end
         self.stamping_cache: dict[str, Any] = {}  # frame -> how to stamp it (see Outbound._stamping)
         self.closing = False  # the server is going down: no more repairs
         self._repairs: dict[StreamKey, Session] = {}  # streams whose frames the log missed, not yet repaired
@@ -111,6 +112,12 @@ class Runtime:
             extra=fault("no_secret"),
         )
         return default_principal_key(settings.key_prefix)
+
+    def in_background(self, work: Coroutine[Any, Any, Any]) -> None:
+        """Run ``work`` on its own (a polling session let go, a note to the log), keeping its task."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def missed(self, session: Session, keys: Iterable[StreamKey]) -> None:
         """The log missed frames of ``keys`` (or may have: an append that timed out).

@@ -3,12 +3,14 @@
 Owns: what the middleware remembers about one connection: who it is (per namespace,
 bound when the app accepts the CONNECT, never changed after), where it stands in each
 stream key's log (cursors, and the entries it passed over), what it was replayed, which
-streams are in flight, and which of the app's calls its client has not answered yet.
+streams are in flight, which of the app's calls its client has not answered yet, and, on
+long-polling, whether its client is still there.
 Must not touch: I/O of any kind.
 """
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from collections import Counter, OrderedDict
@@ -50,6 +52,24 @@ class RecoveryState:
         return self.logging and not self.left_cleanly
 
 
+class Polling:
+    """A long-polling session's client as the transport sees it: is it still there? (polling.py keeps it.)
+
+    Frames reach the middleware only in the responses to the client's GETs: a client that stops
+    polling leaves what the app sends it in python-engineio's queue, in no log. When it is gone
+    its session is released as a closed websocket's is.
+    """
+
+    sid: str = ""  # its Engine.IO sid, once python-engineio gave it one
+    silence_s: float = 0.0  # Engine.IO's ping interval + timeout: a client silent so long is gone (0: unknown)
+    requests: int = 0  # its requests the app is serving now
+    seen_at: float = 0.0  # monotonic time the last of them ended
+    timer: asyncio.TimerHandle | None = None  # fires when it has been silent for silence_s
+    released: bool = False  # let go (until the app answers one of its requests again)
+    over: bool = False  # a CLOSE ended the session, one way or the other: nothing more to watch
+    goodbye: bool = False  # its client POSTed a CLOSE
+
+
 @dataclass(eq=False, slots=True)
 class Session:
     scope: Scope
@@ -69,6 +89,7 @@ class Session:
     last_frame_at: float = 0.0  # monotonic time of the last stream frame
     recovery: dict[str, RecoveryState] = field(default_factory=dict)  # namespace -> connection state recovery
     upgraded: bool = False  # on a websocket for good: python-engineio refuses its polling requests
+    polling: Polling | None = None  # a session that began on long-polling
     drop_attachments: int = 0  # binary frames still to come of an inbound request the app never sees
     resume_tokens: float = -1.0  # the resume rate limit's bucket (-1: full, not yet used)
     resume_refilled: float = 0.0
@@ -184,9 +205,9 @@ class Session:
         else:
             self.in_flight[stream] = now
 
-    def active_streams(self, idle_s: float) -> list[StreamKey]:
-        """Streams in flight that had a frame in the last ``idle_s`` seconds."""
-        now = time.monotonic()
+    def active_streams(self, idle_s: float, as_of: float | None = None) -> list[StreamKey]:
+        """Streams in flight that had a frame in the ``idle_s`` seconds before ``as_of`` (now)."""
+        now = time.monotonic() if as_of is None else as_of
         return [stream for stream, at in self.in_flight.items() if now - at < idle_s]
 
     def taken_over(self, since_ms: int, idle_s: float) -> bool:

@@ -305,6 +305,7 @@ class WebSocketConnection:
                 elif text == protocol.EIO_UPGRADE and self._probing:
                     self._probing = False  # the client reads this websocket from now on
                     self.session.upgraded = True
+                    await self._upgraded()
                     if self.outbound.has_deferred():
                         await self._enqueue(_NUDGE)
             elif message["type"] == "websocket.disconnect":
@@ -312,6 +313,18 @@ class WebSocketConnection:
                 if self._start_hold(message):
                     return await self._from_hold.receive()
             return message
+
+    async def _upgraded(self) -> None:
+        """Its events no longer wait for the client's GET: a claim may trust this connection's silence.
+
+        Said before python-engineio learns of the upgrade, and waits at most ``write_timeout`` (if the
+        log does not hear it, a claim of the session gets a normal connect, never a hole).
+        """
+        recovery = self.outbound.recovery
+        if recovery is None or not recovery.states or not self.runtime.guard.available():
+            return
+        with anyio.move_on_after(self.runtime.settings.write_timeout):
+            await recovery.note("upgraded")
 
     # -- the hold ------------------------------------------------------------------------
 

@@ -134,6 +134,9 @@ class SessionAppend:
     namespace: str
     frames: list[tuple[int, Payload]]  # (received at, on the log clock; [frame, *attachments])
     flushed_ms: int  # every frame this connection got before this is in this call or an earlier one
+    #: the connection gets its frames only when its client fetches them (long-polling): while its
+    #: client is away they wait unlogged, so its silence proves nothing (see ``session_read``)
+    fetched: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +154,10 @@ class Claim:
 
 @dataclass(frozen=True, slots=True)
 class SessionReplay:
-    status: Literal["ok", "wait", "lost"]
+    #: ok; wait (the previous owner may still log frames it got before the claim); lost (frames
+    #: after the offset are no longer kept); incomplete (the previous owner fetched its frames and
+    #: logged nothing it fetched after the claim: what the app sent it since may be in no log)
+    status: Literal["ok", "wait", "lost", "incomplete"]
     frames: list[tuple[int, int, Payload]] = field(default_factory=list)  # (n, received at, payload)
 
 
@@ -201,7 +207,12 @@ class StreamLog(Protocol):
         ...
 
     async def session_read(self, pid: str, gen: str, after: int, force: bool) -> SessionReplay:
-        """Frames of generation ``gen`` after ``after`` (``wait`` while its owner may still log some)."""
+        """Frames of generation ``gen`` after ``after`` (``wait`` while its owner may still log some).
+
+        Complete once the previous owner logged a batch it took after the claim, or closed after it;
+        ``force`` stops waiting for that, unless the owner's frames were fetched (``incomplete``): a
+        silent websocket had nothing to log, a polling client that stopped fetching may have had.
+        """
         ...
 
     async def session_note(self, pid: str, action: str, gen: str, owner: str) -> tuple[str, str]:

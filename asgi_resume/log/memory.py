@@ -114,10 +114,12 @@ class _Session:
     last_at: int = 0
     left_at: int | None = None
     closed: bool = False
+    fetched: bool = False  # the owner's frames reach the log when its client fetches them
     prev_gen: str = ""
     prev_owner: str = ""
     prev_flushed: int = 0
     prev_closed: bool = False
+    prev_fetched: bool = False
     logs: dict[str, deque[tuple[int, int, Payload]]] = field(default_factory=dict)  # gen -> (n, at, payload)
     counters: dict[str, int] = field(default_factory=dict)
 
@@ -284,6 +286,7 @@ class MemoryLog:
             numbers.append(n)
         if status == "ok":
             session.flushed = session.last_at = request.flushed_ms
+            session.fetched = request.fetched
         else:
             session.prev_flushed = request.flushed_ms
         session.expires_at = now + self.limits.ttl_ms
@@ -307,6 +310,7 @@ class MemoryLog:
             return Claim("expired")
         session.prev_gen, session.prev_owner = session.gen, session.owner
         session.prev_closed, session.prev_flushed = session.closed, session.flushed
+        session.prev_fetched, session.fetched = session.fetched, False
         session.gen, session.owner, session.cutoff = new_gen, claimer, now
         session.closed, session.flushed, session.last_at, session.left_at = False, now, now, None
         session.expires_at = now + self.limits.ttl_ms
@@ -316,8 +320,12 @@ class MemoryLog:
         session = self._session(pid)
         if session is None or session.prev_gen != gen:
             return SessionReplay("lost")
-        if not force and not session.prev_closed and session.prev_flushed <= session.cutoff:
-            return SessionReplay("wait")
+        # strictly after the claim: a batch taken in the claim's own millisecond may have missed a frame
+        if session.prev_flushed <= session.cutoff:
+            if session.prev_fetched:  # (its silence proves nothing: see StreamLog.session_read)
+                return SessionReplay("incomplete" if force else "wait")
+            if not force and not session.prev_closed:
+                return SessionReplay("wait")
         log = session.logs.get(gen, deque())
         last = session.counters.get(gen, 0)
         if after > last or (after < last and (not log or log[0][0] > after + 1)):
@@ -331,6 +339,8 @@ class MemoryLog:
         current = (session.gen, session.owner)
         if action == "left" and current == (gen, owner):
             session.left_at = self.now_ms()
+        elif action == "upgraded" and current == (gen, owner):
+            session.fetched = False
         elif action == "closed":
             if current == (gen, owner):
                 session.closed = True

@@ -2,13 +2,14 @@
 -- KEYS: 1 session meta (hash), 2 the log of generation `gen` (stream)
 -- ARGV: 1 generation, 2 owner (connection id), 3 principal, 4 namespace, 5 ttl ms, 6 maxlen,
 --       7 flushed ms (every frame this connection got before it is in this call or an earlier one),
+--       8 fetched ('1': its frames reach the log only when its client fetches them, long-polling),
 --       then per frame: received at (ms), payload
 -- Returns {'ok', n...}: the frames' numbers in that generation, or {'taken', n...} when another
 -- connection claimed the session (the frames are still logged: the claimer may not have read yet).
 local meta, log = KEYS[1], KEYS[2]
 local gen, owner, principal, namespace = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local ttl_ms, maxlen, flushed_ms = ARGV[5], ARGV[6], ARGV[7]
-local FIRST_FRAME = 8 -- then per frame: received at (ms), payload
+local ttl_ms, maxlen, flushed_ms, fetched = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local FIRST_FRAME = 9 -- then per frame: received at (ms), payload
 
 local state = redis.call('HMGET', meta, 'gen', 'owner', 'cutoff', 'prev_gen', 'prev_owner')
 local status = 'ok'
@@ -26,7 +27,7 @@ for i = FIRST_FRAME, #ARGV, 2 do
   out[#out + 1] = n
 end
 if status == 'ok' then
-  redis.call('HSET', meta, 'flushed', flushed_ms, 'last_at', flushed_ms)
+  redis.call('HSET', meta, 'flushed', flushed_ms, 'last_at', flushed_ms, 'fetched', fetched)
 else
   redis.call('HSET', meta, 'prev_flushed', flushed_ms)
 end

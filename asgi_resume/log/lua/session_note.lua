@@ -1,5 +1,6 @@
--- The owner of a session notes its client's departure, or its own end; anyone may ask who owns it.
--- KEYS: 1 session meta. ARGV: 1 'left' | 'closed' | 'state', 2 generation, 3 owner, 4 now ms
+-- The owner of a session notes its client's departure, its own end, or that its frames no longer
+-- wait for its client to fetch them (it upgraded from long-polling); anyone may ask who owns it.
+-- KEYS: 1 session meta. ARGV: 1 'left' | 'closed' | 'upgraded' | 'state', 2 generation, 3 owner, 4 now ms
 -- Returns {current generation or '', current owner or ''}.
 local meta = KEYS[1]
 local what, gen, owner, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -7,6 +8,8 @@ local what, gen, owner, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local state = redis.call('HMGET', meta, 'gen', 'owner', 'prev_gen', 'prev_owner')
 if what == 'left' and state[1] == gen and state[2] == owner then
   redis.call('HSET', meta, 'disconnected_at', now)
+elseif what == 'upgraded' and state[1] == gen and state[2] == owner then
+  redis.call('HSET', meta, 'fetched', '0')
 elseif what == 'closed' then
   if state[1] == gen and state[2] == owner then
     redis.call('HSET', meta, 'closed', '1')

@@ -1,7 +1,9 @@
 -- What a claimed session's previous generation holds after an offset, for the claimer to replay.
 -- KEYS: 1 session meta, 2 the log of generation `gen`. ARGV: 1 after n, 2 force (stop waiting), 3 gen
 -- Returns {'wait'} while the previous owner may still be logging frames it got before the claim,
--- {'lost'} when frames after the offset are no longer held, else {'ok', n, t, payload, ...}.
+-- {'incomplete'} when it fetched its frames (long-polling) and logged none it fetched after the
+-- claim (forced: its silence proves nothing), {'lost'} when frames after the offset are no longer
+-- held, else {'ok', n, t, payload, ...}.
 local meta, log = KEYS[1], KEYS[2]
 local after = tonumber(ARGV[1])
 local force = ARGV[2] == '1'
@@ -13,10 +15,13 @@ end
 
 local prev_gen = redis.call('HGET', meta, 'prev_gen')
 if prev_gen ~= gen then return {'lost'} end -- no claim of it, or another since
-local state = redis.call('HMGET', meta, 'cutoff', 'prev_flushed', 'prev_closed', 'n:' .. prev_gen)
+local state = redis.call('HMGET', meta, 'cutoff', 'prev_flushed', 'prev_closed', 'n:' .. prev_gen, 'prev_fetched')
 local cutoff, flushed = tonumber(state[1] or '0'), tonumber(state[2] or '0')
 -- strictly after the claim: a batch taken in the claim's own millisecond may have missed a frame
-if not force and state[3] ~= '1' and flushed <= cutoff then return {'wait'} end
+if flushed <= cutoff then
+  if state[5] == '1' then return {force and 'incomplete' or 'wait'} end
+  if not force and state[3] ~= '1' then return {'wait'} end
+end
 local last = tonumber(state[4] or '0')
 if after > last then return {'lost'} end
 local first = redis.call('XRANGE', log, '-', '+', 'COUNT', 1)[1]
