@@ -47,6 +47,8 @@ class Outbound:
         self.recovery = Recovery(runtime, session) if runtime.settings.recovery else None
         self._units: list[Unit] = []
         self._pending: EventUnit | None = None  # a binary event waiting for its attachments
+        self._stream_units: list[EventUnit] = []  # the units fed that belong to a stream
+        self._answers = False  # a resume request or a CONNECT reply was fed: the batch answers it
         self._deferred: list[ResumeRequest] = []  # requests that came by another transport
         self.lock = asyncio.Lock()  # transports of one session take turns: feed, then flush
         self.held = False  # its client left and the connection is held: it takes no stream over
@@ -90,7 +92,7 @@ class Outbound:
             self._units.extend([pending.raw, *pending.attachments])
             self._pending = None
         if isinstance(item, str):
-            if protocol.concerns_session(item):
+            if item[:3] != protocol.PLAIN_EVENT_HEAD and protocol.concerns_session(item):  # (most frames: not)
                 self._note(item)
             unit = self._event_unit(item)
             if unit is None:
@@ -100,11 +102,17 @@ class Outbound:
             else:
                 self._pending = unit
             return
+        if isinstance(item, ResumeRequest):
+            self._answers = True
         self._units.append(item)
 
     def _queue(self, unit: EventUnit | ConnectReply) -> None:
-        if isinstance(unit, EventUnit) and unit.stream is not None:
-            unit.order = self.runtime.order.fed(unit.stream, unit.content_digest())
+        if isinstance(unit, EventUnit):
+            if unit.stream is not None:
+                unit.order = self.runtime.order.fed(unit.stream, unit.content_digest())
+                self._stream_units.append(unit)
+        else:
+            self._answers = True
         self._units.append(unit)
 
     def _note(self, frame: str) -> None:
@@ -192,13 +200,18 @@ class Outbound:
         engineio took everything queued for it then), if not now.
         """
         units, self._units = self._units, []
+        stream_units, self._stream_units = self._stream_units, []
+        answers, self._answers = self._answers, False
         if taken_ms is None:
             taken_ms = self.log.now_ms()  # everything fed before now is in this batch
         if self._deferred and answer_deferred:
             units += self._deferred
             self._deferred = []
-        stream_units = [u for u in units if isinstance(u, EventUnit) and u.stream is not None]
+            answers = True
         self._handed = (0, _NONE_HELD)  # nothing of this batch handed over yet
+        if not answers and self.recovery is None:  # most batches: frames only, nothing to answer
+            await self._send_frames(units, stream_units, deliver)
+            return
         try:
             try:
                 if stream_units:
@@ -220,6 +233,30 @@ class Outbound:
             upto, held = self._handed
             left = [units[index] for index in held] + units[upto:]
             await deliver([f for unit in left for f in _unprocessed(unit)])
+
+    async def _send_frames(self, units: list[Unit], stream_units: list[EventUnit], deliver: Deliver) -> None:
+        """:meth:`send` for a batch of frames alone (no request to answer, no recovery): the hot path."""
+        try:
+            if stream_units:
+                try:
+                    await self._append(stream_units)
+                finally:  # logged (or never to be): other connections' frames of these keys may go now
+                    logged = self.runtime.order.logged
+                    for event in stream_units:
+                        logged(event.stream, event.order)  # type: ignore[arg-type]  # (stream units have one)
+            replayed = self.session.replayed  # (empty unless this connection resumed something)
+            out: list[Outgoing] = []
+            for unit in units:
+                if isinstance(unit, EventUnit):
+                    if not replayed or not self._replayed(unit):
+                        out += unit.frames()
+                else:
+                    assert not isinstance(unit, ResumeRequest | ConnectReply)
+                    out.append(unit)
+        except Exception:  # a bug here must cost the stamps, never the frames
+            logger.exception("asgi_resume failed to process a batch; sending it unchanged")
+            out = [f for unit in units for f in _unprocessed(unit)]
+        await deliver(out)
 
     async def _render(self, units: list[Unit], start: int, stop: int, taken_ms: int, deliver: Deliver) -> None:
         """Render ``units[start:stop]`` and hand it to ``deliver``, in order.
@@ -303,19 +340,20 @@ class Outbound:
             assert unit.stream is not None
             pending.setdefault(unit.stream, []).append(unit)
             session.saw(unit.stream, unit.done)
-        guard = self.runtime.guard
+        runtime = self.runtime
+        guard = runtime.guard
         if not guard.available():
             self._unlogged(pending)
             return
         # one deadline for the whole batch: a repair, the wait for other tabs' frames and the append
         loop = asyncio.get_running_loop()
         ends = loop.time() + guard.deadlines.write.seconds
-        if self.runtime.repairs_due():  # streams the log missed frames of start a new epoch first
-            await self.runtime.repair(Deadline(max(0.0, ends - loop.time())))
+        if runtime.repairs:  # streams the log missed frames of start a new epoch first
+            await runtime.repair(Deadline(max(0.0, ends - loop.time())))
             if not guard.available():  # the repair found the log still failing
                 self._unlogged(pending)
                 return
-        order = self.runtime.order
+        order = runtime.order
         for key, group in pending.items():  # frames another tab here was fed first, and these lack, go first
             first = group[0].order
             if order.before(key, first) and not await order.turn(
@@ -324,10 +362,12 @@ class Outbound:
                 stats.order_waits_timed_out += 1
         requests = [self._request(key, group) for key, group in pending.items()]
         stats.log_writes += 1
-        # (the in-process log answers at once: no company to wait for)
-        log = self.log if self.log.synchronous else self.runtime.appends
         try:
-            results = await guard.call(Deadline(max(0.0, ends - loop.time())), log.append, requests)
+            if self.log.synchronous:  # the in-process log answers at once: no timer, no company
+                results = await guard.call(guard.deadlines.write, self.log.append, requests)
+            else:
+                within = Deadline(max(0.0, ends - loop.time()))
+                results = await guard.call(within, runtime.appends.append, requests)
         except LogUnavailable:
             self._unlogged(pending)
             return

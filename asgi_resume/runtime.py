@@ -66,7 +66,7 @@ class Runtime:
         self._background: set[asyncio.Task[Any]] = set()  # tasks of in_background(), until they end
         self.stamping_cache: dict[str, Any] = {}  # frame -> how to stamp it (see Outbound._stamping)
         self.closing = False  # the server is going down: no more repairs
-        self._repairs: dict[StreamKey, Session] = {}  # streams whose frames the log missed, not yet repaired
+        self.repairs: dict[StreamKey, Session] = {}  # streams whose frames the log missed, not yet repaired
         self._repairing: asyncio.Task[None] | None = None
         self._hinted_no_principal = False
         #: the longest polling POST body the app reads (python-engineio's max_http_buffer_size)
@@ -127,22 +127,19 @@ class Runtime:
         as the log answers again, even if no frame of them ever comes again.
         """
         for key in keys:
-            if len(self._repairs) < MAX_REPAIRS:
-                self._repairs[key] = session
-        if self._repairs and (self._repairing is None or self._repairing.done()):
+            if len(self.repairs) < MAX_REPAIRS:
+                self.repairs[key] = session
+        if self.repairs and (self._repairing is None or self._repairing.done()):
             self._repairing = asyncio.get_running_loop().create_task(self._repair_soon())
-
-    def repairs_due(self) -> bool:
-        return bool(self._repairs)
 
     async def repair(self, deadline: Deadline | None = None) -> None:
         """Start a new epoch for every stream the log missed frames of, in one call (within
         ``deadline``, by default the write deadline)."""
-        if not self._repairs or not self.guard.available():
+        if not self.repairs or not self.guard.available():
             return
         # a stream whose own connection started its new epoch meanwhile needs nothing more
-        repairs = {key: session for key, session in self._repairs.items() if key in session.unlogged}
-        self._repairs = {}
+        repairs = {key: session for key, session in self.repairs.items() if key in session.unlogged}
+        self.repairs = {}
         if not repairs:
             return
         requests = [
@@ -153,7 +150,7 @@ class Runtime:
             results = await self.guard.call(deadline or self.guard.deadlines.write, self.log.append, requests)
         except LogUnavailable:
             for key, session in repairs.items():
-                self._repairs.setdefault(key, session)
+                self.repairs.setdefault(key, session)
             return
         for (key, session), result in zip(repairs.items(), results, strict=True):
             if result.failed is not None:
@@ -163,7 +160,7 @@ class Runtime:
             session.skipped.pop(key, None)
 
     async def _repair_soon(self) -> None:
-        while self._repairs and not self.closing:
+        while self.repairs and not self.closing:
             await asyncio.sleep(RETRY_AFTER_S)  # (the log failed a moment ago)
             await self.repair()
 
