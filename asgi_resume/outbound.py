@@ -178,6 +178,7 @@ class Outbound:
         """
         units, self._units = self._units, []
         taken_ms = self.log.now_ms()  # everything fed before now is in this batch
+        taken = self.runtime.order.fed_count  # (and numbered at most this, on every connection here)
         if self._deferred and answer_deferred:
             units += self._deferred
             self._deferred = []
@@ -185,24 +186,28 @@ class Outbound:
         try:
             if stream_units:
                 await self._append(stream_units)
+                self._done_with(stream_units)  # logged: another connection's frames need not wait for them
             out: list[Item] = []
             segment: list[Item] = []
             for unit in units:  # a CONNECT reply ends a segment: what follows gets the new session's offsets
                 segment.append(unit)
                 if isinstance(unit, _ConnectReply):
-                    out += await self._render(segment, taken_ms)
+                    out += await self._render(segment, taken_ms, taken)
                     segment = []
-            return out + (await self._render(segment, taken_ms) if segment else [])
+            return out + (await self._render(segment, taken_ms, taken) if segment else [])
         except Exception:  # a bug here must cost the stamps, never the frames
             logger.exception("asgi_resume failed to process a batch; sending it unchanged")
             return [f for unit in units for f in _unprocessed(unit)]
         finally:
-            order = self.runtime.order
-            for unit in stream_units:
-                assert unit.stream is not None
-                order.logged(unit.stream, unit.order)
+            self._done_with(stream_units)
 
-    async def _render(self, units: list[Item], taken_ms: int) -> list[Item]:
+    def _done_with(self, stream_units: list[EventUnit]) -> None:
+        order = self.runtime.order
+        for unit in stream_units:
+            assert unit.stream is not None
+            order.logged(unit.stream, unit.order)
+
+    async def _render(self, units: list[Item], taken_ms: int, taken: int) -> list[Item]:
         recovery = self.recovery
         if recovery is not None:
             await recovery.log([u for u in units if isinstance(u, EventUnit) and u.recover and not u.offset], taken_ms)
@@ -225,6 +230,7 @@ class Outbound:
                 elif not self._replayed(unit):
                     out += unit.frames()
             elif isinstance(unit, ResumeRequest):
+                await self._after_others(unit, units, taken)
                 out += await replay.answer(self.runtime, self.session, unit)
                 key = session.key_of(unit)
                 if key is not None and last_resume.get(key) == i:
@@ -237,6 +243,22 @@ class Outbound:
             else:
                 out.append(unit)
         return out
+
+    async def _after_others(self, request: ResumeRequest, units: list[Item], taken: int) -> None:
+        """Let frames of the stream fed to another connection here before this batch reach the log first.
+
+        A tab that joined mid-stream never gets live the frames emitted before it joined: another
+        connection (a held one, the tab it reloads) logs them, and a replay that read the log before
+        that connection's write landed would leave them out while the tab's live frames go on after
+        them: a hole the answer cannot tell. Copies of frames in this batch are logged already.
+        Bounded like the wait for emit order (``ASGI_RESUME_WRITE_TIMEOUT``).
+        """
+        key = self.session.key_of(request)
+        if key is None or request.error is not None or not self.runtime.order.before(key, taken + 1):
+            return
+        mine = {u.content_digest() for u in units if isinstance(u, EventUnit) and u.stream == key}
+        if not await self.runtime.order.turn(key, taken + 1, mine, self.runtime.settings.write_timeout):
+            self.runtime.stats.order_waits_timed_out += 1
 
     def _replayed(self, unit: EventUnit) -> bool:
         replayed = self.session.replayed  # (empty unless this connection resumed something)

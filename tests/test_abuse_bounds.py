@@ -23,7 +23,8 @@ import httpx
 import pytest
 import socketio
 
-from tests.support.app import chat_event, make_app, make_sio, room_of
+from tests.support.app import chat_event, content_by_seq, make_app, make_sio, room_of
+from tests.support.logs import watch_logs
 from tests.support.polling import PollingClient
 from tests.support.raw import RawClient
 from tests.support.server import serve
@@ -318,3 +319,61 @@ async def test_a_leaked_sid_neither_rebinds_replays_nor_freezes(how: str) -> Non
         assert (answer["ok"], answer["replayed"]) == (True, 1)  # still alice: the POSTed CONNECT bound nothing
         assert await victim.wait_seqs(1021, timeout=10) == [*range(1, 1021), 1020]
         await victim.close()
+
+
+# Found while looking for the flaky test in test_holds.py (a reload that lost one frame, gap false).
+
+
+async def test_a_replay_waits_for_frames_a_held_connection_is_still_logging() -> None:
+    """The reloaded tab joins after frames only the held connection got, still on their way to the log.
+
+    Its replay must carry them: it never gets them live, and its live frames go on after them. Before:
+    the replay read the log first, the answer said ``gap: false``, and the tab saw seq 67, then 72.
+    """
+    sio = make_sio()
+    app = make_app(sio, write_timeout=5)  # a slow write, not a failed one: waited for
+    log = app.runtime.log
+    writing, landed = asyncio.Event(), asyncio.Event()
+    landed.set()
+    real_append, real_turn = log.append, app.runtime.order.turn
+
+    async def slow_append(requests: Any) -> Any:
+        if any(request.held for request in requests) and not landed.is_set():
+            writing.set()
+            await landed.wait()
+        return await real_append(requests)
+
+    async def turn(*args: Any) -> bool:
+        landed.set()  # the held connection's write lands while another connection waits for it
+        return await real_turn(*args)
+
+    log.append = slow_append  # type: ignore[method-assign]
+    app.runtime.order.turn = turn  # type: ignore[method-assign]
+
+    async def emit(first: int, last: int, done: bool = False) -> None:
+        for i in range(first, last + 1):
+            await sio.emit("events", chat_event("m", i, done=done and i == last), room=room_of("alice"))
+
+    async with serve(app) as url:
+        tab = await RawClient(url, auth={"token": "alice"}).connect()
+        await emit(1, 40)
+        await tab.wait_seqs("m", 40)
+        with watch_logs() as logs:
+            await tab.kill()
+            await logs.wait_for("holding the connection")
+        await emit(41, 70)
+        landed.clear()
+        await emit(71, 71)  # before the reloaded tab joins: only the held connection gets it
+        await writing.wait()
+        reloaded = await RawClient(url, auth={"token": "alice"}).connect()
+        epoch = tab.events()[-1]["epoch"]
+        answer = await reloaded.request("resume-stream", {"message_id": "m", "last_seq": 40, "epoch": epoch}, ack_id=1)
+        landed.set()
+        await emit(72, 81, done=True)
+        await reloaded.wait_for(lambda f: isinstance(f, str) and '"done":true' in f)
+        assert (answer["ok"], answer["gap"], answer["last_seq"]) == (True, False, 71)
+        assert reloaded.seqs("m") == list(range(41, 82))
+        view = content_by_seq(tab.events()) | content_by_seq(reloaded.events())
+        assert [view[seq] for seq in range(1, 81)] == [f"tok{i} " for i in range(1, 81)]
+        assert app.runtime.stats.order_waits_timed_out == 0
+        await reloaded.close()
