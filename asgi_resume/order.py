@@ -35,6 +35,11 @@ class FeedOrder:
             numbers[number] = digest
         return number
 
+    @property
+    def fed_count(self) -> int:
+        """How many frames were fed so far: every frame fed from now on gets a higher number."""
+        return self._next
+
     def logged(self, key: StreamKey, number: int) -> None:
         """The frame numbered ``number`` was logged, or will never be (idempotent)."""
         numbers = self._unlogged.get(key)

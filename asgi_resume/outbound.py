@@ -212,6 +212,7 @@ class Outbound:
         if not answers and self.recovery is None:  # most batches: frames only, nothing to answer
             await self._send_frames(units, stream_units, deliver)
             return
+        taken = self.runtime.order.fed_count  # (what was fed, here, before this batch was taken)
         try:
             try:
                 if stream_units:
@@ -224,10 +225,10 @@ class Outbound:
             start = 0  # a CONNECT reply ends a segment: what follows gets the new session's offsets
             for i, each in enumerate(units):
                 if isinstance(each, ConnectReply):
-                    await self._render(units, start, i + 1, taken_ms, deliver)
+                    await self._render(units, start, i + 1, taken_ms, taken, deliver)
                     start = i + 1
             if start < len(units):
-                await self._render(units, start, len(units), taken_ms, deliver)
+                await self._render(units, start, len(units), taken_ms, taken, deliver)
         except Exception:  # a bug here must cost the stamps, never the frames
             logger.exception("asgi_resume failed to process a batch; sending what is left of it unchanged")
             upto, held = self._handed
@@ -258,7 +259,9 @@ class Outbound:
             out = [f for unit in units for f in _unprocessed(unit)]
         await deliver(out)
 
-    async def _render(self, units: list[Unit], start: int, stop: int, taken_ms: int, deliver: Deliver) -> None:
+    async def _render(
+        self, units: list[Unit], start: int, stop: int, taken_ms: int, taken: int, deliver: Deliver
+    ) -> None:
         """Render ``units[start:stop]`` and hand it to ``deliver``, in order.
 
         ``self._handed`` follows what was handed over (every unit before an index, but those held
@@ -298,6 +301,7 @@ class Outbound:
                     if out:
                         await deliver(out)
                         out = []
+                    await self._after_others(unit, units, taken)
                     await replay.answer(self.runtime, self.session, unit, deliver)
                     key = session.key_of(unit)
                     if key is not None and last_resume.get(key) == i:
@@ -319,6 +323,23 @@ class Outbound:
         self._handed = (stop, _NONE_HELD)  # (nothing waits past the segment's last resume request)
         if out:
             await deliver(out)
+
+    async def _after_others(self, request: ResumeRequest, units: list[Unit], taken: int) -> None:
+        """Let frames of the stream fed to another connection here before this batch reach the log first.
+
+        A tab that joined mid-stream never gets live the frames emitted before it joined: another
+        connection (a held one, the tab it reloads) logs them, and a replay that read the log before
+        that connection's write landed would leave them out while the tab's live frames go on after
+        them: a hole the answer cannot tell. Copies of frames in this batch are logged already.
+        Bounded like the wait for emit order (``ASGI_RESUME_WRITE_TIMEOUT``).
+        """
+        key = self.session.key_of(request)
+        order = self.runtime.order
+        if key is None or request.error is not None or not order.before(key, taken + 1):
+            return
+        mine = {u.content_digest() for u in units if isinstance(u, EventUnit) and u.stream == key}
+        if not await order.turn(key, taken + 1, mine, self.runtime.guard.deadlines.write.seconds):
+            self.runtime.stats.order_waits_timed_out += 1
 
     def _replayed(self, unit: EventUnit) -> bool:
         replayed = self.session.replayed  # (empty unless this connection resumed something)

@@ -211,9 +211,14 @@ class Session:
         return [stream for stream, at in self.in_flight.items() if now - at < idle_s]
 
     def taken_over(self, since_ms: int, idle_s: float) -> bool:
-        """Has another connection used each stream in flight here since ``since_ms``?"""
+        """Has another connection used each stream in flight here after ``since_ms``?
+
+        Strictly after: a use stamped in the same millisecond may have come before (the other tab
+        of a laptop whose tabs dropped together logged its last frame just before this one left);
+        a connection that does take the stream over uses it again with its next frame.
+        """
         active = self.active_streams(idle_s)
-        return bool(active) and all(self.others_ms.get(key, 0) >= since_ms for key in active)
+        return bool(active) and all(self.others_ms.get(key, 0) > since_ms for key in active)
 
     def was_replayed(self, stream: StreamKey, epoch: str, seq: int) -> bool:
         """True when a replay already gave this client the frame ``seq`` of ``epoch``."""
