@@ -362,10 +362,7 @@ class Outbound:
             pending.setdefault(unit.stream, []).append(unit)
             session.saw(unit.stream, unit.done)
         runtime = self.runtime
-        guard = runtime.guard
-        if not guard.available():
-            self._unlogged(pending)
-            return
+        guard = runtime.guard  # (while the log just failed, its call below fails at once)
         # one deadline for the whole batch: a repair, the wait for other tabs' frames and the append
         loop = asyncio.get_running_loop()
         ends = loop.time() + guard.deadlines.write.seconds
@@ -409,16 +406,18 @@ class Outbound:
     def _request(self, key: StreamKey, group: list[EventUnit]) -> AppendRequest:
         session = self.session
         cursor_epoch, cursor_seq = session.cursors.get(key, (None, 0))
+        unlogged, skipped = session.unlogged, session.skipped  # (both empty, mostly)
+        reset_epoch = unlogged.get(key) if unlogged else None
         return AppendRequest(
             key,
             [unit.entry() for unit in group],
             cursor_epoch,
             cursor_seq,
             session.started_ms,
-            reset=key in session.unlogged,
-            reset_epoch=session.unlogged.get(key, ""),
+            reset=reset_epoch is not None,
+            reset_epoch=reset_epoch or "",
             connection=session.id,
-            skipped=session.skipped.get(key, []),
+            skipped=skipped.get(key, []) if skipped else [],
             held=self.held,
         )
 
