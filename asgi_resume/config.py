@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from asgi_resume.pipeline.rules import DEFAULT_DONE, DoneRule, parse_done_rules, parse_path
 from asgi_resume.principal import DEFAULT_PRINCIPAL, PrincipalSource, parse_sources
-from asgi_resume.rules import DEFAULT_DONE, DoneRule, parse_done_rules, parse_path
 
 ENV_PREFIX = "ASGI_RESUME_"
 

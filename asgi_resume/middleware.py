@@ -17,12 +17,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from asgi_resume import protocol
 from asgi_resume.client import HELPER_PATH, helper_response
 from asgi_resume.config import OPTIONS, Settings
-from asgi_resume.holds import Holds
 from asgi_resume.log import StreamLog
 from asgi_resume.metrics import Metrics
-from asgi_resume.polling import handle_polling
 from asgi_resume.runtime import Runtime
-from asgi_resume.websocket import WebSocketConnection, query_param
+from asgi_resume.transport.holds import Holds
+from asgi_resume.transport.polling import handle_polling
+from asgi_resume.transport.websocket import WebSocketConnection, query_param
 
 logger = logging.getLogger("asgi_resume")
 

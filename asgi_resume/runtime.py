@@ -21,15 +21,15 @@ from asgi_resume.guard import RETRY_AFTER_S, Deadline, Deadlines, LogGuard
 from asgi_resume.log import AppendRequest, LogUnavailable, LogUnsupported, StreamKey, StreamLog
 from asgi_resume.log.base import GroupCommit, LogLimits
 from asgi_resume.log.memory import MemoryLog
-from asgi_resume.order import FeedOrder
+from asgi_resume.pipeline.order import FeedOrder
+from asgi_resume.pipeline.rules import StreamRules
+from asgi_resume.pipeline.session import Registry, Session
+from asgi_resume.pipeline.turns import Turns
 from asgi_resume.principal import JwtKey, PrincipalResolver, default_principal_key
-from asgi_resume.rules import StreamRules
-from asgi_resume.session import Registry, Session
 from asgi_resume.stats import Stats, fault
-from asgi_resume.turns import Turns
 
 if TYPE_CHECKING:
-    from asgi_resume.outbound import Outbound
+    from asgi_resume.pipeline.outbound import Outbound
 
 logger = logging.getLogger("asgi_resume")
 

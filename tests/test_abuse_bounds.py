@@ -24,7 +24,7 @@ import pytest
 import socketio
 
 from asgi_resume.log import StreamKey
-from asgi_resume.session import Session
+from asgi_resume.pipeline.session import Session
 from tests.support.app import chat_event, content_by_seq, make_app, make_sio, room_of
 from tests.support.logs import watch_logs
 from tests.support.polling import PollingClient

@@ -22,10 +22,10 @@ from hypothesis import strategies as st
 
 from asgi_resume import protocol
 from asgi_resume.config import Settings
-from asgi_resume.inbound import inspect
-from asgi_resume.outbound import Outbound
+from asgi_resume.pipeline.inbound import inspect
+from asgi_resume.pipeline.outbound import Outbound
+from asgi_resume.pipeline.session import Session
 from asgi_resume.runtime import Runtime
-from asgi_resume.session import Session
 from tests.support.app import emit_tokens, make_app, make_sio
 from tests.support.raw import RawClient
 from tests.support.server import serve

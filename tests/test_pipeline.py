@@ -1,6 +1,6 @@
 """The outbound pipeline alone, without a server: what one batch of frames becomes.
 
-Drives :class:`~asgi_resume.outbound.Outbound` as the transports do (``feed``, then ``flush``),
+Drives :class:`~asgi_resume.pipeline.outbound.Outbound` as the transports do (``feed``, then ``flush``),
 on the memory log. Fast: a change to the pipeline is checked here in a second, before the
 end-to-end suites.
 """
@@ -14,10 +14,11 @@ import pytest
 
 from asgi_resume import protocol
 from asgi_resume.config import Settings
-from asgi_resume.outbound import Outbound
-from asgi_resume.resume import ResumeRequest
+from asgi_resume.log.memory import MemoryLog
+from asgi_resume.pipeline.outbound import Outbound
+from asgi_resume.pipeline.resume import ResumeRequest
+from asgi_resume.pipeline.session import Session
 from asgi_resume.runtime import Runtime
-from asgi_resume.session import Session
 
 pytestmark = pytest.mark.anyio
 ALICE = "alice-principal-hash"
@@ -144,8 +145,14 @@ async def test_a_failure_in_the_pipeline_costs_the_stamps_never_the_frames(monke
     assert await send(alice, token(1), "2", token(2)) == [token(1), "2", token(2)]
 
 
+class _RemoteMemoryLog(MemoryLog):
+    """A log that could fail or wait, as Redis can: its calls go through the guard."""
+
+    synchronous = False
+
+
 async def test_a_log_that_just_failed_is_not_waited_for() -> None:
-    rt = runtime()
+    rt = Runtime(Settings.load({}), _RemoteMemoryLog())
     alice = tab(rt)
     before = events(await send(alice, token(1)))[0]
     rt.guard.failed("gone")  # the breaker is open for a moment

@@ -8,7 +8,8 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from asgi_resume import frames, protocol
+from asgi_resume import protocol
+from asgi_resume.pipeline import frames
 from asgi_resume.protocol import ACK, BINARY_EVENT, CONNECT, EVENT, Packet, socketio
 
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text()

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from asgi_resume.rules import DEFAULT_DONE, StreamRules, parse_done_rules, parse_path
+from asgi_resume.pipeline.rules import DEFAULT_DONE, StreamRules, parse_done_rules, parse_path
 
 
 def rules(events: frozenset[str] | None = None, path: str = "message_id", done: str = DEFAULT_DONE) -> StreamRules:

@@ -22,7 +22,7 @@ class StampTemplate:
     """An event frame cut open where stamped fields go into its first argument.
 
     ``head + fields + tail`` is the frame without its ack id (what the log keeps and a replay
-    sends: :func:`asgi_resume.frames.render`); ``live(fields)`` puts the ack id back, for the
+    sends: :func:`asgi_resume.pipeline.units.render`); ``live(fields)`` puts the ack id back, for the
     connection it was sent to.
     """
 

@@ -14,10 +14,10 @@ import dataclasses
 import logging
 
 from asgi_resume import protocol
+from asgi_resume.pipeline.resume import DROPPED, RATE_LIMITED, ResumeRequest, parse_request
+from asgi_resume.pipeline.session import RecoveryState, Session
 from asgi_resume.protocol.recovery import strip_connect
-from asgi_resume.resume import DROPPED, RATE_LIMITED, ResumeRequest, parse_request
 from asgi_resume.runtime import Runtime
-from asgi_resume.session import RecoveryState, Session
 
 logger = logging.getLogger("asgi_resume")
 

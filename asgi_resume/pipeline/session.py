@@ -19,10 +19,10 @@ from typing import Generic, TypeVar
 
 from starlette.types import Scope
 
-from asgi_resume.frames import EventUnit
 from asgi_resume.log.base import StreamKey
+from asgi_resume.pipeline.resume import ResumeRequest
+from asgi_resume.pipeline.units import EventUnit
 from asgi_resume.protocol.recovery import ClaimRequest
-from asgi_resume.resume import ResumeRequest
 
 T = TypeVar("T")
 
@@ -161,11 +161,12 @@ class Session:
         """Where this connection stands in ``key`` after an append: its cursor and what it passed over."""
         cursor = self.cursors.get(key)
         previous = cursor[1] if cursor is not None and cursor[0] == epoch else None
+        first = seqs[0] if seqs else 0
         if (
-            seqs
-            and (previous is None or seqs[0] == previous + 1)
-            and seqs[-1] - seqs[0] == len(seqs) - 1
-            and min(seqs) > 0
+            first > 0
+            and (previous is None or first == previous + 1)
+            and seqs[-1] - first == len(seqs) - 1
+            and (len(seqs) == 1 or min(seqs) > 0)
         ):  # contiguous, the common case: nothing passed over (positive seqs only grow within a call)
             self.cursors[key] = (epoch, seqs[-1])
             if previous is None:

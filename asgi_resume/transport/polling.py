@@ -27,11 +27,11 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from asgi_resume import protocol
-from asgi_resume.inbound import inspect
-from asgi_resume.outbound import Outbound
+from asgi_resume.pipeline.inbound import inspect
+from asgi_resume.pipeline.outbound import Outbound
+from asgi_resume.pipeline.session import Polling, Session
 from asgi_resume.runtime import Runtime
-from asgi_resume.session import Polling, Session
-from asgi_resume.websocket import query_param
+from asgi_resume.transport.websocket import query_param
 
 logger = logging.getLogger("asgi_resume")
 

@@ -23,8 +23,8 @@ import time
 import anyio
 
 from asgi_resume.config import Settings
-from asgi_resume.recovery import Recovery
-from asgi_resume.session import Session
+from asgi_resume.pipeline.recovery import Recovery
+from asgi_resume.pipeline.session import Session
 from asgi_resume.stats import Stats, Throttle, fault
 
 logger = logging.getLogger("asgi_resume")

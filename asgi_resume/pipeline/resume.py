@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from asgi_resume import protocol
-from asgi_resume.rules import MAX_VARIANT_LENGTH, stream_id_of
+from asgi_resume.pipeline.rules import MAX_VARIANT_LENGTH, stream_id_of
 
 RESULT_SUFFIX = ":result"
 RATE_LIMITED = "too many resume requests on this connection; wait a few seconds"

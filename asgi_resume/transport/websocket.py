@@ -3,7 +3,7 @@
 Owns: wrapping the app's ``send`` (frames go through a bounded queue to a writer task that logs
 and stamps them a batch at a time) and ``receive`` (resume requests are answered here and never
 reach the app; CONNECT auth names the principal), and, while a connection is held
-(:mod:`asgi_resume.holds`) after its client left, answering the app's pings and telling the app
+(:mod:`asgi_resume.transport.holds`) after its client left, answering the app's pings and telling the app
 at the end. Must not touch: what a frame means (``outbound``), storage (``log``), when a hold
 ends (``holds``).
 """
@@ -25,12 +25,12 @@ from anyio.abc import TaskGroup
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from asgi_resume import protocol
-from asgi_resume.frames import Incoming, Outgoing, Passthrough
-from asgi_resume.holds import Hold, Holds, HoldState
-from asgi_resume.inbound import inspect
-from asgi_resume.outbound import Outbound
+from asgi_resume.pipeline.inbound import inspect
+from asgi_resume.pipeline.outbound import Outbound
+from asgi_resume.pipeline.session import Session
+from asgi_resume.pipeline.units import Incoming, Outgoing, Passthrough
 from asgi_resume.runtime import Runtime
-from asgi_resume.session import Session
+from asgi_resume.transport.holds import Hold, Holds, HoldState
 
 logger = logging.getLogger("asgi_resume")
 

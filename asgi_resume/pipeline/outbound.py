@@ -23,16 +23,26 @@ import asyncio
 import logging
 from typing import assert_never
 
-from asgi_resume import protocol, replay
-from asgi_resume.frames import RESERVED, ConnectReply, EventUnit, Incoming, Outgoing, Passthrough, Unit, template_digest
+from asgi_resume import protocol
 from asgi_resume.guard import Deadline
 from asgi_resume.log import AppendRequest, LogUnavailable, StreamKey, StreamLog
-from asgi_resume.recovery import Recovery
-from asgi_resume.replay import Deliver
-from asgi_resume.resume import ResumeRequest
-from asgi_resume.rules import StreamFrame
+from asgi_resume.pipeline import replay
+from asgi_resume.pipeline.recovery import Recovery
+from asgi_resume.pipeline.replay import Deliver
+from asgi_resume.pipeline.resume import ResumeRequest
+from asgi_resume.pipeline.rules import StreamFrame
+from asgi_resume.pipeline.session import Session
+from asgi_resume.pipeline.units import (
+    RESERVED,
+    ConnectReply,
+    EventUnit,
+    Incoming,
+    Outgoing,
+    Passthrough,
+    Unit,
+    template_digest,
+)
 from asgi_resume.runtime import Runtime
-from asgi_resume.session import Session
 
 logger = logging.getLogger("asgi_resume")
 
@@ -97,7 +107,7 @@ class Outbound:
             unit = self._event_unit(item)
             if unit is None:
                 self._units.append(item)
-            elif not isinstance(unit, EventUnit) or unit.complete:
+            elif not isinstance(unit, EventUnit) or not unit.expected_attachments or unit.complete:
                 self._queue(unit)
             else:
                 self._pending = unit
@@ -209,8 +219,28 @@ class Outbound:
             self._deferred = []
             answers = True
         self._handed = (0, _NONE_HELD)  # nothing of this batch handed over yet
-        if not answers and self.recovery is None:  # most batches: frames only, nothing to answer
-            await self._send_frames(units, stream_units, deliver)
+        if not answers and self.recovery is None:  # most batches: frames only, nothing to answer (inline: hot)
+            try:
+                if stream_units:
+                    try:
+                        await self._append(stream_units)
+                    finally:  # logged (or never to be): other connections' frames of these keys may go now
+                        logged = self.runtime.order.logged
+                        for event in stream_units:
+                            logged(event.stream, event.order)  # type: ignore[arg-type]  # (stream units have one)
+                replayed = self.session.replayed  # (empty unless this connection resumed something)
+                out: list[Outgoing] = []
+                for unit in units:
+                    if isinstance(unit, EventUnit):
+                        if not replayed or not self._replayed(unit):
+                            out += unit.frames()
+                    else:
+                        assert not isinstance(unit, ResumeRequest | ConnectReply)
+                        out.append(unit)
+            except Exception:  # a bug here must cost the stamps, never the frames
+                logger.exception("asgi_resume failed to process a batch; sending it unchanged")
+                out = [f for unit in units for f in _unprocessed(unit)]
+            await deliver(out)
             return
         taken = self.runtime.order.fed_count  # (what was fed, here, before this batch was taken)
         try:
@@ -234,30 +264,6 @@ class Outbound:
             upto, held = self._handed
             left = [units[index] for index in held] + units[upto:]
             await deliver([f for unit in left for f in _unprocessed(unit)])
-
-    async def _send_frames(self, units: list[Unit], stream_units: list[EventUnit], deliver: Deliver) -> None:
-        """:meth:`send` for a batch of frames alone (no request to answer, no recovery): the hot path."""
-        try:
-            if stream_units:
-                try:
-                    await self._append(stream_units)
-                finally:  # logged (or never to be): other connections' frames of these keys may go now
-                    logged = self.runtime.order.logged
-                    for event in stream_units:
-                        logged(event.stream, event.order)  # type: ignore[arg-type]  # (stream units have one)
-            replayed = self.session.replayed  # (empty unless this connection resumed something)
-            out: list[Outgoing] = []
-            for unit in units:
-                if isinstance(unit, EventUnit):
-                    if not replayed or not self._replayed(unit):
-                        out += unit.frames()
-                else:
-                    assert not isinstance(unit, ResumeRequest | ConnectReply)
-                    out.append(unit)
-        except Exception:  # a bug here must cost the stamps, never the frames
-            logger.exception("asgi_resume failed to process a batch; sending it unchanged")
-            out = [f for unit in units for f in _unprocessed(unit)]
-        await deliver(out)
 
     async def _render(
         self, units: list[Unit], start: int, stop: int, taken_ms: int, taken: int, deliver: Deliver
@@ -381,8 +387,8 @@ class Outbound:
         requests = [self._request(key, group) for key, group in pending.items()]
         stats.log_writes += 1
         try:
-            if self.log.synchronous:  # the in-process log answers at once: no timer, no company
-                results = await guard.call(guard.deadlines.write, self.log.append, requests)
+            if self.log.synchronous:  # the in-process log neither fails nor waits: no guard, no timer, no company
+                results = await self.log.append(requests)
             else:
                 within = Deadline(max(0.0, ends - loop.time()))
                 results = await guard.call(within, runtime.appends.append, requests)

@@ -3,7 +3,7 @@
 Owns: the units of a batch (:data:`Unit`): Engine.IO packets passed on as they are, an event on
 its way to the client (:class:`EventUnit`: a frame with its binary attachments), the app's
 CONNECT reply in a namespace with recovery (:class:`ConnectReply`), a resume request answered
-in its place (:class:`~asgi_resume.resume.ResumeRequest`) and any other ASGI message
+in its place (:class:`~asgi_resume.pipeline.resume.ResumeRequest`) and any other ASGI message
 (:class:`Passthrough`); how an event is stamped (``seq``/``epoch`` in the first argument, a
 recovery offset as the last argument), what the stream log keeps of it and how a logged entry
 turns back into frames. Must not touch: I/O, sessions.
@@ -19,7 +19,7 @@ from starlette.types import Message
 
 from asgi_resume import protocol
 from asgi_resume.log import Entry, StreamKey
-from asgi_resume.resume import ResumeRequest
+from asgi_resume.pipeline.resume import ResumeRequest
 
 SEQ_FIELD, EPOCH_FIELD = "seq", "epoch"
 RESERVED = (SEQ_FIELD, EPOCH_FIELD)

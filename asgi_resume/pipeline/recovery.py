@@ -20,12 +20,12 @@ from typing import Any
 import anyio
 
 from asgi_resume import protocol
-from asgi_resume.frames import EventUnit, Outgoing
 from asgi_resume.log import LogUnavailable, StreamKey
 from asgi_resume.log.base import Payload, SessionAppend, new_epoch
+from asgi_resume.pipeline.session import RecoveryState, Session
+from asgi_resume.pipeline.units import EventUnit, Outgoing
 from asgi_resume.protocol.recovery import PID_FIELD, UNLOGGED_OFFSET, new_pid, offset
 from asgi_resume.runtime import Runtime
-from asgi_resume.session import RecoveryState, Session
 
 logger = logging.getLogger("asgi_resume")
 

@@ -12,12 +12,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from asgi_resume import resume
-from asgi_resume.frames import Outgoing, render
 from asgi_resume.log import LogUnavailable, ReplayResult, StreamKey
-from asgi_resume.resume import ResumeRequest
+from asgi_resume.pipeline import resume
+from asgi_resume.pipeline.resume import ResumeRequest
+from asgi_resume.pipeline.session import Session
+from asgi_resume.pipeline.units import Outgoing, render
 from asgi_resume.runtime import Runtime
-from asgi_resume.session import Session
 
 REPLAY_PAGE = 100  # log entries read, rendered and handed to the transport at a time
 

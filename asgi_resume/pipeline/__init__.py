@@ -1,0 +1,14 @@
+"""The outbound pipeline and what it keeps per connection; transport-free.
+
+* :mod:`~asgi_resume.pipeline.units`: what flows through a batch (a closed set) and how an event
+  is stamped.
+* :mod:`~asgi_resume.pipeline.rules`: which events belong to which stream, which end it.
+* :mod:`~asgi_resume.pipeline.session`: what the middleware remembers about one connection.
+* :mod:`~asgi_resume.pipeline.order` and :mod:`~asgi_resume.pipeline.turns`: the order streams'
+  frames reach the log across a process's tabs, and the turns replay pages take.
+* :mod:`~asgi_resume.pipeline.outbound`: one connection's batches: feed, log, stamp, send.
+* :mod:`~asgi_resume.pipeline.streams`: a batch's stream frames in the stream log.
+* :mod:`~asgi_resume.pipeline.inbound`, :mod:`~asgi_resume.pipeline.resume`,
+  :mod:`~asgi_resume.pipeline.replay`: what a client sends us, and answering its resume requests.
+* :mod:`~asgi_resume.pipeline.recovery`: Socket.IO connection state recovery.
+"""
