@@ -22,10 +22,11 @@ from asgi_resume.log import AppendRequest, LogUnavailable, LogUnsupported, Strea
 from asgi_resume.log.base import GroupCommit, LogLimits
 from asgi_resume.log.memory import MemoryLog
 from asgi_resume.pipeline.order import FeedOrder
-from asgi_resume.pipeline.rules import StreamRules
+from asgi_resume.pipeline.rules import StreamFrame, StreamRules
 from asgi_resume.pipeline.session import Registry, Session
 from asgi_resume.pipeline.turns import Turns
 from asgi_resume.principal import JwtKey, PrincipalResolver, default_principal_key
+from asgi_resume.protocol import StampTemplate
 from asgi_resume.stats import Stats, fault
 
 if TYPE_CHECKING:
@@ -64,7 +65,8 @@ class Runtime:
         self._unsupported = False
         self.sessions: Registry[Outbound] = Registry()  # Engine.IO sid -> its outbound pipeline
         self._background: set[asyncio.Task[Any]] = set()  # tasks of in_background(), until they end
-        self.stamping_cache: dict[str, Any] = {}  # frame -> how to stamp it (see Outbound._stamping)
+        #: frame -> how to stamp it (see Classifier._stamping): shared by the copies of an emit
+        self.stamping_cache: dict[str, tuple[StreamFrame, StampTemplate, str] | None] = {}
         self.closing = False  # the server is going down: no more repairs
         self.repairs: dict[StreamKey, Session] = {}  # streams whose frames the log missed, not yet repaired
         self._repairing: asyncio.Task[None] | None = None

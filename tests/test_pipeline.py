@@ -141,7 +141,7 @@ async def test_a_failure_in_the_pipeline_costs_the_stamps_never_the_frames(monke
     async def broken(*args: Any) -> None:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(alice, "_append", broken)
+    monkeypatch.setattr(alice.streams, "append", broken)
     assert await send(alice, token(1), "2", token(2)) == [token(1), "2", token(2)]
 
 

@@ -1,12 +1,12 @@
-"""One connection's outbound frames on their way to the client.
+"""One connection's outbound frames on their way to the client: the batch.
 
-Owns: turning a batch of Engine.IO packets the app sent into what the client receives: stream
-frames matched or appended in the stream log (under the connection's own principal) with one
-call per batch and stamped with ``seq``/``epoch``, binary attachments kept behind their header,
-resume requests answered in order with the live frames around them, and (when recovery is on)
-recovery offsets. It also reads what the app tells the client that matters to the session: the
-CONNECT reply that binds a principal, the calls the client owes an answer. Must not touch:
-transports (websocket or polling framing), ASGI messages, the app.
+Owns: turning a batch of Engine.IO packets the app sent into what the client receives, in order:
+each frame classified as it is fed (:mod:`~asgi_resume.pipeline.classify`), the batch's stream
+frames matched or appended in the stream log in one call and stamped with ``seq``/``epoch``
+(:mod:`~asgi_resume.pipeline.streams`), binary attachments kept behind their header, resume
+requests answered in order with the live frames around them (:mod:`~asgi_resume.pipeline.replay`),
+and, when recovery is on, recovery offsets (:mod:`~asgi_resume.pipeline.recovery`). Must not
+touch: transports (websocket or polling framing), ASGI messages, the app.
 
 A batch is rendered in order after one log call: a replay reads the log after every frame
 queued before it was logged, and a live frame the replay already carried is dropped, so the
@@ -24,30 +24,29 @@ import logging
 from typing import assert_never
 
 from asgi_resume import protocol
-from asgi_resume.guard import Deadline
-from asgi_resume.log import AppendRequest, LogUnavailable, StreamKey, StreamLog
+from asgi_resume.log import StreamKey, StreamLog
 from asgi_resume.pipeline import replay
+from asgi_resume.pipeline.classify import Classifier
 from asgi_resume.pipeline.recovery import Recovery
 from asgi_resume.pipeline.replay import Deliver
 from asgi_resume.pipeline.resume import ResumeRequest
-from asgi_resume.pipeline.rules import StreamFrame
 from asgi_resume.pipeline.session import Session
+from asgi_resume.pipeline.streams import StreamWriter
 from asgi_resume.pipeline.units import (
-    RESERVED,
     ConnectReply,
     EventUnit,
     Incoming,
     Outgoing,
     Passthrough,
     Unit,
-    template_digest,
+    needs_log,
+    unprocessed,
 )
 from asgi_resume.runtime import Runtime
 
 logger = logging.getLogger("asgi_resume")
 
 _NONE_HELD: tuple[int, ...] = ()
-STAMPING_CACHE_SIZE = 256  # recent stream frames: their copies to other connections are stamped alike
 
 
 class Outbound:
@@ -61,7 +60,8 @@ class Outbound:
         self._answers = False  # a resume request or a CONNECT reply was fed: the batch answers it
         self._deferred: list[ResumeRequest] = []  # requests that came by another transport
         self.lock = asyncio.Lock()  # transports of one session take turns: feed, then flush
-        self.held = False  # its client left and the connection is held: it takes no stream over
+        self.streams = StreamWriter(runtime, session)  # its side of the stream log
+        self.classify = Classifier(runtime, session, self.recovery)  # what each frame it is sent is
         self._handed: tuple[int, tuple[int, ...]] = (0, _NONE_HELD)  # how far :meth:`send` handed its batch over
 
     def pending(self, *, answer_deferred: bool = True) -> int:
@@ -70,7 +70,7 @@ class Outbound:
 
     def needs_log(self, *, answer_deferred: bool = True) -> bool:
         """Does :meth:`flush` have frames to log or requests to answer? (Else it only passes frames on.)"""
-        return (answer_deferred and bool(self._deferred)) or any(_needs_log(u) for u in self._units)
+        return (answer_deferred and bool(self._deferred)) or any(needs_log(u) for u in self._units)
 
     def has_deferred(self) -> bool:
         return bool(self._deferred)
@@ -82,6 +82,15 @@ class Outbound:
     @property
     def log(self) -> StreamLog:
         return self.runtime.log
+
+    @property
+    def held(self) -> bool:
+        """Its client left and the connection is held: it takes no stream over."""
+        return self.streams.held
+
+    @held.setter
+    def held(self, value: bool) -> None:
+        self.streams.held = value
 
     # -- feeding -----------------------------------------------------------------------------------
 
@@ -103,8 +112,8 @@ class Outbound:
             self._pending = None
         if isinstance(item, str):
             if item[:3] != protocol.PLAIN_EVENT_HEAD and protocol.concerns_session(item):  # (most frames: not)
-                self._note(item)
-            unit = self._event_unit(item)
+                self.classify.note(item)
+            unit = self.classify.unit(item)
             if unit is None:
                 self._units.append(item)
             elif not isinstance(unit, EventUnit) or not unit.expected_attachments or unit.complete:
@@ -124,67 +133,6 @@ class Outbound:
         else:
             self._answers = True
         self._units.append(unit)
-
-    def _note(self, frame: str) -> None:
-        """What the app tells the client that the session keeps: a CONNECT's outcome, a call."""
-        packet = protocol.peek(frame)
-        if packet is None:
-            return
-        if packet.type == protocol.CONNECT:
-            self.session.connected(packet.namespace, accepted=True)
-        elif packet.type == protocol.CONNECT_ERROR:
-            self.session.connected(packet.namespace, accepted=False)
-        elif packet.type == protocol.DISCONNECT:
-            self.session.disconnected(packet.namespace)
-        elif packet.ack_id is not None:
-            self.session.called(packet.namespace, packet.ack_id)
-
-    def _event_unit(self, frame: str) -> EventUnit | ConnectReply | None:
-        """The unit for an event we stamp or log (``None``: the frame passes as it is)."""
-        recovery = self.recovery
-        stamping = self._stamping(frame)
-        if stamping is not None:
-            classified, template, digest = stamping
-            packet = classified.packet
-            namespace = packet.namespace
-            principal = self.session.principals.get(namespace)
-            recover = recovery is not None and recovery.wants(namespace, packet.ack_id)
-            expected = packet.attachments if packet.type == protocol.BINARY_EVENT else 0
-            if principal is not None:
-                key = StreamKey._make((principal, namespace, classified.variant, classified.stream))
-                return EventUnit(
-                    frame, namespace, expected, self.log.now_ms(), key, classified.done, template, recover, digest
-                )
-            if recover:  # a connection without a principal logs nothing: only recovery offsets
-                return EventUnit(frame, namespace, expected, self.log.now_ms(), recover=True)
-            return None
-        if recovery is None or not recovery.states or frame[:1] != protocol.EIO_MESSAGE:
-            return None
-        if frame[1:2] in ("2", "5"):
-            peeked = protocol.peek(frame)
-            if peeked is not None and recovery.wants(peeked.namespace, peeked.ack_id):
-                expected = peeked.attachments if peeked.type == protocol.BINARY_EVENT else 0
-                return EventUnit(frame, peeked.namespace, expected, self.log.now_ms(), recover=True)
-        reply = recovery.is_reply(frame)
-        return ConnectReply(frame, reply) if reply is not None else None
-
-    def _stamping(self, frame: str) -> tuple[StreamFrame, protocol.StampTemplate, str] | None:
-        """How to stamp ``frame`` and its content's digest: shared by its copies (an emit to a room
-        sends N equal frames)."""
-        cache = self.runtime.stamping_cache
-        if frame in cache:
-            cached: tuple[StreamFrame, protocol.StampTemplate, str] | None = cache[frame]
-            return cached
-        classified = self.runtime.rules.classify(frame)
-        template = protocol.stamp_template(frame, classified.packet, RESERVED) if classified is not None else None
-        found = None
-        if classified is not None and template is not None:
-            found = (classified, template, template_digest(template))
-        if classified is not None:  # (frames without a stream id are cheap to classify again)
-            if len(cache) >= STAMPING_CACHE_SIZE:
-                del cache[next(iter(cache))]
-            cache[frame] = found
-        return found
 
     # -- flushing ----------------------------------------------------------------------------------
 
@@ -223,7 +171,7 @@ class Outbound:
             try:
                 if stream_units:
                     try:
-                        await self._append(stream_units)
+                        await self.streams.append(stream_units)
                     finally:  # logged (or never to be): other connections' frames of these keys may go now
                         logged = self.runtime.order.logged
                         for event in stream_units:
@@ -239,14 +187,14 @@ class Outbound:
                         out.append(unit)
             except Exception:  # a bug here must cost the stamps, never the frames
                 logger.exception("asgi_resume failed to process a batch; sending it unchanged")
-                out = [f for unit in units for f in _unprocessed(unit)]
+                out = [f for unit in units for f in unprocessed(unit)]
             await deliver(out)
             return
         taken = self.runtime.order.fed_count  # (what was fed, here, before this batch was taken)
         try:
             try:
                 if stream_units:
-                    await self._append(stream_units)
+                    await self.streams.append(stream_units)
             finally:  # logged (or never to be): other connections' frames of these keys may go now
                 order = self.runtime.order
                 for unit in stream_units:
@@ -263,7 +211,7 @@ class Outbound:
             logger.exception("asgi_resume failed to process a batch; sending what is left of it unchanged")
             upto, held = self._handed
             left = [units[index] for index in held] + units[upto:]
-            await deliver([f for unit in left for f in _unprocessed(unit)])
+            await deliver([f for unit in left for f in unprocessed(unit)])
 
     async def _render(
         self, units: list[Unit], start: int, stop: int, taken_ms: int, taken: int, deliver: Deliver
@@ -357,137 +305,14 @@ class Outbound:
             and (self.session.was_replayed(unit.stream, unit.epoch, unit.seq))
         )
 
-    # -- the stream log ----------------------------------------------------------------------------
-
-    async def _append(self, units: list[EventUnit]) -> None:
-        """Match or append the batch's stream frames: one log call, however many streams."""
-        session, stats = self.session, self.runtime.stats
-        pending: dict[StreamKey, list[EventUnit]] = {}
-        for unit in units:
-            assert unit.stream is not None
-            pending.setdefault(unit.stream, []).append(unit)
-            session.saw(unit.stream, unit.done)
-        runtime = self.runtime
-        guard = runtime.guard  # (while the log just failed, its call below fails at once)
-        # one deadline for the whole batch: a repair, the wait for other tabs' frames and the append
-        loop = asyncio.get_running_loop()
-        ends = loop.time() + guard.deadlines.write.seconds
-        if runtime.repairs:  # streams the log missed frames of start a new epoch first
-            await runtime.repair(Deadline(max(0.0, ends - loop.time())))
-            if not guard.available():  # the repair found the log still failing
-                self._unlogged(pending)
-                return
-        order = runtime.order
-        for key, group in pending.items():  # frames another tab here was fed first, and these lack, go first
-            first = group[0].order
-            if order.before(key, first) and not await order.turn(
-                key, first, {unit.content_digest() for unit in group}, max(0.0, ends - loop.time())
-            ):
-                stats.order_waits_timed_out += 1
-        requests = [self._request(key, group) for key, group in pending.items()]
-        stats.log_writes += 1
-        try:
-            if self.log.synchronous:  # the in-process log neither fails nor waits: no guard, no timer, no company
-                results = await self.log.append(requests)
-            else:
-                within = Deadline(max(0.0, ends - loop.time()))
-                results = await guard.call(within, runtime.appends.append, requests)
-        except LogUnavailable:
-            self._unlogged(pending)
-            return
-        for (key, group), result in zip(pending.items(), results, strict=True):
-            if result.failed is not None:  # this stream alone: the log is up, and others were logged
-                guard.failed_alone()
-                self._unlogged({key: group})
-                continue
-            session.unlogged.pop(key, None)
-            for unit, seq in zip(group, result.seqs, strict=True):
-                if seq > 0:
-                    unit.seq, unit.epoch = seq, result.epoch
-                    stats.frames_stamped += 1
-                else:  # its copy was logged before frames this connection got earlier: no seq for it
-                    stats.frames_unmatched += 1
-            session.followed(key, result.epoch, result.seqs, result.others_ms)
-
-    def _request(self, key: StreamKey, group: list[EventUnit]) -> AppendRequest:
-        session = self.session
-        cursor_epoch, cursor_seq = session.cursors.get(key, (None, 0))
-        unlogged, skipped = session.unlogged, session.skipped  # (both empty, mostly)
-        reset_epoch = unlogged.get(key) if unlogged else None
-        return AppendRequest(
-            key,
-            [unit.entry() for unit in group],
-            cursor_epoch,
-            cursor_seq,
-            session.started_ms,
-            reset=reset_epoch is not None,
-            reset_epoch=reset_epoch or "",
-            connection=session.id,
-            skipped=skipped.get(key, []) if skipped else [],
-            held=self.held,
-        )
-
-    def _unlogged(self, by_key: dict[StreamKey, list[EventUnit]]) -> None:
-        """The log missed these frames: they go out unstamped, and the streams get a new epoch."""
-        for key, group in by_key.items():
-            self.session.forget(key)
-            self.runtime.stats.frames_unstamped += len(group)
-        self.runtime.missed(self.session, by_key)
-
     async def release(self, handed_over: bool = False, *, last_seen: float | None = None) -> list[StreamKey]:
-        """The connection is over: flag the streams it left in flight (returned).
-
-        A newcomer that later logs an orphaned stream starts a new epoch, so what was emitted while
-        nobody logged it shows up as a gap instead of a silent hole. A connection whose client
-        recovered its session on another one (``handed_over``) orphans nothing: that connection
-        joined the rooms before it claimed the session, so nothing fell between the two.
-        ``last_seen``: when its client was last there (monotonic; a polling client that stopped
-        polling a while ago): streams in flight then are the ones it left.
-        """
-        session = self.session
-        for unit in self._units:  # fed, never flushed (the connection was cut): nobody waits for them
-            if isinstance(unit, EventUnit) and unit.stream is not None:
-                self.runtime.order.logged(unit.stream, unit.order)
+        """The connection is over: its recovery sessions closed, the streams it left in flight
+        flagged (returned; see :meth:`StreamWriter.release`)."""
         if self.recovery is not None:
             await self.recovery.note("closed")
-        orphaned = [] if handed_over else session.active_streams(self.runtime.settings.hold_idle, last_seen)
-        if not orphaned:
-            return []
-        guard = self.runtime.guard
-        try:
-            await guard.call(guard.deadlines.write, self.log.release, orphaned, session.id)
-        except LogUnavailable:
-            return []  # a newcomer then continues the epoch: what was lost meanwhile is not flagged
-        return orphaned
+        return await self.streams.release(self._stream_units, handed_over, last_seen)
 
 
 def _held(waiting: dict[StreamKey, list[int]]) -> tuple[int, ...]:
     """The indexes of the units held back for a replay, in order."""
     return tuple(sorted(i for held in waiting.values() for i in held)) if waiting else _NONE_HELD
-
-
-def _needs_log(unit: Unit) -> bool:
-    match unit:
-        case EventUnit():
-            return unit.stream is not None or unit.recover
-        case ResumeRequest() | ConnectReply():
-            return True
-        case str() | bytes() | Passthrough():
-            return False
-        case _:
-            assert_never(unit)
-
-
-def _unprocessed(unit: Unit) -> list[Outgoing]:
-    """What to send for a unit when processing the batch failed: its original bytes."""
-    match unit:
-        case EventUnit():
-            return [unit.raw, *unit.attachments]
-        case ConnectReply():
-            return [unit.frame]
-        case ResumeRequest():
-            return []
-        case str() | bytes() | Passthrough():
-            return [unit]
-        case _:
-            assert_never(unit)

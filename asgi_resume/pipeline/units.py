@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, assert_never
 
 from starlette.types import Message
 
@@ -134,3 +134,31 @@ Outgoing = str | bytes | Passthrough
 Incoming = str | bytes | Passthrough | ResumeRequest
 #: The units of a batch, between feeding and sending (a closed set: dispatched with ``match``).
 Unit = str | bytes | Passthrough | ResumeRequest | EventUnit | ConnectReply
+
+
+def needs_log(unit: Unit) -> bool:
+    """Does the batch need the log for it (a stream frame, an offset, a request, a reply)?"""
+    match unit:
+        case EventUnit():
+            return unit.stream is not None or unit.recover
+        case ResumeRequest() | ConnectReply():
+            return True
+        case str() | bytes() | Passthrough():
+            return False
+        case _:
+            assert_never(unit)
+
+
+def unprocessed(unit: Unit) -> list[Outgoing]:
+    """What to send for a unit when processing the batch failed: its original bytes."""
+    match unit:
+        case EventUnit():
+            return [unit.raw, *unit.attachments]
+        case ConnectReply():
+            return [unit.frame]
+        case ResumeRequest():
+            return []
+        case str() | bytes() | Passthrough():
+            return [unit]
+        case _:
+            assert_never(unit)

@@ -1,0 +1,95 @@
+"""What an outbound frame is to one connection: a stream event, a CONNECT reply, or a frame to pass.
+
+Owns: classifying a frame the app sends (its stream key under this connection's principal, its
+stamp template and content digest, shared by the copies of one emit through a process-wide
+cache), and what the app tells the client that the session keeps (a CONNECT's outcome, a call
+the client owes an answer). Must not touch: the log, the order of a batch, transports.
+"""
+
+from __future__ import annotations
+
+from asgi_resume import protocol
+from asgi_resume.log import StreamKey
+from asgi_resume.pipeline.recovery import Recovery
+from asgi_resume.pipeline.rules import StreamFrame
+from asgi_resume.pipeline.session import Session
+from asgi_resume.pipeline.units import RESERVED, ConnectReply, EventUnit, template_digest
+from asgi_resume.runtime import Runtime
+
+STAMPING_CACHE_SIZE = 256  # recent stream frames: their copies to other connections are stamped alike
+
+
+class Classifier:
+    def __init__(self, runtime: Runtime, session: Session, recovery: Recovery | None) -> None:
+        self.runtime = runtime
+        self.session = session
+        self.recovery = recovery
+
+    def note(self, frame: str) -> None:
+        """What the app tells the client that the session keeps: a CONNECT's outcome, a call."""
+        packet = protocol.peek(frame)
+        if packet is None:
+            return
+        if packet.type == protocol.CONNECT:
+            self.session.connected(packet.namespace, accepted=True)
+        elif packet.type == protocol.CONNECT_ERROR:
+            self.session.connected(packet.namespace, accepted=False)
+        elif packet.type == protocol.DISCONNECT:
+            self.session.disconnected(packet.namespace)
+        elif packet.ack_id is not None:
+            self.session.called(packet.namespace, packet.ack_id)
+
+    def unit(self, frame: str) -> EventUnit | ConnectReply | None:
+        """The unit for an event we stamp or log (``None``: the frame passes as it is)."""
+        recovery = self.recovery
+        stamping = self._stamping(frame)
+        if stamping is not None:
+            classified, template, digest = stamping
+            packet = classified.packet
+            namespace = packet.namespace
+            principal = self.session.principals.get(namespace)
+            recover = recovery is not None and recovery.wants(namespace, packet.ack_id)
+            expected = packet.attachments if packet.type == protocol.BINARY_EVENT else 0
+            if principal is not None:
+                key = StreamKey._make((principal, namespace, classified.variant, classified.stream))
+                return EventUnit(
+                    frame,
+                    namespace,
+                    expected,
+                    self.runtime.log.now_ms(),
+                    key,
+                    classified.done,
+                    template,
+                    recover,
+                    digest,
+                )
+            if recover:  # a connection without a principal logs nothing: only recovery offsets
+                return EventUnit(frame, namespace, expected, self.runtime.log.now_ms(), recover=True)
+            return None
+        if recovery is None or not recovery.states or frame[:1] != protocol.EIO_MESSAGE:
+            return None
+        if frame[1:2] in ("2", "5"):
+            peeked = protocol.peek(frame)
+            if peeked is not None and recovery.wants(peeked.namespace, peeked.ack_id):
+                expected = peeked.attachments if peeked.type == protocol.BINARY_EVENT else 0
+                return EventUnit(frame, peeked.namespace, expected, self.runtime.log.now_ms(), recover=True)
+        reply = recovery.is_reply(frame)
+        return ConnectReply(frame, reply) if reply is not None else None
+
+    def _stamping(self, frame: str) -> tuple[StreamFrame, protocol.StampTemplate, str] | None:
+        """How to stamp ``frame`` and its content's digest: shared by its copies (an emit to a room
+        sends N equal frames)."""
+        cache = self.runtime.stamping_cache
+        if frame in cache:
+            cached: tuple[StreamFrame, protocol.StampTemplate, str] | None = cache[frame]
+            return cached
+        classified = self.runtime.rules.classify(frame)
+        template = protocol.stamp_template(frame, classified.packet, RESERVED) if classified is not None else None
+        found = None
+        if classified is not None and template is not None:
+            found = (classified, template, template_digest(template))
+        if classified is not None:  # (frames without a stream id are cheap to classify again)
+            if len(cache) >= STAMPING_CACHE_SIZE:
+                del cache[next(iter(cache))]
+            cache[frame] = found
+        return found

@@ -1,0 +1,128 @@
+"""One connection's side of the stream log: a batch's stream frames matched or appended.
+
+Owns: grouping a batch's stream frames by key, the one deadline a batch waits within (a repair,
+the wait for frames another tab here was fed first, the append), the append request (the
+connection's cursor and the entries it passed over), stamping what the log numbered, what the
+log missed (those streams start a new epoch), and flagging the streams a connection left in
+flight when it ends. Must not touch: frames' bytes (``units``), the order a batch is sent in
+(``outbound``), transports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from asgi_resume.guard import Deadline
+from asgi_resume.log import AppendRequest, LogUnavailable, StreamKey
+from asgi_resume.pipeline.session import Session
+from asgi_resume.pipeline.units import EventUnit
+from asgi_resume.runtime import Runtime
+
+
+class StreamWriter:
+    def __init__(self, runtime: Runtime, session: Session) -> None:
+        self.runtime = runtime
+        self.session = session
+        self.log = runtime.log
+        self.held = False  # its client left and the connection is held: it takes no stream over
+
+    async def append(self, units: list[EventUnit]) -> None:
+        """Match or append the batch's stream frames: one log call, however many streams."""
+        session, stats = self.session, self.runtime.stats
+        pending: dict[StreamKey, list[EventUnit]] = {}
+        for unit in units:
+            assert unit.stream is not None
+            pending.setdefault(unit.stream, []).append(unit)
+            session.saw(unit.stream, unit.done)
+        runtime = self.runtime
+        guard = runtime.guard  # (while the log just failed, its call below fails at once)
+        # one deadline for the whole batch: a repair, the wait for other tabs' frames and the append
+        loop = asyncio.get_running_loop()
+        ends = loop.time() + guard.deadlines.write.seconds
+        if runtime.repairs:  # streams the log missed frames of start a new epoch first
+            await runtime.repair(Deadline(max(0.0, ends - loop.time())))
+            if not guard.available():  # the repair found the log still failing
+                self._unlogged(pending)
+                return
+        order = runtime.order
+        for key, group in pending.items():  # frames another tab here was fed first, and these lack, go first
+            first = group[0].order
+            if order.before(key, first) and not await order.turn(
+                key, first, {unit.content_digest() for unit in group}, max(0.0, ends - loop.time())
+            ):
+                stats.order_waits_timed_out += 1
+        requests = [self._request(key, group) for key, group in pending.items()]
+        stats.log_writes += 1
+        try:
+            if self.log.synchronous:  # the in-process log neither fails nor waits: no guard, no timer, no company
+                results = await self.log.append(requests)
+            else:
+                within = Deadline(max(0.0, ends - loop.time()))
+                results = await guard.call(within, runtime.appends.append, requests)
+        except LogUnavailable:
+            self._unlogged(pending)
+            return
+        for (key, group), result in zip(pending.items(), results, strict=True):
+            if result.failed is not None:  # this stream alone: the log is up, and others were logged
+                guard.failed_alone()
+                self._unlogged({key: group})
+                continue
+            session.unlogged.pop(key, None)
+            for unit, seq in zip(group, result.seqs, strict=True):
+                if seq > 0:
+                    unit.seq, unit.epoch = seq, result.epoch
+                    stats.frames_stamped += 1
+                else:  # its copy was logged before frames this connection got earlier: no seq for it
+                    stats.frames_unmatched += 1
+            session.followed(key, result.epoch, result.seqs, result.others_ms)
+
+    def _request(self, key: StreamKey, group: list[EventUnit]) -> AppendRequest:
+        session = self.session
+        cursor_epoch, cursor_seq = session.cursors.get(key, (None, 0))
+        unlogged, skipped = session.unlogged, session.skipped  # (both empty, mostly)
+        reset_epoch = unlogged.get(key) if unlogged else None
+        return AppendRequest(
+            key,
+            [unit.entry() for unit in group],
+            cursor_epoch,
+            cursor_seq,
+            session.started_ms,
+            reset=reset_epoch is not None,
+            reset_epoch=reset_epoch or "",
+            connection=session.id,
+            skipped=skipped.get(key, []) if skipped else [],
+            held=self.held,
+        )
+
+    def _unlogged(self, by_key: dict[StreamKey, list[EventUnit]]) -> None:
+        """The log missed these frames: they go out unstamped, and the streams get a new epoch."""
+        for key, group in by_key.items():
+            self.session.forget(key)
+            self.runtime.stats.frames_unstamped += len(group)
+        self.runtime.missed(self.session, by_key)
+
+    async def release(
+        self, unflushed: list[EventUnit], handed_over: bool = False, last_seen: float | None = None
+    ) -> list[StreamKey]:
+        """The connection is over: flag the streams it left in flight (returned).
+
+        A newcomer that later logs an orphaned stream starts a new epoch, so what was emitted while
+        nobody logged it shows up as a gap instead of a silent hole. A connection whose client
+        recovered its session on another one (``handed_over``) orphans nothing: that connection
+        joined the rooms before it claimed the session, so nothing fell between the two.
+        ``last_seen``: when its client was last there (monotonic; a polling client that stopped
+        polling a while ago): streams in flight then are the ones it left. ``unflushed``: stream
+        frames fed and never flushed (the connection was cut): nobody waits for them.
+        """
+        session = self.session
+        for unit in unflushed:
+            self.runtime.order.logged(unit.stream, unit.order)  # type: ignore[arg-type]  # (stream units)
+        orphaned = [] if handed_over else session.active_streams(self.runtime.settings.hold_idle, last_seen)
+        if not orphaned:
+            return []
+        guard = self.runtime.guard
+        try:
+            await guard.call(guard.deadlines.write, self.log.release, orphaned, session.id)
+        except LogUnavailable:
+            return []  # a newcomer then continues the epoch: what was lost meanwhile is not flagged
+        return orphaned
