@@ -20,9 +20,10 @@ from asgi_resume.config import OPTIONS, Settings
 from asgi_resume.log import StreamLog
 from asgi_resume.metrics import Metrics
 from asgi_resume.runtime import Runtime
+from asgi_resume.transport.engineio import EngineIOSessions, query_param
 from asgi_resume.transport.holds import Holds
 from asgi_resume.transport.polling import handle_polling
-from asgi_resume.transport.websocket import WebSocketConnection, query_param
+from asgi_resume.transport.websocket import WebSocketConnection
 
 logger = logging.getLogger("asgi_resume")
 
@@ -81,6 +82,7 @@ class ResumeMiddleware:
         self.settings = Settings.load(**overrides)
         self.runtime = Runtime(self.settings, log)
         self.holds = Holds(self.settings, self.runtime.stats)  # connections whose client left, held
+        self.sessions = EngineIOSessions()  # this process's Engine.IO sessions by sid
         self.metrics = Metrics(self.runtime) if self.settings.metrics else None
         self._found_body_limit = False
         _make_visible(logger)
@@ -98,12 +100,12 @@ class ResumeMiddleware:
         elif self.metrics is not None and scope["type"] == "http" and scope.get("path") == self.settings.metrics:
             await self.metrics(scope, receive, send)
         elif scope["type"] == "websocket" and self._watches(scope):
-            await WebSocketConnection(self.app, self.runtime, self.holds, scope, receive, send).run()
+            await WebSocketConnection(self.app, self.runtime, self.sessions, self.holds, scope, receive, send).run()
         elif scope["type"] == "http" and self._watches(scope) and query_param(scope, "transport") == "polling":
             if not self._found_body_limit:  # the app's routes are all there by its first request
                 self._found_body_limit = True
                 self.runtime.max_post_body = engineio_body_limit(self.app) or self.runtime.max_post_body
-            await handle_polling(self.app, self.runtime, scope, receive, send)
+            await handle_polling(self.app, self.runtime, self.sessions, scope, receive, send)
         elif scope["type"] == "lifespan":
             await self.app(scope, receive, self._lifespan_send(send))
         else:

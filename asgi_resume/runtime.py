@@ -1,8 +1,8 @@
 """What every connection of one middleware shares.
 
 Owns: the settings, the stream log and the guard every call to it goes through, the
-principal resolver and its hashing key, this process's Engine.IO sessions by sid, and the
-counters.
+principal resolver and its hashing key, the repairs of streams the log missed frames of, the
+order streams' frames reach the log in, and the counters.
 Must not touch: any one connection's state.
 """
 
@@ -14,7 +14,7 @@ import hmac
 import logging
 import secrets
 from collections.abc import Coroutine, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from asgi_resume.config import Settings
 from asgi_resume.guard import RETRY_AFTER_S, Deadline, Deadlines, LogGuard
@@ -23,14 +23,11 @@ from asgi_resume.log.base import GroupCommit, LogLimits
 from asgi_resume.log.memory import MemoryLog
 from asgi_resume.pipeline.order import FeedOrder
 from asgi_resume.pipeline.rules import StreamFrame, StreamRules
-from asgi_resume.pipeline.session import Registry, Session
+from asgi_resume.pipeline.session import Session
 from asgi_resume.pipeline.turns import Turns
 from asgi_resume.principal import JwtKey, PrincipalResolver, default_principal_key
 from asgi_resume.protocol import StampTemplate
 from asgi_resume.stats import Stats, fault
-
-if TYPE_CHECKING:
-    from asgi_resume.pipeline.outbound import Outbound
 
 logger = logging.getLogger("asgi_resume")
 
@@ -63,7 +60,6 @@ class Runtime:
         self.resolver = PrincipalResolver(settings.principal, self._principal_key(settings), self._jwt)
         self._ready = False
         self._unsupported = False
-        self.sessions: Registry[Outbound] = Registry()  # Engine.IO sid -> its outbound pipeline
         self._background: set[asyncio.Task[Any]] = set()  # tasks of in_background(), until they end
         #: frame -> how to stamp it (see Classifier._stamping): shared by the copies of an emit
         self.stamping_cache: dict[str, tuple[StreamFrame, StampTemplate, str] | None] = {}

@@ -23,8 +23,6 @@ import httpx
 import pytest
 import socketio
 
-from asgi_resume.log import StreamKey
-from asgi_resume.pipeline.session import Session
 from tests.support.app import chat_event, content_by_seq, make_app, make_sio, room_of
 from tests.support.logs import watch_logs
 from tests.support.polling import PollingClient
@@ -380,14 +378,3 @@ async def test_a_replay_waits_for_frames_a_held_connection_is_still_logging() ->
         assert [view[seq] for seq in range(1, 81)] == [f"tok{i} " for i in range(1, 81)]
         assert app.runtime.stats.order_waits_timed_out == 0
         await reloaded.close()
-
-
-def test_a_use_in_the_millisecond_a_hold_started_takes_nothing_over() -> None:
-    """The other tab logged its last frame in the millisecond this one's hold started: maybe before it."""
-    session = Session({}, 0)
-    key = StreamKey("principal", "/", "", "m")
-    session.saw(key, done=False)
-    session.others_ms[key] = 1_000
-    assert not session.taken_over(1_000, idle_s=30)
-    session.others_ms[key] = 1_001  # its next frame: a live tab took the stream over
-    assert session.taken_over(1_000, idle_s=30)

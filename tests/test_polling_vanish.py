@@ -31,7 +31,7 @@ from asgi_resume.log import StreamLog
 from asgi_resume.log.base import LogLimits, SessionAppend, new_epoch
 from asgi_resume.log.memory import MemoryLog
 from asgi_resume.log.redis import RedisLog
-from asgi_resume.transport.websocket import query_param
+from asgi_resume.transport.engineio import query_param
 from tests.support.app import chat_event, emit_tokens, make_sio, room_of
 from tests.support.logs import watch_logs
 from tests.support.polling import PollingClient, event_args, is_event

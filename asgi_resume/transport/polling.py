@@ -27,11 +27,9 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from asgi_resume import protocol
-from asgi_resume.pipeline.inbound import inspect
 from asgi_resume.pipeline.outbound import Outbound
-from asgi_resume.pipeline.session import Polling, Session
 from asgi_resume.runtime import Runtime
-from asgi_resume.transport.websocket import query_param
+from asgi_resume.transport.engineio import EngineIOSessions, client_frame, new_session, query_param
 
 logger = logging.getLogger("asgi_resume")
 
@@ -50,20 +48,22 @@ _CODECS: dict[str, _Codec] = {
 _REFUSED = 400  # python-engineio's answer to a request for a session it does not have (any more)
 
 
-async def handle_polling(app: ASGIApp, runtime: Runtime, scope: Scope, receive: Receive, send: Send) -> None:
+async def handle_polling(
+    app: ASGIApp, runtime: Runtime, sessions: EngineIOSessions, scope: Scope, receive: Receive, send: Send
+) -> None:
     sid = query_param(scope, "sid")
-    outbound = runtime.sessions.get(sid) if sid else None
+    outbound = sessions.get(sid) if sid else None
     method = scope.get("method")
     if method == "GET" and (outbound is not None or sid is None):
         if outbound is None:  # the handshake: a new session
-            outbound = Outbound(runtime, Session(scope, runtime.log.now_ms(), polling=Polling()))
-        response = PollResponse(runtime, outbound, sid, send)
+            outbound = new_session(runtime, scope, polling=True)
+        response = PollResponse(runtime, sessions, outbound, sid, send)
         with _Request(runtime, outbound):
             await _watching_client(app, scope, receive, response)
     elif method == "POST" and outbound is not None and not outbound.session.upgraded:
         with _Request(runtime, outbound):
             scope, receive = await read_post(runtime, outbound, scope, receive)
-            await app(scope, receive, PostResponse(runtime, outbound, sid, send))
+            await app(scope, receive, PostResponse(runtime, sessions, outbound, sid, send))
     else:  # a session this process does not know, one python-engineio would refuse: not ours to touch
         await app(scope, receive, send)
 
@@ -172,8 +172,11 @@ async def let_go(runtime: Runtime, outbound: Outbound, reason: str, *, over: boo
 class PollResponse:
     """Wraps ``send`` for one polling GET: the body goes through the session's outbound pipeline."""
 
-    def __init__(self, runtime: Runtime, outbound: Outbound, sid: str | None, send: Send) -> None:
+    def __init__(
+        self, runtime: Runtime, sessions: EngineIOSessions, outbound: Outbound, sid: str | None, send: Send
+    ) -> None:
         self.runtime = runtime
+        self.sessions = sessions
         self.outbound = outbound
         self.sid = sid
         self.send = send
@@ -244,7 +247,7 @@ class PollResponse:
 
     def _note(self, packet: str) -> None:
         """Register the session at its OPEN packet (and learn its ping timeout); forget it at CLOSE."""
-        sessions = self.runtime.sessions
+        sessions = self.sessions
         if packet[:1] == protocol.EIO_OPEN and self.sid is None:
             try:
                 opening = json.loads(packet[1:])
@@ -273,15 +276,17 @@ def _silence_s(opening: dict[str, object]) -> float:
 class PostResponse:
     """Wraps ``send`` for one polling POST: a CLOSE it carried, or a refusal, ends the session here."""
 
-    def __init__(self, runtime: Runtime, outbound: Outbound, sid: str | None, send: Send) -> None:
-        self.runtime, self.outbound, self.sid, self.send = runtime, outbound, sid, send
+    def __init__(
+        self, runtime: Runtime, sessions: EngineIOSessions, outbound: Outbound, sid: str | None, send: Send
+    ) -> None:
+        self.runtime, self.sessions, self.outbound, self.sid, self.send = runtime, sessions, outbound, sid, send
 
     async def __call__(self, message: Message) -> None:
         polling = self.outbound.session.polling
         if message["type"] == "http.response.start" and polling is not None:
             status = message.get("status")
             if status == 200 and polling.goodbye:
-                self.runtime.sessions.remove(self.sid or "", self.outbound)
+                self.sessions.remove(self.sid or "", self.outbound)
                 await let_go(self.runtime, self.outbound, "its client said goodbye", over=True)
             elif status == 200 and not polling.over:
                 polling.released = False
@@ -345,8 +350,8 @@ async def _rewrite_post(runtime: Runtime, outbound: Outbound, body: bytes) -> by
             session.drop_attachments -= 1  # an attachment of a request answered here
             changed = True
             continue
-        if isinstance(packet, str) and packet[:1] == protocol.EIO_MESSAGE:
-            found = await inspect(runtime, session, packet)
+        if isinstance(packet, str):
+            found = await client_frame(runtime, session, packet)
             if isinstance(found, str):
                 packet = found  # a CONNECT without its recovery fields
                 changed = True
@@ -354,10 +359,7 @@ async def _rewrite_post(runtime: Runtime, outbound: Outbound, body: bytes) -> by
                 outbound.defer(found)
                 packet = protocol.EIO_UPGRADE  # python-engineio answers it with a NOOP: the GET returns
                 changed = True
-        elif packet == protocol.EIO_CLOSE:
-            for state in session.recovery.values():
-                state.left_cleanly = True
-            if session.polling is not None:
+            elif packet == protocol.EIO_CLOSE and session.polling is not None:
                 session.polling.goodbye = True
         kept.append(packet)
     return protocol.join_payload(kept).encode("utf-8") if changed else None

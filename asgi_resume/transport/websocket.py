@@ -13,23 +13,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import json
 import logging
 import socket
 import time
 from typing import assert_never
-from urllib.parse import parse_qs
 
 import anyio
 from anyio.abc import TaskGroup
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from asgi_resume import protocol
-from asgi_resume.pipeline.inbound import inspect
-from asgi_resume.pipeline.outbound import Outbound
-from asgi_resume.pipeline.session import Session
 from asgi_resume.pipeline.units import Incoming, Outgoing, Passthrough
 from asgi_resume.runtime import Runtime
+from asgi_resume.transport.engineio import EngineIOSessions, client_frame, new_session, query_param, sid_of
 from asgi_resume.transport.holds import Hold, Holds, HoldState
 
 logger = logging.getLogger("asgi_resume")
@@ -79,15 +75,16 @@ def disable_nagle(send: Send) -> None:
         pass  # not TCP, or not a socket we may touch
 
 
-def query_param(scope: Scope, name: str) -> str | None:
-    raw = scope.get("query_string", b"")
-    values = parse_qs(raw.decode("latin-1") if isinstance(raw, bytes) else raw).get(name)
-    return values[0] if values else None
-
-
 class WebSocketConnection:
     def __init__(
-        self, app: ASGIApp, runtime: Runtime, holds: Holds, scope: Scope, receive: Receive, send: Send
+        self,
+        app: ASGIApp,
+        runtime: Runtime,
+        sessions: EngineIOSessions,
+        holds: Holds,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
     ) -> None:
         self.app = app
         self.runtime = runtime
@@ -96,8 +93,9 @@ class WebSocketConnection:
         self.send = send
         # an upgrade from long-polling continues that session: same cursors, same principal
         self.sid = query_param(scope, "sid")
-        existing = runtime.sessions.get(self.sid) if self.sid else None
-        self.outbound = existing or Outbound(runtime, Session(scope, runtime.log.now_ms()))
+        self.sessions = sessions
+        existing = sessions.get(self.sid) if self.sid else None
+        self.outbound = existing or new_session(runtime, scope)
         self.session = self.outbound.session
         # An upgrade probe: until the client sends UPGRADE it ignores what this websocket carries
         # (python-engineio only sends the probe's PONG here meanwhile), so requests that came by
@@ -128,7 +126,7 @@ class WebSocketConnection:
                     self.hold.end("the app ended the connection")
         finally:
             if self.sid:
-                self.runtime.sessions.remove(self.sid, self.outbound)
+                self.sessions.remove(self.sid, self.outbound)
             with anyio.CancelScope(shield=True):
                 await self.outbound.release(handed_over=self.hold.handed_over)
 
@@ -241,13 +239,10 @@ class WebSocketConnection:
 
     def _register(self, opening: str) -> None:
         """A direct websocket learns its Engine.IO sid from the OPEN packet."""
-        try:
-            sid = json.loads(opening[1:]).get("sid")
-        except (ValueError, AttributeError):
-            return
-        if isinstance(sid, str) and not self.sid:
+        sid = sid_of(opening)
+        if sid is not None and not self.sid:
             self.sid = sid
-            self.runtime.sessions.add(sid, self.outbound)
+            self.sessions.add(sid, self.outbound)
 
     async def _deliver_all(self, items: list[Outgoing]) -> bool:
         """Send ``items`` in order; returns once the server took the last one (uvicorn waits while
@@ -292,16 +287,14 @@ class WebSocketConnection:
                 if text is None and self.session.drop_attachments > 0:
                     self.session.drop_attachments -= 1  # an attachment of a request answered here
                     continue
-                if text is not None and text[:1] == protocol.EIO_MESSAGE:
-                    found = await inspect(self.runtime, self.session, text)
-                    if isinstance(found, str):
-                        message = {**message, "text": found}
-                    elif found is not None:
-                        await self._enqueue(found)
-                        continue
-                elif text == protocol.EIO_CLOSE:
-                    for state in self.session.recovery.values():
-                        state.left_cleanly = True
+                if text is None:
+                    return message
+                found = await client_frame(self.runtime, self.session, text)
+                if isinstance(found, str):
+                    message = {**message, "text": found}
+                elif found is not None:
+                    await self._enqueue(found)
+                    continue
                 elif text == protocol.EIO_UPGRADE and self._probing:
                     self._probing = False  # the client reads this websocket from now on
                     self.session.upgraded = True

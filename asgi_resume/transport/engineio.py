@@ -1,0 +1,93 @@
+"""Engine.IO sessions: one per sid, whichever transport carries it (long-polling, then maybe a websocket).
+
+Owns: this process's sessions by sid (:class:`EngineIOSessions`: a long-polling session spans
+requests, then may upgrade to a websocket that continues it), a new session's pipeline, the sid
+an OPEN packet gives it, and what a client frame tells about the session whatever the transport
+(its Socket.IO packets, read by :func:`~asgi_resume.pipeline.inbound.inspect`; a CLOSE: it left on
+purpose). Must not touch: each transport's framing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import OrderedDict
+from urllib.parse import parse_qs
+
+from starlette.types import Scope
+
+from asgi_resume import protocol
+from asgi_resume.pipeline.inbound import inspect
+from asgi_resume.pipeline.outbound import Outbound
+from asgi_resume.pipeline.resume import ResumeRequest
+from asgi_resume.pipeline.session import Polling, Session
+from asgi_resume.runtime import Runtime
+
+
+def query_param(scope: Scope, name: str) -> str | None:
+    raw = scope.get("query_string", b"")
+    values = parse_qs(raw.decode("latin-1") if isinstance(raw, bytes) else raw).get(name)
+    return values[0] if values else None
+
+
+def new_session(runtime: Runtime, scope: Scope, *, polling: bool = False) -> Outbound:
+    """A new Engine.IO session's pipeline (and its state: ``.session``)."""
+    return Outbound(runtime, Session(scope, runtime.log.now_ms(), polling=Polling() if polling else None))
+
+
+def sid_of(opening: str) -> str | None:
+    """The sid an Engine.IO OPEN packet gives the session (``None``: not an OPEN, or unreadable)."""
+    if opening[:1] != protocol.EIO_OPEN:
+        return None
+    try:
+        sid = json.loads(opening[1:]).get("sid")
+    except (ValueError, AttributeError):
+        return None
+    return sid if isinstance(sid, str) else None
+
+
+async def client_frame(runtime: Runtime, session: Session, text: str) -> ResumeRequest | str | None:
+    """What a text frame from the client means here, whatever the transport: a resume request to
+    answer in its place, the frame the app gets instead (a CONNECT without its recovery fields),
+    or ``None`` (it passes as it is). A CLOSE says the client left on purpose."""
+    if text[:1] == protocol.EIO_MESSAGE:
+        return await inspect(runtime, session, text)
+    if text == protocol.EIO_CLOSE:
+        for state in session.recovery.values():
+            state.left_cleanly = True
+    return None
+
+
+class EngineIOSessions:
+    """This process's Engine.IO sessions by sid: a polling session spans requests, then may upgrade.
+
+    Bounded: sessions untouched for ``idle_s`` are forgotten, the oldest first past ``limit``.
+    """
+
+    def __init__(self, idle_s: float = 120.0, limit: int = 100_000) -> None:
+        self.idle_s = idle_s
+        self.limit = limit
+        self._items: OrderedDict[str, tuple[float, Outbound]] = OrderedDict()
+
+    def add(self, sid: str, item: Outbound) -> None:
+        now = time.monotonic()
+        self._items[sid] = (now, item)
+        self._items.move_to_end(sid)
+        while self._items:
+            oldest_sid, (touched, _) = next(iter(self._items.items()))
+            if len(self._items) <= self.limit and now - touched < self.idle_s:
+                break
+            del self._items[oldest_sid]
+
+    def get(self, sid: str) -> Outbound | None:
+        found = self._items.get(sid)
+        if found is None or time.monotonic() - found[0] >= self.idle_s:
+            return None
+        self.add(sid, found[1])  # touch
+        return found[1]
+
+    def remove(self, sid: str, item: Outbound | None = None) -> None:
+        """Forget ``sid`` (only if it still maps to ``item``, when given)."""
+        found = self._items.get(sid)
+        if found is not None and (item is None or found[1] is item):
+            del self._items[sid]
