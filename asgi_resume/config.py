@@ -162,7 +162,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("principal", DEFAULT_PRINCIPAL, parse_sources, "where a connection's identity comes from, in order"),
     Option("jwt_secret", "", _optional_str, "key that verifies the tokens of jwt:CLAIM principals"),
     Option("jwt_algorithms", "HS256", _algorithms, "algorithms accepted for jwt:CLAIM principals, comma separated"),
-    Option("secret", "", _optional_str, "key for hashing principals; unset: a random key (kept in Redis when used)"),
+    Option("secret", "", _optional_str, "key for hashing principals; unset: derived from the key prefix"),
     Option("write_timeout", "0.25", _seconds, "longest a frame waits for the log before it is sent unstamped"),
     Option("hold_max", "300", _seconds, "longest the app-side connection is held open after its client left"),
     Option("hold_grace", "5", _seconds, "how long a hold lasts after its streams are done (for late frames)"),
