@@ -355,3 +355,17 @@ async def test_a_replay_gives_the_entries_as_they_were_logged(log: StreamLog) ->
     await tab.send(entry(log, "text"), binary)
     replay = await log.replay(key(), 0, None, "reloaded")
     assert [payload for _, payload in replay.frames] == [entry(log, "text").payload, binary.payload]
+
+
+async def test_a_stream_left_in_flight_and_logged_by_nobody_since_answers_gap(log: StreamLog) -> None:
+    """Its tail may have been emitted to nobody who logged it: a resume must not call it complete."""
+    tab = Connection(log, key(), "gone")
+    await tab.send(entry(log, "a"), entry(log, "b"))
+    assert (await log.replay(key(), 0, tab.epoch, "reloaded")).gap is False
+    await log.release([key()], "gone")  # the connection ended mid-stream, not held
+    replay = await log.replay(key(), 2, tab.epoch, "reloaded")
+    assert (replay.gap, replay.done) == (True, False)
+    follower = Connection(log, key(), "newcomer")
+    await follower.send(entry(log, "c"))  # a newcomer logs it again: a new epoch, whose history is whole
+    assert follower.epoch != tab.epoch
+    assert (await log.replay(key(), 0, follower.epoch, "reloaded")).gap is False

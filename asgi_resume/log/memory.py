@@ -248,6 +248,8 @@ class MemoryLog:
         oldest = state.records[0].seq if state.records else state.last + 1
         if after_seq + 1 < oldest and after_seq < state.last:
             gap = True
+        if state.orphaned and not state.done:  # left in flight and logged by nobody since: its tail may be missing
+            gap = True
         start = max(0, after_seq + 1 - oldest)  # seqs are contiguous in the deque
         stop = None if limit is None else start + limit
         frames = [(r.seq, r.payload) for r in itertools.islice(state.records, start, stop)]
