@@ -92,11 +92,11 @@ class Holds:
 class Hold:
     """One connection's hold: at most one, started when its client leaves."""
 
-    def __init__(self, holds: Holds, session: Session, recovery: Recovery | None, sid: str | None) -> None:
+    def __init__(self, holds: Holds, session: Session, recovery: Recovery | None) -> None:
         self.holds = holds
         self.session = session
         self.recovery = recovery
-        self.sid = sid
+        self.sid: str | None = None  # (known when it starts: a websocket learns it from its OPEN packet)
         self.state = HoldState.NOT_HELD
         self.handed_over = False  # its client's streams or session went on on another connection
         self._owner = ""  # the principal it is counted against
@@ -106,9 +106,10 @@ class Hold:
         self._started_ms = 0
         self._recoverable = False
 
-    def start(self, now_ms: int) -> bool:
+    def start(self, now_ms: int, sid: str | None) -> bool:
         """The client left: hold the connection? (Then :meth:`run` it, and tell the app after.)"""
         session, settings = self.session, self.holds.settings
+        self.sid = sid
         if self.holds.shutting_down:
             return False
         streams = session.active_streams(settings.hold_idle)

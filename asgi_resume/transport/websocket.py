@@ -109,7 +109,7 @@ class WebSocketConnection:
         self._outbox: asyncio.Queue[Incoming | _Signal] = asyncio.Queue(OUTBOX_SIZE)
         self._to_app, self._from_hold = anyio.create_memory_object_stream[Message](8)
         self.holds = holds
-        self.hold = Hold(holds, self.session, self.outbound.recovery, self.sid)
+        self.hold = Hold(holds, self.session, self.outbound.recovery)
         self._last_feed, self._gap = 0.0, 1.0  # when the last frame came, and the time before it
         self._draining = False  # this connection holds the outbound lock and is sending
         self._tg: TaskGroup | None = None
@@ -327,7 +327,7 @@ class WebSocketConnection:
             # connection's task: held ones must end now, or shutdown would wait for them
             self.holds.shut_down()
             return False
-        if self._tg is None or not self.accepted or not self.hold.start(self.runtime.log.now_ms()):
+        if self._tg is None or not self.accepted or not self.hold.start(self.runtime.log.now_ms(), self.sid):
             return False
         self.outbound.held = True
         self._tg.start_soon(self._held, disconnect)
