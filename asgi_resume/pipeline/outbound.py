@@ -170,12 +170,7 @@ class Outbound:
         if not answers and self.recovery is None:  # most batches: frames only, nothing to answer (inline: hot)
             try:
                 if stream_units:
-                    try:
-                        await self.streams.append(stream_units)
-                    finally:  # logged (or never to be): other connections' frames of these keys may go now
-                        logged = self.runtime.order.logged
-                        for event in stream_units:
-                            logged(event.stream, event.order)  # type: ignore[arg-type]  # (stream units have one)
+                    await self.streams.append(stream_units)
                 replayed = self.session.replayed  # (empty unless this connection resumed something)
                 out: list[Outgoing] = []
                 for unit in units:
@@ -192,14 +187,8 @@ class Outbound:
             return
         taken = self.runtime.order.fed_count  # (what was fed, here, before this batch was taken)
         try:
-            try:
-                if stream_units:
-                    await self.streams.append(stream_units)
-            finally:  # logged (or never to be): other connections' frames of these keys may go now
-                order = self.runtime.order
-                for unit in stream_units:
-                    assert unit.stream is not None
-                    order.logged(unit.stream, unit.order)
+            if stream_units:
+                await self.streams.append(stream_units)
             start = 0  # a CONNECT reply ends a segment: what follows gets the new session's offsets
             for i, each in enumerate(units):
                 if isinstance(each, ConnectReply):

@@ -27,7 +27,16 @@ class StreamWriter:
         self.held = False  # its client left and the connection is held: it takes no stream over
 
     async def append(self, units: list[EventUnit]) -> None:
-        """Match or append the batch's stream frames: one log call, however many streams."""
+        """Match or append the batch's stream frames: one log call, however many streams. Then they
+        are logged (or never will be): other connections' frames of these keys need not wait."""
+        try:
+            await self._append(units)
+        finally:
+            logged = self.runtime.order.logged
+            for unit in units:
+                logged(unit.stream, unit.order)  # type: ignore[arg-type]  # (stream units have one)
+
+    async def _append(self, units: list[EventUnit]) -> None:
         session, stats = self.session, self.runtime.stats
         pending: dict[StreamKey, list[EventUnit]] = {}
         for unit in units:
@@ -35,7 +44,10 @@ class StreamWriter:
             pending.setdefault(unit.stream, []).append(unit)
             session.saw(unit.stream, unit.done)
         runtime = self.runtime
-        guard = runtime.guard  # (while the log just failed, its call below fails at once)
+        guard = runtime.guard
+        if not (self.log.synchronous or guard.available()):  # it failed a moment ago: do not wait on it
+            self._unlogged(pending)
+            return
         # one deadline for the whole batch: a repair, the wait for other tabs' frames and the append
         loop = asyncio.get_running_loop()
         ends = loop.time() + guard.deadlines.write.seconds
