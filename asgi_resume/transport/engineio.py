@@ -35,14 +35,20 @@ def new_session(runtime: Runtime, scope: Scope, *, polling: bool = False) -> Out
     return Outbound(runtime, Session(scope, runtime.log.now_ms(), polling=Polling() if polling else None))
 
 
-def sid_of(opening: str) -> str | None:
-    """The sid an Engine.IO OPEN packet gives the session (``None``: not an OPEN, or unreadable)."""
-    if opening[:1] != protocol.EIO_OPEN:
+def handshake(frame: str) -> dict[str, object] | None:
+    """The handshake an Engine.IO OPEN packet carries (``sid``, ``pingInterval``, ...), if it is one."""
+    if frame[:1] != protocol.EIO_OPEN:
         return None
     try:
-        sid = json.loads(opening[1:]).get("sid")
-    except (ValueError, AttributeError):
+        found = json.loads(frame[1:])
+    except ValueError:
         return None
+    return found if isinstance(found, dict) else None
+
+
+def sid_of(frame: str) -> str | None:
+    """The sid an Engine.IO OPEN packet gives the session (``None``: not an OPEN, or unreadable)."""
+    sid = (handshake(frame) or {}).get("sid")
     return sid if isinstance(sid, str) else None
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import json
 import logging
 import time
 import zlib
@@ -29,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from asgi_resume import protocol
 from asgi_resume.pipeline.outbound import Outbound
 from asgi_resume.runtime import Runtime
-from asgi_resume.transport.engineio import EngineIOSessions, client_frame, new_session, query_param
+from asgi_resume.transport.engineio import EngineIOSessions, client_frame, handshake, new_session, query_param
 
 logger = logging.getLogger("asgi_resume")
 
@@ -248,12 +247,9 @@ class PollResponse:
     def _note(self, packet: str) -> None:
         """Register the session at its OPEN packet (and learn its ping timeout); forget it at CLOSE."""
         sessions = self.sessions
-        if packet[:1] == protocol.EIO_OPEN and self.sid is None:
-            try:
-                opening = json.loads(packet[1:])
-                sid = opening.get("sid")
-            except (ValueError, AttributeError):
-                return
+        opening = handshake(packet) if self.sid is None else None
+        if opening is not None:
+            sid = opening.get("sid")
             if isinstance(sid, str):
                 self.sid = sid
                 sessions.add(sid, self.outbound)
