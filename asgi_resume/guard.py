@@ -45,12 +45,15 @@ class Deadlines:
 
     write: Deadline  # live frames wait for it: an append, a repair, a release (ASGI_RESUME_WRITE_TIMEOUT)
     recovery: Deadline  # a recovery session's claim, read or note: a reconnect waits for it, tried anyway
+    #: a recovery session's append: a live batch waits for it as for a write, but its slowness alone
+    #: does not stop the stream log (its events go out with no offset, and recovery is refused)
+    recovery_append: Deadline
     replay: Deadline = Deadline(5.0, slow_is_outage=False)  # a resume: not on the live path
     prepare: Deadline = Deadline(2.0)  # connecting and loading the scripts, once at start-up
 
     @classmethod
     def from_write_timeout(cls, seconds: float) -> Deadlines:
-        return cls(Deadline(seconds), Deadline(seconds * 4, fails_fast=False))
+        return cls(Deadline(seconds), Deadline(seconds * 4, fails_fast=False), Deadline(seconds, slow_is_outage=False))
 
 
 class LogGuard:

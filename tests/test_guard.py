@@ -96,3 +96,4 @@ def test_deadlines_follow_the_write_timeout() -> None:
     assert deadlines.write == Deadline(0.25)
     assert deadlines.recovery == Deadline(1.0, fails_fast=False)
     assert not deadlines.replay.slow_is_outage
+    assert deadlines.recovery_append == Deadline(0.25, slow_is_outage=False)

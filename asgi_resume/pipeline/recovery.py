@@ -109,7 +109,7 @@ class Recovery:
             requests.append(SessionAppend(state.pid, state.gen, session.id, principal, ns, frames, flushed_ms, fetched))
         guard = self.runtime.guard
         try:
-            results = await guard.call(guard.deadlines.write, self.runtime.log.session_append, requests)
+            results = await guard.call(guard.deadlines.recovery_append, self.runtime.log.session_append, requests)
         except LogUnavailable:
             for group in by_ns.values():
                 for unit in group:
