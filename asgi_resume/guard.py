@@ -92,7 +92,7 @@ class LogGuard:
             self.failed(str(exc) or type(exc).__name__)
             raise
         if self.down:
-            self.down = False
+            self.down, self._down_until = False, 0.0  # it answers: callers may use it again now
             logger.warning(
                 "stream log reachable again; logging resumed (streams that lost frames get a new epoch)",
                 extra=fault("log_recovered"),

@@ -60,6 +60,8 @@ async def test_a_recovery_claim_is_tried_while_the_breaker_is_open() -> None:
     g.failed("gone")
     assert await g.call(g.deadlines.recovery, answer, 5) == 5  # the client cannot ask again
     assert g.down is False
+    assert g.available()  # it answered: live frames use it again at once, as the log line says
+    assert await g.call(g.deadlines.write, answer, 6) == 6
 
 
 async def test_a_slow_replay_fails_alone() -> None:

@@ -5,10 +5,16 @@ the rule that a connection logs frames only after the frames of that key that an
 connection here was fed before them, and that it does not have itself, were logged. A tab that
 joins mid-stream, or that is not sent every frame of the stream, may get a frame while another
 tab's writer still holds frames emitted before it: logging it first would put the log out of
-emit order. Copies it has too never make it wait (the tabs of a room get the same frames). The
-wait is for frames already fed here, on their way to the log: a loop turn or a log round trip,
-bounded by ``ASGI_RESUME_WRITE_TIMEOUT``; never for frames that may not come.
-Must not touch: the log, frames' content, I/O.
+emit order. Copies it has too never make it wait (the tabs of a room get the same frames), nor
+copies of frames already logged: a tab whose writer is busy (claiming a recovered session, say)
+is fed copies of frames the other tabs logged already, and a tab that waited for those would
+wait for a writer that may be waiting for it. The wait is for frames already fed here, on their
+way to the log: a loop turn or a log round trip, bounded by ``ASGI_RESUME_WRITE_TIMEOUT``; never
+for frames that may not come.
+
+Frames are told apart by content digest: a frame whose content repeats one logged a moment ago
+(the same token twice) counts as a copy, so at worst it reaches the log after a frame emitted
+after it. Must not touch: the log, frames' content, I/O.
 """
 
 from __future__ import annotations
@@ -17,11 +23,15 @@ import asyncio
 
 from asgi_resume.log import StreamKey
 
+RECENT_KEPT = 64  # digests of logged frames remembered per stream key (copies come within a few frames)
+KEYS_KEPT = 4096  # stream keys whose logged digests are remembered (the oldest forgotten first)
+
 
 class FeedOrder:
     def __init__(self) -> None:
         self._next = 0
         self._unlogged: dict[StreamKey, dict[int, str]] = {}  # key -> number fed, not logged -> digest
+        self._recent: dict[StreamKey, dict[str, None]] = {}  # key -> digests logged lately, oldest first
         self._changed = asyncio.Event()
         self._waiters = 0
 
@@ -43,11 +53,21 @@ class FeedOrder:
     def logged(self, key: StreamKey, number: int) -> None:
         """The frame numbered ``number`` was logged, or will never be (idempotent)."""
         numbers = self._unlogged.get(key)
-        if numbers is None or number not in numbers:
+        if numbers is None:
             return
-        del numbers[number]
+        digest = numbers.pop(number, None)
+        if digest is None:
+            return
         if not numbers:
             del self._unlogged[key]
+        recent = self._recent.get(key)
+        if recent is None:
+            if len(self._recent) >= KEYS_KEPT:
+                del self._recent[next(iter(self._recent))]
+            recent = self._recent[key] = {}
+        recent[digest] = None
+        if len(recent) > RECENT_KEPT:
+            del recent[next(iter(recent))]
         if self._waiters:
             self._changed.set()
             self._changed = asyncio.Event()
@@ -58,11 +78,13 @@ class FeedOrder:
         return numbers is not None and next(iter(numbers)) < number
 
     def ahead(self, key: StreamKey, number: int, mine: set[str]) -> bool:
-        """Are frames of ``key`` fed before ``number``, other than copies of ``mine``, still unlogged?"""
+        """Are frames of ``key`` fed before ``number`` still unlogged, other than copies of ``mine``
+        and copies of frames logged already?"""
+        recent = self._recent.get(key, {})
         for fed, digest in self._unlogged.get(key, {}).items():  # in number order
             if fed >= number:
                 return False
-            if digest not in mine:
+            if digest not in mine and digest not in recent:
                 return True
         return False
 

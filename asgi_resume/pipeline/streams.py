@@ -1,7 +1,7 @@
 """One connection's side of the stream log: a batch's stream frames matched or appended.
 
-Owns: grouping a batch's stream frames by key, the one deadline a batch waits within (a repair,
-the wait for frames another tab here was fed first, the append), the append request (the
+Owns: grouping a batch's stream frames by key, how long a batch waits (for frames another tab
+here was fed first, then one deadline for its log calls: a repair and the append), the append request (the
 connection's cursor and the entries it passed over), stamping what the log numbered, what the
 log missed (those streams start a new epoch), and flagging the streams a connection left in
 flight when it ends. Must not touch: frames' bytes (``units``), the order a batch is sent in
@@ -48,21 +48,22 @@ class StreamWriter:
         if not (self.log.synchronous or guard.available()):  # it failed a moment ago: do not wait on it
             self._unlogged(pending)
             return
-        # one deadline for the whole batch: a repair, the wait for other tabs' frames and the append
         loop = asyncio.get_running_loop()
-        ends = loop.time() + guard.deadlines.write.seconds
+        order, wait = runtime.order, guard.deadlines.write.seconds
+        waits_end = loop.time() + wait
+        for key, group in pending.items():  # frames another tab here was fed first, and these lack, go first
+            first = group[0].order
+            if order.before(key, first) and not await order.turn(
+                key, first, {unit.content_digest() for unit in group}, max(0.0, waits_end - loop.time())
+            ):
+                stats.order_waits_timed_out += 1  # (the log is not to blame: it gets its own deadline)
+        # one deadline for the batch's log calls: a repair and the append
+        ends = loop.time() + wait
         if runtime.repairs:  # streams the log missed frames of start a new epoch first
             await runtime.repair(Deadline(max(0.0, ends - loop.time())))
             if not guard.available():  # the repair found the log still failing
                 self._unlogged(pending)
                 return
-        order = runtime.order
-        for key, group in pending.items():  # frames another tab here was fed first, and these lack, go first
-            first = group[0].order
-            if order.before(key, first) and not await order.turn(
-                key, first, {unit.content_digest() for unit in group}, max(0.0, ends - loop.time())
-            ):
-                stats.order_waits_timed_out += 1
         requests = [self._request(key, group) for key, group in pending.items()]
         stats.log_writes += 1
         try:
