@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from asgi_resume.log import AppendRequest, Entry, StreamKey, StreamLog
-from asgi_resume.log.base import LogLimits, SessionAppend
+from asgi_resume.log.base import CLAIM_SLACK_MS, LogLimits, SessionAppend
 from asgi_resume.log.memory import MemoryLog
 from asgi_resume.log.redis import RedisLog
 
@@ -303,6 +303,28 @@ async def test_a_read_waits_while_the_previous_owner_may_still_log(log: StreamLo
     await log.session_note(pid, "closed", "g1", "c1")  # the previous owner is done
     read = await log.session_read(pid, "g1", 0, force=False)
     assert (read.status, [n for n, _, _ in read.frames]) == ("ok", [1])
+
+
+async def test_a_read_waits_for_a_batch_the_previous_owner_took_well_after_the_claim(log: StreamLog) -> None:
+    """A frame the app emitted before the claim may reach the previous connection a moment after it
+    (python-engineio's queue): a batch it took within ``CLAIM_SLACK_MS`` of the claim proves nothing;
+    what it logs after the claim is kept and read all the same."""
+    pid = f"pid{next(_prefixes)}"
+    await session(log, pid, "g1", "c1", "a")
+    assert (await log.session_claim(pid, ALICE, "g1", "c2", "g2", 60_000)).status == "ok"
+    claimed = log.now_ms()
+
+    async def taken_at(ms: int, text: str) -> list[int]:
+        frames: list[tuple[int, list[str | bytes]]] = [(ms, [f'42["e","{text}"]'])]
+        (result,) = await log.session_append([SessionAppend(pid, "g1", "c1", ALICE, "/", frames, ms)])
+        assert result.status == "taken"
+        return result.numbers
+
+    assert await taken_at(claimed, "b") == [2]
+    assert (await log.session_read(pid, "g1", 0, force=False)).status == "wait"
+    assert await taken_at(claimed + CLAIM_SLACK_MS + 1_000, "c") == [3]
+    read = await log.session_read(pid, "g1", 0, force=False)
+    assert (read.status, [n for n, _, _ in read.frames]) == ("ok", [1, 2, 3])
 
 
 # -- replay: what a resume reads -------------------------------------------------------------------

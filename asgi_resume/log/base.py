@@ -139,10 +139,17 @@ class SessionAppend:
     fetched: bool = False
 
 
+#: The app hands each connection its frames through a queue of the connection's own (python-engineio's
+#: writer task): a frame the app emitted before a reconnect joined its rooms can reach the previous
+#: connection a moment after the claim. A claim's read waits until the previous connection logged a
+#: batch it took this long after the claim (what it logs after that, the claimer also got live).
+CLAIM_SLACK_MS = 50
+
+
 @dataclass(frozen=True, slots=True)
 class SessionAppendResult:
-    #: ok; taken (another connection claimed the session: only frames from before its claim were
-    #: logged); gone (the session is not this connection's any more)
+    #: ok; taken (another connection claimed the session: the frames were logged all the same, for
+    #: its read may still be waiting for them); gone (the session is not this connection's any more)
     status: Literal["ok", "taken", "gone"]
     numbers: list[int]
 
@@ -209,7 +216,8 @@ class StreamLog(Protocol):
     async def session_read(self, pid: str, gen: str, after: int, force: bool) -> SessionReplay:
         """Frames of generation ``gen`` after ``after`` (``wait`` while its owner may still log some).
 
-        Complete once the previous owner logged a batch it took after the claim, or closed after it;
+        Complete once the previous owner logged a batch it took ``CLAIM_SLACK_MS`` after the claim,
+        or closed after it;
         ``force`` stops waiting for that, unless the owner's frames were fetched (``incomplete``): a
         silent websocket had nothing to log, a polling client that stopped fetching may have had.
         """

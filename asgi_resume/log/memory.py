@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from asgi_resume.log.base import (
+    CLAIM_SLACK_MS,
     COPY_WINDOW_MS,
     NOT_FOUND,
     AppendRequest,
@@ -322,8 +323,8 @@ class MemoryLog:
         session = self._session(pid)
         if session is None or session.prev_gen != gen:
             return SessionReplay("lost")
-        # strictly after the claim: a batch taken in the claim's own millisecond may have missed a frame
-        if session.prev_flushed <= session.cutoff:
+        # well after the claim: a frame emitted before it may still be on its way (CLAIM_SLACK_MS)
+        if session.prev_flushed <= session.cutoff + CLAIM_SLACK_MS:
             if session.prev_fetched:  # (its silence proves nothing: see StreamLog.session_read)
                 return SessionReplay("incomplete" if force else "wait")
             if not force and not session.prev_closed:

@@ -22,6 +22,7 @@ from redis.exceptions import NoScriptError, RedisError
 from redis.utils import HIREDIS_AVAILABLE
 
 from asgi_resume.log.base import (
+    CLAIM_SLACK_MS,
     COPY_WINDOW_MS,
     NOT_FOUND,
     AppendRequest,
@@ -189,7 +190,9 @@ class RedisLog:
         return Claim(_text(reply[0]))  # type: ignore[arg-type]
 
     async def session_read(self, pid: str, gen: str, after: int, force: bool) -> SessionReplay:
-        (reply,) = await self._call("session_read", [(self.session_keys(pid, gen), [after, 1 if force else 0, gen])])
+        (reply,) = await self._call(
+            "session_read", [(self.session_keys(pid, gen), [after, 1 if force else 0, gen, CLAIM_SLACK_MS])]
+        )
         status = _text(reply[0])
         if status != "ok":
             return SessionReplay(status)  # type: ignore[arg-type]

@@ -117,8 +117,8 @@ class Recovery:
             return
         for (ns, group), result in zip(by_ns.items(), results, strict=True):
             state = self.states[ns]
-            if result.status != "ok":
-                state.logging = False  # another connection claimed this session
+            if result.status == "gone":
+                state.logging = False  # the session is another connection's, and was read
             for i, unit in enumerate(group):
                 unit.offset = offset(state.gen, result.numbers[i]) if i < len(result.numbers) else UNLOGGED_OFFSET
 

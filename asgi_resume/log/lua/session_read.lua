@@ -1,5 +1,7 @@
 -- What a claimed session's previous generation holds after an offset, for the claimer to replay.
--- KEYS: 1 session meta, 2 the log of generation `gen`. ARGV: 1 after n, 2 force (stop waiting), 3 gen
+-- KEYS: 1 session meta, 2 the log of generation `gen`.
+-- ARGV: 1 after n, 2 force (stop waiting), 3 gen, 4 slack ms (how long after the claim the previous
+--       owner must have taken a batch it logged: a frame emitted before the claim may be on its way)
 -- Returns {'wait'} while the previous owner may still be logging frames it got before the claim,
 -- {'incomplete'} when it fetched its frames (long-polling) and logged none it fetched after the
 -- claim (forced: its silence proves nothing), {'lost'} when frames after the offset are no longer
@@ -8,6 +10,7 @@ local meta, log = KEYS[1], KEYS[2]
 local after = tonumber(ARGV[1])
 local force = ARGV[2] == '1'
 local gen = ARGV[3] -- the generation the claimer's offset is of: the one before the claim
+local slack = tonumber(ARGV[4])
 
 local function seq_of(id) -- an entry id 'n-0' -> n
   return tonumber(string.match(id, '^(%d+)'))
@@ -17,8 +20,8 @@ local prev_gen = redis.call('HGET', meta, 'prev_gen')
 if prev_gen ~= gen then return {'lost'} end -- no claim of it, or another since
 local state = redis.call('HMGET', meta, 'cutoff', 'prev_flushed', 'prev_closed', 'n:' .. prev_gen, 'prev_fetched')
 local cutoff, flushed = tonumber(state[1] or '0'), tonumber(state[2] or '0')
--- strictly after the claim: a batch taken in the claim's own millisecond may have missed a frame
-if flushed <= cutoff then
+-- well after the claim: a frame emitted before it may still be on its way to the previous owner
+if flushed <= cutoff + slack then
   if state[5] == '1' then return {force and 'incomplete' or 'wait'} end
   if not force and state[3] ~= '1' then return {'wait'} end
 end
