@@ -327,6 +327,22 @@ async def test_a_read_waits_for_a_batch_the_previous_owner_took_well_after_the_c
     assert (read.status, [n for n, _, _ in read.frames]) == ("ok", [1, 2, 3])
 
 
+async def test_a_session_noted_broken_is_not_recovered(log: StreamLog) -> None:
+    """Its owner sent an event the log missed: before a claim, the claim is refused; after one (the
+    previous owner's write failed while the claimer waited), the read is."""
+    pid = f"pid{next(_prefixes)}"
+    await session(log, pid, "g1", "c1", "a")
+    await log.session_note(pid, "broken", "g1", "c2")  # (not the owner's word: nothing)
+    assert (await log.session_claim(pid, ALICE, "g1", "c2", "g2", 60_000)).status == "ok"
+    assert (await log.session_read(pid, "g1", 0, force=True)).status == "ok"
+    await log.session_note(pid, "broken", "g1", "c1")
+    assert (await log.session_read(pid, "g1", 0, force=True)).status == "incomplete"
+
+    await session(log, pid, "g2", "c2", "b")
+    await log.session_note(pid, "broken", "g2", "c2")
+    assert (await log.session_claim(pid, ALICE, "g2", "c3", "g3", 60_000)).status == "incomplete"
+
+
 # -- replay: what a resume reads -------------------------------------------------------------------
 
 

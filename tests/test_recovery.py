@@ -8,11 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+import socketio
 
+from asgi_resume import ResumeMiddleware
+from asgi_resume.log import LogUnavailable
+from asgi_resume.log.base import SessionAppend, SessionAppendResult
+from asgi_resume.log.memory import MemoryLog
 from tests.support.app import PacedStream, chat_event, make_app, make_sio, room_of
 from tests.support.node import NodeClient
 from tests.support.raw import RawClient
@@ -47,6 +53,35 @@ async def test_a_dropped_client_recovers_every_event_once(backend: dict[str, Any
     assert finished["contents"] == stream.expected  # each event once, in order, none missing
     assert all(isinstance(offset, str) for offset in finished["offsets"])
     assert app.runtime.stats.recoveries_ok == 1
+
+
+class _LosesOneEvent(MemoryLog):
+    """The session log fails the write of one event: ``tok42``, sent while the client is away."""
+
+    async def session_append(self, requests: Sequence[SessionAppend]) -> list[SessionAppendResult]:
+        if any("tok42 " in str(payload[0]) for r in requests for _, payload in r.frames):
+            raise LogUnavailable("connection reset")
+        return await super().session_append(requests)
+
+
+async def test_a_session_whose_event_the_log_missed_is_not_recovered() -> None:
+    """A replay without that event would be a partial history presented as complete (recovered:
+    true): the client gets a normal connect instead, and the app's own reload logic takes over."""
+    sio = make_sio()
+    app = ResumeMiddleware(socketio.ASGIApp(sio), log=_LosesOneEvent(), recovery=True)
+    stream = PacedStream(sio, "alice", "lossy", 120, pace=0.003)
+    async with serve(app) as url, NodeClient("recovery_client.mjs", url, "alice", "40", "kill") as node:
+        first = await node.expect("connected")
+        emitter = asyncio.create_task(stream.run())
+        await node.expect("dropped")
+        second = await node.expect("connected")
+        await node.expect("finished", timeout=30)
+        await emitter
+    assert first["recovered"] is False
+    assert second["recovered"] is False
+    assert second["pid"] != first["pid"]
+    assert app.runtime.stats.recoveries_refused == 1
+    assert app.runtime.stats.recoveries_ok == 0
 
 
 async def test_past_the_window_the_client_gets_a_normal_connect(backend: dict[str, Any]) -> None:

@@ -156,14 +156,16 @@ class SessionAppendResult:
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    status: Literal["ok", "unknown", "refused", "stale", "expired"]
+    #: ... or incomplete: an event of the generation claimed is in no log (a write failed)
+    status: Literal["ok", "unknown", "refused", "stale", "expired", "incomplete"]
 
 
 @dataclass(frozen=True, slots=True)
 class SessionReplay:
     #: ok; wait (the previous owner may still log frames it got before the claim); lost (frames
     #: after the offset are no longer kept); incomplete (the previous owner fetched its frames and
-    #: logged nothing it fetched after the claim: what the app sent it since may be in no log)
+    #: logged nothing it fetched after the claim, or noted an event it could not log: what the app
+    #: sent it may be in no log)
     status: Literal["ok", "wait", "lost", "incomplete"]
     frames: list[tuple[int, int, Payload]] = field(default_factory=list)  # (n, received at, payload)
 
@@ -224,7 +226,9 @@ class StreamLog(Protocol):
         ...
 
     async def session_note(self, pid: str, action: str, gen: str, owner: str) -> tuple[str, str]:
-        """``left`` (the client is gone), ``closed`` (the connection is over) or ``state``: (gen, owner)."""
+        """``left`` (the client is gone), ``closed`` (the connection is over), ``upgraded`` (off
+        long-polling), ``broken`` (an event it sent is in no log: the generation cannot be
+        recovered) or ``state``: (gen, owner)."""
         ...
 
     async def prepare(self) -> None:

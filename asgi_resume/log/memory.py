@@ -116,11 +116,13 @@ class _Session:
     left_at: int | None = None
     closed: bool = False
     fetched: bool = False  # the owner's frames reach the log when its client fetches them
+    broken: bool = False  # an event of the current generation is in no log
     prev_gen: str = ""
     prev_owner: str = ""
     prev_flushed: int = 0
     prev_closed: bool = False
     prev_fetched: bool = False
+    prev_broken: bool = False
     logs: dict[str, deque[tuple[int, int, Payload]]] = field(default_factory=dict)  # gen -> (n, at, payload)
     counters: dict[str, int] = field(default_factory=dict)
 
@@ -311,10 +313,13 @@ class MemoryLog:
             return Claim("expired")
         if session.closed:  # closed before anyone claimed it: what the app sent since is in no log
             return Claim("expired")
+        if session.broken:
+            return Claim("incomplete")
         session.prev_gen, session.prev_owner = session.gen, session.owner
         session.prev_closed, session.prev_flushed = session.closed, session.flushed
         session.prev_fetched, session.fetched = session.fetched, False
         session.gen, session.owner, session.cutoff = new_gen, claimer, now
+        session.prev_broken = False  # (it refused a broken one above)
         session.closed, session.flushed, session.last_at, session.left_at = False, now, now, None
         session.expires_at = now + self.limits.ttl_ms
         return Claim("ok")
@@ -323,6 +328,8 @@ class MemoryLog:
         session = self._session(pid)
         if session is None or session.prev_gen != gen:
             return SessionReplay("lost")
+        if session.prev_broken:
+            return SessionReplay("incomplete")
         # well after the claim: a frame emitted before it may still be on its way (CLAIM_SLACK_MS)
         if session.prev_flushed <= session.cutoff + CLAIM_SLACK_MS:
             if session.prev_fetched:  # (its silence proves nothing: see StreamLog.session_read)
@@ -344,6 +351,11 @@ class MemoryLog:
             session.left_at = self.now_ms()
         elif action == "upgraded" and current == (gen, owner):
             session.fetched = False
+        elif action == "broken":
+            if current == (gen, owner):
+                session.broken = True
+            elif (session.prev_gen, session.prev_owner) == (gen, owner):
+                session.prev_broken = True
         elif action == "closed":
             if current == (gen, owner):
                 session.closed = True

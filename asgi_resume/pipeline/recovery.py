@@ -111,9 +111,10 @@ class Recovery:
         try:
             results = await guard.call(guard.deadlines.recovery_append, self.runtime.log.session_append, requests)
         except LogUnavailable:
-            for group in by_ns.values():
+            for ns, group in by_ns.items():
+                self.states[ns].loss_untold = True  # a recovery from here cannot be complete: told when it answers
                 for unit in group:
-                    unit.offset = UNLOGGED_OFFSET  # sent, but a recovery from here cannot be complete
+                    unit.offset = UNLOGGED_OFFSET
             return
         for (ns, group), result in zip(by_ns.items(), results, strict=True):
             state = self.states[ns]
@@ -121,6 +122,8 @@ class Recovery:
                 state.logging = False  # the session is another connection's, and was read
             for i, unit in enumerate(group):
                 unit.offset = offset(state.gen, result.numbers[i]) if i < len(result.numbers) else UNLOGGED_OFFSET
+        if any(state.loss_untold for state in self.states.values()):
+            await self._tell_losses()
 
     async def reply(self, frame: str, packet: protocol.Packet, flushed_ms: int) -> list[Outgoing]:
         """The app accepted the connection: recover the session (or start one), then the CONNECT reply."""
@@ -190,8 +193,8 @@ class Recovery:
             return False, []
         if read.status == "incomplete":
             logger.info(
-                "recovery of session %s…: its connection was on long-polling and fetched nothing since the "
-                "claim, so what the app sent it meanwhile may be in no log",
+                "recovery of session %s…: what the app sent its connection may be in no log (the log missed "
+                "an event, or the connection was on long-polling and fetched nothing since the claim)",
                 claim.pid[:6],
             )
             return False, []
@@ -228,6 +231,27 @@ class Recovery:
 
     # -- the previous connection's side ---------------------------------------------------------
 
+    async def _tell_losses(self) -> None:
+        """Sessions that sent an event the log missed are noted ``broken``: never recovered, for a
+        replay without it would be a partial history presented as complete (tried again on every
+        append and note until the log answers)."""
+        guard = self.runtime.guard
+        for state in self.states.values():
+            if not (state.loss_untold and state.pid):
+                continue
+            try:
+                await guard.call(
+                    guard.deadlines.recovery,
+                    self.runtime.log.session_note,
+                    state.pid,
+                    "broken",
+                    state.gen,
+                    self.session.id,
+                )
+            except LogUnavailable:
+                return
+            state.loss_untold = False
+
     @property
     def recoverable(self) -> bool:
         return any(state.recoverable for state in self.states.values())
@@ -236,6 +260,7 @@ class Recovery:
         """Tell the log the client ``left``, the connection ``closed`` or ``upgraded`` from long-polling
         (its frames no longer wait for its client's GET), or ask (``state``); True when every
         recoverable session of this connection was claimed by another one."""
+        await self._tell_losses()
         taken = True
         for state in self.states.values():
             if not state.pid or (action == "state" and not state.recoverable):

@@ -41,6 +41,7 @@ class RecoveryState:
     gen: str = ""
     logging: bool = False  # the session log takes this connection's events
     left_cleanly: bool = False  # the client said goodbye (DISCONNECT or CLOSE): nothing to recover
+    loss_untold: bool = False  # an event it sent is in no log (a write failed), and the log was not told yet
     duplicates: Counter[str] = field(default_factory=Counter)  # replayed events the new connection may repeat
     duplicates_until: float = 0.0
 

@@ -1,6 +1,8 @@
 -- The owner of a session notes its client's departure, its own end, or that its frames no longer
 -- wait for its client to fetch them (it upgraded from long-polling); anyone may ask who owns it.
--- KEYS: 1 session meta. ARGV: 1 'left' | 'closed' | 'upgraded' | 'state', 2 generation, 3 owner, 4 now ms
+-- It also notes that an event it sent is in no log ('broken': the generation cannot be recovered).
+-- KEYS: 1 session meta. ARGV: 1 'left' | 'closed' | 'upgraded' | 'broken' | 'state', 2 generation,
+--       3 owner, 4 now ms
 -- Returns {current generation or '', current owner or ''}.
 local meta = KEYS[1]
 local what, gen, owner, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -10,6 +12,12 @@ if what == 'left' and state[1] == gen and state[2] == owner then
   redis.call('HSET', meta, 'disconnected_at', now)
 elseif what == 'upgraded' and state[1] == gen and state[2] == owner then
   redis.call('HSET', meta, 'fetched', '0')
+elseif what == 'broken' then
+  if state[1] == gen and state[2] == owner then
+    redis.call('HSET', meta, 'broken', '1')
+  elseif state[3] == gen and state[4] == owner then
+    redis.call('HSET', meta, 'prev_broken', '1')
+  end
 elseif what == 'closed' then
   if state[1] == gen and state[2] == owner then
     redis.call('HSET', meta, 'closed', '1')

@@ -18,7 +18,9 @@ end
 
 local prev_gen = redis.call('HGET', meta, 'prev_gen')
 if prev_gen ~= gen then return {'lost'} end -- no claim of it, or another since
-local state = redis.call('HMGET', meta, 'cutoff', 'prev_flushed', 'prev_closed', 'n:' .. prev_gen, 'prev_fetched')
+local state = redis.call('HMGET', meta, 'cutoff', 'prev_flushed', 'prev_closed', 'n:' .. prev_gen, 'prev_fetched',
+  'prev_broken')
+if state[6] == '1' then return {'incomplete'} end -- the previous owner sent an event it could not log
 local cutoff, flushed = tonumber(state[1] or '0'), tonumber(state[2] or '0')
 -- well after the claim: a frame emitted before it may still be on its way to the previous owner
 if flushed <= cutoff + slack then
