@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from asgi_resume import ResumeMiddleware
 from asgi_resume.log import StreamLog
-from asgi_resume.log.base import LogLimits, SessionAppend, new_epoch
+from asgi_resume.log.base import CLAIM_SLACK_MS, LogLimits, SessionAppend, new_epoch
 from asgi_resume.log.memory import MemoryLog
 from asgi_resume.log.redis import RedisLog
 from asgi_resume.transport.engineio import query_param
@@ -358,7 +358,7 @@ async def test_a_claim_reads_a_fetching_owners_log_only_once_it_logged_past_the_
         return
     assert forced.status == "incomplete"
     # the old connection logs a batch it took after the claim: everything the app sent it before is in
-    (late,) = await log.session_append([batch("old", "b", log.now_ms() + 5)])
+    (late,) = await log.session_append([batch("old", "b", log.now_ms() + CLAIM_SLACK_MS + 5)])
     assert late.status == "taken"
     read = await log.session_read(pid, gen, 0, True)
     assert read.status == "ok"

@@ -210,15 +210,14 @@ class Session:
         return [stream for stream, at in self.in_flight.items() if now - at < idle_s]
 
     def taken_over(self, since_ms: int, idle_s: float) -> bool:
-        """Has another connection used each stream in flight here since ``since_ms``?
+        """Has another connection used each stream in flight here after ``since_ms``?
 
-        A use stamped in the hold's own millisecond counts: a client that recovered its session on
-        a new connection uses the stream then (strictly after, tried once, let a recovered client
-        see an event twice on Redis Cluster: tests/test_recovery.py). The cost: a tab of two that
-        dropped together may, rarely, end the other's hold if it logged in that same millisecond.
+        Strictly after: the other tab of two that dropped together may have logged its last frame
+        in the hold's own millisecond, before it was held (seen under CPU load in
+        tests/test_holds.py). A recovered client's new connection uses the stream later than that.
         """
         active = self.active_streams(idle_s)
-        return bool(active) and all(self.others_ms.get(key, 0) >= since_ms for key in active)
+        return bool(active) and all(self.others_ms.get(key, 0) > since_ms for key in active)
 
     def was_replayed(self, stream: StreamKey, epoch: str, seq: int) -> bool:
         """True when a replay already gave this client the frame ``seq`` of ``epoch``."""
