@@ -29,15 +29,22 @@ from tests.support.workers import workers
 pytestmark = pytest.mark.anyio
 
 
-async def recover(url: str, sio: Any, how: str, *, total: int = 200) -> tuple[dict[str, Any], PacedStream]:
-    stream = PacedStream(sio, "alice", "rec", total, pace=0.003)
-    async with NodeClient("recovery_client.mjs", url, "alice", "40", how) as node:
+async def drop_and_reconnect(url: str, stream: PacedStream, *args: str) -> tuple[dict[str, Any], ...]:
+    """The stock client (``recovery_client.mjs URL ...args``) drops mid-``stream`` and reconnects:
+    its two connects and what it finished with."""
+    async with NodeClient("recovery_client.mjs", url, *args) as node:
         first = await node.expect("connected")
         emitter = asyncio.create_task(stream.run())
         await node.expect("dropped")
         second = await node.expect("connected")
         finished = await node.expect("finished", timeout=30)
         await emitter
+    return first, second, finished
+
+
+async def recover(url: str, sio: Any, how: str, *, total: int = 200) -> tuple[dict[str, Any], PacedStream]:
+    stream = PacedStream(sio, "alice", "rec", total, pace=0.003)
+    first, second, finished = await drop_and_reconnect(url, stream, "alice", "40", how)
     assert first["recovered"] is False
     assert second["recovered"] is True
     assert second["pid"] == first["pid"]
@@ -70,13 +77,8 @@ async def test_a_session_whose_event_the_log_missed_is_not_recovered() -> None:
     sio = make_sio()
     app = ResumeMiddleware(socketio.ASGIApp(sio), log=_LosesOneEvent(), recovery=True)
     stream = PacedStream(sio, "alice", "lossy", 120, pace=0.003)
-    async with serve(app) as url, NodeClient("recovery_client.mjs", url, "alice", "40", "kill") as node:
-        first = await node.expect("connected")
-        emitter = asyncio.create_task(stream.run())
-        await node.expect("dropped")
-        second = await node.expect("connected")
-        await node.expect("finished", timeout=30)
-        await emitter
+    async with serve(app) as url:
+        first, second, _ = await drop_and_reconnect(url, stream, "alice", "40", "kill")
     assert first["recovered"] is False
     assert second["recovered"] is False
     assert second["pid"] != first["pid"]
@@ -89,13 +91,8 @@ async def test_past_the_window_the_client_gets_a_normal_connect(backend: dict[st
     app = make_app(sio, recovery=True, recovery_window=0.2, **backend)
     stream = PacedStream(sio, "alice", "late", 1000, pace=0.003)  # outlasts the 1.5 s away
     # the client waits 1.5 s before reconnecting: past the 0.2 s window
-    async with serve(app) as url, NodeClient("recovery_client.mjs", url, "alice", "20", "kill", "", "1500") as node:
-        first = await node.expect("connected")
-        emitter = asyncio.create_task(stream.run())
-        await node.expect("dropped")
-        second = await node.expect("connected")
-        await node.expect("finished", timeout=30)
-        await emitter
+    async with serve(app) as url:
+        first, second, _ = await drop_and_reconnect(url, stream, "alice", "20", "kill", "", "1500")
     assert second["recovered"] is False
     assert second["pid"] != first["pid"]
     assert app.runtime.stats.recoveries_ok == 0
