@@ -139,6 +139,10 @@ class SessionAppend:
     fetched: bool = False
 
 
+#: what a connection tells its recovery session (``session_note``), or ``state``: who owns it now
+Note = Literal["left", "closed", "upgraded", "broken", "state"]
+
+
 #: The app hands each connection its frames through a queue of the connection's own (python-engineio's
 #: writer task): a frame the app emitted before a reconnect joined its rooms can reach the previous
 #: connection a moment after the claim. A claim's read waits until the previous connection logged a
@@ -225,7 +229,7 @@ class StreamLog(Protocol):
         """
         ...
 
-    async def session_note(self, pid: str, action: str, gen: str, owner: str) -> tuple[str, str]:
+    async def session_note(self, pid: str, action: Note, gen: str, owner: str) -> tuple[str, str]:
         """``left`` (the client is gone), ``closed`` (the connection is over), ``upgraded`` (off
         long-polling), ``broken`` (an event it sent is in no log: the generation cannot be
         recovered) or ``state``: (gen, owner)."""

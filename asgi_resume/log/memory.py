@@ -20,6 +20,7 @@ from asgi_resume.log.base import (
     AppendResult,
     Claim,
     LogLimits,
+    Note,
     Payload,
     ReplayResult,
     SessionAppend,
@@ -342,7 +343,7 @@ class MemoryLog:
             return SessionReplay("lost")
         return SessionReplay("ok", [entry for entry in log if entry[0] > after])
 
-    async def session_note(self, pid: str, action: str, gen: str, owner: str) -> tuple[str, str]:
+    async def session_note(self, pid: str, action: Note, gen: str, owner: str) -> tuple[str, str]:
         session = self._session(pid)
         if session is None:
             return "", ""

@@ -31,6 +31,7 @@ from asgi_resume.log.base import (
     LogLimits,
     LogUnavailable,
     LogUnsupported,
+    Note,
     ReplayResult,
     SessionAppend,
     SessionAppendResult,
@@ -200,7 +201,7 @@ class RedisLog:
         frames = [(int(rest[i]), int(rest[i + 1]), msgpack.unpackb(rest[i + 2])) for i in range(0, len(rest), 3)]
         return SessionReplay("ok", frames)
 
-    async def session_note(self, pid: str, action: str, gen: str, owner: str) -> tuple[str, str]:
+    async def session_note(self, pid: str, action: Note, gen: str, owner: str) -> tuple[str, str]:
         (reply,) = await self._call("session_note", [(self.session_keys(pid), [action, gen, owner, self.now_ms()])])
         return _text(reply[0]), _text(reply[1])
 

@@ -14,7 +14,7 @@ import dataclasses
 import logging
 
 from asgi_resume import protocol
-from asgi_resume.pipeline.resume import DROPPED, RATE_LIMITED, ResumeRequest, parse_request
+from asgi_resume.pipeline.resume import RATE_LIMITED, Refusal, ResumeRequest, parse_request
 from asgi_resume.pipeline.session import RecoveryState, Session
 from asgi_resume.protocol.recovery import strip_connect
 from asgi_resume.runtime import Runtime
@@ -57,7 +57,8 @@ async def inspect(runtime: Runtime, session: Session, frame: str) -> ResumeReque
         request = parse_request(packet, runtime.stream_key)
         allowed = session.may_resume(runtime.settings.resume_limit)
         if not allowed:
-            return dataclasses.replace(request, error=RATE_LIMITED if allowed is False else DROPPED)
+            refusal: Refusal = "rate_limited" if allowed is False else "flooded"
+            return dataclasses.replace(request, error=RATE_LIMITED, refusal=refusal)
         return request
     except Exception:  # never let a client's frame break the connection
         logger.exception("asgi_resume could not inspect an inbound frame; passing it on")

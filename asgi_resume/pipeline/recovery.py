@@ -21,7 +21,7 @@ import anyio
 
 from asgi_resume import protocol
 from asgi_resume.log import LogUnavailable, StreamKey
-from asgi_resume.log.base import Payload, SessionAppend, new_epoch
+from asgi_resume.log.base import Note, Payload, SessionAppend, new_epoch
 from asgi_resume.pipeline.session import RecoveryState, Session
 from asgi_resume.pipeline.units import EventUnit, Outgoing
 from asgi_resume.protocol.recovery import PID_FIELD, UNLOGGED_OFFSET, new_pid, offset
@@ -256,7 +256,7 @@ class Recovery:
     def recoverable(self) -> bool:
         return any(state.recoverable for state in self.states.values())
 
-    async def note(self, action: str) -> bool:
+    async def note(self, action: Note) -> bool:
         """Tell the log the client ``left``, the connection ``closed`` or ``upgraded`` from long-polling
         (its frames no longer wait for its client's GET), or ask (``state``); True when every
         recoverable session of this connection was claimed by another one."""

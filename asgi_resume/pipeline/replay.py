@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, assert_never
 
 from asgi_resume.log import LogUnavailable, ReplayResult, StreamKey
 from asgi_resume.pipeline import resume
@@ -56,16 +56,18 @@ async def answer(runtime: Runtime, session: Session, request: ResumeRequest, del
         stats.resumes_unavailable += 1
         return reply(resume.error("unavailable", "the stream log is not reachable; try again"))
 
-    if request.error == resume.DROPPED:
-        stats.resumes_rate_limited += 1
-        return
-    if request.error == resume.RATE_LIMITED:
-        stats.resumes_rate_limited += 1
-        await deliver([reply(resume.error("rate_limited", request.error))])
-        return
     if request.error is not None:
-        stats.resumes_bad_request += 1
-        await deliver([reply(resume.error("bad_request", request.error))])
+        match request.refusal:
+            case "flooded":
+                stats.resumes_rate_limited += 1
+            case "rate_limited":
+                stats.resumes_rate_limited += 1
+                await deliver([reply(resume.error("rate_limited", request.error))])
+            case "bad_request":
+                stats.resumes_bad_request += 1
+                await deliver([reply(resume.error("bad_request", request.error))])
+            case _:
+                assert_never(request.refusal)
         return
     key = session.key_of(request)
     if key is None:

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from asgi_resume import protocol
 from asgi_resume.pipeline.rules import MAX_VARIANT_LENGTH, stream_id_of
 
 RESULT_SUFFIX = ":result"
 RATE_LIMITED = "too many resume requests on this connection; wait a few seconds"
-DROPPED = "flood"  # past the rate limit and as many refusals again: dropped, unanswered
+#: why a request is not answered with a replay: its input (``bad_request``), the connection's rate
+#: limit (``rate_limited``), or past the limit and as many refusals again (``flooded``: unanswered)
+Refusal = Literal["bad_request", "rate_limited", "flooded"]
 _EPOCH = re.compile(r"[!-~]{1,64}")  # printable ASCII: what a log could have made (log.base.new_epoch)
 
 
@@ -30,7 +32,8 @@ class ResumeRequest:
     last_seq: int = 0
     epoch: str | None = None
     variant: str = ""  # which view of the stream (ASGI_RESUME_VARIANT); "" the default one
-    error: str | None = None  # bad_request detail
+    error: str | None = None  # why it is refused (the detail the client is told)
+    refusal: Refusal = "bad_request"  # what kind of refusal, when ``error`` is set
 
 
 def parse_request(packet: protocol.Packet, stream_key: str) -> ResumeRequest:
