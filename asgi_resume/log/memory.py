@@ -1,7 +1,8 @@
 """In-process stream log: the default when no Redis is configured.
 
-Same rules as the Redis log (see ``lua/append.lua``), kept in dicts and deques. It
-serves one process only: workers of a multi-process server each have their own.
+Same rules as the Redis log (see ``lua/append.lua``), kept in dicts and deques; its recovery
+sessions are :mod:`~asgi_resume.log.memory_sessions`'. It serves one process only: workers of a
+multi-process server each have their own.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from asgi_resume.log.base import (
-    CLAIM_SLACK_MS,
     COPY_WINDOW_MS,
     NOT_FOUND,
     AppendRequest,
@@ -29,6 +29,7 @@ from asgi_resume.log.base import (
     StreamKey,
     new_epoch,
 )
+from asgi_resume.log.memory_sessions import MemorySessions
 
 _SCAN_AHEAD = 64  # how far past a mismatch a connection looks for its frame
 _SWEEP_EVERY_MS = 1000
@@ -103,31 +104,6 @@ class _Stream:
         return self.at2 if self.by2 else 0
 
 
-@dataclass(slots=True)
-class _Session:
-    """A recovery session: who owns it, and its frames per generation."""
-
-    gen: str
-    owner: str
-    principal: str
-    expires_at: int = 0
-    cutoff: int = 0
-    flushed: int = 0
-    last_at: int = 0
-    left_at: int | None = None
-    closed: bool = False
-    fetched: bool = False  # the owner's frames reach the log when its client fetches them
-    broken: bool = False  # an event of the current generation is in no log
-    prev_gen: str = ""
-    prev_owner: str = ""
-    prev_flushed: int = 0
-    prev_closed: bool = False
-    prev_fetched: bool = False
-    prev_broken: bool = False
-    logs: dict[str, deque[tuple[int, int, Payload]]] = field(default_factory=dict)  # gen -> (n, at, payload)
-    counters: dict[str, int] = field(default_factory=dict)
-
-
 class MemoryLog:
     """A :class:`~asgi_resume.log.StreamLog` in this process's memory."""
 
@@ -138,7 +114,7 @@ class MemoryLog:
         self.clock = clock  # seconds since the epoch
         self._streams: OrderedDict[StreamKey, _Stream] = OrderedDict()  # oldest first
         self._by_principal: dict[str, OrderedDict[StreamKey, None]] = {}  # the same, per principal
-        self._sessions: dict[str, _Session] = {}
+        self._sessions = MemorySessions(self.limits, self.now_ms)  # recovery sessions
         self._next_sweep = 0
 
     def now_ms(self) -> int:
@@ -178,8 +154,7 @@ class MemoryLog:
         self._next_sweep = now + _SWEEP_EVERY_MS
         for name in [name for name, state in self._streams.items() if state.expires_at <= now]:
             self._drop(name)
-        for pid in [pid for pid, session in self._sessions.items() if session.expires_at <= now]:
-            del self._sessions[pid]
+        self._sessions.sweep(now)
 
     async def append(self, requests: Sequence[AppendRequest]) -> list[AppendResult]:
         now = self.now_ms()
@@ -259,112 +234,23 @@ class MemoryLog:
         frames = [(r.seq, r.payload) for r in itertools.islice(state.records, start, stop)]
         return ReplayResult("ok", state.epoch, state.last, oldest, state.done, gap, frames)
 
-    # -- recovery sessions (see lua/session_*.lua for the same rules on Redis) --------------------
-
-    def _session(self, pid: str) -> _Session | None:
-        session = self._sessions.get(pid)
-        if session is not None and session.expires_at <= self.now_ms():
-            del self._sessions[pid]
-            return None
-        return session
+    # -- recovery sessions (memory_sessions.py; lua/session_*.lua for the same rules on Redis) ---
 
     async def session_append(self, requests: Sequence[SessionAppend]) -> list[SessionAppendResult]:
         now = self.now_ms()
         self._sweep(now)
-        return [self._session_append(request, now) for request in requests]
-
-    def _session_append(self, request: SessionAppend, now: int) -> SessionAppendResult:
-        session = self._session(request.pid)
-        status: str = "ok"
-        if session is None:
-            session = _Session(request.gen, request.owner, request.principal)
-            self._sessions[request.pid] = session
-        elif (session.gen, session.owner) != (request.gen, request.owner):
-            if (session.prev_gen, session.prev_owner) != (request.gen, request.owner):
-                return SessionAppendResult("gone", [])
-            status = "taken"
-        log = session.logs.setdefault(request.gen, deque(maxlen=self.limits.maxlen))
-        numbers = []
-        for received_ms, payload in request.frames:
-            n = session.counters.get(request.gen, 0) + 1
-            session.counters[request.gen] = n
-            log.append((n, received_ms, payload))
-            numbers.append(n)
-        if status == "ok":
-            session.flushed = session.last_at = request.flushed_ms
-            session.fetched = request.fetched
-        else:
-            session.prev_flushed = request.flushed_ms
-        session.expires_at = now + self.limits.ttl_ms
-        return SessionAppendResult("ok" if status == "ok" else "taken", numbers)
+        return self._sessions.append(requests, now)
 
     async def session_claim(
         self, pid: str, principal: str, gen: str, claimer: str, new_gen: str, window_ms: int
     ) -> Claim:
-        session = self._session(pid)
-        now = self.now_ms()
-        if session is None:
-            return Claim("unknown")
-        if session.principal != principal:
-            return Claim("refused")
-        if session.gen != gen:
-            return Claim("stale")
-        left = session.left_at if session.left_at is not None else session.last_at
-        if now - left > window_ms:
-            return Claim("expired")
-        if session.closed:  # closed before anyone claimed it: what the app sent since is in no log
-            return Claim("expired")
-        if session.broken:
-            return Claim("incomplete")
-        session.prev_gen, session.prev_owner = session.gen, session.owner
-        session.prev_closed, session.prev_flushed = session.closed, session.flushed
-        session.prev_fetched, session.fetched = session.fetched, False
-        session.gen, session.owner, session.cutoff = new_gen, claimer, now
-        session.prev_broken = False  # (it refused a broken one above)
-        session.closed, session.flushed, session.last_at, session.left_at = False, now, now, None
-        session.expires_at = now + self.limits.ttl_ms
-        return Claim("ok")
+        return self._sessions.claim(pid, principal, gen, claimer, new_gen, window_ms)
 
     async def session_read(self, pid: str, gen: str, after: int, force: bool) -> SessionReplay:
-        session = self._session(pid)
-        if session is None or session.prev_gen != gen:
-            return SessionReplay("lost")
-        if session.prev_broken:
-            return SessionReplay("incomplete")
-        # well after the claim: a frame emitted before it may still be on its way (CLAIM_SLACK_MS)
-        if session.prev_flushed <= session.cutoff + CLAIM_SLACK_MS:
-            if session.prev_fetched:  # (its silence proves nothing: see StreamLog.session_read)
-                return SessionReplay("incomplete" if force else "wait")
-            if not force and not session.prev_closed:
-                return SessionReplay("wait")
-        log = session.logs.get(gen, deque())
-        last = session.counters.get(gen, 0)
-        if after > last or (after < last and (not log or log[0][0] > after + 1)):
-            return SessionReplay("lost")
-        return SessionReplay("ok", [entry for entry in log if entry[0] > after])
+        return self._sessions.read(pid, gen, after, force)
 
     async def session_note(self, pid: str, action: Note, gen: str, owner: str) -> tuple[str, str]:
-        session = self._session(pid)
-        if session is None:
-            return "", ""
-        current = (session.gen, session.owner)
-        if action == "left" and current == (gen, owner):
-            session.left_at = self.now_ms()
-        elif action == "upgraded" and current == (gen, owner):
-            session.fetched = False
-        elif action == "broken":
-            if current == (gen, owner):
-                session.broken = True
-            elif (session.prev_gen, session.prev_owner) == (gen, owner):
-                session.prev_broken = True
-        elif action == "closed":
-            if current == (gen, owner):
-                session.closed = True
-                if session.left_at is None:
-                    session.left_at = self.now_ms()
-            elif (session.prev_gen, session.prev_owner) == (gen, owner):
-                session.prev_closed = True
-        return current
+        return self._sessions.note(pid, action, gen, owner)
 
     async def prepare(self) -> None:
         pass

@@ -266,9 +266,11 @@ class Recovery:
             if not state.pid or (action == "state" and not state.recoverable):
                 continue
             guard = self.runtime.guard
+            # an upgrade waits for it (the live path): as a write; the rest as a reconnect's claim
+            deadline = guard.deadlines.write if action == "upgraded" else guard.deadlines.recovery
             try:
                 gen, owner = await guard.call(
-                    guard.deadlines.recovery,
+                    deadline,
                     self.runtime.log.session_note,
                     state.pid,
                     action,

@@ -23,6 +23,8 @@ from asgi_resume.pipeline.resume import ResumeRequest
 from asgi_resume.pipeline.session import Polling, Session
 from asgi_resume.runtime import Runtime
 
+REFUSED = 400  # python-engineio's answer to a request for a session it does not have (any more)
+
 
 def query_param(scope: Scope, name: str) -> str | None:
     raw = scope.get("query_string", b"")

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import enum
 import logging
-import socket
 import time
 from typing import assert_never
 
@@ -27,6 +26,7 @@ from asgi_resume.pipeline.units import Incoming, Outgoing, Passthrough
 from asgi_resume.runtime import Runtime
 from asgi_resume.transport.engineio import EngineIOSessions, client_frame, new_session, query_param, sid_of
 from asgi_resume.transport.holds import Hold, Holds, HoldState
+from asgi_resume.transport.tcp import disable_nagle
 
 logger = logging.getLogger("asgi_resume")
 
@@ -52,27 +52,6 @@ def _ends_connection(item: Outgoing) -> bool:
     if isinstance(item, str):
         return item == protocol.EIO_CLOSE or item[:2] == protocol.DISCONNECT_HEAD
     return isinstance(item, Passthrough) and item.message.get("type") == "websocket.close"
-
-
-def disable_nagle(send: Send) -> None:
-    """Ask the kernel to send each frame at once (TCP_NODELAY), when the server lets us reach its socket.
-
-    With the Redis log, frames sent after the log round trip otherwise sit behind Nagle's
-    algorithm until the client's delayed ACK: measured at +9.6 ms p50 on loopback with uvicorn,
-    which leaves TCP_NODELAY off (benchmarks/latency.py). With the in-process log there is no such
-    wait and Nagle's coalescing is worth +40% throughput, so it stays on. uvicorn's ``send`` is a
-    method of its protocol object, which has the transport; any other server is left as it is.
-    """
-    transport = getattr(getattr(send, "__self__", None), "transport", None)
-    get_extra_info = getattr(transport, "get_extra_info", None)
-    if get_extra_info is None:
-        return
-    try:  # (no family check: a socket uvicorn got with --fd reports AF_UNIX whatever it is)
-        sock = get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (OSError, AttributeError, TypeError):
-        pass  # not TCP, or not a socket we may touch
 
 
 class WebSocketConnection:
@@ -310,13 +289,11 @@ class WebSocketConnection:
     async def _upgraded(self) -> None:
         """Its events no longer wait for the client's GET: a claim may trust this connection's silence.
 
-        Said before python-engineio learns of the upgrade, and waits at most ``write_timeout`` (if the
-        log does not hear it, a claim of the session gets a normal connect, never a hole).
+        Said before python-engineio learns of the upgrade, within ``write_timeout`` (if the log does
+        not hear it, a claim of the session gets a normal connect, never a hole).
         """
         recovery = self.outbound.recovery
-        if recovery is None or not recovery.states or not self.runtime.guard.available():
-            return
-        with anyio.move_on_after(self.runtime.settings.write_timeout):
+        if recovery is not None and recovery.states:
             await recovery.note("upgraded")
 
     # -- the hold ------------------------------------------------------------------------

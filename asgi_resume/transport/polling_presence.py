@@ -1,0 +1,90 @@
+"""Is a long-polling session's client still there? No connection close tells it here.
+
+Owns: counting the requests of a session's client while the app serves them, the timer that
+notices a client silent for Engine.IO's ping interval + timeout (python-engineio has given up on it
+then), and releasing a session whose client is gone as a closed websocket's connection is. The
+other signals (the client left mid-poll, a CLOSE, a refused sid) come from the GET and POST
+handlers. Must not touch: bodies, frames.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import anyio
+
+from asgi_resume.pipeline.outbound import Outbound
+from asgi_resume.runtime import Runtime
+
+logger = logging.getLogger("asgi_resume")
+
+
+class ClientRequest:
+    """One request of the session's client, while the app serves it: the client is there."""
+
+    def __init__(self, runtime: Runtime, outbound: Outbound) -> None:
+        self.runtime, self.outbound = runtime, outbound
+
+    def __enter__(self) -> None:
+        polling = self.outbound.session.polling
+        if polling is not None:
+            polling.requests += 1
+            if polling.timer is not None:
+                polling.timer.cancel()
+                polling.timer = None
+
+    def __exit__(self, *exc: object) -> None:
+        session = self.outbound.session
+        polling = session.polling
+        if polling is None:
+            return
+        polling.requests -= 1
+        polling.seen_at = time.monotonic()
+        if polling.requests or polling.over or polling.released or session.upgraded or not polling.silence_s:
+            return
+        polling.timer = asyncio.get_running_loop().call_later(polling.silence_s, self._silent)
+
+    def _silent(self) -> None:
+        """No request for Engine.IO's ping interval + timeout: python-engineio has given up on it too."""
+        polling = self.outbound.session.polling
+        assert polling is not None
+        polling.timer = None
+        if polling.requests or self.runtime.closing:
+            return
+        self.runtime.in_background(let_go(self.runtime, self.outbound, "it stopped polling"))
+
+
+async def let_go(runtime: Runtime, outbound: Outbound, reason: str, *, over: bool = False) -> None:
+    """The client of this polling session is gone: release it, as a closed websocket's connection is.
+
+    Its streams in flight are flagged (a newcomer starts a new epoch: a resume says ``gap``), and its
+    recovery sessions closed (a claim gets a normal connect). ``over``: a CLOSE ended the session.
+    Done before the response that tells the client, so that nothing it does next comes first.
+    """
+    session, polling = outbound.session, outbound.session.polling
+    if polling is None or session.upgraded:
+        return  # on a websocket now: that transport says when it ends
+    polling.over = polling.over or over
+    if polling.released:
+        return
+    polling.released = True
+    async with outbound.lock:  # after any response being rewritten: what it carries is logged first
+        with anyio.CancelScope(shield=True):
+            flagged = await outbound.release(last_seen=polling.seen_at or None)
+    if flagged:  # (said when it matters, as a hold is)
+        streams = [key.stream for key in flagged[:5]]
+        logger.info(
+            "client of polling session %s is gone (%s): streams in flight %s flagged", polling.sid, reason, streams
+        )
+    else:
+        logger.debug("client of polling session %s is gone (%s)", polling.sid, reason)
+
+
+def silence_s(opening: dict[str, object]) -> float:
+    """After how long without a request python-engineio gives up on a client (0: it does not say)."""
+    interval, timeout = opening.get("pingInterval"), opening.get("pingTimeout")
+    if not isinstance(interval, int | float) or not isinstance(timeout, int | float) or interval < 0 or timeout < 0:
+        return 0.0
+    return (interval + timeout) / 1000
