@@ -172,7 +172,7 @@ class MemoryLog:
         state.orphaned = False
         was_done = state.done
         cursor = request.cursor_seq if request.cursor_epoch == state.epoch else None
-        skipped = set(request.skipped) if cursor is not None else set()
+        skipped = set(request.skipped) if cursor is not None and request.skipped else set()
         seqs = []
         for entry in request.entries:
             seq = None
@@ -194,7 +194,7 @@ class MemoryLog:
                 state.last += 1
                 seq = state.last
                 state.records.append(_Record(seq, entry.digest, entry.received_ms, entry.payload))
-            if cursor is not None:  # what it steps over now is passed over for its next frames too
+            if cursor is not None and seq > cursor + 1:  # what it steps over is passed over for its next frames too
                 skipped.update(range(max(cursor + 1, seq - _SCAN_AHEAD), seq))
             cursor = seq
             state.done = state.done or entry.done

@@ -39,28 +39,38 @@ class StreamWriter:
     async def _append(self, units: list[EventUnit]) -> None:
         session, stats = self.session, self.runtime.stats
         pending: dict[StreamKey, list[EventUnit]] = {}
+        saw = session.saw
         for unit in units:
-            assert unit.stream is not None
-            pending.setdefault(unit.stream, []).append(unit)
-            session.saw(unit.stream, unit.done)
+            key = unit.stream
+            assert key is not None
+            group = pending.get(key)
+            if group is None:
+                pending[key] = [unit]
+            else:
+                group.append(unit)
+            saw(key, unit.done)
         runtime = self.runtime
         guard = runtime.guard
-        if not (self.log.synchronous or guard.available()):  # it failed a moment ago: do not wait on it
+        synchronous = self.log.synchronous
+        if not (synchronous or guard.available()):  # it failed a moment ago: do not wait on it
             self._unlogged(pending)
             return
-        loop = asyncio.get_running_loop()
         order, wait = runtime.order, guard.deadlines.write.seconds
-        waits_end = loop.time() + wait
+        loop = None
         for key, group in pending.items():  # frames another tab here was fed first, and these lack, go first
             first = group[0].order
-            if order.before(key, first) and not await order.turn(
-                key, first, {unit.content_digest() for unit in group}, max(0.0, waits_end - loop.time())
-            ):
-                stats.order_waits_timed_out += 1  # (the log is not to blame: it gets its own deadline)
-        # one deadline for the batch's log calls: a repair and the append
-        ends = loop.time() + wait
+            if order.before(key, first):
+                if loop is None:
+                    loop = asyncio.get_running_loop()
+                    waits_end = loop.time() + wait
+                if not await order.turn(
+                    key, first, {unit.content_digest() for unit in group}, max(0.0, waits_end - loop.time())
+                ):
+                    stats.order_waits_timed_out += 1  # (the log is not to blame: it gets its own deadline)
+        # one deadline for the batch's log calls: a repair and the append (the in-process log needs none)
+        ends = 0.0 if synchronous else asyncio.get_running_loop().time() + wait
         if runtime.repairs:  # streams the log missed frames of start a new epoch first
-            await runtime.repair(Deadline(max(0.0, ends - loop.time())))
+            await runtime.repair(Deadline(max(0.0, ends - asyncio.get_running_loop().time()) if ends else wait))
             if not guard.available():  # the repair found the log still failing
                 self._unlogged(pending)
                 return
@@ -70,7 +80,7 @@ class StreamWriter:
             if self.log.synchronous:  # the in-process log neither fails nor waits: no guard, no timer, no company
                 results = await self.log.append(requests)
             else:
-                within = Deadline(max(0.0, ends - loop.time()))
+                within = Deadline(max(0.0, ends - asyncio.get_running_loop().time()))
                 results = await guard.call(within, runtime.appends.append, requests)
         except LogUnavailable:
             self._unlogged(pending)
