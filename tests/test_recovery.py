@@ -16,7 +16,7 @@ import pytest
 import socketio
 
 from asgi_resume import ResumeMiddleware
-from asgi_resume.log import LogUnavailable
+from asgi_resume.log import AppendRequest, AppendResult, LogUnavailable
 from asgi_resume.log.base import SessionAppend, SessionAppendResult
 from asgi_resume.log.memory import MemoryLog
 from tests.support.app import PacedStream, chat_event, make_app, make_sio, room_of
@@ -84,6 +84,37 @@ async def test_a_session_whose_event_the_log_missed_is_not_recovered() -> None:
     assert second["pid"] != first["pid"]
     assert app.runtime.stats.recoveries_refused == 1
     assert app.runtime.stats.recoveries_ok == 0
+
+
+class _FailsTheSecondConnection(MemoryLog):
+    """The stream log fails the second connection to use it (the recovered one) until it starts a
+    new epoch: its live copies of events the replay also carries go out unstamped, then stamped in
+    another epoch than the replay's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.connections: list[str] = []
+
+    async def append(self, requests: Sequence[AppendRequest]) -> list[AppendResult]:
+        for request in requests:
+            if request.connection and request.connection not in self.connections:
+                self.connections.append(request.connection)
+        if any(r.connection in self.connections[1:] and not r.reset for r in requests):
+            raise LogUnavailable("connection reset")
+        return await super().append(requests)
+
+
+async def test_a_live_copy_sent_unstamped_is_not_sent_twice() -> None:
+    """The replay carries an event stamped (the held connection logged it), and the new connection
+    gets it live unstamped or in a new epoch (the stream log failed for it): told by its content."""
+    sio = make_sio()
+    log = _FailsTheSecondConnection()
+    app = ResumeMiddleware(socketio.ASGIApp(sio), log=log, recovery=True)
+    async with serve(app) as url:
+        finished, stream = await recover(url, sio, "kill")
+    assert finished["contents"] == stream.expected
+    assert len(log.connections) == 2
+    assert app.runtime.stats.frames_unstamped > 0  # (the case this test is about did happen)
 
 
 async def test_past_the_window_the_client_gets_a_normal_connect(backend: dict[str, Any]) -> None:

@@ -23,7 +23,7 @@ from asgi_resume import protocol
 from asgi_resume.log import LogUnavailable, StreamKey
 from asgi_resume.log.base import Note, Payload, SessionAppend, new_epoch
 from asgi_resume.pipeline.session import RecoveryState, Session
-from asgi_resume.pipeline.units import EventUnit, Outgoing
+from asgi_resume.pipeline.units import EventUnit, Outgoing, stamp_fields
 from asgi_resume.protocol.recovery import PID_FIELD, UNLOGGED_OFFSET, new_pid, offset
 from asgi_resume.runtime import Runtime
 
@@ -75,8 +75,12 @@ class Recovery:
             state.duplicates.clear()
             return False
         if unit.stream is not None and unit.seq:
-            return False  # stream frames: told apart by seq (Session.was_replayed)
-        digest = unit.digest()
+            known = self.session.replayed.get(unit.stream)
+            if known is not None and known[0] == unit.epoch:
+                return False  # told apart by seq (Session.was_replayed)
+            digest = unit.digest(as_sent=False)  # stamped in another epoch than the replay's: by content
+        else:
+            digest = unit.digest()
         if state.duplicates[digest] <= 0:
             return False
         state.duplicates[digest] -= 1
@@ -154,8 +158,8 @@ class Recovery:
         return out
 
     def _replayed(self, unit: EventUnit) -> bool:
-        if unit.stream is not None and unit.seq:
-            return self.session.was_replayed(unit.stream, unit.epoch, unit.seq)
+        if unit.stream is not None and unit.seq and self.session.was_replayed(unit.stream, unit.epoch, unit.seq):
+            return True
         return self.duplicate(unit)
 
     async def _claim(self, state: RecoveryState, new_gen: str) -> tuple[bool, list[Outgoing]]:
@@ -222,6 +226,12 @@ class Recovery:
                 known = self.session.replayed.get(key)
                 if known is None or known[0] != epoch or known[1] < seq:
                     self.session.replayed[key] = (epoch, seq)
+                if received_ms >= state.connect_ms:  # its live copy, if the stream log failed for it: by content
+                    unstamped = _unstamped(text, seq, epoch)
+                    if unstamped is not None:
+                        state.duplicates[
+                            EventUnit(unstamped, state.namespace, 0, received_ms, attachments=attachments).digest()
+                        ] += 1
             elif received_ms >= state.connect_ms:
                 unit = EventUnit(text, state.namespace, 0, received_ms, attachments=attachments)
                 state.duplicates[unit.digest()] += 1
@@ -285,3 +295,13 @@ class Recovery:
             else:
                 state.logging = False
         return taken
+
+
+def _unstamped(text: str, seq: int, epoch: str) -> str | None:
+    """A stamped event frame as the app sent it (the stamp cut out), or ``None`` if it has none."""
+    fields = stamp_fields(seq, epoch)
+    at = text.find(fields)
+    if at < 0:
+        return None
+    rest = text[at + len(fields) :]
+    return text[:at] + (rest[1:] if rest[:1] == "," else rest)

@@ -120,9 +120,10 @@ class EventUnit:
             text = protocol.with_last_arg(text, self.offset)
         return [text, *self.attachments]
 
-    def digest(self) -> str:
-        """Identifies a copy of this event (for events with no stream seq to tell them apart)."""
-        digest = hashlib.blake2b(self.live().encode(), digest_size=12)
+    def digest(self, *, as_sent: bool = True) -> str:
+        """Identifies a copy of this event (for events with no stream seq to tell them apart);
+        ``as_sent=False``: as the app sent it, without its stamp."""
+        digest = hashlib.blake2b((self.live() if as_sent else self.raw).encode(), digest_size=12)
         for attachment in self.attachments:
             digest.update(attachment)
         return digest.hexdigest()
