@@ -48,12 +48,6 @@ def handshake(frame: str) -> dict[str, object] | None:
     return found if isinstance(found, dict) else None
 
 
-def sid_of(frame: str) -> str | None:
-    """The sid an Engine.IO OPEN packet gives the session (``None``: not an OPEN, or unreadable)."""
-    sid = (handshake(frame) or {}).get("sid")
-    return sid if isinstance(sid, str) else None
-
-
 async def client_frame(runtime: Runtime, session: Session, text: str) -> ResumeRequest | str | None:
     """What a text frame from the client means here, whatever the transport: a resume request to
     answer in its place, the frame the app gets instead (a CONNECT without its recovery fields),
@@ -86,6 +80,17 @@ class EngineIOSessions:
             if len(self._items) <= self.limit and now - touched < self.idle_s:
                 break
             del self._items[oldest_sid]
+
+    def opened(self, frame: str, item: Outbound) -> tuple[str, dict[str, object]] | None:
+        """``frame`` is the OPEN packet the app sent ``item``'s client: the session is known by its
+        sid from now on, whichever transport carries it. Its sid and handshake (``None``: not an
+        OPEN with a sid)."""
+        opening = handshake(frame)
+        sid = opening.get("sid") if opening is not None else None
+        if opening is None or not isinstance(sid, str):
+            return None
+        self.add(sid, item)
+        return sid, opening
 
     def get(self, sid: str) -> Outbound | None:
         found = self._items.get(sid)

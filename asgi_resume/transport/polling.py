@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from asgi_resume import protocol
 from asgi_resume.pipeline.outbound import Outbound
 from asgi_resume.runtime import Runtime
-from asgi_resume.transport.engineio import REFUSED, EngineIOSessions, handshake, new_session, query_param
+from asgi_resume.transport.engineio import REFUSED, EngineIOSessions, new_session, query_param
 from asgi_resume.transport.polling_post import PostResponse, read_post
 from asgi_resume.transport.polling_presence import ClientRequest, let_go, silence_s
 
@@ -175,15 +175,12 @@ class PollResponse:
     def _note(self, packet: str) -> None:
         """Register the session at its OPEN packet (and learn its ping timeout); forget it at CLOSE."""
         sessions = self.sessions
-        opening = handshake(packet) if self.sid is None else None
-        if opening is not None:
-            sid = opening.get("sid")
-            if isinstance(sid, str):
-                self.sid = sid
-                sessions.add(sid, self.outbound)
-                polling = self.outbound.session.polling
-                if polling is not None:
-                    polling.sid, polling.silence_s = sid, silence_s(opening)
+        opened = sessions.opened(packet, self.outbound) if self.sid is None else None
+        if opened is not None:
+            self.sid, opening = opened
+            polling = self.outbound.session.polling
+            if polling is not None:
+                polling.sid, polling.silence_s = self.sid, silence_s(opening)
         elif packet == protocol.EIO_CLOSE and self.sid:
             sessions.remove(self.sid, self.outbound)
             self.closed = True

@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from asgi_resume import protocol
 from asgi_resume.pipeline.units import Incoming, Outgoing, Passthrough
 from asgi_resume.runtime import Runtime
-from asgi_resume.transport.engineio import EngineIOSessions, client_frame, new_session, query_param, sid_of
+from asgi_resume.transport.engineio import EngineIOSessions, client_frame, new_session, query_param
 from asgi_resume.transport.holds import Hold, Holds, HoldState
 from asgi_resume.transport.tcp import disable_nagle
 
@@ -218,10 +218,9 @@ class WebSocketConnection:
 
     def _register(self, opening: str) -> None:
         """A direct websocket learns its Engine.IO sid from the OPEN packet."""
-        sid = sid_of(opening)
-        if sid is not None and not self.sid:
-            self.sid = sid
-            self.sessions.add(sid, self.outbound)
+        opened = self.sessions.opened(opening, self.outbound) if not self.sid else None
+        if opened is not None:
+            self.sid = opened[0]
 
     async def _deliver_all(self, items: list[Outgoing]) -> bool:
         """Send ``items`` in order; returns once the server took the last one (uvicorn waits while
