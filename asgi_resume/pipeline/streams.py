@@ -55,33 +55,31 @@ class StreamWriter:
         if not (synchronous or guard.available()):  # it failed a moment ago: do not wait on it
             self._unlogged(pending)
             return
+        loop = asyncio.get_running_loop()
         order, wait = runtime.order, guard.deadlines.write.seconds
-        loop = None
+        waits_end = 0.0  # (the clock is read only when a wait is due: hot path)
         for key, group in pending.items():  # frames another tab here was fed first, and these lack, go first
             first = group[0].order
             if order.before(key, first):
-                if loop is None:
-                    loop = asyncio.get_running_loop()
-                    waits_end = loop.time() + wait
+                waits_end = waits_end or loop.time() + wait
                 if not await order.turn(
                     key, first, {unit.content_digest() for unit in group}, max(0.0, waits_end - loop.time())
                 ):
                     stats.order_waits_timed_out += 1  # (the log is not to blame: it gets its own deadline)
-        # one deadline for the batch's log calls: a repair and the append (the in-process log needs none)
-        ends = 0.0 if synchronous else asyncio.get_running_loop().time() + wait
+        # one deadline for the batch's log calls, a repair and the append (the in-process log gets no timer)
+        ends = None if synchronous else loop.time() + wait
         if runtime.repairs:  # streams the log missed frames of start a new epoch first
-            await runtime.repair(Deadline(max(0.0, ends - asyncio.get_running_loop().time()) if ends else wait))
+            await runtime.repair(Deadline(wait if ends is None else max(0.0, ends - loop.time())))
             if not guard.available():  # the repair found the log still failing
                 self._unlogged(pending)
                 return
         requests = [self._request(key, group) for key, group in pending.items()]
         stats.log_writes += 1
         try:
-            if self.log.synchronous:  # the in-process log neither fails nor waits: no guard, no timer, no company
+            if ends is None:  # the in-process log neither fails nor waits: no guard, no timer, no company
                 results = await self.log.append(requests)
             else:
-                within = Deadline(max(0.0, ends - asyncio.get_running_loop().time()))
-                results = await guard.call(within, runtime.appends.append, requests)
+                results = await guard.call(Deadline(max(0.0, ends - loop.time())), runtime.appends.append, requests)
         except LogUnavailable:
             self._unlogged(pending)
             return
