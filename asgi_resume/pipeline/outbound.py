@@ -39,7 +39,6 @@ from asgi_resume.pipeline.units import (
     Outgoing,
     Passthrough,
     Unit,
-    needs_log,
     unprocessed,
 )
 from asgi_resume.runtime import Runtime
@@ -58,6 +57,7 @@ class Outbound:
         self._pending: EventUnit | None = None  # a binary event waiting for its attachments
         self._stream_units: list[EventUnit] = []  # the units fed that belong to a stream
         self._answers = False  # a resume request or a CONNECT reply was fed: the batch answers it
+        self._recovering = False  # an event that gets a recovery offset was fed
         self._deferred: list[ResumeRequest] = []  # requests that came by another transport
         self.lock = asyncio.Lock()  # transports of one session take turns: feed, then flush
         self.streams = StreamWriter(runtime, session)  # its side of the stream log
@@ -70,7 +70,9 @@ class Outbound:
 
     def needs_log(self, *, answer_deferred: bool = True) -> bool:
         """Does :meth:`flush` have frames to log or requests to answer? (Else it only passes frames on.)"""
-        return (answer_deferred and bool(self._deferred)) or any(needs_log(u) for u in self._units)
+        if self._stream_units or self._answers or self._recovering:  # (kept as units are fed: hot)
+            return True
+        return answer_deferred and bool(self._deferred)
 
     def has_deferred(self) -> bool:
         return bool(self._deferred)
@@ -130,6 +132,8 @@ class Outbound:
             if unit.stream is not None:
                 unit.order = self.runtime.order.fed(unit.stream, unit.content_digest())
                 self._stream_units.append(unit)
+            if unit.recover:
+                self._recovering = True
         else:
             self._answers = True
         self._units.append(unit)
@@ -160,6 +164,7 @@ class Outbound:
         units, self._units = self._units, []
         stream_units, self._stream_units = self._stream_units, []
         answers, self._answers = self._answers, False
+        self._recovering = False
         if taken_ms is None:
             taken_ms = self.log.now_ms()  # everything fed before now is in this batch
         if self._deferred and answer_deferred:

@@ -137,19 +137,6 @@ Incoming = str | bytes | Passthrough | ResumeRequest
 Unit = str | bytes | Passthrough | ResumeRequest | EventUnit | ConnectReply
 
 
-def needs_log(unit: Unit) -> bool:
-    """Does the batch need the log for it (a stream frame, an offset, a request, a reply)?"""
-    match unit:
-        case EventUnit():
-            return unit.stream is not None or unit.recover
-        case ResumeRequest() | ConnectReply():
-            return True
-        case str() | bytes() | Passthrough():
-            return False
-        case _:
-            assert_never(unit)
-
-
 def unprocessed(unit: Unit) -> list[Outgoing]:
     """What to send for a unit when processing the batch failed: its original bytes."""
     match unit:
