@@ -41,6 +41,8 @@ class StatsCollector:
             return family
 
         yield counter("frames_stamped", "Stream frames stamped with seq and logged", stats.frames_stamped)
+        known = stats.frames_stamped_known
+        yield counter("frames_stamped_known", "Copies stamped from entries this process knew, no log call", known)
         yield counter("frames_unstamped", "Stream frames sent unstamped because the log failed", stats.frames_unstamped)
         yield counter("frames_unmatched", "Frames sent unstamped: logged out of order", stats.frames_unmatched)
         yield counter("log_writes", "Append calls to the stream log (one per batch)", stats.log_writes)

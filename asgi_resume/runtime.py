@@ -2,7 +2,7 @@
 
 Owns: the settings, the stream log and the guard every call to it goes through, the
 principal resolver and its hashing key, the repairs of streams the log missed frames of, the
-order streams' frames reach the log in, and the counters.
+order streams' frames reach the log in, the entries its connections logged lately, and the counters.
 Must not touch: any one connection's state.
 """
 
@@ -21,12 +21,12 @@ from asgi_resume.guard import RETRY_AFTER_S, Deadline, Deadlines, LogGuard
 from asgi_resume.log import AppendRequest, LogUnavailable, LogUnsupported, StreamKey, StreamLog
 from asgi_resume.log.base import GroupCommit, LogLimits
 from asgi_resume.log.memory import MemoryLog
+from asgi_resume.log.recent import MAX_ENTRIES, RecentEntries
 from asgi_resume.pipeline.order import FeedOrder
-from asgi_resume.pipeline.rules import StreamFrame, StreamRules
+from asgi_resume.pipeline.rules import Stamping, StreamRules
 from asgi_resume.pipeline.session import Session
 from asgi_resume.pipeline.turns import Turns
 from asgi_resume.principal import JwtKey, PrincipalResolver, default_principal_key
-from asgi_resume.protocol import StampTemplate
 from asgi_resume.stats import Stats, fault
 
 logger = logging.getLogger("asgi_resume")
@@ -55,6 +55,8 @@ class Runtime:
         #: every log call goes through it: deadlines, the circuit breaker, failures counted
         self.guard = LogGuard(self.log, Deadlines.from_write_timeout(settings.write_timeout), self.stats)
         self.order = FeedOrder()  # each stream's frames go to the log in the order they were fed here
+        #: what the copy of a frame another tab here logged is numbered (kept well within the log's maxlen)
+        self.recent = RecentEntries(max(1, min(settings.maxlen // 2, MAX_ENTRIES)))
         self.replay_turns = Turns()  # one replay page per loop iteration, whoever asked
         self._jwt = JwtKey(settings.jwt_secret, settings.jwt_algorithms) if settings.jwt_secret else None
         self.resolver = PrincipalResolver(settings.principal, self._principal_key(settings), self._jwt)
@@ -62,7 +64,7 @@ class Runtime:
         self._unsupported = False
         self._background: set[asyncio.Task[Any]] = set()  # tasks of in_background(), until they end
         #: frame -> how to stamp it (see Classifier._stamping): shared by the copies of an emit
-        self.stamping_cache: dict[str, tuple[StreamFrame, StampTemplate, str] | None] = {}
+        self.stamping_cache: dict[str, Stamping | None] = {}
         self.closing = False  # the server is going down: no more repairs
         self.repairs: dict[StreamKey, Session] = {}  # streams whose frames the log missed, not yet repaired
         self._repairing: asyncio.Task[None] | None = None

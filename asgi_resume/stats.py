@@ -39,6 +39,7 @@ class Stats:
     """Counters, in-process (also exported as Prometheus metrics when enabled)."""
 
     frames_stamped: int = 0
+    frames_stamped_known: int = 0  # of those: copies stamped from what this process knew, without a log call
     log_writes: int = 0  # append calls: one per batch of frames, whatever its size
     order_waits_timed_out: int = 0  # batches logged before frames fed earlier on another connection
     frames_unmatched: int = 0  # sent unstamped: their copy was logged before frames this connection got earlier

@@ -160,3 +160,67 @@ async def test_a_log_that_just_failed_is_not_waited_for() -> None:
     rt.guard._down_until = 0.0  # (the retry delay passed)
     after = events(await send(alice, token(3)))[0]
     assert after["epoch"] != before["epoch"]  # the history with a hole is a new epoch
+
+
+async def test_a_copy_of_an_entry_logged_here_is_stamped_without_a_log_call() -> None:
+    rt = runtime()
+    tabs = [tab(rt) for _ in range(3)]
+    for outbound in tabs:
+        await outbound.flush()  # (the CONNECT replies)
+    for i in range(1, 6):
+        copies = [events(await send(outbound, token(i))) for outbound in tabs]
+        assert copies[0] == copies[1] == copies[2]  # stamped alike
+        assert copies[0][0]["seq"] == i
+    # the first tab's five, and each other tab's first frame (the log finds where a tab starts);
+    # the other copies were known here
+    assert rt.stats.log_writes == 5 + 2
+    assert rt.stats.frames_stamped_known == 2 * 4
+    key = next(iter(tabs[0].session.cursors))
+    logged = await rt.log.replay(key, 0, None, "reader")
+    assert [seq for seq, _ in logged.frames] == [1, 2, 3, 4, 5]  # one entry per emit, in the log
+
+
+async def test_a_copy_after_an_entry_the_tab_missed_goes_to_the_log() -> None:
+    rt = runtime()
+    one, two = tab(rt), tab(rt)
+    await send(one, token(1))
+    await send(two, token(1))  # (its first frame: the log tells where it starts)
+    await send(one, token(2), token(3))
+    writes = rt.stats.log_writes
+    stamped = events(await send(two, token(3)))  # it never got t2: the entry after its cursor is not t3
+    assert stamped[0]["seq"] == 3  # the log found its copy further on
+    assert rt.stats.log_writes == writes + 1
+    assert rt.stats.frames_stamped_known == 0
+
+
+async def test_copies_on_a_held_tab_go_to_the_log_and_teach_nothing() -> None:
+    rt = runtime()
+    held, live, other = tab(rt), tab(rt), tab(rt)
+    held.held = True
+    for i in (1, 2, 3):
+        for outbound in (held, live, other):  # the held tab's copy comes first
+            await send(outbound, token(i))
+    # the held tab's appends touch nothing, so its results are not the live tabs' to reuse: the first
+    # live tab logs each frame (taking the stream over), the second reuses that one's result (but
+    # for its first frame, t1)
+    assert rt.stats.frames_stamped_known == 2
+    key = next(iter(held.session.cursors))
+    assert held.session.others_ms.get(key, 0) > 0  # it saw the live tabs take the stream over
+    await send(held, token(4))
+    writes = rt.stats.log_writes
+    assert events(await send(live, token(4)))[0]["seq"] == 4
+    assert rt.stats.log_writes == writes + 1  # the held tab's t4 taught the live one nothing
+
+
+async def test_a_batch_starting_with_known_copies_logs_only_the_rest() -> None:
+    rt = runtime()
+    one, two = tab(rt), tab(rt)
+    await send(one, token(1))
+    await send(two, token(1))
+    await send(one, token(2), token(3))
+    stamped = events(await send(two, token(2), token(3), token(4)))  # t4: the other tab has not got it yet
+    assert [e["seq"] for e in stamped] == [2, 3, 4]
+    assert rt.stats.frames_stamped_known == 2
+    assert [e["seq"] for e in events(await send(one, token(4)))] == [4]  # t4 went to the log: one entry
+    key = next(iter(one.session.cursors))
+    assert (await rt.log.replay(key, 0, None, "reader")).last_seq == 4

@@ -11,7 +11,7 @@ from __future__ import annotations
 from asgi_resume import protocol
 from asgi_resume.log import StreamKey
 from asgi_resume.pipeline.recovery import Recovery
-from asgi_resume.pipeline.rules import StreamFrame
+from asgi_resume.pipeline.rules import Stamping
 from asgi_resume.pipeline.session import Session
 from asgi_resume.pipeline.units import RESERVED, ConnectReply, EventUnit, template_digest
 from asgi_resume.runtime import Runtime
@@ -44,13 +44,16 @@ class Classifier:
         recovery = self.recovery
         stamping = self._stamping(frame)
         if stamping is not None:
-            classified, template, digest = stamping
+            classified = stamping.frame
             packet = classified.packet
             namespace = packet.namespace
             principal = self.session.principals.get(namespace)
             recover = recovery is not None and recovery.wants(namespace, packet.ack_id)
             expected = packet.attachments if packet.type == protocol.BINARY_EVENT else 0
             if principal is not None:
+                first = stamping.first
+                if first is None:
+                    stamping.first = principal
                 key = StreamKey._make((principal, namespace, classified.variant, classified.stream))
                 return EventUnit(
                     frame,
@@ -59,9 +62,10 @@ class Classifier:
                     self.runtime.log.now_ms(),
                     key,
                     classified.done,
-                    template,
+                    stamping.template,
                     recover,
-                    digest,
+                    stamping.digest,
+                    first == principal,  # another tab of its principal here was sent it first: a copy
                 )
             if recover:  # a connection without a principal logs nothing: only recovery offsets
                 return EventUnit(frame, namespace, expected, self.runtime.log.now_ms(), recover=True)
@@ -76,18 +80,17 @@ class Classifier:
         reply = recovery.is_reply(frame)
         return ConnectReply(frame, reply) if reply is not None else None
 
-    def _stamping(self, frame: str) -> tuple[StreamFrame, protocol.StampTemplate, str] | None:
+    def _stamping(self, frame: str) -> Stamping | None:
         """How to stamp ``frame`` and its content's digest: shared by its copies (an emit to a room
         sends N equal frames)."""
         cache = self.runtime.stamping_cache
         if frame in cache:
-            cached: tuple[StreamFrame, protocol.StampTemplate, str] | None = cache[frame]
-            return cached
+            return cache[frame]
         classified = self.runtime.rules.classify(frame)
         template = protocol.stamp_template(frame, classified.packet, RESERVED) if classified is not None else None
         found = None
         if classified is not None and template is not None:
-            found = (classified, template, template_digest(template))
+            found = Stamping(classified, template, template_digest(template))
         if classified is not None:  # (frames without a stream id are cheap to classify again)
             if len(cache) >= STAMPING_CACHE_SIZE:
                 del cache[next(iter(cache))]

@@ -141,6 +141,16 @@ class StreamFrame:
     variant: str = ""
 
 
+@dataclass(slots=True)
+class Stamping:
+    """How to stamp one frame's text, shared by the copies of an emit (a process-wide cache)."""
+
+    frame: StreamFrame
+    template: protocol.StampTemplate
+    digest: str  # the content's, as the log keeps it
+    first: str | None = None  # the principal of the first connection it was classified for
+
+
 class StreamRules:
     """Classifies outbound frames. Cheap for frames that carry no stream id."""
 

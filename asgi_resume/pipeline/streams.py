@@ -55,6 +55,10 @@ class StreamWriter:
         if not (synchronous or guard.available()):  # it failed a moment ago: do not wait on it
             self._unlogged(pending)
             return
+        if units[0].copy and not self.held and not runtime.repairs:  # copies of entries logged here a moment ago
+            self._known(pending)
+            if not pending:
+                return
         loop = asyncio.get_running_loop()
         order, wait = runtime.order, guard.deadlines.write.seconds
         waits_end = 0.0  # (the clock is read only when a wait is due: hot path)
@@ -83,12 +87,17 @@ class StreamWriter:
         except LogUnavailable:
             self._unlogged(pending)
             return
-        for (key, group), result in zip(pending.items(), results, strict=True):
+        recent = runtime.recent
+        learned = None if self.held else recent.learned  # (a held connection takes nothing over)
+        copied = recent.copies_seen
+        for (key, group), request, result in zip(pending.items(), requests, results, strict=True):
             if result.failed is not None:  # this stream alone: the log is up, and others were logged
                 guard.failed_alone()
                 self._unlogged({key: group})
                 continue
             session.unlogged.pop(key, None)
+            if learned is not None and key in copied:
+                learned(key, result.epoch, result.seqs, request.entries, group[-1].received_ms)
             for unit, seq in zip(group, result.seqs, strict=True):
                 if seq > 0:
                     unit.seq, unit.epoch = seq, result.epoch
@@ -96,6 +105,34 @@ class StreamWriter:
                 else:  # its copy was logged before frames this connection got earlier: no seq for it
                     stats.frames_unmatched += 1
             session.followed(key, result.epoch, result.seqs, result.others_ms)
+
+    def _known(self, pending: dict[StreamKey, list[EventUnit]]) -> None:
+        """Stamp, and take out of ``pending``, the frames that are copies of the entries right after
+        this connection's cursor, as another live connection here just logged them: the log would
+        match them to those seqs (its rule), so they need no call. That connection's append told
+        the log the key is taken over, as this one's would have (see :mod:`asgi_resume.log.recent`).
+        What follows them in a group goes to the log, after the cursor they moved."""
+        session, recent, stats = self.session, self.runtime.recent, self.runtime.stats
+        cursors = session.cursors
+        for key, group in list(pending.items()):
+            recent.copied(key)  # (its entries are worth learning from now on)
+            cursor = cursors.get(key)
+            if cursor is None or not recent.after(key, *cursor):  # (its first frame, or nothing new here)
+                continue
+            epoch, after = cursor
+            count = recent.matched(key, epoch, after, [u.content_digest() for u in group], group[0].received_ms)
+            if not count:
+                continue
+            seqs = list(range(after + 1, after + 1 + count))
+            for unit, seq in zip(group, seqs, strict=False):
+                unit.seq, unit.epoch = seq, epoch
+            session.followed(key, epoch, seqs, 0)
+            stats.frames_stamped += count
+            stats.frames_stamped_known += count
+            if count == len(group):
+                del pending[key]
+            else:
+                pending[key] = group[count:]
 
     def _request(self, key: StreamKey, group: list[EventUnit]) -> AppendRequest:
         session = self.session
@@ -117,8 +154,10 @@ class StreamWriter:
 
     def _unlogged(self, by_key: dict[StreamKey, list[EventUnit]]) -> None:
         """The log missed these frames: they go out unstamped, and the streams get a new epoch."""
+        recent = self.runtime.recent
         for key, group in by_key.items():
             self.session.forget(key)
+            recent.forget(key)  # (its history here has a hole: the log numbers what comes next)
             self.runtime.stats.frames_unstamped += len(group)
         self.runtime.missed(self.session, by_key)
 

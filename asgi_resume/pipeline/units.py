@@ -76,6 +76,7 @@ class EventUnit:
     template: protocol.StampTemplate | None = None
     recover: bool = False  # gets a recovery offset
     base_digest: str = ""  # the text frame's digest (template_digest), shared by the copies of an emit
+    copy: bool = False  # another connection of its principal here was sent it first: maybe a copy of its entry
     attachments: list[bytes] = field(default_factory=list)
     seq: int = 0
     epoch: str = ""
