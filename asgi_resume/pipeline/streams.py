@@ -112,10 +112,11 @@ class StreamWriter:
         match them to those seqs (its rule), so they need no call. That connection's append told
         the log the key is taken over, as this one's would have (see :mod:`asgi_resume.log.recent`).
         What follows them in a group goes to the log, after the cursor they moved."""
-        session, recent, stats = self.session, self.runtime.recent, self.runtime.stats
-        cursors = session.cursors
+        recent, stats = self.runtime.recent, self.runtime.stats
+        copies_seen, cursors = recent.copies_seen, self.session.cursors
         for key, group in list(pending.items()):
-            recent.copied(key)  # (its entries are worth learning from now on)
+            if key not in copies_seen:
+                recent.copied(key)  # (its entries are worth learning from now on)
             cursor = cursors.get(key)
             if cursor is None or not recent.after(key, *cursor):  # (its first frame, or nothing new here)
                 continue
@@ -123,10 +124,9 @@ class StreamWriter:
             count = recent.matched(key, epoch, after, [u.content_digest() for u in group], group[0].received_ms)
             if not count:
                 continue
-            seqs = list(range(after + 1, after + 1 + count))
-            for unit, seq in zip(group, seqs, strict=False):
+            for seq, unit in enumerate(group[:count], after + 1):
                 unit.seq, unit.epoch = seq, epoch
-            session.followed(key, epoch, seqs, 0)
+            cursors[key] = (epoch, after + count)  # (what ``Session.followed`` makes of contiguous seqs)
             stats.frames_stamped += count
             stats.frames_stamped_known += count
             if count == len(group):
