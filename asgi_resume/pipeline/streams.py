@@ -95,7 +95,8 @@ class StreamWriter:
                 guard.failed_alone()
                 self._unlogged({key: group})
                 continue
-            session.unlogged.pop(key, None)
+            if session.unlogged:
+                session.unlogged.pop(key, None)
             if learned is not None and key in copied:
                 learned(key, result.epoch, result.seqs, request.entries, group[-1].received_ms)
             for unit, seq in zip(group, result.seqs, strict=True):
