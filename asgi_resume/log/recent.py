@@ -16,6 +16,8 @@ A key whose frames the log missed here is forgotten until the log numbers its fr
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from asgi_resume.log.base import COPY_WINDOW_MS, Entry, StreamKey
 
 MAX_KEYS = 1024  # streams kept (the oldest added goes first)
@@ -39,6 +41,7 @@ class RecentEntries:
         #: keys whose frames reach several live connections here (oldest first): only their entries are
         #: worth learning (read it, do not change it: :meth:`copied`)
         self.copies_seen: dict[StreamKey, None] = {}
+        self._floors: dict[StreamKey, int] = {}  # key -> a tab was held then: learn only appends after it
 
     def copied(self, key: StreamKey) -> None:
         """A copy of a frame of ``key`` reached a second connection of its principal here."""
@@ -50,10 +53,13 @@ class RecentEntries:
 
     def learned(self, key: StreamKey, epoch: str, seqs: list[int], entries: list[Entry], now_ms: int) -> None:
         """A live connection's append: its ``entries`` got ``seqs`` in ``epoch``."""
+        floors = self._floors
+        if floors and now_ms <= floors.get(key, -1):
+            return  # its log call may have come before the hold began: it took nothing over from it
         known = self._keys.get(key)
         first = seqs[0]
         if known is not None and known.epoch == epoch and first == known.base + len(known.digests):
-            if seqs[-1] - first == len(seqs) - 1:  # what follows the entries kept (the common case)
+            if seqs[-1] - first == len(seqs) - 1 and (len(seqs) < 3 or min(seqs) > 0):  # what follows (common)
                 known.digests += [entry.digest for entry in entries]
                 known.at_ms = now_ms
                 if len(known.digests) > 2 * self._max_entries:
@@ -63,11 +69,13 @@ class RecentEntries:
                 return
         elif known is not None and known.epoch == epoch and first < known.base + len(known.digests):
             return  # copies of entries kept already (or out of order): nothing new
-        if first <= 0 or seqs[-1] - first != len(seqs) - 1:
-            return  # not contiguous: remember nothing rather than something wrong
+        if first <= 0 or seqs[-1] - first != len(seqs) - 1 or (len(seqs) > 2 and min(seqs) <= 0):
+            return  # not contiguous (passed over, out of order): remember nothing rather than something wrong
         if known is None and len(self._keys) >= MAX_KEYS:
             del self._keys[next(iter(self._keys))]  # (the oldest added: no reordering on the hot path)
-        self._keys[key] = _Known(epoch, first, [entry.digest for entry in entries], now_ms)
+        kept = self._max_entries
+        digests = [entry.digest for entry in entries[-kept:]]
+        self._keys[key] = _Known(epoch, first + max(0, len(entries) - kept), digests, now_ms)
 
     def after(self, key: StreamKey, epoch: str, seq: int) -> bool:
         """Are entries of ``epoch`` after ``seq`` known? (Cheap: no digest needed.)"""
@@ -92,6 +100,19 @@ class RecentEntries:
                 break
             count += 1
         return count
+
+    def hold_began(self, keys: Iterable[StreamKey], now_ms: int) -> None:
+        """A connection with streams ``keys`` in flight was held: what was learned of them before
+        is forgotten, and so is what appends made before ``now_ms`` bring. A hold ends when another
+        connection uses its streams after it began; copies stamped from an earlier call would hide that.
+        """
+        floors = self._floors
+        for key in keys:
+            self._keys.pop(key, None)
+            floors.pop(key, None)
+            if len(floors) >= MAX_KEYS:
+                del floors[next(iter(floors))]
+            floors[key] = now_ms
 
     def forget(self, key: StreamKey) -> None:
         """The log missed frames of ``key`` here: its next frames go to the log."""

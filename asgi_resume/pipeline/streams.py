@@ -24,7 +24,18 @@ class StreamWriter:
         self.runtime = runtime
         self.session = session
         self.log = runtime.log
-        self.held = False  # its client left and the connection is held: it takes no stream over
+        self._held = False
+
+    @property
+    def held(self) -> bool:
+        """Its client left and the connection is held: it takes no stream over."""
+        return self._held
+
+    @held.setter
+    def held(self, value: bool) -> None:
+        if value and not self._held:  # from now on only a log call made after this counts as taking its streams over
+            self.runtime.recent.hold_began(self.session.in_flight, self.log.now_ms())
+        self._held = value
 
     async def append(self, units: list[EventUnit]) -> None:
         """Match or append the batch's stream frames: one log call, however many streams. Then they
@@ -55,7 +66,7 @@ class StreamWriter:
         if not (synchronous or guard.available()):  # it failed a moment ago: do not wait on it
             self._unlogged(pending)
             return
-        if units[0].copy and not self.held and not runtime.repairs:  # copies of entries logged here a moment ago
+        if units[0].copy and not self._held and not runtime.repairs:  # copies of entries logged here a moment ago
             self._known(pending)
             if not pending:
                 return
@@ -88,7 +99,7 @@ class StreamWriter:
             self._unlogged(pending)
             return
         recent = runtime.recent
-        learned = None if self.held else recent.learned  # (a held connection takes nothing over)
+        learned = None if self._held else recent.learned  # (a held connection takes nothing over)
         copied = recent.copies_seen
         for (key, group), request, result in zip(pending.items(), requests, results, strict=True):
             if result.failed is not None:  # this stream alone: the log is up, and others were logged
@@ -150,7 +161,7 @@ class StreamWriter:
             reset_epoch=reset_epoch or "",
             connection=session.id,
             skipped=skipped.get(key, []) if skipped else [],
-            held=self.held,
+            held=self._held,
         )
 
     def _unlogged(self, by_key: dict[StreamKey, list[EventUnit]]) -> None:
