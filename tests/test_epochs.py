@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
-from asgi_resume.log.base import LogLimits
+from asgi_resume.log.base import LogLimits, new_epoch
 from asgi_resume.log.memory import MemoryLog
 from tests.support.app import emit_tokens, make_app, make_sio
 from tests.support.raw import RawClient
@@ -97,3 +98,21 @@ async def test_expiry_in_memory() -> None:
 
     async with serve(app) as url:
         await check_new_epoch_after_loss(url, sio, expire)
+
+
+def test_a_forked_worker_draws_other_epochs_than_its_parent() -> None:
+    """Epochs come from a generator of the process's own (no system call each): a worker forked
+    from the process that imported the middleware must not draw the same ones (two workers would
+    then start the same epoch for one stream's two histories)."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next epochs, then out (no pytest teardown in the child)
+        os.write(write, "".join(new_epoch() for _ in range(4)).encode())
+        os._exit(0)
+    os.close(write)
+    mine = "".join(new_epoch() for _ in range(4))
+    with os.fdopen(read) as pipe:
+        theirs = pipe.read()
+    os.waitpid(pid, 0)
+    assert len(theirs) == len(mine) == 32
+    assert theirs != mine
