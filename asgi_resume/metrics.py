@@ -1,6 +1,6 @@
 """Prometheus metrics, read from the runtime's counters when scraped (nothing on the hot path).
 
-Owns: turning :class:`~asgi_resume.runtime.Stats` into metric families, and answering the scrape
+Owns: turning :class:`~asgi_resume.pipeline.runtime.Stats` into metric families, and answering the scrape
 at ``ASGI_RESUME_METRICS``. Needs the ``metrics`` extra (``prometheus-client``). Must not touch:
 anything but reading the counters.
 """
@@ -14,7 +14,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from asgi_resume.config import ConfigError
-from asgi_resume.runtime import Runtime
+from asgi_resume.pipeline.runtime import Runtime
 
 try:
     from prometheus_client import CollectorRegistry, generate_latest

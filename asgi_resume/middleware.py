@@ -19,7 +19,7 @@ from asgi_resume.client import HELPER_PATH, helper_response
 from asgi_resume.config import OPTIONS, Settings
 from asgi_resume.log import StreamLog
 from asgi_resume.metrics import Metrics
-from asgi_resume.runtime import Runtime
+from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.transport.engineio import EngineIOSessions, query_param
 from asgi_resume.transport.holds import Holds
 from asgi_resume.transport.polling import handle_polling

@@ -18,8 +18,8 @@ import time
 
 from asgi_resume.config import Settings
 from asgi_resume.pipeline.outbound import Outbound
+from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.pipeline.session import Session
-from asgi_resume.runtime import Runtime
 
 CASES = ((1, 1), (1, 10), (50, 1))  # (tabs, frames per batch)
 

@@ -24,8 +24,8 @@ from asgi_resume import protocol
 from asgi_resume.config import Settings
 from asgi_resume.pipeline.inbound import inspect
 from asgi_resume.pipeline.outbound import Outbound
+from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.pipeline.session import Session
-from asgi_resume.runtime import Runtime
 from tests.support.app import emit_tokens, make_app, make_sio
 from tests.support.raw import RawClient
 from tests.support.server import serve

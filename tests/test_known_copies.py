@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from asgi_resume.config import Settings
 from asgi_resume.log import Entry, StreamKey
 from asgi_resume.log.recent import RecentEntries
-from asgi_resume.runtime import Runtime
+from asgi_resume.pipeline.runtime import Runtime
 from tests.test_pipeline import done, events, send, tab, token
 
 pytestmark = pytest.mark.anyio

@@ -17,8 +17,8 @@ from asgi_resume.config import Settings
 from asgi_resume.log.memory import MemoryLog
 from asgi_resume.pipeline.outbound import Outbound
 from asgi_resume.pipeline.resume import ResumeRequest
+from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.pipeline.session import Session
-from asgi_resume.runtime import Runtime
 
 pytestmark = pytest.mark.anyio
 ALICE = "alice-principal-hash"

@@ -28,8 +28,8 @@ from asgi_resume.config import Settings
 from asgi_resume.pipeline.outbound import Outbound
 from asgi_resume.pipeline.replay import REPLAY_PAGE
 from asgi_resume.pipeline.resume import ResumeRequest
+from asgi_resume.pipeline.runtime import Runtime, Turns
 from asgi_resume.pipeline.session import Session
-from asgi_resume.runtime import Runtime, Turns
 from tests.support.app import chat_event, emit_tokens, make_app, make_sio, room_of
 from tests.support.raw import RawClient
 from tests.support.server import serve

@@ -4,6 +4,7 @@
   is stamped.
 * :mod:`~asgi_resume.pipeline.rules`: which events belong to which stream, which end it.
 * :mod:`~asgi_resume.pipeline.session`: what the middleware remembers about one connection.
+* :mod:`~asgi_resume.pipeline.runtime`: what every connection of one middleware shares.
 * :mod:`~asgi_resume.pipeline.order` and :mod:`~asgi_resume.pipeline.turns`: the order streams'
   frames reach the log across a process's tabs, and the turns replay pages take.
 * :mod:`~asgi_resume.pipeline.outbound`: one connection's batches: feed, log, stamp, send.

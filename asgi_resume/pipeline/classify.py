@@ -12,9 +12,9 @@ from asgi_resume import protocol
 from asgi_resume.log import StreamKey
 from asgi_resume.pipeline.recovery import Recovery
 from asgi_resume.pipeline.rules import Stamping
+from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.pipeline.session import Session
 from asgi_resume.pipeline.units import RESERVED, ConnectReply, EventUnit, template_digest
-from asgi_resume.runtime import Runtime
 
 STAMPING_CACHE_SIZE = 256  # recent stream frames: their copies to other connections are stamped alike
 

@@ -15,9 +15,9 @@ import logging
 
 from asgi_resume import protocol
 from asgi_resume.pipeline.resume import RATE_LIMITED, Refusal, ResumeRequest, parse_request
+from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.pipeline.session import RecoveryState, Session
 from asgi_resume.protocol.recovery import strip_connect
-from asgi_resume.runtime import Runtime
 
 logger = logging.getLogger("asgi_resume")
 

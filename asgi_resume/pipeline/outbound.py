@@ -30,6 +30,7 @@ from asgi_resume.pipeline.classify import Classifier
 from asgi_resume.pipeline.recovery import Recovery
 from asgi_resume.pipeline.replay import Deliver
 from asgi_resume.pipeline.resume import ResumeRequest
+from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.pipeline.session import Session
 from asgi_resume.pipeline.streams import StreamWriter
 from asgi_resume.pipeline.units import (
@@ -41,7 +42,6 @@ from asgi_resume.pipeline.units import (
     Unit,
     unprocessed,
 )
-from asgi_resume.runtime import Runtime
 
 logger = logging.getLogger("asgi_resume")
 

@@ -22,10 +22,10 @@ import anyio
 from asgi_resume import protocol
 from asgi_resume.log import LogUnavailable, StreamKey
 from asgi_resume.log.base import Note, Payload, SessionAppend, new_epoch
+from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.pipeline.session import RecoveryState, Session
 from asgi_resume.pipeline.units import EventUnit, Outgoing, stamp_fields
 from asgi_resume.protocol.recovery import PID_FIELD, UNLOGGED_OFFSET, new_pid, offset
-from asgi_resume.runtime import Runtime
 
 logger = logging.getLogger("asgi_resume")
 

@@ -15,9 +15,9 @@ from typing import Any, assert_never
 from asgi_resume.log import LogUnavailable, ReplayResult, StreamKey
 from asgi_resume.pipeline import resume
 from asgi_resume.pipeline.resume import ResumeRequest
+from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.pipeline.session import Session
 from asgi_resume.pipeline.units import Outgoing, render
-from asgi_resume.runtime import Runtime
 
 REPLAY_PAGE = 100  # log entries read, rendered and handed to the transport at a time
 

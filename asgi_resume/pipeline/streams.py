@@ -14,9 +14,9 @@ import asyncio
 
 from asgi_resume.guard import Deadline
 from asgi_resume.log import AppendRequest, LogUnavailable, StreamKey
+from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.pipeline.session import Session
 from asgi_resume.pipeline.units import EventUnit
-from asgi_resume.runtime import Runtime
 
 
 class StreamWriter:

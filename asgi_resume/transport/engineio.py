@@ -20,8 +20,8 @@ from asgi_resume import protocol
 from asgi_resume.pipeline.inbound import inspect
 from asgi_resume.pipeline.outbound import Outbound
 from asgi_resume.pipeline.resume import ResumeRequest
+from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.pipeline.session import Polling, Session
-from asgi_resume.runtime import Runtime
 
 REFUSED = 400  # python-engineio's answer to a request for a session it does not have (any more)
 

@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from asgi_resume import protocol
 from asgi_resume.pipeline.outbound import Outbound
-from asgi_resume.runtime import Runtime
+from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.transport.engineio import REFUSED, EngineIOSessions, new_session, query_param
 from asgi_resume.transport.polling_post import PostResponse, read_post
 from asgi_resume.transport.polling_presence import ClientRequest, let_go, silence_s

@@ -14,7 +14,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from asgi_resume import protocol
 from asgi_resume.pipeline.outbound import Outbound
-from asgi_resume.runtime import Runtime
+from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.transport.engineio import REFUSED, EngineIOSessions, client_frame
 from asgi_resume.transport.polling_presence import let_go
 

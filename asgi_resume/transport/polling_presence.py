@@ -16,7 +16,7 @@ import time
 import anyio
 
 from asgi_resume.pipeline.outbound import Outbound
-from asgi_resume.runtime import Runtime
+from asgi_resume.pipeline.runtime import Runtime
 
 logger = logging.getLogger("asgi_resume")
 

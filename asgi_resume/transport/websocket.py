@@ -22,8 +22,8 @@ from anyio.abc import TaskGroup
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from asgi_resume import protocol
+from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.pipeline.units import Incoming, Outgoing, Passthrough
-from asgi_resume.runtime import Runtime
 from asgi_resume.transport.engineio import EngineIOSessions, client_frame, new_session, query_param
 from asgi_resume.transport.holds import Hold, Holds, HoldState
 from asgi_resume.transport.tcp import disable_nagle
