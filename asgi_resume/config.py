@@ -13,8 +13,22 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from asgi_resume.pipeline.rules import DEFAULT_DONE, DoneRule, parse_done_rules, parse_path
+from asgi_resume.paths import DoneRule, parse_done_rules, parse_path
 from asgi_resume.principal import DEFAULT_PRINCIPAL, PrincipalSource, parse_sources
+
+#: Rules for open-webui's event shapes and a plain top-level ``done``. ``status``
+#: events also carry ``data.data.done`` mid-stream, hence the ``chat:completion`` guard.
+DEFAULT_DONE = ",".join(
+    [
+        "data.type=chat:completion&data.data.done",
+        "data.type=chat:completion&data.data.error",
+        "data.type=chat:tasks:cancel",
+        "data.type=chat:message:error",
+        "data.type=chat:active&data.data.active=false",
+        "done",
+    ]
+)
+
 
 ENV_PREFIX = "ASGI_RESUME_"
 

@@ -6,7 +6,9 @@ import json
 
 import pytest
 
-from asgi_resume.pipeline.rules import DEFAULT_DONE, StreamRules, parse_done_rules, parse_path
+from asgi_resume.config import DEFAULT_DONE
+from asgi_resume.paths import parse_done_rules, parse_path
+from asgi_resume.pipeline.rules import StreamRules
 
 
 def rules(events: frozenset[str] | None = None, path: str = "message_id", done: str = DEFAULT_DONE) -> StreamRules:

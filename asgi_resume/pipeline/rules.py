@@ -1,8 +1,9 @@
 """Which outbound events belong to a stream, which stream, and which ones finish it.
 
 Owns: the event filter, the stream-id path, the variant path (which audience's view of a
-stream an event is), the rules that exclude events from streams and the "done" rules,
-parsed from their configuration strings. Must not touch: I/O, the log, sessions.
+stream an event is), the rules that exclude events from streams and the "done" rules (their
+syntax is :mod:`asgi_resume.paths`'), and how a frame is stamped, shared by an emit's copies
+(:class:`Stamping`). Must not touch: I/O, the log, sessions.
 """
 
 from __future__ import annotations
@@ -12,98 +13,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from asgi_resume import protocol
+from asgi_resume.paths import MISSING, DoneRule, lookup
 
-#: Rules for open-webui's event shapes and a plain top-level ``done``. ``status``
-#: events also carry ``data.data.done`` mid-stream, hence the ``chat:completion`` guard.
-DEFAULT_DONE = ",".join(
-    [
-        "data.type=chat:completion&data.data.done",
-        "data.type=chat:completion&data.data.error",
-        "data.type=chat:tasks:cancel",
-        "data.type=chat:message:error",
-        "data.type=chat:active&data.data.active=false",
-        "done",
-    ]
-)
 MAX_STREAM_ID_LENGTH = 256
 MAX_VARIANT_LENGTH = 64
 MAX_SAFE_INTEGER = 2**53 - 1  # JavaScript's: the browser helper must write ids and views as we do
-_TRUTHY: Any = object()
-_MISSING: Any = object()
-
-
-def lookup(obj: Any, path: tuple[str, ...]) -> Any:
-    """Follow a dotted path (already split) through nested objects; ``_MISSING`` if absent."""
-    for key in path:
-        if not isinstance(obj, dict) or key not in obj:
-            return _MISSING
-        obj = obj[key]
-    return obj
-
-
-@dataclass(frozen=True, slots=True)
-class Condition:
-    path: tuple[str, ...]
-    expected: Any = _TRUTHY  # _TRUTHY: the value must be truthy
-
-    def is_met(self, obj: Any) -> bool:
-        value = lookup(obj, self.path)
-        if value is _MISSING:
-            return False
-        if self.expected is _TRUTHY:
-            return bool(value)
-        return bool(value == self.expected and type(value) is type(self.expected))
-
-
-@dataclass(frozen=True, slots=True)
-class DoneRule:
-    conditions: tuple[Condition, ...]
-
-    def matches(self, obj: Any) -> bool:
-        return all(condition.is_met(obj) for condition in self.conditions)
-
-    @property
-    def needles(self) -> tuple[str, ...]:
-        """Text a frame must contain for this rule to possibly match: skips the JSON walk for most frames."""
-        rare, common = [], []
-        for condition in self.conditions:
-            key = json.dumps(condition.path[-1])
-            if isinstance(condition.expected, str):
-                rare.append(json.dumps(condition.expected)[1:-1])
-                common.append(key)
-            else:
-                (rare if condition.expected is _TRUTHY else common).append(key)
-        return tuple(rare[::-1] + common)  # the last condition is usually the telling one
-
-
-def parse_path(spec: str) -> tuple[str, ...]:
-    """``"data.data.done"`` -> ``("data", "data", "done")``; raises ValueError when empty."""
-    parts = tuple(spec.strip().split("."))
-    if not all(parts):
-        raise ValueError(f"{spec!r} is not a dotted path such as 'data.message_id'")
-    return parts
-
-
-def parse_done_rules(spec: str) -> tuple[DoneRule, ...]:
-    """Parse ``rule,rule,...``; a rule is ``cond&cond``; a cond is ``path`` or ``path=value``.
-
-    ``value`` is read as JSON when it is JSON (``true``, ``3``, ``"x"``), else as a string.
-    """
-    rules = []
-    for rule in filter(None, (part.strip() for part in spec.split(","))):
-        conditions = []
-        for cond in rule.split("&"):
-            path, sep, raw = cond.partition("=")
-            if not sep:
-                conditions.append(Condition(parse_path(path)))
-                continue
-            try:
-                expected = json.loads(raw)
-            except ValueError:
-                expected = raw
-            conditions.append(Condition(parse_path(path), expected))
-        rules.append(DoneRule(tuple(conditions)))
-    return tuple(rules)
 
 
 def stream_id_of(value: Any) -> str | None:
@@ -122,7 +36,7 @@ def stream_id_of(value: Any) -> str | None:
 def variant_of(value: Any) -> str | None:
     """A view's name: ``""`` for the default view (no value, null, false), else the value as text
     (``true`` for true, as the JS helper writes it); ``None``: too long or not a plain value."""
-    if value is None or value is False or value is _MISSING:
+    if value is None or value is False or value is MISSING:
         return ""
     if value is True:
         return "true"
