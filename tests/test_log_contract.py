@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from asgi_resume.log import AppendRequest, Entry, StreamKey, StreamLog
-from asgi_resume.log.base import CLAIM_SLACK_MS, AppendResult, GroupCommit, LogLimits, SessionAppend
+from asgi_resume.log.base import CLAIM_SLACK_MS, LogLimits, SessionAppend
 from asgi_resume.log.memory import MemoryLog
 from asgi_resume.log.redis import RedisLog
 
@@ -407,50 +407,3 @@ async def test_a_stream_left_in_flight_and_logged_by_nobody_since_answers_gap(lo
     await follower.send(entry(log, "c"))  # a newcomer logs it again: a new epoch, whose history is whole
     assert follower.epoch != tab.epoch
     assert (await log.replay(key(), 0, follower.epoch, "reloaded")).gap is False
-
-
-class _Counting:
-    """A log that counts the requests it is sent (for the group commit's copies)."""
-
-    def __init__(self, log: StreamLog) -> None:
-        self.log, self.sent = log, 0
-
-    async def append(self, requests: list[AppendRequest]) -> list[AppendResult]:
-        self.sent += len(requests)
-        return await self.log.append(requests)
-
-
-async def test_the_group_commit_sends_copies_once_with_the_same_results(log: StreamLog) -> None:
-    """Live tabs at the same entry with the same frames get what the log would have given each:
-    one request goes; a held tab, a tab with other frames and another principal go on their own."""
-    a, b, c, held = (Connection(log, key(), name) for name in ("a", "b", "c", "held"))
-    other = Connection(log, key("bob"), "bob")
-    for each in (a, b, c, held, other):
-        assert await each.send(entry(log, "t1")) == [1]
-    counting = _Counting(log)
-    group = GroupCommit(counting)  # type: ignore[arg-type]
-
-    def ask(connection: Connection, *texts: str, is_held: bool = False) -> AppendRequest:
-        entries = [entry(log, text) for text in texts]
-        return AppendRequest(
-            connection.key,
-            entries,
-            connection.epoch,
-            connection.cursor,
-            connection.since,
-            connection=connection.name,
-            held=is_held,
-        )
-
-    requests = [ask(a, "t2"), ask(held, "t2", is_held=True), ask(b, "t2"), ask(c, "t2", "t3"), ask(other, "t2")]
-    results = await group.append(requests)
-    assert [r.seqs for r in results] == [[2], [2], [2], [2, 3], [2]]
-    assert len({r.epoch for r in results[:4]}) == 1
-    assert counting.sent == 4  # b's copy went with a's
-    replay = await log.replay(key(), 0, None, "reader")
-    assert [seq for seq, _ in replay.frames] == [1, 2, 3]
-    # a live tab logged t2 (b did not call the log): the held tab still hears of another connection
-    held.epoch, held.cursor = results[1].epoch, 2
-    (after,) = await log.append([ask(held, "t3", is_held=True)])
-    assert after.seqs == [3]
-    assert after.others_ms > 0

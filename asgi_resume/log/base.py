@@ -282,7 +282,7 @@ class GroupCommit:
     async def _run(self, batch: list[tuple[Sequence[AppendRequest], asyncio.Future[list[AppendResult]]]]) -> None:
         merged = [request for requests, _ in batch for request in requests]
         try:
-            results = await (self._append_copies_once(merged) if len(merged) > 1 else self.log.append(merged))
+            results = await self.log.append(merged)
         except Exception as exc:  # noqa: BLE001 - every caller gets the failure
             for _, future in batch:
                 if not future.done():
@@ -294,41 +294,3 @@ class GroupCommit:
             if not future.done():
                 future.set_result(results[start : start + len(requests)])
             start += len(requests)
-
-    async def _append_copies_once(self, requests: list[AppendRequest]) -> list[AppendResult]:
-        """Log ``requests``, sending copies once: the requests of live tabs of one principal that
-        stand at the same entry of a stream and carry the same frames (a room's copies of an emit,
-        when they reach the log together, before any of them was learned).
-
-        The log runs requests in order, so such a copy would match what the first one appended or
-        matched, entry for entry: it gets that result without a call. Only the first one touches the
-        key, which tells a held tab its stream was taken over, as the copies' calls would have.
-        Requests that could be answered otherwise (held, a stream starting a new epoch, a first
-        frame, frames passed over) always go to the log.
-        """
-        first: dict[tuple[StreamKey, str, int, tuple[str, ...]], int] = {}
-        sent: list[AppendRequest] = []
-        answered_by: list[int] = []  # for each request, the index of the one sent for it
-        new_epochs = {request.key for request in requests if request.reset}  # (their order matters)
-        for request in requests:
-            if request.held or request.skipped or request.cursor_epoch is None or request.key in new_epochs:
-                answered_by.append(len(sent))
-                sent.append(request)
-                continue
-            copy_of = (request.key, request.cursor_epoch, request.cursor_seq, tuple(e.digest for e in request.entries))
-            index = first.get(copy_of)
-            if index is None:
-                index = first[copy_of] = len(sent)
-                sent.append(request)
-            answered_by.append(index)
-        if len(sent) == len(requests):
-            return await self.log.append(requests)
-        results = await self.log.append(sent)
-        return [
-            results[index] if request is sent[index] else _copy_result(results[index])
-            for request, index in zip(requests, answered_by, strict=True)
-        ]
-
-
-def _copy_result(result: AppendResult) -> AppendResult:
-    return AppendResult(result.epoch, list(result.seqs), result.others_ms, result.failed)
