@@ -56,10 +56,15 @@ class RecentEntries:
         floors = self._floors
         if floors and now_ms <= floors.get(key, -1):
             return  # its log call may have come before the hold began: it took nothing over from it
-        known = self._keys.get(key)
         first = seqs[0]
-        if known is not None and known.epoch == epoch and first == known.base + len(known.digests):
-            if seqs[-1] - first == len(seqs) - 1 and (len(seqs) < 3 or min(seqs) > 0):  # what follows (common)
+        if first <= 0 or seqs[-1] - first != len(seqs) - 1 or (len(seqs) > 2 and min(seqs) <= 0):
+            return  # not contiguous (passed over, out of order): remember nothing rather than something wrong
+        known = self._keys.get(key)
+        if known is not None and known.epoch == epoch:
+            end = known.base + len(known.digests)
+            if first < end:
+                return  # copies of entries kept already: nothing new
+            if first == end:  # what follows the entries kept (the common case)
                 known.digests += [entry.digest for entry in entries]
                 known.at_ms = now_ms
                 if len(known.digests) > 2 * self._max_entries:
@@ -67,10 +72,6 @@ class RecentEntries:
                     del known.digests[:drop]
                     known.base += drop
                 return
-        elif known is not None and known.epoch == epoch and first < known.base + len(known.digests):
-            return  # copies of entries kept already (or out of order): nothing new
-        if first <= 0 or seqs[-1] - first != len(seqs) - 1 or (len(seqs) > 2 and min(seqs) <= 0):
-            return  # not contiguous (passed over, out of order): remember nothing rather than something wrong
         if known is None and len(self._keys) >= MAX_KEYS:
             del self._keys[next(iter(self._keys))]  # (the oldest added: no reordering on the hot path)
         kept = self._max_entries
