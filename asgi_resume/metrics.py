@@ -1,6 +1,6 @@
 """Prometheus metrics, read from the runtime's counters when scraped (nothing on the hot path).
 
-Owns: turning :class:`~asgi_resume.pipeline.runtime.Stats` into metric families, and answering the scrape
+Owns: turning :class:`~asgi_resume.stats.Stats` into metric families, and answering the scrape
 at ``ASGI_RESUME_METRICS``. Needs the ``metrics`` extra (``prometheus-client``). Must not touch:
 anything but reading the counters.
 """
