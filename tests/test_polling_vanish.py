@@ -312,6 +312,44 @@ async def test_a_stream_whose_polling_client_stopped_polling_resumes_with_a_gap(
     await alice.aclose()
 
 
+async def test_a_stream_whose_polling_client_went_silent_resumes_with_a_gap_before_the_ping_timeout(
+    served: Served,
+) -> None:
+    """Its network dropped without a close; the user's other tab resumes long before python-engineio's
+    ping timeout (45 s here) ends the session: the frames queued for the silent client are in no log.
+    It used to answer ``gap: false`` and a history without them until that timeout."""
+    alice, last = await follow(served, "alice", "s", 3)
+    sid = sid_of(served.sio, "alice")
+    with watch_logs() as logs:
+        await emit_tokens(served.sio, "alice", "s", 4, 8)  # queued for alice, who polls no more
+        await logs.wait_for("sent no request for", timeout=10)
+    assert sid_of(served.sio, "alice") == sid  # python-engineio still waits for her
+    answer = await resumed_by_a_new_tab(served, "s", last, 9)
+    assert answer["ok"] is True
+    assert answer["gap"] is True
+    assert answer["epoch"] != last["epoch"]
+    await alice.aclose()
+
+
+async def test_a_silent_polling_client_that_comes_back_continues_its_stream(served: Served) -> None:
+    """Silent long enough to be flagged, then back (a slow network): nothing was lost, and its own
+    next GET logs what waited for it in the same epoch, so a resume afterwards has no gap."""
+    alice, last = await follow(served, "alice", "s", 3)
+    with watch_logs() as logs:
+        await emit_tokens(served.sio, "alice", "s", 4, 8)
+        await logs.wait_for("sent no request for", timeout=10)
+    await alice.collect(is_event, 5)
+    frames = event_args(alice.events)
+    assert [f["seq"] for f in frames] == list(range(1, 9))
+    assert {f["epoch"] for f in frames} == {last["epoch"]}
+    answer = await resumed_by_a_new_tab(served, "s", last, 9)
+    assert answer["ok"] is True
+    assert answer["gap"] is False
+    assert answer["epoch"] == last["epoch"]
+    assert (answer["replayed"], answer["last_seq"]) == (7, 10)  # tok4-8 as alice got them, then tok9 and tok10
+    await alice.aclose()
+
+
 async def test_a_stream_whose_polling_client_said_goodbye_mid_stream_resumes_with_a_gap(served: Served) -> None:
     """socket.disconnect() mid-stream (a closed tab): the app forgets the connection at once."""
     alice, last = await follow(served, "alice", "s", 3)

@@ -299,6 +299,11 @@ class Outbound:
             and (self.session.was_replayed(unit.stream, unit.epoch, unit.seq))
         )
 
+    async def away(self, last_seen: float) -> list[StreamKey]:
+        """Its client has probably gone (a polling client that stopped polling): the streams in
+        flight then are flagged (returned; see :meth:`StreamWriter.flag`), nothing else changes."""
+        return await self.streams.flag(last_seen)
+
     async def release(self, handed_over: bool = False, *, last_seen: float | None = None) -> list[StreamKey]:
         """The connection is over: its recovery sessions closed, the streams it left in flight
         flagged (returned; see :meth:`StreamWriter.release`)."""

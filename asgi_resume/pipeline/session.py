@@ -62,7 +62,7 @@ class Polling:
     silence_s: float = 0.0  # Engine.IO's ping interval + timeout: a client silent so long is gone (0: unknown)
     requests: int = 0  # its requests the app is serving now
     seen_at: float = 0.0  # monotonic time the last of them ended
-    timer: asyncio.TimerHandle | None = None  # fires when it has been silent for silence_s
+    timer: asyncio.TimerHandle | None = None  # fires when it has been silent for AWAY_S, then for silence_s
     released: bool = False  # let go (until the app answers one of its requests again)
     over: bool = False  # a CLOSE ended the session, one way or the other: nothing more to watch
     goodbye: bool = False  # its client POSTed a CLOSE

@@ -186,15 +186,20 @@ class StreamWriter:
         polling a while ago): streams in flight then are the ones it left. ``unflushed``: stream
         frames fed and never flushed (the connection was cut): nobody waits for them.
         """
-        session = self.session
         for unit in unflushed:
             self.runtime.order.logged(unit.stream, unit.order)  # type: ignore[arg-type]  # (stream units)
-        orphaned = [] if handed_over else session.active_streams(self.runtime.settings.hold_idle, last_seen)
+        return [] if handed_over else await self.flag(last_seen)
+
+    async def flag(self, last_seen: float | None = None) -> list[StreamKey]:
+        """Flag the streams in flight here as of ``last_seen`` (returned): whoever logs one next
+        without having followed it starts a new epoch, and a resume meanwhile says ``gap``. This
+        connection's own next append continues the epoch (it follows the stream) and unflags it."""
+        orphaned = self.session.active_streams(self.runtime.settings.hold_idle, last_seen)
         if not orphaned:
             return []
         guard = self.runtime.guard
         try:
-            await guard.call(guard.deadlines.write, self.log.release, orphaned, session.id)
+            await guard.call(guard.deadlines.write, self.log.release, orphaned, self.session.id)
         except LogUnavailable:
             return []  # a newcomer then continues the epoch: what was lost meanwhile is not flagged
         return orphaned

@@ -1,8 +1,9 @@
 """Is a long-polling session's client still there? No connection close tells it here.
 
 Owns: counting the requests of a session's client while the app serves them, the timer that
-notices a client silent for Engine.IO's ping interval + timeout (python-engineio has given up on it
-then), and releasing a session whose client is gone as a closed websocket's connection is. The
+notices a client silent for ``AWAY_S`` (probably gone: its streams in flight are flagged) and then
+for Engine.IO's ping interval + timeout (python-engineio has given up on it), and releasing a
+session whose client is gone as a closed websocket's connection is. The
 other signals (the client left mid-poll, a CLOSE, a refused sid) come from the GET and POST
 handlers. Must not touch: bodies, frames.
 """
@@ -19,6 +20,14 @@ from asgi_resume.pipeline.outbound import Outbound
 from asgi_resume.pipeline.runtime import Runtime
 
 logger = logging.getLogger("asgi_resume")
+
+# A polling client always has a GET waiting in python-engineio but for the round trip between a
+# response and its next GET: one that sent no request for this long has probably lost its network.
+# What the app sends it meanwhile waits in python-engineio's queue, in no log, so its streams in
+# flight are flagged then (a resume from another tab says ``gap``; a newcomer starts a new epoch)
+# rather than at python-engineio's ping timeout (45 s by default). If it comes back, its own next
+# append continues the epoch and unflags them.
+AWAY_S = 2.0
 
 
 class ClientRequest:
@@ -42,9 +51,22 @@ class ClientRequest:
             return
         polling.requests -= 1
         polling.seen_at = time.monotonic()
-        if polling.requests or polling.over or polling.released or session.upgraded or not polling.silence_s:
+        if polling.requests or polling.over or polling.released or session.upgraded:
             return
-        polling.timer = asyncio.get_running_loop().call_later(polling.silence_s, self._silent)
+        away_s = min(AWAY_S, polling.silence_s) if polling.silence_s else AWAY_S
+        polling.timer = asyncio.get_running_loop().call_later(away_s, self._away)
+
+    def _away(self) -> None:
+        """No request for ``AWAY_S``: flag the streams in flight; later, the ping timeout lets it go."""
+        polling = self.outbound.session.polling
+        assert polling is not None
+        polling.timer = None
+        if polling.requests or self.runtime.closing:
+            return
+        self.runtime.in_background(flag_away(self.outbound))
+        if polling.silence_s:
+            rest = max(0.0, polling.silence_s - AWAY_S)
+            polling.timer = asyncio.get_running_loop().call_later(rest, self._silent)
 
     def _silent(self) -> None:
         """No request for Engine.IO's ping interval + timeout: python-engineio has given up on it too."""
@@ -80,6 +102,24 @@ async def let_go(runtime: Runtime, outbound: Outbound, reason: str, *, over: boo
         )
     else:
         logger.debug("client of polling session %s is gone (%s)", polling.sid, reason)
+
+
+async def flag_away(outbound: Outbound) -> None:
+    """The client of this polling session sent no request for ``AWAY_S``: flag its streams in flight."""
+    session, polling = outbound.session, outbound.session.polling
+    if polling is None or session.upgraded or polling.released or polling.requests:
+        return
+    async with outbound.lock:  # after any response being rewritten: what it carries is logged first
+        with anyio.CancelScope(shield=True):
+            flagged = await outbound.away(polling.seen_at)
+    if flagged:
+        streams = [key.stream for key in flagged[:5]]
+        logger.info(
+            "client of polling session %s sent no request for %.0f s: streams in flight %s flagged",
+            polling.sid,
+            AWAY_S,
+            streams,
+        )
 
 
 def silence_s(opening: dict[str, object]) -> float:
