@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from asgi_resume import ResumeMiddleware
 from asgi_resume.log import StreamLog
-from asgi_resume.log.base import CLAIM_SLACK_MS, LogLimits, SessionAppend, new_epoch
+from asgi_resume.log.base import CLAIM_SLACK_MS, LogLimits, SessionAppend, new_generation
 from asgi_resume.log.memory import MemoryLog
 from asgi_resume.log.redis import RedisLog
 from asgi_resume.transport.engineio import query_param
@@ -382,13 +382,13 @@ async def test_a_claim_reads_a_fetching_owners_log_only_once_it_logged_past_the_
     log: StreamLog, fetched: bool
 ) -> None:
     """A silent websocket had nothing to log; a polling client that stopped fetching may have had."""
-    pid, gen, principal = "p" * 24, new_epoch(), "alice-hash"
+    pid, gen, principal = "p" * 24, new_generation(), "alice-hash"
 
     def batch(owner: str, text: str, flushed_ms: int) -> SessionAppend:
         return SessionAppend(pid, gen, owner, principal, "/", [(log.now_ms(), [text])], flushed_ms, fetched)
 
     assert [r.status for r in await log.session_append([batch("old", "a", log.now_ms())])] == ["ok"]
-    assert (await log.session_claim(pid, principal, gen, "new", new_epoch(), 60_000)).status == "ok"
+    assert (await log.session_claim(pid, principal, gen, "new", new_generation(), 60_000)).status == "ok"
     assert (await log.session_read(pid, gen, 0, False)).status == "wait"
     forced = await log.session_read(pid, gen, 0, True)
     if not fetched:

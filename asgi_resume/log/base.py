@@ -16,23 +16,22 @@ from typing import Literal, NamedTuple, Protocol
 #: stamped text frame is ``head + fields + tail`` (see ``protocol.StampTemplate``).
 Payload = list[str | bytes]
 
-_EPOCH_ALPHABET = string.ascii_letters + string.digits
-#: every pair of the alphabet's characters: an epoch is four of them, picked by 16 random bits each
-_EPOCH_PAIRS = [a + b for a in _EPOCH_ALPHABET for b in _EPOCH_ALPHABET]
+_NAME_ALPHABET = string.ascii_letters + string.digits
+#: every pair of the alphabet's characters: a name (epoch, generation) is four of them, picked by 16 random bits each
+_NAME_PAIRS = [a + b for a in _NAME_ALPHABET for b in _NAME_ALPHABET]
 #: a generator of its own, seeded from the system's randomness (again in a forked worker): an epoch
 #: is drawn for every Redis append request, in case the script starts a history with it
-_epoch_random = random.Random()
-os.register_at_fork(after_in_child=_epoch_random.seed)
+_names_random = random.Random()
+os.register_at_fork(after_in_child=_names_random.seed)
 #: Copies of one emit reach a principal's connections within this much of each other (fan-out
 #: between workers included); an entry received further apart is another emit with the same bytes.
 COPY_WINDOW_MS = 1000
 
 
-def new_epoch() -> str:
-    """A fresh epoch: names one history of a stream, changes when the log is lost."""
-    # epochs tell histories apart, they guard nothing: no system call per epoch (one was 1 µs of
-    # every Redis append request)
-    bits, pairs = _epoch_random.getrandbits(64), _EPOCH_PAIRS
+def _fresh_name() -> str:
+    """Eight characters drawn at random: names a history, guards nothing."""
+    # no system call per name (one was 1 µs of every Redis append request)
+    bits, pairs = _names_random.getrandbits(64), _NAME_PAIRS
     n = len(pairs)
     return (
         pairs[(bits & 0xFFFF) % n]
@@ -40,6 +39,17 @@ def new_epoch() -> str:
         + pairs[(bits >> 32 & 0xFFFF) % n]
         + pairs[(bits >> 48) % n]
     )
+
+
+def new_epoch() -> str:
+    """A fresh epoch: names one history of a stream, changes when the log is lost."""
+    return _fresh_name()
+
+
+def new_generation() -> str:
+    """A fresh generation: names one connection's part of a recovery session's log (a claim
+    starts a new one, so that the old connection's late frames cannot land in the new one's)."""
+    return _fresh_name()
 
 
 class LogUnavailable(Exception):

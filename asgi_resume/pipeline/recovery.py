@@ -21,7 +21,7 @@ import anyio
 
 from asgi_resume import protocol
 from asgi_resume.log import LogUnavailable, StreamKey
-from asgi_resume.log.base import Note, Payload, SessionAppend, new_epoch
+from asgi_resume.log.base import Note, Payload, SessionAppend, new_generation
 from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.pipeline.session import RecoveryState, Session
 from asgi_resume.pipeline.units import EventUnit, Outgoing, stamp_fields
@@ -135,7 +135,7 @@ class Recovery:
         ns = packet.namespace
         state = self.states[ns]
         state.awaiting_reply = False
-        new_gen = new_epoch()
+        new_gen = new_generation()
         replay: list[Outgoing] = []
         recovered = False
         if state.claim is not None:
