@@ -1,21 +1,24 @@
 """The websocket transport and the pipeline together, in one process: no sockets, no server.
 
-    python -m benchmarks.transport [--frames 2000] [--tabs 50] [--repeat 5]
+    python -m benchmarks.transport [--frames 2000] [--tabs 50] [--repeat 5] [--redis]
 
 A stand-in for python-engineio drives the ASGI websocket interface as python-socketio's server
 does: per connection, a queue the app's emits are put on and a writer task that takes what is
 queued and calls ``send`` once per packet (``engineio.async_socket``'s writer). The same stand-in
-runs bare and wrapped (memory log) in one run, so the difference is the middleware's own work on
-the way a frame takes through ``ResumeMiddleware`` (the ``send`` wrapper, the writer task, the
-batch, the log), without uvicorn, the client and the kernel that the server benchmarks add and
-share two cores with. Prints CPU µs per delivery (best of ``--repeat``) for one tab at saturation
-and for a room of ``--tabs`` tabs of one principal and of as many principals.
+runs bare and wrapped (memory log; ``--redis``: a Redis log on a redis-server of its own) in one
+run, so the difference is the middleware's own work on the way a frame takes through
+``ResumeMiddleware`` (the ``send`` wrapper, the writer task, the batch, the log), without uvicorn,
+the client and the kernel that the server benchmarks add and share two cores with (nor
+redis-server's own CPU). Prints CPU µs per delivery (best of ``--repeat``) for one tab at
+saturation and for a room of ``--tabs`` tabs of one principal and of as many principals.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import itertools
 import json
 import logging
 import time
@@ -24,6 +27,9 @@ from typing import Any
 import uvloop
 
 from asgi_resume import ResumeMiddleware
+from benchmarks.common import redis_server
+
+_prefixes = itertools.count()
 
 
 def token(i: int) -> str:
@@ -98,10 +104,13 @@ async def connect(app: Any, principal: str, tally: Tally) -> None:
     asyncio.get_running_loop().create_task(app(scope, receive, send))
 
 
-async def run(wrapped: bool, tabs: int, principals: int, frames: int) -> float:
+async def run(wrapped: bool, tabs: int, principals: int, frames: int, redis_url: str | None = None) -> float:
     """CPU µs per delivery: ``frames`` emits to ``tabs`` connections of ``principals`` principals."""
     engine = FakeEngineIO()
-    app: Any = ResumeMiddleware(engine, principal="auth:room") if wrapped else engine
+    options: dict[str, Any] = {}
+    if redis_url:
+        options = {"redis_url": redis_url, "key_prefix": f"bench{next(_prefixes)}", "secret": "bench"}
+    app: Any = ResumeMiddleware(engine, principal="auth:room", **options) if wrapped else engine
     tally = Tally()
     for i in range(tabs):
         await connect(app, f"p{i % principals}", tally)
@@ -120,26 +129,34 @@ async def run(wrapped: bool, tabs: int, principals: int, frames: int) -> float:
     await asyncio.gather(*engine.ready)
     await asyncio.wait_for(tally.reached.wait(), 60)  # the middleware's writers send what they have
     cpu = time.process_time() - start
+    if wrapped:
+        await app.runtime.aclose()
     return cpu / (frames * tabs) * 1e6
 
 
 async def main() -> None:
-    logging.getLogger("asgi_resume").setLevel(logging.WARNING)  # (its start-up line, once per run)
+    # (its start-up line, once per run; and the log's end under connections left open at exit)
+    logging.getLogger("asgi_resume").setLevel(logging.ERROR)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=2000, help="emits per case (twenty times as many to one tab)")
     parser.add_argument("--tabs", type=int, default=50)
     parser.add_argument("--repeat", type=int, default=5, help="runs per case; the best is kept")
+    parser.add_argument(
+        "--redis", action="store_true", help="a Redis log (a redis-server of its own) instead of memory"
+    )
     args = parser.parse_args()
     cases = [
         ("1 tab", 1, 1, args.frames * 20),
         (f"{args.tabs} tabs, 1 principal", args.tabs, 1, args.frames),
         (f"{args.tabs} tabs, {args.tabs} principals", args.tabs, args.tabs, args.frames),
     ]
-    print("transport + pipeline (memory log), CPU µs per delivery, best of", args.repeat)
-    for name, tabs, principals, frames in cases:
-        bare = min([await run(False, tabs, principals, frames) for _ in range(args.repeat)])
-        mine = min([await run(True, tabs, principals, frames) for _ in range(args.repeat)])
-        print(f"  {name:<28} bare {bare:6.2f}  wrapped {mine:6.2f}  (+{mine - bare:.2f})")
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(redis_server()).url if args.redis else None
+        print(f"transport + pipeline ({'Redis' if url else 'memory'} log), CPU µs per delivery, best of", args.repeat)
+        for name, tabs, principals, frames in cases:
+            bare = min([await run(False, tabs, principals, frames) for _ in range(args.repeat)])
+            mine = min([await run(True, tabs, principals, frames, url) for _ in range(args.repeat)])
+            print(f"  {name:<28} bare {bare:6.2f}  wrapped {mine:6.2f}  (+{mine - bare:.2f})")
 
 
 if __name__ == "__main__":
