@@ -6,10 +6,12 @@ Both logs; a hand-written polling client (exact packets and headers) and the off
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any
 
 import pytest
+import websockets
 
 from tests.conftest import Stack
 from tests.support.app import PacedStream, chat_event, emit_tokens, room_of
@@ -113,3 +115,30 @@ async def test_node_client_upgrades_from_polling_mid_stream(stack: Stack) -> Non
     assert transports[-1] == "websocket"
     assert transports == sorted(transports)  # polling, then websocket: never back
     assert finished["contents"] == stream.expected
+
+
+@pytest.mark.parametrize("probe", ["answered-then-closed", "not-a-probe"])
+async def test_a_failed_upgrade_leaves_the_polling_session_as_it_was(stack: Stack, probe: str) -> None:
+    """The upgrade websocket dies (a proxy that breaks websockets) and the client goes on polling, as
+    socket.io-client falls back to. The probe used to be held like a dropped tab (python-engineio then
+    stayed "upgrading" and answered every GET with a NOOP for 20 s and more) and to end the session
+    here: its frames went out unstamped and its resume requests reached the app."""
+    alice = await PollingClient(stack.url).open({"token": "alice"})
+    await emit_tokens(stack.sio, "alice", "s", 1, 3)
+    before = event_args(await alice.collect(is_event, 3))
+    url = stack.url.replace("http://", "ws://") + f"/socket.io/?EIO=4&transport=websocket&sid={alice.sid}"
+    async with websockets.connect(url, ping_interval=None) as ws:
+        if probe == "answered-then-closed":
+            await ws.send("2probe")
+            assert await ws.recv() == "3probe"
+        else:
+            await ws.send("2notaprobe")  # python-engineio closes it: "failed websocket upgrade"
+            with contextlib.suppress(websockets.ConnectionClosed):
+                await ws.recv()
+    await emit_tokens(stack.sio, "alice", "s", 4, 8)
+    after = event_args(await asyncio.wait_for(alice.collect(is_event, 5), 10))
+    assert [e["seq"] for e in before + after] == list(range(1, 9))
+    assert {e["epoch"] for e in before + after} == {before[0]["epoch"]}
+    seqs, answer = await asyncio.wait_for(resume_over_polling(alice, {"message_id": "s", "last_seq": 6}), 10)
+    assert (seqs, answer["ok"], answer["gap"]) == ([7, 8], True, False)
+    await alice.aclose()

@@ -104,10 +104,11 @@ class WebSocketConnection:
                     await self._enqueue(_END)  # the writer sends what is queued, then ends
                     self.hold.end("the app ended the connection")
         finally:
-            if self.sid:
-                self.sessions.remove(self.sid, self.outbound)
-            with anyio.CancelScope(shield=True):
-                await self.outbound.release(handed_over=self.hold.handed_over)
+            if not self._probing:  # (a probe that never became the transport ends nothing: polling goes on)
+                if self.sid:
+                    self.sessions.remove(self.sid, self.outbound)
+                with anyio.CancelScope(shield=True):
+                    await self.outbound.release(handed_over=self.hold.handed_over)
 
     # -- app -> client -------------------------------------------------------------------
 
@@ -307,6 +308,10 @@ class WebSocketConnection:
             # uvicorn closes open websockets with 1012 when it shuts down, and then waits for every
             # connection's task: held ones must end now, or shutdown would wait for them
             self.holds.shut_down()
+            return False
+        if self._probing:
+            # an upgrade probe the client never switched to: its session goes on by long-polling
+            # (holding it would keep python-engineio "upgrading", answering every GET with a NOOP)
             return False
         if self._tg is None or not self.accepted or not self.hold.start(self.runtime.log.now_ms(), self.sid):
             return False
