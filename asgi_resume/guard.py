@@ -5,7 +5,9 @@ callers from waiting on a log that just failed (for ``RETRY_AFTER_S``, then it i
 and the failures: counted in one place (``Stats.log_failures``) and reported as one throttled
 warning line, and one line when the log answers again. A call that fails or passes its deadline
 raises :class:`~asgi_resume.log.LogUnavailable`; callers decide what that costs (frames sent
-unstamped, a resume answered ``unavailable``). Must not touch: what the calls mean.
+unstamped, a resume answered ``unavailable``). A call the log refused on its own keys
+(:class:`~asgi_resume.log.LogRefused`) is counted and said, and opens no breaker. Must not touch:
+what the calls mean.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar, TypeVarTuple
 
-from asgi_resume.log import LogUnavailable, StreamLog
+from asgi_resume.log import LogRefused, LogUnavailable, StreamLog
 from asgi_resume.stats import Stats, Throttle, fault
 
 logger = logging.getLogger("asgi_resume")
@@ -88,6 +90,9 @@ class LogGuard:
             else:
                 self.stats.log_failures += 1
             raise LogUnavailable("timed out") from None
+        except LogRefused as exc:
+            self.refused(str(exc))
+            raise
         except LogUnavailable as exc:
             self.failed(str(exc) or type(exc).__name__)
             raise
@@ -111,6 +116,19 @@ class LogGuard:
                 reason,
                 skipped + 1,
                 extra=fault("log_unavailable", reason=reason, failures=skipped + 1),
+            )
+
+    def refused(self, reason: str) -> None:
+        """One call failed on its own keys while the log answers: counted and said (throttled); the
+        breaker stays closed, so one user's broken key does not switch the log off for the others."""
+        self.stats.log_failures += 1
+        skipped = self._throttle.allow("log_refused")
+        if skipped is not None:
+            logger.warning(
+                "stream log refused a call (%s); other calls go on (%d refusals)",
+                reason,
+                skipped + 1,
+                extra=fault("log_refused", reason=reason, refusals=skipped + 1),
             )
 
     def failed_alone(self) -> None:

@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 
 from tests.support.app import PacedStream, chat_event, emit_tokens, make_app, make_sio, room_of
 from tests.support.raw import RawClient
@@ -162,3 +163,44 @@ async def test_a_redis_hang_during_a_resume_storm_stalls_a_bystander_no_longer_t
         server.resume() if server.process else None
         server.stop()
         await app.runtime.aclose()
+
+
+@pytest.mark.parametrize("calls", ["resumes", "appends"])
+async def test_one_broken_key_does_not_switch_the_log_off_for_others(tmp_path: Path, calls: str) -> None:
+    """A string where alice's stream meta hash should be (a prefix clash, a corrupted store): her
+    calls fail with WRONGTYPE. They used to open the breaker for everyone: a bystander got 76 of 100
+    live frames unstamped and a new epoch while alice resumed twice a second."""
+    server = RedisServer(tmp_path / "poisoned").start()
+    sio = make_sio()
+    prefix = f"f{next(_prefixes)}"
+    app = make_app(sio, redis_url=server.url, key_prefix=prefix, secret="s")
+    redis = aioredis.Redis.from_url(server.url)
+    try:
+        async with serve(app) as url:
+            alice = await RawClient(url, auth={"token": "alice"}).connect()
+            bob = await RawClient(url, auth={"token": "bob"}).connect()
+            await emit_tokens(sio, "alice", "a", 1, 3)
+            await alice.wait_seqs("a", 3)
+            (meta,) = await redis.keys(f"{prefix}:*:meta")
+            await redis.delete(meta)
+            await redis.set(meta, "poison")
+            for i in range(1, 61):
+                await sio.emit("events", chat_event("b", i), room=room_of("bob"))
+                await bob.wait_seqs("b", i)  # one at a time: each is logged after what alice did before
+                if calls == "resumes" and i % 10 == 0:
+                    answer = await alice.request("resume-stream", {"message_id": "a", "last_seq": 0}, ack_id=i)
+                    assert (answer["ok"], answer["error"]) == (False, "unavailable")
+                elif calls == "appends":
+                    await sio.emit("events", chat_event("a", 3 + i), room=room_of("alice"))
+            seqs = await bob.wait_seqs("b", 60)
+            assert seqs == list(range(1, 61))  # every frame stamped, one epoch
+            assert len({e["epoch"] for e in bob.events()}) == 1
+            answer = await bob.request("resume-stream", {"message_id": "b", "last_seq": 0}, ack_id=1)
+            assert (answer["ok"], answer["replayed"], answer["gap"]) == (True, 60, False)
+            assert app.runtime.guard.available()
+            assert app.runtime.stats.log_failures > 0  # (alice's calls did fail)
+            await alice.close()
+            await bob.close()
+    finally:
+        await redis.aclose()
+        server.stop()

@@ -56,6 +56,11 @@ class LogUnavailable(Exception):
     """The log backend could not be reached or did not answer in time."""
 
 
+class LogRefused(LogUnavailable):
+    """The log answered, but this one call failed on its own keys (a key of the wrong type, left by
+    a prefix clash or a corrupted store): the log is not down for anyone else."""
+
+
 class LogUnsupported(LogUnavailable):
     """The log backend answers but cannot run this log (a Redis older than the scripts need)."""
 

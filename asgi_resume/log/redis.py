@@ -18,7 +18,7 @@ from typing import Any
 
 import msgpack
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.utils import HIREDIS_AVAILABLE
 
 from asgi_resume.log.base import (
@@ -29,6 +29,7 @@ from asgi_resume.log.base import (
     AppendResult,
     Claim,
     LogLimits,
+    LogRefused,
     LogUnavailable,
     LogUnsupported,
     Note,
@@ -211,7 +212,9 @@ class RedisLog:
         """EVALSHA ``script`` for each call in one pipelined round trip; load it on NOSCRIPT.
 
         ``isolated``: a call that failed on its own gives its exception in its place, instead of
-        failing them all (a connection lost, the server gone, still fails them all).
+        failing them all (a connection lost, the server gone, still fails them all). Otherwise a
+        call's own error (a plain ``ResponseError``: its script failed on its keys) raises
+        :class:`LogRefused`, any other :class:`LogUnavailable`.
         """
         source, sha = self._scripts[script]
         self._check_open()
@@ -233,6 +236,8 @@ class RedisLog:
             raise LogUnavailable(str(exc) or type(exc).__name__) from exc
         if not isolated:
             for reply in replies:
+                if type(reply) is ResponseError:  # (not READONLY, LOADING, OOM...: those are the server's state)
+                    raise LogRefused(str(reply)) from reply
                 if isinstance(reply, Exception):
                     raise LogUnavailable(str(reply)) from reply
         return replies
@@ -242,8 +247,10 @@ class RedisLog:
             keys, args = calls[0]
             try:
                 return [await self.client.evalsha(sha, len(keys), *keys, *args)]
-            except NoScriptError as exc:
-                return [exc]
+            except ResponseError as exc:  # the call's own answer, as a pipeline gives it in its place
+                if isinstance(exc, NoScriptError) or type(exc) is ResponseError:
+                    return [exc]
+                raise
         if isinstance(self.client, RedisCluster):
             # redis-py's cluster pipeline refuses EVALSHA: send the calls side by side instead
             # (one round trip to each node that holds one of their slots)
