@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -214,3 +215,27 @@ def test_a_member_the_app_already_set_is_replaced() -> None:
     result = protocol.parse(protocol.with_member(frame, packet, "pid", ""))
     assert result is not None
     assert result.data == {"pid": "", "sid": "s"}
+
+
+@pytest.mark.parametrize(
+    ("frame", "named"),
+    [
+        ('42["resume-stream",{}]', True),
+        ('421234567890123456789["resume-stream",{}]', True),  # an ack id parse() refuses
+        ('42/admin,7[ \n"resume-stream"', True),  # broken JSON after the name
+        ('42["resume\\u002dstream",{}]', True),  # the name in JSON escapes, as python-socketio reads it
+        ('4512-9["\\u0072esume-stream"]', True),
+        ('42["resume-streams",{}]', False),
+        ('42["resume\\u002dstreams",{}]', False),
+        ('42["resume\\u002', False),
+        ('42[5,"resume-stream"]', False),
+        ('43["resume-stream"]', False),
+    ],
+)
+def test_names_event_reads_the_name_as_python_socketio_does(frame: str, named: bool) -> None:
+    assert protocol.names_event(frame, "resume-stream") is named
+
+
+def test_declared_attachments_are_read_from_a_head_parse_refuses() -> None:
+    assert protocol.declared_attachments('451001-["resume-stream",{}]') == 1001
+    assert protocol.declared_attachments('42["resume-stream",{}]') == 0

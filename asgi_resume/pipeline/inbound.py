@@ -34,7 +34,9 @@ async def inspect(runtime: Runtime, session: Session, frame: str) -> ResumeReque
         packet = protocol.parse(frame)
         if packet is None:
             if frame[:2] in protocol.EVENT_HEADS and protocol.names_event(frame, runtime.settings.resume_event):
-                # unreadable (an ack id python-socketio would never send, broken JSON): still ours
+                # unreadable (an ack id python-socketio would never send, broken JSON): still ours,
+                # and so are the attachments it says follow it
+                session.drop_attachments += protocol.declared_attachments(frame)
                 return ResumeRequest(protocol.namespace_of(frame), None, error=UNREADABLE)
             return None
         if packet.type == protocol.CONNECT:

@@ -177,14 +177,38 @@ def concerns_session(frame: str) -> bool:
 _NAMESPACE = re.compile(r"4[25](?:\d+-)?(/[^,]*),")
 
 
-@functools.lru_cache(maxsize=4)
-def _event_pattern(event: str) -> re.Pattern[str]:
-    return re.compile(r"4[25](?:\d+-)?(?:/[^,]*,)?\d*\[\s*" + re.escape(json.dumps(event)))
+# an EVENT's head up to its name: type, attachment count, namespace, ack id (of any length), "["
+_EVENT_HEAD = re.compile(r"4[25](?:(\d+)-)?(?:/[^,]*,)?\d*\[[ \t\r\n]*")
+_JSON = json.JSONDecoder()
 
 
 def names_event(frame: str, event: str) -> bool:
-    """Does an EVENT frame, even one :func:`parse` refuses, name ``event``? (Looks at its head only.)"""
-    return _event_pattern(event).match(frame[:512]) is not None
+    """Does an EVENT frame, even one :func:`parse` refuses, name ``event``? As python-socketio reads
+    it: a name written with JSON escapes (``"resume\\u002dstream"``) is that name too."""
+    head = _EVENT_HEAD.match(frame)
+    if head is None:
+        return False
+    start = head.end()
+    if frame.startswith(_quoted(event), start):
+        return True
+    if frame[start : start + 1] != '"' or "\\" not in frame[start : start + len(event) * 6 + 2]:
+        return False  # (no escape where the name is: it is another name)
+    try:
+        name, _ = _JSON.raw_decode(frame, start)
+    except ValueError:
+        return False
+    return bool(name == event)
+
+
+@functools.lru_cache(maxsize=4)
+def _quoted(event: str) -> str:
+    return json.dumps(event)
+
+
+def declared_attachments(frame: str) -> int:
+    """How many binary attachments a BINARY_EVENT's head says follow it, even one :func:`parse` refuses."""
+    head = _EVENT_HEAD.match(frame)
+    return int(head.group(1)) if head is not None and head.group(1) else 0
 
 
 def namespace_of(frame: str) -> str:
