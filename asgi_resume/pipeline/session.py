@@ -26,6 +26,10 @@ from asgi_resume.protocol.recovery import ClaimRequest
 _AMBIGUOUS = "\x00ambiguous"  # a pending CONNECT whose principal cannot be known (never a hash)
 SKIPPED_KEPT = 64  # entries a connection passed over, remembered per stream key (the log looks 64 ahead)
 CALLS_KEPT = 64  # unanswered calls remembered per connection
+#: streams a connection keeps its place in (cursor, what it passed over or was replayed); past it
+#: the ones no longer in flight are forgotten, the oldest first (a stream not in flight any more
+#: that comes back is then placed by content, as a new tab's first frame is)
+STREAMS_KEPT = 1024
 
 
 @dataclass(eq=False, slots=True)
@@ -158,6 +162,8 @@ class Session:
     def followed(self, key: StreamKey, epoch: str, seqs: list[int], others_ms: int) -> None:
         """Where this connection stands in ``key`` after an append: its cursor and what it passed over."""
         cursor = self.cursors.get(key)
+        if cursor is None and len(self.cursors) >= STREAMS_KEPT:
+            self.bound()
         previous = cursor[1] if cursor is not None and cursor[0] == epoch else None
         first = seqs[0] if seqs else 0
         if (
@@ -190,6 +196,23 @@ class Session:
         if others_ms:
             self.others_ms[key] = others_ms
 
+    def bound(self) -> None:
+        """Keep what this connection remembers per stream within ``STREAMS_KEPT`` streams: forget
+        a quarter of them, the oldest not in flight first (streams in flight longest idle next)."""
+        kept = STREAMS_KEPT * 3 // 4
+        if len(self.in_flight) > kept:  # (an app whose streams never say done)
+            by_age = sorted(self.in_flight, key=self.in_flight.__getitem__)
+            for key in by_age[: len(self.in_flight) - kept]:
+                del self.in_flight[key]
+        for places in (self.cursors, self.replayed):
+            if len(places) > kept:
+                stale = [key for key in places if key not in self.in_flight][: len(places) - kept]
+                for key in stale:
+                    self.cursors.pop(key, None)
+                    self.skipped.pop(key, None)
+                    self.others_ms.pop(key, None)
+                    self.replayed.pop(key, None)
+
     def forget(self, key: StreamKey) -> None:
         """The log missed frames of ``key``: the next append starts a new epoch."""
         cursor = self.cursors.pop(key, None)
@@ -202,7 +225,10 @@ class Session:
         if done:
             self.in_flight.pop(stream, None)
         else:
-            self.in_flight[stream] = now
+            in_flight = self.in_flight
+            if len(in_flight) >= STREAMS_KEPT and stream not in in_flight:
+                self.bound()
+            in_flight[stream] = now
 
     def active_streams(self, idle_s: float, as_of: float | None = None) -> list[StreamKey]:
         """Streams in flight that had a frame in the ``idle_s`` seconds before ``as_of`` (now)."""
