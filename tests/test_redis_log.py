@@ -333,3 +333,9 @@ async def test_a_redis_too_old_is_refused_at_start_up_and_frames_still_flow(
         assert errors() == [too_old]  # once, however many calls were refused
     assert "EVALSHA" not in old.commands
     assert "SCRIPT" not in old.commands
+
+
+def test_the_parts_of_a_stream_key_never_run_into_each_other() -> None:
+    """A variant and a stream id that hold the separator of a plain join name two keys, not one."""
+    assert StreamKey("p", "/", "v\x00x", "s").tag() != StreamKey("p", "/", "v", "x\x00s").tag()
+    assert StreamKey("p", "/", "", "\ud800").tag() != StreamKey("p", "/", "", "\udc00").tag()

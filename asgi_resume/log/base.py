@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import json
 import os
 import random
 import string
@@ -86,9 +87,9 @@ class StreamKey(NamedTuple):
 
 @functools.lru_cache(maxsize=4096)  # a key is named for every append call: hash it once
 def _tag(key: StreamKey) -> str:
-    text = "\x00".join(key)
-    # surrogatepass: a stream id is JSON from the app, and JSON may hold a lone surrogate
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    # as JSON: its parts stay apart whatever they hold (a NUL, a lone surrogate: ASCII escapes)
+    text = json.dumps(key)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()[:32]
 
 
 @dataclass(frozen=True, slots=True)
