@@ -44,6 +44,7 @@ from asgi_resume.log.base import (
 _SCRIPTS = ("append", "replay", "release", "session_append", "session_claim", "session_read", "session_note")
 _CLOCK_REFRESH_S = 60.0
 MAX_CONNECTIONS = 64
+REPLAY_READS = 8
 MIN_VERSION = (7, 0)  # the scripts use PEXPIRE ... NX (Redis 7.0; Valkey reports a 7.x redis_version)
 #: what parses Redis's replies: hiredis (C) when installed, as the dependency asks, else redis-py's Python
 REPLY_PARSER = "hiredis" if HIREDIS_AVAILABLE else "python"
@@ -68,6 +69,9 @@ class RedisLog:
         # calls wait their turn for a bounded number of connections (the cluster client has no
         # blocking pool: a reconnect storm would exhaust it)
         self._turns = asyncio.Semaphore(MAX_CONNECTIONS)
+        # replay reads (a page of up to 100 entries each) in flight at once: a storm of resumes
+        # queues here, not in Redis ahead of the live frames' appends
+        self._reads = asyncio.Semaphore(REPLAY_READS)
         self._clock_offset_ms = 0
         self._clock_checked = -_CLOCK_REFRESH_S
         self._closed = False
@@ -148,7 +152,8 @@ class RedisLog:
         self, key: StreamKey, after_seq: int, epoch: str | None, connection: str, limit: int | None = None
     ) -> ReplayResult:
         args = [after_seq, epoch or "", limit or 0, connection]
-        (reply,) = await self._call("replay", [(self.keys(key), args)])
+        async with self._reads:
+            (reply,) = await self._call("replay", [(self.keys(key), args)])
         if reply[0] != b"ok":
             return NOT_FOUND
         _, epoch_b, last, oldest, done, gap, *rest = reply

@@ -78,6 +78,9 @@ async def answer(runtime: Runtime, session: Session, request: ResumeRequest, del
     if not runtime.guard.available():  # it failed a moment ago: answer now, do not wait on it
         await deliver([unavailable()])
         return
+    # a turn before the first read too: a storm's requests (thousands at once, most of them never
+    # getting to a page) are read one per loop iteration, between other connections' live frames
+    await runtime.replay_turns.take()
     await runtime.repair()  # a stream the log missed frames of must answer gap, not a silent hole
     building = 0.0  # time spent reading and rendering (not waiting for the client)
     started = time.perf_counter()

@@ -278,6 +278,7 @@ class WebSocketConnection:
                     message = {**message, "text": found}
                 elif found is not None:
                     await self._enqueue(found)
+                    await asyncio.sleep(0)  # a client's burst of requests: one per loop iteration
                     continue
                 elif text == protocol.EIO_UPGRADE and self._probing:
                     self._probing = False  # the client reads this websocket from now on
