@@ -8,15 +8,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 import websockets
 
 from tests.conftest import Stack
-from tests.support.app import PacedStream, chat_event, emit_tokens, room_of
+from tests.support.app import PacedStream, chat_event, emit_tokens, make_app, make_sio, room_of
 from tests.support.node import NodeClient
 from tests.support.polling import PollingClient, event_args, is_event
+from tests.support.redis_server import RedisServer
+from tests.support.server import serve
 
 pytestmark = pytest.mark.anyio
 
@@ -117,7 +120,7 @@ async def test_node_client_upgrades_from_polling_mid_stream(stack: Stack) -> Non
     assert finished["contents"] == stream.expected
 
 
-@pytest.mark.parametrize("probe", ["answered-then-closed", "not-a-probe"])
+@pytest.mark.parametrize("probe", ["answered-then-closed", "not-a-probe", "upgrade-without-probe"])
 async def test_a_failed_upgrade_leaves_the_polling_session_as_it_was(stack: Stack, probe: str) -> None:
     """The upgrade websocket dies (a proxy that breaks websockets) and the client goes on polling, as
     socket.io-client falls back to. The probe used to be held like a dropped tab (python-engineio then
@@ -131,6 +134,10 @@ async def test_a_failed_upgrade_leaves_the_polling_session_as_it_was(stack: Stac
         if probe == "answered-then-closed":
             await ws.send("2probe")
             assert await ws.recv() == "3probe"
+        elif probe == "upgrade-without-probe":  # an UPGRADE completes only an answered probe
+            await ws.send("5")
+            with contextlib.suppress(websockets.ConnectionClosed):
+                await ws.recv()
         else:
             await ws.send("2notaprobe")  # python-engineio closes it: "failed websocket upgrade"
             with contextlib.suppress(websockets.ConnectionClosed):
@@ -142,3 +149,39 @@ async def test_a_failed_upgrade_leaves_the_polling_session_as_it_was(stack: Stac
     seqs, answer = await asyncio.wait_for(resume_over_polling(alice, {"message_id": "s", "last_seq": 6}), 10)
     assert (seqs, answer["ok"], answer["gap"]) == ([7, 8], True, False)
     await alice.aclose()
+
+
+async def test_a_resume_posted_while_the_upgrade_is_noted_is_answered_here(tmp_path: Path) -> None:
+    """With recovery on, the websocket's UPGRADE is noted in the log before python-engineio reads it.
+    A POST made meanwhile (python-engineio still takes POSTs) was passed on uninspected: its resume
+    request reached the app (30 of 30 tries). A paused Redis holds the note open for the test."""
+    server = RedisServer(tmp_path / "upgrade").start()
+    sio = make_sio()
+    reached: list[Any] = []
+    sio.on("resume-stream", lambda sid, *args: reached.append(args))
+    app = make_app(sio, recovery=True, redis_url=server.url, secret="s", write_timeout=2.0)
+    try:
+        async with serve(app) as url:
+            alice = await PollingClient(url).open({"token": "alice"})
+            ws_url = url.replace("http://", "ws://") + f"/socket.io/?EIO=4&transport=websocket&sid={alice.sid}"
+            async with websockets.connect(ws_url, ping_interval=None) as ws:
+                await ws.send("2probe")
+                assert await ws.recv() == "3probe"
+                await alice.get()  # the NOOP that ends the poll
+                server.pause()  # the note of the upgrade waits (up to write_timeout)
+                await ws.send("5")
+                response = await alice.http.post(
+                    alice.url,
+                    params={"EIO": "4", "transport": "polling", "sid": alice.sid},
+                    content='42["resume-stream",{"message_id":"m","last_seq":0}]',
+                )
+                server.resume()
+                while True:  # answered here, on the websocket once it is the transport
+                    frame = await asyncio.wait_for(ws.recv(), 10)
+                    if isinstance(frame, str) and frame.startswith('42["resume-stream:result"'):
+                        break
+            assert response.status_code in (200, 400)
+            assert reached == []
+            await alice.aclose()
+    finally:
+        server.stop()

@@ -45,6 +45,7 @@ class _Signal(enum.Enum):
 
 
 _END, _NUDGE = _Signal.END, _Signal.NUDGE
+PROBE_ANSWER = protocol.EIO_PONG + "probe"  # python-engineio's answer to an upgrade probe
 
 
 def _ends_connection(item: Outgoing) -> bool:
@@ -80,6 +81,7 @@ class WebSocketConnection:
         # (python-engineio only sends the probe's PONG here meanwhile), so requests that came by
         # long-polling are answered there, or here once the upgrade is done.
         self._probing = existing is not None
+        self._probe_answered = False  # python-engineio answered its PING probe: an UPGRADE completes it
         if existing is None:
             self.session.upgraded = True  # a websocket from the start
         self.accepted = False
@@ -116,6 +118,8 @@ class WebSocketConnection:
         kind = message["type"]
         if kind == "websocket.send":
             text = message.get("text")
+            if self._probing and text == PROBE_ANSWER:
+                self._probe_answered = True
             item = text if text is not None else message.get("bytes")
             if item is not None:
                 await self._forward(item)
@@ -280,10 +284,12 @@ class WebSocketConnection:
                     await self._enqueue(found)
                     await asyncio.sleep(0)  # a client's burst of requests: one per loop iteration
                     continue
-                elif text == protocol.EIO_UPGRADE and self._probing:
+                elif text == protocol.EIO_UPGRADE and self._probing and self._probe_answered:
                     self._probing = False  # the client reads this websocket from now on
-                    self.session.upgraded = True
                     await self._upgraded()
+                    # python-engineio refuses the session's POSTs from when it reads this UPGRADE,
+                    # in the same step: until then they are read here, as every POST is
+                    self.session.upgraded = True
                     if self.outbound.has_deferred():
                         await self._enqueue(_NUDGE)
             elif message["type"] == "websocket.disconnect":
