@@ -204,3 +204,30 @@ async def test_one_broken_key_does_not_switch_the_log_off_for_others(tmp_path: P
     finally:
         await redis.aclose()
         server.stop()
+
+
+async def test_a_server_that_refuses_every_write_is_an_outage_not_one_keys_fault(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """NOREPLICAS (min-replicas-to-write unmet), READONLY, OOM: the server's state, not one call's keys.
+    The breaker opens and it is said, as for a Redis that is down (not counted as a refusal alone)."""
+    server = RedisServer(tmp_path / "noreplicas").start()
+    sio = make_sio()
+    app = make_app(sio, redis_url=server.url, key_prefix=f"f{next(_prefixes)}", secret="s")
+    redis = aioredis.Redis.from_url(server.url)
+    try:
+        with caplog.at_level(logging.WARNING, logger="asgi_resume"):
+            async with serve(app) as url:
+                bob = await RawClient(url, auth={"token": "bob"}).connect()
+                await emit_tokens(sio, "bob", "b", 1, 3)
+                assert await bob.wait_seqs("b", 3) == [1, 2, 3]
+                await redis.config_set("min-replicas-to-write", 1)
+                await emit_tokens(sio, "bob", "b", 4, 4)
+                assert (await bob.wait_seqs("b", 4))[-1] is None  # unstamped: the log refused it
+                assert not app.runtime.guard.available()  # the breaker is open
+                await bob.close()
+        warnings = [r.getMessage() for r in caplog.records if r.name == "asgi_resume"]
+        assert any("stream log unavailable (NOREPLICAS" in w for w in warnings), warnings
+    finally:
+        await redis.aclose()
+        server.stop()

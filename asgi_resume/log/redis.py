@@ -216,10 +216,11 @@ class RedisLog:
     ) -> list[Any]:
         """EVALSHA ``script`` for each call in one pipelined round trip; load it on NOSCRIPT.
 
-        ``isolated``: a call that failed on its own gives its exception in its place, instead of
-        failing them all (a connection lost, the server gone, still fails them all). Otherwise a
-        call's own error (a plain ``ResponseError``: its script failed on its keys) raises
-        :class:`LogRefused`, any other :class:`LogUnavailable`.
+        A call can fail on its own keys (:func:`_own_fault`: a key of another type, a script error
+        on what a key holds) while the server serves the others: ``isolated``, that call gets its
+        exception in its place; otherwise it raises :class:`LogRefused`. Any other failure (the
+        connection, the server's state: READONLY, NOREPLICAS, OOM, BUSY...) fails every call with
+        :class:`LogUnavailable`.
         """
         source, sha = self._scripts[script]
         self._check_open()
@@ -239,12 +240,12 @@ class RedisLog:
                         replies[i] = reply
         except (RedisError, OSError) as exc:
             raise LogUnavailable(str(exc) or type(exc).__name__) from exc
-        if not isolated:
-            for reply in replies:
-                if type(reply) is ResponseError:  # (not READONLY, LOADING, OOM...: those are the server's state)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                if not _own_fault(reply):
+                    raise LogUnavailable(str(reply) or type(reply).__name__) from reply
+                if not isolated:
                     raise LogRefused(str(reply)) from reply
-                if isinstance(reply, Exception):
-                    raise LogUnavailable(str(reply)) from reply
         return replies
 
     async def _pipeline(self, sha: str, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
@@ -253,9 +254,7 @@ class RedisLog:
             try:
                 return [await self.client.evalsha(sha, len(keys), *keys, *args)]
             except ResponseError as exc:  # the call's own answer, as a pipeline gives it in its place
-                if isinstance(exc, NoScriptError) or type(exc) is ResponseError:
-                    return [exc]
-                raise
+                return [exc]
         if isinstance(self.client, RedisCluster):
             # redis-py's cluster pipeline refuses EVALSHA: send the calls side by side instead
             # (one round trip to each node that holds one of their slots)
@@ -306,6 +305,13 @@ class RedisLog:
     async def aclose(self) -> None:
         self._closed = True
         await self.client.aclose()
+
+
+def _own_fault(error: Exception) -> bool:
+    """Did a call fail on its own keys (not for the server's state)? A key of another type
+    (``WRONGTYPE``), or a script's runtime error on what a key holds (``ERR user_script:...``:
+    redis-py drops the ``ERR``)."""
+    return type(error) is ResponseError and str(error).startswith(("WRONGTYPE ", "user_script:"))
 
 
 def _text(value: bytes | str) -> str:
