@@ -229,6 +229,9 @@ def test_a_member_the_app_already_set_is_replaced() -> None:
         ('42["resume\\u002dstreams",{}]', False),
         ('42["resume\\u002', False),
         ('42[5,"resume-stream"]', False),
+        ('423-["resume-stream",{}]', True),  # python-socketio reads "3-" as attachments, on an EVENT too
+        ("45" + "9" * 11 + '-["resume-stream"]', False),  # python-socketio refuses 11 digits of attachments
+        ("42" + "1" * 101 + '["resume-stream"]', False),  # ... and an ack id over 100 digits
         ('43["resume-stream"]', False),
     ],
 )
@@ -239,3 +242,5 @@ def test_names_event_reads_the_name_as_python_socketio_does(frame: str, named: b
 def test_declared_attachments_are_read_from_a_head_parse_refuses() -> None:
     assert protocol.declared_attachments('451001-["resume-stream",{}]') == 1001
     assert protocol.declared_attachments('42["resume-stream",{}]') == 0
+    assert protocol.declared_attachments('423-["resume-stream",{}]') == 0  # an EVENT: handed on at once
+    assert protocol.declared_attachments("42" + "1" * 30 + '-["resume-stream"]') == 0

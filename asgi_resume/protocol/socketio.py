@@ -177,24 +177,30 @@ def concerns_session(frame: str) -> bool:
 _NAMESPACE = re.compile(r"4[25](?:\d+-)?(/[^,]*),")
 
 
-# an EVENT's head up to its name: type, attachment count, namespace, ack id (of any length), "["
-_EVENT_HEAD = re.compile(r"4[25](?:(\d+)-)?(?:/[^,]*,)?\d*\[[ \t\r\n]*")
+# an EVENT's head up to its arguments, as python-socketio reads it: type, attachment count (at
+# most 10 digits), namespace, ack id (at most 100 digits), "["; bounded, so that a frame of
+# digits cannot make the match crawl back over megabytes
+_EVENT_HEAD = re.compile(r"4[25](?:(\d{1,10})-)?(?:/[^,]{0,1024},)?\d{0,100}\[")
+_HEAD_MAX = 1200
+_JSON_SPACE = re.compile(r"[ \t\r\n]*")
 _JSON = json.JSONDecoder()
 
 
 def names_event(frame: str, event: str) -> bool:
     """Does an EVENT frame, even one :func:`parse` refuses, name ``event``? As python-socketio reads
     it: a name written with JSON escapes (``"resume\\u002dstream"``) is that name too."""
-    head = _EVENT_HEAD.match(frame)
+    head = _EVENT_HEAD.match(frame, 0, _HEAD_MAX)
     if head is None:
         return False
-    start = head.end()
+    spaces = _JSON_SPACE.match(frame, head.end())
+    start = spaces.end() if spaces is not None else head.end()
     if frame.startswith(_quoted(event), start):
         return True
-    if frame[start : start + 1] != '"' or "\\" not in frame[start : start + len(event) * 6 + 2]:
+    window = frame[start : start + len(event) * 6 + 2]  # the longest the name can be written
+    if window[:1] != '"' or "\\" not in window:
         return False  # (no escape where the name is: it is another name)
     try:
-        name, _ = _JSON.raw_decode(frame, start)
+        name, _ = _JSON.raw_decode(window)
     except ValueError:
         return False
     return bool(name == event)
@@ -207,7 +213,9 @@ def _quoted(event: str) -> str:
 
 def declared_attachments(frame: str) -> int:
     """How many binary attachments a BINARY_EVENT's head says follow it, even one :func:`parse` refuses."""
-    head = _EVENT_HEAD.match(frame)
+    if frame[:2] != "45":
+        return 0  # (python-socketio reads a count on an EVENT too, and hands the EVENT on at once)
+    head = _EVENT_HEAD.match(frame, 0, _HEAD_MAX)
     return int(head.group(1)) if head is not None and head.group(1) else 0
 
 
