@@ -109,9 +109,12 @@ async def flag_away(outbound: Outbound) -> None:
     session, polling = outbound.session, outbound.session.polling
     if polling is None or session.upgraded or polling.released or polling.requests:
         return
+    seen_at = polling.seen_at
     async with outbound.lock:  # after any response being rewritten: what it carries is logged first
+        if polling.requests or session.upgraded or polling.released or polling.seen_at != seen_at:
+            return  # it came back while the lock was taken: nothing to flag
         with anyio.CancelScope(shield=True):
-            flagged = await outbound.away(polling.seen_at)
+            flagged = await outbound.away(seen_at)
     if flagged:
         streams = [key.stream for key in flagged[:5]]
         logger.info(
