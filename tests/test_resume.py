@@ -108,6 +108,7 @@ async def test_resume_never_reaches_the_app(backend: dict[str, Any], caplog: pyt
         await asyncio.wait_for(hello.wait(), 5)  # frames reach the app in order: the resumes came first
         assert seen == ["after"]
         results = [f for f in client.frames if isinstance(f, str) and "resume-stream:result" in f]
+        # (the first is the readable request emitted without an ack id: not_found, a stream nobody sent)
         assert all("bad_request" in result for result in results[1:])
         await client.close()
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []

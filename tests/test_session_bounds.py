@@ -40,10 +40,13 @@ def test_streams_that_never_say_done_are_bounded_too() -> None:
     assert key(10 * STREAMS_KEPT - 1) in session.in_flight
 
 
-def test_replayed_streams_are_bounded() -> None:
+def test_replayed_streams_are_bounded_and_the_latest_replay_kept() -> None:
     session = Session({}, 0)
+    session.replayed_to(key(-1), "e", 1)
     for i in range(10 * STREAMS_KEPT):
-        if len(session.replayed) >= STREAMS_KEPT:
-            session.bound()  # (as a replay does before it notes one more)
-        session.replayed[key(i)] = ("e", 3)
+        session.replayed_to(key(i), "e", 3)
+        if i % 100 == 0:
+            session.replayed_to(key(-1), "e", 2)  # replayed again: it counts as recent
     assert len(session.replayed) <= STREAMS_KEPT
+    assert session.was_replayed(key(-1), "e", 2)
+    assert not session.was_replayed(key(0), "e", 1)  # forgotten: the oldest replay

@@ -225,7 +225,7 @@ class Recovery:
                 key = StreamKey(principal, state.namespace, classified.variant, classified.stream)
                 known = self.session.replayed.get(key)
                 if known is None or known[0] != epoch or known[1] < seq:
-                    self.session.replayed[key] = (epoch, seq)
+                    self.session.replayed_to(key, epoch, seq)
                 if received_ms >= state.connect_ms:  # its live copy, if the stream log failed for it: by content
                     unstamped = _unstamped(text, seq, epoch)
                     if unstamped is not None:

@@ -16,7 +16,7 @@ from asgi_resume.log import LogUnavailable, ReplayResult, StreamKey
 from asgi_resume.pipeline import resume
 from asgi_resume.pipeline.resume import ResumeRequest
 from asgi_resume.pipeline.runtime import Runtime
-from asgi_resume.pipeline.session import STREAMS_KEPT, Session
+from asgi_resume.pipeline.session import Session
 from asgi_resume.pipeline.units import Outgoing, render
 
 REPLAY_PAGE = 100  # log entries read, rendered and handed to the transport at a time
@@ -113,7 +113,7 @@ async def answer(runtime: Runtime, session: Session, request: ResumeRequest, del
         gone = bool(out) and not await deliver(out)
         del out
         if gone:
-            session.replayed[key] = (epoch, sent)
+            session.replayed_to(key, epoch, sent)
             stats.frames_replayed += replayed
             return  # nobody to send the rest to
         if complete or sent >= until or len(page.frames) < REPLAY_PAGE:
@@ -130,9 +130,7 @@ async def answer(runtime: Runtime, session: Session, request: ResumeRequest, del
         gap = gap or following.gap  # trimmed while the replay was being sent
         page = following
     last_seq = until if complete else sent
-    if key not in session.replayed and len(session.replayed) >= STREAMS_KEPT:
-        session.bound()
-    session.replayed[key] = (epoch, last_seq)
+    session.replayed_to(key, epoch, last_seq)
     stats.frames_replayed += replayed
     stats.replay_seconds.observe(building)
     if failed:

@@ -57,7 +57,7 @@ class Runtime:
         self.order = FeedOrder()  # each stream's frames go to the log in the order they were fed here
         #: what the copy of a frame another tab here logged is numbered (kept well within the log's maxlen)
         self.recent = RecentEntries(max(1, min(settings.maxlen // 2, MAX_ENTRIES)))
-        self.replay_turns = Turns()  # one replay page per loop iteration, whoever asked
+        self.replay_turns = Turns()  # one replay page (or first read) per loop iteration, whoever asked
         self._jwt = JwtKey(settings.jwt_secret, settings.jwt_algorithms) if settings.jwt_secret else None
         self.resolver = PrincipalResolver(settings.principal, self._principal_key(settings), self._jwt)
         self._ready = False

@@ -196,9 +196,18 @@ class Session:
         if others_ms:
             self.others_ms[key] = others_ms
 
+    def replayed_to(self, key: StreamKey, epoch: str, seq: int) -> None:
+        """A replay (or recovery) gave this client ``key`` up to ``seq`` of ``epoch``: its live
+        copies up to there are dropped (see :meth:`was_replayed`). The newest replay is kept last."""
+        replayed = self.replayed
+        if replayed.pop(key, None) is None and len(replayed) >= STREAMS_KEPT:
+            self.bound()
+        replayed[key] = (epoch, seq)
+
     def bound(self) -> None:
         """Keep what this connection remembers per stream within ``STREAMS_KEPT`` streams: forget
-        a quarter of them, the oldest not in flight first (streams in flight longest idle next)."""
+        a quarter of them, those not in flight first, in the order they were first seen (replays
+        in the order they were last made), then streams in flight that were idle longest."""
         kept = STREAMS_KEPT * 3 // 4
         if len(self.in_flight) > kept:  # (an app whose streams never say done)
             by_age = sorted(self.in_flight, key=self.in_flight.__getitem__)

@@ -1,11 +1,12 @@
 """One connection's side of the stream log: a batch's stream frames matched or appended.
 
 Owns: grouping a batch's stream frames by key, how long a batch waits (for frames another tab
-here was fed first, then one deadline for its log calls: a repair and the append), the append request (the
-connection's cursor and the entries it passed over), stamping what the log numbered, what the
-log missed (those streams start a new epoch), and flagging the streams a connection left in
-flight when it ends. Must not touch: frames' bytes (``units``), the order a batch is sent in
-(``outbound``), transports.
+here was fed first, then one deadline for its log calls: a repair and the append), the append
+request (the connection's cursor and the entries it passed over), stamping what the log
+numbered, what the log missed (those streams start a new epoch), and flagging the streams a
+connection left in flight when it ends (or, on long-polling, when its client has been away a
+while). Must not touch: frames' bytes (``units``), the order a batch is sent in (``outbound``),
+transports.
 """
 
 from __future__ import annotations

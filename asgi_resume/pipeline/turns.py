@@ -1,7 +1,7 @@
 """Turns: one at a time per event loop iteration, process-wide, first come first served.
 
 Owns: handing out turns to work that must not take the loop for long stretches however much of
-it is waiting (replay pages). Must not touch: what the turns are for.
+it is waiting (resumes' first reads, replay pages). Must not touch: what the turns are for.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from collections import deque
 class Turns:
     """One turn per event loop iteration, process-wide, first come first served.
 
-    A replay page takes a turn before it is rendered and sent: however many replays are going on
+    A resume takes a turn before its first read, and a replay page before it is rendered and sent:
+    however many replays are going on
     (a reconnect storm, clients that ask again and again), the loop does one page of them per
     iteration, and live frames, which take a few iterations to go out, wait for a few pages at most
     instead of a page of every replay. Nothing is held while a page is sent: a client that does

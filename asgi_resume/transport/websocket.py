@@ -282,7 +282,9 @@ class WebSocketConnection:
                     message = {**message, "text": found}
                 elif found is not None:
                     await self._enqueue(found)
-                    await asyncio.sleep(0)  # a client's burst of requests: one per loop iteration
+                    # a client's burst of requests is read one per loop iteration, between other
+                    # connections' work (answering them is paced by the replay turns)
+                    await asyncio.sleep(0)
                     continue
                 elif text == protocol.EIO_UPGRADE and self._probing and self._probe_answered:
                     self._probing = False  # the client reads this websocket from now on
