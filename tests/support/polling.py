@@ -24,7 +24,7 @@ class PollingClient:
         self.sid = json.loads(opening[0][1:])["sid"]
         await self.post("40" + (json.dumps(auth) if auth is not None else ""))
         reply = await self.get()
-        assert any(isinstance(p, str) and p.startswith('40{') and '"sid"' in p for p in reply), reply
+        assert any(isinstance(p, str) and p.startswith("40{") and '"sid"' in p for p in reply), reply
         return self
 
     def _params(self) -> dict[str, str]:
