@@ -10,7 +10,8 @@ copies of frames already logged: a tab whose writer is busy (claiming a recovere
 is fed copies of frames the other tabs logged already, and a tab that waited for those would
 wait for a writer that may be waiting for it. The wait is for frames already fed here, on their
 way to the log: a loop turn or a log round trip, bounded by ``ASGI_RESUME_WRITE_TIMEOUT``; never
-for frames that may not come.
+for frames that may not come, nor for frames fed longer ago than that bound: their writer is
+stuck (its client does not read, so the transport waits for it), not on its way to the log.
 
 Frames are told apart by content digest: a frame whose content repeats one logged a moment ago
 (the same token twice) counts as a copy, so at worst it reaches the log after a frame emitted
@@ -20,6 +21,7 @@ after it. Must not touch: the log, frames' content, I/O.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from asgi_resume.log import StreamKey
 
@@ -28,21 +30,27 @@ KEYS_KEPT = 4096  # stream keys whose logged digests are remembered (the oldest 
 
 
 class FeedOrder:
-    def __init__(self) -> None:
+    """``clock`` (ms) and ``stale_ms``: a frame fed ``stale_ms`` ago or more and still unlogged is
+    waited for no more (without a clock, it always is)."""
+
+    def __init__(self, clock: Callable[[], int] | None = None, stale_ms: int = 0) -> None:
+        self._clock, self._stale_ms = clock, stale_ms
         self._next = 0
-        self._unlogged: dict[StreamKey, dict[int, str]] = {}  # key -> number fed, not logged -> digest
+        #: key -> number fed, not logged -> (digest, when it was fed, in the clock's ms)
+        self._unlogged: dict[StreamKey, dict[int, tuple[str, int]]] = {}
         self._recent: dict[StreamKey, dict[str, None]] = {}  # key -> digests logged lately, oldest first
         self._changed = asyncio.Event()
         self._waiters = 0
 
-    def fed(self, key: StreamKey, digest: str) -> int:
-        """A frame of ``key`` with content ``digest`` was fed: its number (numbers only grow)."""
+    def fed(self, key: StreamKey, digest: str, at_ms: int = 0) -> int:
+        """A frame of ``key`` with content ``digest`` was fed at ``at_ms`` (the clock's): its
+        number (numbers only grow)."""
         number = self._next = self._next + 1
         numbers = self._unlogged.get(key)
         if numbers is None:
-            self._unlogged[key] = {number: digest}
+            self._unlogged[key] = {number: (digest, at_ms)}
         else:
-            numbers[number] = digest
+            numbers[number] = (digest, at_ms)
         return number
 
     @property
@@ -55,9 +63,10 @@ class FeedOrder:
         numbers = self._unlogged.get(key)
         if numbers is None:
             return
-        digest = numbers.pop(number, None)
-        if digest is None:
+        fed = numbers.pop(number, None)
+        if fed is None:
             return
+        digest = fed[0]
         if not numbers:
             del self._unlogged[key]
         recent = self._recent.get(key)
@@ -78,12 +87,15 @@ class FeedOrder:
         return numbers is not None and next(iter(numbers)) < number
 
     def ahead(self, key: StreamKey, number: int, mine: set[str]) -> bool:
-        """Are frames of ``key`` fed before ``number`` still unlogged, other than copies of ``mine``
-        and copies of frames logged already?"""
+        """Are frames of ``key`` fed before ``number`` still unlogged, other than copies of ``mine``,
+        copies of frames logged already, and frames whose writer is stuck?"""
         recent = self._recent.get(key, {})
-        for fed, digest in self._unlogged.get(key, {}).items():  # in number order
+        stuck_before = self._clock() - self._stale_ms if self._clock is not None else None
+        for fed, (digest, at_ms) in self._unlogged.get(key, {}).items():  # in number order
             if fed >= number:
                 return False
+            if stuck_before is not None and at_ms <= stuck_before:
+                continue  # fed long ago and not logged yet: its writer waits for a slow client
             if digest not in mine and digest not in recent:
                 return True
         return False

@@ -130,7 +130,7 @@ class Outbound:
     def _queue(self, unit: EventUnit | ConnectReply) -> None:
         if isinstance(unit, EventUnit):
             if unit.stream is not None:
-                unit.order = self.runtime.order.fed(unit.stream, unit.content_digest())
+                unit.order = self.runtime.order.fed(unit.stream, unit.content_digest(), unit.received_ms)
                 self._stream_units.append(unit)
             if unit.recover:
                 self._recovering = True

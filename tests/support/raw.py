@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
+import socket
+import struct
 import time
 from collections.abc import Callable
 from typing import Any
@@ -153,3 +157,55 @@ class RawClient:
             await self._ws.close()
         if self._reader is not None:
             await self._reader
+
+
+class DeafClient:
+    """A websocket client over a bare socket with a tiny receive buffer: it CONNECTs as ``auth`` names,
+    then reads nothing more (a backgrounded tab on a bad network; a client that will not read).
+    The server's writes to it soon wait for the socket."""
+
+    def __init__(self, base_url: str, auth: dict[str, Any]) -> None:
+        host, port = base_url.removeprefix("http://").split(":")
+        self.address, self.auth = (host, int(port)), auth
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def connect(self) -> DeafClient:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: the window stays small
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, self.address)
+        reader, self._writer = await asyncio.open_connection(sock=sock)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self._writer.write(
+            f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        await reader.readuntil(b"\r\n\r\n")
+        await _read_frame(reader)  # Engine.IO's OPEN
+        self._writer.write(_masked("40" + json.dumps(self.auth)))
+        while not (await _read_frame(reader)).startswith(b"40"):
+            pass
+        self._writer.transport.pause_reading()
+        return self
+
+    def kill(self) -> None:
+        if self._writer is not None:
+            self._writer.transport.abort()
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readexactly(2)
+    size = head[1] & 0x7F
+    if size == 126:
+        size = struct.unpack(">H", await reader.readexactly(2))[0]
+    elif size == 127:
+        size = struct.unpack(">Q", await reader.readexactly(8))[0]
+    return await reader.readexactly(size)
+
+
+def _masked(text: str) -> bytes:
+    """A client's text frame (clients mask theirs)."""
+    payload, mask = text.encode(), os.urandom(4)
+    size = len(payload)
+    length = bytes([0x80 | size]) if size < 126 else bytes([0x80 | 126]) + struct.pack(">H", size)
+    return b"\x81" + length + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
