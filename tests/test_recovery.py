@@ -16,9 +16,14 @@ import pytest
 import socketio
 
 from asgi_resume import ResumeMiddleware
+from asgi_resume.config import Settings
 from asgi_resume.log import AppendRequest, AppendResult, LogUnavailable
-from asgi_resume.log.base import SessionAppend, SessionAppendResult
+from asgi_resume.log.base import COPY_WINDOW_MS, SessionAppend, SessionAppendResult
 from asgi_resume.log.memory import MemoryLog
+from asgi_resume.pipeline.recovery import Recovery
+from asgi_resume.pipeline.runtime import Runtime
+from asgi_resume.pipeline.session import RecoveryState, Session
+from asgi_resume.pipeline.units import EventUnit
 from tests.support.app import PacedStream, chat_event, make_app, make_sio, room_of
 from tests.support.node import NodeClient
 from tests.support.raw import RawClient
@@ -239,3 +244,18 @@ async def test_a_client_that_was_not_held_is_not_told_it_recovered(backend: dict
         assert _pid(reply) != pid  # a normal connect: the client knows it missed events
         assert app.runtime.stats.recoveries_ok == 0
         await back.close()
+
+
+def test_a_replayed_event_is_taken_for_its_live_copy_only_within_the_copy_window() -> None:
+    """A recovery replays an event the held connection got; the new connection may get it live too
+    (it joined the rooms before the emit) and must not show it twice. An event emitted before it
+    joined never comes again: a new event with the same content a second later used to be dropped
+    as that copy (recovered: true, one event missing), for 5 s after the recovery."""
+    session = Session({}, 0)
+    state = session.recovery["/"] = RecoveryState("/", connect_ms=1_000)
+    recovery = Recovery(Runtime(Settings.load({}, recovery=True)), session)
+    note = '42["note",{"n":1}]'
+    recovery._replay_frames(state, "gen", [(1, 1_500, [note])])  # the held connection got it at 1,500
+    assert not recovery.duplicate(EventUnit(note, "/", 0, 1_500 + COPY_WINDOW_MS + 1))  # a new event
+    assert recovery.duplicate(EventUnit(note, "/", 0, 1_502))  # its copy, on the new connection
+    assert not recovery.duplicate(EventUnit(note, "/", 0, 1_503))  # (one copy only)

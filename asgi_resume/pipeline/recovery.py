@@ -21,7 +21,7 @@ import anyio
 
 from asgi_resume import protocol
 from asgi_resume.log import LogUnavailable, StreamKey
-from asgi_resume.log.base import Note, Payload, SessionAppend, new_generation
+from asgi_resume.log.base import COPY_WINDOW_MS, Note, Payload, SessionAppend, new_generation
 from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.pipeline.session import RecoveryState, Session
 from asgi_resume.pipeline.units import EventUnit, Outgoing, stamp_fields
@@ -67,7 +67,10 @@ class Recovery:
         return packet if state is not None and state.awaiting_reply else None
 
     def duplicate(self, unit: EventUnit) -> bool:
-        """An event the recovery replay already carried, arriving again on the new connection."""
+        """An event the recovery replay already carried, arriving again on the new connection: the
+        same content, received within ``COPY_WINDOW_MS`` of the replayed one (copies of one emit
+        reach a user's connections that close together; an event emitted before the new connection
+        joined its rooms never comes again, and a new one with that content is not taken for it)."""
         state = self.states.get(unit.namespace)
         if state is None or not state.duplicates:
             return False
@@ -81,10 +84,14 @@ class Recovery:
             digest = unit.digest(as_sent=False)  # stamped in another epoch than the replay's: by content
         else:
             digest = unit.digest()
-        if state.duplicates[digest] <= 0:
+        received = state.duplicates.get(digest)
+        if not received:
             return False
-        state.duplicates[digest] -= 1
-        return True
+        for i, at in enumerate(received):
+            if abs(unit.received_ms - at) <= COPY_WINDOW_MS:
+                del received[i]
+                return True
+        return False
 
     async def log(self, units: list[EventUnit], flushed_ms: int, *, create: tuple[str, ...] = ()) -> None:
         """Give each unit its offset: log it in its namespace's session (one round trip in all).
@@ -229,12 +236,11 @@ class Recovery:
                 if received_ms >= state.connect_ms:  # its live copy, if the stream log failed for it: by content
                     unstamped = _unstamped(text, seq, epoch)
                     if unstamped is not None:
-                        state.duplicates[
-                            EventUnit(unstamped, state.namespace, 0, received_ms, attachments=attachments).digest()
-                        ] += 1
+                        copy = EventUnit(unstamped, state.namespace, 0, received_ms, attachments=attachments)
+                        state.duplicates.setdefault(copy.digest(), []).append(received_ms)
             elif received_ms >= state.connect_ms:
                 unit = EventUnit(text, state.namespace, 0, received_ms, attachments=attachments)
-                state.duplicates[unit.digest()] += 1
+                state.duplicates.setdefault(unit.digest(), []).append(received_ms)
         state.duplicates_until = time.monotonic() + DUPLICATES_FOR_S
         self.runtime.stats.frames_recovered += len(entries)
         return out

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 
 from starlette.types import Scope
@@ -46,7 +45,8 @@ class RecoveryState:
     logging: bool = False  # the session log takes this connection's events
     left_cleanly: bool = False  # the client said goodbye (DISCONNECT or CLOSE): nothing to recover
     loss_untold: bool = False  # an event it sent is in no log (a write failed), and the log was not told yet
-    duplicates: Counter[str] = field(default_factory=Counter)  # replayed events the new connection may repeat
+    #: replayed events the new connection may repeat: digest -> when each such copy was received
+    duplicates: dict[str, list[int]] = field(default_factory=dict)
     duplicates_until: float = 0.0
 
     @property
