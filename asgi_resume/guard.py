@@ -106,30 +106,25 @@ class LogGuard:
 
     def failed(self, reason: str) -> None:
         """The log failed (or a call found it failing): open the breaker, count it, say so (throttled)."""
-        self.stats.log_failures += 1
         self._down_until = time.monotonic() + RETRY_AFTER_S
         self.down = True
-        skipped = self._throttle.allow("log_unavailable")
-        if skipped is not None:
-            logger.warning(
-                "stream log unavailable (%s); frames go out unstamped and unlogged until it answers (%d failures)",
-                reason,
-                skipped + 1,
-                extra=fault("log_unavailable", reason=reason, failures=skipped + 1),
-            )
+        self._count_and_say(
+            "log_unavailable",
+            "stream log unavailable (%s); frames go out unstamped and unlogged until it answers (%d failures)",
+            reason,
+        )
 
     def refused(self, reason: str) -> None:
         """One call failed on its own keys while the log answers: counted and said (throttled); the
         breaker stays closed, so one user's broken key does not switch the log off for the others."""
+        self._count_and_say("log_refused", "stream log refused a call (%s); other calls go on (%d refusals)", reason)
+
+    def _count_and_say(self, event: str, message: str, reason: str) -> None:
+        """A failure: counted, and said at most once per kind per throttle period (with how many)."""
         self.stats.log_failures += 1
-        skipped = self._throttle.allow("log_refused")
+        skipped = self._throttle.allow(event)
         if skipped is not None:
-            logger.warning(
-                "stream log refused a call (%s); other calls go on (%d refusals)",
-                reason,
-                skipped + 1,
-                extra=fault("log_refused", reason=reason, refusals=skipped + 1),
-            )
+            logger.warning(message, reason, skipped + 1, extra=fault(event, reason=reason, failures=skipped + 1))
 
     def failed_alone(self) -> None:
         """One request failed while the log answered the others: counted, nothing else."""

@@ -70,6 +70,7 @@ from benchmarks.common import (
     server_pid,
     table,
 )
+from tests.support.raw import masked_frame, read_frame  # (benchmarks.common put the checkout on sys.path)
 
 BYSTANDER_ROOM = "alice"
 ATTACKER_ROOM = "mallory"  # the attacker's principal (auth:room): it owns the long stream
@@ -115,29 +116,9 @@ def resume_request(ack_id: int = 1) -> str:
 # prints "done <json summary>", and keeps its connections open until stdin closes.
 
 
-def ws_frame(text: str) -> bytes:
-    """A masked client text frame, any length."""
-    payload, mask = text.encode(), os.urandom(4)
-    length = len(payload)
-    if length < 126:
-        header = struct.pack("!BB", 0x81, 0x80 | length)
-    elif length < 65536:
-        header = struct.pack("!BBH", 0x81, 0x80 | 126, length)
-    else:
-        header = struct.pack("!BBQ", 0x81, 0x80 | 127, length)
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return header + mask + masked
-
-
 async def read_ws_text(reader: asyncio.StreamReader) -> str:
-    """One server frame's payload (the server does not mask)."""
-    head = await reader.readexactly(2)
-    length = head[1] & 0x7F
-    if length == 126:
-        length = struct.unpack("!H", await reader.readexactly(2))[0]
-    elif length == 127:
-        length = struct.unpack("!Q", await reader.readexactly(8))[0]
-    return (await reader.readexactly(length)).decode(errors="replace")
+    """One server frame's payload, as text."""
+    return (await read_frame(reader)).decode(errors="replace")
 
 
 def abort(writer: asyncio.StreamWriter) -> None:
@@ -289,10 +270,10 @@ async def attack_anonymous(url: str, params: dict[str, Any], ready: Callable[[],
             if i % 3 == 0:
                 done["open-abort"] += 1
                 return
-            writer.write(ws_frame("40"))  # CONNECT, no auth: no principal
+            writer.write(masked_frame("40"))  # CONNECT, no auth: no principal
             while not (await read_ws_text(reader)).startswith("40"):
                 pass
-            writer.write(ws_frame(resume_request()))  # and a request it does not wait for
+            writer.write(masked_frame(resume_request()))  # and a request it does not wait for
             done["connect-resume-abort"] += 1
         except (OSError, AssertionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             done["failed"] += 1

@@ -31,7 +31,7 @@ from asgi_resume.pipeline.resume import ResumeRequest
 from asgi_resume.pipeline.runtime import Runtime, Turns
 from asgi_resume.pipeline.session import Session
 from tests.support.app import chat_event, emit_tokens, make_app, make_sio, room_of
-from tests.support.raw import RawClient
+from tests.support.raw import RawClient, masked_frame
 from tests.support.server import serve
 
 pytestmark = pytest.mark.anyio
@@ -105,16 +105,7 @@ class NonReader:
             self._buffer += await self._recv()
 
     async def send(self, text: str) -> None:
-        payload, mask = text.encode(), os.urandom(4)
-        length = len(payload)
-        if length < 126:
-            header = struct.pack("!BB", 0x81, 0x80 | length)
-        elif length < 65536:
-            header = struct.pack("!BBH", 0x81, 0x80 | 126, length)
-        else:
-            header = struct.pack("!BBQ", 0x81, 0x80 | 127, length)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        await asyncio.get_running_loop().sock_sendall(self.sock, header + mask + masked)
+        await asyncio.get_running_loop().sock_sendall(self.sock, masked_frame(text))
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

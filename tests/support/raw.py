@@ -181,9 +181,9 @@ class DeafClient:
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
         )
         await reader.readuntil(b"\r\n\r\n")
-        await _read_frame(reader)  # Engine.IO's OPEN
-        self._writer.write(_masked("40" + json.dumps(self.auth)))
-        while not (await _read_frame(reader)).startswith(b"40"):
+        await read_frame(reader)  # Engine.IO's OPEN
+        self._writer.write(masked_frame("40" + json.dumps(self.auth)))
+        while not (await read_frame(reader)).startswith(b"40"):
             pass
         self._writer.transport.pause_reading()
         return self
@@ -193,19 +193,25 @@ class DeafClient:
             self._writer.transport.abort()
 
 
-async def _read_frame(reader: asyncio.StreamReader) -> bytes:
+async def read_frame(reader: asyncio.StreamReader) -> bytes:
+    """One server frame's payload, read off a bare socket (the server does not mask)."""
     head = await reader.readexactly(2)
     size = head[1] & 0x7F
     if size == 126:
-        size = struct.unpack(">H", await reader.readexactly(2))[0]
+        size = struct.unpack("!H", await reader.readexactly(2))[0]
     elif size == 127:
-        size = struct.unpack(">Q", await reader.readexactly(8))[0]
+        size = struct.unpack("!Q", await reader.readexactly(8))[0]
     return await reader.readexactly(size)
 
 
-def _masked(text: str) -> bytes:
-    """A client's text frame (clients mask theirs)."""
+def masked_frame(text: str) -> bytes:
+    """A client's websocket text frame, any length (clients mask theirs)."""
     payload, mask = text.encode(), os.urandom(4)
     size = len(payload)
-    length = bytes([0x80 | size]) if size < 126 else bytes([0x80 | 126]) + struct.pack(">H", size)
-    return b"\x81" + length + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    if size < 126:
+        header = struct.pack("!BB", 0x81, 0x80 | size)
+    elif size < 65536:
+        header = struct.pack("!BBH", 0x81, 0x80 | 126, size)
+    else:
+        header = struct.pack("!BBQ", 0x81, 0x80 | 127, size)
+    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
