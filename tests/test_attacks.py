@@ -34,7 +34,7 @@ import pytest
 import socketio
 import websockets
 
-from tests.support.app import make_app, make_sio, room_of
+from tests.support.app import chat_event, make_app, make_sio, room_of
 from tests.support.raw import RawClient
 from tests.support.redis_server import RedisServer
 from tests.support.server import serve
@@ -45,11 +45,6 @@ pytestmark = pytest.mark.anyio
 MAX_LIVE_GAP_S = 1.0  # a bystander's tokens come every 5 ms; a loaded 2-core machine stays far below
 MAX_RSS_GROWTH_MIB = 50.0
 _prefixes = itertools.count()
-
-
-def token_event(message_id: str, content: str, *, done: bool = False) -> dict[str, Any]:
-    data: dict[str, Any] = {"done": True, "content": ""} if done else {"content": content}
-    return {"chat_id": "c", "message_id": message_id, "data": {"type": "chat:completion", "data": data}}
 
 
 @dataclass
@@ -210,8 +205,8 @@ def app_of(reached_app: list[Any]) -> socketio.AsyncServer:
         (user,) = [room[len("user:") :] for room in sio.rooms(sid) if room.startswith("user:")]
         message_id, count = str(arg["message_id"]), int(arg["tokens"])
         for i in range(1, count + 1):
-            await sio.emit("events", token_event(message_id, f"{user}{i} "), room=room_of(user))
-        await sio.emit("events", token_event(message_id, "", done=True), room=room_of(user))
+            await sio.emit("events", chat_event(message_id, i, content=f"{user}{i} "), room=room_of(user))
+        await sio.emit("events", chat_event(message_id, count + 1, done=True), room=room_of(user))
         return "ok"
 
     @sio.on("resume-stream")
@@ -236,10 +231,10 @@ async def test_an_attack_costs_a_bystander_nothing(
         sent = 0
         while sent < 100 or not attacking.done():
             sent += 1
-            await sio.emit("events", token_event("b", f"bob{sent} "), room=room_of("bob"))
+            await sio.emit("events", chat_event("b", sent, content=f"bob{sent} "), room=room_of("bob"))
             await asyncio.sleep(0.005)  # a model's pace, not synchronisation
         await attacking  # (its own assertions)
-        await sio.emit("events", token_event("b", "", done=True), room=room_of("bob"))
+        await sio.emit("events", chat_event("b", sent + 1, done=True), room=room_of("bob"))
         seqs = await bob.wait_seqs("b", sent + 1, timeout=30)
         rss_growth = rss_mib() - rss_before
 

@@ -83,8 +83,7 @@ async def test_a_tab_that_does_not_read_does_not_hold_up_the_users_other_tab(red
         tab = await RawClient(url, auth={"token": "alice"}).connect()
         emitted: list[float] = []
         for i in range(1, 1001):
-            event = chat_event("m", i)
-            event["data"]["data"]["content"] += pad
+            event = chat_event("m", i, content=f"tok{i} {pad}")
             emitted.append(time.monotonic())
             await sio.emit("events", event, room=room_of("alice"))
             await asyncio.sleep(0.005)  # a model's pace, not synchronisation

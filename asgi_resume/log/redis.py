@@ -310,7 +310,8 @@ class RedisLog:
 def _own_fault(error: Exception) -> bool:
     """Did a call fail on its own keys (not for the server's state)? A key of another type
     (``WRONGTYPE``), or a script's runtime error on what a key holds (``ERR user_script:...``:
-    redis-py drops the ``ERR``)."""
+    redis-py drops the ``ERR``). Read from the error's code, its message's first word: redis-py
+    before 6 has no attribute for it, and gives these codes no class of their own."""
     return type(error) is ResponseError and str(error).startswith(("WRONGTYPE ", "user_script:"))
 
 

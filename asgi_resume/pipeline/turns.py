@@ -14,11 +14,10 @@ class Turns:
     """One turn per event loop iteration, process-wide, first come first served.
 
     A resume takes a turn before its first read, and a replay page before it is rendered and sent:
-    however many replays are going on
-    (a reconnect storm, clients that ask again and again), the loop does one page of them per
-    iteration, and live frames, which take a few iterations to go out, wait for a few pages at most
-    instead of a page of every replay. Nothing is held while a page is sent: a client that does
-    not read keeps nobody else from their turn.
+    however many replays are going on (a reconnect storm, clients that ask again and again), the
+    loop does one page of them per iteration, and live frames, which take a few iterations to go
+    out, wait for a few pages at most instead of a page of every replay. Nothing is held while a
+    page is sent: a client that does not read keeps nobody else from their turn.
     """
 
     def __init__(self) -> None:

@@ -61,9 +61,11 @@ def make_app(sio: socketio.AsyncServer, **settings: Any) -> ResumeMiddleware:
     return ResumeMiddleware(socketio.ASGIApp(sio), **settings)
 
 
-def chat_event(message_id: str, i: int, *, done: bool = False, chat_id: str = "chat-1") -> dict[str, Any]:
-    """An open-webui shaped envelope: a token delta, or the final done frame."""
-    data: dict[str, Any] = {"content": f"tok{i} "}
+def chat_event(
+    message_id: str, i: int, *, done: bool = False, chat_id: str = "chat-1", content: str | None = None
+) -> dict[str, Any]:
+    """An open-webui shaped envelope: a token delta (``tok{i}``, or ``content``), or the final done frame."""
+    data: dict[str, Any] = {"content": f"tok{i} " if content is None else content}
     if done:
         data = {"done": True, "content": ""}
     return {"chat_id": chat_id, "message_id": message_id, "data": {"type": "chat:completion", "data": data}}
