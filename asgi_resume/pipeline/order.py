@@ -10,8 +10,11 @@ copies of frames already logged: a tab whose writer is busy (claiming a recovere
 is fed copies of frames the other tabs logged already, and a tab that waited for those would
 wait for a writer that may be waiting for it. The wait is for frames already fed here, on their
 way to the log: a loop turn or a log round trip, bounded by ``ASGI_RESUME_WRITE_TIMEOUT``; never
-for frames that may not come, nor for frames fed longer ago than that bound: their writer is
-stuck (its client does not read, so the transport waits for it), not on its way to the log.
+for frames that may not come, nor for frames of a connection whose writer has been handing a
+batch to its transport for longer than that bound: it is stuck behind a client that does not
+read, not on its way to the log. (How long ago a frame was fed says nothing of the kind: on a
+loaded machine a frame on its way to the log may take that long, and a tab that skipped it put
+the log out of emit order.)
 
 Frames are told apart by content digest: a frame whose content repeats one logged a moment ago
 (the same token twice) counts as a copy, so at worst it reaches the log after a frame emitted
@@ -21,6 +24,7 @@ after it. Must not touch: the log, frames' content, I/O.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 from asgi_resume.log import StreamKey
@@ -29,28 +33,38 @@ RECENT_KEPT = 64  # digests of logged frames remembered per stream key (copies c
 KEYS_KEPT = 4096  # stream keys whose logged digests are remembered (the oldest forgotten first)
 
 
-class FeedOrder:
-    """``clock`` (ms) and ``stale_ms``: a frame fed ``stale_ms`` ago or more and still unlogged is
-    waited for no more (without a clock, it always is)."""
+class Feeder:
+    """One connection's side of the feed order: since when (``clock`` seconds) its writer has been
+    handing a batch to its transport, 0.0 while it is not."""
 
-    def __init__(self, clock: Callable[[], int] | None = None, stale_ms: int = 0) -> None:
-        self._clock, self._stale_ms = clock, stale_ms
+    __slots__ = ("sending_since",)
+
+    def __init__(self) -> None:
+        self.sending_since = 0.0
+
+
+class FeedOrder:
+    """``stuck_s``: a frame whose connection's writer has been sending for that long (on ``clock``,
+    seconds) is waited for no more; 0: always waited for (to the caller's bound)."""
+
+    def __init__(self, stuck_s: float = 0.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._stuck_s, self._clock = stuck_s, clock
         self._next = 0
-        #: key -> number fed, not logged -> (digest, when it was fed, in the clock's ms)
-        self._unlogged: dict[StreamKey, dict[int, tuple[str, int]]] = {}
+        #: key -> number fed, not logged -> (digest, the connection it was fed to)
+        self._unlogged: dict[StreamKey, dict[int, tuple[str, Feeder | None]]] = {}
         self._recent: dict[StreamKey, dict[str, None]] = {}  # key -> digests logged lately, oldest first
         self._changed = asyncio.Event()
         self._waiters = 0
 
-    def fed(self, key: StreamKey, digest: str, at_ms: int = 0) -> int:
-        """A frame of ``key`` with content ``digest`` was fed at ``at_ms`` (the clock's): its
-        number (numbers only grow)."""
+    def fed(self, key: StreamKey, digest: str, to: Feeder | None = None) -> int:
+        """A frame of ``key`` with content ``digest`` was fed to connection ``to``: its number
+        (numbers only grow)."""
         number = self._next = self._next + 1
         numbers = self._unlogged.get(key)
         if numbers is None:
-            self._unlogged[key] = {number: (digest, at_ms)}
+            self._unlogged[key] = {number: (digest, to)}
         else:
-            numbers[number] = (digest, at_ms)
+            numbers[number] = (digest, to)
         return number
 
     @property
@@ -90,14 +104,15 @@ class FeedOrder:
         """Are frames of ``key`` fed before ``number`` still unlogged, other than copies of ``mine``,
         copies of frames logged already, and frames whose writer is stuck?"""
         recent = self._recent.get(key, {})
-        stuck_before = self._clock() - self._stale_ms if self._clock is not None else None
-        for fed, (digest, at_ms) in self._unlogged.get(key, {}).items():  # in number order
+        stuck_before = self._clock() - self._stuck_s if self._stuck_s else 0.0
+        for fed, (digest, to) in self._unlogged.get(key, {}).items():  # in number order
             if fed >= number:
                 return False
-            if stuck_before is not None and at_ms <= stuck_before:
-                continue  # fed long ago and not logged yet: its writer waits for a slow client
-            if digest not in mine and digest not in recent:
-                return True
+            if digest in mine or digest in recent:
+                continue
+            if to is not None and 0.0 < to.sending_since <= stuck_before:
+                continue  # its writer has been waiting for a client that does not read
+            return True
         return False
 
     async def turn(self, key: StreamKey, number: int, mine: set[str], at_most: float) -> bool:

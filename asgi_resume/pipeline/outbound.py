@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import assert_never
 
 from asgi_resume import protocol
 from asgi_resume.log import StreamKey, StreamLog
 from asgi_resume.pipeline import replay
 from asgi_resume.pipeline.classify import Classifier
+from asgi_resume.pipeline.order import Feeder
 from asgi_resume.pipeline.recovery import Recovery
 from asgi_resume.pipeline.replay import Deliver
 from asgi_resume.pipeline.resume import ResumeRequest
@@ -63,6 +65,7 @@ class Outbound:
         self.streams = StreamWriter(runtime, session)  # its side of the stream log
         self.classify = Classifier(runtime, session, self.recovery)  # what each frame it is sent is
         self._handed: tuple[int, tuple[int, ...]] = (0, _NONE_HELD)  # how far :meth:`send` handed its batch over
+        self.feeder = Feeder()  # since when it has been handing a batch to its transport, for the feed order
 
     def pending(self, *, answer_deferred: bool = True) -> int:
         """Units fed and not flushed yet."""
@@ -130,7 +133,7 @@ class Outbound:
     def _queue(self, unit: EventUnit | ConnectReply) -> None:
         if isinstance(unit, EventUnit):
             if unit.stream is not None:
-                unit.order = self.runtime.order.fed(unit.stream, unit.content_digest(), unit.received_ms)
+                unit.order = self.runtime.order.fed(unit.stream, unit.content_digest(), self.feeder)
                 self._stream_units.append(unit)
             if unit.recover:
                 self._recovering = True
@@ -188,8 +191,14 @@ class Outbound:
             except Exception:  # a bug here must cost the stamps, never the frames
                 logger.exception("asgi_resume failed to process a batch; sending it unchanged")
                 out = [f for unit in units for f in unprocessed(unit)]
-            await deliver(out)
+            feeder = self.feeder
+            feeder.sending_since = time.monotonic()
+            try:
+                await deliver(out)
+            finally:
+                feeder.sending_since = 0.0
             return
+        deliver = self._timed(deliver)
         taken = self.runtime.order.fed_count  # (what was fed, here, before this batch was taken)
         try:
             if stream_units:
@@ -206,6 +215,19 @@ class Outbound:
             upto, held = self._handed
             left = [units[index] for index in held] + units[upto:]
             await deliver([f for unit in left for f in unprocessed(unit)])
+
+    def _timed(self, deliver: Deliver) -> Deliver:
+        """``deliver``, telling the feed order while it hands frames to the transport."""
+        feeder = self.feeder
+
+        async def timed(items: list[Outgoing]) -> bool:
+            feeder.sending_since = time.monotonic()
+            try:
+                return await deliver(items)
+            finally:
+                feeder.sending_since = 0.0
+
+        return timed
 
     async def _render(
         self, units: list[Unit], start: int, stop: int, taken_ms: int, taken: int, deliver: Deliver

@@ -56,7 +56,7 @@ class Runtime:
         self.guard = LogGuard(self.log, Deadlines.from_write_timeout(settings.write_timeout), self.stats)
         #: each stream's frames go to the log in the order they were fed here (not waiting longer
         #: than a write for a connection whose writer is stuck on a client that does not read)
-        self.order = FeedOrder(self.log.now_ms, int(settings.write_timeout * 1000))
+        self.order = FeedOrder(settings.write_timeout)
         #: what the copy of a frame another tab here logged is numbered (kept well within the log's maxlen)
         self.recent = RecentEntries(max(1, min(settings.maxlen // 2, MAX_ENTRIES)))
         self.replay_turns = Turns()  # one replay page (or first read) per loop iteration, whoever asked
