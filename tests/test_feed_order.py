@@ -8,7 +8,7 @@ import time
 import pytest
 
 from asgi_resume.log import StreamKey
-from asgi_resume.pipeline.order import KEYS_KEPT, RECENT_KEPT, Feeder, FeedOrder
+from asgi_resume.pipeline.order import KEYS_KEPT, OBJECT_BYTES_KEPT, RECENT_KEPT, Feeder, FeedOrder
 from tests.support.app import chat_event, make_app, make_sio, room_of
 from tests.support.raw import DeafClient, RawClient
 from tests.support.redis_server import RedisServer
@@ -23,10 +23,10 @@ async def test_a_tab_waits_for_a_frame_it_lacks_that_another_tab_was_fed_first()
     order = FeedOrder()
     earlier = order.fed(KEY, "x")  # only the other tab got it (this one joined after)
     mine = order.fed(KEY, "y")
-    assert order.ahead(KEY, mine, {"y"})
-    assert not await order.turn(KEY, mine, {"y"}, 0.01)  # bounded
+    assert order.ahead(KEY, mine, {"y": [None]})
+    assert not await order.turn(KEY, mine, {"y": [None]}, 0.01)  # bounded
     order.logged(KEY, earlier)
-    assert not order.ahead(KEY, mine, {"y"})
+    assert not order.ahead(KEY, mine, {"y": [None]})
 
 
 async def test_copies_of_frames_already_logged_hold_nobody_up() -> None:
@@ -38,8 +38,8 @@ async def test_copies_of_frames_already_logged_hold_nobody_up() -> None:
     order.logged(KEY, a_x)
     order.fed(KEY, "x")  # B's copy, fed later and not logged yet
     a_y = order.fed(KEY, "y")
-    assert not order.ahead(KEY, a_y, {"y"})
-    assert await order.turn(KEY, a_y, {"y"}, 0.01)
+    assert not order.ahead(KEY, a_y, {"y": [None]})
+    assert await order.turn(KEY, a_y, {"y": [None]}, 0.01)
 
 
 def test_what_it_remembers_is_bounded() -> None:
@@ -64,12 +64,12 @@ async def test_frames_whose_writer_is_stuck_hold_nobody_up() -> None:
     mine = order.fed(KEY, "y", Feeder())
     deaf.sending_since = now[0]  # its writer hands its previous batch to a client that does not read
     now[0] += 0.1
-    assert order.ahead(KEY, mine, {"y"})  # sending for 100 ms: on its way, as far as anyone can tell
+    assert order.ahead(KEY, mine, {"y": [None]})  # sending for 100 ms: on its way, as far as anyone can tell
     now[0] += 0.15
-    assert not order.ahead(KEY, mine, {"y"})  # sending for 250 ms: stuck
-    assert await order.turn(KEY, mine, {"y"}, 0.01)
+    assert not order.ahead(KEY, mine, {"y": [None]})  # sending for 250 ms: stuck
+    assert await order.turn(KEY, mine, {"y": [None]}, 0.01)
     deaf.sending_since = 0.0  # the client read: the writer is back, and logs it as usual
-    assert order.ahead(KEY, mine, {"y"})
+    assert order.ahead(KEY, mine, {"y": [None]})
     order.logged(KEY, stuck)
     assert not order._unlogged.get(KEY, {}).get(stuck)
 
@@ -84,9 +84,9 @@ def test_a_frame_fed_long_ago_is_waited_for_while_its_writer_is_not_stuck() -> N
     earlier = order.fed(KEY, "x", slow)  # its writer is logging (not sending): just slow
     now[0] += 5.0
     mine = order.fed(KEY, "y", Feeder())
-    assert order.ahead(KEY, mine, {"y"})
+    assert order.ahead(KEY, mine, {"y": [None]})
     order.logged(KEY, earlier)
-    assert not order.ahead(KEY, mine, {"y"})
+    assert not order.ahead(KEY, mine, {"y": [None]})
 
 
 async def test_a_tab_that_does_not_read_does_not_hold_up_the_users_other_tab(redis_server: RedisServer) -> None:
@@ -112,3 +112,68 @@ async def test_a_tab_that_does_not_read_does_not_hold_up_the_users_other_tab(red
         assert late[len(late) * 9 // 10] < 0.125, f"p90 latency {late[len(late) * 9 // 10] * 1000:.0f} ms"
         await tab.close()
         deaf.kill()
+
+
+def frame_of(content: str) -> str:
+    """A new frame object with ``content`` (python-socketio encodes each emit once: its recipients
+    on websockets get that one object)."""
+    return "".join(["42", f'["events",{{"c":"{content}"}}]'])
+
+
+async def test_a_repeat_of_my_content_that_another_tab_got_first_is_waited_for() -> None:
+    """Same content, another emit (the same token twice): not a copy of mine. Its copy, the same
+    object, is. A CI failure with the payloads a/b/ab came from treating the repeat as a copy."""
+    order = FeedOrder()
+    earlier, mine = frame_of("b"), frame_of("b")
+    other = order.fed(KEY, "b", Feeder(), earlier)  # the other tab's b, emitted before mine
+    copy = order.fed(KEY, "b", Feeder(), mine)  # the other tab's copy of mine
+    me = order.fed(KEY, "b", Feeder(), mine)
+    assert order.ahead(KEY, me, {"b": [mine]})
+    order.logged(KEY, other, "e", 6)
+    assert not order.ahead(KEY, me, {"b": [mine]})  # the copy of mine holds me up no more
+    order.logged(KEY, copy, "e", 7)
+    assert not order.ahead(KEY, me, {"b": [mine]})
+    assert not order.ahead(KEY, me, {"b": [None]})  # not comparable (long-polling): content decides
+
+
+def test_a_repeat_of_a_logged_frame_is_not_taken_for_its_copy() -> None:
+    order = FeedOrder()
+    logged, repeat = frame_of("a"), frame_of("a")
+    order.logged(KEY, order.fed(KEY, "a", Feeder(), logged), "e", 4)
+    order.fed(KEY, "a", Feeder(), logged)  # a late copy of the logged one (a busy tab's)
+    mine = order.fed(KEY, "z", Feeder(), frame_of("z"))
+    assert not order.ahead(KEY, mine, {"z": [None]})
+    order.logged(KEY, mine, "e", 5)
+    repeated = order.fed(KEY, "a", Feeder(), repeat)  # another emit with the same content, not logged yet
+    later = order.fed(KEY, "y", Feeder(), frame_of("y"))
+    assert order.ahead(KEY, later, {"y": [None]})
+    order.logged(KEY, repeated, "e", 6)
+    assert order.ahead(KEY, later, {"y": [None]})  # the late copy of the first a: only the last a is kept
+
+
+async def test_a_first_frame_is_placed_at_its_own_emit() -> None:
+    """The seq the other tab's copy (the same object) got; none for a repeat."""
+    order = FeedOrder()
+    twin, frame = frame_of("b"), frame_of("b")
+    order.logged(KEY, order.fed(KEY, "b", Feeder(), twin), "e", 9)
+    copy = order.fed(KEY, "b", Feeder(), frame)
+    mine = order.fed(KEY, "b", Feeder(), frame)
+    assert order.copy_on_its_way(KEY, frame, mine) == copy
+    assert order.placed(KEY, "b", frame) is None  # the twin is not its copy
+    assert not await order.until_logged(KEY, copy, 0.01)  # bounded
+    order.logged(KEY, copy, "e", 11)
+    assert await order.until_logged(KEY, copy, 0.01)
+    assert order.placed(KEY, "b", frame) == ("e", 11)
+    assert order.placed(KEY, "b", twin) is None  # forgotten: the last logged b is the one kept
+
+
+def test_the_frame_objects_it_keeps_are_bounded() -> None:
+    order = FeedOrder()
+    big = "x" * (OBJECT_BYTES_KEPT // 3)
+    for i in range(5):
+        key = StreamKey("alice", "/", "events", f"m{i}")
+        order.logged(key, order.fed(key, "d", Feeder(), big + str(i)), "e", 1)
+    assert 0 < order._object_chars <= OBJECT_BYTES_KEPT
+    kept = [logged.frame for digests in order._recent.values() for logged in digests.values()]
+    assert sum(len(f) for f in kept if f is not None) == order._object_chars
+    assert kept.count(None) == 3  # beyond the budget: told by content, like long-polling frames

@@ -262,9 +262,9 @@ def test_random_schedules_deliver_every_emit_once(
     """Tabs join, leave and reload at random frames, on either worker.
 
     Each emit has its own content: repeated content is where matching copies by content has
-    known limits (docs/guarantees.md, "Content that repeats within a few frames"; with the
-    payloads ``a``/``b``/``ab`` repeated, about 1 schedule in 100 failed on a loaded machine),
-    and the log's rules for repeats are pinned by test_log_contract. Here the schedules test
-    placement, reloads and moves between workers, which must hold exactly.
+    known limits across workers (docs/guarantees.md, "Content that repeats within a few
+    frames"); the rules for repeats are pinned by test_log_contract and, between the tabs of one
+    worker, test_feed_order. Here the schedules test placement, reloads and moves between
+    workers, which must hold exactly.
     """
     asyncio.run(run_schedule(schedule, pair, redis_server))

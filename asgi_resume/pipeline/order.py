@@ -16,21 +16,43 @@ read, not on its way to the log. (How long ago a frame was fed says nothing of t
 loaded machine a frame on its way to the log may take that long, and a tab that skipped it put
 the log out of emit order.)
 
-Frames are told apart by content digest: a frame whose content repeats one logged a moment ago
-(the same token twice) counts as a copy, so at worst it reaches the log after a frame emitted
-after it. Must not touch: the log, frames' content, I/O.
+Copies are told apart from repeats by the frame object where there is one: python-socketio
+encodes an emit to a room once, and its websocket writers hand each recipient that same string,
+so on websockets two frames are copies of one emit exactly when they are the same object (a
+token repeated a frame later is another object). Where the transport rebuilt the frame (long-
+polling payloads), or the object is no longer kept (``OBJECT_BYTES_KEPT``), content digests
+decide: a frame whose content repeats one logged a moment ago (the same token twice) then counts
+as a copy, so at worst it reaches the log after a frame emitted after it.
+
+It also says which seq a connection's copy of a frame logged lately got (``placed``), so that
+a tab's first frame of a stream is placed in the log at its own emit rather than at an earlier
+frame with the same content. Must not touch: the log, frames' content, I/O.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from asgi_resume.log import StreamKey
 
 RECENT_KEPT = 64  # digests of logged frames remembered per stream key (copies come within a few frames)
 KEYS_KEPT = 4096  # stream keys whose logged digests are remembered (the oldest forgotten first)
+OBJECT_BYTES_KEPT = 4 << 20  # logged frame objects kept to tell copies from repeats, in characters
+
+#: a batch's frames of one stream key: content digest -> their objects (None: not comparable)
+Mine = Mapping[str, Sequence[str | None]]
+
+
+class _Logged:
+    """A frame of a stream logged lately: its object (None: not comparable or not kept), and what
+    the log numbered it (seq 0: not numbered)."""
+
+    __slots__ = ("epoch", "frame", "seq")
+
+    def __init__(self, frame: str | None, epoch: str, seq: int) -> None:
+        self.frame, self.epoch, self.seq = frame, epoch, seq
 
 
 class Feeder:
@@ -50,21 +72,24 @@ class FeedOrder:
     def __init__(self, stuck_s: float = 0.0, clock: Callable[[], float] = time.monotonic) -> None:
         self._stuck_s, self._clock = stuck_s, clock
         self._next = 0
-        #: key -> number fed, not logged -> (digest, the connection it was fed to)
-        self._unlogged: dict[StreamKey, dict[int, tuple[str, Feeder | None]]] = {}
-        self._recent: dict[StreamKey, dict[str, None]] = {}  # key -> digests logged lately, oldest first
+        #: key -> number fed, not logged -> (digest, the connection it was fed to, its object or None)
+        self._unlogged: dict[StreamKey, dict[int, tuple[str, Feeder | None, str | None]]] = {}
+        #: key -> digest -> the last frame with that content logged lately (oldest first)
+        self._recent: dict[StreamKey, dict[str, _Logged]] = {}
+        self._object_chars = 0  # the length of the frame objects ``_recent`` keeps
         self._changed = asyncio.Event()
         self._waiters = 0
 
-    def fed(self, key: StreamKey, digest: str, to: Feeder | None = None) -> int:
+    def fed(self, key: StreamKey, digest: str, to: Feeder | None = None, frame: str | None = None) -> int:
         """A frame of ``key`` with content ``digest`` was fed to connection ``to``: its number
-        (numbers only grow)."""
+        (numbers only grow). ``frame``: the object the app handed over, when its copies are that
+        same object (websockets); None when the transport rebuilt it."""
         number = self._next = self._next + 1
         numbers = self._unlogged.get(key)
         if numbers is None:
-            self._unlogged[key] = {number: (digest, to)}
+            self._unlogged[key] = {number: (digest, to, frame)}
         else:
-            numbers[number] = (digest, to)
+            numbers[number] = (digest, to, frame)
         return number
 
     @property
@@ -72,57 +97,99 @@ class FeedOrder:
         """How many frames were fed so far: every frame fed from now on gets a higher number."""
         return self._next
 
-    def logged(self, key: StreamKey, number: int) -> None:
-        """The frame numbered ``number`` was logged, or will never be (idempotent)."""
+    def logged(self, key: StreamKey, number: int, epoch: str = "", seq: int = 0) -> None:
+        """The frame numbered ``number`` was logged as ``seq`` of ``epoch`` (0: not numbered), or
+        will never be (idempotent)."""
         numbers = self._unlogged.get(key)
         if numbers is None:
             return
         fed = numbers.pop(number, None)
         if fed is None:
             return
-        digest = fed[0]
+        digest, _, frame = fed
         if not numbers:
             del self._unlogged[key]
         recent = self._recent.get(key)
         if recent is None:
             if len(self._recent) >= KEYS_KEPT:
-                del self._recent[next(iter(self._recent))]
+                self._drop(self._recent.pop(next(iter(self._recent))).values())
             recent = self._recent[key] = {}
-        recent[digest] = None
+        if frame is not None:
+            if self._object_chars + len(frame) > OBJECT_BYTES_KEPT:
+                frame = None  # (copies of it are told by content, as on long-polling)
+            else:
+                self._object_chars += len(frame)
+        replaced = recent.pop(digest, None)
+        if replaced is not None and replaced.frame is not None:
+            self._object_chars -= len(replaced.frame)
+        recent[digest] = _Logged(frame, epoch, seq)
         if len(recent) > RECENT_KEPT:
-            del recent[next(iter(recent))]
+            oldest = recent.pop(next(iter(recent)))
+            if oldest.frame is not None:
+                self._object_chars -= len(oldest.frame)
         if self._waiters:
             self._changed.set()
             self._changed = asyncio.Event()
+
+    def _drop(self, forgotten: Iterable[_Logged]) -> None:
+        for logged in forgotten:
+            if logged.frame is not None:
+                self._object_chars -= len(logged.frame)
 
     def before(self, key: StreamKey, number: int) -> bool:
         """Are frames of ``key`` fed before ``number`` still unlogged? (Cheap: the first one tells.)"""
         numbers = self._unlogged.get(key)
         return numbers is not None and next(iter(numbers)) < number
 
-    def ahead(self, key: StreamKey, number: int, mine: set[str]) -> bool:
+    def ahead(self, key: StreamKey, number: int, mine: Mine) -> bool:
         """Are frames of ``key`` fed before ``number`` still unlogged, other than copies of ``mine``,
         copies of frames logged already, and frames whose writer is stuck?"""
         recent = self._recent.get(key, {})
         stuck_before = self._clock() - self._stuck_s if self._stuck_s else 0.0
-        for fed, (digest, to) in self._unlogged.get(key, {}).items():  # in number order
+        for fed, (digest, to, frame) in self._unlogged.get(key, {}).items():  # in number order
             if fed >= number:
                 return False
-            if digest in mine or digest in recent:
-                continue
+            same = mine.get(digest)
+            if same is not None and (frame is None or any(m is None or m is frame for m in same)):
+                continue  # a copy of one of mine (or, not comparable, the same content)
+            logged = recent.get(digest)
+            if logged is not None and (frame is None or logged.frame is None or logged.frame is frame):
+                continue  # a copy of a frame logged already
             if to is not None and 0.0 < to.sending_since <= stuck_before:
                 continue  # its writer has been waiting for a client that does not read
             return True
         return False
 
-    async def turn(self, key: StreamKey, number: int, mine: set[str], at_most: float) -> bool:
+    async def turn(self, key: StreamKey, number: int, mine: Mine, at_most: float) -> bool:
         """Wait until ``ahead`` is false: False if ``at_most`` passed first."""
-        if not self.ahead(key, number, mine):
+        return await self._until(lambda: not self.ahead(key, number, mine), at_most)
+
+    def copy_on_its_way(self, key: StreamKey, frame: str, number: int) -> int | None:
+        """The number of another copy of ``frame`` (the same object) than the one numbered
+        ``number``, fed here and not logged yet, if there is one."""
+        for fed, (_, _, other) in self._unlogged.get(key, {}).items():
+            if other is frame and fed != number:
+                return fed
+        return None
+
+    async def until_logged(self, key: StreamKey, number: int, at_most: float) -> bool:
+        """Wait until the frame numbered ``number`` is logged: False if ``at_most`` passed first."""
+        return await self._until(lambda: number not in self._unlogged.get(key, {}), at_most)
+
+    def placed(self, key: StreamKey, digest: str, frame: str) -> tuple[str, int] | None:
+        """The epoch and seq that a copy of ``frame`` (the same object) was logged with lately."""
+        logged = self._recent.get(key, {}).get(digest)
+        if logged is None or logged.frame is not frame or logged.seq <= 0:
+            return None
+        return logged.epoch, logged.seq
+
+    async def _until(self, done: Callable[[], bool], at_most: float) -> bool:
+        if done():
             return True
         self._waiters += 1
         try:
             async with asyncio.timeout(at_most):
-                while self.ahead(key, number, mine):
+                while not done():
                     await self._changed.wait()
         except TimeoutError:
             return False

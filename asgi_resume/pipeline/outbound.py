@@ -42,6 +42,7 @@ from asgi_resume.pipeline.units import (
     Outgoing,
     Passthrough,
     Unit,
+    by_content,
     unprocessed,
 )
 
@@ -99,8 +100,12 @@ class Outbound:
 
     # -- feeding -----------------------------------------------------------------------------------
 
-    def feed(self, item: Incoming) -> None:
-        """Queue one packet (or request, or other ASGI message) for the next :meth:`flush`."""
+    def feed(self, item: Incoming, *, as_emitted: bool = False) -> None:
+        """Queue one packet (or request, or other ASGI message) for the next :meth:`flush`.
+
+        ``as_emitted``: ``item`` is the object the app handed over, the same one its other
+        recipients here get for one emit (websockets; long-polling payloads are cut up here).
+        """
         pending = self._pending
         if pending is not None:
             if isinstance(item, bytes):
@@ -122,6 +127,8 @@ class Outbound:
             if unit is None:
                 self._units.append(item)
             elif not isinstance(unit, EventUnit) or not unit.expected_attachments or unit.complete:
+                if as_emitted and isinstance(unit, EventUnit):
+                    unit.emitted = item
                 self._queue(unit)
             else:
                 self._pending = unit
@@ -133,7 +140,7 @@ class Outbound:
     def _queue(self, unit: EventUnit | ConnectReply) -> None:
         if isinstance(unit, EventUnit):
             if unit.stream is not None:
-                unit.order = self.runtime.order.fed(unit.stream, unit.content_digest(), self.feeder)
+                unit.order = self.runtime.order.fed(unit.stream, unit.content_digest(), self.feeder, unit.emitted)
                 self._stream_units.append(unit)
             if unit.recover:
                 self._recovering = True
@@ -307,7 +314,7 @@ class Outbound:
         order = self.runtime.order
         if key is None or request.error is not None or not order.before(key, taken + 1):
             return
-        mine = {u.content_digest() for u in units if isinstance(u, EventUnit) and u.stream == key}
+        mine = by_content(u for u in units if isinstance(u, EventUnit) and u.stream == key)
         if not await order.turn(key, taken + 1, mine, self.runtime.guard.deadlines.write.seconds):
             self.runtime.stats.order_waits_timed_out += 1
 

@@ -196,6 +196,13 @@ class Session:
         if others_ms:
             self.others_ms[key] = others_ms
 
+    def placed(self, key: StreamKey, epoch: str, seq: int) -> None:
+        """Its first frame of ``key`` is a copy of entry ``seq`` of ``epoch``: the log is to match
+        it there (the entry after its cursor), wherever else the same content is."""
+        if key not in self.cursors and len(self.cursors) >= STREAMS_KEPT:
+            self.bound()
+        self.cursors[key] = (epoch, seq - 1)
+
     def replayed_to(self, key: StreamKey, epoch: str, seq: int) -> None:
         """A replay (or recovery) gave this client ``key`` up to ``seq`` of ``epoch``: its live
         copies up to there are dropped (see :meth:`was_replayed`). The newest replay is kept last."""

@@ -17,7 +17,7 @@ from asgi_resume.guard import Deadline
 from asgi_resume.log import AppendRequest, LogUnavailable, StreamKey
 from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.pipeline.session import Session
-from asgi_resume.pipeline.units import EventUnit
+from asgi_resume.pipeline.units import EventUnit, by_content
 
 
 class StreamWriter:
@@ -46,7 +46,7 @@ class StreamWriter:
         finally:
             logged = self.runtime.order.logged
             for unit in units:
-                logged(unit.stream, unit.order)  # type: ignore[arg-type]  # (stream units have one)
+                logged(unit.stream, unit.order, unit.epoch, unit.seq)  # type: ignore[arg-type]  # (stream units have one)
 
     async def _append(self, units: list[EventUnit]) -> None:
         session, stats = self.session, self.runtime.stats
@@ -74,14 +74,23 @@ class StreamWriter:
         loop = asyncio.get_running_loop()
         order, wait = runtime.order, guard.deadlines.write.seconds
         waits_end = 0.0  # (the clock is read only when a wait is due: hot path)
+        cursors = session.cursors
         for key, group in pending.items():  # frames another tab here was fed first, and these lack, go first
-            first = group[0].order
-            if order.before(key, first):
+            head = group[0]
+            if order.before(key, head.order):
                 waits_end = waits_end or loop.time() + wait
-                if not await order.turn(
-                    key, first, {unit.content_digest() for unit in group}, max(0.0, waits_end - loop.time())
-                ):
+                if not await order.turn(key, head.order, by_content(group), max(0.0, waits_end - loop.time())):
                     stats.order_waits_timed_out += 1  # (the log is not to blame: it gets its own deadline)
+            if head.emitted is not None and key not in cursors and not session.unlogged:
+                # its first frame of the stream: placed at its own emit if another tab here logs it
+                copy = order.copy_on_its_way(key, head.emitted, head.order)
+                if copy is not None:
+                    waits_end = waits_end or loop.time() + wait
+                    if not await order.until_logged(key, copy, max(0.0, waits_end - loop.time())):
+                        stats.order_waits_timed_out += 1
+                where = order.placed(key, head.content_digest(), head.emitted)
+                if where is not None:
+                    session.placed(key, *where)
         # one deadline for the batch's log calls, a repair and the append (the in-process log gets no timer)
         ends = None if synchronous else loop.time() + wait
         if runtime.repairs:  # streams the log missed frames of start a new epoch first

@@ -12,6 +12,7 @@ turns back into frames. Must not touch: I/O, sessions.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, assert_never
 
@@ -82,6 +83,7 @@ class EventUnit:
     epoch: str = ""
     offset: str = ""
     order: int = -1  # its number in the order this process was fed its stream's frames
+    emitted: str | None = None  # the app's frame object, when its copies are that same object (websockets)
     _digest: str = ""
 
     @property
@@ -128,6 +130,14 @@ class EventUnit:
         for attachment in self.attachments:
             digest.update(attachment)
         return digest.hexdigest()
+
+
+def by_content(units: Iterable[EventUnit]) -> dict[str, list[str | None]]:
+    """Content digest -> the frame objects of ``units`` with that content (see :attr:`EventUnit.emitted`)."""
+    found: dict[str, list[str | None]] = {}
+    for unit in units:
+        found.setdefault(unit.content_digest(), []).append(unit.emitted)
+    return found
 
 
 #: What the pipeline sends: Engine.IO packets (text or binary), and ASGI messages in their place.

@@ -169,7 +169,7 @@ class WebSocketConnection:
             self._register(item)
         now = time.monotonic()
         self._gap, self._last_feed = now - self._last_feed, now
-        self.outbound.feed(item)
+        self.outbound.feed(item, as_emitted=True)
 
     async def _drain(self) -> None:
         """Send everything fed so far (the caller holds the lock), in order."""
