@@ -159,6 +159,7 @@ async def test_a_first_frame_is_placed_at_its_own_emit() -> None:
     copy = order.fed(KEY, "b", Feeder(), frame)
     mine = order.fed(KEY, "b", Feeder(), frame)
     assert order.copy_on_its_way(KEY, frame, mine) == copy
+    assert order.copy_on_its_way(KEY, frame, copy) is None  # the first copy waits for no later one
     assert order.placed(KEY, "b", frame) is None  # the twin is not its copy
     assert not await order.until_logged(KEY, copy, 0.01)  # bounded
     order.logged(KEY, copy, "e", 11)

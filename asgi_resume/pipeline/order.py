@@ -165,10 +165,13 @@ class FeedOrder:
         return await self._until(lambda: not self.ahead(key, number, mine), at_most)
 
     def copy_on_its_way(self, key: StreamKey, frame: str, number: int) -> int | None:
-        """The number of another copy of ``frame`` (the same object) than the one numbered
-        ``number``, fed here and not logged yet, if there is one."""
+        """The number of a copy of ``frame`` (the same object) fed here before the one numbered
+        ``number`` and not logged yet, if there is one. (Only earlier ones: two tabs that each
+        waited for the other's copy would both wait out their bound.)"""
         for fed, (_, _, other) in self._unlogged.get(key, {}).items():
-            if other is frame and fed != number:
+            if fed >= number:
+                return None
+            if other is frame:
                 return fed
         return None
 
