@@ -140,12 +140,13 @@ class Runtime:
         if not self.repairs or not self.guard.available():
             return
         # a stream whose own connection started its new epoch meanwhile needs nothing more
-        repairs = {key: session for key, session in self.repairs.items() if key in session.unlogged}
+        epochs = {key: session.reset_epoch(key) for key, session in self.repairs.items()}
+        repairs = {key: session for key, session in self.repairs.items() if epochs[key] is not None}
         self.repairs = {}
         if not repairs:
             return
         requests = [
-            AppendRequest(key, [], reset=True, reset_epoch=session.unlogged[key], connection=session.id)
+            AppendRequest(key, [], reset=True, reset_epoch=epochs[key] or "", connection=session.id)
             for key, session in repairs.items()
         ]
         try:
