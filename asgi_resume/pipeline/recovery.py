@@ -218,28 +218,28 @@ class Recovery:
     def _replay_frames(self, state: RecoveryState, gen: str, entries: list[tuple[int, int, Any]]) -> list[Outgoing]:
         """The missed events with their old offsets; note them so live copies are not sent twice."""
         out: list[Outgoing] = []
-        rules = self.runtime.rules
+        rules, session = self.runtime.rules, self.session
+        principal = session.principal_for(state.namespace)
         for n, received_ms, payload in entries:
             if not payload or not isinstance(payload[0], str):
                 continue
             text, attachments = payload[0], [a for a in payload[1:] if isinstance(a, bytes)]
             out += [protocol.with_last_arg(text, offset(gen, n)), *attachments]
+            # what its live copy looks like, if one may still come (emitted since this connection
+            # began): the event as the app sent it, unstamped, for the stream log may have failed for it
+            live = text if received_ms >= state.connect_ms else None
             classified = rules.classify(text)
             arg = classified.packet.first_arg if classified is not None else None
-            principal = self.session.principal_for(state.namespace)
             if classified is not None and principal and isinstance(arg, dict) and isinstance(arg.get("seq"), int):
                 epoch, seq = str(arg.get("epoch", "")), arg["seq"]
                 key = StreamKey(principal, state.namespace, classified.variant, classified.stream)
-                known = self.session.replayed.get(key)
+                known = session.replayed.get(key)
                 if known is None or known[0] != epoch or known[1] < seq:
-                    self.session.replayed_to(key, epoch, seq)
-                if received_ms >= state.connect_ms:  # its live copy, if the stream log failed for it: by content
-                    unstamped = _unstamped(text, seq, epoch)
-                    if unstamped is not None:
-                        copy = EventUnit(unstamped, state.namespace, 0, received_ms, attachments=attachments)
-                        state.duplicates.setdefault(copy.digest(), []).append(received_ms)
-            elif received_ms >= state.connect_ms:
-                unit = EventUnit(text, state.namespace, 0, received_ms, attachments=attachments)
+                    session.replayed_to(key, epoch, seq)
+                if live is not None:
+                    live = _unstamped(text, seq, epoch)
+            if live is not None:  # dropped if it comes: matched by content
+                unit = EventUnit(live, state.namespace, 0, received_ms, attachments=attachments)
                 state.duplicates.setdefault(unit.digest(), []).append(received_ms)
         state.duplicates_until = time.monotonic() + DUPLICATES_FOR_S
         self.runtime.stats.frames_recovered += len(entries)
