@@ -18,6 +18,7 @@ import anyio
 
 from asgi_resume.pipeline.outbound import Outbound
 from asgi_resume.pipeline.runtime import Runtime
+from asgi_resume.pipeline.session import Polling
 
 logger = logging.getLogger("asgi_resume")
 
@@ -56,12 +57,18 @@ class ClientRequest:
         away_s = min(AWAY_S, polling.silence_s) if polling.silence_s else AWAY_S
         polling.timer = asyncio.get_running_loop().call_later(away_s, self._away)
 
-    def _away(self) -> None:
-        """No request for ``AWAY_S``: flag the streams in flight; later, the ping timeout lets it go."""
+    def _still_silent(self) -> Polling | None:
+        """The timer fired: the session's polling state if its client stayed silent (and the server
+        is not shutting down), else None."""
         polling = self.outbound.session.polling
         assert polling is not None
         polling.timer = None
-        if polling.requests or self.runtime.closing:
+        return None if polling.requests or self.runtime.closing else polling
+
+    def _away(self) -> None:
+        """No request for ``AWAY_S``: flag the streams in flight; later, the ping timeout lets it go."""
+        polling = self._still_silent()
+        if polling is None:
             return
         self.runtime.in_background(flag_away(self.outbound))
         if polling.silence_s:
@@ -70,12 +77,8 @@ class ClientRequest:
 
     def _silent(self) -> None:
         """No request for Engine.IO's ping interval + timeout: python-engineio has given up on it too."""
-        polling = self.outbound.session.polling
-        assert polling is not None
-        polling.timer = None
-        if polling.requests or self.runtime.closing:
-            return
-        self.runtime.in_background(let_go(self.runtime, self.outbound, "it stopped polling"))
+        if self._still_silent() is not None:
+            self.runtime.in_background(let_go(self.runtime, self.outbound, "it stopped polling"))
 
 
 async def let_go(runtime: Runtime, outbound: Outbound, reason: str, *, over: bool = False) -> None:
