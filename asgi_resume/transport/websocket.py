@@ -5,7 +5,7 @@ and stamps them a batch at a time) and ``receive`` (resume requests are answered
 reach the app; CONNECT auth names the principal), and, while a connection is held
 (:mod:`asgi_resume.transport.holds`) after its client left, answering the app's pings and telling the app
 at the end. Must not touch: what a frame means (``outbound``), storage (``log``), when a hold
-ends (``holds``).
+ends (``holds``), when an upgrade's probe becomes the transport (``upgrade``).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from asgi_resume.pipeline.units import Incoming, Outgoing, Passthrough
 from asgi_resume.transport.engineio import EngineIOSessions, client_frame, new_session, query_param
 from asgi_resume.transport.holds import Hold, Holds, HoldState
 from asgi_resume.transport.tcp import disable_nagle
+from asgi_resume.transport.upgrade import UpgradeProbe
 
 logger = logging.getLogger("asgi_resume")
 
@@ -45,7 +46,6 @@ class _Signal(enum.Enum):
 
 
 _END, _NUDGE = _Signal.END, _Signal.NUDGE
-PROBE_ANSWER = protocol.EIO_PONG + "probe"  # python-engineio's answer to an upgrade probe
 
 
 def _ends_connection(item: Outgoing) -> bool:
@@ -77,11 +77,7 @@ class WebSocketConnection:
         existing = sessions.get(self.sid) if self.sid else None
         self.outbound = existing or new_session(runtime, scope)
         self.session = self.outbound.session
-        # An upgrade probe: until the client sends UPGRADE it ignores what this websocket carries
-        # (python-engineio only sends the probe's PONG here meanwhile), so requests that came by
-        # long-polling are answered there, or here once the upgrade is done.
-        self._probing = existing is not None
-        self._probe_answered = False  # python-engineio answered its PING probe: an UPGRADE completes it
+        self.probe = UpgradeProbe(existing is not None)
         if existing is None:
             self.session.upgraded = True  # a websocket from the start
         self.accepted = False
@@ -106,7 +102,7 @@ class WebSocketConnection:
                     await self._enqueue(_END)  # the writer sends what is queued, then ends
                     self.hold.end("the app ended the connection")
         finally:
-            if not self._probing:  # (a probe that never became the transport ends nothing: polling goes on)
+            if not self.probe.active:  # (a probe that never became the transport ends nothing: polling goes on)
                 if self.sid:
                     self.sessions.remove(self.sid, self.outbound)
                 with anyio.CancelScope(shield=True):
@@ -118,8 +114,8 @@ class WebSocketConnection:
         kind = message["type"]
         if kind == "websocket.send":
             text = message.get("text")
-            if self._probing and text == PROBE_ANSWER:
-                self._probe_answered = True
+            if self.probe.active:
+                self.probe.app_sent(text)
             item = text if text is not None else message.get("bytes")
             if item is not None:
                 await self._forward(item)
@@ -156,7 +152,7 @@ class WebSocketConnection:
             async with outbound.lock:  # too much waiting: python-engineio's writer waits for it
                 await self._drain()
             return
-        if outbound.needs_log(answer_deferred=not self._probing) and (
+        if outbound.needs_log(answer_deferred=not self.probe.active) and (
             self._gap < LINGER_BELOW_S or not self.runtime.log.synchronous
         ):
             self._enqueue_nowait(_NUDGE)  # the writer logs it, with whatever comes meanwhile
@@ -176,7 +172,7 @@ class WebSocketConnection:
         outbound = self.outbound
         self._draining = True
         try:
-            answer_deferred = not self._probing
+            answer_deferred = not self.probe.active
             while outbound.pending(answer_deferred=answer_deferred):
                 if outbound.needs_log(answer_deferred=answer_deferred) and self._gap < LINGER_BELOW_S:
                     await self._linger()
@@ -286,8 +282,7 @@ class WebSocketConnection:
                     # connections' work (answering them is paced by the replay turns)
                     await asyncio.sleep(0)
                     continue
-                elif text == protocol.EIO_UPGRADE and self._probing and self._probe_answered:
-                    self._probing = False  # the client reads this websocket from now on
+                elif self.probe.completed_by(text):  # the client reads this websocket from now on
                     await self._upgraded()
                     # python-engineio refuses the session's POSTs from when it reads this UPGRADE,
                     # in the same step: until then they are read here, as every POST is
@@ -318,7 +313,7 @@ class WebSocketConnection:
             # connection's task: held ones must end now, or shutdown would wait for them
             self.holds.shut_down()
             return False
-        if self._probing:
+        if self.probe.active:
             # an upgrade probe the client never switched to: its session goes on by long-polling
             # (holding it would keep python-engineio "upgrading", answering every GET with a NOOP)
             return False
