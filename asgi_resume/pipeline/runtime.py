@@ -140,13 +140,12 @@ class Runtime:
         if not self.repairs or not self.guard.available():
             return
         # a stream whose own connection started its new epoch meanwhile needs nothing more
-        epochs = {key: session.reset_epoch(key) for key, session in self.repairs.items()}
-        repairs = {key: session for key, session in self.repairs.items() if epochs[key] is not None}
+        repairs = {key: session for key, session in self.repairs.items() if key in session.unlogged}
         self.repairs = {}
         if not repairs:
             return
         requests = [
-            AppendRequest(key, [], reset=True, reset_epoch=epochs[key] or "", connection=session.id)
+            AppendRequest(key, [], reset=True, reset_epoch=session.unlogged[key], connection=session.id)
             for key, session in repairs.items()
         ]
         try:

@@ -86,9 +86,6 @@ class Session:
     #: keys with frames the log missed -> the epoch this connection knew them in ("" none): that
     #: history has a hole, so the next append (or a repair) starts a new epoch, if nobody did yet
     unlogged: dict[StreamKey, str] = field(default_factory=dict)
-    #: it had more such keys than it keeps (``STREAMS_KEPT``) and forgot the oldest: any stream it
-    #: has no cursor in may have a hole, so its next append there starts a new epoch
-    lost_track: bool = False
     in_flight: dict[StreamKey, float] = field(default_factory=dict)  # key not done -> monotonic time of last frame
     calls: dict[tuple[str, int], None] = field(default_factory=dict)  # (namespace, ack id) the client owes
     last_frame_at: float = 0.0  # monotonic time of the last stream frame
@@ -233,31 +230,10 @@ class Session:
                     self.replayed.pop(key, None)
 
     def forget(self, key: StreamKey) -> None:
-        """The log missed frames of ``key``: the next append starts a new epoch.
-
-        Past ``STREAMS_KEPT`` such keys (an outage while the app sends this connection stream after
-        stream) the oldest quarter is forgotten, and with it the epochs they were missed in: from
-        then on every stream this connection has no cursor in counts as one (:meth:`reset_epoch`).
-        """
+        """The log missed frames of ``key``: the next append starts a new epoch."""
         cursor = self.cursors.pop(key, None)
-        unlogged = self.unlogged
-        if key not in unlogged:
-            if len(unlogged) >= STREAMS_KEPT:
-                for old in list(unlogged)[: STREAMS_KEPT // 4]:
-                    del unlogged[old]
-                self.lost_track = True
-            unlogged[key] = cursor[0] if cursor is not None else ""
+        self.unlogged.setdefault(key, cursor[0] if cursor is not None else "")
         self.skipped.pop(key, None)
-
-    def reset_epoch(self, key: StreamKey) -> str | None:
-        """Does this connection's next append of ``key`` start a new epoch? The epoch it missed
-        frames in ("": whatever the stream's epoch is now), or None: its history here is whole."""
-        if not (self.unlogged or self.lost_track):  # (hot path: mostly)
-            return None
-        epoch = self.unlogged.get(key)
-        if epoch is None and self.lost_track and key not in self.cursors:
-            return ""
-        return epoch
 
     def saw(self, stream: StreamKey, done: bool) -> None:
         """Track streams in flight on this connection (what a hold waits for)."""

@@ -81,7 +81,7 @@ class StreamWriter:
                 waits_end = waits_end or loop.time() + wait
                 if not await order.turn(key, head.order, by_content(group), max(0.0, waits_end - loop.time())):
                     stats.order_waits_timed_out += 1  # (the log is not to blame: it gets its own deadline)
-            if head.emitted is not None and key not in cursors and not (session.unlogged or session.lost_track):
+            if head.emitted is not None and key not in cursors and not session.unlogged:
                 # its first frame of the stream: placed at its own emit if another tab here logs it
                 copy = order.copy_on_its_way(key, head.emitted, head.order)
                 if copy is not None:
@@ -159,8 +159,8 @@ class StreamWriter:
     def _request(self, key: StreamKey, group: list[EventUnit]) -> AppendRequest:
         session = self.session
         cursor_epoch, cursor_seq = session.cursors.get(key, (None, 0))
-        skipped = session.skipped  # (empty, mostly)
-        reset_epoch = session.reset_epoch(key) if session.unlogged or session.lost_track else None  # (hot path)
+        unlogged, skipped = session.unlogged, session.skipped  # (both empty, mostly)
+        reset_epoch = unlogged.get(key) if unlogged else None
         return AppendRequest(
             key,
             [unit.entry() for unit in group],
