@@ -7,6 +7,7 @@ end-to-end suites.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 
 from asgi_resume import protocol
 from asgi_resume.config import Settings
+from asgi_resume.log import StreamKey
 from asgi_resume.log.memory import MemoryLog
 from asgi_resume.pipeline.outbound import Outbound
 from asgi_resume.pipeline.resume import ResumeRequest
@@ -224,3 +226,58 @@ async def test_a_batch_starting_with_known_copies_logs_only_the_rest() -> None:
     assert [e["seq"] for e in events(await send(one, token(4)))] == [4]  # t4 went to the log: one entry
     key = next(iter(one.session.cursors))
     assert (await rt.log.replay(key, 0, None, "reader")).last_seq == 4
+
+
+async def test_a_repair_tells_every_tab_that_missed_the_stream() -> None:
+    """Two tabs miss the same frames; the repair used to clear the last tab's note only, and the
+    other's stayed for the connection's life (one per stream that ended in an outage)."""
+    rt = Runtime(Settings.load({}), _RemoteMemoryLog())
+    one, two = tab(rt), tab(rt)
+    t1 = events(await send(one, token(1)))[0]
+    await send(two, token(1))
+    rt.guard.failed("gone")
+    for outbound in (one, two):
+        await send(outbound, token(2), done())  # unstamped: the stream ends while the log is down
+    rt.guard._down_until = 0.0
+    await rt.repair()
+    assert not one.session.unlogged
+    assert not two.session.unlogged
+    assert not rt.repairs
+    after_t1 = await rt.log.replay(StreamKey(ALICE, "/", "", "m"), t1["seq"], t1["epoch"], "reader")
+    assert after_t1.gap or after_t1.epoch != t1["epoch"]  # t2 and the done frame are missing
+
+
+class _SlowAnswerLog(_RemoteMemoryLog):
+    """A repair's reset lands at once; its answer comes back once ``answer`` is set (a round trip)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answer = asyncio.Event()
+
+    async def append(self, requests: Any) -> Any:
+        results = await super().append(requests)
+        if all(not request.entries for request in requests):  # (a repair)
+            await self.answer.wait()
+        return results
+
+
+async def test_a_repair_answered_late_keeps_a_miss_that_came_meanwhile() -> None:
+    log = _SlowAnswerLog()
+    rt = Runtime(Settings.load({}), log)
+    alice = tab(rt)
+    await send(alice, token(1))
+    rt.guard.failed("gone")
+    await send(alice, token(2))  # unstamped
+    rt.guard._down_until = 0.0
+    repair = asyncio.create_task(rt.repair())
+    await asyncio.sleep(0)  # (the reset landed: a new epoch; its answer is on its way)
+    t3 = events(await send(alice, token(3)))[0]
+    rt.guard.failed("gone again")
+    await send(alice, token(4))  # unstamped: a new miss, in t3's epoch
+    rt.guard._down_until = 0.0
+    log.answer.set()
+    await repair  # its answer is older than that miss: it must not clear it
+    await send(alice, token(5))
+    key = next(iter(alice.session.cursors))
+    after_t3 = await rt.log.replay(key, t3["seq"], t3["epoch"], "reader")
+    assert after_t3.gap or after_t3.epoch != t3["epoch"]  # t4 is missing: never a silent hole

@@ -68,7 +68,9 @@ class Runtime:
         #: frame -> how to stamp it (see Classifier._stamping): shared by the copies of an emit
         self.stamping_cache: dict[str, Stamping | None] = {}
         self.closing = False  # the server is going down: no more repairs
-        self.repairs: dict[StreamKey, Session] = {}  # streams whose frames the log missed, not yet repaired
+        #: (stream, connection) pairs whose frames the log missed, not yet repaired: each tab that missed
+        #: frames of a stream is told when it is repaired (one pair per tab, not the last tab only)
+        self.repairs: dict[tuple[StreamKey, Session], None] = {}
         self._repairing: asyncio.Task[None] | None = None
         self._hinted_no_principal = False
         #: the longest polling POST body the app reads (python-engineio's max_http_buffer_size)
@@ -130,7 +132,7 @@ class Runtime:
         """
         for key in keys:
             if len(self.repairs) < MAX_REPAIRS:
-                self.repairs[key] = session
+                self.repairs[key, session] = None
         if self.repairs and (self._repairing is None or self._repairing.done()):
             self._repairing = asyncio.get_running_loop().create_task(self._repair_soon())
 
@@ -139,25 +141,30 @@ class Runtime:
         ``deadline``, by default the write deadline)."""
         if not self.repairs or not self.guard.available():
             return
-        # a stream whose own connection started its new epoch meanwhile needs nothing more
-        repairs = {key: session for key, session in self.repairs.items() if key in session.unlogged}
+        # a stream whose own connection started its new epoch meanwhile needs nothing more; each
+        # connection's reset names the epoch it missed frames in, so the second of two tabs that
+        # missed the same frames starts nothing new (the stream is in another epoch by then)
+        repairs = [(key, session, session.unlogged[key]) for key, session in self.repairs if key in session.unlogged]
         self.repairs = {}
         if not repairs:
             return
         requests = [
-            AppendRequest(key, [], reset=True, reset_epoch=session.unlogged[key], connection=session.id)
-            for key, session in repairs.items()
+            AppendRequest(key, [], reset=True, reset_epoch=epoch, connection=session.id)
+            for key, session, epoch in repairs
         ]
         try:
             results = await self.guard.call(deadline or self.guard.deadlines.write, self.log.append, requests)
         except LogUnavailable:
-            for key, session in repairs.items():
-                self.repairs.setdefault(key, session)
+            for key, session, _ in repairs:
+                self.repairs.setdefault((key, session), None)
             return
-        for (key, session), result in zip(repairs.items(), results, strict=True):
-            if result.failed is not None:
-                continue  # this stream alone: its next frame starts the new epoch
-            session.unlogged.pop(key, None)  # done on its behalf: its next frame joins the new epoch
+        for (key, session, epoch), result in zip(repairs, results, strict=True):
+            if result.failed is not None or session.unlogged.get(key) != epoch:
+                # this stream alone failed (its next frame starts the new epoch), or the connection
+                # logged it since, or missed it again, while the repair was on its way: its own state
+                # is newer than this answer
+                continue
+            del session.unlogged[key]  # done on its behalf: its next frame joins the new epoch
             session.cursors.pop(key, None)
             session.skipped.pop(key, None)
 
