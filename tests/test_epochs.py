@@ -11,7 +11,8 @@ import redis.asyncio as aioredis
 
 from asgi_resume.log.base import LogLimits, new_epoch
 from asgi_resume.log.memory import MemoryLog
-from tests.support.app import emit_tokens, make_app, make_sio
+from tests.conftest import Stack
+from tests.support.app import emit_tokens, make_app, make_sio, room_of
 from tests.support.raw import RawClient
 from tests.support.redis_server import RedisServer
 from tests.support.server import serve
@@ -116,3 +117,63 @@ def test_a_forked_worker_draws_other_epochs_than_its_parent() -> None:
     os.waitpid(pid, 0)
     assert len(theirs) == len(mine) == 32
     assert theirs != mine
+
+
+async def _leave_mid_stream(stack: Stack, tab: RawClient, by_app: bool = False) -> str:
+    """Ten tokens reach ``tab``; it leaves the namespace (socket.io-client's ``socket.disconnect()``
+    on a manager it shares: the Engine.IO connection stays), or the app disconnects it from there
+    (``by_app``), and ten more reach nobody."""
+    await emit_tokens(stack.sio, "alice", "m", 1, 10)
+    await tab.wait_seqs("m", 10)
+    epoch: str = tab.events()[-1]["epoch"]
+    if by_app:
+        since = len(tab.frames)
+        for sid, _ in list(stack.sio.manager.get_participants("/", room_of("alice"))):
+            await stack.sio.disconnect(sid)
+        await tab.wait_for(lambda f: f == "41", since=since)
+    else:
+        await tab.send("41")
+    await stack.sio.disconnects.wait_count(1)  # type: ignore[attr-defined]
+    await emit_tokens(stack.sio, "alice", "m", 11, 20)  # in no log
+    return epoch
+
+
+@pytest.mark.parametrize("by_app", [False, True], ids=["client-left", "app-disconnected-it"])
+async def test_a_stream_left_mid_way_by_leaving_its_namespace_resumes_with_a_gap_in_a_new_tab(
+    stack: Stack, by_app: bool
+) -> None:
+    """Found by an attack run: the stream was not flagged, so the new tab went on in its epoch
+    (tok21 stamped 11) and a resume across tok11..tok20 said ``gap: false``."""
+    first = await RawClient(stack.url, auth={"token": "alice"}).connect()
+    epoch = await _leave_mid_stream(stack, first, by_app)
+    second = await RawClient(stack.url, auth={"token": "alice"}).connect()
+    await emit_tokens(stack.sio, "alice", "m", 21, 30)
+    await second.wait_seqs("m", 10)
+    answer = await second.request("resume-stream", {"message_id": "m", "last_seq": 10, "epoch": epoch}, ack_id=1)
+    assert answer["gap"] is True
+    assert answer["epoch"] != epoch
+
+
+async def test_a_tab_that_rejoins_its_namespace_does_not_go_on_across_what_it_missed(stack: Stack) -> None:
+    tab = await RawClient(stack.url, auth={"token": "alice"}).connect()
+    epoch = await _leave_mid_stream(stack, tab)
+    since = len(tab.frames)
+    await tab.send('40{"token":"alice"}')
+    await tab.wait_for(lambda f: isinstance(f, str) and f.startswith("40"), since=since)
+    await emit_tokens(stack.sio, "alice", "m", 21, 30)
+    await tab.wait_seqs("m", 20)
+    assert tab.events()[10]["epoch"] != epoch  # tok21 starts a new history
+    answer = await tab.request("resume-stream", {"message_id": "m", "last_seq": 10, "epoch": epoch}, ack_id=1)
+    assert answer["gap"] is True
+
+
+async def test_another_tab_that_stayed_keeps_the_stream_whole(stack: Stack) -> None:
+    """One tab leaving the namespace costs nothing to the tab that got every frame."""
+    leaving = await RawClient(stack.url, auth={"token": "alice"}).connect()
+    staying = await RawClient(stack.url, auth={"token": "alice"}).connect()
+    epoch = await _leave_mid_stream(stack, leaving)
+    await emit_tokens(stack.sio, "alice", "m", 21, 30)
+    assert await staying.wait_seqs("m", 30) == list(range(1, 31))
+    assert {event["epoch"] for event in staying.events()} == {epoch}
+    answer = await staying.request("resume-stream", {"message_id": "m", "last_seq": 0, "epoch": epoch}, ack_id=1)
+    assert (answer["gap"], answer["replayed"]) == (False, 30)

@@ -17,6 +17,7 @@ from asgi_resume import protocol
 from asgi_resume.pipeline.resume import RATE_LIMITED, Refusal, ResumeRequest, parse_request
 from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.pipeline.session import RecoveryState, Session
+from asgi_resume.pipeline.streams import release
 from asgi_resume.protocol.recovery import strip_connect
 
 logger = logging.getLogger("asgi_resume")
@@ -46,7 +47,8 @@ async def inspect(runtime: Runtime, session: Session, frame: str) -> ResumeReque
                 session.answered(packet.namespace, packet.ack_id)
             return None
         if packet.type == protocol.DISCONNECT:
-            session.disconnected(packet.namespace)
+            # flagged before the app hears it: what it emits after reaches this connection no more
+            await release(runtime, session, session.disconnected(packet.namespace, runtime.settings.hold_idle))
             state = session.recovery.get(packet.namespace)
             if state is not None:
                 state.left_cleanly = True

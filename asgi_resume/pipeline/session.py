@@ -145,10 +145,22 @@ class Session:
         if accepted and namespace not in self.principals:
             self.principals[namespace] = None if principal is _AMBIGUOUS else principal
 
-    def disconnected(self, namespace: str) -> None:
-        """The client left ``namespace``, or the app disconnected it: it is nobody there any more."""
+    def disconnected(self, namespace: str, idle_s: float) -> list[StreamKey]:
+        """The client left ``namespace``, or the app disconnected it: it is nobody there any more.
+
+        What the app emits to its streams there reaches this connection no more, so it follows
+        none of them from now on (coming back, it is a newcomer to each). Returns those that were
+        in flight (a frame in the last ``idle_s``): they are to be flagged in the log, as a closed
+        connection's are, or a newcomer would continue them across what nobody logged.
+        """
         self.principals.pop(namespace, None)
         self.pending.pop(namespace, None)
+        left = [key for key in self.active_streams(idle_s) if key.namespace == namespace]
+        for key in [key for key in self.in_flight if key.namespace == namespace]:
+            del self.in_flight[key]
+            self.cursors.pop(key, None)
+            self.skipped.pop(key, None)
+        return left
 
     def called(self, namespace: str, ack_id: int) -> None:
         """The app sent the client an event that expects an answer."""

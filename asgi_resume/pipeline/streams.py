@@ -205,11 +205,18 @@ class StreamWriter:
         without having followed it starts a new epoch, and a resume meanwhile says ``gap``. This
         connection's own next append continues the epoch (it follows the stream) and unflags it."""
         orphaned = self.session.active_streams(self.runtime.settings.hold_idle, last_seen)
-        if not orphaned:
-            return []
-        guard = self.runtime.guard
-        try:
-            await guard.call(guard.deadlines.write, self.log.release, orphaned, self.session.id)
-        except LogUnavailable:
-            return []  # a newcomer then continues the epoch: what was lost meanwhile is not flagged
-        return orphaned
+        return orphaned if await release(self.runtime, self.session, orphaned) else []
+
+
+async def release(runtime: Runtime, session: Session, keys: list[StreamKey]) -> bool:
+    """Flag ``keys`` in the log as left in flight by ``session``'s connection: whoever logs one next
+    without having followed it starts a new epoch. False: nothing to flag, or the log did not hear
+    it (a newcomer then continues the epoch: what was lost meanwhile is not flagged)."""
+    if not keys:
+        return False
+    guard = runtime.guard
+    try:
+        await guard.call(guard.deadlines.write, runtime.log.release, keys, session.id)
+    except LogUnavailable:
+        return False
+    return True

@@ -33,6 +33,11 @@ class Disconnects:
             await self._changed.wait_for(lambda: sid in self.at)
         return self.at[sid]
 
+    async def wait_count(self, count: int, timeout: float = 15.0) -> None:
+        """Until the app has seen ``count`` connections end (in any namespace)."""
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(lambda: len(self.at) >= count)
+
 
 def make_sio(**options: Any) -> socketio.AsyncServer:
     """A server that puts every connection in its user's room (by its auth token), in each namespace.
