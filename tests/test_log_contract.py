@@ -407,3 +407,31 @@ async def test_a_stream_left_in_flight_and_logged_by_nobody_since_answers_gap(lo
     await follower.send(entry(log, "c"))  # a newcomer logs it again: a new epoch, whose history is whole
     assert follower.epoch != tab.epoch
     assert (await log.replay(key(), 0, follower.epoch, "reloaded")).gap is False
+
+
+@pytest.mark.parametrize("how", ["repaired", "left-in-flight"])
+async def test_a_replay_from_the_start_of_an_epoch_that_replaced_a_broken_one_says_gap(
+    log: StreamLog, how: str
+) -> None:
+    """A fresh page asks "from the start" (no epoch): a stream whose history broke begins before
+    what the log holds, though the new epoch's entries are all there. Found by an attack run: a
+    repaired stream answered ``replayed: 0, gap: false``, as if the message were empty."""
+    first = Connection(log, key(), "first")
+    await first.send(entry(log, "a"))
+    if how == "repaired":
+        await log.append([AppendRequest(key(), [], reset=True, reset_epoch=first.epoch or "", connection="first")])
+    else:
+        await log.release([key()], "first")
+        await Connection(log, key(), "newcomer").send(entry(log, "c"))
+    from_start = await log.replay(key(), 0, None, "reader")
+    assert from_start.epoch != first.epoch
+    assert from_start.gap
+    named = await log.replay(key(), 0, from_start.epoch, "reader")  # a tab that knows the new epoch
+    assert not named.gap
+
+
+async def test_a_replay_from_the_start_of_a_whole_stream_has_no_gap(log: StreamLog) -> None:
+    tab = Connection(log, key(), "tab")
+    await tab.send(entry(log, "a"), entry(log, "b"))
+    from_start = await log.replay(key(), 0, None, "reader")
+    assert (from_start.gap, [seq for seq, _ in from_start.frames]) == (False, [1, 2])

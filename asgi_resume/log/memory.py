@@ -51,6 +51,7 @@ class _Stream:
     done: bool = False
     expires_at: int = 0
     orphaned: bool = False
+    after_break: bool = False  # this epoch replaced one whose history broke: the stream began before it
     by: str = ""  # the connection that touched it last (appended, matched, replayed), and when
     at: int = 0
     by2: str = ""  # the one before that was another connection, and when
@@ -167,7 +168,8 @@ class MemoryLog:
         continuous = state is not None and request.cursor_epoch == state.epoch
         broken = request.reset and (not request.reset_epoch or state is None or state.epoch == request.reset_epoch)
         if state is None or broken or (state.orphaned and not continuous):
-            state = _Stream(new_epoch(), limits.maxlen)
+            after_break = state is not None
+            state = _Stream(new_epoch(), limits.maxlen, after_break=after_break)
             self._add(request.key, state)
         state.orphaned = False
         was_done = state.done
@@ -228,6 +230,8 @@ class MemoryLog:
         if after_seq + 1 < oldest and after_seq < state.last:
             gap = True
         if state.orphaned and not state.done:  # left in flight and logged by nobody since: its tail may be missing
+            gap = True
+        if state.after_break and not epoch and after_seq == 0:  # "from the start": its start is not here
             gap = True
         start = max(0, after_seq + 1 - oldest)  # seqs are contiguous in the deque
         stop = None if limit is None else start + limit

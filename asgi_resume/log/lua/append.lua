@@ -69,7 +69,9 @@ local epoch, last, done = state[1], tonumber(state[2]), state[3] == '1'
 local continuous = epoch and cursor_epoch == epoch -- this connection has followed this history
 -- An orphaned stream (a connection left it mid-stream) picked up by a newcomer may have lost frames.
 local broken = reset and (reset_epoch == '' or reset_epoch == epoch)
+local after_break = false -- this epoch replaces one whose history broke: the stream began before it
 if not epoch or broken or (state[4] and not continuous) then
+  after_break = epoch and true or false
   epoch, last, done = fresh_epoch, 0, false
   state[5], state[6], state[7], state[8] = false, false, false, false
   redis.call('DEL', log, meta)
@@ -128,6 +130,7 @@ end
 -- who touched this key: the last live connection, and the last other one before it
 local by, at, by2, at2 = state[5], state[6], state[7], state[8]
 redis.call('HSET', meta, 'epoch', epoch, 'seq', last, 'done', done and '1' or '0')
+if after_break then redis.call('HSET', meta, 'broke', 1) end
 if held then
   if by and by ~= conn then out[2] = tonumber(at) elseif by2 then out[2] = tonumber(at2) end
 else

@@ -10,7 +10,7 @@ local function seq_of(id) -- an entry id 'seq-0' -> seq
 end
 -- Returns {'not_found'} or {'ok', epoch, last, oldest, done, gap, seq, payload, seq, payload...}
 
-local state = redis.call('HMGET', meta, 'epoch', 'seq', 'done', 'by', 'at', 'orphaned')
+local state = redis.call('HMGET', meta, 'epoch', 'seq', 'done', 'by', 'at', 'orphaned', 'broke')
 if not state[1] then
   return {'not_found'}
 end
@@ -30,6 +30,8 @@ if first then oldest = seq_of(first[1]) end
 if after + 1 < oldest and after < last then gap = 1 end
 -- left in flight and logged by nobody since: its tail may be missing
 if state[6] == '1' and state[3] ~= '1' then gap = 1 end
+-- "from the start" (no epoch named) of an epoch that replaced a broken one: the start is not here
+if state[7] and client_epoch == '' and after == 0 then gap = 1 end
 
 local out = {'ok', epoch, last, oldest, state[3], gap}
 local entries
