@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from asgi_resume.log.base import LogLimits, new_epoch
 from asgi_resume.log.memory import MemoryLog
 from tests.conftest import Stack
-from tests.support.app import emit_tokens, make_app, make_sio, room_of
+from tests.support.app import PacedStream, emit_tokens, make_app, make_sio, room_of
 from tests.support.raw import RawClient
 from tests.support.redis_server import RedisServer
 from tests.support.server import serve
@@ -177,3 +177,27 @@ async def test_another_tab_that_stayed_keeps_the_stream_whole(stack: Stack) -> N
     assert {event["epoch"] for event in staying.events()} == {epoch}
     answer = await staying.request("resume-stream", {"message_id": "m", "last_seq": 0, "epoch": epoch}, ack_id=1)
     assert (answer["gap"], answer["replayed"]) == (False, 30)
+
+
+async def test_a_tab_that_leaves_while_its_frames_are_on_their_way_to_the_log_does_not_go_on(stack: Stack) -> None:
+    """Found by an attack run (Redis, Cluster): an append built before the DISCONNECT landed after
+    the release, cleared the flag as the stream's follower would, and the tab that joined again went
+    on in the old epoch across what nobody logged."""
+    tab = await RawClient(stack.url, auth={"token": "alice"}).connect()
+    stream = PacedStream(stack.sio, "alice", "m", 100_000, pace=0.004)
+    task = asyncio.create_task(stream.run())
+    await stream.wait_sent(30)
+    await tab.send("41")  # while tokens keep coming
+    await stack.sio.disconnects.wait_count(1)  # type: ignore[attr-defined]
+    await stream.wait_sent(stream.sent + 20)  # these reach nobody
+    task.cancel()
+    last = [event for event in tab.events() if event.get("seq")][-1]
+    since = len(tab.frames)
+    await tab.send('40{"token":"alice"}')
+    await tab.wait_for(lambda f: isinstance(f, str) and f.startswith("40"), since=since)
+    await emit_tokens(stack.sio, "alice", "m", 900_001, 900_003)
+    await tab.wait_for(lambda f: "tok900003" in str(f), since=since)
+    answer = await tab.request(
+        "resume-stream", {"message_id": "m", "last_seq": last["seq"], "epoch": last["epoch"]}, ack_id=1
+    )
+    assert answer["gap"] is True

@@ -17,6 +17,7 @@ from asgi_resume import protocol
 from asgi_resume.config import Settings
 from asgi_resume.log import StreamKey
 from asgi_resume.log.memory import MemoryLog
+from asgi_resume.pipeline.inbound import inspect
 from asgi_resume.pipeline.outbound import Outbound
 from asgi_resume.pipeline.resume import ResumeRequest
 from asgi_resume.pipeline.runtime import Runtime
@@ -281,3 +282,34 @@ async def test_a_repair_answered_late_keeps_a_miss_that_came_meanwhile() -> None
     key = next(iter(alice.session.cursors))
     after_t3 = await rt.log.replay(key, t3["seq"], t3["epoch"], "reader")
     assert after_t3.gap or after_t3.epoch != t3["epoch"]  # t4 is missing: never a silent hole
+
+
+async def test_frames_fed_before_a_tab_left_their_namespace_do_not_take_the_stream_back() -> None:
+    """Found by an attack run: frames classified before the client's DISCONNECT were logged after
+    it, which set the tab's cursor back; rejoining, it went on in the old epoch across what nobody
+    logged (a silent hole on Redis, where the log call is out while the DISCONNECT is read)."""
+    rt = runtime()
+    alice = tab(rt)
+    t1 = events(await send(alice, token(1)))[0]
+    alice.feed(token(2))  # on its way to the log...
+    await inspect(rt, alice.session, "41")  # ...when the client leaves "/"
+    assert events(await alice.flush()) == [json.loads(token(2)[2:])[1]]  # sent as it was, in no log
+    assert not alice.session.cursors
+    alice.session.connecting("/", ALICE)  # it joins again; what was emitted meanwhile reached nobody
+    await send(alice, '40{"sid":"s2"}')
+    again = events(await send(alice, token(9)))[0]
+    assert again["epoch"] != t1["epoch"]
+
+
+async def test_frames_fed_before_a_tab_left_cost_the_tab_that_stayed_nothing() -> None:
+    """Found by an attack run: the leaving tab's late frames reached the log after its release, as a
+    newcomer's, and started a new epoch under the tab that stayed."""
+    rt = runtime()
+    leaving, staying = tab(rt), tab(rt)
+    first = [events(await send(outbound, token(1)))[0] for outbound in (leaving, staying)]
+    leaving.feed(token(2))
+    await inspect(rt, leaving.session, "41")
+    await leaving.flush()
+    later = [events(await send(staying, token(i)))[0] for i in (2, 3)]
+    assert {event["epoch"] for event in [*first, *later]} == {first[0]["epoch"]}
+    assert [event["seq"] for event in later] == [2, 3]

@@ -88,6 +88,9 @@ class Session:
     unlogged: dict[StreamKey, str] = field(default_factory=dict)
     in_flight: dict[StreamKey, float] = field(default_factory=dict)  # key not done -> monotonic time of last frame
     calls: dict[tuple[str, int], None] = field(default_factory=dict)  # (namespace, ack id) the client owes
+    departed: bool = False  # it left a namespace (or was disconnected from one) at least once
+    calling: bool = False  # its append is out (Redis): answered, ...
+    call_answered: asyncio.Future[None] | None = None  # ... this is done, if someone waits for it
     last_frame_at: float = 0.0  # monotonic time of the last stream frame
     recovery: dict[str, RecoveryState] = field(default_factory=dict)  # namespace -> connection state recovery
     upgraded: bool = False  # on a websocket for good: python-engineio refuses its polling requests
@@ -155,6 +158,7 @@ class Session:
         """
         self.principals.pop(namespace, None)
         self.pending.pop(namespace, None)
+        self.departed = True
         left = [key for key in self.active_streams(idle_s) if key.namespace == namespace]
         for key in [key for key in self.in_flight if key.namespace == namespace]:
             del self.in_flight[key]
@@ -246,6 +250,11 @@ class Session:
         cursor = self.cursors.pop(key, None)
         self.unlogged.setdefault(key, cursor[0] if cursor is not None else "")
         self.skipped.pop(key, None)
+
+    def still_in(self, key: StreamKey) -> bool:
+        """Is this connection still ``key``'s principal in its namespace? (Not once it left it, nor
+        after it joined again as someone else.)"""
+        return self.principals.get(key.namespace) == key.principal
 
     def saw(self, stream: StreamKey, done: bool) -> None:
         """Track streams in flight on this connection (what a hold waits for)."""

@@ -12,6 +12,7 @@ transports.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from asgi_resume.guard import Deadline
 from asgi_resume.log import AppendRequest, LogUnavailable, StreamKey
@@ -50,6 +51,13 @@ class StreamWriter:
 
     async def _append(self, units: list[EventUnit]) -> None:
         session, stats = self.session, self.runtime.stats
+        if session.departed:
+            # frames fed before it left their namespace: its streams there are flagged and no longer
+            # followed here (Session.disconnected), so they go out as they are, in no log, rather
+            # than take the stream back (a cursor, or a newcomer's new epoch under the tabs that stayed)
+            units = [unit for unit in units if session.still_in(unit.stream)]  # type: ignore[arg-type]
+            if not units:
+                return
         pending: dict[StreamKey, list[EventUnit]] = {}
         saw = session.saw
         for unit in units:
@@ -98,13 +106,25 @@ class StreamWriter:
             if not guard.available():  # the repair found the log still failing
                 self._unlogged(pending)
                 return
+        if session.departed:  # (it may have left a namespace while this batch waited its turn)
+            for key in [key for key in pending if not session.still_in(key)]:
+                del pending[key]
+            if not pending:
+                return
         requests = [self._request(key, group) for key, group in pending.items()]
         stats.log_writes += 1
         try:
             if ends is None:  # the in-process log neither fails nor waits: no guard, no timer, no company
                 results = await self.log.append(requests)
             else:
-                results = await guard.call(Deadline(max(0.0, ends - loop.time())), runtime.appends.append, requests)
+                session.calling = True  # (what a release of its streams waits for: see release())
+                try:
+                    results = await guard.call(Deadline(max(0.0, ends - loop.time())), runtime.appends.append, requests)
+                finally:
+                    session.calling = False
+                    if session.call_answered is not None:
+                        session.call_answered.set_result(None)
+                        session.call_answered = None
         except LogUnavailable:
             self._unlogged(pending)
             return
@@ -126,6 +146,8 @@ class StreamWriter:
                     stats.frames_stamped += 1
                 else:  # its copy was logged before frames this connection got earlier: no seq for it
                     stats.frames_unmatched += 1
+            if session.departed and not session.still_in(key):
+                continue  # it left the namespace while this call was out: it follows the stream no more
             session.followed(key, result.epoch, result.seqs, result.others_ms)
 
     def _known(self, pending: dict[StreamKey, list[EventUnit]]) -> None:
@@ -211,10 +233,20 @@ class StreamWriter:
 async def release(runtime: Runtime, session: Session, keys: list[StreamKey]) -> bool:
     """Flag ``keys`` in the log as left in flight by ``session``'s connection: whoever logs one next
     without having followed it starts a new epoch. False: nothing to flag, or the log did not hear
-    it (a newcomer then continues the epoch: what was lost meanwhile is not flagged)."""
+    it (a newcomer then continues the epoch: what was lost meanwhile is not flagged).
+
+    After the connection's append in flight, if any: one that followed the stream and landed after
+    the flag would clear it (the rule that lets a connection that comes back go on), and a tab
+    that left its namespace must not go on (see :meth:`Session.disconnected`).
+    """
     if not keys:
         return False
     guard = runtime.guard
+    if session.calling:
+        if session.call_answered is None:
+            session.call_answered = asyncio.get_running_loop().create_future()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(session.call_answered), guard.deadlines.write.seconds)
     try:
         await guard.call(guard.deadlines.write, runtime.log.release, keys, session.id)
     except LogUnavailable:
