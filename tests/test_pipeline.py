@@ -313,3 +313,76 @@ async def test_frames_fed_before_a_tab_left_cost_the_tab_that_stayed_nothing() -
     later = [events(await send(staying, token(i)))[0] for i in (2, 3)]
     assert {event["epoch"] for event in [*first, *later]} == {first[0]["epoch"]}
     assert [event["seq"] for event in later] == [2, 3]
+
+
+class _Clock:
+    """The memory log's clock, moved by hand: entries logged before a rejoin are older than it."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_tab_that_joins_again_is_not_matched_to_entries_it_got_before_it_left() -> None:
+    """Found by review: with another namespace open, a rejoin kept the connection's start time, so
+    its first frame was matched to the earliest entry with that content it had got before leaving."""
+    clock = _Clock()
+    rt = Runtime(Settings.load({}), MemoryLog(clock=clock))
+    alice = rt.resolver.resolve({"type": "websocket", "query_string": b""}, {"token": "alice"})
+    leaving, staying = tab(rt, alice), tab(rt, alice)
+    leaving.session.connecting("/b", alice)
+    await send(leaving, '40/b,{"sid":"x"}')  # it stays in "/b" throughout
+    for i in (1, 2, 3):
+        for outbound in (leaving, staying):
+            await send(outbound, token(i))
+    await inspect(rt, leaving.session, "41")
+    for i in (4, 5):
+        await send(staying, token(i))
+    clock.now += 1.0
+    assert await inspect(rt, leaving.session, '40{"token":"alice"}') is None  # it joins "/" again
+    await send(leaving, '40{"sid":"s2"}')
+    repeated = [events(await send(outbound, token(1)))[0] for outbound in (leaving, staying)]  # t1's content again
+    assert [event["seq"] for event in repeated] == [6, 6]
+
+
+async def _loop_turns_until(predicate: Any, turns: int = 1000) -> None:
+    for _ in range(turns):
+        if predicate():
+            return
+        await asyncio.sleep(0)  # (a loop turn, not a timed wait)
+    raise AssertionError("the condition never held")
+
+
+class _GatedLog(_RemoteMemoryLog):
+    """A log whose appends of frames land once ``gate`` is set (a call out while a tab leaves)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate: asyncio.Event | None = None
+
+    async def append(self, requests: Any) -> Any:
+        if self.gate is not None and any(request.entries for request in requests):
+            await self.gate.wait()
+        return await super().append(requests)
+
+
+async def test_a_tab_leaving_while_its_call_is_out_is_flagged_after_the_call_lands() -> None:
+    """An append that followed the stream and landed after the flag would clear it."""
+    log = _GatedLog()
+    rt = Runtime(Settings.load({}), log)
+    alice = tab(rt)
+    await send(alice, token(1))
+    log.gate = asyncio.Event()
+    alice.feed(token(2))
+    flush = asyncio.create_task(alice.flush())
+    await _loop_turns_until(lambda: alice.session.calling)
+    leaving = asyncio.create_task(inspect(rt, alice.session, "41"))
+    await _loop_turns_until(lambda: alice.session.call_answered is not None)  # it waits for the call
+    assert not leaving.done()
+    log.gate.set()
+    await flush
+    await leaving
+    newcomer = events(await send(tab(rt), token(9)))[0]  # what was emitted meanwhile reached nobody
+    assert newcomer["seq"] == 1  # a new epoch

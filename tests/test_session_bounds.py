@@ -50,3 +50,20 @@ def test_replayed_streams_are_bounded_and_the_latest_replay_kept() -> None:
     assert len(session.replayed) <= STREAMS_KEPT
     assert session.was_replayed(key(-1), "e", 2)
     assert not session.was_replayed(key(0), "e", 1)  # forgotten: the oldest replay
+
+
+def test_a_namespace_left_is_forgotten_whole_and_only_it() -> None:
+    """Found by review: a done stream (no longer in flight) kept its cursor and its replay mark, so
+    a tab that joined again went on in it as its follower, or dropped live frames as replayed."""
+    session = Session({}, 0)
+    session.principals = {"/": "alice", "/b": "alice"}
+    live, done, other = key(1), key(2), StreamKey("alice", "/b", "", "m1")
+    for stream in (live, done, other):
+        session.saw(stream, done=stream == done)
+        session.followed(stream, "e", [1, 3], 5)  # (2 passed over)
+        session.replayed_to(stream, "e", 1)
+    assert session.disconnected("/", idle_s=60.0) == [live]  # to be flagged: the one in flight
+    for places in (session.in_flight, session.cursors, session.skipped, session.others_ms, session.replayed):
+        assert not [stream for stream in places if stream.namespace == "/"]
+    assert other in session.cursors
+    assert other in session.replayed

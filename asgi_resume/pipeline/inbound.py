@@ -76,6 +76,7 @@ async def _connect(runtime: Runtime, session: Session, frame: str, packet: proto
     now = runtime.log.now_ms()
     if not session.principals and not session.pending:
         session.started_ms = now
+    session.joined_ms[packet.namespace] = now  # (a rejoin: its first frames are not older entries it got)
     replacement, auth = None, packet.data
     if runtime.settings.recovery:
         claim, replacement, auth = strip_connect(frame, packet)

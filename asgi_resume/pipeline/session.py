@@ -89,6 +89,7 @@ class Session:
     in_flight: dict[StreamKey, float] = field(default_factory=dict)  # key not done -> monotonic time of last frame
     calls: dict[tuple[str, int], None] = field(default_factory=dict)  # (namespace, ack id) the client owes
     departed: bool = False  # it left a namespace (or was disconnected from one) at least once
+    joined_ms: dict[str, int] = field(default_factory=dict)  # namespace -> its last CONNECT there (log's clock)
     calling: bool = False  # its append is out (Redis): answered, ...
     call_answered: asyncio.Future[None] | None = None  # ... this is done, if someone waits for it
     last_frame_at: float = 0.0  # monotonic time of the last stream frame
@@ -160,10 +161,9 @@ class Session:
         self.pending.pop(namespace, None)
         self.departed = True
         left = [key for key in self.active_streams(idle_s) if key.namespace == namespace]
-        for key in [key for key in self.in_flight if key.namespace == namespace]:
-            del self.in_flight[key]
-            self.cursors.pop(key, None)
-            self.skipped.pop(key, None)
+        for places in (self.in_flight, self.cursors, self.skipped, self.others_ms, self.replayed):
+            for key in [key for key in places if key.namespace == namespace]:
+                del places[key]
         return left
 
     def called(self, namespace: str, ack_id: int) -> None:

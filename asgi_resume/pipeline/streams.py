@@ -126,7 +126,7 @@ class StreamWriter:
                         session.call_answered.set_result(None)
                         session.call_answered = None
         except LogUnavailable:
-            self._unlogged(pending)
+            self._unlogged(pending, requests)  # (the call may still land)
             return
         recent = runtime.recent
         learned = None if self._held else recent.learned  # (a held connection takes nothing over)
@@ -188,7 +188,7 @@ class StreamWriter:
             [unit.entry() for unit in group],
             cursor_epoch,
             cursor_seq,
-            session.started_ms,
+            session.joined_ms.get(key.namespace, session.started_ms),
             reset=reset_epoch is not None,
             reset_epoch=reset_epoch or "",
             connection=session.id,
@@ -196,14 +196,28 @@ class StreamWriter:
             held=self._held,
         )
 
-    def _unlogged(self, by_key: dict[StreamKey, list[EventUnit]]) -> None:
-        """The log missed these frames: they go out unstamped, and the streams get a new epoch."""
-        recent = self.runtime.recent
+    def _unlogged(self, by_key: dict[StreamKey, list[EventUnit]], sent: list[AppendRequest] | None = None) -> None:
+        """The log missed these frames: they go out unstamped, and the streams get a new epoch.
+
+        ``sent``: the requests of a call that failed or timed out, which may still land. Streams of
+        a namespace this connection left meanwhile are the tabs' that stayed to log, but such a
+        call that followed the stream could land after its release and clear the flag: that
+        stream gets a new epoch if it is still in the one the call followed.
+        """
+        session, recent, stats = self.session, self.runtime.recent, self.runtime.stats
+        missed = []
         for key, group in by_key.items():
-            self.session.forget(key)
+            stats.frames_unstamped += len(group)
             recent.forget(key)  # (its history here has a hole: the log numbers what comes next)
-            self.runtime.stats.frames_unstamped += len(group)
-        self.runtime.missed(self.session, by_key)
+            if session.departed and not session.still_in(key):
+                epoch = next((request.cursor_epoch for request in sent or () if request.key == key), None)
+                if not epoch:
+                    continue
+                session.unlogged.setdefault(key, epoch)
+            else:
+                session.forget(key)
+            missed.append(key)
+        self.runtime.missed(session, missed)
 
     async def release(
         self, unflushed: list[EventUnit], handed_over: bool = False, last_seen: float | None = None
@@ -237,7 +251,9 @@ async def release(runtime: Runtime, session: Session, keys: list[StreamKey]) -> 
 
     After the connection's append in flight, if any: one that followed the stream and landed after
     the flag would clear it (the rule that lets a connection that comes back go on), and a tab
-    that left its namespace must not go on (see :meth:`Session.disconnected`).
+    that left its namespace must not go on (see :meth:`Session.disconnected`). The wait ends with
+    the call's deadline; a call that times out may land later still, so its streams get a new
+    epoch as any stream the log may have missed frames of (:meth:`StreamWriter._unlogged`).
     """
     if not keys:
         return False
