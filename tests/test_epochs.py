@@ -13,6 +13,7 @@ from asgi_resume.log.base import LogLimits, new_epoch
 from asgi_resume.log.memory import MemoryLog
 from tests.conftest import Stack
 from tests.support.app import PacedStream, emit_tokens, make_app, make_sio, room_of
+from tests.support.polling import PollingClient, event_args
 from tests.support.raw import RawClient
 from tests.support.redis_server import RedisServer
 from tests.support.server import serve
@@ -201,3 +202,20 @@ async def test_a_tab_that_leaves_while_its_frames_are_on_their_way_to_the_log_do
         "resume-stream", {"message_id": "m", "last_seq": last["seq"], "epoch": last["epoch"]}, ack_id=1
     )
     assert answer["gap"] is True
+
+
+async def test_a_polling_client_that_leaves_its_namespace_leaves_a_gap_not_a_hole(stack: Stack) -> None:
+    """The same as a websocket's: its DISCONNECT comes in a POST."""
+    client = await PollingClient(stack.url).open({"token": "alice"})
+    await emit_tokens(stack.sio, "alice", "m", 1, 10)
+    got = event_args(await client.collect(lambda p: isinstance(p, str) and p.startswith("42"), 10))
+    epoch = got[-1]["epoch"]
+    await client.post("41")
+    await stack.sio.disconnects.wait_count(1)  # type: ignore[attr-defined]
+    await emit_tokens(stack.sio, "alice", "m", 11, 20)  # in no log
+    tab = await RawClient(stack.url, auth={"token": "alice"}).connect()
+    await emit_tokens(stack.sio, "alice", "m", 21, 30)
+    await tab.wait_seqs("m", 10)
+    answer = await tab.request("resume-stream", {"message_id": "m", "last_seq": 10, "epoch": epoch}, ack_id=1)
+    assert answer["gap"] is True
+    await client.aclose()
