@@ -386,3 +386,17 @@ async def test_a_tab_leaving_while_its_call_is_out_is_flagged_after_the_call_lan
     await leaving
     newcomer = events(await send(tab(rt), token(9)))[0]  # what was emitted meanwhile reached nobody
     assert newcomer["seq"] == 1  # a new epoch
+
+
+async def test_a_tab_that_leaves_its_namespace_while_the_log_is_down_gets_its_streams_repaired() -> None:
+    """The release cannot be logged: what is emitted meanwhile reaches nobody, so the streams get a
+    new epoch once the log answers, or a newcomer would go on across it."""
+    rt = Runtime(Settings.load({}), _RemoteMemoryLog())
+    alice = tab(rt)
+    t1 = events(await send(alice, token(1)))[0]
+    rt.guard.failed("gone")
+    await inspect(rt, alice.session, "41")  # its release fails at once
+    rt.guard._down_until = 0.0
+    await rt.repair()
+    newcomer = events(await send(tab(rt), token(9)))[0]
+    assert newcomer["epoch"] != t1["epoch"]

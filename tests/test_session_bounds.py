@@ -62,7 +62,7 @@ def test_a_namespace_left_is_forgotten_whole_and_only_it() -> None:
         session.saw(stream, done=stream == done)
         session.followed(stream, "e", [1, 3], 5)  # (2 passed over)
         session.replayed_to(stream, "e", 1)
-    assert session.disconnected("/", idle_s=60.0) == [live]  # to be flagged: the one in flight
+    assert session.disconnected("/", idle_s=60.0) == {live: "e"}  # to be flagged: the one in flight
     for places in (session.in_flight, session.cursors, session.skipped, session.others_ms, session.replayed):
         assert not [stream for stream in places if stream.namespace == "/"]
     assert other in session.cursors

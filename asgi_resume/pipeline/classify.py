@@ -38,7 +38,7 @@ class Classifier:
         elif packet.type == protocol.DISCONNECT:  # (the app sends it once it has let the client go)
             left = self.session.disconnected(packet.namespace, self.runtime.settings.hold_idle)
             if left:
-                self.runtime.in_background(release(self.runtime, self.session, left))
+                self.runtime.in_background(release(self.runtime, self.session, list(left), left=left))
         elif packet.ack_id is not None:
             self.session.called(packet.namespace, packet.ack_id)
 

@@ -48,7 +48,8 @@ async def inspect(runtime: Runtime, session: Session, frame: str) -> ResumeReque
             return None
         if packet.type == protocol.DISCONNECT:
             # flagged before the app hears it: what it emits after reaches this connection no more
-            await release(runtime, session, session.disconnected(packet.namespace, runtime.settings.hold_idle))
+            left = session.disconnected(packet.namespace, runtime.settings.hold_idle)
+            await release(runtime, session, list(left), left=left)
             state = session.recovery.get(packet.namespace)
             if state is not None:
                 state.left_cleanly = True

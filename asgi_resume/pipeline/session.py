@@ -149,18 +149,24 @@ class Session:
         if accepted and namespace not in self.principals:
             self.principals[namespace] = None if principal is _AMBIGUOUS else principal
 
-    def disconnected(self, namespace: str, idle_s: float) -> list[StreamKey]:
+    def disconnected(self, namespace: str, idle_s: float) -> dict[StreamKey, str]:
         """The client left ``namespace``, or the app disconnected it: it is nobody there any more.
 
         What the app emits to its streams there reaches this connection no more, so it follows
         none of them from now on (coming back, it is a newcomer to each). Returns those that were
-        in flight (a frame in the last ``idle_s``): they are to be flagged in the log, as a closed
-        connection's are, or a newcomer would continue them across what nobody logged.
+        in flight (a frame in the last ``idle_s``), with the epoch it followed each in ("": none):
+        they are to be flagged in the log, as a closed connection's are, or a newcomer would
+        continue them across what nobody logged.
         """
         self.principals.pop(namespace, None)
         self.pending.pop(namespace, None)
         self.departed = True
-        left = [key for key in self.active_streams(idle_s) if key.namespace == namespace]
+        cursors = self.cursors
+        left = {
+            key: cursors[key][0] if key in cursors else ""
+            for key in self.active_streams(idle_s)
+            if key.namespace == namespace
+        }
         for places in (self.in_flight, self.cursors, self.skipped, self.others_ms, self.replayed):
             for key in [key for key in places if key.namespace == namespace]:
                 del places[key]
