@@ -14,7 +14,7 @@ from asgi_resume.pipeline.recovery import Recovery
 from asgi_resume.pipeline.rules import Stamping
 from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.pipeline.session import Session
-from asgi_resume.pipeline.streams import release
+from asgi_resume.pipeline.streams import release_left
 from asgi_resume.pipeline.units import RESERVED, ConnectReply, EventUnit, template_digest
 
 STAMPING_CACHE_SIZE = 256  # recent stream frames: their copies to other connections are stamped alike
@@ -38,7 +38,7 @@ class Classifier:
         elif packet.type == protocol.DISCONNECT:  # (the app sends it once it has let the client go)
             left = self.session.disconnected(packet.namespace, self.runtime.settings.hold_idle)
             if left:
-                self.runtime.in_background(release(self.runtime, self.session, list(left), left=left))
+                self.runtime.in_background(release_left(self.runtime, self.session, left))
         elif packet.ack_id is not None:
             self.session.called(packet.namespace, packet.ack_id)
 

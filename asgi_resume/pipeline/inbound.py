@@ -17,7 +17,7 @@ from asgi_resume import protocol
 from asgi_resume.pipeline.resume import RATE_LIMITED, Refusal, ResumeRequest, parse_request
 from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.pipeline.session import RecoveryState, Session
-from asgi_resume.pipeline.streams import release
+from asgi_resume.pipeline.streams import release_left
 from asgi_resume.protocol.recovery import strip_connect
 
 logger = logging.getLogger("asgi_resume")
@@ -48,8 +48,7 @@ async def inspect(runtime: Runtime, session: Session, frame: str) -> ResumeReque
             return None
         if packet.type == protocol.DISCONNECT:
             # flagged before the app hears it: what it emits after reaches this connection no more
-            left = session.disconnected(packet.namespace, runtime.settings.hold_idle)
-            await release(runtime, session, list(left), left=left)
+            await release_left(runtime, session, session.disconnected(packet.namespace, runtime.settings.hold_idle))
             state = session.recovery.get(packet.namespace)
             if state is not None:
                 state.left_cleanly = True
@@ -75,9 +74,7 @@ UNREADABLE = "the resume request could not be read (its ack id or its JSON)"
 
 async def _connect(runtime: Runtime, session: Session, frame: str, packet: protocol.Packet) -> str | None:
     now = runtime.log.now_ms()
-    if not session.principals and not session.pending:
-        session.started_ms = now
-    session.joined_ms[packet.namespace] = now  # (a rejoin: its first frames are not older entries it got)
+    session.joined_ms[packet.namespace] = now  # (a rejoin too: its first frames are not older entries it got)
     replacement, auth = None, packet.data
     if runtime.settings.recovery:
         claim, replacement, auth = strip_connect(frame, packet)

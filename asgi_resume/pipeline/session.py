@@ -75,7 +75,9 @@ class Polling:
 @dataclass(eq=False, slots=True)
 class Session:
     scope: Scope
-    started_ms: int  # on the log's clock (reset at CONNECT): a stream's first frame matches copies since then
+    #: on the log's clock, when it began: a stream's first frame matches copies since its CONNECT in
+    #: the stream's namespace (``joined_ms``), or since then if none was seen (a Session driven directly)
+    started_ms: int
     id: str = field(default_factory=lambda: secrets.token_hex(8))
     principals: dict[str, str | None] = field(default_factory=dict)  # namespace -> hashed principal, once accepted
     pending: dict[str, str | None] = field(default_factory=dict)  # namespace -> principal its CONNECT names

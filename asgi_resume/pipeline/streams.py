@@ -244,9 +244,7 @@ class StreamWriter:
         return orphaned if await release(self.runtime, self.session, orphaned) else []
 
 
-async def release(
-    runtime: Runtime, session: Session, keys: list[StreamKey], *, left: dict[StreamKey, str] | None = None
-) -> bool:
+async def release(runtime: Runtime, session: Session, keys: list[StreamKey]) -> bool:
     """Flag ``keys`` in the log as left in flight by ``session``'s connection: whoever logs one next
     without having followed it starts a new epoch. False: nothing to flag, or the log did not hear
     it (a newcomer then continues the epoch: what was lost meanwhile is not flagged).
@@ -256,10 +254,6 @@ async def release(
     that left its namespace must not go on (see :meth:`Session.disconnected`). The wait ends with
     the call's deadline; a call that times out may land later still, so its streams get a new
     epoch as any stream the log may have missed frames of (:meth:`StreamWriter._unlogged`).
-
-    ``left``: the streams of a namespace the connection left, with the epoch it followed each in.
-    If the log does not hear the release, they are repaired as streams it missed frames of once
-    it answers (a new epoch if still in that one): nobody here may go on in them.
     """
     if not keys:
         return False
@@ -272,10 +266,18 @@ async def release(
     try:
         await guard.call(guard.deadlines.write, runtime.log.release, keys, session.id)
     except LogUnavailable:
-        if left:
-            missed = [key for key, epoch in left.items() if epoch]
-            for key in missed:
-                session.unlogged.setdefault(key, left[key])
-            runtime.missed(session, missed)
         return False
     return True
+
+
+async def release_left(runtime: Runtime, session: Session, left: dict[StreamKey, str]) -> None:
+    """Flag the streams of a namespace the connection left (:meth:`Session.disconnected`: each
+    with the epoch it followed it in). If the log does not hear it, they are repaired as streams
+    it missed frames of once it answers (a new epoch if still in that one): nobody here goes on
+    in them, and a newcomer must not either."""
+    if not left or await release(runtime, session, list(left)):
+        return
+    missed = [key for key, epoch in left.items() if epoch]
+    for key in missed:
+        session.unlogged.setdefault(key, left[key])
+    runtime.missed(session, missed)
