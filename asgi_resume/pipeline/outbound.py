@@ -1,7 +1,7 @@
 """One connection's outbound frames on their way to the client: the batch.
 
 Owns: turning a batch of Engine.IO packets the app sent into what the client receives, in order:
-each frame classified as it is fed (:mod:`~asgi_resume.pipeline.classify`), the batch's stream
+fed one frame at a time (:mod:`~asgi_resume.pipeline.batch`), then flushed: the batch's stream
 frames matched or appended in the stream log in one call and stamped with ``seq``/``epoch``
 (:mod:`~asgi_resume.pipeline.streams`), binary attachments kept behind their header, resume
 requests answered in order with the live frames around them (:mod:`~asgi_resume.pipeline.replay`),
@@ -24,9 +24,9 @@ import logging
 import time
 from typing import assert_never
 
-from asgi_resume import protocol
 from asgi_resume.log import StreamKey, StreamLog
 from asgi_resume.pipeline import replay
+from asgi_resume.pipeline.batch import Batch
 from asgi_resume.pipeline.classify import Classifier
 from asgi_resume.pipeline.order import Feeder
 from asgi_resume.pipeline.recovery import Recovery
@@ -38,7 +38,6 @@ from asgi_resume.pipeline.streams import StreamWriter
 from asgi_resume.pipeline.units import (
     ConnectReply,
     EventUnit,
-    Incoming,
     Outgoing,
     Passthrough,
     Unit,
@@ -56,34 +55,13 @@ class Outbound:
         self.runtime = runtime
         self.session = session
         self.recovery = Recovery(runtime, session) if runtime.settings.recovery else None
-        self._units: list[Unit] = []
-        self._pending: EventUnit | None = None  # a binary event waiting for its attachments
-        self._stream_units: list[EventUnit] = []  # the units fed that belong to a stream
-        self._answers = False  # a resume request or a CONNECT reply was fed: the batch answers it
-        self._recovering = False  # an event that gets a recovery offset was fed
-        self._deferred: list[ResumeRequest] = []  # requests that came by another transport
         self.lock = asyncio.Lock()  # transports of one session take turns: feed, then flush
         self.streams = StreamWriter(runtime, session)  # its side of the stream log
-        self.classify = Classifier(runtime, session, self.recovery)  # what each frame it is sent is
         self._handed: tuple[int, tuple[int, ...]] = (0, _NONE_HELD)  # how far :meth:`send` handed its batch over
         self.feeder = Feeder()  # since when it has been handing a batch to its transport, for the feed order
-
-    def pending(self, *, answer_deferred: bool = True) -> int:
-        """Units fed and not flushed yet."""
-        return len(self._units) + (len(self._deferred) if answer_deferred else 0)
-
-    def needs_log(self, *, answer_deferred: bool = True) -> bool:
-        """Does :meth:`flush` have frames to log or requests to answer? (Else it only passes frames on.)"""
-        if self._stream_units or self._answers or self._recovering:  # (kept as units are fed: hot)
-            return True
-        return answer_deferred and bool(self._deferred)
-
-    def has_deferred(self) -> bool:
-        return bool(self._deferred)
-
-    def defer(self, request: ResumeRequest) -> None:
-        """Answer ``request`` in the next flush, after what was fed before it (polling POSTs)."""
-        self._deferred.append(request)
+        #: what it was fed since its last flush (each frame classified as it comes)
+        self.batch = Batch(Classifier(runtime, session, self.recovery), runtime.order, self.feeder)
+        self.feed = self.batch.feed  # (hot: one call per frame)
 
     @property
     def log(self) -> StreamLog:
@@ -97,56 +75,6 @@ class Outbound:
     @held.setter
     def held(self, value: bool) -> None:
         self.streams.held = value
-
-    # -- feeding -----------------------------------------------------------------------------------
-
-    def feed(self, item: Incoming, *, as_emitted: bool = False) -> None:
-        """Queue one packet (or request, or other ASGI message) for the next :meth:`flush`.
-
-        ``as_emitted``: ``item`` is the object the app handed over, the same one its other
-        recipients here get for one emit (websockets; long-polling payloads are cut up here).
-        """
-        pending = self._pending
-        if pending is not None:
-            if isinstance(item, bytes):
-                pending.attachments.append(item)
-                if pending.complete:
-                    self._queue(pending)
-                    self._pending = None
-                return
-            if item in (protocol.EIO_PING, protocol.EIO_NOOP):
-                self._units.append(item)  # harmless between a header and its attachments
-                return
-            # the attachments never came: give up on logging this one, keep the bytes
-            self._units.extend([pending.raw, *pending.attachments])
-            self._pending = None
-        if isinstance(item, str):
-            if item[:3] != protocol.PLAIN_EVENT_HEAD and protocol.concerns_session(item):  # (most frames: not)
-                self.classify.note(item)
-            unit = self.classify.unit(item)
-            if unit is None:
-                self._units.append(item)
-            elif not isinstance(unit, EventUnit) or not unit.expected_attachments or unit.complete:
-                if as_emitted and isinstance(unit, EventUnit):
-                    unit.emitted = item
-                self._queue(unit)
-            else:
-                self._pending = unit
-            return
-        if isinstance(item, ResumeRequest):
-            self._answers = True
-        self._units.append(item)
-
-    def _queue(self, unit: EventUnit | ConnectReply) -> None:
-        if isinstance(unit, EventUnit):
-            if unit.stream is not None:
-                unit.order = self.runtime.order.fed(unit.stream, unit.content_digest(), self.feeder, unit.emitted)
-                self._stream_units.append(unit)
-            if unit.recover:
-                self._recovering = True
-        else:
-            self._answers = True
-        self._units.append(unit)
 
     # -- flushing ----------------------------------------------------------------------------------
 
@@ -171,16 +99,9 @@ class Outbound:
         ``taken_ms``: when what was fed was taken from the app (a polling GET's response: python-
         engineio took everything queued for it then), if not now.
         """
-        units, self._units = self._units, []
-        stream_units, self._stream_units = self._stream_units, []
-        answers, self._answers = self._answers, False
-        self._recovering = False
+        units, stream_units, answers = self.batch.take(answer_deferred=answer_deferred)
         if taken_ms is None:
             taken_ms = self.log.now_ms()  # everything fed before now is in this batch
-        if self._deferred and answer_deferred:
-            units += self._deferred
-            self._deferred = []
-            answers = True
         self._handed = (0, _NONE_HELD)  # nothing of this batch handed over yet
         if not answers and self.recovery is None:  # most batches: frames only, nothing to answer (inline: hot)
             try:
@@ -338,7 +259,7 @@ class Outbound:
         flagged (returned; see :meth:`StreamWriter.release`)."""
         if self.recovery is not None:
             await self.recovery.note("closed")
-        return await self.streams.release(self._stream_units, handed_over, last_seen)
+        return await self.streams.release(self.batch.stream_units(), handed_over, last_seen)
 
 
 def _held(waiting: dict[StreamKey, list[int]]) -> tuple[int, ...]:

@@ -109,7 +109,7 @@ async def _rewrite_post(runtime: Runtime, outbound: Outbound, body: bytes) -> by
                 packet = found  # a CONNECT without its recovery fields
                 changed = True
             elif found is not None:
-                outbound.defer(found)
+                outbound.batch.defer(found)
                 packet = protocol.EIO_UPGRADE  # python-engineio answers it with a NOOP: the GET returns
                 changed = True
             elif packet == protocol.EIO_CLOSE and session.polling is not None:

@@ -147,12 +147,12 @@ class WebSocketConnection:
             return
         self._feed(item)
         if self._draining:
-            if outbound.pending() < OUTBOX_SIZE:
+            if outbound.batch.pending() < OUTBOX_SIZE:
                 return  # our drain sends it after what it is sending now
             async with outbound.lock:  # too much waiting: python-engineio's writer waits for it
                 await self._drain()
             return
-        if outbound.needs_log(answer_deferred=not self.probe.active) and (
+        if outbound.batch.needs_log(answer_deferred=not self.probe.active) and (
             self._gap < LINGER_BELOW_S or not self.runtime.log.synchronous
         ):
             self._enqueue_nowait(_NUDGE)  # the writer logs it, with whatever comes meanwhile
@@ -173,8 +173,8 @@ class WebSocketConnection:
         self._draining = True
         try:
             answer_deferred = not self.probe.active
-            while outbound.pending(answer_deferred=answer_deferred):
-                if outbound.needs_log(answer_deferred=answer_deferred) and self._gap < LINGER_BELOW_S:
+            while outbound.batch.pending(answer_deferred=answer_deferred):
+                if outbound.batch.needs_log(answer_deferred=answer_deferred) and self._gap < LINGER_BELOW_S:
                     await self._linger()
                 await outbound.send(self._deliver_all, answer_deferred=answer_deferred)
         finally:
@@ -191,10 +191,10 @@ class WebSocketConnection:
         outbound = self.outbound
         loop = asyncio.get_running_loop()
         deadline = loop.time() + LINGER_S
-        seen, idle = outbound.pending(), 0
+        seen, idle = outbound.batch.pending(), 0
         while idle < LINGER_IDLE_TURNS and seen < LINGER_BATCH and loop.time() < deadline:
             await asyncio.sleep(0)
-            now = outbound.pending()
+            now = outbound.batch.pending()
             idle = idle + 1 if now == seen else 0
             seen = now
 
@@ -287,7 +287,7 @@ class WebSocketConnection:
                     # python-engineio refuses the session's POSTs from when it reads this UPGRADE,
                     # in the same step: until then they are read here, as every POST is
                     self.session.upgraded = True
-                    if self.outbound.has_deferred():
+                    if self.outbound.batch.has_deferred():
                         await self._enqueue(_NUDGE)
             elif message["type"] == "websocket.disconnect":
                 self.client_gone = True
