@@ -244,3 +244,11 @@ def test_declared_attachments_are_read_from_a_head_parse_refuses() -> None:
     assert protocol.declared_attachments('42["resume-stream",{}]') == 0
     assert protocol.declared_attachments('423-["resume-stream",{}]') == 0  # an EVENT: handed on at once
     assert protocol.declared_attachments("42" + "1" * 30 + '-["resume-stream"]') == 0
+
+
+@pytest.mark.parametrize(
+    ("frame", "ends"),
+    [("1", True), ("41", True), ("41/admin,", True), ("40", False), ("42[]", False), ("2", False), ("", False)],
+)
+def test_ends_connection_is_a_close_or_a_disconnect(frame: str, ends: bool) -> None:
+    assert protocol.ends_connection(frame) is ends

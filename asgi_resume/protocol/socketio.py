@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from asgi_resume.protocol.engineio import EIO_MESSAGE
+from asgi_resume.protocol.engineio import EIO_CLOSE, EIO_MESSAGE
 
 # Socket.IO packet types.
 CONNECT, DISCONNECT, EVENT, ACK, CONNECT_ERROR, BINARY_EVENT, BINARY_ACK = range(7)
@@ -172,6 +172,12 @@ def concerns_session(frame: str) -> bool:
     """May an outbound frame change what the session keeps? (A CONNECT reply, CONNECT_ERROR,
     DISCONNECT, or an event that may carry an ack id: not a plain EVENT in ``/``.)"""
     return frame[:3] != PLAIN_EVENT_HEAD and frame[:1] == EIO_MESSAGE and frame[1:2] in ("0", "1", "2", "4", "5")
+
+
+def ends_connection(frame: str) -> bool:
+    """Does the server end the connection (or a namespace of it) with this frame? (An Engine.IO
+    CLOSE, or a Socket.IO DISCONNECT.)"""
+    return frame == EIO_CLOSE or frame[:2] == DISCONNECT_HEAD
 
 
 _NAMESPACE = re.compile(r"4[25](?:\d+-)?(/[^,]*),")

@@ -5,7 +5,8 @@ and stamps them a batch at a time) and ``receive`` (resume requests are answered
 reach the app; CONNECT auth names the principal), and, while a connection is held
 (:mod:`asgi_resume.transport.holds`) after its client left, answering the app's pings and telling the app
 at the end. Must not touch: what a frame means (``outbound``), storage (``log``), when a hold
-ends (``holds``), when an upgrade's probe becomes the transport (``upgrade``).
+ends (``holds``), when an upgrade's probe becomes the transport (``upgrade``), how long a batch
+waits for more frames (``linger``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.pipeline.units import Incoming, Outgoing, Passthrough
 from asgi_resume.transport.engineio import EngineIOSessions, client_frame, new_session, query_param
 from asgi_resume.transport.holds import Hold, Holds, HoldState
+from asgi_resume.transport.linger import LINGER_BELOW_S, linger
 from asgi_resume.transport.tcp import disable_nagle
 from asgi_resume.transport.upgrade import UpgradeProbe
 
@@ -33,10 +35,6 @@ logger = logging.getLogger("asgi_resume")
 
 OUTBOX_SIZE = 1024  # frames queued per connection before python-engineio's writer for it waits
 SERVER_GOING_AWAY = 1012  # uvicorn closes websockets with it on shutdown
-LINGER_S = 0.001  # longest a batch waits for more frames before its log call (only while they keep coming)
-LINGER_IDLE_TURNS = 3  # loop turns without a new frame that end the wait
-LINGER_BATCH = 256
-LINGER_BELOW_S = 0.0002  # only frames closer together than this make a batch wait for more
 _PONG: Message = {"type": "websocket.receive", "text": protocol.EIO_PONG}
 
 
@@ -51,7 +49,7 @@ _END, _NUDGE = _Signal.END, _Signal.NUDGE
 def _ends_connection(item: Outgoing) -> bool:
     """An Engine.IO CLOSE, a Socket.IO DISCONNECT, or the ASGI close."""
     if isinstance(item, str):
-        return item == protocol.EIO_CLOSE or item[:2] == protocol.DISCONNECT_HEAD
+        return protocol.ends_connection(item)
     return isinstance(item, Passthrough) and item.message.get("type") == "websocket.close"
 
 
@@ -175,28 +173,11 @@ class WebSocketConnection:
             answer_deferred = not self.probe.active
             while outbound.batch.pending(answer_deferred=answer_deferred):
                 if outbound.batch.needs_log(answer_deferred=answer_deferred) and self._gap < LINGER_BELOW_S:
-                    await self._linger()
+                    await linger(outbound.batch)
                 await outbound.send(self._deliver_all, answer_deferred=answer_deferred)
         finally:
             self._draining = False
         self.hold.wake()
-
-    async def _linger(self) -> None:
-        """Before a log call, let frames that are on their way join it, while they keep coming.
-
-        Each log call costs the event loop CPU time: when frames come fast, waiting a few loop
-        turns (never more than ``LINGER_S``) makes one call carry many frames. At a trickle (a
-        frame every ``LINGER_BELOW_S`` or slower) the call goes at once.
-        """
-        outbound = self.outbound
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + LINGER_S
-        seen, idle = outbound.batch.pending(), 0
-        while idle < LINGER_IDLE_TURNS and seen < LINGER_BATCH and loop.time() < deadline:
-            await asyncio.sleep(0)
-            now = outbound.batch.pending()
-            idle = idle + 1 if now == seen else 0
-            seen = now
 
     async def _enqueue(self, item: Incoming | _Signal) -> None:
         try:
