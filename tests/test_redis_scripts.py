@@ -1,0 +1,73 @@
+"""The Redis log's scripts after Redis forgot them (a restart, ``SCRIPT FLUSH``, a failover).
+
+Real redis-server processes (one, and a three-node cluster); the log called directly.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import redis.asyncio as aioredis
+
+from asgi_resume.log import AppendRequest, Entry, StreamKey
+from asgi_resume.log.base import SessionAppend
+from asgi_resume.log.redis import RedisLog
+from tests.support.redis_server import RedisCluster, RedisServer
+
+pytestmark = pytest.mark.anyio
+_prefixes = itertools.count()
+
+
+def _append(log: RedisLog, key: StreamKey, text: str) -> AppendRequest:
+    frame = ['42["events",{', f'"message_id":"{key.stream}","t":"{text}"}}]']
+    return AppendRequest(key, [Entry(f"d-{text}", frame, False, log.now_ms())], None, 0, log.now_ms(), False, "c")
+
+
+async def test_scripts_forgotten_by_redis_are_loaded_again_and_each_call_runs_once(redis_server: RedisServer) -> None:
+    log = RedisLog.from_url(redis_server.url, prefix=f"ns{next(_prefixes)}")
+    keys = [StreamKey("alice", "/", "", f"m{i}") for i in range(2)]
+    try:
+        await log.prepare()
+        assert [r.seqs for r in await log.append([_append(log, k, "a") for k in keys])] == [[1], [1]]
+        await log.client.script_flush()
+        results = await log.append([_append(log, k, "b") for k in keys])
+        assert [(r.failed, r.seqs) for r in results] == [(None, [2]), (None, [2])]
+        replay = await log.replay(keys[0], 0, None, "c")
+        assert [seq for seq, _ in replay.frames] == [1, 2]
+    finally:
+        await log.aclose()
+
+
+async def test_on_a_cluster_only_the_calls_that_got_noscript_run_again(redis_cluster: RedisCluster) -> None:
+    """One node forgot the scripts: the call to it runs again; the call to another node, which
+    ran, must not (a recovery session's append is not idempotent: it would be logged twice)."""
+    log = RedisLog.from_url(redis_cluster.url, prefix=f"ns{next(_prefixes)}", cluster=True)
+    client = log.client
+    assert isinstance(client, aioredis.RedisCluster)
+    try:
+        await log.prepare()
+        # two recovery sessions whose slots are on different nodes
+        pids: list[str] = []
+        nodes: list[str] = []
+        for i in range(100):
+            pid = f"pid-{i:016d}"
+            node = client.get_node_from_key(log.session_keys(pid)[0]).name
+            if node not in nodes:
+                pids.append(pid)
+                nodes.append(node)
+            if len(pids) == 2:
+                break
+        assert len(pids) == 2
+
+        def append(text: str) -> list[SessionAppend]:
+            now = log.now_ms()
+            return [SessionAppend(pid, "g1", "c1", "alice", "/", [(now, [f'42["e","{text}"]'])], now) for pid in pids]
+
+        assert [(r.status, r.numbers) for r in await log.session_append(append("a"))] == [("ok", [1]), ("ok", [1])]
+        node = client.get_node_from_key(log.session_keys(pids[0])[0])
+        await client.execute_command("SCRIPT", "FLUSH", target_nodes=node)
+        results = await log.session_append(append("b"))
+        assert [(r.status, r.numbers) for r in results] == [("ok", [2]), ("ok", [2])]
+    finally:
+        await log.aclose()
