@@ -9,7 +9,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from asgi_resume.log.base import AppendRequest, AppendResult, GroupCommit, LogUnavailable, StreamKey
+from asgi_resume.log.base import AppendRequest, AppendResult, LogUnavailable, StreamKey
+from asgi_resume.log.group_commit import GroupCommit
 
 pytestmark = pytest.mark.anyio
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import hashlib
 import json
@@ -270,43 +269,3 @@ class StreamLog(Protocol):
         ...
 
     async def aclose(self) -> None: ...
-
-
-class GroupCommit:
-    """One log call for the appends of every connection that asks in the same loop turn.
-
-    An emit to a room wakes every member's writer at once; instead of one round trip each, their
-    requests go out together (the log runs them in order, each still atomic).
-    """
-
-    def __init__(self, log: StreamLog) -> None:
-        self.log = log
-        self._waiting: list[tuple[Sequence[AppendRequest], asyncio.Future[list[AppendResult]]]] = []
-
-    async def append(self, requests: Sequence[AppendRequest]) -> list[AppendResult]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[AppendResult]] = loop.create_future()
-        if not self._waiting:
-            loop.call_soon(self._launch)
-        self._waiting.append((requests, future))
-        return await asyncio.shield(future)  # a caller that gives up does not cancel the others' call
-
-    def _launch(self) -> None:
-        batch, self._waiting = self._waiting, []
-        asyncio.get_running_loop().create_task(self._run(batch))
-
-    async def _run(self, batch: list[tuple[Sequence[AppendRequest], asyncio.Future[list[AppendResult]]]]) -> None:
-        merged = [request for requests, _ in batch for request in requests]
-        try:
-            results = await self.log.append(merged)
-        except Exception as exc:  # noqa: BLE001 - every caller gets the failure
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-                    future.exception()  # a caller that gave up (timed out) leaves it unread: no warning
-            return
-        start = 0
-        for requests, future in batch:
-            if not future.done():
-                future.set_result(results[start : start + len(requests)])
-            start += len(requests)

@@ -19,7 +19,8 @@ from typing import Any
 from asgi_resume.config import Settings
 from asgi_resume.guard import RETRY_AFTER_S, Deadline, Deadlines, LogGuard
 from asgi_resume.log import AppendRequest, LogUnavailable, LogUnsupported, StreamKey, StreamLog
-from asgi_resume.log.base import GroupCommit, LogLimits
+from asgi_resume.log.base import LogLimits
+from asgi_resume.log.group_commit import GroupCommit
 from asgi_resume.log.memory import MemoryLog
 from asgi_resume.log.recent import MAX_ENTRIES, RecentEntries
 from asgi_resume.pipeline.order import FeedOrder
