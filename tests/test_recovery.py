@@ -20,7 +20,7 @@ from asgi_resume.config import Settings
 from asgi_resume.log import AppendRequest, AppendResult, LogUnavailable
 from asgi_resume.log.base import COPY_WINDOW_MS, SessionAppend, SessionAppendResult
 from asgi_resume.log.memory import MemoryLog
-from asgi_resume.pipeline.recovery import Recovery
+from asgi_resume.pipeline.recovery_replay import duplicate, replay_frames
 from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.pipeline.session import RecoveryState, Session
 from asgi_resume.pipeline.units import EventUnit
@@ -253,9 +253,9 @@ def test_a_replayed_event_is_taken_for_its_live_copy_only_within_the_copy_window
     as that copy (recovered: true, one event missing), for 5 s after the recovery."""
     session = Session({}, 0)
     state = session.recovery["/"] = RecoveryState("/", connect_ms=1_000)
-    recovery = Recovery(Runtime(Settings.load({}, recovery=True)), session)
+    runtime = Runtime(Settings.load({}, recovery=True))
     note = '42["note",{"n":1}]'
-    recovery._replay_frames(state, "gen", [(1, 1_500, [note])])  # the held connection got it at 1,500
-    assert not recovery.duplicate(EventUnit(note, "/", 0, 1_500 + COPY_WINDOW_MS + 1))  # a new event
-    assert recovery.duplicate(EventUnit(note, "/", 0, 1_502))  # its copy, on the new connection
-    assert not recovery.duplicate(EventUnit(note, "/", 0, 1_503))  # (one copy only)
+    replay_frames(runtime, session, state, "gen", [(1, 1_500, [note])])  # the held connection got it at 1,500
+    assert not duplicate(session, EventUnit(note, "/", 0, 1_500 + COPY_WINDOW_MS + 1))  # a new event
+    assert duplicate(session, EventUnit(note, "/", 0, 1_502))  # its copy, on the new connection
+    assert not duplicate(session, EventUnit(note, "/", 0, 1_503))  # (one copy only)

@@ -30,6 +30,7 @@ from asgi_resume.pipeline.batch import Batch
 from asgi_resume.pipeline.classify import Classifier
 from asgi_resume.pipeline.order import Feeder
 from asgi_resume.pipeline.recovery import Recovery
+from asgi_resume.pipeline.recovery_replay import duplicate
 from asgi_resume.pipeline.replay import Deliver
 from asgi_resume.pipeline.resume import ResumeRequest
 from asgi_resume.pipeline.runtime import Runtime
@@ -186,7 +187,7 @@ class Outbound:
                     if (
                         recovery is not None
                         and unit.recover
-                        and (recovery.waits_for_reply(unit) or recovery.duplicate(unit))
+                        and (recovery.waits_for_reply(unit) or duplicate(self.session, unit))
                     ):
                         continue
                     if unit.stream is not None and i < last_resume.get(unit.stream, -1):

@@ -3,7 +3,8 @@
 Owns: the protocol of the official Node server (see PROTOCOL.md) spoken on the app's behalf: a
 ``pid`` in each CONNECT reply, an offset appended to every event without an ack id, and, when a
 client reconnects with ``{pid, offset}`` in its CONNECT auth, the events its previous connection
-missed, sent before the CONNECT reply (which repeats the pid, so ``socket.recovered`` is true).
+missed, sent before the CONNECT reply (which repeats the pid, so ``socket.recovered`` is true;
+rendered by :mod:`~asgi_resume.pipeline.recovery_replay`).
 
 Each (connection, namespace) logs the events it sends in a session log (per pid, in generations:
 a reconnect claims the session and starts a new generation). The previous connection, when still
@@ -15,22 +16,21 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 import anyio
 
 from asgi_resume import protocol
-from asgi_resume.log import LogUnavailable, StreamKey
-from asgi_resume.log.base import COPY_WINDOW_MS, Note, Payload, SessionAppend, new_generation
+from asgi_resume.log import LogUnavailable
+from asgi_resume.log.base import Note, Payload, SessionAppend, new_generation
+from asgi_resume.pipeline.recovery_replay import duplicate, replay_frames
 from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.pipeline.session import RecoveryState, Session
-from asgi_resume.pipeline.units import EventUnit, Outgoing, stamp_fields
+from asgi_resume.pipeline.units import EventUnit, Outgoing
 from asgi_resume.protocol.recovery import PID_FIELD, UNLOGGED_OFFSET, new_pid, offset
 
 logger = logging.getLogger("asgi_resume")
 
 FLUSH_WAIT_S = 0.3  # how long a claim waits for the previous connection to log what it got before it
-DUPLICATES_FOR_S = 5.0  # how long after a recovery a replayed event may still arrive live
 
 
 class Recovery:
@@ -65,33 +65,6 @@ class Recovery:
             return None
         state = self.states.get(packet.namespace)
         return packet if state is not None and state.awaiting_reply else None
-
-    def duplicate(self, unit: EventUnit) -> bool:
-        """An event the recovery replay already carried, arriving again on the new connection: the
-        same content, received within ``COPY_WINDOW_MS`` of the replayed one (copies of one emit
-        reach a user's connections that close together; an event emitted before the new connection
-        joined its rooms never comes again, and a new one with that content is not taken for it)."""
-        state = self.states.get(unit.namespace)
-        if state is None or not state.duplicates:
-            return False
-        if time.monotonic() > state.duplicates_until:
-            state.duplicates.clear()
-            return False
-        if unit.stream is not None and unit.seq:
-            known = self.session.replayed.get(unit.stream)
-            if known is not None and known[0] == unit.epoch:
-                return False  # told apart by seq (Session.was_replayed)
-            digest = unit.digest(as_sent=False)  # stamped in another epoch than the replay's: by content
-        else:
-            digest = unit.digest()
-        received = state.duplicates.get(digest)
-        if not received:
-            return False
-        for i, at in enumerate(received):
-            if abs(unit.received_ms - at) <= COPY_WINDOW_MS:
-                del received[i]
-                return True
-        return False
 
     async def log(self, units: list[EventUnit], flushed_ms: int, *, create: tuple[str, ...] = ()) -> None:
         """Give each unit its offset: log it in its namespace's session (one round trip in all).
@@ -167,7 +140,7 @@ class Recovery:
     def _replayed(self, unit: EventUnit) -> bool:
         if unit.stream is not None and unit.seq and self.session.was_replayed(unit.stream, unit.epoch, unit.seq):
             return True
-        return self.duplicate(unit)
+        return duplicate(self.session, unit)
 
     async def _claim(self, state: RecoveryState, new_gen: str) -> tuple[bool, list[Outgoing]]:
         """Claim the client's previous session; its frames after the client's offset, or nothing."""
@@ -213,37 +186,7 @@ class Recovery:
             logger.info("recovery of session %s…: its frames after the offset are gone", claim.pid[:6])
             return False, []
         state.pid = claim.pid
-        return True, self._replay_frames(state, claim.gen, read.frames)
-
-    def _replay_frames(self, state: RecoveryState, gen: str, entries: list[tuple[int, int, Any]]) -> list[Outgoing]:
-        """The missed events with their old offsets; note them so live copies are not sent twice."""
-        out: list[Outgoing] = []
-        rules, session = self.runtime.rules, self.session
-        principal = session.principal_for(state.namespace)
-        for n, received_ms, payload in entries:
-            if not payload or not isinstance(payload[0], str):
-                continue
-            text, attachments = payload[0], [a for a in payload[1:] if isinstance(a, bytes)]
-            out += [protocol.with_last_arg(text, offset(gen, n)), *attachments]
-            # what its live copy looks like, if one may still come (emitted since this connection
-            # began): the event as the app sent it, unstamped, for the stream log may have failed for it
-            live = text if received_ms >= state.connect_ms else None
-            classified = rules.classify(text)
-            arg = classified.packet.first_arg if classified is not None else None
-            if classified is not None and principal and isinstance(arg, dict) and isinstance(arg.get("seq"), int):
-                epoch, seq = str(arg.get("epoch", "")), arg["seq"]
-                key = StreamKey(principal, state.namespace, classified.variant, classified.stream)
-                known = session.replayed.get(key)
-                if known is None or known[0] != epoch or known[1] < seq:
-                    session.replayed_to(key, epoch, seq)
-                if live is not None:
-                    live = _unstamped(text, seq, epoch)
-            if live is not None:  # dropped if it comes: matched by content
-                unit = EventUnit(live, state.namespace, 0, received_ms, attachments=attachments)
-                state.duplicates.setdefault(unit.digest(), []).append(received_ms)
-        state.duplicates_until = time.monotonic() + DUPLICATES_FOR_S
-        self.runtime.stats.frames_recovered += len(entries)
-        return out
+        return True, replay_frames(runtime, session, state, claim.gen, read.frames)
 
     # -- the previous connection's side ---------------------------------------------------------
 
@@ -301,13 +244,3 @@ class Recovery:
             else:
                 state.logging = False
         return taken
-
-
-def _unstamped(text: str, seq: int, epoch: str) -> str | None:
-    """A stamped event frame as the app sent it (the stamp cut out), or ``None`` if it has none."""
-    fields = stamp_fields(seq, epoch)
-    at = text.find(fields)
-    if at < 0:
-        return None
-    rest = text[at + len(fields) :]
-    return text[:at] + (rest[1:] if rest[:1] == "," else rest)

@@ -1,0 +1,93 @@
+"""What a recovery replays to the connection that claimed a session, and the live copies of it.
+
+Owns: the missed events rendered with their old offsets, the stream seqs they carry noted as
+replayed, and the events a live copy of which may still come (the new connection joined its rooms
+before the emit) recognised so they do not go out twice. Must not touch: claiming the session or
+reading its log (:mod:`~asgi_resume.pipeline.recovery`), transports.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from asgi_resume import protocol
+from asgi_resume.log import StreamKey
+from asgi_resume.log.base import COPY_WINDOW_MS
+from asgi_resume.pipeline.runtime import Runtime
+from asgi_resume.pipeline.session import RecoveryState, Session
+from asgi_resume.pipeline.units import EventUnit, Outgoing, stamp_fields
+from asgi_resume.protocol.recovery import offset
+
+DUPLICATES_FOR_S = 5.0  # how long after a recovery a replayed event may still arrive live
+
+
+def replay_frames(
+    runtime: Runtime, session: Session, state: RecoveryState, gen: str, entries: list[tuple[int, int, Any]]
+) -> list[Outgoing]:
+    """The missed events with their old offsets; note them so live copies are not sent twice."""
+    out: list[Outgoing] = []
+    rules = runtime.rules
+    principal = session.principal_for(state.namespace)
+    for n, received_ms, payload in entries:
+        if not payload or not isinstance(payload[0], str):
+            continue
+        text, attachments = payload[0], [a for a in payload[1:] if isinstance(a, bytes)]
+        out += [protocol.with_last_arg(text, offset(gen, n)), *attachments]
+        # what its live copy looks like, if one may still come (emitted since this connection
+        # began): the event as the app sent it, unstamped, for the stream log may have failed for it
+        live = text if received_ms >= state.connect_ms else None
+        classified = rules.classify(text)
+        arg = classified.packet.first_arg if classified is not None else None
+        if classified is not None and principal and isinstance(arg, dict) and isinstance(arg.get("seq"), int):
+            epoch, seq = str(arg.get("epoch", "")), arg["seq"]
+            key = StreamKey(principal, state.namespace, classified.variant, classified.stream)
+            known = session.replayed.get(key)
+            if known is None or known[0] != epoch or known[1] < seq:
+                session.replayed_to(key, epoch, seq)
+            if live is not None:
+                live = _unstamped(text, seq, epoch)
+        if live is not None:  # dropped if it comes: matched by content
+            unit = EventUnit(live, state.namespace, 0, received_ms, attachments=attachments)
+            state.duplicates.setdefault(unit.digest(), []).append(received_ms)
+    state.duplicates_until = time.monotonic() + DUPLICATES_FOR_S
+    runtime.stats.frames_recovered += len(entries)
+    return out
+
+
+def duplicate(session: Session, unit: EventUnit) -> bool:
+    """An event the recovery replay already carried, arriving again on the new connection: the
+    same content, received within ``COPY_WINDOW_MS`` of the replayed one (copies of one emit
+    reach a user's connections that close together; an event emitted before the new connection
+    joined its rooms never comes again, and a new one with that content is not taken for it)."""
+    state = session.recovery.get(unit.namespace)
+    if state is None or not state.duplicates:
+        return False
+    if time.monotonic() > state.duplicates_until:
+        state.duplicates.clear()
+        return False
+    if unit.stream is not None and unit.seq:
+        known = session.replayed.get(unit.stream)
+        if known is not None and known[0] == unit.epoch:
+            return False  # told apart by seq (Session.was_replayed)
+        digest = unit.digest(as_sent=False)  # stamped in another epoch than the replay's: by content
+    else:
+        digest = unit.digest()
+    received = state.duplicates.get(digest)
+    if not received:
+        return False
+    for i, at in enumerate(received):
+        if abs(unit.received_ms - at) <= COPY_WINDOW_MS:
+            del received[i]
+            return True
+    return False
+
+
+def _unstamped(text: str, seq: int, epoch: str) -> str | None:
+    """A stamped event frame as the app sent it (the stamp cut out), or ``None`` if it has none."""
+    fields = stamp_fields(seq, epoch)
+    at = text.find(fields)
+    if at < 0:
+        return None
+    rest = text[at + len(fields) :]
+    return text[:at] + (rest[1:] if rest[:1] == "," else rest)
