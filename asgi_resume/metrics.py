@@ -47,6 +47,8 @@ class StatsCollector:
         yield counter("frames_unmatched", "Frames sent unstamped: logged out of order", stats.frames_unmatched)
         yield counter("log_writes", "Append calls to the stream log (one per batch)", stats.log_writes)
         yield counter("log_failures", "Stream log calls that failed or timed out", stats.log_failures)
+        dropped = stats.repairs_dropped
+        yield counter("repairs_dropped", "Streams the log missed frames of left unrepaired (too many at once)", dropped)
         yield counter("frames_replayed", "Frames sent by resume replays", stats.frames_replayed)
         yield counter("frames_recovered", "Frames sent by connection state recoveries", stats.frames_recovered)
         yield counter("holds", "Connections held after their client left", stats.holds_started)

@@ -45,6 +45,9 @@ class Stats:
     frames_unmatched: int = 0  # sent unstamped: their copy was logged before frames this connection got earlier
     frames_unstamped: int = 0  # stream frames sent without seq because the log failed
     log_failures: int = 0
+    #: streams the log missed frames of that no repair will start a new epoch for (past both bounds
+    #: of waiting repairs): a resume of one may not say ``gap`` until its own tab logs it again
+    repairs_dropped: int = 0
     resumes_ok: int = 0
     resumes_gap: int = 0
     resumes_not_found: int = 0

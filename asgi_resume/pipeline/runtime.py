@@ -33,7 +33,10 @@ from asgi_resume.stats import Stats, fault
 logger = logging.getLogger("asgi_resume")
 
 DEFAULT_MAX_POST_BODY = 1_000_000  # python-engineio's default max_http_buffer_size
-MAX_REPAIRS = 10_000  # streams waiting for their new epoch after a failure; past it, their next frame starts it
+MAX_REPAIRS = 10_000  # (stream, connection) pairs waiting for their stream's new epoch after a failure
+#: past MAX_REPAIRS, streams waiting for their new epoch with no connection to tell (a key and an
+#: epoch each, no connection kept alive); past this too, a stream's own tab's next frame starts it
+MAX_STRAY_REPAIRS = 100_000
 
 
 class Runtime:
@@ -72,6 +75,9 @@ class Runtime:
         #: (stream, connection) pairs whose frames the log missed, not yet repaired: each tab that missed
         #: frames of a stream is told when it is repaired (one pair per tab, not the last tab only)
         self.repairs: dict[tuple[StreamKey, Session], None] = {}
+        #: streams to repair past MAX_REPAIRS -> the epoch the log missed frames in (no tab is told:
+        #: each one's own next frame asks for the same reset, which then starts nothing new)
+        self.stray_repairs: dict[StreamKey, str] = {}
         self._repairing: asyncio.Task[None] | None = None
         self._hinted_no_principal = False
         #: the longest polling POST body the app reads (python-engineio's max_http_buffer_size)
@@ -134,32 +140,41 @@ class Runtime:
         for key in keys:
             if len(self.repairs) < MAX_REPAIRS:
                 self.repairs[key, session] = None
-        if self.repairs and (self._repairing is None or self._repairing.done()):
+            elif len(self.stray_repairs) < MAX_STRAY_REPAIRS:
+                # repaired all the same (another tab, a newcomer, must not go on across the hole),
+                # without keeping the connection: its own next frame resets the stream too
+                self.stray_repairs.setdefault(key, session.unlogged.get(key, ""))
+            else:
+                self.stats.repairs_dropped += 1
+        if (self.repairs or self.stray_repairs) and (self._repairing is None or self._repairing.done()):
             self._repairing = asyncio.get_running_loop().create_task(self._repair_soon())
 
     async def repair(self, deadline: Deadline | None = None) -> None:
         """Start a new epoch for every stream the log missed frames of, in one call (within
         ``deadline``, by default the write deadline)."""
-        if not self.repairs or not self.guard.available():
+        if not (self.repairs or self.stray_repairs) or not self.guard.available():
             return
         # a stream whose own connection started its new epoch meanwhile needs nothing more; each
         # connection's reset names the epoch it missed frames in, so the second of two tabs that
         # missed the same frames starts nothing new (the stream is in another epoch by then)
         repairs = [(key, session, session.unlogged[key]) for key, session in self.repairs if key in session.unlogged]
-        self.repairs = {}
-        if not repairs:
+        strays, self.repairs, self.stray_repairs = self.stray_repairs, {}, {}
+        if not repairs and not strays:
             return
         requests = [
             AppendRequest(key, [], reset=True, reset_epoch=epoch, connection=session.id)
             for key, session, epoch in repairs
         ]
+        requests += [AppendRequest(key, [], reset=True, reset_epoch=epoch) for key, epoch in strays.items()]
         try:
             results = await self.guard.call(deadline or self.guard.deadlines.write, self.log.append, requests)
         except LogUnavailable:
             for key, session, _ in repairs:
                 self.repairs.setdefault((key, session), None)
+            for key, epoch in strays.items():
+                self.stray_repairs.setdefault(key, epoch)
             return
-        for (key, session, epoch), result in zip(repairs, results, strict=True):
+        for (key, session, epoch), result in zip(repairs, results[: len(repairs)], strict=True):
             if result.failed is not None or session.unlogged.get(key) != epoch:
                 # this stream alone failed (its next frame starts the new epoch), or the connection
                 # logged it since, or missed it again, while the repair was on its way: its own state
@@ -170,7 +185,7 @@ class Runtime:
             session.skipped.pop(key, None)
 
     async def _repair_soon(self) -> None:
-        while self.repairs and not self.closing:
+        while (self.repairs or self.stray_repairs) and not self.closing:
             await asyncio.sleep(RETRY_AFTER_S)  # (the log failed a moment ago)
             await self.repair()
 
