@@ -50,12 +50,20 @@ class Deadlines:
     #: a recovery session's append: a live batch waits for it as for a write, but its slowness alone
     #: does not stop the stream log (its events go out with no offset, and recovery is refused)
     recovery_append: Deadline
+    #: a chunk of repairs in the background: nothing waits for it, and its slowness alone does not
+    #: stop the stream log
+    repair: Deadline
     replay: Deadline = Deadline(5.0, slow_is_outage=False)  # a resume: not on the live path
     prepare: Deadline = Deadline(2.0)  # connecting and loading the scripts, once at start-up
 
     @classmethod
     def from_write_timeout(cls, seconds: float) -> Deadlines:
-        return cls(Deadline(seconds), Deadline(seconds * 4, fails_fast=False), Deadline(seconds, slow_is_outage=False))
+        return cls(
+            Deadline(seconds),
+            Deadline(seconds * 4, fails_fast=False),
+            Deadline(seconds, slow_is_outage=False),
+            Deadline(seconds * 4, slow_is_outage=False),
+        )
 
 
 class LogGuard:

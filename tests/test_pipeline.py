@@ -17,7 +17,6 @@ from asgi_resume import protocol
 from asgi_resume.config import Settings
 from asgi_resume.log import StreamKey
 from asgi_resume.log.memory import MemoryLog
-from asgi_resume.pipeline import runtime as runtime_module
 from asgi_resume.pipeline.inbound import inspect
 from asgi_resume.pipeline.outbound import Outbound
 from asgi_resume.pipeline.resume import ResumeRequest
@@ -241,10 +240,10 @@ async def test_a_repair_tells_every_tab_that_missed_the_stream() -> None:
     for outbound in (one, two):
         await send(outbound, token(2), done())  # unstamped: the stream ends while the log is down
     rt.guard._down_until = 0.0
-    await rt.repair()
+    await rt.repairs.repair()
     assert not one.session.unlogged
     assert not two.session.unlogged
-    assert not rt.repairs
+    assert not rt.repairs.waiting
     after_t1 = await rt.log.replay(StreamKey(ALICE, "/", "", "m"), t1["seq"], t1["epoch"], "reader")
     assert after_t1.gap or after_t1.epoch != t1["epoch"]  # t2 and the done frame are missing
 
@@ -271,7 +270,7 @@ async def test_a_repair_answered_late_keeps_a_miss_that_came_meanwhile() -> None
     rt.guard.failed("gone")
     await send(alice, token(2))  # unstamped
     rt.guard._down_until = 0.0
-    repair = asyncio.create_task(rt.repair())
+    repair = asyncio.create_task(rt.repairs.repair())
     await asyncio.sleep(0)  # (the reset landed: a new epoch; its answer is on its way)
     t3 = events(await send(alice, token(3)))[0]
     rt.guard.failed("gone again")
@@ -398,42 +397,6 @@ async def test_a_tab_that_leaves_its_namespace_while_the_log_is_down_gets_its_st
     rt.guard.failed("gone")
     await inspect(rt, alice.session, "41")  # its release fails at once
     rt.guard._down_until = 0.0
-    await rt.repair()
+    await rt.repairs.repair()
     newcomer = events(await send(tab(rt), token(9)))[0]
     assert newcomer["epoch"] != t1["epoch"]
-
-
-async def test_a_stream_missed_past_the_repairs_bound_is_repaired_all_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Past MAX_REPAIRS pairs, a missed stream used to be repaired only by its own tab's next
-    frame: when that tab had closed, a newcomer went on in the old epoch across the hole."""
-    monkeypatch.setattr(runtime_module, "MAX_REPAIRS", 1)
-    rt = Runtime(Settings.load({}), _RemoteMemoryLog())
-    filler, alice = tab(rt), tab(rt)
-    await send(filler, token(1, "x"))
-    t1 = events(await send(alice, token(1)))[0]
-    rt.guard.failed("gone")
-    await send(filler, token(2, "x"))  # unstamped: its pair takes the one place
-    assert await send(alice, token(2)) == [token(2)]  # unstamped: past the bound
-    await alice.release()  # the tab closes while the log is down
-    rt.guard._down_until = 0.0
-    await rt.repair()
-    assert not rt.repairs
-    assert not rt.stray_repairs
-    newcomer = tab(rt)
-    t3 = events(await send(newcomer, token(3)))[0]
-    after_t1 = await rt.log.replay(StreamKey(ALICE, "/", "", "m"), t1["seq"], t1["epoch"], "reader")
-    assert after_t1.gap or after_t1.epoch != t1["epoch"]  # t2 is missing: never a silent hole
-    assert t3["epoch"] != t1["epoch"]
-    assert rt.stats.repairs_dropped == 0
-
-
-async def test_a_stream_missed_past_both_repair_bounds_is_counted(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runtime_module, "MAX_REPAIRS", 0)
-    monkeypatch.setattr(runtime_module, "MAX_STRAY_REPAIRS", 0)
-    rt = Runtime(Settings.load({}), _RemoteMemoryLog())
-    alice = tab(rt)
-    await send(alice, token(1))
-    rt.guard.failed("gone")
-    await send(alice, token(2))
-    assert rt.stats.repairs_dropped == 1
-    assert alice.session.unlogged  # its own next frame still starts the new epoch

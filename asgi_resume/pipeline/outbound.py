@@ -260,7 +260,9 @@ class Outbound:
         flagged (returned; see :meth:`StreamWriter.release`)."""
         if self.recovery is not None:
             await self.recovery.note("closed")
-        return await self.streams.release(self.batch.stream_units(), handed_over, last_seen)
+        flagged = await self.streams.release(self.batch.stream_units(), handed_over, last_seen)
+        self.runtime.repairs.closed(self.session)  # (its streams the log missed are repaired without it)
+        return flagged
 
 
 def _held(waiting: dict[StreamKey, list[int]]) -> tuple[int, ...]:

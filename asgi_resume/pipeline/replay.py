@@ -81,7 +81,7 @@ async def answer(runtime: Runtime, session: Session, request: ResumeRequest, del
     # a turn before the first read too: a storm's requests (thousands at once, most of them never
     # getting to a page) are read one per loop iteration, between other connections' live frames
     await runtime.replay_turns.take()
-    await runtime.repair()  # a stream the log missed frames of must answer gap, not a silent hole
+    await runtime.repairs.repair(keys=(key,))  # a stream the log missed frames of must answer gap, not a silent hole
     building = 0.0  # time spent reading and rendering (not waiting for the client)
     started = time.perf_counter()
     first = await _read(runtime, key, request.last_seq, request.epoch, session.id)

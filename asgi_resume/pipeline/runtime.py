@@ -1,7 +1,8 @@
 """What every connection of one middleware shares.
 
 Owns: the settings, the stream log and the guard every call to it goes through, the
-principal resolver and its hashing key, the repairs of streams the log missed frames of, the
+principal resolver and its hashing key, the repairs of streams the log missed frames of
+(:mod:`~asgi_resume.pipeline.repairs`), the
 order streams' frames reach the log in, the entries its connections logged lately, and the counters.
 Must not touch: any one connection's state.
 """
@@ -13,19 +14,19 @@ import hashlib
 import hmac
 import logging
 import secrets
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine
 from typing import Any
 
 from asgi_resume.config import Settings
-from asgi_resume.guard import RETRY_AFTER_S, Deadline, Deadlines, LogGuard
-from asgi_resume.log import AppendRequest, LogUnavailable, LogUnsupported, StreamKey, StreamLog
+from asgi_resume.guard import Deadlines, LogGuard
+from asgi_resume.log import LogUnavailable, LogUnsupported, StreamLog
 from asgi_resume.log.base import LogLimits
 from asgi_resume.log.group_commit import GroupCommit
 from asgi_resume.log.memory import MemoryLog
 from asgi_resume.log.recent import MAX_ENTRIES, RecentEntries
 from asgi_resume.pipeline.order import FeedOrder
+from asgi_resume.pipeline.repairs import Repairs
 from asgi_resume.pipeline.rules import Stamping, StreamRules
-from asgi_resume.pipeline.session import Session
 from asgi_resume.pipeline.turns import Turns
 from asgi_resume.principal import JwtKey, PrincipalResolver, default_principal_key
 from asgi_resume.stats import Stats, fault
@@ -33,10 +34,6 @@ from asgi_resume.stats import Stats, fault
 logger = logging.getLogger("asgi_resume")
 
 DEFAULT_MAX_POST_BODY = 1_000_000  # python-engineio's default max_http_buffer_size
-MAX_REPAIRS = 10_000  # (stream, connection) pairs waiting for their stream's new epoch after a failure
-#: past MAX_REPAIRS, streams waiting for their new epoch with no connection to tell (a key and an
-#: epoch each, no connection kept alive); past this too, a stream's own tab's next frame starts it
-MAX_STRAY_REPAIRS = 100_000
 
 
 class Runtime:
@@ -71,14 +68,8 @@ class Runtime:
         self._background: set[asyncio.Task[Any]] = set()  # tasks of in_background(), until they end
         #: frame -> how to stamp it (see Classifier._stamping): shared by the copies of an emit
         self.stamping_cache: dict[str, Stamping | None] = {}
-        self.closing = False  # the server is going down: no more repairs
-        #: (stream, connection) pairs whose frames the log missed, not yet repaired: each tab that missed
-        #: frames of a stream is told when it is repaired (one pair per tab, not the last tab only)
-        self.repairs: dict[tuple[StreamKey, Session], None] = {}
-        #: streams to repair past MAX_REPAIRS -> the epoch the log missed frames in (no tab is told:
-        #: each one's own next frame asks for the same reset, which then starts nothing new)
-        self.stray_repairs: dict[StreamKey, str] = {}
-        self._repairing: asyncio.Task[None] | None = None
+        self.closing = False  # the server is going down
+        self.repairs = Repairs(self.guard, self.stats)  # streams the log missed frames of, until repaired
         self._hinted_no_principal = False
         #: the longest polling POST body the app reads (python-engineio's max_http_buffer_size)
         self.max_post_body = DEFAULT_MAX_POST_BODY
@@ -130,65 +121,6 @@ class Runtime:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def missed(self, session: Session, keys: Iterable[StreamKey]) -> None:
-        """The log missed frames of ``keys`` (or may have: an append that timed out).
-
-        Until a new epoch starts for them, a resume would read a history with a silent hole (or
-        a duplicate of what went out unstamped): they are repaired (a new, empty epoch) as soon
-        as the log answers again, even if no frame of them ever comes again.
-        """
-        for key in keys:
-            if len(self.repairs) < MAX_REPAIRS:
-                self.repairs[key, session] = None
-            elif len(self.stray_repairs) < MAX_STRAY_REPAIRS:
-                # repaired all the same (another tab, a newcomer, must not go on across the hole),
-                # without keeping the connection: its own next frame resets the stream too
-                self.stray_repairs.setdefault(key, session.unlogged.get(key, ""))
-            else:
-                self.stats.repairs_dropped += 1
-        if (self.repairs or self.stray_repairs) and (self._repairing is None or self._repairing.done()):
-            self._repairing = asyncio.get_running_loop().create_task(self._repair_soon())
-
-    async def repair(self, deadline: Deadline | None = None) -> None:
-        """Start a new epoch for every stream the log missed frames of, in one call (within
-        ``deadline``, by default the write deadline)."""
-        if not (self.repairs or self.stray_repairs) or not self.guard.available():
-            return
-        # a stream whose own connection started its new epoch meanwhile needs nothing more; each
-        # connection's reset names the epoch it missed frames in, so the second of two tabs that
-        # missed the same frames starts nothing new (the stream is in another epoch by then)
-        repairs = [(key, session, session.unlogged[key]) for key, session in self.repairs if key in session.unlogged]
-        strays, self.repairs, self.stray_repairs = self.stray_repairs, {}, {}
-        if not repairs and not strays:
-            return
-        requests = [
-            AppendRequest(key, [], reset=True, reset_epoch=epoch, connection=session.id)
-            for key, session, epoch in repairs
-        ]
-        requests += [AppendRequest(key, [], reset=True, reset_epoch=epoch) for key, epoch in strays.items()]
-        try:
-            results = await self.guard.call(deadline or self.guard.deadlines.write, self.log.append, requests)
-        except LogUnavailable:
-            for key, session, _ in repairs:
-                self.repairs.setdefault((key, session), None)
-            for key, epoch in strays.items():
-                self.stray_repairs.setdefault(key, epoch)
-            return
-        for (key, session, epoch), result in zip(repairs, results[: len(repairs)], strict=True):
-            if result.failed is not None or session.unlogged.get(key) != epoch:
-                # this stream alone failed (its next frame starts the new epoch), or the connection
-                # logged it since, or missed it again, while the repair was on its way: its own state
-                # is newer than this answer
-                continue
-            del session.unlogged[key]  # done on its behalf: its next frame joins the new epoch
-            session.cursors.pop(key, None)
-            session.skipped.pop(key, None)
-
-    async def _repair_soon(self) -> None:
-        while (self.repairs or self.stray_repairs) and not self.closing:
-            await asyncio.sleep(RETRY_AFTER_S)  # (the log failed a moment ago)
-            await self.repair()
-
     async def ready(self) -> None:
         """Before the first connection's frames: connect the log, learn its clock, load its scripts.
 
@@ -210,6 +142,5 @@ class Runtime:
 
     async def aclose(self) -> None:
         self.closing = True
-        if self._repairing is not None:
-            self._repairing.cancel()
+        self.repairs.close()
         await self.log.aclose()

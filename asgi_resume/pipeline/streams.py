@@ -75,7 +75,9 @@ class StreamWriter:
         if not (synchronous or guard.available()):  # it failed a moment ago: do not wait on it
             self._unlogged(pending)
             return
-        if units[0].copy and not self._held and not runtime.repairs:  # copies of entries logged here a moment ago
+        if (
+            units[0].copy and not self._held and not runtime.repairs.waiting
+        ):  # copies of entries logged here a moment ago
             self._known(pending)
             if not pending:
                 return
@@ -101,8 +103,8 @@ class StreamWriter:
                     session.placed(key, *where)
         # one deadline for the batch's log calls, a repair and the append (the in-process log gets no timer)
         ends = None if synchronous else loop.time() + wait
-        if runtime.repairs:  # streams the log missed frames of start a new epoch first
-            await runtime.repair(Deadline(wait if ends is None else max(0.0, ends - loop.time())))
+        if runtime.repairs.waiting:  # streams of the batch the log missed frames of start a new epoch first
+            await runtime.repairs.repair(Deadline(wait if ends is None else max(0.0, ends - loop.time())), pending)
             if not guard.available():  # the repair found the log still failing
                 self._unlogged(pending)
                 return
@@ -217,7 +219,7 @@ class StreamWriter:
             else:
                 session.forget(key)
             missed.append(key)
-        self.runtime.missed(session, missed)
+        self.runtime.repairs.missed(session, missed)
 
     async def release(
         self, unflushed: list[EventUnit], handed_over: bool = False, last_seen: float | None = None
@@ -280,4 +282,4 @@ async def release_left(runtime: Runtime, session: Session, left: dict[StreamKey,
     missed = [key for key, epoch in left.items() if epoch]
     for key in missed:
         session.unlogged.setdefault(key, left[key])
-    runtime.missed(session, missed)
+    runtime.repairs.missed(session, missed)

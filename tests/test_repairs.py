@@ -1,0 +1,129 @@
+"""Streams the log missed frames of get a new epoch once it answers: the repairs, without a server.
+
+Drives the pipeline as tests/test_pipeline.py does, on a memory log whose calls go through the
+guard as Redis's do (so it can be "down"), and records the reset requests the repairs send.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from asgi_resume.config import Settings
+from asgi_resume.log import AppendRequest, StreamKey
+from asgi_resume.log.memory import MemoryLog
+from asgi_resume.pipeline import repairs as repairs_module
+from asgi_resume.pipeline.runtime import Runtime
+from tests.test_pipeline import ALICE, events, send, tab, token
+
+pytestmark = pytest.mark.anyio
+KEY = StreamKey(ALICE, "/", "", "m")
+
+
+class _RecordingLog(MemoryLog):
+    """A log whose calls go through the guard (it may be "down"), keeping every reset it is sent."""
+
+    synchronous = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.resets: list[AppendRequest] = []
+
+    async def append(self, requests: Any) -> Any:
+        self.resets += [request for request in requests if request.reset and not request.entries]
+        return await super().append(requests)
+
+
+def down(rt: Runtime) -> None:
+    rt.guard.failed("gone")
+
+
+def up(rt: Runtime) -> None:
+    rt.guard._down_until = 0.0  # (the retry delay passed)
+
+
+async def test_a_tab_that_closes_before_its_stream_is_repaired_is_let_go_and_the_stream_repaired() -> None:
+    rt = Runtime(Settings.load({}), _RecordingLog())
+    alice = tab(rt)
+    t1 = events(await send(alice, token(1)))[0]
+    down(rt)
+    assert await send(alice, token(2)) == [token(2)]  # unstamped
+    await alice.release()  # the tab closes while the log is down
+    assert all(alice.session not in waiting.tabs for waiting in rt.repairs.waiting.values())  # not kept alive
+    up(rt)
+    assert await rt.repairs.repair()
+    assert not rt.repairs.waiting
+    t3 = events(await send(tab(rt), token(3)))[0]  # a newcomer
+    assert t3["epoch"] != t1["epoch"]
+    after_t1 = await rt.log.replay(KEY, t1["seq"], t1["epoch"], "reader")
+    assert after_t1.gap or after_t1.epoch != t1["epoch"]  # t2 is missing: never a silent hole
+
+
+async def test_a_tab_that_missed_its_first_frames_is_told_and_does_not_start_a_second_epoch() -> None:
+    """A tab with no cursor names no epoch: its reset starts one whatever the stream's is. Once the
+    repair did that on its behalf its own next frame must not do it again (a tab that logged into
+    the new epoch meanwhile would see its entries go)."""
+    log = _RecordingLog()
+    rt = Runtime(Settings.load({}), log)
+    alice, bob = tab(rt), tab(rt)
+    down(rt)
+    await send(alice, token(1))  # its first frame of the stream: missed
+    assert alice.session.unlogged == {KEY: ""}
+    up(rt)
+    assert await rt.repairs.repair()
+    assert not alice.session.unlogged  # told
+    t2 = events(await send(bob, token(2)))[0]
+    assert events(await send(alice, token(2)))[0] == t2  # one entry, one epoch, for both tabs
+    assert len(log.resets) == 1
+
+
+async def test_one_reset_per_stream_when_tabs_that_closed_missed_it_in_several_epochs() -> None:
+    """Two tabs that closed missed frames of one stream, one with no cursor, one in the stream's
+    epoch: the reset that names the epoch goes (the first tab's used to be the only one kept, and
+    a stale epoch kept that way repaired nothing); the one naming none would start a second."""
+    log = _RecordingLog()
+    rt = Runtime(Settings.load({}), log)
+    bob, alice = tab(rt), tab(rt)
+    t1 = events(await send(bob, token(1)))[0]
+    down(rt)
+    await send(alice, token(2))  # alice: no cursor
+    await send(bob, token(2))  # bob: in t1's epoch
+    await alice.release()
+    await bob.release()
+    up(rt)
+    assert await rt.repairs.repair()
+    assert [(r.key, r.reset_epoch) for r in log.resets] == [(KEY, t1["epoch"])]
+    after_t1 = await rt.log.replay(KEY, t1["seq"], t1["epoch"], "reader")
+    assert after_t1.gap or after_t1.epoch != t1["epoch"]
+
+
+async def test_repairs_go_a_chunk_per_call_and_a_batch_repairs_only_its_own_streams(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A long outage leaves many streams to repair: one call for all of them could not fit a write
+    deadline (10,000 resets took 0.42 s on Redis), and a live batch waited for all of them."""
+    monkeypatch.setattr(repairs_module, "CHUNK", 2)
+    log = _RecordingLog()
+    rt = Runtime(Settings.load({}), log)
+    alice = tab(rt)
+    down(rt)
+    await send(alice, *(token(1, f"m{i}") for i in range(5)))
+    assert len(rt.repairs.waiting) == 5
+    up(rt)
+    await send(alice, token(2, "m4"))  # a batch of one of them repairs that one first
+    assert [r.key.stream for r in log.resets] == ["m4"]
+    assert await rt.repairs.repair()
+    assert len(log.resets) == 3
+    assert len(rt.repairs.waiting) == 2
+
+
+async def test_past_the_bound_a_stream_waits_for_its_own_tab_and_is_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(repairs_module, "MAX_REPAIRS", 0)
+    rt = Runtime(Settings.load({}), _RecordingLog())
+    alice = tab(rt)
+    await send(alice, token(1))
+    down(rt)
+    await send(alice, token(2))
+    assert rt.stats.repairs_dropped == 1
+    assert alice.session.unlogged  # its own next frame still starts the new epoch
