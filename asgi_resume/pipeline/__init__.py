@@ -4,12 +4,16 @@
   is stamped.
 * :mod:`~asgi_resume.pipeline.rules`: which events belong to which stream, which end it.
 * :mod:`~asgi_resume.pipeline.session`: what the middleware remembers about one connection.
-* :mod:`~asgi_resume.pipeline.runtime`: what every connection of one middleware shares.
+* :mod:`~asgi_resume.pipeline.runtime`: what every connection of one middleware shares;
+  :mod:`~asgi_resume.pipeline.repairs`: the streams the log missed frames of, until repaired.
 * :mod:`~asgi_resume.pipeline.order` and :mod:`~asgi_resume.pipeline.turns`: the order streams'
   frames reach the log across a process's tabs, and the turns replay pages take.
+* :mod:`~asgi_resume.pipeline.batch`, :mod:`~asgi_resume.pipeline.classify`: what one connection
+  was fed since its last flush, and what each frame is to it.
 * :mod:`~asgi_resume.pipeline.outbound`: one connection's batches: feed, log, stamp, send.
 * :mod:`~asgi_resume.pipeline.streams`: a batch's stream frames in the stream log.
 * :mod:`~asgi_resume.pipeline.inbound`, :mod:`~asgi_resume.pipeline.resume`,
   :mod:`~asgi_resume.pipeline.replay`: what a client sends us, and answering its resume requests.
-* :mod:`~asgi_resume.pipeline.recovery`: Socket.IO connection state recovery.
+* :mod:`~asgi_resume.pipeline.recovery`, :mod:`~asgi_resume.pipeline.recovery_replay`: Socket.IO
+  connection state recovery, and what a recovery replays.
 """

@@ -1,4 +1,4 @@
-"""One connection's outbound frames on their way to the client: the batch.
+"""One connection's outbound frames on their way to the client: a batch logged, stamped, sent.
 
 Owns: turning a batch of Engine.IO packets the app sent into what the client receives, in order:
 fed one frame at a time (:mod:`~asgi_resume.pipeline.batch`), then flushed: the batch's stream
