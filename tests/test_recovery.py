@@ -24,7 +24,7 @@ from asgi_resume.pipeline.recovery_replay import duplicate, replay_frames
 from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.pipeline.session import RecoveryState, Session
 from asgi_resume.pipeline.units import EventUnit
-from tests.support.app import PacedStream, chat_event, make_app, make_sio, room_of
+from tests.support.app import PacedStream, chat_event, emit_tokens, make_app, make_sio, room_of
 from tests.support.node import NodeClient
 from tests.support.raw import RawClient
 from tests.support.redis_server import RedisServer
@@ -259,3 +259,20 @@ def test_a_replayed_event_is_taken_for_its_live_copy_only_within_the_copy_window
     assert not duplicate(session, EventUnit(note, "/", 0, 1_500 + COPY_WINDOW_MS + 1))  # a new event
     assert duplicate(session, EventUnit(note, "/", 0, 1_502))  # its copy, on the new connection
     assert not duplicate(session, EventUnit(note, "/", 0, 1_503))  # (one copy only)
+
+
+async def test_a_second_connect_where_the_client_is_connected_does_not_silence_it(backend: dict[str, Any]) -> None:
+    """Found by an attack run: with recovery on, a client that sent its CONNECT to "/" again (python-
+    socketio answers "Unable to connect" and the connection goes on) got none of the next 50,000
+    events, which the server kept for it (+52 MiB)."""
+    sio = make_sio()
+    app = make_app(sio, recovery=True, **backend)
+    async with serve(app) as url:
+        client = await RawClient(url, auth={"token": "alice"}).connect()
+        await emit_tokens(sio, "alice", "m", 1, 5)
+        await client.wait_seqs("m", 5)
+        await client.send('40{"token":"alice"}')
+        await client.wait_for(lambda f: isinstance(f, str) and f.startswith("44"))
+        await emit_tokens(sio, "alice", "m", 6, 30)
+        assert await client.wait_seqs("m", 30) == list(range(1, 31))
+        await client.close()

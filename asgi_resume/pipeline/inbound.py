@@ -73,12 +73,18 @@ UNREADABLE = "the resume request could not be read (its ack id or its JSON)"
 
 
 async def _connect(runtime: Runtime, session: Session, frame: str, packet: protocol.Packet) -> str | None:
-    now = runtime.log.now_ms()
-    session.joined_ms[packet.namespace] = now  # (a rejoin too: its first frames are not older entries it got)
-    replacement, auth = None, packet.data
+    namespace = packet.namespace
+    replacement, auth, claim = None, packet.data, None
     if runtime.settings.recovery:
         claim, replacement, auth = strip_connect(frame, packet)
-        session.recovery[packet.namespace] = RecoveryState(packet.namespace, now, claim)
+    if namespace in session.principals or not session.may_join(namespace):
+        # connected there already (python-socketio refuses this one: what the connection has there
+        # stays as it was), or one namespace too many: nothing is noted
+        return replacement
+    now = runtime.log.now_ms()
+    session.joined_ms[namespace] = now  # (a rejoin too: its first frames are not older entries it got)
+    if runtime.settings.recovery:
+        session.recovery[namespace] = RecoveryState(namespace, now, claim)
     await runtime.ready()
-    session.connecting(packet.namespace, runtime.resolver.resolve(session.scope, auth))
+    session.connecting(namespace, runtime.resolver.resolve(session.scope, auth))
     return replacement

@@ -77,7 +77,9 @@ class Recovery:
             state = self.states.get(unit.namespace)
             if state is not None and state.awaiting_reply:
                 continue  # held until the CONNECT reply, then logged in the session it recovers
-            if state is None or not state.logging:
+            if state is None:
+                continue  # the namespace's recovery ended after it was fed (refused, or no principal): no offset
+            if not state.logging:
                 unit.offset = UNLOGGED_OFFSET
                 continue
             by_ns.setdefault(unit.namespace, []).append(unit)
@@ -115,6 +117,13 @@ class Recovery:
         ns = packet.namespace
         state = self.states[ns]
         state.awaiting_reply = False
+        if self.session.principal_for(ns) is None:
+            # a connection without a principal logs nothing, and its pid would be anybody's to claim
+            del self.states[ns]
+            if state.claim is not None:
+                stats.recoveries_refused += 1
+            passed: list[Outgoing] = [f for unit in state.before_reply for f in unit.frames()]
+            return [*passed, frame]
         new_gen = new_generation()
         replay: list[Outgoing] = []
         recovered = False

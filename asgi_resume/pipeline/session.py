@@ -29,6 +29,10 @@ CALLS_KEPT = 64  # unanswered calls remembered per connection
 #: the ones no longer in flight are forgotten, the oldest first (a stream not in flight any more
 #: that comes back is then placed by content, as a new tab's first frame is)
 STREAMS_KEPT = 1024
+#: namespaces one connection's CONNECTs are noted for (python-socketio refuses those it does not
+#: have, and an app with dynamic namespaces may accept any): past it, or for a longer name, a
+#: CONNECT binds nobody and nothing is kept for it
+MAX_NAMESPACES, MAX_NAMESPACE_CHARS = 64, 1024
 
 
 @dataclass(eq=False, slots=True)
@@ -134,6 +138,12 @@ class Session:
             return None
         return StreamKey(principal, request.namespace, request.variant, request.stream)
 
+    def may_join(self, namespace: str) -> bool:
+        """Is a CONNECT to ``namespace`` noted? (Not past :data:`MAX_NAMESPACES`: see there.)"""
+        if namespace in self.joined_ms:
+            return True
+        return len(self.joined_ms) < MAX_NAMESPACES and len(namespace) <= MAX_NAMESPACE_CHARS
+
     def connecting(self, namespace: str, principal: str | None) -> None:
         """The client asked to CONNECT to ``namespace`` as ``principal``: the app decides.
 
@@ -145,6 +155,11 @@ class Session:
 
     def connected(self, namespace: str, accepted: bool) -> None:
         """The app answered the CONNECT: its principal is bound if accepted, and never rebound."""
+        if not accepted and namespace not in self.principals:  # what its CONNECT started is over
+            self.joined_ms.pop(namespace, None)
+            state = self.recovery.get(namespace)
+            if state is not None and state.awaiting_reply:
+                del self.recovery[namespace]
         if namespace not in self.pending:
             return  # a reply to a CONNECT whose outcome is taken already (or never seen)
         principal = self.pending.pop(namespace)
@@ -162,6 +177,7 @@ class Session:
         """
         self.principals.pop(namespace, None)
         self.pending.pop(namespace, None)
+        self.joined_ms.pop(namespace, None)
         self.departed = True
         cursors = self.cursors
         left = {

@@ -1,0 +1,111 @@
+"""What one connection's CONNECTs and DISCONNECTs leave behind, without a server.
+
+Found by an attack run: every CONNECT was noted before the app decided, and a refused one (a
+namespace the app does not have, a second CONNECT where the connection is in already) left its
+notes for the connection's life: 20,000 CONNECTs to made-up namespaces grew the server by 194 MiB,
+and with recovery on, a second CONNECT to "/" held back every later event of the connection.
+Drives the pipeline as the transports do (``inspect`` for the client's frames, ``feed``/``flush``
+for the app's).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from asgi_resume import protocol
+from asgi_resume.config import Settings
+from asgi_resume.pipeline.inbound import inspect
+from asgi_resume.pipeline.outbound import Outbound
+from asgi_resume.pipeline.runtime import Runtime
+from asgi_resume.pipeline.session import MAX_NAMESPACES, Session
+from tests.test_pipeline import events, send, token
+
+pytestmark = pytest.mark.anyio
+
+
+def connection(rt: Runtime) -> Outbound:
+    return Outbound(rt, Session({"type": "websocket", "query_string": b""}, rt.log.now_ms()))
+
+
+async def join(outbound: Outbound, namespace: str = "/", token_: str | None = "alice") -> list[object]:
+    """The client's CONNECT, then the app's acceptance; what the client is sent."""
+    head = "40" + ("" if namespace == "/" else namespace + ",")
+    auth = {"token": token_} if token_ is not None else {}
+    await inspect(outbound.runtime, outbound.session, head + json.dumps(auth))
+    return await send(outbound, head + '{"sid":"s"}')
+
+
+def pid_of(sent: list[object]) -> str | None:
+    reply = next(f for f in sent if isinstance(f, str) and f.startswith("40"))
+    packet = protocol.parse(reply)
+    assert packet is not None
+    return packet.data.get("pid")  # type: ignore[no-any-return,union-attr]
+
+
+@pytest.mark.parametrize("recovery", [False, True])
+async def test_refused_connects_leave_nothing_behind(recovery: bool) -> None:
+    rt = Runtime(Settings.load({}, recovery=recovery))
+    client = connection(rt)
+    await join(client)
+    for i in range(1000):
+        namespace = f"/made-up-{i}"
+        await inspect(rt, client.session, f'40{namespace},{{"token":"alice"}}')
+        await send(client, f'44{namespace},{{"message":"Invalid namespace"}}')
+    session = client.session
+    assert set(session.joined_ms) == {"/"}
+    assert set(session.recovery) == ({"/"} if recovery else set())
+    assert not session.pending
+    assert session.principals.keys() == {"/"}
+
+
+async def test_connects_the_app_has_not_answered_are_noted_up_to_a_bound() -> None:
+    rt = Runtime(Settings.load({}, recovery=True))
+    client = connection(rt)
+    for i in range(MAX_NAMESPACES * 4):
+        await inspect(rt, client.session, f'40/ns{i},{{"token":"alice"}}')
+    await inspect(rt, client.session, "40/" + "x" * 5000 + ',{"token":"alice"}')
+    session = client.session
+    assert len(session.joined_ms) == len(session.recovery) == len(session.pending) == MAX_NAMESPACES
+
+
+async def test_leaving_a_namespace_forgets_when_it_joined() -> None:
+    rt = Runtime(Settings.load({}))
+    client = connection(rt)
+    await join(client, "/admin")
+    await inspect(rt, client.session, "41/admin,")
+    assert "/admin" not in client.session.joined_ms
+
+
+async def test_a_second_connect_where_the_connection_is_in_changes_nothing() -> None:
+    """python-socketio refuses it ("Unable to connect") and the connection goes on: with recovery on
+    it used to wait for a CONNECT reply that never came, holding back every later event."""
+    rt = Runtime(Settings.load({}, recovery=True))
+    client = connection(rt)
+    pid = pid_of(await join(client))
+    assert pid
+    before = events(await send(client, token(1)))[0]
+    await inspect(rt, client.session, '40{"token":"mallory"}')
+    await send(client, '44{"message":"Unable to connect"}')
+    after = await send(client, token(2), token(3))
+    assert [e["seq"] for e in events(after)] == [before["seq"] + 1, before["seq"] + 2]  # sent, still alice's
+    offsets = [json.loads(f[2:])[-1] for f in after if isinstance(f, str) and f.startswith("42")]
+    assert len(offsets) == 2
+    assert all(re.fullmatch(r"[A-Za-z0-9]+\.[0-9]+", offset) for offset in offsets)  # logged for recovery
+    assert client.session.recovery["/"].pid == pid
+    assert client.session.principal_for("/") is not None
+
+
+async def test_a_connection_without_a_principal_gets_no_recovery_session() -> None:
+    """Without a principal a pid would be anybody's to claim (every anonymous connection shared the
+    empty principal: another one presenting the pid read the session), and such a connection logs
+    nothing."""
+    rt = Runtime(Settings.load({}, recovery=True))
+    anonymous = connection(rt)
+    sent = await join(anonymous, token_=None)
+    assert pid_of(sent) is None
+    assert not anonymous.session.recovery
+    frame = protocol.event("note", {"n": 1})
+    assert await send(anonymous, frame) == [frame]  # no offset appended: it is as the app sent it
