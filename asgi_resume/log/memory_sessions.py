@@ -35,7 +35,6 @@ class _Session:
     flushed: int = 0
     last_at: int = 0
     left_at: int | None = None
-    closed: bool = False
     fetched: bool = False  # the owner's frames reach the log when its client fetches them
     broken: bool = False  # an event of the current generation is in no log
     prev_gen: str = ""
@@ -108,16 +107,14 @@ class MemorySessions:
         left = session.left_at if session.left_at is not None else session.last_at
         if now - left > window_ms:
             return Claim("expired")
-        if session.closed:  # closed before anyone claimed it: what the app sent since is in no log
-            return Claim("expired")
         if session.broken:
             return Claim("incomplete")
         session.prev_gen, session.prev_owner = session.gen, session.owner
-        session.prev_closed, session.prev_flushed = session.closed, session.flushed
+        session.prev_closed, session.prev_flushed = False, session.flushed
         session.prev_fetched, session.fetched = session.fetched, False
         session.gen, session.owner, session.cutoff = new_gen, claimer, now
         session.prev_broken = False  # (it refused a broken one above)
-        session.closed, session.flushed, session.last_at, session.left_at = False, now, now, None
+        session.flushed, session.last_at, session.left_at = now, now, None
         session.expires_at = now + self.limits.ttl_ms
         return Claim("ok")
 
@@ -154,10 +151,8 @@ class MemorySessions:
             elif (session.prev_gen, session.prev_owner) == (gen, owner):
                 session.prev_broken = True
         elif action == "closed":
-            if current == (gen, owner):
-                session.closed = True
-                if session.left_at is None:
-                    session.left_at = self.now_ms()
+            if current == (gen, owner):  # closed before anyone claimed it: nobody can recover it
+                del self._by_pid[pid]
             elif (session.prev_gen, session.prev_owner) == (gen, owner):
                 session.prev_closed = True
         return current

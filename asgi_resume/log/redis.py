@@ -174,7 +174,9 @@ class RedisLog:
         return SessionReplay("ok", frames)
 
     async def session_note(self, pid: str, action: Note, gen: str, owner: str) -> tuple[str, str]:
-        (reply,) = await self._call("session_note", [(self.session_keys(pid), [action, gen, owner, self.now_ms()])])
+        (reply,) = await self._call(
+            "session_note", [(self.session_keys(pid, gen), [action, gen, owner, self.now_ms()])]
+        )
         return _text(reply[0]), _text(reply[1])
 
     async def prepare(self) -> None:

@@ -39,6 +39,8 @@ class Classifier:
             left = self.session.disconnected(packet.namespace, self.runtime.settings.hold_idle)
             if left:
                 self.runtime.in_background(release_left(self.runtime, self.session, left))
+            if self.recovery is not None:
+                self.recovery.ended(packet.namespace)  # the app let it go there: nothing to recover
         elif packet.ack_id is not None:
             self.session.called(packet.namespace, packet.ack_id)
 

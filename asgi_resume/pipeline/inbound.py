@@ -14,6 +14,7 @@ import dataclasses
 import logging
 
 from asgi_resume import protocol
+from asgi_resume.pipeline.recovery import Recovery
 from asgi_resume.pipeline.resume import RATE_LIMITED, Refusal, ResumeRequest, parse_request
 from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.pipeline.session import RecoveryState, Session
@@ -49,9 +50,8 @@ async def inspect(runtime: Runtime, session: Session, frame: str) -> ResumeReque
         if packet.type == protocol.DISCONNECT:
             # flagged before the app hears it: what it emits after reaches this connection no more
             await release_left(runtime, session, session.disconnected(packet.namespace, runtime.settings.hold_idle))
-            state = session.recovery.get(packet.namespace)
-            if state is not None:
-                state.left_cleanly = True
+            if packet.namespace in session.recovery:
+                Recovery(runtime, session).ended(packet.namespace)  # a goodbye: nothing to recover there
             return None
         if packet.event_name != runtime.settings.resume_event:
             return None

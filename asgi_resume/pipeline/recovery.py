@@ -233,23 +233,30 @@ class Recovery:
         for state in self.states.values():
             if not state.pid or (action == "state" and not state.recoverable):
                 continue
-            guard = self.runtime.guard
-            # an upgrade waits for it (the live path): as a write; the rest as a reconnect's claim
-            deadline = guard.deadlines.write if action == "upgraded" else guard.deadlines.recovery
-            try:
-                gen, owner = await guard.call(
-                    deadline,
-                    self.runtime.log.session_note,
-                    state.pid,
-                    action,
-                    state.gen,
-                    self.session.id,
-                )
-            except LogUnavailable:
+            if not await self._note(state, action):
                 taken = False
-                continue
-            if (gen, owner) == (state.gen, self.session.id):
-                taken = False
-            else:
-                state.logging = False
         return taken
+
+    def ended(self, namespace: str) -> None:
+        """The client left ``namespace`` on purpose, or the app let it go there: nothing of it is to
+        be recovered. Its session is closed now (the log drops it at once: a client that joins and
+        leaves over and over must not pile up sessions kept for the stream ttl)."""
+        state = self.states.pop(namespace, None)
+        if state is not None and state.pid:
+            self.runtime.in_background(self._note(state, "closed"))
+
+    async def _note(self, state: RecoveryState, action: Note) -> bool:
+        """Tell the log about ``state``'s session; True when another connection claimed it."""
+        guard = self.runtime.guard
+        # an upgrade waits for it (the live path): as a write; the rest as a reconnect's claim
+        deadline = guard.deadlines.write if action == "upgraded" else guard.deadlines.recovery
+        try:
+            gen, owner = await guard.call(
+                deadline, self.runtime.log.session_note, state.pid, action, state.gen, self.session.id
+            )
+        except LogUnavailable:
+            return False
+        if (gen, owner) == (state.gen, self.session.id):
+            return False
+        state.logging = False
+        return True

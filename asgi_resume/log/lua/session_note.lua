@@ -1,8 +1,10 @@
 -- The owner of a session notes its client's departure, its own end, or that its frames no longer
 -- wait for its client to fetch them (it upgraded from long-polling); anyone may ask who owns it.
 -- It also notes that an event it sent is in no log ('broken': the generation cannot be recovered).
--- KEYS: 1 session meta. ARGV: 1 'left' | 'closed' | 'upgraded' | 'broken' | 'state', 2 generation,
---       3 owner, 4 now ms
+-- A session closed before anyone claimed it can no longer be recovered: it is deleted at once (not
+-- left for its ttl: a client that joins and leaves a namespace over and over makes a session each time).
+-- KEYS: 1 session meta, 2 the log of the generation. ARGV: 1 'left' | 'closed' | 'upgraded' | 'broken' |
+--       'state', 2 generation, 3 owner, 4 now ms
 -- Returns {current generation or '', current owner or ''}.
 local meta = KEYS[1]
 local what, gen, owner, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -20,8 +22,7 @@ elseif what == 'broken' then
   end
 elseif what == 'closed' then
   if state[1] == gen and state[2] == owner then
-    redis.call('HSET', meta, 'closed', '1')
-    redis.call('HSETNX', meta, 'disconnected_at', now)
+    redis.call('DEL', meta, KEYS[2])
   elseif state[3] == gen and state[4] == owner then
     redis.call('HSET', meta, 'prev_closed', '1')
   end
