@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from tests.support.app import PacedStream, chat_event, emit_tokens, make_app, make_sio, room_of
+from tests.support.app import PacedStream, chat_event, content_by_seq, emit_tokens, make_app, make_sio, room_of
 from tests.support.raw import RawClient
 from tests.support.redis_server import RedisServer
 from tests.support.server import serve
@@ -231,3 +231,42 @@ async def test_a_server_that_refuses_every_write_is_an_outage_not_one_keys_fault
     finally:
         await redis.aclose()
         server.stop()
+
+
+async def test_writes_redis_ran_after_their_callers_gave_up_never_enter_the_new_epoch(tmp_path: Path) -> None:
+    """Found by an attack run: appends that timed out while Redis was paused stayed queued in it and
+    ran when it woke: the first started the new epoch with a stale frame, the others appended theirs
+    to it (seq 1 = tok453, seq 2 = tok327, then tok579...), and a resume of that epoch said
+    ``gap: false`` over the holes. Three tabs of one user, Redis paused mid-stream."""
+    server = RedisServer(tmp_path / "late").start()
+    sio = make_sio()
+    app = make_app(sio, redis_url=server.url, key_prefix=f"f{next(_prefixes)}", write_timeout=0.2, secret="s")
+    stream = PacedStream(sio, "alice", "m", 300, pace=0.01)
+    try:
+        async with serve(app) as url:
+            tabs = [await RawClient(url, auth={"token": "alice"}).connect() for _ in range(3)]
+            running = asyncio.create_task(stream.run())
+            await stream.wait_sent(60)
+            server.pause()
+            await stream.wait_sent(200)  # a second and more of frames while Redis sleeps
+            server.resume()
+            await running
+            for tab in tabs:
+                await tab.wait_for(lambda f: isinstance(f, str) and '"done":true' in f)
+            epoch = tabs[0].events()[-1]["epoch"]
+            assert epoch is not None  # (the stream ended stamped: the log answers again)
+            reader = await RawClient(url, auth={"token": "alice"}).connect()
+            answer = await reader.request("resume-stream", {"message_id": "m", "last_seq": 0, "epoch": epoch}, ack_id=1)
+            assert answer["ok"] is True
+            assert answer["gap"] is False  # the epoch named is whole from its seq 1...
+            view = content_by_seq(reader.events())
+            tokens = [int(view[seq][3:]) for seq in sorted(view) if view[seq]]
+            assert tokens == list(range(tokens[0], tokens[0] + len(tokens)))  # ...so its tokens follow on
+            assert tokens[-1] == 300
+            assert app.runtime.stats.log_failures >= 1  # (the case this test is about did happen)
+            for client in (*tabs, reader):
+                await client.close()
+    finally:
+        server.resume() if server.process else None
+        server.stop()
+        await app.runtime.aclose()

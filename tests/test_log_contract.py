@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from asgi_resume.log import AppendRequest, Entry, StreamKey, StreamLog
-from asgi_resume.log.base import CLAIM_SLACK_MS, LogLimits, SessionAppend
+from asgi_resume.log.base import CLAIM_SLACK_MS, LATE, LogLimits, SessionAppend
 from asgi_resume.log.memory import MemoryLog
 from asgi_resume.log.redis import RedisLog
 
@@ -435,3 +435,38 @@ async def test_a_replay_from_the_start_of_a_whole_stream_has_no_gap(log: StreamL
     await tab.send(entry(log, "a"), entry(log, "b"))
     from_start = await log.replay(key(), 0, None, "reader")
     assert (from_start.gap, [seq for seq, _ in from_start.frames]) == (False, [1, 2])
+
+
+@pytest.mark.parametrize("knew", ["cursor", "reset"])
+async def test_a_stream_whose_keys_are_gone_under_a_tab_that_knew_it_answers_gap_from_the_start(
+    log: StreamLog, knew: str
+) -> None:
+    """Keys lost (a Redis that restarted empty, an expiry) under a tab that followed the stream, or
+    under a repair naming its epoch: its start is not there. Found by an attack run: a resume from
+    0 said ``gap: false`` and began at the 503rd token."""
+    tab = Connection(log, key(), "tab")
+    tab.epoch, tab.cursor = "lostEpoch", 502  # (what it followed before the keys went)
+    if knew == "cursor":
+        await tab.send(entry(log, "t503"))
+    else:
+        await log.append([AppendRequest(key(), [], reset=True, reset_epoch="lostEpoch", connection="tab")])
+        await Connection(log, key(), "newcomer").send(entry(log, "t503"))
+    assert (await log.replay(key(), 0, None, "reader")).gap
+    fresh = Connection(log, key(stream="new"), "tab")  # a stream nobody knew before: whole from seq 1
+    await fresh.send(entry(log, "a"))
+    assert not (await log.replay(key(stream="new"), 0, None, "reader")).gap
+
+
+async def test_an_append_that_runs_after_its_deadline_writes_nothing(log: StreamLog) -> None:
+    """A call its caller gave up on (Redis paused past the write timeout runs it when it wakes) must
+    not land: found by an attack run, such calls started the new epoch with old frames, out of
+    order and with holes a resume did not tell."""
+    late = AppendRequest(key(), [entry(log, "a")], connection="tab", not_after_ms=log.now_ms() - 1)
+    on_time = AppendRequest(
+        key(stream="other"), [entry(log, "b")], connection="tab", not_after_ms=log.now_ms() + 60_000
+    )
+    results = await log.append([late, on_time])
+    assert results[0].failed == LATE
+    assert results[1].failed is None
+    assert results[1].seqs == [1]
+    assert (await log.replay(key(), 0, None, "reader")).status == "not_found"

@@ -26,6 +26,8 @@ os.register_at_fork(after_in_child=_names_random.seed)
 #: Copies of one emit reach a principal's connections within this much of each other (fan-out
 #: between workers included); an entry received further apart is another emit with the same bytes.
 COPY_WINDOW_MS = 1000
+#: an append that ran after its ``not_after_ms`` (its caller had given up on it): it wrote nothing
+LATE = "late: the call ran after its deadline, and wrote nothing"
 
 
 def _fresh_name() -> str:
@@ -122,6 +124,10 @@ class AppendRequest:
     #: whoever comes first starts the new epoch (the connection's next append, or the repair on its
     #: behalf), once
     reset_epoch: str = ""
+    #: on the log's clock: a call that runs later writes nothing and fails ("late"), so a call its
+    #: caller gave up on (a timeout: a paused Redis runs it when it wakes) never lands after all,
+    #: out of place in the stream's history (0: no limit)
+    not_after_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from redis.utils import HIREDIS_AVAILABLE
 from asgi_resume.log.base import (
     CLAIM_SLACK_MS,
     COPY_WINDOW_MS,
+    LATE,
     NOT_FOUND,
     AppendRequest,
     AppendResult,
@@ -88,6 +89,8 @@ class RedisLog:
             reply = refused.get(i) or next(replies)
             if isinstance(reply, str | Exception):
                 results.append(AppendResult("", [], failed=str(reply) or type(reply).__name__))
+            elif len(reply) == 1:  # {'late'}: it ran after its deadline, and wrote nothing
+                results.append(AppendResult("", [], failed=LATE))
             else:
                 results.append(AppendResult(_text(reply[0]), [int(seq) for seq in reply[2:]], int(reply[1])))
         return results
@@ -112,6 +115,7 @@ class RedisLog:
             COPY_WINDOW_MS,
             1 if request.held else 0,
             request.reset_epoch,
+            request.not_after_ms,
         ]
 
     async def replay(

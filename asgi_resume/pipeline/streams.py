@@ -114,6 +114,10 @@ class StreamWriter:
             if not pending:
                 return
         requests = [self._request(key, group) for key, group in pending.items()]
+        if ends is not None:  # a call given up on must never land later, out of place (see AppendRequest)
+            not_after = self.log.now_ms() + int(max(0.0, ends - loop.time()) * 1000)
+            for request in requests:
+                request.not_after_ms = not_after
         stats.log_writes += 1
         try:
             if ends is None:  # the in-process log neither fails nor waits: no guard, no timer, no company

@@ -19,10 +19,13 @@ local skipped = cmsgpack.unpack(ARGV[11]) -- seqs this connection passed over
 local copy_window_ms = tonumber(ARGV[12]) -- copies of one emit arrive within this of each other
 local held = ARGV[13] == '1' -- a held connection logs, but takes nothing over from anyone
 local reset_epoch = ARGV[14] -- reset only a stream still in this epoch ('': whatever its epoch)
--- Returns {epoch, others_ms, seq...}: a seq per frame (negative: the out-of-order copy's seq).
+local not_after = tonumber(ARGV[15]) -- ms: its caller gave up on it then (0: no limit)
+-- Returns {epoch, others_ms, seq...}: a seq per frame (negative: the out-of-order copy's seq); or
+-- {'late'}, writing nothing, when it runs after not_after (a paused Redis running what it queued).
 
 local clock = redis.call('TIME')
 local now = clock[1] * 1000 + math.floor(clock[2] / 1000)
+if not_after > 0 and now > not_after then return {'late'} end
 
 local function seq_of(id)
   return tonumber(string.match(id, '^(%d+)'))
@@ -71,7 +74,9 @@ local continuous = epoch and cursor_epoch == epoch -- this connection has follow
 local broken = reset and (reset_epoch == '' or reset_epoch == epoch)
 local after_break = false -- this epoch replaces one whose history broke: the stream began before it
 if not epoch or broken or (state[4] and not continuous) then
-  after_break = epoch and true or false
+  -- the stream began before this epoch if one is replaced, or if the caller knew an epoch of it
+  -- that is gone (keys lost with a Redis that restarted empty, or expired)
+  after_break = (epoch or cursor_epoch ~= '' or (reset and reset_epoch ~= '')) and true or false
   epoch, last, done = fresh_epoch, 0, false
   state[5], state[6], state[7], state[8] = false, false, false, false
   redis.call('DEL', log, meta)
