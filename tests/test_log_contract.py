@@ -267,20 +267,21 @@ async def session(log: StreamLog, pid: str, gen: str, owner: str, *frames: str, 
 async def test_a_claimed_session_replays_what_its_generation_held_after_the_offset(log: StreamLog) -> None:
     pid = f"pid{next(_prefixes)}"
     assert await session(log, pid, "g1", "c1", "a", "b", "c") == [1, 2, 3]
-    assert (await log.session_claim(pid, ALICE, "g1", "c2", "g2", 60_000)).status == "ok"
+    assert (await log.session_claim(pid, ALICE, "/", "g1", "c2", "g2", 60_000)).status == "ok"
     read = await log.session_read(pid, "g1", 1, force=True)
     assert read.status == "ok"
     assert [(n, payload) for n, _, payload in read.frames] == [(2, ['42["e","b"]']), (3, ['42["e","c"]'])]
 
 
-async def test_a_claim_is_refused_to_another_principal_and_to_a_stale_offset(log: StreamLog) -> None:
+async def test_a_claim_is_refused_to_another_principal_another_namespace_and_a_stale_offset(log: StreamLog) -> None:
     pid = f"pid{next(_prefixes)}"
     await session(log, pid, "g1", "c1", "a")
-    assert (await log.session_claim(f"{pid}-unknown", ALICE, "g1", "c2", "g2", 60_000)).status == "unknown"
-    assert (await log.session_claim(pid, MALLORY, "g1", "c2", "g2", 60_000)).status == "refused"
-    assert (await log.session_claim(pid, ALICE, "g0", "c2", "g2", 60_000)).status == "stale"
+    assert (await log.session_claim(f"{pid}-unknown", ALICE, "/", "g1", "c2", "g2", 60_000)).status == "unknown"
+    assert (await log.session_claim(pid, MALLORY, "/", "g1", "c2", "g2", 60_000)).status == "refused"
+    assert (await log.session_claim(pid, ALICE, "/admin", "g1", "c2", "g2", 60_000)).status == "refused"
+    assert (await log.session_claim(pid, ALICE, "/", "g0", "c2", "g2", 60_000)).status == "stale"
     await log.session_note(pid, "closed", "g1", "c1")  # closed before anyone claimed it: gone at once
-    assert (await log.session_claim(pid, ALICE, "g1", "c2", "g2", 60_000)).status == "unknown"
+    assert (await log.session_claim(pid, ALICE, "/", "g1", "c2", "g2", 60_000)).status == "unknown"
 
 
 async def test_a_read_of_any_generation_but_the_one_claimed_from_is_lost(log: StreamLog) -> None:
@@ -288,7 +289,7 @@ async def test_a_read_of_any_generation_but_the_one_claimed_from_is_lost(log: St
     pid = f"pid{next(_prefixes)}"
     await session(log, pid, "g1", "c1", "a", "b")
     assert (await log.session_read(pid, "g1", 0, force=True)).status == "lost"  # not claimed yet
-    assert (await log.session_claim(pid, ALICE, "g1", "c2", "g2", 60_000)).status == "ok"
+    assert (await log.session_claim(pid, ALICE, "/", "g1", "c2", "g2", 60_000)).status == "ok"
     await session(log, pid, "g2", "c2", "x")
     assert (await log.session_read(pid, "g2", 0, force=True)).status == "lost"  # the current one
     assert (await log.session_read(pid, "g9", 0, force=True)).status == "lost"
@@ -298,7 +299,7 @@ async def test_a_read_of_any_generation_but_the_one_claimed_from_is_lost(log: St
 async def test_a_read_waits_while_the_previous_owner_may_still_log(log: StreamLog) -> None:
     pid = f"pid{next(_prefixes)}"
     await session(log, pid, "g1", "c1", "a")
-    assert (await log.session_claim(pid, ALICE, "g1", "c2", "g2", 60_000)).status == "ok"
+    assert (await log.session_claim(pid, ALICE, "/", "g1", "c2", "g2", 60_000)).status == "ok"
     assert (await log.session_read(pid, "g1", 0, force=False)).status == "wait"
     await log.session_note(pid, "closed", "g1", "c1")  # the previous owner is done
     read = await log.session_read(pid, "g1", 0, force=False)
@@ -311,7 +312,7 @@ async def test_a_read_waits_for_a_batch_the_previous_owner_took_well_after_the_c
     what it logs after the claim is kept and read all the same."""
     pid = f"pid{next(_prefixes)}"
     await session(log, pid, "g1", "c1", "a")
-    assert (await log.session_claim(pid, ALICE, "g1", "c2", "g2", 60_000)).status == "ok"
+    assert (await log.session_claim(pid, ALICE, "/", "g1", "c2", "g2", 60_000)).status == "ok"
     claimed = log.now_ms()
 
     async def taken_at(ms: int, text: str) -> list[int]:
@@ -333,14 +334,14 @@ async def test_a_session_noted_broken_is_not_recovered(log: StreamLog) -> None:
     pid = f"pid{next(_prefixes)}"
     await session(log, pid, "g1", "c1", "a")
     await log.session_note(pid, "broken", "g1", "c2")  # (not the owner's word: nothing)
-    assert (await log.session_claim(pid, ALICE, "g1", "c2", "g2", 60_000)).status == "ok"
+    assert (await log.session_claim(pid, ALICE, "/", "g1", "c2", "g2", 60_000)).status == "ok"
     assert (await log.session_read(pid, "g1", 0, force=True)).status == "ok"
     await log.session_note(pid, "broken", "g1", "c1")
     assert (await log.session_read(pid, "g1", 0, force=True)).status == "incomplete"
 
     await session(log, pid, "g2", "c2", "b")
     await log.session_note(pid, "broken", "g2", "c2")
-    assert (await log.session_claim(pid, ALICE, "g2", "c3", "g3", 60_000)).status == "incomplete"
+    assert (await log.session_claim(pid, ALICE, "/", "g2", "c3", "g3", 60_000)).status == "incomplete"
 
 
 # -- replay: what a resume reads -------------------------------------------------------------------

@@ -388,7 +388,7 @@ async def test_a_claim_reads_a_fetching_owners_log_only_once_it_logged_past_the_
         return SessionAppend(pid, gen, owner, principal, "/", [(log.now_ms(), [text])], flushed_ms, fetched)
 
     assert [r.status for r in await log.session_append([batch("old", "a", log.now_ms())])] == ["ok"]
-    assert (await log.session_claim(pid, principal, gen, "new", new_generation(), 60_000)).status == "ok"
+    assert (await log.session_claim(pid, principal, "/", gen, "new", new_generation(), 60_000)).status == "ok"
     assert (await log.session_read(pid, gen, 0, False)).status == "wait"
     forced = await log.session_read(pid, gen, 0, True)
     if not fetched:

@@ -249,9 +249,10 @@ class StreamLog(Protocol):
         ...
 
     async def session_claim(
-        self, pid: str, principal: str, gen: str, claimer: str, new_gen: str, window_ms: int
+        self, pid: str, principal: str, namespace: str, gen: str, claimer: str, new_gen: str, window_ms: int
     ) -> Claim:
-        """A reconnect presents ``pid`` and an offset of generation ``gen``: move the session to ``new_gen``."""
+        """A reconnect to ``namespace`` presents ``pid`` and an offset of generation ``gen``: move the
+        session to ``new_gen`` (``refused`` unless it is ``principal``'s session in ``namespace``)."""
         ...
 
     async def session_read(self, pid: str, gen: str, after: int, force: bool) -> SessionReplay:

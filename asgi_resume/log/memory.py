@@ -251,9 +251,9 @@ class MemoryLog:
         return self._sessions.append(requests, now)
 
     async def session_claim(
-        self, pid: str, principal: str, gen: str, claimer: str, new_gen: str, window_ms: int
+        self, pid: str, principal: str, namespace: str, gen: str, claimer: str, new_gen: str, window_ms: int
     ) -> Claim:
-        return self._sessions.claim(pid, principal, gen, claimer, new_gen, window_ms)
+        return self._sessions.claim(pid, principal, namespace, gen, claimer, new_gen, window_ms)
 
     async def session_read(self, pid: str, gen: str, after: int, force: bool) -> SessionReplay:
         return self._sessions.read(pid, gen, after, force)

@@ -30,6 +30,7 @@ class _Session:
     gen: str
     owner: str
     principal: str
+    namespace: str
     expires_at: int = 0
     cutoff: int = 0
     flushed: int = 0
@@ -74,7 +75,7 @@ class MemorySessions:
         session = self._session(request.pid)
         status: str = "ok"
         if session is None:
-            session = _Session(request.gen, request.owner, request.principal)
+            session = _Session(request.gen, request.owner, request.principal, request.namespace)
             self._by_pid[request.pid] = session
         elif (session.gen, session.owner) != (request.gen, request.owner):
             if (session.prev_gen, session.prev_owner) != (request.gen, request.owner):
@@ -95,12 +96,14 @@ class MemorySessions:
         session.expires_at = now + self.limits.ttl_ms
         return SessionAppendResult("ok" if status == "ok" else "taken", numbers)
 
-    def claim(self, pid: str, principal: str, gen: str, claimer: str, new_gen: str, window_ms: int) -> Claim:
+    def claim(
+        self, pid: str, principal: str, namespace: str, gen: str, claimer: str, new_gen: str, window_ms: int
+    ) -> Claim:
         session = self._session(pid)
         now = self.now_ms()
         if session is None:
             return Claim("unknown")
-        if session.principal != principal:
+        if session.principal != principal or session.namespace != namespace:
             return Claim("refused")
         if session.gen != gen:
             return Claim("stale")

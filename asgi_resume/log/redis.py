@@ -160,9 +160,9 @@ class RedisLog:
         ]
 
     async def session_claim(
-        self, pid: str, principal: str, gen: str, claimer: str, new_gen: str, window_ms: int
+        self, pid: str, principal: str, namespace: str, gen: str, claimer: str, new_gen: str, window_ms: int
     ) -> Claim:
-        args = [principal, gen, claimer, new_gen, self.now_ms(), window_ms, self.limits.ttl_ms]
+        args = [principal, gen, claimer, new_gen, self.now_ms(), window_ms, self.limits.ttl_ms, namespace]
         (reply,) = await self._call("session_claim", [(self.session_keys(pid), args)])
         return Claim(_text(reply[0]))  # type: ignore[arg-type]
 

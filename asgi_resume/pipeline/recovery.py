@@ -164,6 +164,7 @@ class Recovery:
                 log.session_claim,
                 claim.pid,
                 principal,
+                state.namespace,
                 claim.gen,
                 session.id,
                 new_gen,

@@ -1,15 +1,17 @@
 -- A reconnecting client presents its session id (pid) and last offset: claim the session.
 -- KEYS: 1 session meta. ARGV: 1 principal, 2 the offset's generation, 3 claimer (connection id),
---       4 new generation, 5 now ms, 6 recovery window ms, 7 ttl ms
+--       4 new generation, 5 now ms, 6 recovery window ms, 7 ttl ms, 8 namespace
 -- Returns {'ok'} or {reason}.
 local meta = KEYS[1]
 local principal, offset_gen, claimer, new_gen = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local now, window_ms, ttl_ms = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
+local now, window_ms, ttl_ms, namespace = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], ARGV[8]
 
 -- (a session closed before anyone claimed it is gone: session_note deletes it)
-local state = redis.call('HMGET', meta, 'principal', 'gen', 'owner', 'disconnected_at', 'last_at', 'fetched', 'broken')
+local state = redis.call('HMGET', meta, 'principal', 'gen', 'owner', 'disconnected_at', 'last_at', 'fetched', 'broken',
+  'ns')
 if not state[1] then return {'unknown'} end
-if state[1] ~= principal then return {'refused'} end -- a pid is useless to anyone else
+-- a pid is useless to anyone else, and in another namespace
+if state[1] ~= principal or state[8] ~= namespace then return {'refused'} end
 if state[2] ~= offset_gen then return {'stale'} end
 local left = tonumber(state[4] or state[5] or '0')
 if now - left > window_ms then return {'expired'} end
