@@ -175,6 +175,21 @@ async def websocket_garbage(arena: Arena) -> None:
     assert answered >= 2  # (the huge frame and the unknown ack: python-socketio reads past them)
 
 
+async def namespace_floods(arena: Arena) -> None:
+    """One connection CONNECTs to 3,000 made-up namespaces (python-socketio refuses each), then again
+    to "/" where it is in already: it keeps its own stream. (What refused CONNECTs leave behind is
+    counted exactly in ``test_namespaces.py``: here the attacker's own copies of the refusals would
+    weigh as much in this process's RSS.)"""
+    mallory = await RawClient(arena.url, auth={"token": "mallory"}).connect()
+    for i in range(3000):
+        await mallory.send(f"40/{i:05d}{'x' * 1000},{{}}")
+    await mallory.send('40{"token":"mallory"}')
+    await mallory.wait_for(lambda f: isinstance(f, str) and f.startswith("44/02999"), timeout=60)
+    assert await mallory.request("ask", {"message_id": "m", "tokens": 5}, ack_id=1) == "ok"
+    assert await mallory.wait_seqs("m", 6) == [1, 2, 3, 4, 5, 6]
+    await mallory.close()
+
+
 ATTACKS: list[Callable[[Arena], Awaitable[None]]] = [
     hostile_resume_requests,
     the_same_message_id_as_bob,
@@ -182,6 +197,7 @@ ATTACKS: list[Callable[[Arena], Awaitable[None]]] = [
     a_leaked_sid,
     polling_resume_flood,
     websocket_garbage,
+    namespace_floods,
 ]
 
 
