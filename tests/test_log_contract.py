@@ -306,6 +306,25 @@ async def test_a_read_waits_while_the_previous_owner_may_still_log(log: StreamLo
     assert (read.status, [n for n, _, _ in read.frames]) == ("ok", [1])
 
 
+async def test_a_claimer_that_closes_while_the_previous_owner_still_logs_keeps_the_session_for_it(
+    log: StreamLog,
+) -> None:
+    """Found by review: the claimer's close deleted the session under the previous (held) owner,
+    whose next append made it anew as its own; on Redis that append then failed against the log it
+    had left, and the failure switched the stream log off for the whole process."""
+    pid = f"pid{next(_prefixes)}"
+    await session(log, pid, "g1", "c1", "a")
+    assert (await log.session_claim(pid, ALICE, "/", "g1", "c2", "g2", 60_000)).status == "ok"
+    await log.session_note(pid, "closed", "g2", "c2")  # the claimer leaves at once
+    now = log.now_ms()
+    frames: list[tuple[int, list[str | bytes]]] = [(now, ['42["e","b"]'])]
+    (late,) = await log.session_append([SessionAppend(pid, "g1", "c1", ALICE, "/", frames, now)])
+    assert (late.status, late.numbers) == ("taken", [2])  # logged for the reader, not made its own
+    assert (await log.session_claim(pid, ALICE, "/", "g2", "c3", "g3", 60_000)).status == "expired"
+    await log.session_note(pid, "closed", "g1", "c1")  # the previous owner is done too: nothing is left
+    assert (await log.session_claim(pid, ALICE, "/", "g2", "c3", "g3", 60_000)).status == "unknown"
+
+
 async def test_a_read_waits_for_a_batch_the_previous_owner_took_well_after_the_claim(log: StreamLog) -> None:
     """A frame the app emitted before the claim may reach the previous connection a moment after it
     (python-engineio's queue): a batch it took within ``CLAIM_SLACK_MS`` of the claim proves nothing;

@@ -11,7 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from asgi_resume.log import AppendRequest, Entry, StreamKey
-from asgi_resume.log.base import SessionAppend
+from asgi_resume.log.base import LATE, SessionAppend
 from asgi_resume.log.redis import RedisLog
 from tests.support.redis_server import RedisCluster, RedisServer
 
@@ -70,5 +70,47 @@ async def test_on_a_cluster_only_the_calls_that_got_noscript_run_again(redis_clu
         await client.execute_command("SCRIPT", "FLUSH", target_nodes=node)
         results = await log.session_append(append("b"))
         assert [(r.status, r.numbers) for r in results] == [("ok", [2]), ("ok", [2])]
+    finally:
+        await log.aclose()
+
+
+def test_a_command_a_script_ran_fails_alone_unless_its_code_tells_the_servers_state() -> None:
+    """Found by review: an XADD refused inside a script ("The ID specified ... on @user_script:71")
+    was taken for the server failing, and one session's broken key switched the log off for all."""
+    from redis.exceptions import ResponseError
+
+    from asgi_resume.log.redis_scripts import _own_fault
+
+    assert _own_fault(
+        ResponseError(
+            "The ID specified in XADD is equal or smaller than the target stream top item "
+            "script: 1f2e, on @user_script:71."
+        )
+    )
+    assert _own_fault(ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"))
+    assert not _own_fault(
+        ResponseError("OOM command not allowed when used memory > 'maxmemory'. script: 1f2e, on @user_script:71.")
+    )
+    assert not _own_fault(ResponseError("READONLY You can't write against a read only replica."))
+
+
+async def test_a_host_that_reckons_redis_clock_wrong_learns_it_from_a_late_answer(redis_server: RedisServer) -> None:
+    """An append's deadline is on Redis's clock as this host reckons it: reckoned 10 s slow, every
+    append would be refused as late; the first such answer makes it read the clock again."""
+    log = RedisLog.from_url(redis_server.url, prefix=f"ns{next(_prefixes)}")
+    key = StreamKey("alice", "/", "", "m")
+    try:
+        await log.prepare()
+        log.scripts._clock_ms -= 10_000  # (as if the reading were 10 s off)
+
+        def request(text: str) -> AppendRequest:
+            made = _append(log, key, text)
+            made.not_after_ms = log.now_ms() + 250
+            return made
+
+        (first,) = await log.append([request("a")])
+        assert first.failed == LATE
+        (second,) = await log.append([request("b")])
+        assert (second.failed, second.seqs) == (None, [1])
     finally:
         await log.aclose()

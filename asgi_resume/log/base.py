@@ -28,6 +28,9 @@ os.register_at_fork(after_in_child=_names_random.seed)
 COPY_WINDOW_MS = 1000
 #: an append that ran after its ``not_after_ms`` (its caller had given up on it): it wrote nothing
 LATE = "late: the call ran after its deadline, and wrote nothing"
+#: what an append's ``not_after_ms`` allows past its caller's deadline: the error of a process's
+#: reckoning of the log's clock (half a round trip, and the scheduling around it)
+LATE_MARGIN_MS = 100
 
 
 def _fresh_name() -> str:

@@ -36,6 +36,7 @@ class _Session:
     flushed: int = 0
     last_at: int = 0
     left_at: int | None = None
+    closed: bool = False
     fetched: bool = False  # the owner's frames reach the log when its client fetches them
     broken: bool = False  # an event of the current generation is in no log
     prev_gen: str = ""
@@ -110,6 +111,8 @@ class MemorySessions:
         left = session.left_at if session.left_at is not None else session.last_at
         if now - left > window_ms:
             return Claim("expired")
+        if session.closed:  # closed before anyone claimed it: what the app sent since is in no log
+            return Claim("expired")
         if session.broken:
             return Claim("incomplete")
         session.prev_gen, session.prev_owner = session.gen, session.owner
@@ -155,7 +158,15 @@ class MemorySessions:
                 session.prev_broken = True
         elif action == "closed":
             if current == (gen, owner):  # closed before anyone claimed it: nobody can recover it
-                del self._by_pid[pid]
+                if not session.prev_gen or session.prev_closed:
+                    del self._by_pid[pid]
+                else:  # the previous owner may still log (the claimer reads it): kept until it is done too
+                    session.closed = True
+                    if session.left_at is None:
+                        session.left_at = self.now_ms()
             elif (session.prev_gen, session.prev_owner) == (gen, owner):
-                session.prev_closed = True
+                if session.closed:
+                    del self._by_pid[pid]
+                else:
+                    session.prev_closed = True
         return current

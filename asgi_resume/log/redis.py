@@ -9,7 +9,6 @@ however many frames and streams it carries (:mod:`~asgi_resume.log.redis_scripts
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -73,7 +72,7 @@ class RedisLog:
         return [f"{base}:log", f"{base}:meta"]
 
     def now_ms(self) -> int:
-        return int(time.time() * 1000) + self.scripts.clock_offset_ms
+        return self.scripts.now_ms()
 
     async def append(self, requests: Sequence[AppendRequest]) -> list[AppendResult]:
         calls = []
@@ -84,15 +83,18 @@ class RedisLog:
             except (UnicodeError, ValueError, TypeError, OverflowError) as exc:
                 refused[i] = f"cannot encode the request: {exc}"
         replies = iter(await self._call("append", calls, isolated=True) if calls else [])
-        results = []
+        results, late = [], False
         for i in range(len(requests)):
             reply = refused.get(i) or next(replies)
             if isinstance(reply, str | Exception):
                 results.append(AppendResult("", [], failed=str(reply) or type(reply).__name__))
             elif len(reply) == 1:  # {'late'}: it ran after its deadline, and wrote nothing
                 results.append(AppendResult("", [], failed=LATE))
+                late = True
             else:
                 results.append(AppendResult(_text(reply[0]), [int(seq) for seq in reply[2:]], int(reply[1])))
+        if late:  # its caller had not given up on it: this host's reckoning of Redis's clock is off
+            await self.scripts.resync()
         return results
 
     def _append_args(self, request: AppendRequest) -> list[Any]:

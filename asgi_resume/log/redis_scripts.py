@@ -10,6 +10,7 @@ what the scripts' arguments and replies mean (:mod:`~asgi_resume.log.redis`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
 from importlib.resources import files
@@ -48,7 +49,9 @@ class RedisScripts:
         # replay reads (a page of up to 100 entries each) in flight at once: a storm of resumes
         # queues here, not in Redis ahead of the live frames' appends
         self.reads = asyncio.Semaphore(REPLAY_READS)
-        self.clock_offset_ms = 0  # Redis's clock minus this host's (the scripts stamp Redis time)
+        # Redis's clock (the scripts stamp Redis time) read at a monotonic instant: now_ms() goes on
+        # from there, so a step of this host's wall clock between two readings changes nothing
+        self._clock_ms, self._clock_at = time.time() * 1000, time.monotonic()
         self._clock_checked = -_CLOCK_REFRESH_S
         self._closed = False
         self._unsupported: str | None = None  # why this server cannot run the scripts
@@ -109,13 +112,24 @@ class RedisScripts:
             pipe.evalsha(sha, len(keys), *keys, *args)
         return list(await pipe.execute(raise_on_error=False))
 
+    def now_ms(self) -> int:
+        """Redis's clock, as this host reckons it (to within half a round trip of the last reading)."""
+        return int(self._clock_ms + (time.monotonic() - self._clock_at) * 1000)
+
+    async def resync(self) -> None:
+        """Read Redis's clock again now (a call found this host's reckoning of it off), or before
+        the next call if Redis does not answer."""
+        self._clock_checked = -_CLOCK_REFRESH_S
+        with contextlib.suppress(RedisError, OSError):
+            await self._sync_clock()
+
     async def _sync_clock(self) -> None:
-        """Learn how far this host's clock is from Redis's."""
-        started = time.time()
+        """Read Redis's clock: it was that at the middle of the round trip."""
+        started = time.monotonic()
         seconds, micros = await self.client.time()
-        rtt = time.time() - started
-        self.clock_offset_ms = int((seconds + micros / 1e6 - (started + rtt / 2)) * 1000)
-        self._clock_checked = time.monotonic()
+        ended = time.monotonic()
+        self._clock_ms, self._clock_at = seconds * 1000 + micros / 1000, (started + ended) / 2
+        self._clock_checked = ended
 
     async def prepare(self) -> None:
         """Connect, check the version, learn the clock and load the scripts now, so the first
@@ -156,12 +170,25 @@ class RedisScripts:
         await self.client.aclose()
 
 
+#: error codes that tell the server's state, not a call's keys, when a command in a script fails
+_SERVER_STATES = frozenset(
+    ("OOM", "READONLY", "NOREPLICAS", "BUSY", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "MISCONF", "NOSCRIPT")
+)
+
+
 def _own_fault(error: Exception) -> bool:
     """Did a call fail on its own keys (not for the server's state)? A key of another type
-    (``WRONGTYPE``), or a script's runtime error on what a key holds (``ERR user_script:...``:
-    redis-py drops the ``ERR``). Read from the error's code, its message's first word: redis-py
-    before 6 has no attribute for it, and gives these codes no class of their own."""
-    return type(error) is ResponseError and str(error).startswith(("WRONGTYPE ", "user_script:"))
+    (``WRONGTYPE``), a script's runtime error on what a key holds (``ERR user_script:...``:
+    redis-py drops the ``ERR``), or a command in the script refused for what a key holds (``The ID
+    specified in XADD ... on @user_script:71``), unless its code says the server's state (``OOM
+    ... on @user_script``). Read from the error's text: redis-py before 6 has no attribute for the
+    code, and gives these codes no class of their own."""
+    if type(error) is not ResponseError:
+        return False
+    text = str(error)
+    if text.startswith(("WRONGTYPE ", "user_script:")):
+        return True
+    return "@user_script" in text and text.split(" ", 1)[0] not in _SERVER_STATES
 
 
 def _version(text: str) -> tuple[int, ...]:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from asgi_resume.guard import RETRY_AFTER_S, Deadline, LogGuard
 from asgi_resume.log import AppendRequest, LogUnavailable, StreamKey
+from asgi_resume.log.base import LATE_MARGIN_MS
 from asgi_resume.pipeline.session import Session
 from asgi_resume.stats import Stats
 
@@ -104,8 +105,12 @@ class Repairs:
             requests += [AppendRequest(key, [], reset=True, reset_epoch=e, connection=c) for e, c in epochs.items()]
         if not requests:
             return True
+        deadline = deadline or self.guard.deadlines.write
+        not_after = self.guard.log.now_ms() + int(deadline.seconds * 1000) + LATE_MARGIN_MS
+        for request in requests:
+            request.not_after_ms = not_after  # (given up on, it must not land later: see AppendRequest)
         try:
-            results = await self.guard.call(deadline or self.guard.deadlines.write, self.guard.log.append, requests)
+            results = await self.guard.call(deadline, self.guard.log.append, requests)
         except LogUnavailable:
             for key, entry in taken.items():
                 self._put_back(key, entry)

@@ -16,6 +16,7 @@ import contextlib
 
 from asgi_resume.guard import Deadline
 from asgi_resume.log import AppendRequest, LogUnavailable, StreamKey
+from asgi_resume.log.base import LATE_MARGIN_MS
 from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.pipeline.session import Session
 from asgi_resume.pipeline.units import EventUnit, by_content
@@ -115,7 +116,7 @@ class StreamWriter:
                 return
         requests = [self._request(key, group) for key, group in pending.items()]
         if ends is not None:  # a call given up on must never land later, out of place (see AppendRequest)
-            not_after = self.log.now_ms() + int(max(0.0, ends - loop.time()) * 1000)
+            not_after = self.log.now_ms() + int(max(0.0, ends - loop.time()) * 1000) + LATE_MARGIN_MS
             for request in requests:
                 request.not_after_ms = not_after
         stats.log_writes += 1

@@ -14,6 +14,8 @@ local FIRST_FRAME = 9 -- then per frame: received at (ms), payload
 local state = redis.call('HMGET', meta, 'gen', 'owner', 'cutoff', 'prev_gen', 'prev_owner')
 local status = 'ok'
 if not state[1] then
+  -- (its log without its meta: the session was dropped under a call that landed late; never revived)
+  if redis.call('EXISTS', log) == 1 then return {'gone'} end
   redis.call('HSET', meta, 'gen', gen, 'owner', owner, 'principal', principal, 'ns', namespace, 'n', 0)
 elseif state[1] ~= gen or state[2] ~= owner then
   if state[4] ~= gen or state[5] ~= owner then return {'gone'} end

@@ -2,14 +2,15 @@
 -- wait for its client to fetch them (it upgraded from long-polling); anyone may ask who owns it.
 -- It also notes that an event it sent is in no log ('broken': the generation cannot be recovered).
 -- A session closed before anyone claimed it can no longer be recovered: it is deleted at once (not
--- left for its ttl: a client that joins and leaves a namespace over and over makes a session each time).
+-- left for its ttl: a client that joins and leaves a namespace over and over makes a session each time),
+-- or, while its previous owner may still log what the claimer reads, once that one is closed too.
 -- KEYS: 1 session meta, 2 the log of the generation. ARGV: 1 'left' | 'closed' | 'upgraded' | 'broken' |
 --       'state', 2 generation, 3 owner, 4 now ms
 -- Returns {current generation or '', current owner or ''}.
 local meta = KEYS[1]
 local what, gen, owner, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 
-local state = redis.call('HMGET', meta, 'gen', 'owner', 'prev_gen', 'prev_owner')
+local state = redis.call('HMGET', meta, 'gen', 'owner', 'prev_gen', 'prev_owner', 'prev_closed', 'closed')
 if what == 'left' and state[1] == gen and state[2] == owner then
   redis.call('HSET', meta, 'disconnected_at', now)
 elseif what == 'upgraded' and state[1] == gen and state[2] == owner then
@@ -22,9 +23,18 @@ elseif what == 'broken' then
   end
 elseif what == 'closed' then
   if state[1] == gen and state[2] == owner then
-    redis.call('DEL', meta, KEYS[2])
+    if not state[3] or state[5] == '1' then
+      redis.call('DEL', meta, KEYS[2])
+    else -- the previous owner may still log (the claimer reads it): kept until it is done too
+      redis.call('HSET', meta, 'closed', '1')
+      redis.call('HSETNX', meta, 'disconnected_at', now)
+    end
   elseif state[3] == gen and state[4] == owner then
-    redis.call('HSET', meta, 'prev_closed', '1')
+    if state[6] == '1' then
+      redis.call('DEL', meta, KEYS[2])
+    else
+      redis.call('HSET', meta, 'prev_closed', '1')
+    end
   end
 end
 return {state[1] or '', state[2] or ''}
