@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from asgi_resume.log import AppendRequest, Entry, StreamKey, StreamLog
-from asgi_resume.log.base import CLAIM_SLACK_MS, LATE, LogLimits, SessionAppend
+from asgi_resume.log.base import CLAIM_SLACK_MS, LogLimits, SessionAppend
 from asgi_resume.log.memory import MemoryLog
 from asgi_resume.log.redis import RedisLog
 
@@ -477,16 +477,16 @@ async def test_a_stream_whose_keys_are_gone_under_a_tab_that_knew_it_answers_gap
     assert not (await log.replay(key(stream="new"), 0, None, "reader")).gap
 
 
-async def test_an_append_that_runs_after_its_deadline_writes_nothing(log: StreamLog) -> None:
-    """A call its caller gave up on (Redis paused past the write timeout runs it when it wakes) must
-    not land: found by an attack run, such calls started the new epoch with old frames, out of
-    order and with holes a resume did not tell."""
-    late = AppendRequest(key(), [entry(log, "a")], connection="tab", not_after_ms=log.now_ms() - 1)
-    on_time = AppendRequest(
-        key(stream="other"), [entry(log, "b")], connection="tab", not_after_ms=log.now_ms() + 60_000
+async def test_a_reset_naming_several_epochs_starts_one_if_the_stream_is_in_any_of_them(log: StreamLog) -> None:
+    """A call that timed out may have started an epoch after all: a repair names it besides the one
+    the tab knew, and the stream is in one of them at most."""
+    tab = Connection(log, key(), "tab")
+    await tab.send(entry(log, "a"))
+    current = tab.epoch
+    assert current is not None
+    (untouched,) = await log.append([AppendRequest(key(), [], reset=True, reset_epoch="other1,other2", connection="r")])
+    assert untouched.epoch == current
+    (repaired,) = await log.append(
+        [AppendRequest(key(), [], reset=True, reset_epoch=f"other1,{current}", connection="r")]
     )
-    results = await log.append([late, on_time])
-    assert results[0].failed == LATE
-    assert results[1].failed is None
-    assert results[1].seqs == [1]
-    assert (await log.replay(key(), 0, None, "reader")).status == "not_found"
+    assert repaired.epoch != current

@@ -5,6 +5,7 @@ Real redis-server processes (one, and a three-node cluster); the log called dire
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 
 import pytest
@@ -13,6 +14,7 @@ import redis.asyncio as aioredis
 from asgi_resume.log import AppendRequest, Entry, StreamKey
 from asgi_resume.log.base import LATE, SessionAppend
 from asgi_resume.log.redis import RedisLog
+from asgi_resume.log.redis_scripts import RedisScripts
 from tests.support.redis_server import RedisCluster, RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -94,9 +96,12 @@ def test_a_command_a_script_ran_fails_alone_unless_its_code_tells_the_servers_st
     assert not _own_fault(ResponseError("READONLY You can't write against a read only replica."))
 
 
-async def test_a_host_that_reckons_redis_clock_wrong_learns_it_from_a_late_answer(redis_server: RedisServer) -> None:
-    """An append's deadline is on Redis's clock as this host reckons it: reckoned 10 s slow, every
-    append would be refused as late; the first such answer makes it read the clock again."""
+async def test_an_append_redis_would_run_after_its_caller_gave_up_writes_nothing(redis_server: RedisServer) -> None:
+    """Found by attack runs: appends that timed out while Redis was paused ran when it woke and
+    started the new epoch with stale frames, out of order and with holes a resume did not tell. An
+    append names how long its caller waits; Redis refuses to run it later (here the host reckons
+    Redis's clock 10 s slow, so every call looks late), and the first such answer makes the host
+    read the clock again."""
     log = RedisLog.from_url(redis_server.url, prefix=f"ns{next(_prefixes)}")
     key = StreamKey("alice", "/", "", "m")
     try:
@@ -105,12 +110,34 @@ async def test_a_host_that_reckons_redis_clock_wrong_learns_it_from_a_late_answe
 
         def request(text: str) -> AppendRequest:
             made = _append(log, key, text)
-            made.not_after_ms = log.now_ms() + 250
+            made.within_ms = 250
             return made
 
         (first,) = await log.append([request("a")])
         assert first.failed == LATE
+        assert (await log.replay(key, 0, None, "c")).status == "not_found"  # it wrote nothing
         (second,) = await log.append([request("b")])
         assert (second.failed, second.seqs) == (None, [1])
     finally:
         await log.aclose()
+
+
+async def test_a_slow_reading_of_redis_clock_is_not_taken_over_a_closer_one() -> None:
+    """Found by an attack run: the clock was read inside whatever call was due (a replay waits 5 s),
+    and a reading taken across a 4 s pause put the host's reckoning 2 s off for a minute."""
+
+    class SlowClock:
+        delay, seconds = 0.0, 1_000
+
+        async def time(self) -> tuple[int, int]:
+            await asyncio.sleep(self.delay)  # (the round trip the reading takes)
+            return self.seconds, 0  # (what the reading says Redis's clock is)
+
+    client = SlowClock()
+    scripts = RedisScripts(client)  # type: ignore[arg-type]
+    await scripts._sync_clock()
+    assert abs(scripts.now_ms() - 1_000_000) < 50
+    client.delay, client.seconds = 0.1, 5_000  # a reading across a slow round trip, and far off
+    await scripts._sync_clock()
+    assert abs(scripts.now_ms() - 1_000_000) < 1_000  # the closer one stands
+    assert scripts.clock_error_ms <= 20

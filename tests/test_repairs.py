@@ -6,6 +6,7 @@ guard as Redis's do (so it can be "down"), and records the reset requests the re
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -127,3 +128,45 @@ async def test_past_the_bound_a_stream_waits_for_its_own_tab_and_is_counted(monk
     await send(alice, token(2))
     assert rt.stats.repairs_dropped == 1
     assert alice.session.unlogged  # its own next frame still starts the new epoch
+
+
+class _LandsThenAnswersLate(_RecordingLog):
+    """While ``slow`` is set, a call lands at once and its answer comes after its caller gave up."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.slow = False
+        self.sent: list[AppendRequest] = []
+
+    async def append(self, requests: Any) -> Any:
+        self.sent += requests
+        results = await super().append(requests)
+        if self.slow:
+            await asyncio.Event().wait()  # (never answered: the guard's deadline ends the wait)
+        return results
+
+
+async def test_an_epoch_a_call_that_timed_out_started_after_all_is_repaired_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by an attack run: a reset whose answer came after its caller gave up had landed and
+    started an epoch; what came next named only the epoch the tab knew, so the frames the log missed
+    after it were a silent hole in the epoch that call started (a resume of it said gap: false).
+    (No repair waits here, past its bound: the tab's own next frame is what resets the stream.)"""
+    monkeypatch.setattr(repairs_module, "MAX_REPAIRS", 0)
+    log = _LandsThenAnswersLate()
+    rt = Runtime(Settings.load({}, write_timeout=0.05), log)
+    alice = tab(rt)
+    t1 = events(await send(alice, token(1)))[0]
+    down(rt)
+    await send(alice, token(2))  # missed: the next append resets t1's epoch
+    up(rt)
+    log.slow = True
+    assert await send(alice, token(3)) == [token(3)]  # its reset lands, its answer never comes
+    started = log.sent[-1].fresh_epoch
+    assert (await rt.log.replay(KEY, 0, started, "reader")).last_seq == 1  # (t3 is in the epoch it started)
+    log.slow = False
+    await send(alice, token(4))  # missed: the breaker is open after the timeout
+    up(rt)
+    t5 = events(await send(alice, token(5)))[0]
+    assert t5["epoch"] not in (t1["epoch"], started)  # a new epoch after t4's hole, not t3's going on

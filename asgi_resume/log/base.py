@@ -26,11 +26,8 @@ os.register_at_fork(after_in_child=_names_random.seed)
 #: Copies of one emit reach a principal's connections within this much of each other (fan-out
 #: between workers included); an entry received further apart is another emit with the same bytes.
 COPY_WINDOW_MS = 1000
-#: an append that ran after its ``not_after_ms`` (its caller had given up on it): it wrote nothing
-LATE = "late: the call ran after its deadline, and wrote nothing"
-#: what an append's ``not_after_ms`` allows past its caller's deadline: the error of a process's
-#: reckoning of the log's clock (half a round trip, and the scheduling around it)
-LATE_MARGIN_MS = 100
+#: an append that would have run after its caller gave up on it (``within_ms``): it wrote nothing
+LATE = "late: the call would have run after its caller gave up on it, and wrote nothing"
 
 
 def _fresh_name() -> str:
@@ -49,6 +46,17 @@ def _fresh_name() -> str:
 def new_epoch() -> str:
     """A fresh epoch: names one history of a stream, changes when the log is lost."""
     return _fresh_name()
+
+
+def with_epoch(named: str, epoch: str) -> str:
+    """``named`` (the epochs a reset names, comma-separated; "": whatever the stream's is) and
+    ``epoch`` too: a stream in any of them is reset. At most 8 are kept (the first, then the latest)."""
+    if not named:
+        return named
+    names = named.split(",")
+    if epoch in names:
+        return named
+    return ",".join([*names[:1], *names[1:][-6:], epoch])
 
 
 def new_generation() -> str:
@@ -123,14 +131,18 @@ class AppendRequest:
     skipped: list[int] = field(default_factory=list)
     #: the connection is held (its client left): it logs, but it takes nothing over from anyone
     held: bool = False
-    #: with ``reset``: only if the stream is still in this epoch ("": whatever it is), so that
-    #: whoever comes first starts the new epoch (the connection's next append, or the repair on its
-    #: behalf), once
+    #: with ``reset``: only if the stream is still in this epoch, or one of these (comma-separated:
+    #: epochs a call that timed out may have started; "": whatever it is), so that whoever comes
+    #: first starts the new epoch (the connection's next append, or the repair on its behalf), once
     reset_epoch: str = ""
-    #: on the log's clock: a call that runs later writes nothing and fails ("late"), so a call its
-    #: caller gave up on (a timeout: a paused Redis runs it when it wakes) never lands after all,
-    #: out of place in the stream's history (0: no limit)
-    not_after_ms: int = 0
+    #: its caller gives up on the call this long after making it (0: never). A log whose calls can
+    #: outlive their caller (Redis: a paused server runs what it queued when it wakes) refuses to
+    #: run it any later (``LATE``), so that a call given up on does not land after all, out of place
+    #: in the stream's history
+    within_ms: int = 0
+    #: the epoch the call starts if it starts one ("": the log draws it). Named by the caller when
+    #: the call may land unanswered (it timed out): the stream is then repaired from that epoch too
+    fresh_epoch: str = ""
 
 
 @dataclass(frozen=True, slots=True)

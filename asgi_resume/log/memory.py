@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 
 from asgi_resume.log.base import (
     COPY_WINDOW_MS,
-    LATE,
     NOT_FOUND,
     AppendRequest,
     AppendResult,
@@ -165,16 +164,15 @@ class MemoryLog:
 
     def _append(self, request: AppendRequest, now: int) -> AppendResult:
         limits = self.limits
-        if request.not_after_ms and now > request.not_after_ms:
-            return AppendResult("", [], failed=LATE)
         state = self._get(request.key, now)
         continuous = state is not None and request.cursor_epoch == state.epoch
-        broken = request.reset and (not request.reset_epoch or state is None or state.epoch == request.reset_epoch)
+        named = request.reset_epoch
+        broken = request.reset and (not named or state is None or state.epoch in named.split(","))
         if state is None or broken or (state.orphaned and not continuous):
             # the stream began before this epoch if one is replaced, or if the caller knew an
             # epoch of it that is gone (evicted, expired)
             after_break = state is not None or bool(request.cursor_epoch or (request.reset and request.reset_epoch))
-            state = _Stream(new_epoch(), limits.maxlen, after_break=after_break)
+            state = _Stream(request.fresh_epoch or new_epoch(), limits.maxlen, after_break=after_break)
             self._add(request.key, state)
         state.orphaned = False
         was_done = state.done

@@ -77,9 +77,13 @@ class RedisLog:
     async def append(self, requests: Sequence[AppendRequest]) -> list[AppendResult]:
         calls = []
         refused: dict[int, str] = {}  # requests that cannot be sent: only they fail
+        now, error = self.now_ms(), self.scripts.clock_error_ms
         for i, request in enumerate(requests):
+            # what Redis runs past this its caller has given up on: refused (the reckoning's error
+            # taken off, so that a call that lands is answered in time)
+            not_after = now + max(1, request.within_ms - error) if request.within_ms else 0
             try:
-                calls.append((self.keys(request.key), self._append_args(request)))
+                calls.append((self.keys(request.key), self._append_args(request, not_after)))
             except (UnicodeError, ValueError, TypeError, OverflowError) as exc:
                 refused[i] = f"cannot encode the request: {exc}"
         replies = iter(await self._call("append", calls, isolated=True) if calls else [])
@@ -97,7 +101,7 @@ class RedisLog:
             await self.scripts.resync()
         return results
 
-    def _append_args(self, request: AppendRequest) -> list[Any]:
+    def _append_args(self, request: AppendRequest, not_after: int) -> list[Any]:
         limits = self.limits
         frames: list[Any] = []  # one argument for all: redis-py encodes each argument on its own
         for entry in request.entries:
@@ -109,7 +113,7 @@ class RedisLog:
             limits.maxlen,
             limits.ttl_ms,
             limits.done_ttl_ms,
-            new_epoch(),
+            request.fresh_epoch or new_epoch(),
             1 if request.reset else 0,
             request.connection,
             msgpack.packb(frames, use_bin_type=False),  # Redis's cmsgpack knows no bin type
@@ -117,7 +121,7 @@ class RedisLog:
             COPY_WINDOW_MS,
             1 if request.held else 0,
             request.reset_epoch,
-            request.not_after_ms,
+            not_after,
         ]
 
     async def replay(

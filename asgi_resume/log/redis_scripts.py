@@ -26,6 +26,10 @@ MAX_CONNECTIONS = 64
 REPLAY_READS = 8
 MIN_VERSION = (7, 0)  # the scripts use PEXPIRE ... NX (Redis 7.0; Valkey reports a 7.x redis_version)
 _CLOCK_REFRESH_S = 60.0
+#: a reading of Redis's clock is off by up to half its round trip: one that took longer than this
+#: (Redis or the event loop slow) is not taken while an earlier one stands, and is tried again soon
+_CLOCK_RTT_MAX_MS = 20.0
+_CLOCK_RETRY_S = 1.0
 
 #: one script call: its keys and its arguments
 Call = tuple[list[str], list[Any]]
@@ -53,6 +57,9 @@ class RedisScripts:
         # from there, so a step of this host's wall clock between two readings changes nothing
         self._clock_ms, self._clock_at = time.time() * 1000, time.monotonic()
         self._clock_checked = -_CLOCK_REFRESH_S
+        self._clock_read = False  # (until the first reading, this host's clock stands in for Redis's)
+        #: how far now_ms() may be off Redis's clock (half the round trip of the reading taken)
+        self.clock_error_ms = int(_CLOCK_RTT_MAX_MS)
         self._closed = False
         self._unsupported: str | None = None  # why this server cannot run the scripts
 
@@ -124,12 +131,18 @@ class RedisScripts:
             await self._sync_clock()
 
     async def _sync_clock(self) -> None:
-        """Read Redis's clock: it was that at the middle of the round trip."""
+        """Read Redis's clock: it was that at the middle of the round trip, give or take half of it."""
         started = time.monotonic()
         seconds, micros = await self.client.time()
         ended = time.monotonic()
-        self._clock_ms, self._clock_at = seconds * 1000 + micros / 1000, (started + ended) / 2
+        rtt_ms = (ended - started) * 1000
         self._clock_checked = ended
+        if rtt_ms > _CLOCK_RTT_MAX_MS:
+            self._clock_checked -= _CLOCK_REFRESH_S - _CLOCK_RETRY_S  # (read again soon)
+            if self._clock_read:
+                return  # the reading it has is closer than this one
+        self._clock_ms, self._clock_at = seconds * 1000 + micros / 1000, (started + ended) / 2
+        self.clock_error_ms, self._clock_read = int(rtt_ms / 2) + 1, True
 
     async def prepare(self) -> None:
         """Connect, check the version, learn the clock and load the scripts now, so the first

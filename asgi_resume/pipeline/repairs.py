@@ -6,11 +6,12 @@ failed or timed out, a release the log did not hear), which connections to tell 
 replay is about to touch first, in-band; the rest in the background, a chunk per call) and their
 bounds. Must not touch: a connection's frames, transports.
 
-A reset names the epoch the frames were missed in and starts a new one only if the stream is
-still in it, so the second of two tabs that missed the same frames starts nothing new. A
-connection that had no cursor (it missed its first frames of the stream) names no epoch, and its
-reset starts a new one whatever the stream's is: one call sends at most one such reset per
-stream, and none when another reset names an epoch. A connection that closes before its streams
+A reset names the epochs the frames were missed in (the one each tab knew, and any that a call
+which timed out may have started all the same) and starts a new one only if the stream is still
+in one of them, so the second of two tabs that missed the same frames starts nothing new. A
+connection that had no cursor (it missed its first frames of the stream) names no epoch: its reset
+starts a new one whatever the stream's is, and goes only when no other names one. One call sends
+one reset per stream. A connection that closes before its streams
 are repaired is let go: its streams are repaired without it (the epoch it missed frames in, and
 its id, kept), so that nobody goes on in them across what it missed.
 """
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 
 from asgi_resume.guard import RETRY_AFTER_S, Deadline, LogGuard
 from asgi_resume.log import AppendRequest, LogUnavailable, StreamKey
-from asgi_resume.log.base import LATE_MARGIN_MS
+from asgi_resume.log.base import new_epoch, with_epoch
 from asgi_resume.pipeline.session import Session
 from asgi_resume.stats import Stats
 
@@ -89,31 +90,41 @@ class Repairs:
             return False
         chosen = list(itertools.islice(waiting, CHUNK)) if keys is None else [k for k in keys if k in waiting]
         taken = {key: waiting.pop(key) for key in chosen}
+        deadline = deadline or self.guard.deadlines.write
         requests: list[AppendRequest] = []
-        told: list[tuple[StreamKey, Session, str]] = []  # each tab, and the epoch it was told of
+        told: list[tuple[StreamKey, Session, str]] = []  # each tab, and the epochs it was told of
         for key, entry in taken.items():
-            epochs: dict[str, str] = {}  # epoch missed in -> a connection that missed frames in it
+            missed: dict[str, str] = {}  # epochs missed in ("a,b": one of them) -> a connection that missed frames
             for session in entry.tabs:
-                epoch = session.unlogged.get(key)
-                if epoch is not None:  # (else its own next frame started the new epoch)
-                    epochs.setdefault(epoch, session.id)
-                    told.append((key, session, epoch))
-            for epoch, connection in entry.gone.items():
-                epochs.setdefault(epoch, connection)
-            if len(epochs) > 1:
-                epochs.pop("", None)  # an epoch named is the one to leave, if any is; "" would start a second
-            requests += [AppendRequest(key, [], reset=True, reset_epoch=e, connection=c) for e, c in epochs.items()]
+                epochs = session.unlogged.get(key)
+                if epochs is not None:  # (else its own next frame started the new epoch)
+                    missed.setdefault(epochs, session.id)
+                    told.append((key, session, epochs))
+            for epochs, connection in entry.gone.items():
+                missed.setdefault(epochs, connection)
+            if not missed:
+                continue
+            # one reset: the stream is in one of the epochs named at most; "" (whatever it is) only
+            # when none is named, or it would start a second one
+            named = list(dict.fromkeys(e for epochs in missed if epochs for e in epochs.split(",")))
+            requests.append(
+                AppendRequest(
+                    key,
+                    [],
+                    reset=True,
+                    reset_epoch=",".join(named),
+                    connection=next(iter(missed.values())),
+                    within_ms=int(deadline.seconds * 1000),  # (given up on, it must not land later)
+                    fresh_epoch=new_epoch(),
+                )
+            )
         if not requests:
             return True
-        deadline = deadline or self.guard.deadlines.write
-        not_after = self.guard.log.now_ms() + int(deadline.seconds * 1000) + LATE_MARGIN_MS
-        for request in requests:
-            request.not_after_ms = not_after  # (given up on, it must not land later: see AppendRequest)
         try:
             results = await self.guard.call(deadline, self.guard.log.append, requests)
         except LogUnavailable:
-            for key, entry in taken.items():
-                self._put_back(key, entry)
+            for request in requests:  # (it may have landed all the same: its epoch is repaired too)
+                self._put_back(request.key, taken[request.key], request.fresh_epoch)
             return False
         failed = {request.key for request, result in zip(requests, results, strict=True) if result.failed is not None}
         for key in failed:  # (that stream alone: its tabs' next frames start the new epoch)
@@ -128,15 +139,21 @@ class Repairs:
             session.skipped.pop(key, None)
         return True
 
-    def _put_back(self, key: StreamKey, entry: _Waiting) -> None:
-        """A repair that did not reach the log waits again (with what came for it meanwhile)."""
+    def _put_back(self, key: StreamKey, entry: _Waiting, fresh_epoch: str) -> None:
+        """A repair that got no answer waits again (with what came for it meanwhile), naming the
+        epoch it would have started as well: it may have landed after all."""
+        for session in entry.tabs:
+            epochs = session.unlogged.get(key)
+            if epochs is not None:
+                session.unlogged[key] = with_epoch(epochs, fresh_epoch)
+        entry.gone = {with_epoch(epochs, fresh_epoch): connection for epochs, connection in entry.gone.items()}
         now = self.waiting.get(key)
         if now is None:
             self.waiting[key] = entry
             return
         now.tabs.update(entry.tabs)
-        for epoch, connection in entry.gone.items():
-            now.gone.setdefault(epoch, connection)
+        for epochs, connection in entry.gone.items():
+            now.gone.setdefault(epochs, connection)
 
     async def _in_background(self) -> None:
         """Repair what waits, a chunk per call, once the log may answer again."""

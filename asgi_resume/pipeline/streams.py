@@ -16,7 +16,7 @@ import contextlib
 
 from asgi_resume.guard import Deadline
 from asgi_resume.log import AppendRequest, LogUnavailable, StreamKey
-from asgi_resume.log.base import LATE_MARGIN_MS
+from asgi_resume.log.base import new_epoch, with_epoch
 from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.pipeline.session import Session
 from asgi_resume.pipeline.units import EventUnit, by_content
@@ -115,10 +115,10 @@ class StreamWriter:
             if not pending:
                 return
         requests = [self._request(key, group) for key, group in pending.items()]
-        if ends is not None:  # a call given up on must never land later, out of place (see AppendRequest)
-            not_after = self.log.now_ms() + int(max(0.0, ends - loop.time()) * 1000) + LATE_MARGIN_MS
+        if ends is not None:  # a call given up on must not land later, out of place (see AppendRequest)
+            within_ms = int(max(0.0, ends - loop.time()) * 1000)
             for request in requests:
-                request.not_after_ms = not_after
+                request.within_ms, request.fresh_epoch = within_ms, new_epoch()
         stats.log_writes += 1
         try:
             if ends is None:  # the in-process log neither fails nor waits: no guard, no timer, no company
@@ -206,23 +206,28 @@ class StreamWriter:
     def _unlogged(self, by_key: dict[StreamKey, list[EventUnit]], sent: list[AppendRequest] | None = None) -> None:
         """The log missed these frames: they go out unstamped, and the streams get a new epoch.
 
-        ``sent``: the requests of a call that failed or timed out, which may still land. Streams of
-        a namespace this connection left meanwhile are the tabs' that stayed to log, but such a
-        call that followed the stream could land after its release and clear the flag: that
-        stream gets a new epoch if it is still in the one the call followed.
+        ``sent``: the requests of a call that timed out, which may have landed all the same (its
+        answer, or Redis, was slow): the epoch it would have started is repaired too, as the one
+        the connection knew. Streams of a namespace this connection left meanwhile are the tabs'
+        that stayed to log, but such a call that followed the stream could land after its release
+        and clear the flag: that stream gets a new epoch if it is still in the one the call followed.
         """
         session, recent, stats = self.session, self.runtime.recent, self.runtime.stats
+        requests = {request.key: request for request in sent} if sent else {}
         missed = []
         for key, group in by_key.items():
             stats.frames_unstamped += len(group)
             recent.forget(key)  # (its history here has a hole: the log numbers what comes next)
+            request = requests.get(key)
             if session.departed and not session.still_in(key):
-                epoch = next((request.cursor_epoch for request in sent or () if request.key == key), None)
+                epoch = request.cursor_epoch if request is not None else None
                 if not epoch:
                     continue
                 session.unlogged.setdefault(key, epoch)
             else:
                 session.forget(key)
+            if request is not None and request.fresh_epoch:
+                session.unlogged[key] = with_epoch(session.unlogged[key], request.fresh_epoch)
             missed.append(key)
         self.runtime.repairs.missed(session, missed)
 

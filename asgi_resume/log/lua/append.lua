@@ -18,10 +18,10 @@ local frames = cmsgpack.unpack(ARGV[10]) -- digest, done ('1'/'0'), received at 
 local skipped = cmsgpack.unpack(ARGV[11]) -- seqs this connection passed over
 local copy_window_ms = tonumber(ARGV[12]) -- copies of one emit arrive within this of each other
 local held = ARGV[13] == '1' -- a held connection logs, but takes nothing over from anyone
-local reset_epoch = ARGV[14] -- reset only a stream still in this epoch ('': whatever its epoch)
-local not_after = tonumber(ARGV[15]) -- ms: its caller gave up on it then (0: no limit)
+local reset_epoch = ARGV[14] -- reset only a stream still in one of these epochs (a,b,..; '': whatever it is)
+local not_after = tonumber(ARGV[15]) -- ms: its caller gives up on it then (0: never)
 -- Returns {epoch, others_ms, seq...}: a seq per frame (negative: the out-of-order copy's seq); or
--- {'late'}, writing nothing, when it runs after not_after (a paused Redis running what it queued).
+-- {'late'}, writing nothing, when it would run after not_after (a paused Redis running what it queued).
 
 local clock = redis.call('TIME')
 local now = clock[1] * 1000 + math.floor(clock[2] / 1000)
@@ -71,7 +71,8 @@ local state = redis.call('HMGET', meta, 'epoch', 'seq', 'done', 'orphaned', 'by'
 local epoch, last, done = state[1], tonumber(state[2]), state[3] == '1'
 local continuous = epoch and cursor_epoch == epoch -- this connection has followed this history
 -- An orphaned stream (a connection left it mid-stream) picked up by a newcomer may have lost frames.
-local broken = reset and (reset_epoch == '' or reset_epoch == epoch)
+local broken = reset and (reset_epoch == '' or (epoch and string.find(',' .. reset_epoch .. ',', ',' .. epoch .. ',',
+  1, true) ~= nil))
 local after_break = false -- this epoch replaces one whose history broke: the stream began before it
 if not epoch or broken or (state[4] and not continuous) then
   -- the stream began before this epoch if one is replaced, or if the caller knew an epoch of it
