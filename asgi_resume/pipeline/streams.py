@@ -115,8 +115,10 @@ class StreamWriter:
             if not pending:
                 return
         requests = [self._request(key, group) for key, group in pending.items()]
+        remaining = 0.0
         if ends is not None:  # a call given up on must not land later, out of place (see AppendRequest)
-            within_ms = int(max(0.0, ends - loop.time()) * 1000)
+            remaining = max(0.0, ends - loop.time())
+            within_ms = int(remaining * 1000)
             for request in requests:
                 request.within_ms, request.fresh_epoch = within_ms, new_epoch()
         stats.log_writes += 1
@@ -126,7 +128,7 @@ class StreamWriter:
             else:
                 session.calling = True  # (what a release of its streams waits for: see release())
                 try:
-                    results = await guard.call(Deadline(max(0.0, ends - loop.time())), runtime.appends.append, requests)
+                    results = await guard.call(Deadline(remaining), runtime.appends.append, requests)
                 finally:
                     session.calling = False
                     if session.call_answered is not None:
