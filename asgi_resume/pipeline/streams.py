@@ -27,6 +27,7 @@ class StreamWriter:
         self.runtime = runtime
         self.session = session
         self.log = runtime.log
+        self._waiting_repairs = runtime.repairs.waiting  # (the same dict for the process's life: hot)
         self._held = False
 
     @property
@@ -77,7 +78,7 @@ class StreamWriter:
             self._unlogged(pending)
             return
         if (
-            units[0].copy and not self._held and not runtime.repairs.waiting
+            units[0].copy and not self._held and not self._waiting_repairs
         ):  # copies of entries logged here a moment ago
             self._known(pending)
             if not pending:
@@ -104,7 +105,7 @@ class StreamWriter:
                     session.placed(key, *where)
         # one deadline for the batch's log calls, a repair and the append (the in-process log gets no timer)
         ends = None if synchronous else loop.time() + wait
-        if runtime.repairs.waiting:  # streams of the batch the log missed frames of start a new epoch first
+        if self._waiting_repairs:  # streams of the batch the log missed frames of start a new epoch first
             await runtime.repairs.repair(Deadline(wait if ends is None else max(0.0, ends - loop.time())), pending)
             if not guard.available():  # the repair found the log still failing
                 self._unlogged(pending)

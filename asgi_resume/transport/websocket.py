@@ -75,6 +75,7 @@ class WebSocketConnection:
         existing = sessions.get(self.sid) if self.sid else None
         self.outbound = existing or new_session(runtime, scope)
         self.session = self.outbound.session
+        self._batch = self.outbound.batch  # (hot: asked for every frame)
         self.probe = UpgradeProbe(existing is not None)
         if existing is None:
             self.session.upgraded = True  # a websocket from the start
@@ -145,12 +146,12 @@ class WebSocketConnection:
             return
         self._feed(item)
         if self._draining:
-            if outbound.batch.pending() < OUTBOX_SIZE:
+            if self._batch.pending() < OUTBOX_SIZE:
                 return  # our drain sends it after what it is sending now
             async with outbound.lock:  # too much waiting: python-engineio's writer waits for it
                 await self._drain()
             return
-        if outbound.batch.needs_log(answer_deferred=not self.probe.active) and (
+        if self._batch.needs_log(answer_deferred=not self.probe.active) and (
             self._gap < LINGER_BELOW_S or not self.runtime.log.synchronous
         ):
             self._enqueue_nowait(_NUDGE)  # the writer logs it, with whatever comes meanwhile
@@ -171,9 +172,9 @@ class WebSocketConnection:
         self._draining = True
         try:
             answer_deferred = not self.probe.active
-            while outbound.batch.pending(answer_deferred=answer_deferred):
-                if outbound.batch.needs_log(answer_deferred=answer_deferred) and self._gap < LINGER_BELOW_S:
-                    await linger(outbound.batch)
+            while self._batch.pending(answer_deferred=answer_deferred):
+                if self._batch.needs_log(answer_deferred=answer_deferred) and self._gap < LINGER_BELOW_S:
+                    await linger(self._batch)
                 await outbound.send(self._deliver_all, answer_deferred=answer_deferred)
         finally:
             self._draining = False
@@ -268,7 +269,7 @@ class WebSocketConnection:
                     # python-engineio refuses the session's POSTs from when it reads this UPGRADE,
                     # in the same step: until then they are read here, as every POST is
                     self.session.upgraded = True
-                    if self.outbound.batch.has_deferred():
+                    if self._batch.has_deferred():
                         await self._enqueue(_NUDGE)
             elif message["type"] == "websocket.disconnect":
                 self.client_gone = True
