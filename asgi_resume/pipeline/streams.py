@@ -77,9 +77,8 @@ class StreamWriter:
         if not (synchronous or guard.available()):  # it failed a moment ago: do not wait on it
             self._unlogged(pending)
             return
-        if (
-            units[0].copy and not self._held and not self._waiting_repairs
-        ):  # copies of entries logged here a moment ago
+        # copies of entries logged here a moment ago (none while streams wait for their repair)
+        if units[0].copy and not self._held and not self._waiting_repairs:
             self._known(pending)
             if not pending:
                 return
