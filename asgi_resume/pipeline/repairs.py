@@ -11,9 +11,9 @@ which timed out may have started all the same) and starts a new one only if the 
 in one of them, so the second of two tabs that missed the same frames starts nothing new. A
 connection that had no cursor (it missed its first frames of the stream) names no epoch: its reset
 starts a new one whatever the stream's is, and goes only when no other names one. One call sends
-one reset per stream. A connection that closes before its streams
-are repaired is let go: its streams are repaired without it (the epoch it missed frames in, and
-its id, kept), so that nobody goes on in them across what it missed.
+one reset per stream. A connection that closes before its streams are repaired is let go: its
+streams are repaired without it (the epochs it missed frames in, and its id, kept), so that nobody
+goes on in them across what it missed.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class _Waiting:
     """One stream waiting for its new epoch."""
 
     tabs: dict[Session, None] = field(default_factory=dict)  # live connections that missed frames of it
-    gone: dict[str, str] = field(default_factory=dict)  # of those that closed since: epoch missed in -> id
+    gone: dict[str, str] = field(default_factory=dict)  # of those that closed since: epochs missed in -> id
 
 
 class Repairs:

@@ -126,7 +126,7 @@ class StreamWriter:
             if ends is None:  # the in-process log neither fails nor waits: no guard, no timer, no company
                 results = await self.log.append(requests)
             else:
-                session.calling = True  # (what a release of its streams waits for: see release())
+                session.calling = True  # (what a release of its streams waits for: see flag_streams())
                 try:
                     results = await guard.call(Deadline(remaining), runtime.appends.append, requests)
                 finally:
@@ -255,10 +255,10 @@ class StreamWriter:
         without having followed it starts a new epoch, and a resume meanwhile says ``gap``. This
         connection's own next append continues the epoch (it follows the stream) and unflags it."""
         orphaned = self.session.active_streams(self.runtime.settings.hold_idle, last_seen)
-        return orphaned if await release(self.runtime, self.session, orphaned) else []
+        return orphaned if await flag_streams(self.runtime, self.session, orphaned) else []
 
 
-async def release(runtime: Runtime, session: Session, keys: list[StreamKey]) -> bool:
+async def flag_streams(runtime: Runtime, session: Session, keys: list[StreamKey]) -> bool:
     """Flag ``keys`` in the log as left in flight by ``session``'s connection: whoever logs one next
     without having followed it starts a new epoch. False: nothing to flag, or the log did not hear
     it (a newcomer then continues the epoch: what was lost meanwhile is not flagged).
@@ -289,7 +289,7 @@ async def release_left(runtime: Runtime, session: Session, left: dict[StreamKey,
     with the epoch it followed it in). If the log does not hear it, they are repaired as streams
     it missed frames of once it answers (a new epoch if still in that one): nobody here goes on
     in them, and a newcomer must not either."""
-    if not left or await release(runtime, session, list(left)):
+    if not left or await flag_streams(runtime, session, list(left)):
         return
     missed = [key for key, epoch in left.items() if epoch]
     for key in missed:
