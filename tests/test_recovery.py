@@ -21,8 +21,9 @@ from asgi_resume.log import AppendRequest, AppendResult, LogUnavailable
 from asgi_resume.log.base import COPY_WINDOW_MS, SessionAppend, SessionAppendResult
 from asgi_resume.log.memory import MemoryLog
 from asgi_resume.pipeline.recovery_replay import duplicate, replay_frames
+from asgi_resume.pipeline.recovery_state import RecoveryState
 from asgi_resume.pipeline.runtime import Runtime
-from asgi_resume.pipeline.session import RecoveryState, Session
+from asgi_resume.pipeline.session import Session
 from asgi_resume.pipeline.units import EventUnit
 from tests.support.app import PacedStream, chat_event, emit_tokens, make_app, make_sio, room_of
 from tests.support.node import NodeClient

@@ -15,9 +15,10 @@ import logging
 
 from asgi_resume import protocol
 from asgi_resume.pipeline.recovery import Recovery
+from asgi_resume.pipeline.recovery_state import RecoveryState
 from asgi_resume.pipeline.resume import RATE_LIMITED, Refusal, ResumeRequest, parse_request
 from asgi_resume.pipeline.runtime import Runtime
-from asgi_resume.pipeline.session import RecoveryState, Session
+from asgi_resume.pipeline.session import Session
 from asgi_resume.pipeline.streams import release_left
 from asgi_resume.protocol.recovery import strip_connect
 
@@ -59,7 +60,7 @@ async def inspect(runtime: Runtime, session: Session, frame: str) -> ResumeReque
             session.drop_attachments += packet.attachments  # they follow it: not the app's either
             return ResumeRequest(packet.namespace, packet.ack_id, error="a resume request carries no binary data")
         request = parse_request(packet, runtime.stream_key)
-        allowed = session.may_resume(runtime.settings.resume_limit)
+        allowed = session.resume_bucket.take(runtime.settings.resume_limit)
         if not allowed:
             refusal: Refusal = "rate_limited" if allowed is False else "flooded"
             return dataclasses.replace(request, error=RATE_LIMITED, refusal=refusal)

@@ -23,8 +23,9 @@ from asgi_resume import protocol
 from asgi_resume.log import LogUnavailable
 from asgi_resume.log.base import Note, Payload, SessionAppend, new_generation
 from asgi_resume.pipeline.recovery_replay import duplicate, replay_frames
+from asgi_resume.pipeline.recovery_state import RecoveryState
 from asgi_resume.pipeline.runtime import Runtime
-from asgi_resume.pipeline.session import RecoveryState, Session
+from asgi_resume.pipeline.session import Session
 from asgi_resume.pipeline.units import EventUnit, Outgoing
 from asgi_resume.protocol.recovery import PID_FIELD, UNLOGGED_OFFSET, new_pid, offset
 

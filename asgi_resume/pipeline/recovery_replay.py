@@ -14,8 +14,9 @@ from typing import Any
 from asgi_resume import protocol
 from asgi_resume.log import StreamKey
 from asgi_resume.log.base import COPY_WINDOW_MS
+from asgi_resume.pipeline.recovery_state import RecoveryState
 from asgi_resume.pipeline.runtime import Runtime
-from asgi_resume.pipeline.session import RecoveryState, Session
+from asgi_resume.pipeline.session import Session
 from asgi_resume.pipeline.units import EventUnit, Outgoing, stamp_fields
 from asgi_resume.protocol.recovery import offset
 

@@ -4,7 +4,9 @@ Owns: what the middleware remembers about one connection: who it is (per namespa
 bound when the app accepts the CONNECT, never changed after), where it stands in each
 stream key's log (cursors, and the entries it passed over), what it was replayed, which
 streams are in flight, which of the app's calls its client has not answered yet, and, on
-long-polling, whether its client is still there.
+long-polling, whether its client is still there. Its resume rate limit is a
+:class:`~asgi_resume.pipeline.rate_limit.ResumeBucket`, its recovery per namespace a
+:class:`~asgi_resume.pipeline.recovery_state.RecoveryState`.
 Must not touch: I/O of any kind.
 """
 
@@ -18,9 +20,9 @@ from dataclasses import dataclass, field
 from starlette.types import Scope
 
 from asgi_resume.log.base import StreamKey
+from asgi_resume.pipeline.rate_limit import ResumeBucket
+from asgi_resume.pipeline.recovery_state import RecoveryState
 from asgi_resume.pipeline.resume import ResumeRequest
-from asgi_resume.pipeline.units import EventUnit
-from asgi_resume.protocol.recovery import ClaimRequest
 
 _AMBIGUOUS = "\x00ambiguous"  # a pending CONNECT whose principal cannot be known (never a hash)
 SKIPPED_KEPT = 64  # entries a connection passed over, remembered per stream key (the log looks 64 ahead)
@@ -33,29 +35,6 @@ STREAMS_KEPT = 1024
 #: have, and an app with dynamic namespaces may accept any): past it, or for a longer name, a
 #: CONNECT binds nobody and nothing is kept for it
 MAX_NAMESPACES, MAX_NAMESPACE_CHARS = 64, 1024
-
-
-@dataclass(eq=False, slots=True)
-class RecoveryState:
-    """Recovery in one namespace of one connection."""
-
-    namespace: str
-    connect_ms: int  # when the client's CONNECT came in, on the log's clock
-    claim: ClaimRequest | None = None
-    awaiting_reply: bool = True  # until the app's CONNECT reply: frames wait, to follow the replay
-    before_reply: list[EventUnit] = field(default_factory=list)  # frames waiting for the CONNECT reply
-    pid: str = ""
-    gen: str = ""
-    logging: bool = False  # the session log takes this connection's events
-    left_cleanly: bool = False  # the client said goodbye (DISCONNECT or CLOSE): nothing to recover
-    loss_untold: bool = False  # an event it sent is in no log (a write failed), and the log was not told yet
-    #: replayed events the new connection may repeat: digest -> when each such copy was received
-    duplicates: dict[str, list[int]] = field(default_factory=dict)
-    duplicates_until: float = 0.0
-
-    @property
-    def recoverable(self) -> bool:
-        return self.logging and not self.left_cleanly
 
 
 class Polling:
@@ -103,30 +82,7 @@ class Session:
     upgraded: bool = False  # on a websocket for good: python-engineio refuses its polling requests
     polling: Polling | None = None  # a session that began on long-polling
     drop_attachments: int = 0  # binary frames still to come of an inbound request the app never sees
-    resume_tokens: float = -1.0  # the resume rate limit's bucket (-1: full, not yet used)
-    resume_refilled: float = 0.0
-    resume_refusals: float = 0.0  # rate_limited answers sent lately (they refill like the tokens)
-
-    def may_resume(self, limit: int, per_s: float = 10.0) -> bool | None:
-        """A token bucket: ``limit`` requests, refilled at ``limit`` per ``per_s`` seconds.
-
-        True: go on; False: answer that it is rate limited; None: past as many refusals again, drop
-        it unanswered (a flood must not make the middleware send one answer per request).
-        """
-        now = time.monotonic()
-        if self.resume_tokens < 0:
-            self.resume_tokens, self.resume_refilled = float(limit), now
-        refill = (now - self.resume_refilled) * limit / per_s
-        self.resume_tokens = min(float(limit), self.resume_tokens + refill)
-        self.resume_refusals = max(0.0, self.resume_refusals - refill)
-        self.resume_refilled = now
-        if self.resume_tokens >= 1:
-            self.resume_tokens -= 1
-            return True
-        if self.resume_refusals >= limit:
-            return None
-        self.resume_refusals += 1
-        return False
+    resume_bucket: ResumeBucket = field(default_factory=ResumeBucket)  # its resume requests' rate limit
 
     def principal_for(self, namespace: str) -> str | None:
         return self.principals.get(namespace)

@@ -6,14 +6,12 @@ reach the app; CONNECT auth names the principal), and, while a connection is hel
 (:mod:`asgi_resume.transport.holds`) after its client left, answering the app's pings and telling the app
 at the end. Must not touch: what a frame means (``outbound``), storage (``log``), when a hold
 ends (``holds``), when an upgrade's probe becomes the transport (``upgrade``), how long a batch
-waits for more frames (``linger``).
+waits for more frames (``linger``), the queue to the writer (``outbox``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import enum
 import logging
 import time
 from typing import assert_never
@@ -28,22 +26,14 @@ from asgi_resume.pipeline.units import Incoming, Outgoing, Passthrough
 from asgi_resume.transport.engineio import EngineIOSessions, client_frame, new_session, query_param
 from asgi_resume.transport.holds import Hold, Holds, HoldState
 from asgi_resume.transport.linger import LINGER_BELOW_S, linger
+from asgi_resume.transport.outbox import END, NUDGE, OUTBOX_SIZE, Outbox, Signal
 from asgi_resume.transport.tcp import disable_nagle
 from asgi_resume.transport.upgrade import UpgradeProbe
 
 logger = logging.getLogger("asgi_resume")
 
-OUTBOX_SIZE = 1024  # frames queued per connection before python-engineio's writer for it waits
 SERVER_GOING_AWAY = 1012  # uvicorn closes websockets with it on shutdown
 _PONG: Message = {"type": "websocket.receive", "text": protocol.EIO_PONG}
-
-
-class _Signal(enum.Enum):
-    END = "end"  # queued after the app returns: the writer ends once it has sent what came before
-    NUDGE = "nudge"  # frames were fed that need the log: the writer sends them
-
-
-_END, _NUDGE = _Signal.END, _Signal.NUDGE
 
 
 def _ends_connection(item: Outgoing) -> bool:
@@ -81,8 +71,7 @@ class WebSocketConnection:
             self.session.upgraded = True  # a websocket from the start
         self.accepted = False
         self.client_gone = False
-        # asyncio's queue, not an anyio stream: it costs no checkpoint per frame on the hot path
-        self._outbox: asyncio.Queue[Incoming | _Signal] = asyncio.Queue(OUTBOX_SIZE)
+        self._outbox = Outbox()
         self._to_app, self._from_hold = anyio.create_memory_object_stream[Message](8)
         self.holds = holds
         self.hold = Hold(holds, self.session, self.outbound.recovery)
@@ -98,7 +87,7 @@ class WebSocketConnection:
                 try:
                     await self.app(self.scope, self._receive, self._send)
                 finally:
-                    await self._enqueue(_END)  # the writer sends what is queued, then ends
+                    await self._outbox.put_waiting(END)  # the writer sends what is queued, then ends
                     self.hold.end("the app ended the connection")
         finally:
             if not self.probe.active:  # (a probe that never became the transport ends nothing: polling goes on)
@@ -142,7 +131,7 @@ class WebSocketConnection:
         if not self._outbox.empty() or (outbound.lock.locked() and not self._draining):
             # items queued ahead, or another transport of this session (long-polling, before the
             # upgrade) is sending: the writer takes it in turn
-            await self._enqueue(item)
+            await self._outbox.put_waiting(item)
             return
         self._feed(item)
         if self._draining:
@@ -154,7 +143,7 @@ class WebSocketConnection:
         if self._batch.needs_log(answer_deferred=not self.probe.active) and (
             self._gap < LINGER_BELOW_S or not self.runtime.log.synchronous
         ):
-            self._enqueue_nowait(_NUDGE)  # the writer logs it, with whatever comes meanwhile
+            self._outbox.put_soon(NUDGE)  # the writer logs it, with whatever comes meanwhile
             return
         async with outbound.lock:
             await self._drain()
@@ -180,28 +169,18 @@ class WebSocketConnection:
             self._draining = False
         self.hold.wake()
 
-    async def _enqueue(self, item: Incoming | _Signal) -> None:
-        try:
-            self._outbox.put_nowait(item)
-        except asyncio.QueueFull:
-            await self._outbox.put(item)
-
-    def _enqueue_nowait(self, item: Incoming | _Signal) -> None:
-        with contextlib.suppress(asyncio.QueueFull):  # a full queue wakes the writer anyway
-            self._outbox.put_nowait(item)
-
     async def _write(self) -> None:
         outbox, outbound = self._outbox, self.outbound
         while True:
-            batch = [await outbox.get()]
+            batch = [await outbox.get()]  # (not a method of the outbox: a call less per batch)
             while not outbox.empty():
                 batch.append(outbox.get_nowait())
             async with outbound.lock:
                 for item in batch:  # nothing else feeds while the lock is held and not draining
-                    if not isinstance(item, _Signal):
+                    if not isinstance(item, Signal):
                         self._feed(item)
                 await self._drain()
-            if batch[-1] is _END:
+            if batch[-1] is END:
                 return
 
     def _register(self, opening: str) -> None:
@@ -259,7 +238,7 @@ class WebSocketConnection:
                 if isinstance(found, str):
                     message = {**message, "text": found}
                 elif found is not None:
-                    await self._enqueue(found)
+                    await self._outbox.put_waiting(found)
                     # a client's burst of requests is read one per loop iteration, between other
                     # connections' work (answering them is paced by the replay turns)
                     await asyncio.sleep(0)
@@ -270,7 +249,7 @@ class WebSocketConnection:
                     # in the same step: until then they are read here, as every POST is
                     self.session.upgraded = True
                     if self._batch.has_deferred():
-                        await self._enqueue(_NUDGE)
+                        await self._outbox.put_waiting(NUDGE)
             elif message["type"] == "websocket.disconnect":
                 self.client_gone = True
                 if self._start_hold(message):

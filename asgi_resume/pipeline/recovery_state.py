@@ -1,0 +1,36 @@
+"""What Socket.IO connection state recovery keeps for one namespace of one connection.
+
+Owns: the state's fields (the claim its CONNECT made, the session log it writes to, the frames
+waiting for the app's CONNECT reply, the replayed events the new connection may repeat).
+Must not touch: I/O (:mod:`~asgi_resume.pipeline.recovery` acts on it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from asgi_resume.pipeline.units import EventUnit
+from asgi_resume.protocol.recovery import ClaimRequest
+
+
+@dataclass(eq=False, slots=True)
+class RecoveryState:
+    """Recovery in one namespace of one connection."""
+
+    namespace: str
+    connect_ms: int  # when the client's CONNECT came in, on the log's clock
+    claim: ClaimRequest | None = None
+    awaiting_reply: bool = True  # until the app's CONNECT reply: frames wait, to follow the replay
+    before_reply: list[EventUnit] = field(default_factory=list)  # frames waiting for the CONNECT reply
+    pid: str = ""
+    gen: str = ""
+    logging: bool = False  # the session log takes this connection's events
+    left_cleanly: bool = False  # the client said goodbye (DISCONNECT or CLOSE): nothing to recover
+    loss_untold: bool = False  # an event it sent is in no log (a write failed), and the log was not told yet
+    #: replayed events the new connection may repeat: digest -> when each such copy was received
+    duplicates: dict[str, list[int]] = field(default_factory=dict)
+    duplicates_until: float = 0.0
+
+    @property
+    def recoverable(self) -> bool:
+        return self.logging and not self.left_cleanly
