@@ -14,6 +14,7 @@ import asyncio
 import itertools
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -26,6 +27,8 @@ from asgi_resume.pipeline.inbound import inspect
 from asgi_resume.pipeline.outbound import Outbound
 from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.pipeline.session import MAX_NAMESPACES, Session
+from tests.support.redis_server import RedisServer
+from tests.support.waits import until
 from tests.test_pipeline import events, send, token
 
 pytestmark = pytest.mark.anyio
@@ -143,3 +146,42 @@ async def test_a_client_that_joins_and_leaves_over_and_over_piles_up_no_recovery
             assert len(log._sessions._by_pid) == 1
     finally:
         await log.aclose()
+
+
+async def test_a_leave_the_log_did_not_hear_closes_the_session_once_it_answers(tmp_path: Path) -> None:
+    """A client that leaves a namespace on purpose has nothing to recover there: its session is
+    closed. The note used to be sent once: with Redis down at that moment (then back with its data:
+    a restart from its append-only file, a failover) the session stayed claimable for the recovery
+    window, and a claim got ``recovered`` though what the app sent after the client left is in no
+    log. Now it is sent again once the log answers."""
+    server = RedisServer(tmp_path / "down", "--appendonly", "yes", "--appendfsync", "always").start()
+    log = RedisLog.from_url(server.url, prefix="leave")
+    rt = Runtime(Settings.load({}, recovery=True, write_timeout=0.2), log)
+    client = connection(rt)
+    try:
+        await join(client)
+        pid = pid_of(await join(client, "/admin"))
+        assert pid
+        sent = await send(client, protocol.event("note", {"n": 1}, namespace="/admin"))
+        last_offset = json.loads(sent[0][len("42/admin,") :])[-1]  # type: ignore[index]
+        meta = log.session_keys(pid)[0]
+        assert await log.client.exists(meta)
+
+        server.kill()  # Redis is down when the client leaves: the note of the leave fails
+        await inspect(rt, client.session, "41/admin,")
+        await until(lambda: rt.stats.log_failures > 0, 20)
+        server.start()  # back, with the session (its append-only file)
+
+        async def closed() -> bool:
+            return not await log.client.exists(meta)
+
+        await until(closed, 20)  # the note is sent again after the guard's retry pause
+
+        again = connection(rt)
+        auth = {"token": "alice", "pid": pid, "offset": last_offset}
+        await inspect(rt, again.session, "40/admin," + json.dumps(auth))
+        reply = await send(again, '40/admin,{"sid":"s2"}')
+        assert pid_of(reply) != pid  # a normal connect, not "recovered"
+    finally:
+        server.stop()
+        await rt.aclose()

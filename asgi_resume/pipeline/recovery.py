@@ -14,12 +14,14 @@ connection go. Must not touch: transports, the per-stream log.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
 import anyio
 
 from asgi_resume import protocol
+from asgi_resume.guard import RETRY_AFTER_S
 from asgi_resume.log import LogUnavailable
 from asgi_resume.log.base import Note, Payload, SessionAppend, new_generation
 from asgi_resume.pipeline.recovery_replay import duplicate, replay_frames
@@ -245,7 +247,25 @@ class Recovery:
         leaves over and over must not pile up sessions kept for the stream ttl)."""
         state = self.states.pop(namespace, None)
         if state is not None and state.pid:
-            self.runtime.in_background(self._note(state, "closed"))
+            self.runtime.in_background(self._close(state))
+
+    async def _close(self, state: RecoveryState) -> None:
+        """Close ``state``'s session in the log, again after each failure for as long as a claim of
+        it could succeed (the recovery window after its last event): left open, it would answer a
+        claim ``recovered`` while what the app sent after the client left is in no log."""
+        runtime = self.runtime
+        guard, give_up = runtime.guard, time.monotonic() + runtime.settings.recovery_window
+        while not runtime.closing:
+            try:
+                await guard.call(
+                    guard.deadlines.recovery, runtime.log.session_note, state.pid, "closed", state.gen, self.session.id
+                )
+                return
+            except LogUnavailable:
+                if time.monotonic() >= give_up:
+                    logger.warning("recovery session %s could not be closed: the log did not answer", state.pid)
+                    return
+                await asyncio.sleep(RETRY_AFTER_S)
 
     async def _note(self, state: RecoveryState, action: Note) -> bool:
         """Tell the log about ``state``'s session; True when another connection claimed it."""
