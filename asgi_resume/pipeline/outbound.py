@@ -169,7 +169,7 @@ class Outbound:
         recovery = self.recovery
         if recovery is not None:
             recovering = [u for u in units[start:stop] if isinstance(u, EventUnit) and u.recover and not u.offset]
-            await recovery.log(recovering, taken_ms)
+            await recovery.log(recovering, taken_ms, held=self.held)
         # Frames of a stream that this batch also resumes wait for the replay, which
         # carries them; what it does not carry goes out right after it.
         session = self.session

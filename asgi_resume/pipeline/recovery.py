@@ -69,11 +69,15 @@ class Recovery:
         state = self.states.get(packet.namespace)
         return packet if state is not None and state.awaiting_reply else None
 
-    async def log(self, units: list[EventUnit], flushed_ms: int, *, create: tuple[str, ...] = ()) -> None:
+    async def log(
+        self, units: list[EventUnit], flushed_ms: int, *, create: tuple[str, ...] = (), held: bool = False
+    ) -> None:
         """Give each unit its offset: log it in its namespace's session (one round trip in all).
 
         ``flushed_ms``: every frame this connection got before then is in ``units`` or was logged
-        before (a claim waits for that to pass its own time before it reads).
+        before (a claim waits for that to pass its own time before it reads). ``held``: the
+        connection is held (its client left): the frames' objects are kept for a claim here
+        (:mod:`~asgi_resume.pipeline.held_frames`).
         """
         by_ns: dict[str, list[EventUnit]] = {ns: [] for ns in create}
         for unit in units:
@@ -111,6 +115,11 @@ class Recovery:
                 state.logging = False  # the session is another connection's, and was read
             for i, unit in enumerate(group):
                 unit.offset = offset(state.gen, result.numbers[i]) if i < len(result.numbers) else UNLOGGED_OFFSET
+            if held and result.status != "gone":
+                numbered = [
+                    (n, u.emitted) for n, u in zip(result.numbers, group, strict=False) if u.emitted is not None
+                ]
+                self.runtime.held_frames.logged(state.pid, state.gen, numbered)
         if any(state.loss_untold for state in self.states.values()):
             await self._tell_losses()
 
@@ -199,7 +208,8 @@ class Recovery:
             logger.info("recovery of session %s…: its frames after the offset are gone", claim.pid[:6])
             return False, []
         state.pid = claim.pid
-        return True, replay_frames(runtime, session, state, claim.gen, read.frames)
+        objects = runtime.held_frames.take(claim.pid, claim.gen)  # (when the previous connection is held here)
+        return True, replay_frames(runtime, session, state, claim.gen, read.frames, objects)
 
     # -- the previous connection's side ---------------------------------------------------------
 
@@ -235,6 +245,8 @@ class Recovery:
         await self._tell_losses()
         taken = True
         for state in self.states.values():
+            if action == "closed":
+                self.runtime.held_frames.ended(state.pid, state.gen)
             if not state.pid or (action == "state" and not state.recoverable):
                 continue
             if not await self._note(state, action):
@@ -247,6 +259,7 @@ class Recovery:
         leaves over and over must not pile up sessions kept for the stream ttl)."""
         state = self.states.pop(namespace, None)
         if state is not None and state.pid:
+            self.runtime.held_frames.ended(state.pid, state.gen)
             self.runtime.in_background(self._close(state))
 
     async def _close(self, state: RecoveryState) -> None:

@@ -24,9 +24,18 @@ DUPLICATES_FOR_S = 5.0  # how long after a recovery a replayed event may still a
 
 
 def replay_frames(
-    runtime: Runtime, session: Session, state: RecoveryState, gen: str, entries: list[tuple[int, int, Any]]
+    runtime: Runtime,
+    session: Session,
+    state: RecoveryState,
+    gen: str,
+    entries: list[tuple[int, int, Any]],
+    objects: dict[int, str] | None = None,
 ) -> list[Outgoing]:
-    """The missed events with their old offsets; note them so live copies are not sent twice."""
+    """The missed events with their old offsets; note them so live copies are not sent twice.
+
+    ``objects``: number -> the app's frame object, for the entries a held connection here logged
+    (their live copies are that object: see :mod:`~asgi_resume.pipeline.held_frames`)."""
+    objects = objects or {}
     out: list[Outgoing] = []
     rules = runtime.rules
     principal = session.principal_for(state.namespace)
@@ -50,7 +59,7 @@ def replay_frames(
                 live = _unstamped(text, seq, epoch)
         if live is not None:  # dropped if it comes: matched by content
             unit = EventUnit(live, state.namespace, 0, received_ms, attachments=attachments)
-            state.duplicates.setdefault(unit.digest(), []).append(received_ms)
+            state.duplicates.setdefault(unit.digest(), []).append((received_ms, objects.get(n)))
     state.duplicates_until = time.monotonic() + DUPLICATES_FOR_S
     runtime.stats.frames_recovered += len(entries)
     return out
@@ -60,7 +69,8 @@ def duplicate(session: Session, unit: EventUnit) -> bool:
     """An event the recovery replay already carried, arriving again on the new connection: the
     same content, received within ``COPY_WINDOW_MS`` of the replayed one (copies of one emit
     reach a user's connections that close together; an event emitted before the new connection
-    joined its rooms never comes again, and a new one with that content is not taken for it)."""
+    joined its rooms never comes again, and a new one with that content is not taken for it).
+    Where the held connection that logged it is here, its copy is the very object it was sent."""
     state = session.recovery.get(unit.namespace)
     if state is None or not state.duplicates:
         return False
@@ -77,10 +87,15 @@ def duplicate(session: Session, unit: EventUnit) -> bool:
     received = state.duplicates.get(digest)
     if not received:
         return False
-    for i, at in enumerate(received):
-        if abs(unit.received_ms - at) <= COPY_WINDOW_MS:
-            del received[i]
-            return True
+    emitted = unit.emitted
+    for i, (at, replayed) in enumerate(received):
+        if replayed is not None and emitted is not None:
+            if replayed is not emitted:
+                continue  # another emit with the same content (one before this connection joined)
+        elif abs(unit.received_ms - at) > COPY_WINDOW_MS:
+            continue
+        del received[i]
+        return True
     return False
 
 

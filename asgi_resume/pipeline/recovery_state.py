@@ -27,8 +27,9 @@ class RecoveryState:
     logging: bool = False  # the session log takes this connection's events
     left_cleanly: bool = False  # the client said goodbye (DISCONNECT or CLOSE): nothing to recover
     loss_untold: bool = False  # an event it sent is in no log (a write failed), and the log was not told yet
-    #: replayed events the new connection may repeat: digest -> when each such copy was received
-    duplicates: dict[str, list[int]] = field(default_factory=dict)
+    #: replayed events the new connection may repeat: digest -> when each such copy was received,
+    #: and the app's object where the connection that logged it was held here
+    duplicates: dict[str, list[tuple[int, str | None]]] = field(default_factory=dict)
     duplicates_until: float = 0.0
 
     @property

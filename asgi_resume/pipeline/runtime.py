@@ -2,7 +2,8 @@
 
 Owns: the settings, the stream log and the guard every call to it goes through, the
 principal resolver and its hashing key, the repairs of streams the log missed frames of
-(:mod:`~asgi_resume.pipeline.repairs`), the
+(:mod:`~asgi_resume.pipeline.repairs`), the frame objects held connections logged for recovery
+(:mod:`~asgi_resume.pipeline.held_frames`), the
 order streams' frames reach the log in, the entries its connections logged lately, and the counters.
 Must not touch: any one connection's state.
 """
@@ -24,6 +25,7 @@ from asgi_resume.log.base import LogLimits
 from asgi_resume.log.group_commit import GroupCommit
 from asgi_resume.log.memory import MemoryLog
 from asgi_resume.log.recent import MAX_ENTRIES, RecentEntries
+from asgi_resume.pipeline.held_frames import HeldFrames
 from asgi_resume.pipeline.order import FeedOrder
 from asgi_resume.pipeline.repairs import Repairs
 from asgi_resume.pipeline.rules import Stamping, StreamRules
@@ -70,6 +72,7 @@ class Runtime:
         self.stamping_cache: dict[str, Stamping | None] = {}
         self.closing = False  # the server is going down
         self.repairs = Repairs(self.guard, self.stats)  # streams the log missed frames of, until repaired
+        self.held_frames = HeldFrames()  # what held connections here logged for recovery: the objects
         self._hinted_no_principal = False
         #: the longest polling POST body the app reads (python-engineio's max_http_buffer_size)
         self.max_post_body = DEFAULT_MAX_POST_BODY
