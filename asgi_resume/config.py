@@ -259,7 +259,7 @@ class Settings:
             try:
                 values[option.name] = option.parse(raw)
             except ValueError as exc:
-                raise ConfigError(f"{origin}: {exc} (got {raw!r})") from None
+                raise ConfigError(f"{origin}: {exc} (got {raw!r}; the setting: {option.help})") from None
             if option.name == "preset" and values["preset"] is not None:
                 preset = PRESETS[values["preset"]]
         settings = cls(**values)

@@ -73,8 +73,10 @@ def test_an_invalid_value_fails_at_startup_naming_the_variable(
     monkeypatch: pytest.MonkeyPatch, variable: str, value: str
 ) -> None:
     monkeypatch.setenv(variable, value)
-    with pytest.raises(ConfigError, match=re.escape(variable)):
+    with pytest.raises(ConfigError, match=re.escape(variable)) as raised:
         ResumeMiddleware(socketio.ASGIApp(socketio.AsyncServer(async_mode="asgi")))
+    option = next(option for option in OPTIONS if option.env == variable)
+    assert option.help in str(raised.value)  # what the setting is for, with the error
 
 
 def test_an_invalid_keyword_names_itself() -> None:

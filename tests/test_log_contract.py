@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from asgi_resume.log import AppendRequest, Entry, StreamKey, StreamLog
+from asgi_resume.log import AppendRequest, Entry, LogUnavailable, StreamKey, StreamLog
 from asgi_resume.log.base import CLAIM_SLACK_MS, LogLimits, SessionAppend
 from asgi_resume.log.memory import MemoryLog
 from asgi_resume.log.redis import RedisLog
@@ -490,3 +490,23 @@ async def test_a_reset_naming_several_epochs_starts_one_if_the_stream_is_in_any_
         [AppendRequest(key(), [], reset=True, reset_epoch=f"other1,{current}", connection="r")]
     )
     assert repaired.epoch != current
+
+
+async def test_prepare_is_harmless_twice_and_a_closed_log_fails_every_call(log: StreamLog) -> None:
+    await log.prepare()
+    await log.prepare()
+    key = StreamKey(ALICE, "/", "", "m")
+    (result,) = await log.append([AppendRequest(key, [entry(log, "a")], connection="c1")])
+    assert result.seqs == [1]
+    await log.aclose()
+    calls = [
+        log.append([AppendRequest(key, [entry(log, "b")], connection="c1")]),
+        log.replay(key, 0, None, "c1"),
+        log.release([key], "c1"),
+        log.session_claim("p" * 24, ALICE, "/", "g1", "c2", "g2", 60_000),
+        log.session_read("p" * 24, "g1", 0, False),
+        log.session_note("p" * 24, "state", "g1", "c1"),
+    ]
+    for call in calls:
+        with pytest.raises(LogUnavailable):
+            await call

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from asgi_resume import protocol
 from asgi_resume.pipeline import units
-from asgi_resume.protocol import ACK, BINARY_EVENT, CONNECT, EVENT, Packet, socketio
+from asgi_resume.protocol import ACK, BINARY_EVENT, CONNECT, EVENT, Packet, socketio, stamping
 
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text()
 json_values = st.recursive(
@@ -97,7 +97,7 @@ def test_stamp_template_sets_fields_and_keeps_the_rest(packet: Packet, seq: int,
     assert parsed is not None
     template = protocol.stamp_template(frame, parsed, ("seq", "epoch"))
     assert template is not None
-    live = protocol.parse(template.live(units.stamp_fields(seq, epoch)))
+    live = protocol.parse(template.live(stamping.stamp_fields(seq, epoch)))
     rendered = units.render([template.head, template.tail], seq, epoch)  # what a replay sends
     assert rendered is not None
     logged = protocol.parse(str(rendered[0]))

@@ -238,6 +238,8 @@ class StreamLog(Protocol):
     limits: LogLimits
     #: True when calls never wait (the in-process log): frames need no trip to the writer task
     synchronous: bool
+    #: True when other processes use it too (then they must hash principals with the same key)
+    shared: bool
 
     def now_ms(self) -> int:
         """The log's clock, in milliseconds (Redis ``TIME`` for the Redis log)."""

@@ -20,6 +20,7 @@ from asgi_resume.log.base import (
     AppendResult,
     Claim,
     LogLimits,
+    LogUnavailable,
     Note,
     Payload,
     ReplayResult,
@@ -33,6 +34,7 @@ from asgi_resume.log.memory_sessions import MemorySessions
 
 _SCAN_AHEAD = 64  # how far past a mismatch a connection looks for its frame
 _SWEEP_EVERY_MS = 1000
+_CLOSED = "the log is closed"
 
 
 @dataclass(slots=True)
@@ -109,10 +111,12 @@ class MemoryLog:
     """A :class:`~asgi_resume.log.StreamLog` in this process's memory."""
 
     synchronous = True
+    shared = False  # one process's: its connections alone see it
 
     def __init__(self, limits: LogLimits | None = None, clock: Callable[[], float] = time.time) -> None:
         self.limits = limits or LogLimits()
         self.clock = clock  # seconds since the epoch
+        self._closed = False  # (calls fail once it is closed, as the Redis log's do)
         self._streams: OrderedDict[StreamKey, _Stream] = OrderedDict()  # oldest first
         self._by_principal: dict[str, OrderedDict[StreamKey, None]] = {}  # the same, per principal
         self._sessions = MemorySessions(self.limits, self.now_ms)  # recovery sessions
@@ -158,6 +162,8 @@ class MemoryLog:
         self._sessions.sweep(now)
 
     async def append(self, requests: Sequence[AppendRequest]) -> list[AppendResult]:
+        if self._closed:
+            raise LogUnavailable(_CLOSED)
         now = self.now_ms()
         self._sweep(now)
         return [self._append(request, now) for request in requests]
@@ -212,6 +218,7 @@ class MemoryLog:
         return AppendResult(state.epoch, seqs, others)
 
     async def release(self, keys: Sequence[StreamKey], connection: str) -> None:
+        self._open()
         now = self.now_ms()
         for key in keys:
             state = self._get(key, now)
@@ -221,6 +228,7 @@ class MemoryLog:
     async def replay(
         self, key: StreamKey, after_seq: int, epoch: str | None, connection: str, limit: int | None = None
     ) -> ReplayResult:
+        self._open()
         now = self.now_ms()
         state = self._get(key, now)
         if state is None:
@@ -244,6 +252,7 @@ class MemoryLog:
     # -- recovery sessions (memory_sessions.py; lua/session_*.lua for the same rules on Redis) ---
 
     async def session_append(self, requests: Sequence[SessionAppend]) -> list[SessionAppendResult]:
+        self._open()
         now = self.now_ms()
         self._sweep(now)
         return self._sessions.append(requests, now)
@@ -251,18 +260,26 @@ class MemoryLog:
     async def session_claim(
         self, pid: str, principal: str, namespace: str, gen: str, claimer: str, new_gen: str, window_ms: int
     ) -> Claim:
+        self._open()
         return self._sessions.claim(pid, principal, namespace, gen, claimer, new_gen, window_ms)
 
     async def session_read(self, pid: str, gen: str, after: int, force: bool) -> SessionReplay:
+        self._open()
         return self._sessions.read(pid, gen, after, force)
 
     async def session_note(self, pid: str, action: Note, gen: str, owner: str) -> tuple[str, str]:
+        self._open()
         return self._sessions.note(pid, action, gen, owner)
 
     async def prepare(self) -> None:
-        pass
+        self._open()
+
+    def _open(self) -> None:
+        if self._closed:
+            raise LogUnavailable(_CLOSED)
 
     async def aclose(self) -> None:
+        self._closed = True
         self._streams.clear()
         self._by_principal.clear()
         self._sessions.clear()

@@ -43,6 +43,7 @@ class RedisLog:
     """A :class:`~asgi_resume.log.StreamLog` on Redis, Valkey or Redis Cluster."""
 
     synchronous = False
+    shared = True
 
     def __init__(self, client: Redis | RedisCluster, prefix: str = "asgi_resume", limits: LogLimits | None = None):
         self.client = client

@@ -3,7 +3,9 @@
 Owns: classifying a frame the app sends (its stream key under this connection's principal, its
 stamp template and content digest, shared by the copies of one emit through a process-wide
 cache), and what the app tells the client that the session keeps (a CONNECT's outcome, a call
-the client owes an answer). Must not touch: the log, the order of a batch, transports.
+the client owes an answer; the app disconnecting the client from a namespace flags its streams
+in flight, in the background). Must not touch: the log's calls (it reads the log's clock only),
+the order of a batch, transports.
 """
 
 from __future__ import annotations
@@ -75,9 +77,9 @@ class Classifier:
             if recover:  # a connection without a principal logs nothing: only recovery offsets
                 return EventUnit(frame, namespace, expected, self.runtime.log.now_ms(), recover=True)
             return None
-        if recovery is None or not recovery.states or frame[:1] != protocol.EIO_MESSAGE:
+        if recovery is None or not recovery.states:
             return None
-        if frame[1:2] in ("2", "5"):
+        if frame[:2] in protocol.EVENT_HEADS:
             peeked = protocol.peek(frame)
             if peeked is not None and recovery.wants(peeked.namespace, peeked.ack_id):
                 expected = peeked.attachments if peeked.type == protocol.BINARY_EVENT else 0

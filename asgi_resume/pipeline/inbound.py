@@ -5,7 +5,9 @@ principal the connection will have in that namespace once the app accepts it, an
 clock a stream's first frame is matched from; with recovery on, its ``pid`` and ``offset`` are
 taken out before the app sees it), a DISCONNECT (the client left on purpose: nothing to
 recover), an ACK (the client answered one of the app's calls), and a ``resume-stream`` EVENT (a
-:class:`ResumeRequest`, answered here, never seen by the app). Must not touch: I/O.
+:class:`ResumeRequest`, answered here, never seen by the app). Must not touch: I/O of its own
+(a DISCONNECT's flagging of the streams in flight, the session's closing and the first
+``Runtime.ready()`` go through the runtime and its guard).
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ from asgi_resume.pipeline.units import (
 
 logger = logging.getLogger("asgi_resume")
 
-_NONE_HELD: tuple[int, ...] = ()
+_NONE_WAITING: tuple[int, ...] = ()
 
 
 class Outbound:
@@ -58,7 +58,7 @@ class Outbound:
         self.recovery = Recovery(runtime, session) if runtime.settings.recovery else None
         self.lock = asyncio.Lock()  # transports of one session take turns: feed, then flush
         self.streams = StreamWriter(runtime, session)  # its side of the stream log
-        self._handed: tuple[int, tuple[int, ...]] = (0, _NONE_HELD)  # how far :meth:`send` handed its batch over
+        self._handed: tuple[int, tuple[int, ...]] = (0, _NONE_WAITING)  # how far :meth:`send` handed its batch over
         self.feeder = Feeder()  # since when it has been handing a batch to its transport, for the feed order
         #: what it was fed since its last flush (each frame classified as it comes)
         self.batch = Batch(Classifier(runtime, session, self.recovery), runtime.order, self.feeder)
@@ -103,7 +103,7 @@ class Outbound:
         units, stream_units, answers = self.batch.take(answer_deferred=answer_deferred)
         if taken_ms is None:
             taken_ms = self.log.now_ms()  # everything fed before now is in this batch
-        self._handed = (0, _NONE_HELD)  # nothing of this batch handed over yet
+        self._handed = (0, _NONE_WAITING)  # nothing of this batch handed over yet
         if not answers and self.recovery is None:  # most batches: frames only, nothing to answer (inline: hot)
             try:
                 if stream_units:
@@ -111,12 +111,16 @@ class Outbound:
                 replayed = self.session.replayed  # (empty unless this connection resumed something)
                 out: list[Outgoing] = []
                 for unit in units:
-                    if isinstance(unit, EventUnit):
-                        if not replayed or not self._replayed(unit):
-                            out += unit.frames()
-                    else:
-                        assert not isinstance(unit, ResumeRequest | ConnectReply)
-                        out.append(unit)
+                    match unit:
+                        case EventUnit():
+                            if not replayed or not self._replayed(unit):
+                                out += unit.frames()
+                        case str() | bytes() | Passthrough():
+                            out.append(unit)
+                        case ResumeRequest() | ConnectReply():  # (answers: a batch with them takes _render)
+                            raise AssertionError(f"{type(unit).__name__} in a batch of frames only")
+                        case _:
+                            assert_never(unit)
             except Exception:  # a bug here must cost the stamps, never the frames
                 logger.exception("asgi_resume failed to process a batch; sending it unchanged")
                 out = [f for unit in units for f in unprocessed(unit)]
@@ -141,8 +145,8 @@ class Outbound:
                 await self._render(units, start, len(units), taken_ms, taken, deliver)
         except Exception:  # a bug here must cost the stamps, never the frames
             logger.exception("asgi_resume failed to process a batch; sending what is left of it unchanged")
-            upto, held = self._handed
-            left = [units[index] for index in held] + units[upto:]
+            upto, waiting = self._handed
+            left = [units[index] for index in waiting] + units[upto:]
             await deliver([f for unit in left for f in unprocessed(unit)])
 
     def _timed(self, deliver: Deliver) -> Deliver:
@@ -163,8 +167,8 @@ class Outbound:
     ) -> None:
         """Render ``units[start:stop]`` and hand it to ``deliver``, in order.
 
-        ``self._handed`` follows what was handed over (every unit before an index, but those held
-        back for a replay), so a failure sends the rest unchanged and nothing twice.
+        ``self._handed`` follows what was handed over (every unit before an index, but those that
+        wait for a replay), so a failure sends the rest unchanged and nothing twice.
         """
         recovery = self.recovery
         if recovery is not None:
@@ -196,7 +200,7 @@ class Outbound:
                         out += unit.frames()
                 case ResumeRequest():
                     # what came before it goes first; then the replay, a page at a time
-                    self._handed = (i + 1, _held(waiting))
+                    self._handed = (i + 1, _waiting_for_replay(waiting))
                     if out:
                         await deliver(out)
                         out = []
@@ -205,13 +209,13 @@ class Outbound:
                     key = session.key_of(unit)
                     if key is not None and last_resume.get(key) == i:
                         for j in waiting.pop(key, ()):
-                            held = units[j]
-                            assert isinstance(held, EventUnit)
-                            if not self._replayed(held):
-                                out += held.frames()
+                            waited = units[j]
+                            assert isinstance(waited, EventUnit)
+                            if not self._replayed(waited):
+                                out += waited.frames()
                 case ConnectReply():
                     assert recovery is not None
-                    self._handed = (i, _held(waiting))
+                    self._handed = (i, _waiting_for_replay(waiting))
                     if out:
                         await deliver(out)
                     out = await recovery.reply(unit.frame, unit.packet, taken_ms)
@@ -219,7 +223,7 @@ class Outbound:
                     out.append(unit)
                 case _:
                     assert_never(unit)
-        self._handed = (stop, _NONE_HELD)  # (nothing waits past the segment's last resume request)
+        self._handed = (stop, _NONE_WAITING)  # (nothing waits past the segment's last resume request)
         if out:
             await deliver(out)
 
@@ -265,6 +269,6 @@ class Outbound:
         return flagged
 
 
-def _held(waiting: dict[StreamKey, list[int]]) -> tuple[int, ...]:
-    """The indexes of the units held back for a replay, in order."""
-    return tuple(sorted(i for held in waiting.values() for i in held)) if waiting else _NONE_HELD
+def _waiting_for_replay(waiting: dict[StreamKey, list[int]]) -> tuple[int, ...]:
+    """The indexes of the units waiting for a replay (which carries them), in order."""
+    return tuple(sorted(i for indexes in waiting.values() for i in indexes)) if waiting else _NONE_WAITING

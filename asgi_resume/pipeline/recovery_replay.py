@@ -17,8 +17,9 @@ from asgi_resume.log.base import COPY_WINDOW_MS
 from asgi_resume.pipeline.recovery_state import RecoveryState
 from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.pipeline.session import Session
-from asgi_resume.pipeline.units import EventUnit, Outgoing, stamp_fields
+from asgi_resume.pipeline.units import EventUnit, Outgoing
 from asgi_resume.protocol.recovery import offset
+from asgi_resume.protocol.stamping import unstamped
 
 DUPLICATES_FOR_S = 5.0  # how long after a recovery a replayed event may still arrive live
 
@@ -56,7 +57,7 @@ def replay_frames(
             if known is None or known[0] != epoch or known[1] < seq:
                 session.replayed_to(key, epoch, seq)
             if live is not None:
-                live = _unstamped(text, seq, epoch)
+                live = unstamped(text, seq, epoch)
         if live is not None:  # dropped if it comes: matched by content
             unit = EventUnit(live, state.namespace, 0, received_ms, attachments=attachments)
             state.duplicates.setdefault(unit.digest(), []).append((received_ms, objects.get(n)))
@@ -97,13 +98,3 @@ def duplicate(session: Session, unit: EventUnit) -> bool:
         del received[i]
         return True
     return False
-
-
-def _unstamped(text: str, seq: int, epoch: str) -> str | None:
-    """A stamped event frame as the app sent it (the stamp cut out), or ``None`` if it has none."""
-    fields = stamp_fields(seq, epoch)
-    at = text.find(fields)
-    if at < 0:
-        return None
-    rest = text[at + len(fields) :]
-    return text[:at] + (rest[1:] if rest[:1] == "," else rest)

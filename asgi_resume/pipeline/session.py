@@ -38,7 +38,7 @@ MAX_NAMESPACES, MAX_NAMESPACE_CHARS = 64, 1024
 
 
 class Polling:
-    """A long-polling session's client as the transport sees it: is it still there? (polling.py keeps it.)
+    """A long-polling session's client as the transport sees it: is it still there? (The polling modules keep it.)
 
     Frames reach the middleware only in the responses to the client's GETs: a client that stops
     polling leaves what the app sends it in python-engineio's queue, in no log. When it is gone
@@ -50,7 +50,7 @@ class Polling:
     requests: int = 0  # its requests the app is serving now
     seen_at: float = 0.0  # monotonic time the last of them ended
     timer: asyncio.TimerHandle | None = None  # fires when it has been silent for AWAY_S, then for silence_s
-    released: bool = False  # let go (until the app answers one of its requests again)
+    let_go: bool = False  # its session was let go (until the app answers one of its requests again)
     over: bool = False  # a CLOSE ended the session, one way or the other: nothing more to watch
     goodbye: bool = False  # its client POSTed a CLOSE
 

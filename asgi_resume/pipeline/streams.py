@@ -123,8 +123,8 @@ class StreamWriter:
                 request.within_ms, request.fresh_epoch = within_ms, new_epoch()
         stats.log_writes += 1
         try:
-            if ends is None:  # the in-process log neither fails nor waits: no guard, no timer, no company
-                results = await self.log.append(requests)
+            if ends is None:  # the in-process log never waits: no timer (the guard sets none), no company
+                results = await guard.call(guard.deadlines.write, self.log.append, requests)
             else:
                 session.calling = True  # (what a release of its streams waits for: see flag_streams())
                 try:

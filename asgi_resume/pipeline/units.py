@@ -21,8 +21,8 @@ from starlette.types import Message
 from asgi_resume import protocol
 from asgi_resume.log import Entry, StreamKey
 from asgi_resume.pipeline.resume import ResumeRequest
+from asgi_resume.protocol.stamping import EPOCH_FIELD, SEQ_FIELD, stamp_fields
 
-SEQ_FIELD, EPOCH_FIELD = "seq", "epoch"
 RESERVED = (SEQ_FIELD, EPOCH_FIELD)
 
 
@@ -39,10 +39,6 @@ class ConnectReply:
 
     frame: str
     packet: protocol.Packet
-
-
-def stamp_fields(seq: int, epoch: str) -> str:
-    return f'"{SEQ_FIELD}":{seq},"{EPOCH_FIELD}":"{epoch}"'
 
 
 def render(payload: list[Any], seq: int, epoch: str) -> list[str | bytes] | None:

@@ -4,9 +4,12 @@
 * :mod:`~asgi_resume.protocol.socketio`: Socket.IO packets (parse, peek, encode) and the cheap
   tests on a frame's head.
 * :mod:`~asgi_resume.protocol.stamping`: the rewrites that stamp an event and keep the app's bytes.
+* :mod:`~asgi_resume.protocol.recovery`: connection state recovery's fields (pid, offsets) and
+  the claim a reconnecting client's CONNECT auth makes.
 
 Every function is total: garbage in gives ``None`` (or the input back), never an exception.
-Everything the rest of the package knows about frames comes from here (``protocol.X``).
+Everything the rest of the package knows about frames comes from this package (``protocol.X``,
+and ``protocol.recovery`` for recovery's fields).
 """
 
 from asgi_resume.protocol.engineio import (
@@ -16,6 +19,7 @@ from asgi_resume.protocol.engineio import (
     EIO_OPEN,
     EIO_PING,
     EIO_PONG,
+    EIO_PROBE_ANSWER,
     EIO_UPGRADE,
     RECORD_SEPARATOR,
     join_payload,
@@ -66,6 +70,7 @@ __all__ = [
     "EIO_OPEN",
     "EIO_PING",
     "EIO_PONG",
+    "EIO_PROBE_ANSWER",
     "EIO_UPGRADE",
     "EVENT",
     "EVENT_HEADS",

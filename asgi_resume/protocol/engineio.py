@@ -15,6 +15,7 @@ import binascii
 EIO_OPEN, EIO_CLOSE, EIO_PING, EIO_PONG, EIO_MESSAGE, EIO_UPGRADE, EIO_NOOP = "0123456"
 
 RECORD_SEPARATOR = "\x1e"  # joins Engine.IO packets in a long-polling body
+EIO_PROBE_ANSWER = EIO_PONG + "probe"  # the server's answer to an upgrade's probe (a PING "probe")
 
 
 def split_payload(body: str) -> list[str | bytes]:

@@ -1,9 +1,9 @@
 """Stamping: the surgical rewrites of an event frame that keep the app's bytes.
 
 Owns: cutting an event frame open where ``seq``/``epoch`` go into its first argument
-(:class:`StampTemplate`), appending a last argument (a recovery offset) and setting a member of
-a CONNECT reply (its ``pid``). Must not touch: what the fields mean, I/O. Total: a frame it cannot
-cut gives ``None`` or comes back unchanged.
+(:class:`StampTemplate`), the stamp's text (and cutting it out again), appending a last argument
+(a recovery offset) and setting a member of a CONNECT reply (its ``pid``). Must not touch: what
+the fields mean, I/O. Total: a frame it cannot cut gives ``None`` or comes back unchanged.
 """
 
 from __future__ import annotations
@@ -15,6 +15,23 @@ from asgi_resume.protocol.socketio import Packet, encode
 
 _WHITESPACE = " \t\n\r"
 _decoder = json.JSONDecoder()
+
+SEQ_FIELD, EPOCH_FIELD = "seq", "epoch"  # what a stamp adds to an event's first argument
+
+
+def stamp_fields(seq: int, epoch: str) -> str:
+    """A stamp's members, as they go into the first argument (:meth:`StampTemplate.live`)."""
+    return f'"{SEQ_FIELD}":{seq},"{EPOCH_FIELD}":"{epoch}"'
+
+
+def unstamped(text: str, seq: int, epoch: str) -> str | None:
+    """A stamped event frame as the app sent it (the stamp cut out), or ``None`` if it has none."""
+    fields = stamp_fields(seq, epoch)
+    at = text.find(fields)
+    if at < 0:
+        return None
+    rest = text[at + len(fields) :]
+    return text[:at] + (rest[1:] if rest[:1] == "," else rest)
 
 
 @dataclass(frozen=True, slots=True)

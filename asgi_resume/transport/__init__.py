@@ -4,8 +4,8 @@
   and this process's sessions by sid.
 * :mod:`~asgi_resume.transport.websocket`, :mod:`~asgi_resume.transport.polling`: each transport's
   framing around the app's ``send`` and ``receive`` (with, for websockets,
-  :mod:`~asgi_resume.transport.upgrade`, :mod:`~asgi_resume.transport.linger` and
-  :mod:`~asgi_resume.transport.tcp`; for long-polling, :mod:`~asgi_resume.transport.polling_post` and
-  :mod:`~asgi_resume.transport.polling_presence`).
+  :mod:`~asgi_resume.transport.upgrade`, :mod:`~asgi_resume.transport.linger`,
+  :mod:`~asgi_resume.transport.outbox` and :mod:`~asgi_resume.transport.tcp`; for long-polling,
+  :mod:`~asgi_resume.transport.polling_post` and :mod:`~asgi_resume.transport.polling_presence`).
 * :mod:`~asgi_resume.transport.holds`: connections kept open for the app after their client left.
 """

@@ -122,7 +122,7 @@ class PollResponse:
                 # python-engineio took the packets off its queue just now (it answers a poll at once)
                 self.taken_ms = self.runtime.log.now_ms()
                 if polling is not None and not polling.over:
-                    polling.released = False  # the client is there: watch it again
+                    polling.let_go = False  # the client is there: watch it again
                 self.start = message
                 return
             if status == REFUSED and self.sid and polling is not None:

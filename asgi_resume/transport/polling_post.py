@@ -42,7 +42,7 @@ class PostResponse:
                 self.sessions.remove(self.sid or "", self.outbound)
                 await let_go(self.runtime, self.outbound, "its client said goodbye", over=True)
             elif status == 200 and not polling.over:
-                polling.released = False
+                polling.let_go = False
             elif status == REFUSED:
                 await let_go(self.runtime, self.outbound, "python-engineio refused its sid")
         await self.send(message)

@@ -52,7 +52,7 @@ class ClientRequest:
             return
         polling.requests -= 1
         polling.seen_at = time.monotonic()
-        if polling.requests or polling.over or polling.released or session.upgraded:
+        if polling.requests or polling.over or polling.let_go or session.upgraded:
             return
         away_s = min(AWAY_S, polling.silence_s) if polling.silence_s else AWAY_S
         polling.timer = asyncio.get_running_loop().call_later(away_s, self._away)
@@ -92,9 +92,9 @@ async def let_go(runtime: Runtime, outbound: Outbound, reason: str, *, over: boo
     if polling is None or session.upgraded:
         return  # on a websocket now: that transport says when it ends
     polling.over = polling.over or over
-    if polling.released:
+    if polling.let_go:
         return
-    polling.released = True
+    polling.let_go = True
     async with outbound.lock:  # after any response being rewritten: what it carries is logged first
         with anyio.CancelScope(shield=True):
             flagged = await outbound.release(last_seen=polling.seen_at or None)
@@ -110,11 +110,11 @@ async def let_go(runtime: Runtime, outbound: Outbound, reason: str, *, over: boo
 async def flag_away(outbound: Outbound) -> None:
     """The client of this polling session sent no request for ``AWAY_S``: flag its streams in flight."""
     session, polling = outbound.session, outbound.session.polling
-    if polling is None or session.upgraded or polling.released or polling.requests:
+    if polling is None or session.upgraded or polling.let_go or polling.requests:
         return
     seen_at = polling.seen_at
     async with outbound.lock:  # after any response being rewritten: what it carries is logged first
-        if polling.requests or session.upgraded or polling.released or polling.seen_at != seen_at:
+        if polling.requests or session.upgraded or polling.let_go or polling.seen_at != seen_at:
             return  # it came back while the lock was taken: nothing to flag
         with anyio.CancelScope(shield=True):
             flagged = await outbound.away(seen_at)

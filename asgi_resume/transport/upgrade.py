@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from asgi_resume import protocol
 
-PROBE_ANSWER = protocol.EIO_PONG + "probe"  # python-engineio's answer to an upgrade probe
-
 
 class UpgradeProbe:
     """Is this websocket still a probe (``active``)? A websocket from the start never is."""
@@ -25,7 +23,7 @@ class UpgradeProbe:
 
     def app_sent(self, text: str | None) -> None:
         """The app sent ``text`` on this websocket (called only while ``active``)."""
-        if text == PROBE_ANSWER:
+        if text == protocol.EIO_PROBE_ANSWER:
             self._answered = True
 
     def completed_by(self, text: str) -> bool:
