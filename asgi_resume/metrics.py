@@ -49,6 +49,8 @@ class StatsCollector:
         yield counter("log_failures", "Stream log calls that failed or timed out", stats.log_failures)
         dropped = stats.repairs_dropped
         yield counter("repairs_dropped", "Streams the log missed frames of left unrepaired (too many at once)", dropped)
+        closes = stats.closes_dropped
+        yield counter("closes_dropped", "Recovery sessions left open in the log (too many closes waiting)", closes)
         yield counter("frames_replayed", "Frames sent by resume replays", stats.frames_replayed)
         yield counter("frames_recovered", "Frames sent by connection state recoveries", stats.frames_recovered)
         yield counter("holds", "Connections held after their client left", stats.holds_started)

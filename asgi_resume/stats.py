@@ -48,6 +48,7 @@ class Stats:
     #: streams the log missed frames of that no repair will start a new epoch for (past both bounds
     #: of waiting repairs): a resume of one may not say ``gap`` until its own tab logs it again
     repairs_dropped: int = 0
+    closes_dropped: int = 0  # recovery sessions left open in the log: too many closes waiting
     resumes_ok: int = 0
     resumes_gap: int = 0
     resumes_not_found: int = 0

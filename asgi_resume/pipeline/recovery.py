@@ -1,6 +1,6 @@
 """Socket.IO connection state recovery, for python-socketio apps and the stock socket.io-client.
 
-Owns: the protocol of the official Node server (see PROTOCOL.md) spoken on the app's behalf: a
+Owns: the protocol of the official Node server (see docs/protocol.md) spoken on the app's behalf: a
 ``pid`` in each CONNECT reply, an offset appended to every event without an ack id, and, when a
 client reconnects with ``{pid, offset}`` in its CONNECT auth, the events its previous connection
 missed, sent before the CONNECT reply (which repeats the pid, so ``socket.recovered`` is true;
@@ -14,14 +14,12 @@ connection go. Must not touch: transports, the per-stream log.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 
 import anyio
 
 from asgi_resume import protocol
-from asgi_resume.guard import RETRY_AFTER_S
 from asgi_resume.log import LogUnavailable
 from asgi_resume.log.base import Note, Payload, SessionAppend, new_generation
 from asgi_resume.pipeline.recovery_replay import duplicate, replay_frames
@@ -70,7 +68,7 @@ class Recovery:
         return packet if state is not None and state.awaiting_reply else None
 
     async def log(
-        self, units: list[EventUnit], flushed_ms: int, *, create: tuple[str, ...] = (), held: bool = False
+        self, units: list[EventUnit], flushed_ms: int, *, create: RecoveryState | None = None, held: bool = False
     ) -> None:
         """Give each unit its offset: log it in its namespace's session (one round trip in all).
 
@@ -79,24 +77,26 @@ class Recovery:
         connection is held (its client left): the frames' objects are kept for a claim here
         (:mod:`~asgi_resume.pipeline.held_frames`).
         """
-        by_ns: dict[str, list[EventUnit]] = {ns: [] for ns in create}
+        # each namespace's state, taken now: a DISCONNECT read while the log call is out ends it
+        groups: dict[str, tuple[RecoveryState, list[EventUnit]]] = {}
+        if create is not None:
+            groups[create.namespace] = (create, [])
         for unit in units:
             state = self.states.get(unit.namespace)
             if state is not None and state.awaiting_reply:
-                continue  # held until the CONNECT reply, then logged in the session it recovers
+                continue  # waits for the CONNECT reply, then is logged in the session it recovers
             if state is None:
                 continue  # the namespace's recovery ended after it was fed (refused, or no principal): no offset
             if not state.logging:
                 unit.offset = UNLOGGED_OFFSET
                 continue
-            by_ns.setdefault(unit.namespace, []).append(unit)
-        if not by_ns:
+            groups.setdefault(unit.namespace, (state, []))[1].append(unit)
+        if not groups:
             return
         session = self.session
         fetched = not session.upgraded  # on long-polling: what the app sends waits for the client's GET
         requests = []
-        for ns, group in by_ns.items():
-            state = self.states[ns]
+        for ns, (state, group) in groups.items():
             frames: list[tuple[int, Payload]] = [(u.received_ms, [u.live(), *u.attachments]) for u in group]
             principal = session.principal_for(ns) or ""
             requests.append(SessionAppend(state.pid, state.gen, session.id, principal, ns, frames, flushed_ms, fetched))
@@ -104,13 +104,12 @@ class Recovery:
         try:
             results = await guard.call(guard.deadlines.recovery_append, self.runtime.log.session_append, requests)
         except LogUnavailable:
-            for ns, group in by_ns.items():
-                self.states[ns].loss_untold = True  # a recovery from here cannot be complete: told when it answers
+            for state, group in groups.values():
+                state.loss_untold = True  # a recovery from here cannot be complete: told when it answers
                 for unit in group:
                     unit.offset = UNLOGGED_OFFSET
             return
-        for (ns, group), result in zip(by_ns.items(), results, strict=True):
-            state = self.states[ns]
+        for (state, group), result in zip(groups.values(), results, strict=True):
             if result.status == "gone":
                 state.logging = False  # the session is another connection's, and was read
             for i, unit in enumerate(group):
@@ -141,12 +140,19 @@ class Recovery:
         recovered = False
         if state.claim is not None:
             recovered, replay = await self._claim(state, new_gen)
+        waited, state.before_reply = state.before_reply, []
+        if self.states.get(ns) is not state:
+            # the client left the namespace while the claim was out: nothing is to be recovered
+            # there, and a session it claimed is closed (the app's reply goes out as it is)
+            if recovered:
+                self.runtime.closes.add(state.pid, new_gen, self.session.id)
+            gone: list[Outgoing] = [f for unit in waited for f in unit.frames()]
+            return [*gone, frame]
         if not recovered:
             state.pid = new_pid()
         state.gen, state.logging = new_gen, True
-        waited, state.before_reply = state.before_reply, []
         waited = [u for u in waited if not self._replayed(u)]
-        await self.log(waited, flushed_ms, create=(ns,))
+        await self.log(waited, flushed_ms, create=state)
         out: list[Outgoing] = list(replay)
         for unit in waited:
             out += unit.frames()
@@ -218,7 +224,7 @@ class Recovery:
         replay without it would be a partial history presented as complete (tried again on every
         append and note until the log answers)."""
         guard = self.runtime.guard
-        for state in self.states.values():
+        for state in list(self.states.values()):  # (a DISCONNECT may end one meanwhile)
             if not (state.loss_untold and state.pid):
                 continue
             try:
@@ -244,7 +250,7 @@ class Recovery:
         recoverable session of this connection was claimed by another one."""
         await self._tell_losses()
         taken = True
-        for state in self.states.values():
+        for state in list(self.states.values()):  # (a DISCONNECT may end one while a note is out)
             if action == "closed":
                 self.runtime.held_frames.ended(state.pid, state.gen)
             if not state.pid or (action == "state" and not state.recoverable):
@@ -260,25 +266,7 @@ class Recovery:
         state = self.states.pop(namespace, None)
         if state is not None and state.pid:
             self.runtime.held_frames.ended(state.pid, state.gen)
-            self.runtime.in_background(self._close(state))
-
-    async def _close(self, state: RecoveryState) -> None:
-        """Close ``state``'s session in the log, again after each failure for as long as a claim of
-        it could succeed (the recovery window after its last event): left open, it would answer a
-        claim ``recovered`` while what the app sent after the client left is in no log."""
-        runtime = self.runtime
-        guard, give_up = runtime.guard, time.monotonic() + runtime.settings.recovery_window
-        while not runtime.closing:
-            try:
-                await guard.call(
-                    guard.deadlines.recovery, runtime.log.session_note, state.pid, "closed", state.gen, self.session.id
-                )
-                return
-            except LogUnavailable:
-                if time.monotonic() >= give_up:
-                    logger.warning("recovery session %s could not be closed: the log did not answer", state.pid)
-                    return
-                await asyncio.sleep(RETRY_AFTER_S)
+            self.runtime.closes.add(state.pid, state.gen, self.session.id)
 
     async def _note(self, state: RecoveryState, action: Note) -> bool:
         """Tell the log about ``state``'s session; True when another connection claimed it."""

@@ -25,6 +25,7 @@ from asgi_resume.log.base import LogLimits
 from asgi_resume.log.group_commit import GroupCommit
 from asgi_resume.log.memory import MemoryLog
 from asgi_resume.log.recent import MAX_ENTRIES, RecentEntries
+from asgi_resume.pipeline.closes import Closes
 from asgi_resume.pipeline.held_frames import HeldFrames
 from asgi_resume.pipeline.order import FeedOrder
 from asgi_resume.pipeline.repairs import Repairs
@@ -39,6 +40,12 @@ DEFAULT_MAX_POST_BODY = 1_000_000  # python-engineio's default max_http_buffer_s
 
 
 class Runtime:
+    """One middleware's shared state: ``settings``, ``rules`` (which events belong to which
+    stream), ``log`` and ``guard``, ``appends`` (a loop turn's appends in one call), ``order``,
+    ``recent``, ``replay_turns``, ``resolver`` (principals), ``repairs``, ``closes``, ``held_frames``,
+    ``stamping_cache`` (how to stamp a frame, for the copies of an emit), ``stats``, and
+    ``max_post_body`` (the app's own limit on a polling POST)."""
+
     def __init__(self, settings: Settings, log: StreamLog | None = None) -> None:
         self.settings = settings
         self.rules = StreamRules(
@@ -72,6 +79,7 @@ class Runtime:
         self.stamping_cache: dict[str, Stamping | None] = {}
         self.closing = False  # the server is going down
         self.repairs = Repairs(self.guard, self.stats)  # streams the log missed frames of, until repaired
+        self.closes = Closes(self.guard, self.stats, settings.recovery_window)  # sessions left on purpose
         self.held_frames = HeldFrames()  # what held connections here logged for recovery: the objects
         self._hinted_no_principal = False
         #: the longest polling POST body the app reads (python-engineio's max_http_buffer_size)
@@ -109,7 +117,7 @@ class Runtime:
         """The key principals are hashed with: the same on every worker, or the log would not match."""
         if settings.secret is not None:  # a key of its own, even when the secret also signs tokens
             return hmac.new(settings.secret.encode(), b"asgi_resume principals", hashlib.sha256).digest()
-        if isinstance(self.log, MemoryLog):  # one process: any key will do
+        if not self.log.shared:  # one process: any key will do
             return secrets.token_bytes(32)
         logger.warning(
             "ASGI_RESUME_SECRET is not set: principals are hashed with a key derived from the key prefix, "
@@ -146,4 +154,5 @@ class Runtime:
     async def aclose(self) -> None:
         self.closing = True
         self.repairs.close()
+        self.closes.close()
         await self.log.aclose()
