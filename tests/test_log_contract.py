@@ -148,10 +148,10 @@ async def test_a_newcomer_to_a_stream_left_in_flight_starts_a_new_epoch(log: Str
     await gone.send(entry(log, "a"))
     await stays.send(entry(log, "a"))
     epoch = gone.epoch
-    await log.release([key()], "gone")
+    await log.orphan([key()], "gone")
     assert await stays.send(entry(log, "b")) == [2]  # it followed the stream: nothing was lost
     assert stays.epoch == epoch
-    await log.release([key()], "stays")
+    await log.orphan([key()], "stays")
     newcomer = Connection(log, key(), "newcomer")
     assert await newcomer.send(entry(log, "d")) == [1]  # frames may have been lost: a new history
     assert newcomer.epoch != epoch
@@ -420,7 +420,7 @@ async def test_a_stream_left_in_flight_and_logged_by_nobody_since_answers_gap(lo
     tab = Connection(log, key(), "gone")
     await tab.send(entry(log, "a"), entry(log, "b"))
     assert (await log.replay(key(), 0, tab.epoch, "reloaded")).gap is False
-    await log.release([key()], "gone")  # the connection ended mid-stream, not held
+    await log.orphan([key()], "gone")  # the connection ended mid-stream, not held
     replay = await log.replay(key(), 2, tab.epoch, "reloaded")
     assert (replay.gap, replay.done) == (True, False)
     follower = Connection(log, key(), "newcomer")
@@ -441,7 +441,7 @@ async def test_a_replay_from_the_start_of_an_epoch_that_replaced_a_broken_one_sa
     if how == "repaired":
         await log.append([AppendRequest(key(), [], reset=True, reset_epoch=first.epoch or "", connection="first")])
     else:
-        await log.release([key()], "first")
+        await log.orphan([key()], "first")
         await Connection(log, key(), "newcomer").send(entry(log, "c"))
     from_start = await log.replay(key(), 0, None, "reader")
     assert from_start.epoch != first.epoch
@@ -502,7 +502,7 @@ async def test_prepare_is_harmless_twice_and_a_closed_log_fails_every_call(log: 
     calls = [
         log.append([AppendRequest(key, [entry(log, "b")], connection="c1")]),
         log.replay(key, 0, None, "c1"),
-        log.release([key], "c1"),
+        log.orphan([key], "c1"),
         log.session_claim("p" * 24, ALICE, "/", "g1", "c2", "g2", 60_000),
         log.session_read("p" * 24, "g1", 0, False),
         log.session_note("p" * 24, "state", "g1", "c1"),

@@ -197,10 +197,10 @@ async def test_a_closed_log_refuses_work_instead_of_reconnecting(
     log = RedisLog.from_url(server.url, prefix=prefix, cluster=cluster)
     await log.prepare()
     key = StreamKey("p", "/", "", "m")
-    await log.release([key], "conn")  # works while open
+    await log.orphan([key], "conn")  # works while open
     await log.aclose()
     with pytest.raises(LogUnavailable, match="closed"):
-        await log.release([key], "conn")
+        await log.orphan([key], "conn")
     with pytest.raises(LogUnavailable, match="closed"):
         await log.append([AppendRequest(key, [])])
     if cluster:
@@ -210,7 +210,7 @@ async def test_a_closed_log_refuses_work_instead_of_reconnecting(
 async def test_the_lifespan_shutdown_closes_the_log(redis_server: RedisServer, prefix: str) -> None:
     """Under uvicorn's default lifespan, the app's shutdown closes the middleware's Redis client."""
     app = make_app(make_sio(), redis_url=redis_server.url, key_prefix=prefix)
-    await app.runtime.log.release([StreamKey("p", "/", "", "m")], "conn")  # the client is connected
+    await app.runtime.log.orphan([StreamKey("p", "/", "", "m")], "conn")  # the client is connected
     inbox: asyncio.Queue[dict[str, str]] = asyncio.Queue()
     for message in ({"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}):
         inbox.put_nowait(message)
@@ -223,7 +223,7 @@ async def test_the_lifespan_shutdown_closes_the_log(redis_server: RedisServer, p
         await app({"type": "lifespan", "asgi": {"version": "3.0"}}, inbox.get, send)  # type: ignore[arg-type]
     assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
     with pytest.raises(LogUnavailable, match="closed"):
-        await app.runtime.log.release([StreamKey("p", "/", "", "m")], "conn")
+        await app.runtime.log.orphan([StreamKey("p", "/", "", "m")], "conn")
 
 
 async def test_workers_without_a_secret_hash_principals_alike_even_after_a_flush(

@@ -256,7 +256,7 @@ class StreamLog(Protocol):
         (``connection`` takes the stream over)."""
         ...
 
-    async def release(self, keys: Sequence[StreamKey], connection: str) -> None:
+    async def orphan(self, keys: Sequence[StreamKey], connection: str) -> None:
         """``connection`` left while ``keys`` were in flight: what is emitted until a connection
         that followed them logs them again may be lost (a newcomer starts a new epoch)."""
         ...

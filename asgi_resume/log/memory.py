@@ -217,7 +217,7 @@ class MemoryLog:
             state.expires_at = now + limits.ttl_ms
         return AppendResult(state.epoch, seqs, others)
 
-    async def release(self, keys: Sequence[StreamKey], connection: str) -> None:
+    async def orphan(self, keys: Sequence[StreamKey], connection: str) -> None:
         self._open()
         now = self.now_ms()
         for key in keys:

@@ -135,10 +135,10 @@ class RedisLog:
         frames = [(int(rest[i]), msgpack.unpackb(rest[i + 1])) for i in range(0, len(rest), 2)]
         return ReplayResult("ok", _text(epoch_b), int(last), int(oldest), done == b"1", bool(gap), frames)
 
-    async def release(self, keys: Sequence[StreamKey], connection: str) -> None:
+    async def orphan(self, keys: Sequence[StreamKey], connection: str) -> None:
         calls = [([self.keys(key)[1]], [connection]) for key in keys]
         if calls:
-            await self._call("release", calls)
+            await self._call("orphan", calls)
 
     # -- recovery sessions --------------------------------------------------------------------
 

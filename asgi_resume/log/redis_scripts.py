@@ -21,7 +21,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from asgi_resume.log.base import LogRefused, LogUnavailable, LogUnsupported
 
-SCRIPTS = ("append", "replay", "release", "session_append", "session_claim", "session_read", "session_note")
+SCRIPTS = ("append", "replay", "orphan", "session_append", "session_claim", "session_read", "session_note")
 MAX_CONNECTIONS = 64
 REPLAY_READS = 8
 MIN_VERSION = (7, 0)  # the scripts use PEXPIRE ... NX (Redis 7.0; Valkey reports a 7.x redis_version)

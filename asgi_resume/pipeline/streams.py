@@ -278,7 +278,7 @@ async def flag_streams(runtime: Runtime, session: Session, keys: list[StreamKey]
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(session.call_answered), guard.deadlines.write.seconds)
     try:
-        await guard.call(guard.deadlines.write, runtime.log.release, keys, session.id)
+        await guard.call(guard.deadlines.write, runtime.log.orphan, keys, session.id)
     except LogUnavailable:
         return False
     return True

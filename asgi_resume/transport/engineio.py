@@ -4,7 +4,7 @@ Owns: this process's sessions by sid (:class:`EngineIOSessions`: a long-polling 
 requests, then may upgrade to a websocket that continues it), a new session's pipeline, the sid
 an OPEN packet gives it, and what a client frame tells about the session whatever the transport
 (its Socket.IO packets, read by :func:`~asgi_resume.pipeline.inbound.inspect`; a CLOSE: it left on
-purpose). Must not touch: each transport's framing.
+purpose; the binary attachments of a request answered here). Must not touch: each transport's framing.
 """
 
 from __future__ import annotations
@@ -57,7 +57,18 @@ async def client_frame(runtime: Runtime, session: Session, text: str) -> ResumeR
     if text == protocol.EIO_CLOSE:
         for state in session.recovery.values():
             state.left_cleanly = True
+        if session.polling is not None:
+            session.polling.goodbye = True  # (its POST's answer ends the session: polling_post)
     return None
+
+
+def dropped_attachment(session: Session) -> bool:
+    """A binary frame from the client: is it an attachment of a request answered here? (Then the
+    app never sees it, as it never saw the request.)"""
+    if session.drop_attachments > 0:
+        session.drop_attachments -= 1
+        return True
+    return False
 
 
 class EngineIOSessions:

@@ -15,7 +15,7 @@ from starlette.types import Message, Receive, Scope, Send
 from asgi_resume import protocol
 from asgi_resume.pipeline.outbound import Outbound
 from asgi_resume.pipeline.runtime import Runtime
-from asgi_resume.transport.engineio import REFUSED, EngineIOSessions, client_frame
+from asgi_resume.transport.engineio import REFUSED, EngineIOSessions, client_frame, dropped_attachment
 from asgi_resume.transport.polling_presence import let_go
 
 try:  # python-engineio's own limit on the packets of one POST (it refuses a body with more)
@@ -99,8 +99,7 @@ async def _rewrite_post(runtime: Runtime, outbound: Outbound, body: bytes) -> by
     session = outbound.session
     kept: list[str | bytes] = []
     for packet in packets:
-        if isinstance(packet, bytes) and session.drop_attachments > 0:
-            session.drop_attachments -= 1  # an attachment of a request answered here
+        if isinstance(packet, bytes) and dropped_attachment(session):
             changed = True
             continue
         if isinstance(packet, str):
@@ -112,7 +111,5 @@ async def _rewrite_post(runtime: Runtime, outbound: Outbound, body: bytes) -> by
                 outbound.batch.defer(found)
                 packet = protocol.EIO_UPGRADE  # python-engineio answers it with a NOOP: the GET returns
                 changed = True
-            elif packet == protocol.EIO_CLOSE and session.polling is not None:
-                session.polling.goodbye = True
         kept.append(packet)
     return protocol.join_payload(kept).encode("utf-8") if changed else None

@@ -23,7 +23,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from asgi_resume import protocol
 from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.pipeline.units import Incoming, Outgoing, Passthrough
-from asgi_resume.transport.engineio import EngineIOSessions, client_frame, new_session, query_param
+from asgi_resume.transport.engineio import (
+    EngineIOSessions,
+    client_frame,
+    dropped_attachment,
+    new_session,
+    query_param,
+)
 from asgi_resume.transport.holds import Hold, Holds, HoldState
 from asgi_resume.transport.linger import LINGER_BELOW_S, linger
 from asgi_resume.transport.outbox import END, NUDGE, OUTBOX_SIZE, Outbox, Signal
@@ -229,10 +235,9 @@ class WebSocketConnection:
             message = await self.receive()
             if message["type"] == "websocket.receive":
                 text = message.get("text")
-                if text is None and self.session.drop_attachments > 0:
-                    self.session.drop_attachments -= 1  # an attachment of a request answered here
-                    continue
                 if text is None:
+                    if dropped_attachment(self.session):
+                        continue
                     return message
                 found = await client_frame(self.runtime, self.session, text)
                 if isinstance(found, str):
