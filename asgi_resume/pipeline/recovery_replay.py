@@ -9,11 +9,10 @@ reading its log (:mod:`~asgi_resume.pipeline.recovery`), transports.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from asgi_resume import protocol
 from asgi_resume.log import StreamKey
-from asgi_resume.log.base import COPY_WINDOW_MS
+from asgi_resume.log.base import COPY_WINDOW_MS, Payload
 from asgi_resume.pipeline.recovery_state import RecoveryState
 from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.pipeline.session import Session
@@ -29,7 +28,7 @@ def replay_frames(
     session: Session,
     state: RecoveryState,
     gen: str,
-    entries: list[tuple[int, int, Any]],
+    entries: list[tuple[int, int, Payload]],
     objects: dict[int, str] | None = None,
 ) -> list[Outgoing]:
     """The missed events with their old offsets; note them so live copies are not sent twice.

@@ -14,12 +14,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, assert_never
+from typing import assert_never
 
 from starlette.types import Message
 
 from asgi_resume import protocol
 from asgi_resume.log import Entry, StreamKey
+from asgi_resume.log.base import Payload
 from asgi_resume.pipeline.resume import ResumeRequest
 from asgi_resume.protocol.stamping import EPOCH_FIELD, SEQ_FIELD, stamp_fields
 
@@ -41,7 +42,7 @@ class ConnectReply:
     packet: protocol.Packet
 
 
-def render(payload: list[Any], seq: int, epoch: str) -> list[str | bytes] | None:
+def render(payload: Payload, seq: int, epoch: str) -> list[str | bytes] | None:
     """A stream log entry as the frames to send; ``None`` if the entry is malformed."""
     if len(payload) < 2 or not isinstance(payload[0], str) or not isinstance(payload[1], str):
         return None
