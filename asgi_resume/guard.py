@@ -84,7 +84,7 @@ class LogGuard:
 
         Fails at once while the breaker is open (unless ``deadline.fails_fast`` is false).
         """
-        if deadline.fails_fast and not self.available():
+        if deadline.fails_fast and self.down and not self.available():  # (down: no clock read when up)
             raise LogUnavailable("the log failed a moment ago")
         try:
             if self.log.synchronous:  # the in-process log never waits: no timer
