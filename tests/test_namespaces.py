@@ -23,8 +23,8 @@ import pytest
 
 from asgi_resume import protocol
 from asgi_resume.config import Settings
-from asgi_resume.log import StreamLog
-from asgi_resume.log.base import Claim, SessionAppendResult
+from asgi_resume.log import LogRefused, LogUnavailable, StreamLog
+from asgi_resume.log.base import Claim, Note, SessionAppendResult
 from asgi_resume.log.memory import MemoryLog
 from asgi_resume.log.redis import RedisLog
 from asgi_resume.pipeline.inbound import inspect
@@ -306,3 +306,63 @@ async def test_leaves_during_an_outage_wait_in_one_queue(tmp_path: Path) -> None
     finally:
         server.stop()
         await rt.aclose()
+
+
+class _RefusesOneClose(MemoryLog):
+    """A log that refuses the close of one session (its keys alone: a WRONGTYPE, say) and may be down."""
+
+    def __init__(self, refused: str) -> None:
+        super().__init__()
+        self.refused, self.down = refused, False
+
+    async def session_note(self, pid: str, action: Note, gen: str, owner: str) -> tuple[str, str]:
+        if self.down:
+            raise LogUnavailable("connection refused")
+        if pid == self.refused and action == "closed":
+            raise LogRefused("WRONGTYPE")
+        return await super().session_note(pid, action, gen, owner)
+
+
+async def test_a_refused_close_does_not_hold_up_the_others() -> None:
+    """Found by an attack run: a close the log refused stayed first in the queue, retried for the
+    recovery window, and every other leave meanwhile stayed claimable."""
+    log = _RefusesOneClose("")
+    rt = Runtime(Settings.load({}, recovery=True), log)
+    alice, bob = connection(rt), connection(rt)
+    await join(alice)
+    await join(bob, token_="bob")
+    pid_a, pid_b = pid_of(await join(alice, "/admin")), pid_of(await join(bob, "/admin", token_="bob"))
+    assert pid_a
+    assert pid_b
+    log.refused = pid_a
+    rt.closes.add(pid_a, alice.session.recovery["/admin"].gen, alice.session.id)  # refused: first in the queue
+    await inspect(rt, bob.session, "41/admin,")
+    await until(lambda: not rt.closes.pending, 10)
+    assert pid_b not in log._sessions._by_pid  # closed
+    assert rt.stats.closes_dropped == 1
+
+
+async def test_a_close_the_log_did_not_hear_at_the_end_of_a_connection_is_queued() -> None:
+    """Found by an attack run: a connection's close at its end was told once; with the log down
+    then, its session stayed claimable, and a reconnect was told recovered though what the app
+    sent after the connection ended is in no log. A claim of a session this process is closing is
+    refused meanwhile."""
+    log = _RefusesOneClose("")
+    rt = Runtime(Settings.load({}, recovery=True), log)
+    client = connection(rt)
+    client.session.upgraded = True
+    pid = pid_of(await join(client))
+    assert pid
+    sent = await send(client, protocol.event("note", {"n": 1}))
+    last_offset = json.loads(sent[0][2:])[-1]
+    log.down = True
+    await client.release()
+    assert list(rt.closes.pending) == [(pid, client.session.recovery["/"].gen)]
+    log.down = False
+    again = connection(rt)
+    again.session.upgraded = True
+    await inspect(rt, again.session, "40" + json.dumps({"token": "alice", "pid": pid, "offset": last_offset}))
+    reply = await send(again, '40{"sid":"s2"}')
+    assert pid_of(reply) != pid  # not recovered: the session is being closed
+    await until(lambda: not rt.closes.pending, 10)
+    assert pid not in log._sessions._by_pid

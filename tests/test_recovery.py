@@ -20,6 +20,8 @@ from asgi_resume.config import Settings
 from asgi_resume.log import AppendRequest, AppendResult, LogUnavailable
 from asgi_resume.log.base import COPY_WINDOW_MS, SessionAppend, SessionAppendResult
 from asgi_resume.log.memory import MemoryLog
+from asgi_resume.pipeline import held_frames
+from asgi_resume.pipeline.held_frames import HeldFrames
 from asgi_resume.pipeline.recovery_replay import duplicate, replay_frames
 from asgi_resume.pipeline.recovery_state import RecoveryState
 from asgi_resume.pipeline.runtime import Runtime
@@ -282,6 +284,15 @@ def test_a_replayed_event_a_held_connection_here_logged_is_told_from_a_new_one_b
     assert not duplicate(session, EventUnit(new, "/", 0, 1_540, emitted=new))  # entry 1 never comes live
 
 
+def test_held_frames_keep_the_newest_within_a_count_and_a_size() -> None:
+    held = HeldFrames()
+    held.logged("p", "g", [(n, "x" * 10) for n in range(1, held_frames.KEPT + 11)])
+    assert sorted(held.take("p", "g"))[:1] == [11]  # the oldest ten gone
+    big = "y" * (held_frames.CHARS_KEPT // 4 + 1)
+    held.logged("p", "g", [(n, big) for n in range(1, 9)])
+    assert sorted(held.take("p", "g")) == [6, 7, 8]  # within the size, the newest
+
+
 async def test_a_second_connect_where_the_client_is_connected_does_not_silence_it(backend: dict[str, Any]) -> None:
     """Found by an attack run: with recovery on, a client that sent its CONNECT to "/" again (python-
     socketio answers "Unable to connect" and the connection goes on) got none of the next 50,000
@@ -299,8 +310,10 @@ async def test_a_second_connect_where_the_client_is_connected_does_not_silence_i
         await client.close()
 
 
-@pytest.mark.parametrize("how", ["close", "kill"])
-async def test_identical_events_emitted_while_the_app_accepts_the_reconnect_come_once_each(how: str) -> None:
+@pytest.mark.parametrize(("how", "binary"), [("close", False), ("kill", False), ("close", True)])
+async def test_identical_events_emitted_while_the_app_accepts_the_reconnect_come_once_each(
+    how: str, binary: bool
+) -> None:
     """Found by an attack run: events with identical content (a typing indicator) emitted while the
     app's connect handler runs reach the held connection (and the replay) but not the new one, which
     joins its rooms at the handler's end; they were left as copies still to come, so a new event
@@ -318,7 +331,9 @@ async def test_identical_events_emitted_while_the_app_accepts_the_reconnect_come
             await asyncio.sleep(0.3)  # the app's own work before it accepts (a database read, say)
         await sio.enter_room(sid, room_of("alice"))
 
-    typing = {"chat_id": "c", "data": {"type": "typing", "data": {"content": "bob is typing"}}}
+    typing: dict[str, Any] = {"chat_id": "c", "data": {"type": "typing", "data": {"content": "bob is typing"}}}
+    if binary:  # a BINARY_EVENT: its copies are told by the header's object (found by an attack run)
+        typing["blob"] = b"\x00\x01"
     total = 120
 
     async def emit_typing() -> None:

@@ -81,6 +81,8 @@ class Batch:
                     unit.emitted = item
                 self._queue(unit)
             else:
+                if as_emitted:  # (a binary event's header: its attachments follow)
+                    unit.emitted = item
                 self._pending = unit
             return
         if isinstance(item, ResumeRequest):

@@ -14,7 +14,7 @@ import asyncio
 import time
 
 from asgi_resume.guard import RETRY_AFTER_S, Deadline, LogGuard
-from asgi_resume.log import LogUnavailable
+from asgi_resume.log import LogRefused, LogUnavailable
 from asgi_resume.stats import Stats
 
 MAX_PENDING = 10_000  # sessions waiting to be closed (~200 bytes each)
@@ -51,7 +51,11 @@ class Closes:
             if time.monotonic() < until:
                 try:
                     await guard.call(deadline, guard.log.session_note, pid, "closed", gen, owner)
+                except LogRefused:  # its keys alone (the log answers others): not retried
+                    self.stats.closes_dropped += 1
                 except LogUnavailable:
+                    if pending.get((pid, gen)) is not None:  # the others' turn first
+                        pending[(pid, gen)] = pending.pop((pid, gen))
                     await asyncio.sleep(RETRY_AFTER_S)
                     continue
             pending.pop((pid, gen), None)

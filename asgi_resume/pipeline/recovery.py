@@ -114,7 +114,7 @@ class Recovery:
                 state.logging = False  # the session is another connection's, and was read
             for i, unit in enumerate(group):
                 unit.offset = offset(state.gen, result.numbers[i]) if i < len(result.numbers) else UNLOGGED_OFFSET
-            if held and result.status != "gone":
+            if held and result.status != "gone" and self.states.get(state.namespace) is state:
                 numbered = [
                     (n, u.emitted) for n, u in zip(result.numbers, group, strict=False) if u.emitted is not None
                 ]
@@ -176,6 +176,9 @@ class Recovery:
         principal = session.principal_for(state.namespace) or ""
         window_ms = int(runtime.settings.recovery_window * 1000)
         guard, log = runtime.guard, runtime.log
+        if (claim.pid, claim.gen) in runtime.closes.pending:  # its client left it: closed as soon as the log answers
+            logger.info("recovery of session %s…: closed", claim.pid[:6])
+            return False, []
         try:
             result = await guard.call(
                 guard.deadlines.recovery,
@@ -278,6 +281,8 @@ class Recovery:
                 deadline, self.runtime.log.session_note, state.pid, action, state.gen, self.session.id
             )
         except LogUnavailable:
+            if action == "closed":  # (a session left unclosed would be claimable for the window)
+                self.runtime.closes.add(state.pid, state.gen, self.session.id)
             return False
         if (gen, owner) == (state.gen, self.session.id):
             return False
