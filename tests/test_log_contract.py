@@ -42,9 +42,12 @@ def entry(log: StreamLog, text: str, *, done: bool = False, at: int | None = Non
 class Connection:
     """One connection's side of the contract: its cursor and what it passed over (as a Session keeps)."""
 
-    def __init__(self, log: StreamLog, key: StreamKey, name: str) -> None:
+    def __init__(
+        self, log: StreamLog, key: StreamKey, name: str, *, since: int | None = None, lookback_ms: int = 0
+    ) -> None:
         self.log, self.key, self.name = log, key, name
-        self.since = log.now_ms()
+        self.since = log.now_ms() if since is None else since
+        self.lookback_ms = lookback_ms
         self.epoch: str | None = None
         self.cursor = 0
         self.skipped: list[int] = []
@@ -52,7 +55,15 @@ class Connection:
 
     async def send(self, *entries: Entry, reset: bool = False) -> list[int]:
         request = AppendRequest(
-            self.key, list(entries), self.epoch, self.cursor, self.since, reset, self.name, list(self.skipped)
+            self.key,
+            list(entries),
+            self.epoch,
+            self.cursor,
+            self.since,
+            reset=reset,
+            connection=self.name,
+            skipped=list(self.skipped),
+            lookback_ms=self.lookback_ms,
         )
         (result,) = await self.log.append([request])
         if result.epoch != self.epoch:
@@ -112,6 +123,22 @@ async def test_a_copy_that_comes_out_of_order_is_not_logged_twice(log: StreamLog
     assert one.skipped == []
     replay = await log.replay(key(), 0, None, "one")
     assert [payload[1] for _, payload in replay.frames] == [entry(log, t).payload[1] for t in ("start", "y", "x")]
+
+
+async def test_a_first_frame_takes_the_copy_another_process_logged_just_before_it_joined(log: StreamLog) -> None:
+    """Where processes share the log, one may log an emit a few ms before a connection joined (by
+    the other's clock) and still deliver it there after: that connection's first frame takes the
+    latest copy in the look-back (found by a two-worker test: a tab's first frame after it moved
+    to the other worker was logged twice). One logged since it joined comes first."""
+    other = Connection(log, key(), "other")
+    now = log.now_ms()
+    sent = [entry(log, "a", at=now - 40), entry(log, "b", at=now - 30), entry(log, "a", at=now - 20)]
+    assert await other.send(*sent) == [1, 2, 3]
+    assert await Connection(log, key(), "joined", since=now, lookback_ms=100).send(entry(log, "a")) == [3]
+    assert await Connection(log, key(), "since", since=now - 35, lookback_ms=100).send(entry(log, "a")) == [3]
+    assert await Connection(log, key(), "early", since=now - 25, lookback_ms=100).send(entry(log, "b")) == [2]
+    assert await Connection(log, key(), "short", since=now, lookback_ms=10).send(entry(log, "b")) == [4]
+    assert await Connection(log, key(), "none", since=now + 1, lookback_ms=0).send(entry(log, "a")) == [5]
 
 
 async def test_the_same_bytes_long_after_are_another_emit(log: StreamLog) -> None:

@@ -26,6 +26,12 @@ os.register_at_fork(after_in_child=_names_random.seed)
 #: Copies of one emit reach a principal's connections within this much of each other (fan-out
 #: between workers included); an entry received further apart is another emit with the same bytes.
 COPY_WINDOW_MS = 1000
+#: Where processes share the log: how long before a connection joined (by its process's reckoning of
+#: the log's clock) another process may have logged an emit that still reaches that connection
+#: (``AppendRequest.lookback_ms``). Seen: 3 ms between two workers fanning one emit out (which
+#: logged it twice); each process reckons the clock to within 11 ms. A first frame whose own
+#: entry is not logged yet but repeats one logged in this window takes that one's seq: kept short
+SHARED_LOOKBACK_MS = 100
 #: an append that would have run after its caller gave up on it (``within_ms``): it wrote nothing
 LATE = "late: the call would have run after its caller gave up on it, and wrote nothing"
 
@@ -123,6 +129,11 @@ class AppendRequest:
     cursor_epoch: str | None = None  # the last entry this connection matched or appended...
     cursor_seq: int = 0  # ...or None/0 for its first frame of the stream
     since_ms: int = 0  # when the connection started, on the log's clock
+    #: for a first frame with no copy logged since ``since_ms``: the latest copy logged in this many
+    #: ms before it. Where processes share the log, another one may log an emit a few ms before
+    #: this connection joined by the clock and still deliver it here after (each process reckons
+    #: the log's clock to within a few ms, and fans an emit out a few ms apart)
+    lookback_ms: int = 0
     reset: bool = False  # start a new epoch: this connection could not log part of the stream
     connection: str = ""
     #: recent seqs this connection passed over without getting them (another tab's frames, or

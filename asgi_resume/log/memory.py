@@ -76,14 +76,18 @@ class _Stream:
                 return candidate
         return None
 
-    def find_since(self, since_ms: int, digest: str) -> int | None:
-        found = None
+    def find_since(self, since_ms: int, lookback_ms: int, digest: str) -> int | None:
+        """The earliest entry with ``digest`` since ``since_ms``; else the latest in the ``lookback_ms`` before."""
+        found = before = None
         for record in reversed(self.records):
-            if record.ts < since_ms:
-                break
             if record.digest == digest:
-                found = record.seq
-        return found
+                if record.ts >= since_ms:
+                    found = record.seq
+                elif record.ts >= since_ms - lookback_ms:
+                    before = before or record.seq
+            if record.ts < since_ms - lookback_ms:
+                break
+        return found or before
 
     def find_among(self, seqs: set[int], digest: str, received_ms: int) -> int | None:
         """The first of ``seqs`` holding a copy of this frame: same digest, received about when it was."""
@@ -188,7 +192,7 @@ class MemoryLog:
         for entry in request.entries:
             seq = None
             if cursor is None:
-                seq = state.find_since(request.since_ms, entry.digest)
+                seq = state.find_since(request.since_ms, request.lookback_ms, entry.digest)
             elif cursor < state.last:
                 record = state.at_seq(cursor + 1)
                 if record is not None and record.digest == entry.digest:

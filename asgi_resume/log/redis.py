@@ -121,6 +121,7 @@ class RedisLog:
             1 if request.held else 0,
             request.reset_epoch,
             not_after,
+            request.lookback_ms,
         ]
 
     async def replay(

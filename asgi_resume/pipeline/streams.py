@@ -16,7 +16,7 @@ import contextlib
 
 from asgi_resume.guard import Deadline
 from asgi_resume.log import AppendRequest, LogUnavailable, StreamKey
-from asgi_resume.log.base import new_epoch, with_epoch
+from asgi_resume.log.base import SHARED_LOOKBACK_MS, new_epoch, with_epoch
 from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.pipeline.session import Session
 from asgi_resume.pipeline.units import EventUnit, by_content
@@ -29,6 +29,7 @@ class StreamWriter:
         self.log = runtime.log
         self._waiting_repairs = runtime.repairs.waiting  # (the same dict for the process's life: hot)
         self._held = False
+        self._lookback_ms = SHARED_LOOKBACK_MS if runtime.log.shared else 0  # (one process: no fan-out lag)
 
     @property
     def held(self) -> bool:
@@ -198,6 +199,7 @@ class StreamWriter:
             cursor_epoch,
             cursor_seq,
             session.joined_ms.get(key.namespace, session.started_ms),
+            lookback_ms=self._lookback_ms,
             reset=reset_epoch is not None,
             reset_epoch=reset_epoch or "",
             connection=session.id,

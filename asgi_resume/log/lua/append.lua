@@ -1,7 +1,8 @@
 -- Match or append one connection's frames for one stream key (see asgi_resume/log/memory.py for
 -- the same rules in Python). Copies of one emit to a principal's tabs make one entry: a
 -- connection that saw entry n matches its next frame against n+1, or a later one (a frame it
--- did not get); its first frame, against the earliest entry logged since it connected. A frame
+-- did not get); its first frame, against the earliest entry logged since it connected (else the
+-- latest in the look-back before: another process's copy, delivered here later). A frame
 -- that matches nothing is appended at once. A frame whose copy is among the entries this
 -- connection passed over came out of order: it goes out unstamped (-seq), not twice in the log.
 local log, meta = KEYS[1], KEYS[2]
@@ -20,6 +21,7 @@ local copy_window_ms = tonumber(ARGV[12]) -- copies of one emit arrive within th
 local held = ARGV[13] == '1' -- a held connection logs, but takes nothing over from anyone
 local reset_epoch = ARGV[14] -- reset only a stream still in one of these epochs (a,b,..; '': whatever it is)
 local not_after = tonumber(ARGV[15]) -- ms: its caller gives up on it then (0: never)
+local lookback = tonumber(ARGV[16]) -- ms before `since` where a first frame's copy may lie (another process's)
 -- Returns {epoch, others_ms, seq...}: a seq per frame (negative: the out-of-order copy's seq); or
 -- {'late'}, writing nothing, when it would run after not_after (a paused Redis running what it queued).
 
@@ -52,16 +54,24 @@ local function find_after(from, digest)
   return false
 end
 
--- the earliest entry received since the connection started that carries `digest`
+-- the earliest entry received since the connection started that carries `digest`; else the
+-- latest one in the `lookback` ms before (logged by another process, which delivered it here later)
 local function find_since(digest)
-  local found = false
+  local found, before = false, false
   local high = '+'
   while true do
     local entries = redis.call('XREVRANGE', log, high, '-', 'COUNT', 64)
-    if #entries == 0 then return found end
+    if #entries == 0 then return found or before end
     for _, e in ipairs(entries) do
-      if tonumber(field(e, 't')) < since then return found end
-      if field(e, 'h') == digest then found = seq_of(e[1]) end
+      local t = tonumber(field(e, 't'))
+      if field(e, 'h') == digest then
+        if t >= since then
+          found = seq_of(e[1])
+        elseif t >= since - lookback and not before then
+          before = seq_of(e[1])
+        end
+      end
+      if t < since - lookback then return found or before end
     end
     high = '(' .. entries[#entries][1]
   end
