@@ -129,11 +129,6 @@ class AppendRequest:
     cursor_epoch: str | None = None  # the last entry this connection matched or appended...
     cursor_seq: int = 0  # ...or None/0 for its first frame of the stream
     since_ms: int = 0  # when the connection started, on the log's clock
-    #: for a first frame with no copy logged since ``since_ms``: the latest copy logged in this many
-    #: ms before it. Where processes share the log, another one may log an emit a few ms before
-    #: this connection joined by the clock and still deliver it here after (each process reckons
-    #: the log's clock to within a few ms, and fans an emit out a few ms apart)
-    lookback_ms: int = 0
     reset: bool = False  # start a new epoch: this connection could not log part of the stream
     connection: str = ""
     #: recent seqs this connection passed over without getting them (another tab's frames, or
@@ -154,6 +149,11 @@ class AppendRequest:
     #: the epoch the call starts if it starts one ("": the log draws it). Named by the caller when
     #: the call may land unanswered (it timed out): the stream is then repaired from that epoch too
     fresh_epoch: str = ""
+    #: for a first frame with no copy logged since ``since_ms``: the latest copy logged in this many
+    #: ms before it. Where processes share the log, another one may log an emit a few ms before
+    #: this connection joined by the clock and still deliver it here after (each process reckons
+    #: the log's clock to within a few ms, and fans an emit out a few ms apart)
+    lookback_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
