@@ -27,6 +27,7 @@ from asgi_resume.log import LogRefused, LogUnavailable, StreamLog
 from asgi_resume.log.base import Claim, Note, SessionAppendResult
 from asgi_resume.log.memory import MemoryLog
 from asgi_resume.log.redis import RedisLog
+from asgi_resume.pipeline.closes import IN_FLIGHT, PER_PRINCIPAL
 from asgi_resume.pipeline.inbound import inspect
 from asgi_resume.pipeline.outbound import Outbound
 from asgi_resume.pipeline.runtime import Runtime
@@ -297,10 +298,10 @@ async def test_leaves_during_an_outage_wait_in_one_queue(tmp_path: Path) -> None
     try:
         await join(client)
         server.kill()
-        for _ in range(300):
+        for _ in range(200):
             assert pid_of(await join(client, "/admin"))
             await inspect(rt, client.session, "41/admin,")
-        assert len(rt.closes.pending) == 300
+        assert len(rt.closes.pending) == 200
         assert len(rt._background) <= 2
         assert rt.stats.log_failures < 30  # not a call per leave per retry
     finally:
@@ -314,12 +315,15 @@ class _RefusesOneClose(MemoryLog):
     def __init__(self, refused: str) -> None:
         super().__init__()
         self.refused, self.down = refused, False
+        self.closed: list[str] = []  # the sessions closed, in order
 
     async def session_note(self, pid: str, action: Note, gen: str, owner: str) -> tuple[str, str]:
         if self.down:
             raise LogUnavailable("connection refused")
         if pid == self.refused and action == "closed":
             raise LogRefused("WRONGTYPE")
+        if action == "closed":
+            self.closed.append(pid)
         return await super().session_note(pid, action, gen, owner)
 
 
@@ -335,7 +339,8 @@ async def test_a_refused_close_does_not_hold_up_the_others() -> None:
     assert pid_a
     assert pid_b
     log.refused = pid_a
-    rt.closes.add(pid_a, alice.session.recovery["/admin"].gen, alice.session.id)  # refused: first in the queue
+    state = alice.session.recovery["/admin"]
+    rt.closes.add(pid_a, state.gen, alice.session.id, state.principal)  # refused: first in the queue
     await inspect(rt, bob.session, "41/admin,")
     await until(lambda: not rt.closes.pending, 10)
     assert pid_b not in log._sessions._by_pid  # closed
@@ -366,3 +371,86 @@ async def test_a_close_the_log_did_not_hear_at_the_end_of_a_connection_is_queued
     assert pid_of(reply) != pid  # not recovered: the session is being closed
     await until(lambda: not rt.closes.pending, 10)
     assert pid not in log._sessions._by_pid
+
+
+async def test_one_principals_leaves_cost_nobody_elses_close() -> None:
+    """A client that joins and leaves a namespace over and over while the log does not answer
+    fills its own share of the closes waiting, never another principal's: past ``PER_PRINCIPAL``
+    its own oldest is given up (before, the process-wide bound gave up the oldest of anyone's,
+    and that session stayed claimable with what was sent after the leave in no log)."""
+    log = _RefusesOneClose("")
+    rt = Runtime(Settings.load({}, recovery=True), log)
+    mallory, bob = connection(rt), connection(rt)
+    try:
+        await join(bob, token_="bob")
+        pid_b = pid_of(await join(bob, "/admin", token_="bob"))
+        assert pid_b
+        log.down = True
+        await inspect(rt, bob.session, "41/admin,")  # bob's leave waits first
+        await join(mallory, token_="mallory")
+        for _ in range(PER_PRINCIPAL + 50):
+            assert pid_of(await join(mallory, "/admin", token_="mallory"))
+            await inspect(rt, mallory.session, "41/admin,")
+        assert len(rt.closes.pending) == PER_PRINCIPAL + 1
+        assert pid_b in {pid for pid, _ in rt.closes.pending}
+        assert rt.stats.closes_dropped == 50
+        log.down = False
+        await until(lambda: not rt.closes.pending, 20)
+        assert pid_b in log.closed
+        assert pid_b not in log._sessions._by_pid
+    finally:
+        await rt.aclose()
+
+
+class _SlowCloses(MemoryLog):
+    """A log whose closes wait until let through, counting how many are out at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.through = asyncio.Event()
+        self.out = self.most = 0
+
+    async def session_note(self, pid: str, action: Note, gen: str, owner: str) -> tuple[str, str]:
+        self.out += 1
+        self.most = max(self.most, self.out)
+        try:
+            await self.through.wait()
+        finally:
+            self.out -= 1
+        return await super().session_note(pid, action, gen, owner)
+
+
+async def test_closes_go_to_the_log_several_at_a_time() -> None:
+    """A join/leave flood outran one close call per round trip: they go ``IN_FLIGHT`` at a time."""
+    log = _SlowCloses()
+    rt = Runtime(Settings.load({}, recovery=True), log)
+    try:
+        for n in range(3 * IN_FLIGHT):
+            rt.closes.add(f"pid{n}", "g", "c", f"user{n % 3}")
+        await until(lambda: log.out == IN_FLIGHT, 10)
+        log.through.set()
+        await until(lambda: not rt.closes.pending, 10)
+        assert log.most == IN_FLIGHT
+        assert rt.stats.closes_dropped == 0
+    finally:
+        await rt.aclose()
+
+
+async def test_closes_still_waiting_at_shutdown_are_tried_once_more() -> None:
+    """A close queued while the log did not answer was dropped at shutdown, and its session
+    stayed claimable for the window (another process may answer the claim): it is tried once
+    more, whether or not the breaker has closed again."""
+    log = _RefusesOneClose("")
+    rt = Runtime(Settings.load({}, recovery=True), log)
+    client = connection(rt)
+    await join(client)
+    pid = pid_of(await join(client, "/admin"))
+    assert pid
+    log.down = True
+    await inspect(rt, client.session, "41/admin,")
+    await until(lambda: log.down and not rt.guard.available(), 10)  # its first try failed
+    assert pid not in log.closed
+    log.down = False
+    await rt.aclose()
+    assert log.closed == [pid]
+    assert rt.stats.closes_dropped == 0

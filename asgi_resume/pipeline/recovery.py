@@ -128,13 +128,15 @@ class Recovery:
         ns = packet.namespace
         state = self.states[ns]
         state.awaiting_reply = False
-        if self.session.principal_for(ns) is None:
+        principal = self.session.principal_for(ns)
+        if principal is None:
             # a connection without a principal logs nothing, and its pid would be anybody's to claim
             del self.states[ns]
             if state.claim is not None:
                 stats.recoveries_refused += 1
             passed: list[Outgoing] = [f for unit in state.before_reply for f in unit.frames()]
             return [*passed, frame]
+        state.principal = principal
         new_gen = new_generation()
         replay: list[Outgoing] = []
         recovered = False
@@ -145,7 +147,7 @@ class Recovery:
             # the client left the namespace while the claim was out: nothing is to be recovered
             # there, and a session it claimed is closed (the app's reply goes out as it is)
             if recovered:
-                self.runtime.closes.add(state.pid, new_gen, self.session.id)
+                self.runtime.closes.add(state.pid, new_gen, self.session.id, state.principal)
             gone: list[Outgoing] = [f for unit in waited for f in unit.frames()]
             return [*gone, frame]
         if not recovered:
@@ -269,7 +271,7 @@ class Recovery:
         state = self.states.pop(namespace, None)
         if state is not None and state.pid:
             self.runtime.held_frames.ended(state.pid, state.gen)
-            self.runtime.closes.add(state.pid, state.gen, self.session.id)
+            self.runtime.closes.add(state.pid, state.gen, self.session.id, state.principal)
 
     async def _note(self, state: RecoveryState, action: Note) -> bool:
         """Tell the log about ``state``'s session; True when another connection claimed it."""
@@ -282,7 +284,7 @@ class Recovery:
             )
         except LogUnavailable:
             if action == "closed":  # (a session left unclosed would be claimable for the window)
-                self.runtime.closes.add(state.pid, state.gen, self.session.id)
+                self.runtime.closes.add(state.pid, state.gen, self.session.id, state.principal)
             return False
         if (gen, owner) == (state.gen, self.session.id):
             return False

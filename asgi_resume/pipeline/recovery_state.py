@@ -22,6 +22,7 @@ class RecoveryState:
     claim: ClaimRequest | None = None
     awaiting_reply: bool = True  # until the app's CONNECT reply: frames wait, to follow the replay
     before_reply: list[EventUnit] = field(default_factory=list)  # frames waiting for the CONNECT reply
+    principal: str = ""  # (hashed) whose session it is, once the app accepted the CONNECT
     pid: str = ""
     gen: str = ""
     logging: bool = False  # the session log takes this connection's events

@@ -154,5 +154,5 @@ class Runtime:
     async def aclose(self) -> None:
         self.closing = True
         self.repairs.close()
-        self.closes.close()
+        await self.closes.aclose()
         await self.log.aclose()
