@@ -170,3 +170,34 @@ async def test_an_epoch_a_call_that_timed_out_started_after_all_is_repaired_too(
     up(rt)
     t5 = events(await send(alice, token(5)))[0]
     assert t5["epoch"] not in (t1["epoch"], started)  # a new epoch after t4's hole, not t3's going on
+
+
+async def test_what_one_connection_missed_is_bounded_and_the_rest_repaired_without_it() -> None:
+    """A connection on many streams through an outage remembered each one it missed frames of,
+    without bound: past ``UNLOGGED_KEPT`` its oldest are repaired without it, as a closed
+    connection's are, so each still starts a new epoch once the log answers."""
+    log = _RecordingLog()
+    rt = Runtime(Settings.load({}), log)
+    alice = tab(rt)
+    extra = 10
+    ids = [f"m{n}" for n in range(repairs_module.UNLOGGED_KEPT + extra)]
+    firsts = {m: events(await send(alice, token(0, m)))[0] for m in ids}  # logged: each has an epoch
+    down(rt)
+    for m in ids:
+        await send(alice, token(1, m))  # missed
+    assert len(alice.session.unlogged) == repairs_module.UNLOGGED_KEPT
+    let_go = [StreamKey(ALICE, "/", "", m) for m in ids[:extra]]
+    assert all(key not in alice.session.unlogged for key in let_go)
+    for key in let_go:  # (the epoch it knew, or "" where it no longer remembered one: STREAMS_KEPT)
+        assert list(rt.repairs.waiting[key].gone.values()) == [alice.session.id]
+        assert alice.session not in rt.repairs.waiting[key].tabs
+    assert len(rt.repairs.waiting) == len(ids)
+    up(rt)
+    while rt.repairs.waiting:
+        assert await rt.repairs.repair()
+    assert {request.key.stream for request in log.resets} == set(ids)  # each one repaired, once
+    assert len(log.resets) == len(ids)
+    assert not alice.session.unlogged
+    for m in (ids[0], ids[-1]):  # let go, and kept: a resume across the missed frame is told
+        after = await rt.log.replay(StreamKey(ALICE, "/", "", m), firsts[m]["seq"], firsts[m]["epoch"], "reader")
+        assert after.gap or after.epoch != firsts[m]["epoch"]

@@ -34,6 +34,10 @@ from asgi_resume.stats import Stats
 MAX_REPAIRS = 100_000
 #: resets per background call: a chunk fits a write deadline on Redis (10,000 took 0.42 s)
 CHUNK = 500
+#: streams one connection remembers it missed frames of (``Session.unlogged``); past it its oldest
+#: are repaired without it, as a closed connection's are (its own next frame of one of them then
+#: joins the stream as a newcomer's, until the repair starts the new epoch)
+UNLOGGED_KEPT = 1024
 
 
 @dataclass(slots=True)
@@ -70,16 +74,24 @@ class Repairs:
                     continue
                 entry = waiting[key] = _Waiting()
             entry.tabs[session] = None
+        unlogged = session.unlogged
+        if len(unlogged) > UNLOGGED_KEPT:  # (an outage with a connection on many streams)
+            for key in list(itertools.islice(unlogged, len(unlogged) - UNLOGGED_KEPT)):
+                self._let_go(session, key, unlogged.pop(key))
         if waiting and (self._task is None or self._task.done()):
             self._task = asyncio.get_running_loop().create_task(self._in_background())
 
     def closed(self, session: Session) -> None:
         """``session``'s connection is over: its streams are repaired without it."""
         for key, epoch in session.unlogged.items():
-            entry = self.waiting.get(key)
-            if entry is not None and session in entry.tabs:
-                del entry.tabs[session]
-                entry.gone.setdefault(epoch, session.id)
+            self._let_go(session, key, epoch)
+
+    def _let_go(self, session: Session, key: StreamKey, epoch: str) -> None:
+        """``key`` is repaired without ``session`` (which missed frames of it in ``epoch``)."""
+        entry = self.waiting.get(key)
+        if entry is not None and session in entry.tabs:
+            del entry.tabs[session]
+            entry.gone.setdefault(epoch, session.id)
 
     async def repair(self, deadline: Deadline | None = None, keys: Iterable[StreamKey] | None = None) -> bool:
         """Start a new epoch for the streams waiting among ``keys`` (by default a chunk of them),

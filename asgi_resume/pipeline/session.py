@@ -70,6 +70,7 @@ class Session:
     replayed: dict[StreamKey, tuple[str, int]] = field(default_factory=dict)  # key -> (epoch, replayed up to)
     #: keys with frames the log missed -> the epoch this connection knew them in ("" none): that
     #: history has a hole, so the next append (or a repair) starts a new epoch, if nobody did yet
+    #: (at most ``repairs.UNLOGGED_KEPT``: past it the oldest are repaired without this connection)
     unlogged: dict[StreamKey, str] = field(default_factory=dict)
     in_flight: dict[StreamKey, float] = field(default_factory=dict)  # key not done -> monotonic time of last frame
     calls: dict[tuple[str, int], None] = field(default_factory=dict)  # (namespace, ack id) the client owes
