@@ -1,10 +1,11 @@
 """Engine.IO sessions: one per sid, whichever transport carries it (long-polling, then maybe a websocket).
 
-Owns: this process's sessions by sid (:class:`EngineIOSessions`: a long-polling session spans
-requests, then may upgrade to a websocket that continues it), a new session's pipeline, the sid
-an OPEN packet gives it, and what a client frame tells about the session whatever the transport
-(its Socket.IO packets, read by :func:`~asgi_resume.pipeline.inbound.inspect`; a CLOSE: it left on
-purpose; the binary attachments of a request answered here). Must not touch: each transport's framing.
+Owns: one object per Engine.IO session that both transports serve (:class:`EngineIOSession`: its
+pipeline, the sid an OPEN packet gives it, what a client frame tells about the session whatever
+the transport (its Socket.IO packets, read by :func:`~asgi_resume.pipeline.inbound.inspect`; a
+CLOSE: it left on purpose; the binary attachments of a request answered here), and its end), and
+this process's sessions by sid (:class:`EngineIOSessions`: a long-polling session spans requests,
+then may upgrade to a websocket that continues it). Must not touch: each transport's framing.
 """
 
 from __future__ import annotations
@@ -32,11 +33,6 @@ def query_param(scope: Scope, name: str) -> str | None:
     return values[0] if values else None
 
 
-def new_session(runtime: Runtime, scope: Scope, *, polling: bool = False) -> Outbound:
-    """A new Engine.IO session's pipeline (and its state: ``.session``)."""
-    return Outbound(runtime, Session(scope, runtime.log.now_ms(), polling=Polling() if polling else None))
-
-
 def handshake(frame: str) -> dict[str, object] | None:
     """The handshake an Engine.IO OPEN packet carries (``sid``, ``pingInterval``, ...), if it is one."""
     if frame[:1] != protocol.EIO_OPEN:
@@ -48,27 +44,67 @@ def handshake(frame: str) -> dict[str, object] | None:
     return found if isinstance(found, dict) else None
 
 
-async def client_frame(runtime: Runtime, session: Session, text: str) -> ResumeRequest | str | None:
-    """What a text frame from the client means here, whatever the transport: a resume request to
-    answer in its place, the frame the app gets instead (a CONNECT without its recovery fields),
-    or ``None`` (it passes as it is). A CLOSE says the client left on purpose."""
-    if text[:1] == protocol.EIO_MESSAGE:
-        return await inspect(runtime, session, text)
-    if text == protocol.EIO_CLOSE:
-        for state in session.recovery.values():
-            state.left_cleanly = True
-        if session.polling is not None:
-            session.polling.goodbye = True  # (its POST's answer ends the session: polling_post)
-    return None
+class EngineIOSession:
+    """One Engine.IO session, whichever transport carries it (long-polling requests, a websocket).
 
+    Its sid (``None`` until the app's OPEN packet gives it one, for a session that starts here),
+    its pipeline (``outbound``; what is remembered of the connection: ``session``), what a frame
+    from its client means, and its end (it is no longer known by its sid).
+    """
 
-def dropped_attachment(session: Session) -> bool:
-    """A binary frame from the client: is it an attachment of a request answered here? (Then the
-    app never sees it, as it never saw the request.)"""
-    if session.drop_attachments > 0:
-        session.drop_attachments -= 1
-        return True
-    return False
+    __slots__ = ("outbound", "registry", "runtime", "session", "sid")
+
+    def __init__(
+        self, runtime: Runtime, registry: EngineIOSessions, scope: Scope, *, polling: bool, sid: str | None = None
+    ) -> None:
+        self.runtime = runtime
+        self.registry = registry
+        self.session = Session(scope, runtime.log.now_ms(), polling=Polling() if polling else None)
+        self.outbound = Outbound(runtime, self.session)
+        self.sid = sid
+
+    def opened(self, frame: str) -> dict[str, object] | None:
+        """``frame`` is what the app sends the client: if it is the OPEN packet of a session that had
+        no sid, the session is known by the sid it gives from now on. Its handshake, or ``None``."""
+        if self.sid is not None:
+            return None
+        opening = handshake(frame)
+        sid = opening.get("sid") if opening is not None else None
+        if opening is None or not isinstance(sid, str):
+            return None
+        self.sid = sid
+        if self.session.polling is not None:
+            self.session.polling.sid = sid
+        self.registry.add(sid, self)
+        return opening
+
+    async def client_text(self, text: str) -> ResumeRequest | str | None:
+        """What a text frame from the client means here: a resume request to answer in its place,
+        the frame the app gets instead (a CONNECT without its recovery fields), or ``None`` (it
+        passes as it is). A CLOSE says the client left on purpose."""
+        session = self.session
+        if text[:1] == protocol.EIO_MESSAGE:
+            return await inspect(self.runtime, session, text)
+        if text == protocol.EIO_CLOSE:
+            for state in session.recovery.values():
+                state.left_cleanly = True
+            if session.polling is not None:
+                session.polling.goodbye = True  # (its POST's answer ends the session: polling_post)
+        return None
+
+    def client_binary(self) -> bool:
+        """A binary frame from the client: is it an attachment of a request answered here? (Then
+        the app never sees it, as it never saw the request.)"""
+        session = self.session
+        if session.drop_attachments > 0:
+            session.drop_attachments -= 1
+            return True
+        return False
+
+    def ended(self) -> None:
+        """The session is over (its websocket ended, a CLOSE went either way): its sid is forgotten."""
+        if self.sid is not None:
+            self.registry.remove(self.sid, self)
 
 
 class EngineIOSessions:
@@ -80,9 +116,9 @@ class EngineIOSessions:
     def __init__(self, idle_s: float = 120.0, limit: int = 100_000) -> None:
         self.idle_s = idle_s
         self.limit = limit
-        self._items: OrderedDict[str, tuple[float, Outbound]] = OrderedDict()
+        self._items: OrderedDict[str, tuple[float, EngineIOSession]] = OrderedDict()
 
-    def add(self, sid: str, item: Outbound) -> None:
+    def add(self, sid: str, item: EngineIOSession) -> None:
         now = time.monotonic()
         self._items[sid] = (now, item)
         self._items.move_to_end(sid)
@@ -92,25 +128,14 @@ class EngineIOSessions:
                 break
             del self._items[oldest_sid]
 
-    def opened(self, frame: str, item: Outbound) -> tuple[str, dict[str, object]] | None:
-        """``frame`` is the OPEN packet the app sent ``item``'s client: the session is known by its
-        sid from now on, whichever transport carries it. Its sid and handshake (``None``: not an
-        OPEN with a sid)."""
-        opening = handshake(frame)
-        sid = opening.get("sid") if opening is not None else None
-        if opening is None or not isinstance(sid, str):
-            return None
-        self.add(sid, item)
-        return sid, opening
-
-    def get(self, sid: str) -> Outbound | None:
+    def get(self, sid: str) -> EngineIOSession | None:
         found = self._items.get(sid)
         if found is None or time.monotonic() - found[0] >= self.idle_s:
             return None
         self.add(sid, found[1])  # touch
         return found[1]
 
-    def remove(self, sid: str, item: Outbound | None = None) -> None:
+    def remove(self, sid: str, item: EngineIOSession | None = None) -> None:
         """Forget ``sid`` (only if it still maps to ``item``, when given)."""
         found = self._items.get(sid)
         if found is not None and (item is None or found[1] is item):

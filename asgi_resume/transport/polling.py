@@ -20,9 +20,8 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from asgi_resume import protocol
-from asgi_resume.pipeline.outbound import Outbound
 from asgi_resume.pipeline.runtime import Runtime
-from asgi_resume.transport.engineio import REFUSED, EngineIOSessions, new_session, query_param
+from asgi_resume.transport.engineio import REFUSED, EngineIOSession, EngineIOSessions, query_param
 from asgi_resume.transport.polling_post import PostResponse, read_post
 from asgi_resume.transport.polling_presence import ClientRequest, let_go, silence_s
 
@@ -40,18 +39,18 @@ async def handle_polling(
     app: ASGIApp, runtime: Runtime, sessions: EngineIOSessions, scope: Scope, receive: Receive, send: Send
 ) -> None:
     sid = query_param(scope, "sid")
-    outbound = sessions.get(sid) if sid else None
+    eio = sessions.get(sid) if sid else None
     method = scope.get("method")
-    if method == "GET" and (outbound is not None or sid is None):
-        if outbound is None:  # the handshake: a new session
-            outbound = new_session(runtime, scope, polling=True)
-        response = PollResponse(runtime, sessions, outbound, sid, send)
-        with ClientRequest(runtime, outbound):
+    if method == "GET" and (eio is not None or sid is None):
+        if eio is None:  # the handshake: a new session
+            eio = EngineIOSession(runtime, sessions, scope, polling=True)
+        response = PollResponse(eio, send)
+        with ClientRequest(runtime, eio.outbound):
             await _watching_client(app, scope, receive, response)
-    elif method == "POST" and outbound is not None and not outbound.session.upgraded:
-        with ClientRequest(runtime, outbound):
-            scope, receive = await read_post(runtime, outbound, scope, receive)
-            await app(scope, receive, PostResponse(runtime, sessions, outbound, sid, send))
+    elif method == "POST" and eio is not None and not eio.session.upgraded:
+        with ClientRequest(runtime, eio.outbound):
+            scope, receive = await read_post(eio, scope, receive)
+            await app(scope, receive, PostResponse(eio, send))
     else:  # a session this process does not know, one python-engineio would refuse: not ours to touch
         await app(scope, receive, send)
 
@@ -99,13 +98,10 @@ def _replaying(message: Message, receive: Receive) -> Receive:
 class PollResponse:
     """Wraps ``send`` for one polling GET: the body goes through the session's outbound pipeline."""
 
-    def __init__(
-        self, runtime: Runtime, sessions: EngineIOSessions, outbound: Outbound, sid: str | None, send: Send
-    ) -> None:
-        self.runtime = runtime
-        self.sessions = sessions
-        self.outbound = outbound
-        self.sid = sid
+    def __init__(self, eio: EngineIOSession, send: Send) -> None:
+        self.runtime = eio.runtime
+        self.eio = eio
+        self.outbound = eio.outbound
         self.send = send
         self.start: Message | None = None
         self.body = bytearray()
@@ -125,7 +121,7 @@ class PollResponse:
                     polling.let_go = False  # the client is there: watch it again
                 self.start = message
                 return
-            if status == REFUSED and self.sid and polling is not None:
+            if status == REFUSED and self.eio.sid and polling is not None:
                 await let_go(self.runtime, self.outbound, "python-engineio refused its sid")
         if message["type"] != "http.response.body" or self.start is None:
             await self._send(message)
@@ -173,14 +169,13 @@ class PollResponse:
         return codec[1](encoded) if codec else encoded
 
     def _note(self, packet: str) -> None:
-        """Register the session at its OPEN packet (and learn its ping timeout); forget it at CLOSE."""
-        sessions = self.sessions
-        opened = sessions.opened(packet, self.outbound) if self.sid is None else None
-        if opened is not None:
-            self.sid, opening = opened
-            polling = self.outbound.session.polling
+        """Register the session at its OPEN packet (and learn its ping timeout); end it at CLOSE."""
+        eio = self.eio
+        opening = eio.opened(packet)
+        if opening is not None:
+            polling = eio.session.polling
             if polling is not None:
-                polling.sid, polling.silence_s = self.sid, silence_s(opening)
-        elif packet == protocol.EIO_CLOSE and self.sid:
-            sessions.remove(self.sid, self.outbound)
+                polling.silence_s = silence_s(opening)
+        elif packet == protocol.EIO_CLOSE and eio.sid:
+            eio.ended()
             self.closed = True

@@ -13,9 +13,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import Message, Receive, Scope, Send
 
 from asgi_resume import protocol
-from asgi_resume.pipeline.outbound import Outbound
-from asgi_resume.pipeline.runtime import Runtime
-from asgi_resume.transport.engineio import REFUSED, EngineIOSessions, client_frame, dropped_attachment
+from asgi_resume.transport.engineio import REFUSED, EngineIOSession
 from asgi_resume.transport.polling_presence import let_go
 
 try:  # python-engineio's own limit on the packets of one POST (it refuses a body with more)
@@ -29,32 +27,31 @@ except (ImportError, AttributeError, TypeError, ValueError):  # pragma: no cover
 class PostResponse:
     """Wraps ``send`` for one polling POST: a CLOSE it carried, or a refusal, ends the session here."""
 
-    def __init__(
-        self, runtime: Runtime, sessions: EngineIOSessions, outbound: Outbound, sid: str | None, send: Send
-    ) -> None:
-        self.runtime, self.sessions, self.outbound, self.sid, self.send = runtime, sessions, outbound, sid, send
+    def __init__(self, eio: EngineIOSession, send: Send) -> None:
+        self.eio, self.send = eio, send
 
     async def __call__(self, message: Message) -> None:
-        polling = self.outbound.session.polling
+        eio = self.eio
+        polling = eio.session.polling
         if message["type"] == "http.response.start" and polling is not None:
             status = message.get("status")
             if status == 200 and polling.goodbye:
-                self.sessions.remove(self.sid or "", self.outbound)
-                await let_go(self.runtime, self.outbound, "its client said goodbye", over=True)
+                eio.ended()
+                await let_go(eio.runtime, eio.outbound, "its client said goodbye", over=True)
             elif status == 200 and not polling.over:
                 polling.let_go = False
             elif status == REFUSED:
-                await let_go(self.runtime, self.outbound, "python-engineio refused its sid")
+                await let_go(eio.runtime, eio.outbound, "python-engineio refused its sid")
         await self.send(message)
 
 
-async def read_post(runtime: Runtime, outbound: Outbound, scope: Scope, receive: Receive) -> tuple[Scope, Receive]:
+async def read_post(eio: EngineIOSession, scope: Scope, receive: Receive) -> tuple[Scope, Receive]:
     """Read a POST body; take resume requests out of it. Returns the scope and receive the app gets.
 
     Only a body python-engineio would read is read: one with a Content-Length within the app's
     ``max_http_buffer_size`` (python-engineio refuses a longer one, and so never acts on it).
     """
-    limit = runtime.max_post_body
+    limit = eio.runtime.max_post_body
     declared = Headers(scope=scope).get("content-length", "")
     if not declared.isdigit() or int(declared) > limit:
         return scope, receive  # not ours to read: the app answers it as it would without us
@@ -68,7 +65,7 @@ async def read_post(runtime: Runtime, outbound: Outbound, scope: Scope, receive:
         body += message.get("body", b"")
         if not message.get("more_body") or len(body) > limit:
             break
-    rewritten = await _rewrite_post(runtime, outbound, bytes(body)) if len(body) <= limit else None
+    rewritten = await _rewrite_post(eio, bytes(body)) if len(body) <= limit else None
 
     if rewritten is None:
         replay = iter(messages)
@@ -86,7 +83,7 @@ async def read_post(runtime: Runtime, outbound: Outbound, scope: Scope, receive:
     return scope, replaying_receive
 
 
-async def _rewrite_post(runtime: Runtime, outbound: Outbound, body: bytes) -> bytes | None:
+async def _rewrite_post(eio: EngineIOSession, body: bytes) -> bytes | None:
     """The body with resume requests replaced by UPGRADE packets; ``None`` when unchanged."""
     try:
         text = body.decode("utf-8")
@@ -96,19 +93,18 @@ async def _rewrite_post(runtime: Runtime, outbound: Outbound, body: bytes) -> by
         return None  # python-engineio refuses a body of more packets than this: so do we
     packets = protocol.split_payload(text)
     changed = False
-    session = outbound.session
     kept: list[str | bytes] = []
     for packet in packets:
-        if isinstance(packet, bytes) and dropped_attachment(session):
+        if isinstance(packet, bytes) and eio.client_binary():
             changed = True
             continue
         if isinstance(packet, str):
-            found = await client_frame(runtime, session, packet)
+            found = await eio.client_text(packet)
             if isinstance(found, str):
                 packet = found  # a CONNECT without its recovery fields
                 changed = True
             elif found is not None:
-                outbound.batch.defer(found)
+                eio.outbound.batch.defer(found)
                 packet = protocol.EIO_UPGRADE  # python-engineio answers it with a NOOP: the GET returns
                 changed = True
         kept.append(packet)

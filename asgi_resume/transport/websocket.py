@@ -23,13 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from asgi_resume import protocol
 from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.pipeline.units import Incoming, Outgoing, Passthrough
-from asgi_resume.transport.engineio import (
-    EngineIOSessions,
-    client_frame,
-    dropped_attachment,
-    new_session,
-    query_param,
-)
+from asgi_resume.transport.engineio import EngineIOSession, EngineIOSessions, query_param
 from asgi_resume.transport.holds import Hold, Holds, HoldState
 from asgi_resume.transport.linger import LINGER_BELOW_S, linger
 from asgi_resume.transport.outbox import END, NUDGE, OUTBOX_SIZE, Outbox, Signal
@@ -66,11 +60,11 @@ class WebSocketConnection:
         self.receive = receive
         self.send = send
         # an upgrade from long-polling continues that session: same cursors, same principal
-        self.sid = query_param(scope, "sid")
-        self.sessions = sessions
-        existing = sessions.get(self.sid) if self.sid else None
-        self.outbound = existing or new_session(runtime, scope)
-        self.session = self.outbound.session
+        sid = query_param(scope, "sid")
+        existing = sessions.get(sid) if sid else None
+        self.eio = existing or EngineIOSession(runtime, sessions, scope, polling=False, sid=sid)
+        self.outbound = self.eio.outbound
+        self.session = self.eio.session
         self._batch = self.outbound.batch  # (hot: asked for every frame)
         self.probe = UpgradeProbe(existing is not None)
         if existing is None:
@@ -97,8 +91,7 @@ class WebSocketConnection:
                     self.hold.end("the app ended the connection")
         finally:
             if not self.probe.active:  # (a probe that never became the transport ends nothing: polling goes on)
-                if self.sid:
-                    self.sessions.remove(self.sid, self.outbound)
+                self.eio.ended()
                 with anyio.CancelScope(shield=True):
                     await self.outbound.release(handed_over=self.hold.handed_over)
 
@@ -156,7 +149,7 @@ class WebSocketConnection:
 
     def _feed(self, item: Incoming) -> None:
         if isinstance(item, str) and item[:1] == protocol.EIO_OPEN:
-            self._register(item)
+            self.eio.opened(item)  # (a direct websocket learns its sid from it)
         now = time.monotonic()
         self._gap, self._last_feed = now - self._last_feed, now
         self.outbound.feed(item, as_emitted=True)
@@ -188,12 +181,6 @@ class WebSocketConnection:
                 await self._drain()
             if batch[-1] is END:
                 return
-
-    def _register(self, opening: str) -> None:
-        """A direct websocket learns its Engine.IO sid from the OPEN packet."""
-        opened = self.sessions.opened(opening, self.outbound) if not self.sid else None
-        if opened is not None:
-            self.sid = opened[0]
 
     async def _deliver_all(self, items: list[Outgoing]) -> bool:
         """Send ``items`` in order; returns once the server took the last one (uvicorn waits while
@@ -236,10 +223,10 @@ class WebSocketConnection:
             if message["type"] == "websocket.receive":
                 text = message.get("text")
                 if text is None:
-                    if dropped_attachment(self.session):
+                    if self.eio.client_binary():
                         continue
                     return message
-                found = await client_frame(self.runtime, self.session, text)
+                found = await self.eio.client_text(text)
                 if isinstance(found, str):
                     message = {**message, "text": found}
                 elif found is not None:
@@ -283,7 +270,7 @@ class WebSocketConnection:
             # an upgrade probe the client never switched to: its session goes on by long-polling
             # (holding it would keep python-engineio "upgrading", answering every GET with a NOOP)
             return False
-        if self._tg is None or not self.accepted or not self.hold.start(self.runtime.log.now_ms(), self.sid):
+        if self._tg is None or not self.accepted or not self.hold.start(self.runtime.log.now_ms(), self.eio.sid):
             return False
         self.outbound.held = True
         self._tg.start_soon(self._held, disconnect)
