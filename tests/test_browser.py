@@ -101,11 +101,13 @@ FIRST_FRAME = """() => {
   return text ? performance.now() : false;
 }"""
 TIMED_TRIES = 20  # of each: reloads, and new tabs of the same user
-FIRST_FRAME_BOUND_MS = 1000
+#: the bug this guards against waited for the helper's 5 s fence; a page on a loaded 2-core machine
+#: (another suite's load beside it) took 1,153 ms once
+FIRST_FRAME_BOUND_MS = 2500
 
 
 @pytest.mark.parametrize("log", ["memory", "redis"])
-async def test_reloads_and_new_tabs_show_the_stream_within_a_second(
+async def test_reloads_and_new_tabs_show_the_stream_well_before_the_fence(
     browser: Browser, log: str, request: pytest.FixtureRequest
 ) -> None:
     """A page opened mid-stream shows its first frame at once, however its transports race.
