@@ -115,6 +115,9 @@ class MemorySessions:
             return Claim("expired")
         if session.broken:
             return Claim("incomplete")
+        for old in [g for g in session.logs if g not in (session.gen, new_gen)]:  # nobody's to read any more
+            del session.logs[old]
+            session.counters.pop(old, None)
         session.prev_gen, session.prev_owner = session.gen, session.owner
         session.prev_closed, session.prev_flushed = False, session.flushed
         session.prev_fetched, session.fetched = session.fetched, False

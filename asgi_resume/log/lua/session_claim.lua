@@ -1,5 +1,5 @@
 -- A reconnecting client presents its session id (pid) and last offset: claim the session.
--- KEYS: 1 session meta. ARGV: 1 principal, 2 the offset's generation, 3 claimer (connection id),
+-- KEYS: 1 session meta (the log of the generation it drops is named from it: the same hash tag). ARGV: 1 principal, 2 the offset's generation, 3 claimer (connection id),
 --       4 new generation, 5 now ms, 6 recovery window ms, 7 ttl ms, 8 namespace
 -- Returns {'ok'} or {reason}.
 local meta = KEYS[1]
@@ -17,6 +17,14 @@ if now - left > window_ms then return {'expired'} end
 -- closed before anyone claimed it: what the app sent since went to nobody, and is in no log
 if state[9] == '1' then return {'expired'} end
 if state[7] == '1' then return {'incomplete'} end -- an event it sent is in no log
+-- the generation before the previous one is nobody's to read any more: its log goes (a client
+-- that recovers over and over keeps two generations, not one per claim). Its key is the meta's
+-- with the same hash tag (the same slot): '<prefix>:{pid}:rmeta' -> '<prefix>:{pid}:r:<gen>'
+local old_gen = redis.call('HGET', meta, 'prev_gen')
+if old_gen and old_gen ~= '' then
+  redis.call('DEL', string.sub(meta, 1, -6) .. 'r:' .. old_gen)
+  redis.call('HDEL', meta, 'n:' .. old_gen)
+end
 redis.call('HSET', meta, 'prev_gen', state[2], 'prev_owner', state[3], 'prev_closed', '0',
   'prev_flushed', redis.call('HGET', meta, 'flushed') or '0', 'prev_fetched', state[6] or '0',
   'gen', new_gen, 'owner', claimer, 'cutoff', now, 'closed', '0', 'flushed', now, 'last_at', now, 'fetched', '0',
