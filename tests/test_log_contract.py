@@ -400,6 +400,28 @@ async def test_a_read_waits_for_a_batch_the_previous_owner_took_well_after_the_c
     assert (read.status, [n for n, _, _ in read.frames]) == ("ok", [1, 2, 3])
 
 
+async def test_a_previous_owner_whose_client_stopped_reading_is_not_taken_at_its_silence(log: StreamLog) -> None:
+    """A connection whose sends wait on a client that stopped reading notes it is ``behind``: what
+    the app sent it since waits unlogged, so a forced read of its generation is ``incomplete``
+    (noted before the claim, or after it), until it logs a batch taken well after the claim."""
+    before, after = f"pid{next(_prefixes)}", f"pid{next(_prefixes)}"
+    for pid in (before, after):
+        await session(log, pid, "g1", "c1", "a")
+    assert await log.session_note(before, "behind", "g1", "c1") == ("g1", "c1")
+    for pid in (before, after):
+        assert (await log.session_claim(pid, ALICE, "/", "g1", "c2", "g2", 60_000)).status == "ok"
+    assert await log.session_note(after, "behind", "g1", "c1") == ("g2", "c2")  # (it learns of the claim)
+    for pid in (before, after):
+        assert (await log.session_read(pid, "g1", 0, force=False)).status == "wait"
+        assert (await log.session_read(pid, "g1", 0, force=True)).status == "incomplete"
+    later = log.now_ms() + CLAIM_SLACK_MS + 1_000  # it caught up: a batch it took well after the claim
+    frames: list[tuple[int, list[str | bytes]]] = [(later, ['42["e","b"]'])]
+    (result,) = await log.session_append([SessionAppend(after, "g1", "c1", ALICE, "/", frames, later)])
+    assert result.status == "taken"
+    read = await log.session_read(after, "g1", 0, force=True)
+    assert (read.status, [n for n, _, _ in read.frames]) == ("ok", [1, 2])
+
+
 async def test_a_session_noted_broken_is_not_recovered(log: StreamLog) -> None:
     """Its owner sent an event the log missed: before a claim, the claim is refused; after one (the
     previous owner's write failed while the claimer waited), the read is."""

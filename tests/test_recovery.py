@@ -29,9 +29,10 @@ from asgi_resume.pipeline.session import Session
 from asgi_resume.pipeline.units import EventUnit
 from tests.support.app import PacedStream, chat_event, emit_tokens, make_app, make_sio, room_of
 from tests.support.node import NodeClient
-from tests.support.raw import RawClient
+from tests.support.raw import DeafClient, RawClient
 from tests.support.redis_server import RedisServer
 from tests.support.server import serve
+from tests.support.waits import until
 from tests.support.workers import workers
 
 pytestmark = pytest.mark.anyio
@@ -352,3 +353,43 @@ async def test_identical_events_emitted_while_the_app_accepts_the_reconnect_come
         finished = await node.expect("finished", timeout=30)
         await emitter
     assert finished["contents"] == ["bob is typing"] * total + [""]  # each once: none dropped as a copy
+
+
+async def test_a_claim_of_a_connection_whose_client_stopped_reading_gets_a_normal_connect(
+    backend: dict[str, Any],
+) -> None:
+    """Found by an attack run: the previous connection still open, its client no longer reading
+    (a dropped network the server has not noticed), its sends waiting on the socket; what the app
+    emitted meanwhile waited for it unlogged, and a reconnect's claim took its silence for a
+    complete log: ``recovered`` with 92-112 of 1,500 events missing, on the memory log and on
+    Redis. The connection now tells its session that it fell behind, and the claim gets a normal
+    connect (never a history with a hole)."""
+    sio = make_sio()
+    app = make_app(sio, recovery=True, **backend)
+    total, pad, emitted = 3000, "x" * 2000, 0
+    async with serve(app) as url:
+
+        async def emit() -> None:
+            nonlocal emitted
+            for i in range(1, total + 1):
+                await sio.emit("tick", {"i": i, "pad": pad}, room=room_of("alice"))
+                emitted = i
+                await asyncio.sleep(0.002)  # (the app's pace: 3 MB in 6 s, far more than the socket takes)
+
+        emitter = asyncio.create_task(emit())
+        deaf = await DeafClient(url, {"token": "alice"}, read_first_event=True).connect()
+        try:
+            pid = json.loads(deaf.reply[2:])["pid"]
+            offset = json.loads(deaf.first_event[2:])[-1]
+            await until(lambda: emitted >= total // 2, 60)
+            again = RawClient(url, auth={"token": "alice", "pid": pid, "offset": offset})
+            await again.connect()
+            reply = next(f for f in again.frames if isinstance(f, str) and f.startswith("40"))
+            await emitter
+            await again.close()
+        finally:
+            deaf.kill()
+            emitter.cancel()
+    assert json.loads(reply[2:])["pid"] != pid  # a normal connect: recovered is false
+    assert app.runtime.stats.recoveries_refused == 1
+    assert app.runtime.stats.recoveries_ok == 0

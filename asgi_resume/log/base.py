@@ -195,13 +195,14 @@ class SessionAppend:
     namespace: str
     frames: list[tuple[int, Payload]]  # (received at, on the log clock; [frame, *attachments])
     flushed_ms: int  # every frame this connection got before this is in this call or an earlier one
-    #: the connection gets its frames only when its client fetches them (long-polling): while its
-    #: client is away they wait unlogged, so its silence proves nothing (see ``session_read``)
+    #: the connection gets its frames only when its client fetches them (long-polling), or its
+    #: client stopped reading (a websocket whose sends block): frames wait unlogged meanwhile, so
+    #: its silence proves nothing (see ``session_read``)
     fetched: bool = False
 
 
 #: what a connection tells its recovery session (``session_note``), or ``state``: who owns it now
-Note = Literal["left", "closed", "upgraded", "broken", "state"]
+Note = Literal["left", "closed", "upgraded", "behind", "broken", "state"]
 
 
 #: The app hands each connection its frames through a queue of the connection's own (python-engineio's
@@ -295,8 +296,9 @@ class StreamLog(Protocol):
 
     async def session_note(self, pid: str, action: Note, gen: str, owner: str) -> tuple[str, str]:
         """``left`` (the client is gone), ``closed`` (the connection is over), ``upgraded`` (off
-        long-polling), ``broken`` (an event it sent is in no log: the generation cannot be
-        recovered) or ``state``: (gen, owner)."""
+        long-polling), ``behind`` (its client stopped reading: frames wait for it unlogged, so its
+        silence proves nothing, as a polling client's), ``broken`` (an event it sent is in no log:
+        the generation cannot be recovered) or ``state``: (gen, owner)."""
         ...
 
     async def prepare(self) -> None:

@@ -159,6 +159,11 @@ class MemorySessions:
                 session.broken = True
             elif (session.prev_gen, session.prev_owner) == (gen, owner):
                 session.prev_broken = True
+        elif action == "behind":
+            if current == (gen, owner):
+                session.fetched = True
+            elif (session.prev_gen, session.prev_owner) == (gen, owner):
+                session.prev_fetched = True
         elif action == "closed":
             if current == (gen, owner):  # closed before anyone claimed it: nobody can recover it
                 if not session.prev_gen or session.prev_closed:

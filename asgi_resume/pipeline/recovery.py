@@ -94,7 +94,9 @@ class Recovery:
         if not groups:
             return
         session = self.session
-        fetched = not session.upgraded  # on long-polling: what the app sends waits for the client's GET
+        # on long-polling what the app sends waits for the client's GET; on a websocket whose client
+        # stopped reading, for the client to read
+        fetched = not session.upgraded or session.behind
         requests = []
         for ns, (state, group) in groups.items():
             frames: list[tuple[int, Payload]] = [(u.received_ms, [u.live(), *u.attachments]) for u in group]
@@ -211,7 +213,8 @@ class Recovery:
         if read.status == "incomplete":
             logger.info(
                 "recovery of session %s…: what the app sent its connection may be in no log (the log missed "
-                "an event, or the connection was on long-polling and fetched nothing since the claim)",
+                "an event, or the connection was on long-polling, or its client had stopped reading, and it "
+                "logged nothing since the claim)",
                 claim.pid[:6],
             )
             return False, []
@@ -251,8 +254,9 @@ class Recovery:
 
     async def note(self, action: Note) -> bool:
         """Tell the log the client ``left``, the connection ``closed`` or ``upgraded`` from long-polling
-        (its frames no longer wait for its client's GET), or ask (``state``); True when every
-        recoverable session of this connection was claimed by another one."""
+        (its frames no longer wait for its client's GET), that it is ``behind`` (its client stopped
+        reading), or ask (``state``); True when every recoverable session of this connection was
+        claimed by another one."""
         await self._tell_losses()
         taken = True
         for state in list(self.states.values()):  # (a DISCONNECT may end one while a note is out)

@@ -81,6 +81,9 @@ class Session:
     last_frame_at: float = 0.0  # monotonic time of the last stream frame
     recovery: dict[str, RecoveryState] = field(default_factory=dict)  # namespace -> connection state recovery
     upgraded: bool = False  # on a websocket for good: python-engineio refuses its polling requests
+    #: its client stopped reading (a send to it blocked while more frames came): what waits for it
+    #: is in no log yet, so a claim of its recovery sessions must not take its silence for complete
+    behind: bool = False
     polling: Polling | None = None  # a session that began on long-polling
     drop_attachments: int = 0  # binary frames still to come of an inbound request the app never sees
     resume_bucket: ResumeBucket = field(default_factory=ResumeBucket)  # its resume requests' rate limit

@@ -33,6 +33,7 @@ from asgi_resume.transport.upgrade import UpgradeProbe
 logger = logging.getLogger("asgi_resume")
 
 SERVER_GOING_AWAY = 1012  # uvicorn closes websockets with it on shutdown
+BEHIND_NOTE_EVERY_S = 1.0  # how often a connection whose client stopped reading may tell the log so
 _PONG: Message = {"type": "websocket.receive", "text": protocol.EIO_PONG}
 
 
@@ -77,6 +78,8 @@ class WebSocketConnection:
         self.hold = Hold(holds, self.session, self.outbound.recovery)
         self._last_feed, self._gap = 0.0, 1.0  # when the last frame came, and the time before it
         self._draining = False  # this connection holds the outbound lock and is sending
+        self._sending = False  # a send to the client is out (it waits while the client does not read)
+        self._behind_noted = 0.0  # when the log was last told its client stopped reading
         self._tg: TaskGroup | None = None
 
     async def run(self) -> None:
@@ -127,6 +130,8 @@ class WebSocketConnection:
         copies do not each cost a task switch (about 2 µs per copy, ``benchmarks.transport``).
         """
         outbound = self.outbound
+        if self._sending and not self.session.behind:
+            self._fell_behind()
         if not self._outbox.empty() or (outbound.lock.locked() and not self._draining):
             # items queued ahead, or another transport of this session (long-polling, before the
             # upgrade) is sending: the writer takes it in turn
@@ -139,10 +144,14 @@ class WebSocketConnection:
             async with outbound.lock:  # too much waiting: python-engineio's writer waits for it
                 await self._drain()
             return
-        if self._batch.needs_log(answer_deferred=not self.probe.active) and (
-            self._gap < LINGER_BELOW_S or not self.runtime.log.synchronous
+        if self.session.recovery or (
+            self._batch.needs_log(answer_deferred=not self.probe.active)
+            and (self._gap < LINGER_BELOW_S or not self.runtime.log.synchronous)
         ):
-            self._outbox.put_soon(NUDGE)  # the writer logs it, with whatever comes meanwhile
+            # the writer logs it, with whatever comes meanwhile; with recovery, the writer sends
+            # everything: the app's sends never wait on a client that stopped reading, so the
+            # next one tells that it did (:meth:`_fell_behind`)
+            self._outbox.put_soon(NUDGE)
             return
         async with outbound.lock:
             await self._drain()
@@ -166,6 +175,8 @@ class WebSocketConnection:
                 await outbound.send(self._deliver_all, answer_deferred=answer_deferred)
         finally:
             self._draining = False
+        if self.session.behind and self._outbox.empty():
+            self.session.behind = False  # caught up: its next append says so
         self.hold.wake()
 
     async def _write(self) -> None:
@@ -208,10 +219,25 @@ class WebSocketConnection:
                 message = item.message
             case _:
                 assert_never(item)
+        self._sending = True
         try:
             await self.send(message)
         except Exception:  # noqa: BLE001 - the client is gone; the app learns it from receive()
             self.client_gone = True
+        finally:
+            self._sending = False
+
+    def _fell_behind(self) -> None:
+        """A frame came while a send to the client waited: the client stopped reading (or its
+        network did), and what comes now waits for it unlogged. Its recovery sessions say so (at
+        most once a second), so that a reconnect's claim does not take this silence for a
+        complete log (it gets a normal connect, never a history with a hole)."""
+        self.session.behind = True
+        recovery = self.outbound.recovery
+        now = time.monotonic()
+        if recovery is not None and recovery.states and now - self._behind_noted >= BEHIND_NOTE_EVERY_S:
+            self._behind_noted = now
+            self.runtime.in_background(recovery.note("behind"))
 
     # -- client -> app -------------------------------------------------------------------
 

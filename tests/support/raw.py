@@ -164,9 +164,12 @@ class DeafClient:
     then reads nothing more (a backgrounded tab on a bad network; a client that will not read).
     The server's writes to it soon wait for the socket."""
 
-    def __init__(self, base_url: str, auth: dict[str, Any]) -> None:
+    def __init__(self, base_url: str, auth: dict[str, Any], *, read_first_event: bool = False) -> None:
         host, port = base_url.removeprefix("http://").split(":")
         self.address, self.auth = (host, int(port)), auth
+        self.read_first_event = read_first_event  # read one EVENT too, before it stops reading
+        self.reply = ""  # the CONNECT reply it read
+        self.first_event = ""  # the EVENT it read, if asked to
         self._writer: asyncio.StreamWriter | None = None
 
     async def connect(self) -> DeafClient:
@@ -183,8 +186,12 @@ class DeafClient:
         await reader.readuntil(b"\r\n\r\n")
         await read_frame(reader)  # Engine.IO's OPEN
         self._writer.write(masked_frame("40" + json.dumps(self.auth)))
-        while not (await read_frame(reader)).startswith(b"40"):
+        while not (frame := (await read_frame(reader)).decode()).startswith("40"):
             pass
+        self.reply = frame
+        while self.read_first_event and not (frame := (await read_frame(reader)).decode()).startswith("42"):
+            pass
+        self.first_event = frame if self.read_first_event else ""
         self._writer.transport.pause_reading()
         return self
 

@@ -1,10 +1,12 @@
 -- The owner of a session notes its client's departure, its own end, or that its frames no longer
 -- wait for its client to fetch them (it upgraded from long-polling); anyone may ask who owns it.
--- It also notes that an event it sent is in no log ('broken': the generation cannot be recovered).
+-- It also notes that an event it sent is in no log ('broken': the generation cannot be recovered),
+-- and that its client stopped reading ('behind': frames wait for it unlogged, as for a client on
+-- long-polling, so a claim cannot take its silence for a complete log; its next append says again).
 -- A session closed before anyone claimed it can no longer be recovered: it is deleted at once (not
 -- left for its ttl: a client that joins and leaves a namespace over and over makes a session each time),
 -- or, while its previous owner may still log what the claimer reads, once that one is closed too.
--- KEYS: 1 session meta, 2 the log of the generation. ARGV: 1 'left' | 'closed' | 'upgraded' | 'broken' |
+-- KEYS: 1 session meta, 2 the log of the generation. ARGV: 1 'left' | 'closed' | 'upgraded' | 'behind' | 'broken' |
 --       'state', 2 generation, 3 owner, 4 now ms
 -- Returns {current generation or '', current owner or ''}.
 local meta = KEYS[1]
@@ -15,11 +17,12 @@ if what == 'left' and state[1] == gen and state[2] == owner then
   redis.call('HSET', meta, 'disconnected_at', now)
 elseif what == 'upgraded' and state[1] == gen and state[2] == owner then
   redis.call('HSET', meta, 'fetched', '0')
-elseif what == 'broken' then
+elseif what == 'broken' or what == 'behind' then
+  local field = what == 'broken' and 'broken' or 'fetched'
   if state[1] == gen and state[2] == owner then
-    redis.call('HSET', meta, 'broken', '1')
+    redis.call('HSET', meta, field, '1')
   elseif state[3] == gen and state[4] == owner then
-    redis.call('HSET', meta, 'prev_broken', '1')
+    redis.call('HSET', meta, 'prev_' .. field, '1')
   end
 elseif what == 'closed' then
   if state[1] == gen and state[2] == owner then
