@@ -27,7 +27,7 @@ from asgi_resume.log import LogRefused, LogUnavailable, StreamLog
 from asgi_resume.log.base import Claim, Note, SessionAppendResult
 from asgi_resume.log.memory import MemoryLog
 from asgi_resume.log.redis import RedisLog
-from asgi_resume.pipeline.closes import IN_FLIGHT, PER_PRINCIPAL
+from asgi_resume.pipeline.closes import IN_FLIGHT, MAX_PENDING, PER_PRINCIPAL
 from asgi_resume.pipeline.inbound import inspect
 from asgi_resume.pipeline.outbound import Outbound
 from asgi_resume.pipeline.runtime import Runtime
@@ -394,6 +394,12 @@ async def test_one_principals_leaves_cost_nobody_elses_close() -> None:
         assert len(rt.closes.pending) == PER_PRINCIPAL + 1
         assert pid_b in {pid for pid, _ in rt.closes.pending}
         assert rt.stats.closes_dropped == 50
+        # her sessions given up stay claimable: her claims get a normal connect for the window
+        mallory_principal, bob_principal = mallory.session.principal_for("/"), bob.session.principal_for("/")
+        assert mallory_principal is not None
+        assert bob_principal is not None
+        assert rt.closes.refuses("any-pid", "any-gen", mallory_principal)
+        assert not rt.closes.refuses("any-pid", "any-gen", bob_principal)
         log.down = False
         await until(lambda: not rt.closes.pending, 20)
         assert pid_b in log.closed
@@ -454,3 +460,22 @@ async def test_closes_still_waiting_at_shutdown_are_tried_once_more() -> None:
     await rt.aclose()
     assert log.closed == [pid]
     assert rt.stats.closes_dropped == 0
+
+
+async def test_past_the_process_bound_claims_are_refused_for_the_window() -> None:
+    """Found by an attack run: past ``MAX_PENDING`` the oldest close waiting was given up, and a
+    bystander's session left open was claimed later: recovered, with what the app sent after his
+    leave in no log. A close given up that may be anyone's refuses every claim here for the window."""
+    rt = Runtime(Settings.load({}, recovery=True), MemoryLog())
+    try:
+        for n in range(MAX_PENDING):
+            rt.closes.add(f"pid{n}", "g", "c", f"user{n % 100}")
+        assert not rt.closes.refuses("another", "g", "user1")
+        assert rt.closes.refuses("pid0", "g", "user0")  # (being closed)
+        rt.closes.add("one-more", "g", "c", "user1")
+        assert rt.stats.closes_dropped == 1
+        assert "pid0" not in {pid for pid, _ in rt.closes.pending}
+        assert rt.closes.refuses("pid0", "g", "user0")  # given up: still refused
+        assert rt.closes.refuses("another", "g", "somebody")
+    finally:
+        await rt.aclose()

@@ -3,7 +3,8 @@
 Owns: the sessions a client left on purpose (a DISCONNECT from their namespace) whose closing
 the log has not heard yet, with their bounds: at most ``PER_PRINCIPAL`` per principal (past it
 that principal's oldest is given up, so one user's join/leave flood costs nobody else) and
-``MAX_PENDING`` per process (past it the oldest is given up), each counted in ``closes_dropped``;
+``MAX_PENDING`` per process (past it the oldest is given up), each counted in ``closes_dropped``,
+and claims that may be of a session given up refused for the window (:meth:`Closes.refuses`);
 each is kept for the recovery window after it was asked (a claim expires then anyway). One
 background task tries them ``IN_FLIGHT`` calls at a time, and only while the guard lets calls
 through, so an outage costs one waiting entry per leave, not a task or a call. At shutdown
@@ -28,6 +29,7 @@ logger = logging.getLogger("asgi_resume")
 MAX_PENDING = 10_000  # sessions waiting to be closed in one process (~250 bytes each)
 PER_PRINCIPAL = 256  # of them, one principal's (a client joins and leaves a namespace over and over)
 IN_FLIGHT = 8  # close calls out at once (a Redis pool has 64 connections; replays take up to 8)
+SHUTDOWN_IN_FLIGHT = 32  # at shutdown, nothing else is calling
 
 Key = tuple[str, str]  # (pid, generation)
 
@@ -46,6 +48,10 @@ class Closes:
         self.window_s = window_s
         self.pending: dict[Key, _Close] = {}  # oldest first
         self._by_principal: dict[str, dict[Key, None]] = {}  # each principal's, oldest first
+        #: a close was given up: claims are refused until then, the principal's (or anyone's) —
+        #: a session that stayed open is claimable, with what was sent after the leave in no log
+        self._gave_up: dict[str, float] = {}
+        self._gave_up_any = 0.0
         self.closing = False
         self._task: asyncio.Task[None] | None = None
 
@@ -55,9 +61,9 @@ class Closes:
         self._forget(key)
         mine = self._by_principal.setdefault(principal, {})
         if len(mine) >= PER_PRINCIPAL:
-            self._drop(next(iter(mine)))
+            self._give_up(next(iter(mine)))
         elif len(self.pending) >= MAX_PENDING:
-            self._drop(next(iter(self.pending)))
+            self._give_up(next(iter(self.pending)))
         self.pending[key] = _Close(owner, principal, time.monotonic() + self.window_s)
         self._by_principal.setdefault(principal, {})[key] = None
         if not self.closing and (self._task is None or self._task.done()):
@@ -69,9 +75,18 @@ class Closes:
             if not guard.available() or not await self._round():
                 await asyncio.sleep(RETRY_AFTER_S)
 
-    async def _round(self) -> bool:
-        """Try the oldest ``IN_FLIGHT`` at once. False: the log did not answer (they wait again)."""
-        chosen = [(key, self.pending[key]) for key in list(self.pending)[:IN_FLIGHT]]
+    def refuses(self, pid: str, gen: str, principal: str) -> bool:
+        """Must a claim of ``pid`` (from generation ``gen``) by ``principal`` get a normal connect?
+        Yes while its session is being closed, and for the window after a close was given up
+        that may be its session's (one of the principal's, or anyone's past ``MAX_PENDING``)."""
+        if (pid, gen) in self.pending:
+            return True
+        now = time.monotonic()
+        return now < self._gave_up_any or now < self._gave_up.get(principal, 0.0)
+
+    async def _round(self, in_flight: int = IN_FLIGHT) -> bool:
+        """Try the oldest ``in_flight`` at once. False: the log did not answer (they wait again)."""
+        chosen = [(key, self.pending[key]) for key in list(self.pending)[:in_flight]]
         answered = await asyncio.gather(*(self._one(key, close) for key, close in chosen))
         return all(answered)
 
@@ -102,10 +117,23 @@ class Closes:
             if not mine:
                 del self._by_principal[close.principal]
 
-    def _drop(self, key: Key) -> None:
-        """Give ``key`` up: its session stays claimable (by its own principal) for the window."""
+    def _give_up(self, key: Key) -> None:
+        """Give ``key`` up: its session stays claimable for the window, so this process refuses
+        claims that may be of it meanwhile (of its principal's, or of anyone's past ``MAX_PENDING``)."""
+        close = self.pending[key]
         self._forget(key)
         self.stats.closes_dropped += 1
+        if len(self.pending) + 1 >= MAX_PENDING:
+            self._gave_up_any = close.until
+            return
+        gave_up = self._gave_up
+        if close.principal not in gave_up and len(gave_up) >= MAX_PENDING // PER_PRINCIPAL:
+            for principal in [p for p, until in gave_up.items() if until <= time.monotonic()]:
+                del gave_up[principal]
+            if len(gave_up) >= MAX_PENDING // PER_PRINCIPAL:  # (that many flooding at once: anyone's)
+                self._gave_up_any = close.until
+                return
+        gave_up[close.principal] = close.until
 
     async def aclose(self) -> None:
         """Stop, trying what still waits once more within a recovery deadline (a session left
@@ -118,15 +146,18 @@ class Closes:
         left = len(self.pending)
         if not left:
             return
+        seconds = self.guard.deadlines.recovery.seconds
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.guard.deadlines.recovery.seconds):
-                while self.pending and await self._round():
+            async with asyncio.timeout(seconds):
+                while self.pending and await self._round(SHUTDOWN_IN_FLIGHT):
                     pass
         if self.pending:
             self.stats.closes_dropped += len(self.pending)
             logger.warning(
-                "%d of %d recovery sessions left open in the log at shutdown (the log did not answer)",
+                "%d of %d recovery sessions left open in the log at shutdown (not closed within %.1f s); "
+                "each stays claimable for the recovery window",
                 len(self.pending),
                 left,
+                seconds,
                 extra=fault("closes_left_open", sessions=len(self.pending)),
             )

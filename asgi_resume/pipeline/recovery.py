@@ -180,7 +180,7 @@ class Recovery:
         principal = session.principal_for(state.namespace) or ""
         window_ms = int(runtime.settings.recovery_window * 1000)
         guard, log = runtime.guard, runtime.log
-        if (claim.pid, claim.gen) in runtime.closes.pending:  # its client left it: closed as soon as the log answers
+        if runtime.closes.refuses(claim.pid, claim.gen, principal):  # its client left it: being closed
             logger.info("recovery of session %s…: closed", claim.pid[:6])
             return False, []
         try:
