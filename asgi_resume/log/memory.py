@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from asgi_resume.log.base import (
     COPY_WINDOW_MS,
     NOT_FOUND,
+    SCAN_AHEAD,
     AppendRequest,
     AppendResult,
     Claim,
@@ -32,7 +33,6 @@ from asgi_resume.log.base import (
 )
 from asgi_resume.log.memory_sessions import MemorySessions
 
-_SCAN_AHEAD = 64  # how far past a mismatch a connection looks for its frame
 _SWEEP_EVERY_MS = 1000
 _CLOSED = "the log is closed"
 
@@ -70,7 +70,7 @@ class _Stream:
         return self.records[index] if 0 <= index < len(self.records) else None
 
     def find_after(self, seq: int, digest: str) -> int | None:
-        for candidate in range(seq + 1, min(seq + 1 + _SCAN_AHEAD, self.last + 1)):
+        for candidate in range(seq + 1, min(seq + 1 + SCAN_AHEAD, self.last + 1)):
             record = self.at_seq(candidate)
             if record is not None and record.digest == digest:
                 return candidate
@@ -210,7 +210,7 @@ class MemoryLog:
                 seq = state.last
                 state.records.append(_Record(seq, entry.digest, entry.received_ms, entry.payload))
             if cursor is not None and seq > cursor + 1:  # what it steps over is passed over for its next frames too
-                skipped.update(range(max(cursor + 1, seq - _SCAN_AHEAD), seq))
+                skipped.update(range(max(cursor + 1, seq - SCAN_AHEAD), seq))
             cursor = seq
             state.done = state.done or entry.done
             seqs.append(seq)

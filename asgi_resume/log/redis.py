@@ -21,6 +21,7 @@ from asgi_resume.log.base import (
     COPY_WINDOW_MS,
     LATE,
     NOT_FOUND,
+    SCAN_AHEAD,
     AppendRequest,
     AppendResult,
     Claim,
@@ -122,6 +123,7 @@ class RedisLog:
             request.reset_epoch,
             not_after,
             request.lookback_ms,
+            SCAN_AHEAD,
         ]
 
     async def replay(

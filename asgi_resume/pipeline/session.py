@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 
 from starlette.types import Scope
 
-from asgi_resume.log.base import StreamKey
+from asgi_resume.log.base import SCAN_AHEAD, StreamKey
 from asgi_resume.pipeline.rate_limit import ResumeBucket
 from asgi_resume.pipeline.recovery_state import RecoveryState
 from asgi_resume.pipeline.resume import ResumeRequest
 
 _AMBIGUOUS = "\x00ambiguous"  # a pending CONNECT whose principal cannot be known (never a hash)
-SKIPPED_KEPT = 64  # entries a connection passed over, remembered per stream key (the log looks 64 ahead)
+SKIPPED_KEPT = SCAN_AHEAD  # entries a connection passed over, remembered per stream key (as far as the log looks)
 CALLS_KEPT = 64  # unanswered calls remembered per connection
 #: streams a connection keeps its place in (cursor, what it passed over or was replayed); past it
 #: the ones no longer in flight are forgotten, the oldest first (a stream not in flight any more

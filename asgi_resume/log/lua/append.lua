@@ -22,6 +22,8 @@ local held = ARGV[13] == '1' -- a held connection logs, but takes nothing over f
 local reset_epoch = ARGV[14] -- reset only a stream still in one of these epochs (a,b,..; '': whatever it is)
 local not_after = tonumber(ARGV[15]) -- ms: its caller gives up on it then (0: never)
 local lookback = tonumber(ARGV[16]) -- ms before `since` where a first frame's copy may lie (another process's)
+local scan_ahead = tonumber(ARGV[17]) -- how far past its cursor a connection's frame is looked for
+local PAGE = 64 -- entries read at a time, newest first, looking for a first frame's copy
 -- Returns {epoch, others_ms, seq...}: a seq per frame (negative: the out-of-order copy's seq); or
 -- {'late'}, writing nothing, when it would run after not_after (a paused Redis running what it queued).
 
@@ -45,9 +47,9 @@ local function entry_at(seq)
   return redis.call('XRANGE', log, seq .. '-0', seq .. '-0')[1]
 end
 
--- the first entry after `from` (within 64) carrying `digest`: frames this connection never got
+-- the first entry after `from` (within scan_ahead) carrying `digest`: frames this connection never got
 local function find_after(from, digest)
-  local entries = redis.call('XRANGE', log, '(' .. from .. '-0', '+', 'COUNT', 64)
+  local entries = redis.call('XRANGE', log, '(' .. from .. '-0', '+', 'COUNT', scan_ahead)
   for _, e in ipairs(entries) do
     if field(e, 'h') == digest then return seq_of(e[1]) end
   end
@@ -60,7 +62,7 @@ local function find_since(digest)
   local found, before = false, false
   local high = '+'
   while true do
-    local entries = redis.call('XREVRANGE', log, high, '-', 'COUNT', 64)
+    local entries = redis.call('XREVRANGE', log, high, '-', 'COUNT', PAGE)
     if #entries == 0 then return found or before end
     for _, e in ipairs(entries) do
       local t = tonumber(field(e, 't'))
@@ -135,7 +137,7 @@ for i = 1, #frames, 4 do
         'h', digest, 't', frames[i + 2], 'd', fdone, 'f', frames[i + 3])
     end
     if cursor then -- what it steps over now is passed over for its next frames too
-      for s = math.max(cursor + 1, seq - 64), seq - 1 do passed[s] = true end
+      for s = math.max(cursor + 1, seq - scan_ahead), seq - 1 do passed[s] = true end
     end
     cursor = seq
     if fdone == '1' then done = true end
