@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from asgi_resume import protocol
 from asgi_resume.pipeline import units
 from asgi_resume.protocol import ACK, BINARY_EVENT, CONNECT, EVENT, Packet, socketio, stamping
+from asgi_resume.protocol.socketio import encode
 
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text()
 json_values = st.recursive(
@@ -79,7 +80,7 @@ def test_an_event_needs_a_name() -> None:
 
 @given(events())
 def test_event_round_trip(packet: Packet) -> None:
-    assert protocol.parse(protocol.encode(packet)) == packet
+    assert protocol.parse(encode(packet)) == packet
 
 
 @given(namespaces, ack_ids, st.none() | json_objects, st.sampled_from([CONNECT, ACK, 1, 4]))
@@ -87,12 +88,12 @@ def test_other_packets_round_trip(ns: str, ack_id: int | None, data: Any, ptype:
     if ptype == ACK:
         data = [data]
     packet = Packet(ptype, ns, ack_id if ptype == ACK else None, data)
-    assert protocol.parse(protocol.encode(packet)) == packet
+    assert protocol.parse(encode(packet)) == packet
 
 
 @given(object_events(), st.integers(1, 10**9), st.from_regex(r"[A-Za-z0-9]{8}", fullmatch=True))
 def test_stamp_template_sets_fields_and_keeps_the_rest(packet: Packet, seq: int, epoch: str) -> None:
-    frame = protocol.encode(packet)
+    frame = encode(packet)
     parsed = protocol.parse(frame)
     assert parsed is not None
     template = protocol.stamp_template(frame, parsed, ("seq", "epoch"))
@@ -172,7 +173,7 @@ def test_payload_garbage_never_raises(body: str) -> None:
 
 @given(events(), st.text(max_size=12))
 def test_an_appended_last_argument_round_trips(packet: Packet, offset: str) -> None:
-    frame = protocol.encode(packet)
+    frame = encode(packet)
     parsed = protocol.parse(protocol.with_last_arg(frame, offset))
     assert parsed is not None
     assert parsed.data == [*packet.data, offset]
@@ -187,7 +188,7 @@ def test_an_appended_last_argument_round_trips(packet: Packet, offset: str) -> N
 def test_a_member_set_in_a_connect_reply(ns: str, data: dict[str, Any], pid: str) -> None:
     """Set first, and set even when the app's reply has a member of that name (found by hypothesis:
     ``{"pid": null}`` used to keep the app's null)."""
-    frame = protocol.encode(Packet(CONNECT, ns, None, data))
+    frame = encode(Packet(CONNECT, ns, None, data))
     packet = protocol.parse(frame)
     assert packet is not None
     result = protocol.parse(protocol.with_member(frame, packet, "pid", pid))
@@ -199,7 +200,7 @@ def test_a_member_set_in_a_connect_reply(ns: str, data: dict[str, Any], pid: str
 @given(events())
 def test_the_stdlib_parser_gives_the_same_packets(packet: Packet) -> None:
     """Without orjson (an optional speedup) parsing is the stdlib's: same packets."""
-    frame = protocol.encode(packet)
+    frame = encode(packet)
     fast = protocol.parse(frame)
     saved, socketio._orjson = socketio._orjson, None  # type: ignore[assignment]
     try:
