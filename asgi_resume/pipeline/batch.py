@@ -10,11 +10,13 @@ call, answers). Must not touch: the log, the transport, rendering
 
 from __future__ import annotations
 
+from typing import assert_never
+
 from asgi_resume import protocol
 from asgi_resume.pipeline.classify import Classifier
 from asgi_resume.pipeline.order import Feeder, FeedOrder
 from asgi_resume.pipeline.resume import ResumeRequest
-from asgi_resume.pipeline.units import ConnectReply, EventUnit, Incoming, Unit
+from asgi_resume.pipeline.units import ConnectReply, EventUnit, Incoming, Passthrough, Unit
 
 #: a batch taken for a flush: its units in order, those of a stream, and whether it answers (a
 #: resume request or a CONNECT reply is in it)
@@ -56,48 +58,59 @@ class Batch:
         ``as_emitted``: ``item`` is the object the app handed over, the same one its other
         recipients here get for one emit (websockets; long-polling payloads are cut up here).
         """
-        pending = self._pending
-        if pending is not None:
-            if isinstance(item, bytes):
-                pending.attachments.append(item)
-                if pending.complete:
-                    self._queue(pending)
-                    self._pending = None
-                return
-            if item in (protocol.EIO_PING, protocol.EIO_NOOP):
-                self._units.append(item)  # harmless between a header and its attachments
-                return
-            # the attachments never came: give up on logging this one, keep the bytes
-            self._units.extend([pending.raw, *pending.attachments])
-            self._pending = None
-        if isinstance(item, str):
-            if item[:3] != protocol.PLAIN_EVENT_HEAD and protocol.concerns_session(item):  # (most frames: not)
-                self._classify.note(item)
-            unit = self._classify.unit(item)
-            if unit is None:
-                self._units.append(item)
-            elif not isinstance(unit, EventUnit) or not unit.expected_attachments or unit.complete:
-                if as_emitted and isinstance(unit, EventUnit):
-                    unit.emitted = item
-                self._queue(unit)
-            else:
-                if as_emitted:  # (a binary event's header: its attachments follow)
-                    unit.emitted = item
-                self._pending = unit
+        if self._pending is not None and self._attach(item):
             return
-        if isinstance(item, ResumeRequest):
-            self._answers = True
-        self._units.append(item)
+        match item:
+            case str():
+                if item[:3] != protocol.PLAIN_EVENT_HEAD and protocol.concerns_session(item):  # (most frames: not)
+                    self._classify.note(item)
+                match self._classify.unit(item):
+                    case None:
+                        self._units.append(item)
+                    case EventUnit() as unit:
+                        if as_emitted:  # (the object its other recipients here get too)
+                            unit.emitted = item
+                        if unit.expected_attachments and not unit.complete:
+                            self._pending = unit  # a binary event's header: its attachments follow
+                        else:
+                            self._queue(unit)
+                    case ConnectReply() as reply:
+                        self._answers = True
+                        self._units.append(reply)
+                    case other:
+                        assert_never(other)
+            case ResumeRequest():
+                self._answers = True
+                self._units.append(item)
+            case bytes() | Passthrough():
+                self._units.append(item)
+            case _:
+                assert_never(item)
 
-    def _queue(self, unit: EventUnit | ConnectReply) -> None:
-        if isinstance(unit, EventUnit):
-            if unit.stream is not None:
-                unit.order = self._order.fed(unit.stream, unit.content_digest(), self._feeder, unit.emitted)
-                self._stream_units.append(unit)
-            if unit.recover:
-                self._recovering = True
-        else:
-            self._answers = True
+    def _attach(self, item: Incoming) -> bool:
+        """A binary event's header waits for its attachments: is ``item`` taken care of here?"""
+        pending = self._pending
+        assert pending is not None
+        if isinstance(item, bytes):
+            pending.attachments.append(item)
+            if pending.complete:
+                self._queue(pending)
+                self._pending = None
+            return True
+        if item in (protocol.EIO_PING, protocol.EIO_NOOP):
+            self._units.append(item)  # harmless between a header and its attachments
+            return True
+        # the attachments never came: give up on logging this one, keep the bytes (and ``item``)
+        self._units.extend([pending.raw, *pending.attachments])
+        self._pending = None
+        return False
+
+    def _queue(self, unit: EventUnit) -> None:
+        if unit.stream is not None:
+            unit.order = self._order.fed(unit.stream, unit.content_digest(), self._feeder, unit.emitted)
+            self._stream_units.append(unit)
+        if unit.recover:
+            self._recovering = True
         self._units.append(unit)
 
     def take(self, *, answer_deferred: bool = True) -> Taken:
