@@ -11,28 +11,40 @@ touch: the log, I/O.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 KEPT = 1024  # objects kept per session generation (a claim needs those of the last moments)
 CHARS_KEPT = 256 << 10  # and at most this many characters of them (large frames: fewer, the newest)
 
 
+@dataclass(slots=True)
+class _Generation:
+    """What one held connection logged in one session generation."""
+
+    frames: dict[int, str] = field(default_factory=dict)  # number -> the app's object, oldest first
+    chars: int = 0  # their characters
+
+
 class HeldFrames:
     def __init__(self) -> None:
-        #: (pid, generation) -> (number -> object, the objects' characters)
-        self._by_session: dict[tuple[str, str], tuple[dict[int, str], list[int]]] = {}
+        self._by_session: dict[tuple[str, str], _Generation] = {}  # (pid, generation) -> its objects
 
     def logged(self, pid: str, gen: str, numbered: list[tuple[int, str]]) -> None:
         """A held connection logged these frames (number, the app's object) in ``pid``'s ``gen``."""
-        kept, chars = self._by_session.setdefault((pid, gen), ({}, [0]))
+        kept = self._by_session.get((pid, gen))
+        if kept is None:
+            kept = self._by_session[(pid, gen)] = _Generation()
+        frames = kept.frames
         for n, frame in numbered:
-            kept[n] = frame
-            chars[0] += len(frame)
-        while kept and (len(kept) > KEPT or chars[0] > CHARS_KEPT):
-            chars[0] -= len(kept.pop(next(iter(kept))))
+            frames[n] = frame
+            kept.chars += len(frame)
+        while frames and (len(frames) > KEPT or kept.chars > CHARS_KEPT):
+            kept.chars -= len(frames.pop(next(iter(frames))))
 
     def take(self, pid: str, gen: str) -> dict[int, str]:
         """What a claim of ``pid`` from ``gen`` replays, by number (gone from here)."""
         found = self._by_session.pop((pid, gen), None)
-        return found[0] if found is not None else {}
+        return found.frames if found is not None else {}
 
     def ended(self, pid: str, gen: str) -> None:
         """The connection that logged in ``gen`` is over."""
