@@ -4,7 +4,8 @@ The app is not told that the client left yet: the transport answers its pings an
 keeps logging what it sends, so a reload resumes everything. Owns: whether a connection may be
 held (a principal of its own, streams in flight or a recoverable session, no answer it owes the
 app, room under ``ASGI_RESUME_MAX_HOLDS`` and ``ASGI_RESUME_MAX_HOLDS_PER_PRINCIPAL``), a hold's
-states (:class:`HoldState`), when it ends, and the process-wide registry (:class:`Holds`).
+states (:class:`HoldState`), when it ends (what the app sends that ends it: :func:`ends_connection`),
+and the process-wide registry (:class:`Holds`).
 
 A hold ends when another connection of the same principal took its streams over (it receives
 them live or resumed them), when the app asks the absent client something (an event with an ack
@@ -22,14 +23,24 @@ import time
 
 import anyio
 
+from asgi_resume import protocol
 from asgi_resume.config import Settings
 from asgi_resume.pipeline.recovery import Recovery
 from asgi_resume.pipeline.session import Session
+from asgi_resume.pipeline.units import Outgoing, Passthrough
 from asgi_resume.stats import Stats, Throttle, fault
 
 logger = logging.getLogger("asgi_resume")
 
 RECOVERY_POLL_S = 0.25  # how often a held connection asks whether its client recovered elsewhere
+
+
+def ends_connection(item: Outgoing) -> bool:
+    """Does the app end the connection with ``item`` (an Engine.IO CLOSE, a Socket.IO DISCONNECT,
+    the ASGI close)? What a held connection's absent client would have answered by leaving."""
+    if isinstance(item, str):
+        return protocol.ends_connection(item)
+    return isinstance(item, Passthrough) and item.message.get("type") == "websocket.close"
 
 
 class HoldState(enum.Enum):

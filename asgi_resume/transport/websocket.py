@@ -12,7 +12,6 @@ waits for more frames (``linger``), the queue to the writer (``outbox``).
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from typing import assert_never
 
@@ -24,24 +23,15 @@ from asgi_resume import protocol
 from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.pipeline.units import Incoming, Outgoing, Passthrough
 from asgi_resume.transport.engineio import EngineIOSession, EngineIOSessions, query_param
-from asgi_resume.transport.holds import Hold, Holds, HoldState
+from asgi_resume.transport.holds import Hold, Holds, HoldState, ends_connection
 from asgi_resume.transport.linger import LINGER_BELOW_S, linger
 from asgi_resume.transport.outbox import END, NUDGE, OUTBOX_SIZE, Outbox, Signal
 from asgi_resume.transport.tcp import disable_nagle
 from asgi_resume.transport.upgrade import UpgradeProbe
 
-logger = logging.getLogger("asgi_resume")
-
 SERVER_GOING_AWAY = 1012  # uvicorn closes websockets with it on shutdown
 BEHIND_NOTE_EVERY_S = 1.0  # how often a connection whose client stopped reading may tell the log so
 _PONG: Message = {"type": "websocket.receive", "text": protocol.EIO_PONG}
-
-
-def _ends_connection(item: Outgoing) -> bool:
-    """An Engine.IO CLOSE, a Socket.IO DISCONNECT, or the ASGI close."""
-    if isinstance(item, str):
-        return protocol.ends_connection(item)
-    return isinstance(item, Passthrough) and item.message.get("type") == "websocket.close"
 
 
 class WebSocketConnection:
@@ -148,9 +138,8 @@ class WebSocketConnection:
             self._batch.needs_log(answer_deferred=not self.probe.active)
             and (self._gap < LINGER_BELOW_S or not self.runtime.log.synchronous)
         ):
-            # the writer logs it, with whatever comes meanwhile; with recovery, the writer sends
-            # everything: the app's sends never wait on a client that stopped reading, so the
-            # next one tells that it did (:meth:`_fell_behind`)
+            # the writer logs it, with whatever comes meanwhile (with recovery it sends everything:
+            # the app's sends never wait on the socket, so the next one tells :meth:`_fell_behind`)
             self._outbox.put_soon(NUDGE)
             return
         async with outbound.lock:
@@ -206,7 +195,7 @@ class WebSocketConnection:
             if self.hold.state is HoldState.HELD:
                 if item == protocol.EIO_PING:
                     await self._to_app.send(_PONG)  # the app's heartbeat, answered for the absent client
-                elif _ends_connection(item):  # what the absent client would have answered by leaving
+                elif ends_connection(item):  # what the absent client would have answered by leaving
                     self.hold.end("the app closed the connection")
             return
         message: Message
@@ -228,10 +217,9 @@ class WebSocketConnection:
             self._sending = False
 
     def _fell_behind(self) -> None:
-        """A frame came while a send to the client waited: the client stopped reading (or its
-        network did), and what comes now waits for it unlogged. Its recovery sessions say so (at
-        most once a second), so that a reconnect's claim does not take this silence for a
-        complete log (it gets a normal connect, never a history with a hole)."""
+        """A frame came while a send to the client waited: what comes now waits unlogged. Its
+        recovery sessions say so (at most once a second): a claim must not take this silence
+        for a complete log."""
         self.session.behind = True
         recovery = self.outbound.recovery
         now = time.monotonic()
