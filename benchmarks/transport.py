@@ -1,6 +1,6 @@
 """The websocket transport and the pipeline together, in one process: no sockets, no server.
 
-    python -m benchmarks.transport [--frames 2000] [--tabs 50] [--repeat 5] [--redis]
+    python -m benchmarks.transport [--frames 2000] [--tabs 50] [--repeat 5] [--redis] [--recovery]
 
 A stand-in for python-engineio drives the ASGI websocket interface as python-socketio's server
 does: per connection, a queue the app's emits are put on and a writer task that takes what is
@@ -104,12 +104,14 @@ async def connect(app: Any, principal: str, tally: Tally) -> None:
     asyncio.get_running_loop().create_task(app(scope, receive, send))
 
 
-async def run(wrapped: bool, tabs: int, principals: int, frames: int, redis_url: str | None = None) -> float:
+async def run(
+    wrapped: bool, tabs: int, principals: int, frames: int, redis_url: str | None = None, recovery: bool = False
+) -> float:
     """CPU µs per delivery: ``frames`` emits to ``tabs`` connections of ``principals`` principals."""
     engine = FakeEngineIO()
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {"recovery": True} if recovery else {}
     if redis_url:
-        options = {"redis_url": redis_url, "key_prefix": f"bench{next(_prefixes)}", "secret": "bench"}
+        options |= {"redis_url": redis_url, "key_prefix": f"bench{next(_prefixes)}", "secret": "bench"}
     app: Any = ResumeMiddleware(engine, principal="auth:room", **options) if wrapped else engine
     tally = Tally()
     for i in range(tabs):
@@ -144,6 +146,7 @@ async def main() -> None:
     parser.add_argument(
         "--redis", action="store_true", help="a Redis log (a redis-server of its own) instead of memory"
     )
+    parser.add_argument("--recovery", action="store_true", help="with connection state recovery on")
     args = parser.parse_args()
     cases = [
         ("1 tab", 1, 1, args.frames * 20),
@@ -152,10 +155,11 @@ async def main() -> None:
     ]
     with contextlib.ExitStack() as stack:
         url = stack.enter_context(redis_server()).url if args.redis else None
-        print(f"transport + pipeline ({'Redis' if url else 'memory'} log), CPU µs per delivery, best of", args.repeat)
+        log = f"{'Redis' if url else 'memory'} log{', recovery' if args.recovery else ''}"
+        print(f"transport + pipeline ({log}), CPU µs per delivery, best of", args.repeat)
         for name, tabs, principals, frames in cases:
             bare = min([await run(False, tabs, principals, frames) for _ in range(args.repeat)])
-            mine = min([await run(True, tabs, principals, frames, url) for _ in range(args.repeat)])
+            mine = min([await run(True, tabs, principals, frames, url, args.recovery) for _ in range(args.repeat)])
             print(f"  {name:<28} bare {bare:6.2f}  wrapped {mine:6.2f}  (+{mine - bare:.2f})")
 
 
