@@ -414,6 +414,10 @@ async def test_a_previous_owner_whose_client_stopped_reading_is_not_taken_at_its
     for pid in (before, after):
         assert (await log.session_read(pid, "g1", 0, force=False)).status == "wait"
         assert (await log.session_read(pid, "g1", 0, force=True)).status == "incomplete"
+    # it caught up (what waited is logged): its silence tells again
+    assert await log.session_note(before, "caught_up", "g1", "c1") == ("g2", "c2")
+    read = await log.session_read(before, "g1", 0, force=True)
+    assert (read.status, [n for n, _, _ in read.frames]) == ("ok", [1])
     later = log.now_ms() + CLAIM_SLACK_MS + 1_000  # it caught up: a batch it took well after the claim
     frames: list[tuple[int, list[str | bytes]]] = [(later, ['42["e","b"]'])]
     (result,) = await log.session_append([SessionAppend(after, "g1", "c1", ALICE, "/", frames, later)])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -393,3 +393,59 @@ async def test_a_claim_of_a_connection_whose_client_stopped_reading_gets_a_norma
     assert json.loads(reply[2:])["pid"] != pid  # a normal connect: recovered is false
     assert app.runtime.stats.recoveries_refused == 1
     assert app.runtime.stats.recoveries_ok == 0
+
+
+def _told_behind(app: ResumeMiddleware) -> list[bool]:
+    """What the log was told of each websocket connection here: is its client behind?"""
+    return [eio.session.behind_told for _, eio in app.sessions._items.values() if eio.session.recovery]
+
+
+@pytest.mark.parametrize("again", [False, True])
+async def test_a_client_that_caught_up_is_recovered_and_one_that_stalled_again_is_not(
+    backend: dict[str, Any], again: bool
+) -> None:
+    """Found by a review: the log was told of a client that stopped reading at most once a second
+    and never that it caught up. A client that stalled again within the second left the log
+    saying it kept up (recovered, 388 of 400 events missing); one that caught up and whose app
+    went quiet was refused recovery for good. The log now always learns the latest state."""
+    sio = make_sio()
+    app = make_app(sio, recovery=True, **backend)
+    pad, emitted = "x" * 50_000, 0
+
+    async def emit_until_behind() -> None:
+        """Emit until the log is told the client fell behind (it reads nothing meanwhile; the
+        kernel's buffers take a few MB first)."""
+        nonlocal emitted
+        while _told_behind(app) != [True]:
+            assert emitted < 2_000, "the client never fell behind"
+            emitted += 1
+            await sio.emit("tick", {"i": emitted, "pad": pad}, room=room_of("alice"))
+            await asyncio.sleep(0.002)  # (the app's pace)
+
+    def tick(i: int) -> Callable[[str], bool]:
+        return lambda frame: frame.startswith("42") and json.loads(frame[2:])[1]["i"] >= i
+
+    async with serve(app) as url:
+        slow = await DeafClient(url, {"token": "alice"}).connect()
+        try:
+            pid = json.loads(slow.reply[2:])["pid"]
+            await emit_until_behind()
+            last = await slow.read_until(tick(emitted))  # it reads everything: caught up
+            await until(lambda: _told_behind(app) == [False], 30)
+            if again:
+                await emit_until_behind()
+            offset = json.loads(last[2:])[-1]
+            claim = RawClient(url, auth={"token": "alice", "pid": pid, "offset": offset})
+            await claim.connect()
+            reply = next(f for f in claim.frames if isinstance(f, str) and f.startswith("40"))
+            await claim.close()
+        finally:
+            slow.kill()
+    stats = app.runtime.stats
+    if again:  # what it was sent since is in no log yet
+        assert json.loads(reply[2:])["pid"] != pid
+        assert (stats.recoveries_ok, stats.recoveries_refused) == (0, 1)
+    else:  # everything it was sent is logged, and it had it all
+        assert json.loads(reply[2:])["pid"] == pid
+        assert (stats.recoveries_ok, stats.recoveries_refused) == (1, 0)
+        assert not claim.events("tick")  # nothing to replay: it had every event

@@ -205,7 +205,7 @@ class SessionAppend:
 
 
 #: what a connection tells its recovery session (``session_note``), or ``state``: who owns it now
-Note = Literal["left", "closed", "upgraded", "behind", "broken", "state"]
+Note = Literal["left", "closed", "upgraded", "behind", "caught_up", "broken", "state"]
 
 
 #: The app hands each connection its frames through a queue of the connection's own (python-engineio's
@@ -300,7 +300,8 @@ class StreamLog(Protocol):
     async def session_note(self, pid: str, action: Note, gen: str, owner: str) -> tuple[str, str]:
         """``left`` (the client is gone), ``closed`` (the connection is over), ``upgraded`` (off
         long-polling), ``behind`` (its client stopped reading: frames wait for it unlogged, so its
-        silence proves nothing, as a polling client's), ``broken`` (an event it sent is in no log:
+        silence proves nothing, as a polling client's) and ``caught_up`` (it logged what waited,
+        and its silence tells again), ``broken`` (an event it sent is in no log:
         the generation cannot be recovered) or ``state``: (gen, owner)."""
         ...
 

@@ -159,11 +159,11 @@ class MemorySessions:
                 session.broken = True
             elif (session.prev_gen, session.prev_owner) == (gen, owner):
                 session.prev_broken = True
-        elif action == "behind":
+        elif action in ("behind", "caught_up"):
             if current == (gen, owner):
-                session.fetched = True
+                session.fetched = action == "behind"
             elif (session.prev_gen, session.prev_owner) == (gen, owner):
-                session.prev_fetched = True
+                session.prev_fetched = action == "behind"
         elif action == "closed":
             if current == (gen, owner):  # closed before anyone claimed it: nobody can recover it
                 if not session.prev_gen or session.prev_closed:

@@ -141,8 +141,12 @@ class Closes:
         self.closing = True
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await self._task
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # (its failure must not keep the log from closing)
+                logger.exception("the task closing recovery sessions failed")
         left = len(self.pending)
         if not left:
             return

@@ -20,6 +20,7 @@ import time
 import anyio
 
 from asgi_resume import protocol
+from asgi_resume.guard import RETRY_AFTER_S
 from asgi_resume.log import LogUnavailable
 from asgi_resume.log.base import Note, Payload, SessionAppend, new_generation
 from asgi_resume.pipeline.recovery_replay import duplicate, replay_frames
@@ -226,6 +227,39 @@ class Recovery:
         return True, replay_frames(runtime, session, state, claim.gen, read.frames, objects)
 
     # -- the previous connection's side ---------------------------------------------------------
+
+    def tell_behind(self) -> None:
+        """``Session.behind`` changed: the log's sessions are told (by one task at a time, again
+        after a failure, until they know the connection's latest state, for the recovery window)."""
+        session = self.session
+        if not session.behind_telling and session.behind != session.behind_told and self.states:
+            session.behind_telling = True
+            self.runtime.in_background(self._tell_behind())
+
+    async def _tell_behind(self) -> None:
+        session, runtime = self.session, self.runtime
+        guard = runtime.guard
+        give_up = time.monotonic() + runtime.settings.recovery_window
+        try:
+            while session.behind != session.behind_told and not runtime.closing and time.monotonic() < give_up:
+                behind = session.behind
+                told = True
+                for state in list(self.states.values()):  # (a DISCONNECT may end one meanwhile)
+                    if not state.pid:
+                        continue
+                    action: Note = "behind" if behind else "caught_up"
+                    try:
+                        await guard.call(
+                            guard.deadlines.recovery, runtime.log.session_note, state.pid, action, state.gen, session.id
+                        )
+                    except LogUnavailable:
+                        told = False
+                if told:
+                    session.behind_told = behind
+                else:
+                    await anyio.sleep(RETRY_AFTER_S)
+        finally:
+            session.behind_telling = False
 
     async def _tell_losses(self) -> None:
         """Sessions that sent an event the log missed are noted ``broken``: never recovered, for a

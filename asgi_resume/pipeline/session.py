@@ -84,6 +84,8 @@ class Session:
     #: its client stopped reading (a send to it blocked while more frames came): what waits for it
     #: is in no log yet, so a claim of its recovery sessions must not take its silence for complete
     behind: bool = False
+    behind_told: bool = False  # what the log was last told of it (the recovery sessions' fetched)
+    behind_telling: bool = False  # a task is telling the log (one at a time: the last word wins)
     polling: Polling | None = None  # a session that began on long-polling
     drop_attachments: int = 0  # binary frames still to come of an inbound request the app never sees
     resume_bucket: ResumeBucket = field(default_factory=ResumeBucket)  # its resume requests' rate limit

@@ -30,7 +30,6 @@ from asgi_resume.transport.tcp import disable_nagle
 from asgi_resume.transport.upgrade import UpgradeProbe
 
 SERVER_GOING_AWAY = 1012  # uvicorn closes websockets with it on shutdown
-BEHIND_NOTE_EVERY_S = 1.0  # how often a connection whose client stopped reading may tell the log so
 _PONG: Message = {"type": "websocket.receive", "text": protocol.EIO_PONG}
 
 
@@ -69,7 +68,6 @@ class WebSocketConnection:
         self._last_feed, self._gap = 0.0, 1.0  # when the last frame came, and the time before it
         self._draining = False  # this connection holds the outbound lock and is sending
         self._sending = False  # a send to the client is out (it waits while the client does not read)
-        self._behind_noted = 0.0  # when the log was last told its client stopped reading
         self._tg: TaskGroup | None = None
 
     async def run(self) -> None:
@@ -97,6 +95,8 @@ class WebSocketConnection:
             if self.probe.active:
                 self.probe.app_sent(text)
             item = text if text is not None else message.get("bytes")
+            if isinstance(item, bytearray | memoryview):  # (ASGI says bytes; an app may hand either)
+                item = bytes(item)
             if item is not None:
                 await self._forward(item)
                 return
@@ -165,7 +165,9 @@ class WebSocketConnection:
         finally:
             self._draining = False
         if self.session.behind and self._outbox.empty():
-            self.session.behind = False  # caught up: its next append says so
+            self.session.behind = False  # caught up: what it was sent is logged
+            if self.outbound.recovery is not None:
+                self.outbound.recovery.tell_behind()
         self.hold.wake()
 
     async def _write(self) -> None:
@@ -218,14 +220,10 @@ class WebSocketConnection:
 
     def _fell_behind(self) -> None:
         """A frame came while a send to the client waited: what comes now waits unlogged. Its
-        recovery sessions say so (at most once a second): a claim must not take this silence
-        for a complete log."""
+        recovery sessions are told: a claim must not take this silence for a complete log."""
         self.session.behind = True
-        recovery = self.outbound.recovery
-        now = time.monotonic()
-        if recovery is not None and recovery.states and now - self._behind_noted >= BEHIND_NOTE_EVERY_S:
-            self._behind_noted = now
-            self.runtime.in_background(recovery.note("behind"))
+        if self.outbound.recovery is not None:
+            self.outbound.recovery.tell_behind()
 
     # -- client -> app -------------------------------------------------------------------
 

@@ -170,6 +170,7 @@ class DeafClient:
         self.read_first_event = read_first_event  # read one EVENT too, before it stops reading
         self.reply = ""  # the CONNECT reply it read
         self.first_event = ""  # the EVENT it read, if asked to
+        self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
 
     async def connect(self) -> DeafClient:
@@ -178,6 +179,7 @@ class DeafClient:
         sock.setblocking(False)
         await asyncio.get_running_loop().sock_connect(sock, self.address)
         reader, self._writer = await asyncio.open_connection(sock=sock)
+        self._reader = reader
         key = base64.b64encode(os.urandom(16)).decode()
         self._writer.write(
             f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
@@ -194,6 +196,16 @@ class DeafClient:
         self.first_event = frame if self.read_first_event else ""
         self._writer.transport.pause_reading()
         return self
+
+    async def read_until(self, done: Callable[[str], bool]) -> str:
+        """Read again, up to the first text frame ``done`` accepts (returned), then stop reading."""
+        assert self._reader is not None
+        assert self._writer is not None
+        self._writer.transport.resume_reading()
+        while not done(frame := (await read_frame(self._reader)).decode(errors="replace")):
+            pass
+        self._writer.transport.pause_reading()
+        return frame
 
     def kill(self) -> None:
         if self._writer is not None:
