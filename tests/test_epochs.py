@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from asgi_resume.log.base import LogLimits, new_epoch
+from asgi_resume.log.base import LogLimits
 from asgi_resume.log.memory import MemoryLog
+from asgi_resume.log.names import new_epoch
 from tests.conftest import Stack
 from tests.support.app import PacedStream, emit_tokens, make_app, make_sio, room_of
 from tests.support.polling import PollingClient, event_args

@@ -28,8 +28,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from asgi_resume import ResumeMiddleware
 from asgi_resume.log import StreamLog
-from asgi_resume.log.base import CLAIM_SLACK_MS, LogLimits, SessionAppend, new_generation
+from asgi_resume.log.base import CLAIM_SLACK_MS, LogLimits, SessionAppend
 from asgi_resume.log.memory import MemoryLog
+from asgi_resume.log.names import new_generation
 from asgi_resume.log.redis import RedisLog
 from asgi_resume.transport.engineio import query_param
 from tests.support.app import chat_event, emit_tokens, make_sio, room_of

@@ -5,9 +5,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
-import random
-import string
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple, Protocol
@@ -16,13 +13,6 @@ from typing import Literal, NamedTuple, Protocol
 #: stamped text frame is ``head + fields + tail`` (see ``protocol.StampTemplate``).
 Payload = list[str | bytes]
 
-_NAME_ALPHABET = string.ascii_letters + string.digits
-#: every pair of the alphabet's characters: a name (epoch, generation) is four of them, picked by 16 random bits each
-_NAME_PAIRS = [a + b for a in _NAME_ALPHABET for b in _NAME_ALPHABET]
-#: a generator of its own, seeded from the system's randomness (again in a forked worker): an epoch
-#: is drawn for every Redis append request, in case the script starts a history with it
-_names_random = random.Random()
-os.register_at_fork(after_in_child=_names_random.seed)
 #: Copies of one emit reach a principal's connections within this much of each other (fan-out
 #: between workers included); an entry received further apart is another emit with the same bytes.
 COPY_WINDOW_MS = 1000
@@ -37,41 +27,6 @@ SCAN_AHEAD = 64
 SHARED_LOOKBACK_MS = 100
 #: an append that would have run after its caller gave up on it (``within_ms``): it wrote nothing
 LATE = "late: the call would have run after its caller gave up on it, and wrote nothing"
-
-
-def _fresh_name() -> str:
-    """Eight characters drawn at random: names a history, guards nothing."""
-    # no system call per name (one was 1 µs of every Redis append request)
-    bits, pairs = _names_random.getrandbits(64), _NAME_PAIRS
-    n = len(pairs)
-    return (
-        pairs[(bits & 0xFFFF) % n]
-        + pairs[(bits >> 16 & 0xFFFF) % n]
-        + pairs[(bits >> 32 & 0xFFFF) % n]
-        + pairs[(bits >> 48) % n]
-    )
-
-
-def new_epoch() -> str:
-    """A fresh epoch: names one history of a stream, changes when the log is lost."""
-    return _fresh_name()
-
-
-def with_epoch(named: str, epoch: str) -> str:
-    """``named`` (the epochs a reset names, comma-separated; "": whatever the stream's is) and
-    ``epoch`` too: a stream in any of them is reset. At most 8 are kept (the first, then the latest)."""
-    if not named:
-        return named
-    names = named.split(",")
-    if epoch in names:
-        return named
-    return ",".join([*names[:1], *names[1:][-6:], epoch])
-
-
-def new_generation() -> str:
-    """A fresh generation: names one connection's part of a recovery session's log (a claim
-    starts a new one, so that the old connection's late frames cannot land in the new one's)."""
-    return _fresh_name()
 
 
 class LogUnavailable(Exception):

@@ -29,9 +29,9 @@ from asgi_resume.log.base import (
     SessionAppendResult,
     SessionReplay,
     StreamKey,
-    new_epoch,
 )
 from asgi_resume.log.memory_sessions import MemorySessions
+from asgi_resume.log.names import new_epoch
 
 _SWEEP_EVERY_MS = 1000
 _CLOSED = "the log is closed"

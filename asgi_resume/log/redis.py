@@ -32,8 +32,8 @@ from asgi_resume.log.base import (
     SessionAppendResult,
     SessionReplay,
     StreamKey,
-    new_epoch,
 )
+from asgi_resume.log.names import new_epoch
 from asgi_resume.log.redis_scripts import MAX_CONNECTIONS, RedisScripts
 
 #: what parses Redis's replies: hiredis (C) when installed, as the dependency asks, else redis-py's Python

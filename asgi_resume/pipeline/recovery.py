@@ -22,7 +22,8 @@ import anyio
 from asgi_resume import protocol
 from asgi_resume.guard import RETRY_AFTER_S
 from asgi_resume.log import LogUnavailable
-from asgi_resume.log.base import Note, Payload, SessionAppend, new_generation
+from asgi_resume.log.base import Note, Payload, SessionAppend
+from asgi_resume.log.names import new_generation
 from asgi_resume.pipeline.recovery_replay import duplicate, replay_frames
 from asgi_resume.pipeline.recovery_state import RecoveryState
 from asgi_resume.pipeline.runtime import Runtime

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from asgi_resume.guard import RETRY_AFTER_S, Deadline, LogGuard
 from asgi_resume.log import AppendRequest, LogUnavailable, StreamKey
-from asgi_resume.log.base import new_epoch, with_epoch
+from asgi_resume.log.names import new_epoch, with_epoch
 from asgi_resume.pipeline.session import Session
 from asgi_resume.stats import Stats
 

@@ -16,7 +16,8 @@ import contextlib
 
 from asgi_resume.guard import Deadline
 from asgi_resume.log import AppendRequest, LogUnavailable, StreamKey
-from asgi_resume.log.base import SHARED_LOOKBACK_MS, new_epoch, with_epoch
+from asgi_resume.log.base import SHARED_LOOKBACK_MS
+from asgi_resume.log.names import new_epoch, with_epoch
 from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.pipeline.session import Session
 from asgi_resume.pipeline.units import EventUnit, by_content
