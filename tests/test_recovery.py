@@ -449,3 +449,69 @@ async def test_a_client_that_caught_up_is_recovered_and_one_that_stalled_again_i
         assert json.loads(reply[2:])["pid"] == pid
         assert (stats.recoveries_ok, stats.recoveries_refused) == (1, 0)
         assert not claim.events("tick")  # nothing to replay: it had every event
+
+
+class _SlowSessionLog(MemoryLog):
+    """A log whose recovery appends wait until let through (a Redis round trip, made long)."""
+
+    synchronous = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.through = asyncio.Event()
+        self.through.set()
+        self.waiting = 0
+
+    async def session_append(self, requests: Sequence[SessionAppend]) -> list[SessionAppendResult]:
+        self.waiting += 1
+        await self.through.wait()
+        self.waiting -= 1
+        return await super().session_append(requests)
+
+
+async def test_a_frame_fed_while_its_batch_was_being_logged_counts_when_the_send_then_stalls() -> None:
+    """Found by an attack run on the Redis log: frame Y came while the log call of frame X was out
+    and waited in the batch; X's send then stalled on a client that stopped reading, and no frame
+    came after Y to tell it: the log still said the connection kept up, and a claim was told
+    recovered without Y. A send that stalls with frames waiting behind it tells it now."""
+    log = _SlowSessionLog()
+    emits: asyncio.Queue[str] = asyncio.Queue()
+    client: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    stalled = asyncio.Event()  # the client stops reading: sends wait from now on
+    sent: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:  # python-engineio's shape
+        await receive()
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.send", "text": '0{"sid":"e1","pingInterval":25000,"pingTimeout":20000}'})
+        await receive()  # the client's CONNECT
+        await send({"type": "websocket.send", "text": '40{"sid":"s1"}'})
+        while True:
+            await send({"type": "websocket.send", "text": await emits.get()})
+
+    async def to_client(message: dict[str, Any]) -> None:
+        if message["type"] == "websocket.send" and stalled.is_set():
+            await asyncio.Event().wait()  # (never returns: the socket is full)
+        if message["type"] == "websocket.send":
+            sent.append(message["text"])
+
+    middleware = ResumeMiddleware(app, log=log, recovery=True)
+    client.put_nowait({"type": "websocket.connect"})
+    client.put_nowait({"type": "websocket.receive", "text": '40{"token":"alice"}'})
+    scope = {"type": "websocket", "path": "/socket.io/", "query_string": b"EIO=4&transport=websocket", "headers": []}
+    connection = asyncio.get_running_loop().create_task(middleware(scope, client.get, to_client))
+    try:
+        await until(lambda: any(f.startswith("40") for f in sent), 10)
+        session = middleware.sessions._items["e1"][1].session
+        log.through.clear()
+        emits.put_nowait('42["tick",{"i":"x"}]')
+        await until(lambda: log.waiting == 1, 10)  # X is being logged
+        emits.put_nowait('42["tick",{"i":"y"}]')  # Y comes meanwhile
+        await until(lambda: emits.empty(), 10)
+        stalled.set()
+        log.through.set()  # X is logged, and its send stalls: Y waits behind it, unlogged
+        await until(lambda: session.behind_told, 10)
+        assert session.behind
+    finally:
+        connection.cancel()
+        await middleware.runtime.aclose()

@@ -6,7 +6,8 @@ reach the app; CONNECT auth names the principal), and, while a connection is hel
 (:mod:`asgi_resume.transport.holds`) after its client left, answering the app's pings and telling the app
 at the end. Must not touch: what a frame means (``outbound``), storage (``log``), when a hold
 ends (``holds``), when an upgrade's probe becomes the transport (``upgrade``), how long a batch
-waits for more frames (``linger``), the queue to the writer (``outbox``).
+waits for more frames (``linger``), the queue to the writer (``outbox``), whether a send
+stalled (``stall``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from asgi_resume.transport.engineio import EngineIOSession, EngineIOSessions, qu
 from asgi_resume.transport.holds import Hold, Holds, HoldState, ends_connection
 from asgi_resume.transport.linger import LINGER_BELOW_S, linger
 from asgi_resume.transport.outbox import END, NUDGE, OUTBOX_SIZE, Outbox, Signal
+from asgi_resume.transport.stall import StallWatch
 from asgi_resume.transport.tcp import disable_nagle
 from asgi_resume.transport.upgrade import UpgradeProbe
 
@@ -67,7 +69,7 @@ class WebSocketConnection:
         self.hold = Hold(holds, self.session, self.outbound.recovery)
         self._last_feed, self._gap = 0.0, 1.0  # when the last frame came, and the time before it
         self._draining = False  # this connection holds the outbound lock and is sending
-        self._sending = False  # a send to the client is out (it waits while the client does not read)
+        self._stall = StallWatch(self._fell_behind)  # whether its sends to the client stalled
         self._tg: TaskGroup | None = None
 
     async def run(self) -> None:
@@ -120,7 +122,7 @@ class WebSocketConnection:
         copies do not each cost a task switch (about 2 µs per copy, ``benchmarks.transport``).
         """
         outbound = self.outbound
-        if self._sending and not self.session.behind:
+        if self._stall.sending:  # (a frame while a send waits: the client stopped reading)
             self._fell_behind()
         if not self._outbox.empty() or (outbound.lock.locked() and not self._draining):
             # items queued ahead, or another transport of this session (long-polling, before the
@@ -188,8 +190,18 @@ class WebSocketConnection:
         """Send ``items`` in order; returns once the server took the last one (uvicorn waits while
         its buffer for a client that does not read is full: a replay's next page waits with it).
         False when the client is gone."""
-        for item in items:
-            await self._deliver(item)
+        if not (self.session.recovery and (self._batch.pending() or not self._outbox.empty())):
+            for item in items:
+                await self._deliver(item)
+            return not self.client_gone
+        # frames wait behind these, unlogged (fed while their log call was out): if a send stalls,
+        # no frame may come to tell it (:meth:`_forward`), so a watch does
+        self._stall.start()
+        try:
+            for item in items:
+                await self._deliver(item)
+        finally:
+            self._stall.stop()
         return not self.client_gone
 
     async def _deliver(self, item: Outgoing) -> None:
@@ -210,17 +222,21 @@ class WebSocketConnection:
                 message = item.message
             case _:
                 assert_never(item)
-        self._sending = True
+        stall = self._stall
+        stall.sending = True
+        stall.sends += 1
         try:
             await self.send(message)
         except Exception:  # noqa: BLE001 - the client is gone; the app learns it from receive()
             self.client_gone = True
         finally:
-            self._sending = False
+            stall.sending = False
 
     def _fell_behind(self) -> None:
-        """A frame came while a send to the client waited: what comes now waits unlogged. Its
-        recovery sessions are told: a claim must not take this silence for a complete log."""
+        """A send to the client stalled with frames behind it: they wait unlogged. Its recovery
+        sessions are told: a claim must not take this silence for a complete log."""
+        if self.session.behind:
+            return
         self.session.behind = True
         if self.outbound.recovery is not None:
             self.outbound.recovery.tell_behind()
