@@ -151,6 +151,13 @@ def test_garbage_never_raises(text: str) -> None:
             protocol.stamp_template(frame, packet, ("seq", "epoch"))
 
 
+def test_a_unicode_digit_is_no_attachment_count() -> None:
+    """Found by hypothesis in CI: '¹' is a digit to str.isdigit, and int() refused it (a ValueError
+    out of parse, into the connection)."""
+    assert protocol.parse("45¹-" + '["e",{"_placeholder":true,"num":0}]') is None
+    assert protocol.parse("45٣-" + '["e",{"_placeholder":true,"num":0}]') is None  # (int() takes it: we do not)
+
+
 def test_deeply_nested_payloads_are_refused_not_raised() -> None:
     assert protocol.parse('42["e",' + "[" * 100_000 + "]" * 100_000 + "]") is None
 

@@ -206,4 +206,4 @@ def _own_fault(error: Exception) -> bool:
 
 def _version(text: str) -> tuple[int, ...]:
     """``"7.0.15"`` -> ``(7, 0, 15)``; what is not a number counts as 0."""
-    return tuple(int(part) if part.isdigit() else 0 for part in text.split(".")[:3])
+    return tuple(int(part) if part.isascii() and part.isdigit() else 0 for part in text.split(".")[:3])

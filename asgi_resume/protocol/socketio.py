@@ -111,9 +111,10 @@ def parse(frame: str, *, decode: bool = True) -> Packet | None:
     attachments = 0
     if ptype in (BINARY_EVENT, BINARY_ACK):
         dash = frame.find("-", i, i + 8)
-        if dash <= i or not frame[i:dash].isdigit():
+        count = frame[i:dash]
+        if dash <= i or not (count.isascii() and count.isdigit()):  # ("¹" is a digit to str.isdigit)
             return None
-        attachments = int(frame[i:dash])
+        attachments = int(count)
         if attachments > _MAX_ATTACHMENTS:
             return None
         i = dash + 1

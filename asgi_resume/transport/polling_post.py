@@ -53,7 +53,7 @@ async def read_post(eio: EngineIOSession, scope: Scope, receive: Receive) -> tup
     """
     limit = eio.runtime.max_post_body
     declared = Headers(scope=scope).get("content-length", "")
-    if not declared.isdigit() or int(declared) > limit:
+    if not (declared.isascii() and declared.isdigit()) or int(declared) > limit:
         return scope, receive  # not ours to read: the app answers it as it would without us
     messages: list[Message] = []
     body = bytearray()
