@@ -64,8 +64,7 @@ class Closes:
             self._give_up(next(iter(mine)))
         elif len(self.pending) >= MAX_PENDING:
             self._give_up(next(iter(self.pending)))
-        self.pending[key] = _Close(owner, principal, time.monotonic() + self.window_s)
-        self._by_principal.setdefault(principal, {})[key] = None
+        self._put(key, _Close(owner, principal, time.monotonic() + self.window_s))
         if not self.closing and (self._task is None or self._task.done()):
             self._task = asyncio.get_running_loop().create_task(self._run())
 
@@ -102,12 +101,16 @@ class Closes:
             except LogUnavailable:
                 if self.pending.get(key) is close:  # the others' turn first
                     self._forget(key)
-                    self.pending[key] = close
-                    self._by_principal.setdefault(close.principal, {})[key] = None
+                    self._put(key, close)
                 return False
         if self.pending.get(key) is close:  # (not asked again meanwhile)
             self._forget(key)
         return True
+
+    def _put(self, key: Key, close: _Close) -> None:
+        """``key`` waits last, in the process's queue and in its principal's."""
+        self.pending[key] = close
+        self._by_principal.setdefault(close.principal, {})[key] = None
 
     def _forget(self, key: Key) -> None:
         close = self.pending.pop(key, None)
