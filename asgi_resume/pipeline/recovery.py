@@ -102,8 +102,9 @@ class Recovery:
         requests = []
         for ns, (state, group) in groups.items():
             frames: list[tuple[int, Payload]] = [(u.received_ms, [u.live(), *u.attachments]) for u in group]
-            principal = session.principal_for(ns) or ""
-            requests.append(SessionAppend(state.pid, state.gen, session.id, principal, ns, frames, flushed_ms, fetched))
+            requests.append(
+                SessionAppend(state.pid, state.gen, session.id, state.principal, ns, frames, flushed_ms, fetched)
+            )
         guard = self.runtime.guard
         try:
             results = await guard.call(guard.deadlines.recovery_append, self.runtime.log.session_append, requests)
@@ -179,7 +180,7 @@ class Recovery:
         """Claim the client's previous session; its frames after the client's offset, or nothing."""
         claim, runtime, session = state.claim, self.runtime, self.session
         assert claim is not None
-        principal = session.principal_for(state.namespace) or ""
+        principal = state.principal
         window_ms = int(runtime.settings.recovery_window * 1000)
         guard, log = runtime.guard, runtime.log
         if runtime.closes.refuses(claim.pid, claim.gen, principal):  # its client left it: being closed
@@ -289,9 +290,9 @@ class Recovery:
 
     async def note(self, action: Note) -> bool:
         """Tell the log the client ``left``, the connection ``closed`` or ``upgraded`` from long-polling
-        (its frames no longer wait for its client's GET), that it is ``behind`` (its client stopped
-        reading), or ask (``state``); True when every recoverable session of this connection was
-        claimed by another one."""
+        (its frames no longer wait for its client's GET), or ask (``state``); True when every
+        recoverable session of this connection was claimed by another one. (Whether its client
+        keeps up is told by :meth:`tell_behind`.)"""
         await self._tell_losses()
         taken = True
         for state in list(self.states.values()):  # (a DISCONNECT may end one while a note is out)
