@@ -69,7 +69,7 @@ class WebSocketConnection:
         self.hold = Hold(holds, self.session, self.outbound.recovery)
         self._last_feed, self._gap = 0.0, 1.0  # when the last frame came, and the time before it
         self._draining = False  # this connection holds the outbound lock and is sending
-        self._stall = StallWatch(self._fell_behind)  # whether its sends to the client stalled
+        self._stall = StallWatch(lambda: self._behind(True))  # whether its sends to the client stalled
         self._tg: TaskGroup | None = None
 
     async def run(self) -> None:
@@ -122,8 +122,8 @@ class WebSocketConnection:
         copies do not each cost a task switch (about 2 µs per copy, ``benchmarks.transport``).
         """
         outbound = self.outbound
-        if self._stall.sending:  # (a frame while a send waits: the client stopped reading)
-            self._fell_behind()
+        if self._stall.sending and not self.session.behind:  # (a frame while a send waits)
+            self._behind(True)
         if not self._outbox.empty() or (outbound.lock.locked() and not self._draining):
             # items queued ahead, or another transport of this session (long-polling, before the
             # upgrade) is sending: the writer takes it in turn
@@ -141,7 +141,7 @@ class WebSocketConnection:
             and (self._gap < LINGER_BELOW_S or not self.runtime.log.synchronous)
         ):
             # the writer logs it, with whatever comes meanwhile (with recovery it sends everything:
-            # the app's sends never wait on the socket, so the next one tells :meth:`_fell_behind`)
+            # the app's sends never wait on the socket, so the next one tells it stalled)
             self._outbox.put_soon(NUDGE)
             return
         async with outbound.lock:
@@ -167,9 +167,7 @@ class WebSocketConnection:
         finally:
             self._draining = False
         if self.session.behind and self._outbox.empty():
-            self.session.behind = False  # caught up: what it was sent is logged
-            if self.outbound.recovery is not None:
-                self.outbound.recovery.tell_behind()
+            self._behind(False)  # caught up: what it was sent is logged
         self.hold.wake()
 
     async def _write(self) -> None:
@@ -190,18 +188,17 @@ class WebSocketConnection:
         """Send ``items`` in order; returns once the server took the last one (uvicorn waits while
         its buffer for a client that does not read is full: a replay's next page waits with it).
         False when the client is gone."""
-        if not (self.session.recovery and (self._batch.pending() or not self._outbox.empty())):
-            for item in items:
-                await self._deliver(item)
-            return not self.client_gone
-        # frames wait behind these, unlogged (fed while their log call was out): if a send stalls,
-        # no frame may come to tell it (:meth:`_forward`), so a watch does
-        self._stall.start()
+        # frames waiting behind these, unlogged (fed while their log call was out): if a send
+        # stalls, no frame may come to tell it (:meth:`_forward`), so a watch does
+        watched = bool(self.session.recovery) and (self._batch.pending() > 0 or not self._outbox.empty())
+        if watched:
+            self._stall.start()
         try:
             for item in items:
                 await self._deliver(item)
         finally:
-            self._stall.stop()
+            if watched:
+                self._stall.stop()
         return not self.client_gone
 
     async def _deliver(self, item: Outgoing) -> None:
@@ -232,12 +229,11 @@ class WebSocketConnection:
         finally:
             stall.sending = False
 
-    def _fell_behind(self) -> None:
-        """A send to the client stalled with frames behind it: they wait unlogged. Its recovery
-        sessions are told: a claim must not take this silence for a complete log."""
-        if self.session.behind:
-            return
-        self.session.behind = True
+    def _behind(self, behind: bool) -> None:
+        """Its client stopped reading (a send stalled with frames behind it: they wait unlogged),
+        or caught up. Its recovery sessions are told: a claim must not take the silence of a
+        connection behind its client for a complete log."""
+        self.session.behind = behind
         if self.outbound.recovery is not None:
             self.outbound.recovery.tell_behind()
 
