@@ -17,17 +17,17 @@ import json
 import time
 
 from asgi_resume.config import Settings
+from asgi_resume.pipeline.connection import Connection
 from asgi_resume.pipeline.outbound import Outbound
 from asgi_resume.pipeline.runtime import Runtime
-from asgi_resume.pipeline.session import Session
 
 CASES = ((1, 1), (1, 10), (50, 1))  # (tabs, frames per batch)
 
 
 def tab(runtime: Runtime) -> Outbound:
     """A connection whose CONNECT the app accepted, as one principal."""
-    outbound = Outbound(runtime, Session({"type": "websocket", "query_string": b""}, runtime.log.now_ms()))
-    outbound.session.connecting("/", "alice")
+    outbound = Outbound(runtime, Connection({"type": "websocket", "query_string": b""}, runtime.log.now_ms()))
+    outbound.conn.connecting("/", "alice")
     outbound.feed('40{"sid":"s"}')
     return outbound
 

@@ -22,10 +22,10 @@ from hypothesis import strategies as st
 
 from asgi_resume import protocol
 from asgi_resume.config import Settings
+from asgi_resume.pipeline.connection import Connection
 from asgi_resume.pipeline.inbound import inspect
 from asgi_resume.pipeline.outbound import Outbound
 from asgi_resume.pipeline.runtime import Runtime
-from asgi_resume.pipeline.session import Session
 from tests.support.app import emit_tokens, make_app, make_sio
 from tests.support.raw import RawClient
 from tests.support.server import serve
@@ -90,10 +90,10 @@ def test_inbound_frames_never_raise(no_errors: None, items: list[str | bytes]) -
 
     async def run() -> None:
         rt = runtime()
-        session = Session({"type": "websocket", "headers": [], "query_string": b""}, 0)
+        conn = Connection({"type": "websocket", "headers": [], "query_string": b""}, 0)
         for item in items:
             if isinstance(item, str):
-                await inspect(rt, session, item)
+                await inspect(rt, conn, item)
 
     anyio.run(run)
 
@@ -105,7 +105,7 @@ def test_outbound_frames_pass_in_order_and_never_raise(no_errors: None, items: l
 
     async def run() -> list[Any]:
         rt = runtime()
-        outbound = Outbound(rt, Session({"type": "websocket", "headers": []}, 0))
+        outbound = Outbound(rt, Connection({"type": "websocket", "headers": []}, 0))
         for item in items:
             outbound.feed(item)
         out = await outbound.flush()

@@ -45,7 +45,7 @@ async def test_an_out_of_order_copy_is_not_learned_as_the_entry_it_stepped_over(
         assert seqs(await send(one, token(4), token(2), token(6))) == [4, 0, 6]  # the log's answer
         second = seqs(await send(two, token(4), token(2), token(6)))
         late_one, late_two = seqs(await send(one, token(5))), seqs(await send(two, token(5)))
-        key = next(iter(leader.session.cursors))
+        key = next(iter(leader.conn.cursors))
         logged = await rt.log.replay(key, 0, None, "reader")
         assert (second, late_one, late_two, logged.last_seq) == ([4, 0, 6], [0], [0], 6)
     finally:
@@ -72,7 +72,7 @@ async def test_copies_seen_after_a_hold_began_tell_the_held_tab_it_was_taken_ove
     assert seqs(await send(other, token(1), token(2))) == [2, 3]  # the other tab follows, after the hold began
     clock[0] += 0.01
     assert seqs(await send(held, token(1), token(2))) == [2, 3]  # the held tab's late copies
-    assert held.session.taken_over(since_ms, rt.settings.hold_idle)
+    assert held.conn.taken_over(since_ms, rt.settings.hold_idle)
 
 
 def test_a_run_of_entries_learned_in_one_append_is_kept_within_the_bound() -> None:
@@ -129,7 +129,7 @@ async def _play(tabs: int, schedule: list[tuple[int, list[int], bool, float]], k
             stamped[i].append((str(e["data"]), e["message_id"], e.get("seq", 0), e.get("epoch", "")))
     epochs: dict[str, int] = {}  # (epochs are random: compared by where they first appear)
     seen = [[(d, m, s, epochs.setdefault(e, len(epochs)) if e else -1) for d, m, s, e in tab_] for tab_ in stamped]
-    keys = sorted({key for outbound in outbounds for key in outbound.session.cursors})
+    keys = sorted({key for outbound in outbounds for key in outbound.conn.cursors})
     logged = [[(s, p[1]) for s, p in (await rt.log.replay(key, 0, None, "reader")).frames] for key in keys]
     return seen, logged, rt.stats.frames_stamped_known
 

@@ -40,7 +40,7 @@ def entry(log: StreamLog, text: str, *, done: bool = False, at: int | None = Non
 
 
 class Connection:
-    """One connection's side of the contract: its cursor and what it passed over (as a Session keeps)."""
+    """One connection's side of the contract: its cursor and what it passed over (as a Connection keeps)."""
 
     def __init__(
         self, log: StreamLog, key: StreamKey, name: str, *, since: int | None = None, lookback_ms: int = 0

@@ -28,10 +28,10 @@ from asgi_resume.log.base import Claim, Note, SessionAppendResult
 from asgi_resume.log.memory import MemoryLog
 from asgi_resume.log.redis import RedisLog
 from asgi_resume.pipeline.closes import IN_FLIGHT, MAX_PENDING, PER_PRINCIPAL
+from asgi_resume.pipeline.connection import MAX_NAMESPACES, Connection
 from asgi_resume.pipeline.inbound import inspect
 from asgi_resume.pipeline.outbound import Outbound
 from asgi_resume.pipeline.runtime import Runtime
-from asgi_resume.pipeline.session import MAX_NAMESPACES, Session
 from tests.support.redis_server import RedisServer
 from tests.support.waits import until
 from tests.test_pipeline import events, send, token
@@ -41,14 +41,14 @@ _prefixes = itertools.count()
 
 
 def connection(rt: Runtime) -> Outbound:
-    return Outbound(rt, Session({"type": "websocket", "query_string": b""}, rt.log.now_ms()))
+    return Outbound(rt, Connection({"type": "websocket", "query_string": b""}, rt.log.now_ms()))
 
 
 async def join(outbound: Outbound, namespace: str = "/", token_: str | None = "alice") -> list[object]:
     """The client's CONNECT, then the app's acceptance; what the client is sent."""
     head = "40" + ("" if namespace == "/" else namespace + ",")
     auth = {"token": token_} if token_ is not None else {}
-    await inspect(outbound.runtime, outbound.session, head + json.dumps(auth))
+    await inspect(outbound.runtime, outbound.conn, head + json.dumps(auth))
     return await send(outbound, head + '{"sid":"s"}')
 
 
@@ -66,31 +66,31 @@ async def test_refused_connects_leave_nothing_behind(recovery: bool) -> None:
     await join(client)
     for i in range(1000):
         namespace = f"/made-up-{i}"
-        await inspect(rt, client.session, f'40{namespace},{{"token":"alice"}}')
+        await inspect(rt, client.conn, f'40{namespace},{{"token":"alice"}}')
         await send(client, f'44{namespace},{{"message":"Invalid namespace"}}')
-    session = client.session
-    assert set(session.joined_ms) == {"/"}
-    assert set(session.recovery) == ({"/"} if recovery else set())
-    assert not session.pending
-    assert session.principals.keys() == {"/"}
+    conn = client.conn
+    assert set(conn.joined_ms) == {"/"}
+    assert set(conn.recovery) == ({"/"} if recovery else set())
+    assert not conn.pending
+    assert conn.principals.keys() == {"/"}
 
 
 async def test_connects_the_app_has_not_answered_are_noted_up_to_a_bound() -> None:
     rt = Runtime(Settings.load({}, recovery=True))
     client = connection(rt)
     for i in range(MAX_NAMESPACES * 4):
-        await inspect(rt, client.session, f'40/ns{i},{{"token":"alice"}}')
-    await inspect(rt, client.session, "40/" + "x" * 5000 + ',{"token":"alice"}')
-    session = client.session
-    assert len(session.joined_ms) == len(session.recovery) == len(session.pending) == MAX_NAMESPACES
+        await inspect(rt, client.conn, f'40/ns{i},{{"token":"alice"}}')
+    await inspect(rt, client.conn, "40/" + "x" * 5000 + ',{"token":"alice"}')
+    conn = client.conn
+    assert len(conn.joined_ms) == len(conn.recovery) == len(conn.pending) == MAX_NAMESPACES
 
 
 async def test_leaving_a_namespace_forgets_when_it_joined() -> None:
     rt = Runtime(Settings.load({}))
     client = connection(rt)
     await join(client, "/admin")
-    await inspect(rt, client.session, "41/admin,")
-    assert "/admin" not in client.session.joined_ms
+    await inspect(rt, client.conn, "41/admin,")
+    assert "/admin" not in client.conn.joined_ms
 
 
 async def test_a_second_connect_where_the_connection_is_in_changes_nothing() -> None:
@@ -101,15 +101,15 @@ async def test_a_second_connect_where_the_connection_is_in_changes_nothing() -> 
     pid = pid_of(await join(client))
     assert pid
     before = events(await send(client, token(1)))[0]
-    await inspect(rt, client.session, '40{"token":"mallory"}')
+    await inspect(rt, client.conn, '40{"token":"mallory"}')
     await send(client, '44{"message":"Unable to connect"}')
     after = await send(client, token(2), token(3))
     assert [e["seq"] for e in events(after)] == [before["seq"] + 1, before["seq"] + 2]  # sent, still alice's
     offsets = [json.loads(f[2:])[-1] for f in after if isinstance(f, str) and f.startswith("42")]
     assert len(offsets) == 2
     assert all(re.fullmatch(r"[A-Za-z0-9]+\.[0-9]+", offset) for offset in offsets)  # logged for recovery
-    assert client.session.recovery["/"].pid == pid
-    assert client.session.principal_for("/") is not None
+    assert client.conn.recovery["/"].pid == pid
+    assert client.conn.principal_for("/") is not None
 
 
 async def test_a_connection_without_a_principal_gets_no_recovery_session() -> None:
@@ -120,7 +120,7 @@ async def test_a_connection_without_a_principal_gets_no_recovery_session() -> No
     anonymous = connection(rt)
     sent = await join(anonymous, token_=None)
     assert pid_of(sent) is None
-    assert not anonymous.session.recovery
+    assert not anonymous.conn.recovery
     frame = protocol.event("note", {"n": 1})
     assert await send(anonymous, frame) == [frame]  # no offset appended: it is as the app sent it
 
@@ -142,7 +142,7 @@ async def test_a_client_that_joins_and_leaves_over_and_over_piles_up_no_recovery
     try:
         for _ in range(20):
             assert pid_of(await join(client, "/admin"))
-            await inspect(rt, client.session, "41/admin,")
+            await inspect(rt, client.conn, "41/admin,")
         await until(lambda: not rt.closes.pending, 10)  # (the closes go in the background)
         if isinstance(log, RedisLog):
             kept = [key async for key in log.client.scan_iter(f"{log.prefix}:*")]
@@ -173,7 +173,7 @@ async def test_a_leave_the_log_did_not_hear_closes_the_session_once_it_answers(t
         assert await log.client.exists(meta)
 
         server.kill()  # Redis is down when the client leaves: the note of the leave fails
-        await inspect(rt, client.session, "41/admin,")
+        await inspect(rt, client.conn, "41/admin,")
         await until(lambda: rt.stats.log_failures > 0, 20)
         server.start()  # back, with the session (its append-only file)
 
@@ -184,7 +184,7 @@ async def test_a_leave_the_log_did_not_hear_closes_the_session_once_it_answers(t
 
         again = connection(rt)
         auth = {"token": "alice", "pid": pid, "offset": last_offset}
-        await inspect(rt, again.session, "40/admin," + json.dumps(auth))
+        await inspect(rt, again.conn, "40/admin," + json.dumps(auth))
         reply = await send(again, '40/admin,{"sid":"s2"}')
         assert pid_of(reply) != pid  # a normal connect, not "recovered"
     finally:
@@ -226,7 +226,7 @@ async def _leave_while(log: _Gated, call: str, client: Outbound, namespace: str,
     task = asyncio.ensure_future(pending)
     async with asyncio.timeout(10):
         await log.entered.wait()
-    await inspect(client.runtime, client.session, "41" + ("" if namespace == "/" else namespace + ","))
+    await inspect(client.runtime, client.conn, "41" + ("" if namespace == "/" else namespace + ","))
     log.gate.set()
     async with asyncio.timeout(10):
         return await task
@@ -242,7 +242,7 @@ async def test_leaving_a_namespace_while_a_note_is_out_breaks_nothing() -> None:
     await join(client)
     await join(client, "/admin")
     await _leave_while(log, "session_note", client, "/admin", client.recovery.note("upgraded"))  # type: ignore[union-attr]
-    assert set(client.session.recovery) == {"/"}
+    assert set(client.conn.recovery) == {"/"}
 
 
 async def test_leaving_a_namespace_while_its_events_are_logged_costs_no_stamp(caplog: pytest.LogCaptureFixture) -> None:
@@ -270,19 +270,19 @@ async def test_leaving_a_namespace_while_its_recovery_is_claimed_closes_the_clai
     log = _Gated()
     rt = Runtime(Settings.load({}, recovery=True), log)
     before, again = connection(rt), connection(rt)
-    before.session.upgraded = again.session.upgraded = True  # websockets from the start
+    before.conn.upgraded = again.conn.upgraded = True  # websockets from the start
     pid = pid_of(await join(before))
     assert pid
     sent = await send(before, protocol.event("note", {"n": 1}))
     last_offset = json.loads(sent[0][2:])[-1]
-    await inspect(rt, again.session, "40" + json.dumps({"token": "alice", "pid": pid, "offset": last_offset}))
+    await inspect(rt, again.conn, "40" + json.dumps({"token": "alice", "pid": pid, "offset": last_offset}))
     again.feed('40{"sid":"s2"}')
     sent = await _leave_while(log, "session_claim", again, "/", again.flush())
     assert sent == ['40{"sid":"s2"}']  # the app's reply, as it sent it
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert rt.stats.recoveries_ok == 0
     await until(lambda: not rt.closes.pending, 10)
-    principal = before.session.principal_for("/") or ""
+    principal = before.conn.principal_for("/") or ""
     await before.release()  # the previous connection ends too: a session closed by both is gone
     assert (await log.session_claim(pid, principal, "/", "g", "c3", "g3", 60_000)).status == "unknown"
 
@@ -300,7 +300,7 @@ async def test_leaves_during_an_outage_wait_in_one_queue(tmp_path: Path) -> None
         server.kill()
         for _ in range(200):
             assert pid_of(await join(client, "/admin"))
-            await inspect(rt, client.session, "41/admin,")
+            await inspect(rt, client.conn, "41/admin,")
         assert len(rt.closes.pending) == 200
         assert len(rt._background) <= 2
         assert rt.stats.log_failures < 30  # not a call per leave per retry
@@ -339,9 +339,9 @@ async def test_a_refused_close_does_not_hold_up_the_others() -> None:
     assert pid_a
     assert pid_b
     log.refused = pid_a
-    state = alice.session.recovery["/admin"]
-    rt.closes.add(pid_a, state.gen, alice.session.id, state.principal)  # refused: first in the queue
-    await inspect(rt, bob.session, "41/admin,")
+    state = alice.conn.recovery["/admin"]
+    rt.closes.add(pid_a, state.gen, alice.conn.id, state.principal)  # refused: first in the queue
+    await inspect(rt, bob.conn, "41/admin,")
     await until(lambda: not rt.closes.pending, 10)
     assert pid_b not in log._sessions._by_pid  # closed
     assert rt.stats.closes_dropped == 1
@@ -355,18 +355,18 @@ async def test_a_close_the_log_did_not_hear_at_the_end_of_a_connection_is_queued
     log = _RefusesOneClose("")
     rt = Runtime(Settings.load({}, recovery=True), log)
     client = connection(rt)
-    client.session.upgraded = True
+    client.conn.upgraded = True
     pid = pid_of(await join(client))
     assert pid
     sent = await send(client, protocol.event("note", {"n": 1}))
     last_offset = json.loads(sent[0][2:])[-1]
     log.down = True
     await client.release()
-    assert list(rt.closes.pending) == [(pid, client.session.recovery["/"].gen)]
+    assert list(rt.closes.pending) == [(pid, client.conn.recovery["/"].gen)]
     log.down = False
     again = connection(rt)
-    again.session.upgraded = True
-    await inspect(rt, again.session, "40" + json.dumps({"token": "alice", "pid": pid, "offset": last_offset}))
+    again.conn.upgraded = True
+    await inspect(rt, again.conn, "40" + json.dumps({"token": "alice", "pid": pid, "offset": last_offset}))
     reply = await send(again, '40{"sid":"s2"}')
     assert pid_of(reply) != pid  # not recovered: the session is being closed
     await until(lambda: not rt.closes.pending, 10)
@@ -386,16 +386,16 @@ async def test_one_principals_leaves_cost_nobody_elses_close() -> None:
         pid_b = pid_of(await join(bob, "/admin", token_="bob"))
         assert pid_b
         log.down = True
-        await inspect(rt, bob.session, "41/admin,")  # bob's leave waits first
+        await inspect(rt, bob.conn, "41/admin,")  # bob's leave waits first
         await join(mallory, token_="mallory")
         for _ in range(PER_PRINCIPAL + 50):
             assert pid_of(await join(mallory, "/admin", token_="mallory"))
-            await inspect(rt, mallory.session, "41/admin,")
+            await inspect(rt, mallory.conn, "41/admin,")
         assert len(rt.closes.pending) == PER_PRINCIPAL + 1
         assert pid_b in {pid for pid, _ in rt.closes.pending}
         assert rt.stats.closes_dropped == 50
         # her sessions given up stay claimable: her claims get a normal connect for the window
-        mallory_principal, bob_principal = mallory.session.principal_for("/"), bob.session.principal_for("/")
+        mallory_principal, bob_principal = mallory.conn.principal_for("/"), bob.conn.principal_for("/")
         assert mallory_principal is not None
         assert bob_principal is not None
         assert rt.closes.refuses("any-pid", "any-gen", mallory_principal)
@@ -453,7 +453,7 @@ async def test_closes_still_waiting_at_shutdown_are_tried_once_more() -> None:
     pid = pid_of(await join(client, "/admin"))
     assert pid
     log.down = True
-    await inspect(rt, client.session, "41/admin,")
+    await inspect(rt, client.conn, "41/admin,")
     await until(lambda: log.down and not rt.guard.available(), 10)  # its first try failed
     assert pid not in log.closed
     log.down = False

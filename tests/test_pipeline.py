@@ -17,11 +17,11 @@ from asgi_resume import protocol
 from asgi_resume.config import Settings
 from asgi_resume.log import StreamKey
 from asgi_resume.log.memory import MemoryLog
+from asgi_resume.pipeline.connection import Connection
 from asgi_resume.pipeline.inbound import inspect
 from asgi_resume.pipeline.outbound import Outbound
 from asgi_resume.pipeline.resume import ResumeRequest
 from asgi_resume.pipeline.runtime import Runtime
-from asgi_resume.pipeline.session import Session
 
 pytestmark = pytest.mark.anyio
 ALICE = "alice-principal-hash"
@@ -33,8 +33,8 @@ def runtime(**settings: Any) -> Runtime:
 
 def tab(rt: Runtime, principal: str | None = ALICE, namespace: str = "/") -> Outbound:
     """A connection whose CONNECT in ``namespace`` the app accepted, as ``principal``."""
-    outbound = Outbound(rt, Session({"type": "websocket", "query_string": b""}, rt.log.now_ms()))
-    outbound.session.connecting(namespace, principal)
+    outbound = Outbound(rt, Connection({"type": "websocket", "query_string": b""}, rt.log.now_ms()))
+    outbound.conn.connecting(namespace, principal)
     outbound.feed("40" + ("" if namespace == "/" else namespace + ",") + '{"sid":"s"}')
     return outbound
 
@@ -98,17 +98,17 @@ async def test_a_connection_without_principal_gets_frames_as_the_app_sent_them()
 
 async def test_a_refused_connect_binds_nobody() -> None:
     rt = runtime()
-    refused = Outbound(rt, Session({"type": "websocket", "query_string": b""}, rt.log.now_ms()))
-    refused.session.connecting("/", ALICE)
+    refused = Outbound(rt, Connection({"type": "websocket", "query_string": b""}, rt.log.now_ms()))
+    refused.conn.connecting("/", ALICE)
     assert await send(refused, '44{"message":"revoked"}', token(1)) == ['44{"message":"revoked"}', token(1)]
-    assert refused.session.principals == {}
+    assert refused.conn.principals == {}
 
 
 async def test_a_call_is_noted_and_not_logged() -> None:
     alice = tab(runtime())
     call = "421" + token(1)[2:]  # ack id 1: the app waits for this client's answer
     assert (await send(alice, call))[1:] == [call]
-    assert alice.session.calls == {("/", 1): None}
+    assert alice.conn.calls == {("/", 1): None}
 
 
 async def test_a_binary_event_is_stamped_and_keeps_its_attachments_behind_it() -> None:
@@ -123,7 +123,7 @@ async def test_a_binary_event_is_stamped_and_keeps_its_attachments_behind_it() -
 async def test_a_resume_in_a_batch_replays_then_sends_what_it_did_not_carry() -> None:
     alice = tab(runtime())
     await send(alice, token(1), token(2))
-    epoch = alice.session.cursors[next(iter(alice.session.cursors))][0]
+    epoch = alice.conn.cursors[next(iter(alice.conn.cursors))][0]
     later = tab(alice.runtime)  # a reloaded tab: live frames and its resume in one batch
     later.feed(token(3))
     later.feed(ResumeRequest("/", 7, "m", 1, epoch))
@@ -178,7 +178,7 @@ async def test_a_copy_of_an_entry_logged_here_is_stamped_without_a_log_call() ->
     # the other copies were known here
     assert rt.stats.log_writes == 5 + 2
     assert rt.stats.frames_stamped_known == 2 * 4
-    key = next(iter(tabs[0].session.cursors))
+    key = next(iter(tabs[0].conn.cursors))
     logged = await rt.log.replay(key, 0, None, "reader")
     assert [seq for seq, _ in logged.frames] == [1, 2, 3, 4, 5]  # one entry per emit, in the log
 
@@ -207,8 +207,8 @@ async def test_copies_on_a_held_tab_go_to_the_log_and_teach_nothing() -> None:
     # live tab logs each frame (taking the stream over), the second reuses that one's result (but
     # for its first frame, t1)
     assert rt.stats.frames_stamped_known == 2
-    key = next(iter(held.session.cursors))
-    assert held.session.others_ms.get(key, 0) > 0  # it saw the live tabs take the stream over
+    key = next(iter(held.conn.cursors))
+    assert held.conn.others_ms.get(key, 0) > 0  # it saw the live tabs take the stream over
     await send(held, token(4))
     writes = rt.stats.log_writes
     assert events(await send(live, token(4)))[0]["seq"] == 4
@@ -225,7 +225,7 @@ async def test_a_batch_starting_with_known_copies_logs_only_the_rest() -> None:
     assert [e["seq"] for e in stamped] == [2, 3, 4]
     assert rt.stats.frames_stamped_known == 2
     assert [e["seq"] for e in events(await send(one, token(4)))] == [4]  # t4 went to the log: one entry
-    key = next(iter(one.session.cursors))
+    key = next(iter(one.conn.cursors))
     assert (await rt.log.replay(key, 0, None, "reader")).last_seq == 4
 
 
@@ -241,8 +241,8 @@ async def test_a_repair_tells_every_tab_that_missed_the_stream() -> None:
         await send(outbound, token(2), done())  # unstamped: the stream ends while the log is down
     rt.guard._down_until = 0.0
     await rt.repairs.repair()
-    assert not one.session.unlogged
-    assert not two.session.unlogged
+    assert not one.conn.unlogged
+    assert not two.conn.unlogged
     assert not rt.repairs.waiting
     after_t1 = await rt.log.replay(StreamKey(ALICE, "/", "", "m"), t1["seq"], t1["epoch"], "reader")
     assert after_t1.gap or after_t1.epoch != t1["epoch"]  # t2 and the done frame are missing
@@ -279,7 +279,7 @@ async def test_a_repair_answered_late_keeps_a_miss_that_came_meanwhile() -> None
     log.answer.set()
     await repair  # its answer is older than that miss: it must not clear it
     await send(alice, token(5))
-    key = next(iter(alice.session.cursors))
+    key = next(iter(alice.conn.cursors))
     after_t3 = await rt.log.replay(key, t3["seq"], t3["epoch"], "reader")
     assert after_t3.gap or after_t3.epoch != t3["epoch"]  # t4 is missing: never a silent hole
 
@@ -292,10 +292,10 @@ async def test_frames_fed_before_a_tab_left_their_namespace_do_not_take_the_stre
     alice = tab(rt)
     t1 = events(await send(alice, token(1)))[0]
     alice.feed(token(2))  # on its way to the log...
-    await inspect(rt, alice.session, "41")  # ...when the client leaves "/"
+    await inspect(rt, alice.conn, "41")  # ...when the client leaves "/"
     assert events(await alice.flush()) == [json.loads(token(2)[2:])[1]]  # sent as it was, in no log
-    assert not alice.session.cursors
-    alice.session.connecting("/", ALICE)  # it joins again; what was emitted meanwhile reached nobody
+    assert not alice.conn.cursors
+    alice.conn.connecting("/", ALICE)  # it joins again; what was emitted meanwhile reached nobody
     await send(alice, '40{"sid":"s2"}')
     again = events(await send(alice, token(9)))[0]
     assert again["epoch"] != t1["epoch"]
@@ -308,7 +308,7 @@ async def test_frames_fed_before_a_tab_left_cost_the_tab_that_stayed_nothing() -
     leaving, staying = tab(rt), tab(rt)
     first = [events(await send(outbound, token(1)))[0] for outbound in (leaving, staying)]
     leaving.feed(token(2))
-    await inspect(rt, leaving.session, "41")
+    await inspect(rt, leaving.conn, "41")
     await leaving.flush()
     later = [events(await send(staying, token(i)))[0] for i in (2, 3)]
     assert {event["epoch"] for event in [*first, *later]} == {first[0]["epoch"]}
@@ -332,16 +332,16 @@ async def test_a_tab_that_joins_again_is_not_matched_to_entries_it_got_before_it
     rt = Runtime(Settings.load({}), MemoryLog(clock=clock))
     alice = rt.resolver.resolve({"type": "websocket", "query_string": b""}, {"token": "alice"})
     leaving, staying = tab(rt, alice), tab(rt, alice)
-    leaving.session.connecting("/b", alice)
+    leaving.conn.connecting("/b", alice)
     await send(leaving, '40/b,{"sid":"x"}')  # it stays in "/b" throughout
     for i in (1, 2, 3):
         for outbound in (leaving, staying):
             await send(outbound, token(i))
-    await inspect(rt, leaving.session, "41")
+    await inspect(rt, leaving.conn, "41")
     for i in (4, 5):
         await send(staying, token(i))
     clock.now += 1.0
-    assert await inspect(rt, leaving.session, '40{"token":"alice"}') is None  # it joins "/" again
+    assert await inspect(rt, leaving.conn, '40{"token":"alice"}') is None  # it joins "/" again
     await send(leaving, '40{"sid":"s2"}')
     repeated = [events(await send(outbound, token(1)))[0] for outbound in (leaving, staying)]  # t1's content again
     assert [event["seq"] for event in repeated] == [6, 6]
@@ -377,9 +377,9 @@ async def test_a_tab_leaving_while_its_call_is_out_is_flagged_after_the_call_lan
     log.gate = asyncio.Event()
     alice.feed(token(2))
     flush = asyncio.create_task(alice.flush())
-    await _loop_turns_until(lambda: alice.session.calling)
-    leaving = asyncio.create_task(inspect(rt, alice.session, "41"))
-    await _loop_turns_until(lambda: alice.session.call_answered is not None)  # it waits for the call
+    await _loop_turns_until(lambda: alice.conn.calling)
+    leaving = asyncio.create_task(inspect(rt, alice.conn, "41"))
+    await _loop_turns_until(lambda: alice.conn.call_answered is not None)  # it waits for the call
     assert not leaving.done()
     log.gate.set()
     await flush
@@ -395,7 +395,7 @@ async def test_a_tab_that_leaves_its_namespace_while_the_log_is_down_gets_its_st
     alice = tab(rt)
     t1 = events(await send(alice, token(1)))[0]
     rt.guard.failed("gone")
-    await inspect(rt, alice.session, "41")  # its release fails at once
+    await inspect(rt, alice.conn, "41")  # its release fails at once
     rt.guard._down_until = 0.0
     await rt.repairs.repair()
     newcomer = events(await send(tab(rt), token(9)))[0]

@@ -21,11 +21,11 @@ from asgi_resume.log import AppendRequest, AppendResult, LogUnavailable
 from asgi_resume.log.base import COPY_WINDOW_MS, SessionAppend, SessionAppendResult
 from asgi_resume.log.memory import MemoryLog
 from asgi_resume.pipeline import held_frames
+from asgi_resume.pipeline.connection import Connection
 from asgi_resume.pipeline.held_frames import HeldFrames
 from asgi_resume.pipeline.recovery_replay import duplicate, replay_frames
 from asgi_resume.pipeline.recovery_state import RecoveryState
 from asgi_resume.pipeline.runtime import Runtime
-from asgi_resume.pipeline.session import Session
 from asgi_resume.pipeline.units import EventUnit
 from tests.support.app import PacedStream, chat_event, emit_tokens, make_app, make_sio, room_of
 from tests.support.node import NodeClient
@@ -255,34 +255,34 @@ def test_a_replayed_event_is_taken_for_its_live_copy_only_within_the_copy_window
     (it joined the rooms before the emit) and must not show it twice. An event emitted before it
     joined never comes again: a new event with the same content a second later used to be dropped
     as that copy (recovered: true, one event missing), for 5 s after the recovery."""
-    session = Session({}, 0)
-    state = session.recovery["/"] = RecoveryState("/", connect_ms=1_000)
+    conn = Connection({}, 0)
+    state = conn.recovery["/"] = RecoveryState("/", connect_ms=1_000)
     runtime = Runtime(Settings.load({}, recovery=True))
     note = '42["note",{"n":1}]'
-    replay_frames(runtime, session, state, "gen", [(1, 1_500, [note])])  # the held connection got it at 1,500
-    assert not duplicate(session, EventUnit(note, "/", 0, 1_500 + COPY_WINDOW_MS + 1))  # a new event
-    assert duplicate(session, EventUnit(note, "/", 0, 1_502))  # its copy, on the new connection
-    assert not duplicate(session, EventUnit(note, "/", 0, 1_503))  # (one copy only)
+    replay_frames(runtime, conn, state, "gen", [(1, 1_500, [note])])  # the held connection got it at 1,500
+    assert not duplicate(conn, EventUnit(note, "/", 0, 1_500 + COPY_WINDOW_MS + 1))  # a new event
+    assert duplicate(conn, EventUnit(note, "/", 0, 1_502))  # its copy, on the new connection
+    assert not duplicate(conn, EventUnit(note, "/", 0, 1_503))  # (one copy only)
 
 
 def test_a_replayed_event_a_held_connection_here_logged_is_told_from_a_new_one_by_its_object() -> None:
     """Where the held connection that logged an event is in this process, its live copy on the new
     connection is the very object it was sent (python-socketio encodes an emit once): a new event
     with the same content, within the copy window, is not taken for it."""
-    session = Session({}, 0)
-    state = session.recovery["/"] = RecoveryState("/", connect_ms=1_000)
+    conn = Connection({}, 0)
+    state = conn.recovery["/"] = RecoveryState("/", connect_ms=1_000)
     runtime = Runtime(Settings.load({}, recovery=True))
     before_join, after_join = '42["typing",{"u":"bob"}]', '42["typing",{"u":"bob"}]'
     after_join = "".join(list(after_join))  # equal content, another object (another emit)
     assert before_join == after_join
     assert before_join is not after_join
     entries = [(1, 1_500, [before_join]), (2, 1_520, [after_join])]
-    replay_frames(runtime, session, state, "gen", entries, {1: before_join, 2: after_join})
+    replay_frames(runtime, conn, state, "gen", entries, {1: before_join, 2: after_join})
     new = "".join(list(before_join))  # a third emit with that content, 10 ms later
-    assert not duplicate(session, EventUnit(new, "/", 0, 1_530, emitted=new))
-    assert duplicate(session, EventUnit(after_join, "/", 0, 1_522, emitted=after_join))  # the copy of entry 2
-    assert not duplicate(session, EventUnit(after_join, "/", 0, 1_523, emitted=after_join))  # (once)
-    assert not duplicate(session, EventUnit(new, "/", 0, 1_540, emitted=new))  # entry 1 never comes live
+    assert not duplicate(conn, EventUnit(new, "/", 0, 1_530, emitted=new))
+    assert duplicate(conn, EventUnit(after_join, "/", 0, 1_522, emitted=after_join))  # the copy of entry 2
+    assert not duplicate(conn, EventUnit(after_join, "/", 0, 1_523, emitted=after_join))  # (once)
+    assert not duplicate(conn, EventUnit(new, "/", 0, 1_540, emitted=new))  # entry 1 never comes live
 
 
 def test_held_frames_keep_the_newest_within_a_count_and_a_size() -> None:
@@ -397,7 +397,7 @@ async def test_a_claim_of_a_connection_whose_client_stopped_reading_gets_a_norma
 
 def _told_behind(app: ResumeMiddleware) -> list[bool]:
     """What the log was told of each websocket connection here: is its client behind?"""
-    return [eio.session.behind_told for _, eio in app.sessions._items.values() if eio.session.recovery]
+    return [eio.conn.behind_told for _, eio in app.sessions._items.values() if eio.conn.recovery]
 
 
 @pytest.mark.parametrize("again", [False, True])
@@ -502,7 +502,7 @@ async def test_a_frame_fed_while_its_batch_was_being_logged_counts_when_the_send
     connection = asyncio.get_running_loop().create_task(middleware(scope, client.get, to_client))
     try:
         await until(lambda: any(f.startswith("40") for f in sent), 10)
-        session = middleware.sessions._items["e1"][1].session
+        conn = middleware.sessions._items["e1"][1].conn
         log.through.clear()
         emits.put_nowait('42["tick",{"i":"x"}]')
         await until(lambda: log.waiting == 1, 10)  # X is being logged
@@ -510,8 +510,8 @@ async def test_a_frame_fed_while_its_batch_was_being_logged_counts_when_the_send
         await until(lambda: emits.empty(), 10)
         stalled.set()
         log.through.set()  # X is logged, and its send stalls: Y waits behind it, unlogged
-        await until(lambda: session.behind_told, 10)
-        assert session.behind
+        await until(lambda: conn.behind_told, 10)
+        assert conn.behind
     finally:
         connection.cancel()
         await middleware.runtime.aclose()

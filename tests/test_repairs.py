@@ -51,7 +51,7 @@ async def test_a_tab_that_closes_before_its_stream_is_repaired_is_let_go_and_the
     down(rt)
     assert await send(alice, token(2)) == [token(2)]  # unstamped
     await alice.release()  # the tab closes while the log is down
-    assert all(alice.session not in waiting.tabs for waiting in rt.repairs.waiting.values())  # not kept alive
+    assert all(alice.conn not in waiting.tabs for waiting in rt.repairs.waiting.values())  # not kept alive
     up(rt)
     assert await rt.repairs.repair()
     assert not rt.repairs.waiting
@@ -70,10 +70,10 @@ async def test_a_tab_that_missed_its_first_frames_is_told_and_does_not_start_a_s
     alice, bob = tab(rt), tab(rt)
     down(rt)
     await send(alice, token(1))  # its first frame of the stream: missed
-    assert alice.session.unlogged == {KEY: ""}
+    assert alice.conn.unlogged == {KEY: ""}
     up(rt)
     assert await rt.repairs.repair()
-    assert not alice.session.unlogged  # told
+    assert not alice.conn.unlogged  # told
     t2 = events(await send(bob, token(2)))[0]
     assert events(await send(alice, token(2)))[0] == t2  # one entry, one epoch, for both tabs
     assert len(log.resets) == 1
@@ -127,7 +127,7 @@ async def test_past_the_bound_a_stream_waits_for_its_own_tab_and_is_counted(monk
     down(rt)
     await send(alice, token(2))
     assert rt.stats.repairs_dropped == 1
-    assert alice.session.unlogged  # its own next frame still starts the new epoch
+    assert alice.conn.unlogged  # its own next frame still starts the new epoch
 
 
 class _LandsThenAnswersLate(_RecordingLog):
@@ -185,19 +185,19 @@ async def test_what_one_connection_missed_is_bounded_and_the_rest_repaired_witho
     down(rt)
     for m in ids:
         await send(alice, token(1, m))  # missed
-    assert len(alice.session.unlogged) == repairs_module.UNLOGGED_KEPT
+    assert len(alice.conn.unlogged) == repairs_module.UNLOGGED_KEPT
     let_go = [StreamKey(ALICE, "/", "", m) for m in ids[:extra]]
-    assert all(key not in alice.session.unlogged for key in let_go)
+    assert all(key not in alice.conn.unlogged for key in let_go)
     for key in let_go:  # (the epoch it knew, or "" where it no longer remembered one: STREAMS_KEPT)
-        assert list(rt.repairs.waiting[key].gone.values()) == [alice.session.id]
-        assert alice.session not in rt.repairs.waiting[key].tabs
+        assert list(rt.repairs.waiting[key].gone.values()) == [alice.conn.id]
+        assert alice.conn not in rt.repairs.waiting[key].tabs
     assert len(rt.repairs.waiting) == len(ids)
     up(rt)
     while rt.repairs.waiting:
         assert await rt.repairs.repair()
     assert {request.key.stream for request in log.resets} == set(ids)  # each one repaired, once
     assert len(log.resets) == len(ids)
-    assert not alice.session.unlogged
+    assert not alice.conn.unlogged
     for m in (ids[0], ids[-1]):  # let go, and kept: a resume across the missed frame is told
         after = await rt.log.replay(StreamKey(ALICE, "/", "", m), firsts[m]["seq"], firsts[m]["epoch"], "reader")
         assert after.gap or after.epoch != firsts[m]["epoch"]

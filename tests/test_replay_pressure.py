@@ -25,11 +25,11 @@ import pytest
 
 from asgi_resume import protocol
 from asgi_resume.config import Settings
+from asgi_resume.pipeline.connection import Connection
 from asgi_resume.pipeline.outbound import Outbound
 from asgi_resume.pipeline.replay import REPLAY_PAGE
 from asgi_resume.pipeline.resume import ResumeRequest
 from asgi_resume.pipeline.runtime import Runtime, Turns
-from asgi_resume.pipeline.session import Session
 from tests.support.app import chat_event, emit_tokens, make_app, make_sio, room_of
 from tests.support.raw import RawClient, masked_frame
 from tests.support.server import serve
@@ -232,9 +232,9 @@ class Pipeline:
         self.runtime.log.replay = counting  # type: ignore[method-assign]
 
     def _connection(self) -> Outbound:
-        session = Session({"type": "websocket", "headers": []}, 0)
-        session.principals["/"] = "alice"
-        return Outbound(self.runtime, session)
+        conn = Connection({"type": "websocket", "headers": []}, 0)
+        conn.principals["/"] = "alice"
+        return Outbound(self.runtime, conn)
 
     async def emit(self, first: int, last: int, to: Outbound | None = None) -> None:
         outbound = to or self.tab

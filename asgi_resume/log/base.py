@@ -17,7 +17,7 @@ Payload = list[str | bytes]
 #: between workers included); an entry received further apart is another emit with the same bytes.
 COPY_WINDOW_MS = 1000
 #: How far past its cursor a connection's frame is looked for among the entries (frames it did not
-#: get); the entries it passed over are remembered as far back (``Session.skipped``).
+#: get); the entries it passed over are remembered as far back (``Connection.skipped``).
 SCAN_AHEAD = 64
 #: Where processes share the log: how long before a connection joined (by its process's reckoning of
 #: the log's clock) another process may have logged an emit that still reaches that connection

@@ -3,7 +3,7 @@
 * :mod:`~asgi_resume.pipeline.units`: what flows through a batch (a closed set) and how an event
   is stamped.
 * :mod:`~asgi_resume.pipeline.rules`: which events belong to which stream, which end it.
-* :mod:`~asgi_resume.pipeline.session`: what the middleware remembers about one connection;
+* :mod:`~asgi_resume.pipeline.connection`: what the middleware remembers about one connection;
   :mod:`~asgi_resume.pipeline.rate_limit`, :mod:`~asgi_resume.pipeline.recovery_state`: its resume
   rate limit, and what connection state recovery keeps per namespace.
 * :mod:`~asgi_resume.pipeline.runtime`: what every connection of one middleware shares;

@@ -62,7 +62,7 @@ class Batch:
             return
         match item:
             case str():
-                if item[:3] != protocol.PLAIN_EVENT_HEAD and protocol.concerns_session(item):  # (most frames: not)
+                if item[:3] != protocol.PLAIN_EVENT_HEAD and protocol.concerns_connection(item):  # (most frames: not)
                     self._classify.note(item)
                 match self._classify.unit(item):
                     case None:

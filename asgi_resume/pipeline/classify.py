@@ -2,7 +2,7 @@
 
 Owns: classifying a frame the app sends (its stream key under this connection's principal, its
 stamp template and content digest, shared by the copies of one emit through a process-wide
-cache), and what the app tells the client that the session keeps (a CONNECT's outcome, a call
+cache), and what the app tells the client that the connection keeps (a CONNECT's outcome, a call
 the client owes an answer; the app disconnecting the client from a namespace flags its streams
 in flight, in the background). Must not touch: the log's calls (it reads the log's clock only),
 the order of a batch, transports.
@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from asgi_resume import protocol
 from asgi_resume.log import StreamKey
+from asgi_resume.pipeline.connection import Connection
 from asgi_resume.pipeline.recovery import Recovery
 from asgi_resume.pipeline.rules import Stamping
 from asgi_resume.pipeline.runtime import Runtime
-from asgi_resume.pipeline.session import Session
 from asgi_resume.pipeline.streams import release_left
 from asgi_resume.pipeline.units import RESERVED, ConnectReply, EventUnit, template_digest
 
@@ -23,28 +23,28 @@ STAMPING_CACHE_SIZE = 256  # recent stream frames: their copies to other connect
 
 
 class Classifier:
-    def __init__(self, runtime: Runtime, session: Session, recovery: Recovery | None) -> None:
+    def __init__(self, runtime: Runtime, conn: Connection, recovery: Recovery | None) -> None:
         self.runtime = runtime
-        self.session = session
+        self.conn = conn
         self.recovery = recovery
 
     def note(self, frame: str) -> None:
-        """What the app tells the client that the session keeps: a CONNECT's outcome, a call."""
+        """What the app tells the client that the connection keeps: a CONNECT's outcome, a call."""
         packet = protocol.peek(frame)
         if packet is None:
             return
         if packet.type == protocol.CONNECT:
-            self.session.connected(packet.namespace, accepted=True)
+            self.conn.connected(packet.namespace, accepted=True)
         elif packet.type == protocol.CONNECT_ERROR:
-            self.session.connected(packet.namespace, accepted=False)
+            self.conn.connected(packet.namespace, accepted=False)
         elif packet.type == protocol.DISCONNECT:  # (the app sends it once it has let the client go)
-            left = self.session.disconnected(packet.namespace, self.runtime.settings.hold_idle)
+            left = self.conn.disconnected(packet.namespace, self.runtime.settings.hold_idle)
             if left:
-                self.runtime.in_background(release_left(self.runtime, self.session, left))
+                self.runtime.in_background(release_left(self.runtime, self.conn, left))
             if self.recovery is not None:
                 self.recovery.ended(packet.namespace)  # the app let it go there: nothing to recover
         elif packet.ack_id is not None:
-            self.session.called(packet.namespace, packet.ack_id)
+            self.conn.called(packet.namespace, packet.ack_id)
 
     def unit(self, frame: str) -> EventUnit | ConnectReply | None:
         """The unit for an event we stamp or log (``None``: the frame passes as it is)."""
@@ -54,7 +54,7 @@ class Classifier:
             classified = stamping.frame
             packet = classified.packet
             namespace = packet.namespace
-            principal = self.session.principals.get(namespace)
+            principal = self.conn.principals.get(namespace)
             recover = recovery is not None and recovery.wants(namespace, packet.ack_id)
             expected = packet.attachments if packet.type == protocol.BINARY_EVENT else 0
             if principal is not None:

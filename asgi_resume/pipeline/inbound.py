@@ -16,18 +16,18 @@ import dataclasses
 import logging
 
 from asgi_resume import protocol
+from asgi_resume.pipeline.connection import Connection
 from asgi_resume.pipeline.recovery import Recovery
 from asgi_resume.pipeline.recovery_state import RecoveryState
 from asgi_resume.pipeline.resume import RATE_LIMITED, Refusal, ResumeRequest, parse_request
 from asgi_resume.pipeline.runtime import Runtime
-from asgi_resume.pipeline.session import Session
 from asgi_resume.pipeline.streams import release_left
 from asgi_resume.protocol.recovery import strip_connect
 
 logger = logging.getLogger("asgi_resume")
 
 
-async def inspect(runtime: Runtime, session: Session, frame: str) -> ResumeRequest | str | None:
+async def inspect(runtime: Runtime, conn: Connection, frame: str) -> ResumeRequest | str | None:
     """Note what ``frame`` tells about the client.
 
     Returns a resume request (to be answered here), a frame the app should get instead of this
@@ -41,28 +41,28 @@ async def inspect(runtime: Runtime, session: Session, frame: str) -> ResumeReque
             if frame[:2] in protocol.EVENT_HEADS and protocol.names_event(frame, runtime.settings.resume_event):
                 # unreadable (an ack id python-socketio would never send, broken JSON): still ours,
                 # and so are the attachments it says follow it
-                session.drop_attachments += protocol.declared_attachments(frame)
+                conn.drop_attachments += protocol.declared_attachments(frame)
                 return ResumeRequest(protocol.namespace_of(frame), None, error=UNREADABLE)
             return None
         if packet.type == protocol.CONNECT:
-            return await _connect(runtime, session, frame, packet)
+            return await _connect(runtime, conn, frame, packet)
         if packet.type == protocol.ACK:
             if packet.ack_id is not None:
-                session.answered(packet.namespace, packet.ack_id)
+                conn.answered(packet.namespace, packet.ack_id)
             return None
         if packet.type == protocol.DISCONNECT:
             # flagged before the app hears it: what it emits after reaches this connection no more
-            await release_left(runtime, session, session.disconnected(packet.namespace, runtime.settings.hold_idle))
-            if packet.namespace in session.recovery:
-                Recovery(runtime, session).ended(packet.namespace)  # a goodbye: nothing to recover there
+            await release_left(runtime, conn, conn.disconnected(packet.namespace, runtime.settings.hold_idle))
+            if packet.namespace in conn.recovery:
+                Recovery(runtime, conn).ended(packet.namespace)  # a goodbye: nothing to recover there
             return None
         if packet.event_name != runtime.settings.resume_event:
             return None
         if packet.type == protocol.BINARY_EVENT:
-            session.drop_attachments += packet.attachments  # they follow it: not the app's either
+            conn.drop_attachments += packet.attachments  # they follow it: not the app's either
             return ResumeRequest(packet.namespace, packet.ack_id, error="a resume request carries no binary data")
         request = parse_request(packet, runtime.stream_key)
-        allowed = session.resume_bucket.take(runtime.settings.resume_limit)
+        allowed = conn.resume_bucket.take(runtime.settings.resume_limit)
         if not allowed:
             refusal: Refusal = "rate_limited" if allowed is False else "flooded"
             return dataclasses.replace(request, error=RATE_LIMITED, refusal=refusal)
@@ -75,19 +75,19 @@ async def inspect(runtime: Runtime, session: Session, frame: str) -> ResumeReque
 UNREADABLE = "the resume request could not be read (its ack id or its JSON)"
 
 
-async def _connect(runtime: Runtime, session: Session, frame: str, packet: protocol.Packet) -> str | None:
+async def _connect(runtime: Runtime, conn: Connection, frame: str, packet: protocol.Packet) -> str | None:
     namespace = packet.namespace
     replacement, auth, claim = None, packet.data, None
     if runtime.settings.recovery:
         claim, replacement, auth = strip_connect(frame, packet)
-    if namespace in session.principals or not session.may_join(namespace):
+    if namespace in conn.principals or not conn.may_join(namespace):
         # connected there already (python-socketio refuses this one: what the connection has there
         # stays as it was), or one namespace too many: nothing is noted
         return replacement
     now = runtime.log.now_ms()
-    session.joined_ms[namespace] = now  # (a rejoin too: its first frames are not older entries it got)
+    conn.joined_ms[namespace] = now  # (a rejoin too: its first frames are not older entries it got)
     if runtime.settings.recovery:
-        session.recovery[namespace] = RecoveryState(namespace, now, claim)
+        conn.recovery[namespace] = RecoveryState(namespace, now, claim)
     await runtime.ready()
-    session.connecting(namespace, runtime.resolver.resolve(session.scope, auth))
+    conn.connecting(namespace, runtime.resolver.resolve(conn.scope, auth))
     return replacement

@@ -28,13 +28,13 @@ from asgi_resume.log import StreamKey, StreamLog
 from asgi_resume.pipeline import replay
 from asgi_resume.pipeline.batch import Batch
 from asgi_resume.pipeline.classify import Classifier
+from asgi_resume.pipeline.connection import Connection
 from asgi_resume.pipeline.order import Feeder
 from asgi_resume.pipeline.recovery import Recovery
 from asgi_resume.pipeline.recovery_replay import duplicate
 from asgi_resume.pipeline.replay import Deliver
 from asgi_resume.pipeline.resume import ResumeRequest
 from asgi_resume.pipeline.runtime import Runtime
-from asgi_resume.pipeline.session import Session
 from asgi_resume.pipeline.streams import StreamWriter
 from asgi_resume.pipeline.units import (
     ConnectReply,
@@ -52,16 +52,16 @@ _NONE_WAITING: tuple[int, ...] = ()
 
 
 class Outbound:
-    def __init__(self, runtime: Runtime, session: Session) -> None:
+    def __init__(self, runtime: Runtime, conn: Connection) -> None:
         self.runtime = runtime
-        self.session = session
-        self.recovery = Recovery(runtime, session) if runtime.settings.recovery else None
+        self.conn = conn
+        self.recovery = Recovery(runtime, conn) if runtime.settings.recovery else None
         self.lock = asyncio.Lock()  # transports of one session take turns: feed, then flush
-        self.streams = StreamWriter(runtime, session)  # its side of the stream log
+        self.streams = StreamWriter(runtime, conn)  # its side of the stream log
         self._handed: tuple[int, tuple[int, ...]] = (0, _NONE_WAITING)  # how far :meth:`send` handed its batch over
         self.feeder = Feeder()  # since when it has been handing a batch to its transport, for the feed order
         #: what it was fed since its last flush (each frame classified as it comes)
-        self.batch = Batch(Classifier(runtime, session, self.recovery), runtime.order, self.feeder)
+        self.batch = Batch(Classifier(runtime, conn, self.recovery), runtime.order, self.feeder)
         self.feed = self.batch.feed  # (hot: one call per frame)
 
     @property
@@ -108,7 +108,7 @@ class Outbound:
             try:
                 if stream_units:
                     await self.streams.append(stream_units)
-                replayed = self.session.replayed  # (empty unless this connection resumed something)
+                replayed = self.conn.replayed  # (empty unless this connection resumed something)
                 out: list[Outgoing] = []
                 for unit in units:
                     match unit:
@@ -176,11 +176,11 @@ class Outbound:
             await recovery.log(recovering, taken_ms, held=self.held)
         # Frames of a stream that this batch also resumes wait for the replay, which
         # carries them; what it does not carry goes out right after it.
-        session = self.session
+        conn = self.conn
         last_resume = {
             key: i
             for i in range(start, stop)
-            if isinstance(u := units[i], ResumeRequest) and (key := session.key_of(u)) is not None
+            if isinstance(u := units[i], ResumeRequest) and (key := conn.key_of(u)) is not None
         }
         waiting: dict[StreamKey, list[int]] = {}
         out: list[Outgoing] = []
@@ -191,7 +191,7 @@ class Outbound:
                     if (
                         recovery is not None
                         and unit.recover
-                        and (recovery.waits_for_reply(unit) or duplicate(self.session, unit))
+                        and (recovery.waits_for_reply(unit) or duplicate(self.conn, unit))
                     ):
                         continue
                     if unit.stream is not None and i < last_resume.get(unit.stream, -1):
@@ -205,8 +205,8 @@ class Outbound:
                         await deliver(out)
                         out = []
                     await self._after_others(unit, units, taken)
-                    await replay.answer(self.runtime, self.session, unit, deliver)
-                    key = session.key_of(unit)
+                    await replay.answer(self.runtime, self.conn, unit, deliver)
+                    key = conn.key_of(unit)
                     if key is not None and last_resume.get(key) == i:
                         for j in waiting.pop(key, ()):
                             waited = units[j]
@@ -236,7 +236,7 @@ class Outbound:
         them: a hole the answer cannot tell. Copies of frames in this batch are logged already.
         Bounded like the wait for emit order (``ASGI_RESUME_WRITE_TIMEOUT``).
         """
-        key = self.session.key_of(request)
+        key = self.conn.key_of(request)
         order = self.runtime.order
         if key is None or request.error is not None or not order.before(key, taken + 1):
             return
@@ -245,13 +245,13 @@ class Outbound:
             self.runtime.stats.order_waits_timed_out += 1
 
     def _replayed(self, unit: EventUnit) -> bool:
-        replayed = self.session.replayed  # (empty unless this connection resumed something)
+        replayed = self.conn.replayed  # (empty unless this connection resumed something)
         return (
             bool(replayed)
             and unit.stream is not None
             and bool(unit.seq)
             and unit.stream in replayed
-            and (self.session.was_replayed(unit.stream, unit.epoch, unit.seq))
+            and (self.conn.was_replayed(unit.stream, unit.epoch, unit.seq))
         )
 
     async def away(self, last_seen: float) -> list[StreamKey]:
@@ -265,7 +265,7 @@ class Outbound:
         if self.recovery is not None:
             await self.recovery.note("closed")
         flagged = await self.streams.release(self.batch.stream_units(), handed_over, last_seen)
-        self.runtime.repairs.closed(self.session)  # (its streams the log missed are repaired without it)
+        self.runtime.repairs.closed(self.conn)  # (its streams the log missed are repaired without it)
         return flagged
 
 

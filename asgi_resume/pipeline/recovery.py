@@ -24,10 +24,10 @@ from asgi_resume.guard import RETRY_AFTER_S
 from asgi_resume.log import LogUnavailable
 from asgi_resume.log.base import Note, Payload, SessionAppend
 from asgi_resume.log.names import new_generation
+from asgi_resume.pipeline.connection import Connection
 from asgi_resume.pipeline.recovery_replay import duplicate, replay_frames
 from asgi_resume.pipeline.recovery_state import RecoveryState
 from asgi_resume.pipeline.runtime import Runtime
-from asgi_resume.pipeline.session import Session
 from asgi_resume.pipeline.units import EventUnit, Outgoing
 from asgi_resume.protocol.recovery import PID_FIELD, UNLOGGED_OFFSET, new_pid, offset
 
@@ -39,13 +39,13 @@ FLUSH_WAIT_S = 0.3  # how long a claim waits for the previous connection to log 
 class Recovery:
     """Connection state recovery for one connection (all its namespaces)."""
 
-    def __init__(self, runtime: Runtime, session: Session) -> None:
+    def __init__(self, runtime: Runtime, conn: Connection) -> None:
         self.runtime = runtime
-        self.session = session
+        self.conn = conn
 
     @property
     def states(self) -> dict[str, RecoveryState]:
-        return self.session.recovery
+        return self.conn.recovery
 
     def wants(self, namespace: str, ack_id: int | None) -> bool:
         """Does an event sent in ``namespace`` get an offset? (Ack'd events do not, as on Node.)"""
@@ -95,15 +95,15 @@ class Recovery:
             groups.setdefault(unit.namespace, (state, []))[1].append(unit)
         if not groups:
             return
-        session = self.session
+        conn = self.conn
         # on long-polling what the app sends waits for the client's GET; on a websocket whose client
         # stopped reading, for the client to read
-        fetched = not session.upgraded or session.behind
+        fetched = not conn.upgraded or conn.behind
         requests = []
         for ns, (state, group) in groups.items():
             frames: list[tuple[int, Payload]] = [(u.received_ms, [u.live(), *u.attachments]) for u in group]
             requests.append(
-                SessionAppend(state.pid, state.gen, session.id, state.principal, ns, frames, flushed_ms, fetched)
+                SessionAppend(state.pid, state.gen, conn.id, state.principal, ns, frames, flushed_ms, fetched)
             )
         guard = self.runtime.guard
         try:
@@ -133,7 +133,7 @@ class Recovery:
         ns = packet.namespace
         state = self.states[ns]
         state.awaiting_reply = False
-        principal = self.session.principal_for(ns)
+        principal = self.conn.principal_for(ns)
         if principal is None:
             # a connection without a principal logs nothing, and its pid would be anybody's to claim
             del self.states[ns]
@@ -152,7 +152,7 @@ class Recovery:
             # the client left the namespace while the claim was out: nothing is to be recovered
             # there, and a session it claimed is closed (the app's reply goes out as it is)
             if recovered:
-                self.runtime.closes.add(state.pid, new_gen, self.session.id, state.principal)
+                self.runtime.closes.add(state.pid, new_gen, self.conn.id, state.principal)
             gone: list[Outgoing] = [f for unit in waited for f in unit.frames()]
             return [*gone, frame]
         if not recovered:
@@ -172,13 +172,13 @@ class Recovery:
         return out
 
     def _replayed(self, unit: EventUnit) -> bool:
-        if unit.stream is not None and unit.seq and self.session.was_replayed(unit.stream, unit.epoch, unit.seq):
+        if unit.stream is not None and unit.seq and self.conn.was_replayed(unit.stream, unit.epoch, unit.seq):
             return True
-        return duplicate(self.session, unit)
+        return duplicate(self.conn, unit)
 
     async def _claim(self, state: RecoveryState, new_gen: str) -> tuple[bool, list[Outgoing]]:
         """Claim the client's previous session; its frames after the client's offset, or nothing."""
-        claim, runtime, session = state.claim, self.runtime, self.session
+        claim, runtime, conn = state.claim, self.runtime, self.conn
         assert claim is not None
         principal = state.principal
         window_ms = int(runtime.settings.recovery_window * 1000)
@@ -194,7 +194,7 @@ class Recovery:
                 principal,
                 state.namespace,
                 claim.gen,
-                session.id,
+                conn.id,
                 new_gen,
                 window_ms,
             )
@@ -226,25 +226,25 @@ class Recovery:
             return False, []
         state.pid = claim.pid
         objects = runtime.held_frames.take(claim.pid, claim.gen)  # (when the previous connection is held here)
-        return True, replay_frames(runtime, session, state, claim.gen, read.frames, objects)
+        return True, replay_frames(runtime, conn, state, claim.gen, read.frames, objects)
 
     # -- the previous connection's side ---------------------------------------------------------
 
     def tell_behind(self) -> None:
-        """``Session.behind`` changed: the log's sessions are told (by one task at a time, again
+        """``Connection.behind`` changed: the log's sessions are told (by one task at a time, again
         after a failure, until they know the connection's latest state, for the recovery window)."""
-        session = self.session
-        if not session.behind_telling and session.behind != session.behind_told and self.states:
-            session.behind_telling = True
+        conn = self.conn
+        if not conn.behind_telling and conn.behind != conn.behind_told and self.states:
+            conn.behind_telling = True
             self.runtime.in_background(self._tell_behind())
 
     async def _tell_behind(self) -> None:
-        session, runtime = self.session, self.runtime
+        conn, runtime = self.conn, self.runtime
         guard = runtime.guard
         give_up = time.monotonic() + runtime.settings.recovery_window
         try:
-            while session.behind != session.behind_told and not runtime.closing and time.monotonic() < give_up:
-                behind = session.behind
+            while conn.behind != conn.behind_told and not runtime.closing and time.monotonic() < give_up:
+                behind = conn.behind
                 told = True
                 for state in list(self.states.values()):  # (a DISCONNECT may end one meanwhile)
                     if not state.pid:
@@ -252,16 +252,16 @@ class Recovery:
                     action: Note = "behind" if behind else "caught_up"
                     try:
                         await guard.call(
-                            guard.deadlines.recovery, runtime.log.session_note, state.pid, action, state.gen, session.id
+                            guard.deadlines.recovery, runtime.log.session_note, state.pid, action, state.gen, conn.id
                         )
                     except LogUnavailable:
                         told = False
                 if told:
-                    session.behind_told = behind
+                    conn.behind_told = behind
                 else:
                     await anyio.sleep(RETRY_AFTER_S)
         finally:
-            session.behind_telling = False
+            conn.behind_telling = False
 
     async def _tell_losses(self) -> None:
         """Sessions that sent an event the log missed are noted ``broken``: never recovered, for a
@@ -278,7 +278,7 @@ class Recovery:
                     state.pid,
                     "broken",
                     state.gen,
-                    self.session.id,
+                    self.conn.id,
                 )
             except LogUnavailable:
                 return
@@ -311,7 +311,7 @@ class Recovery:
         state = self.states.pop(namespace, None)
         if state is not None and state.pid:
             self.runtime.held_frames.ended(state.pid, state.gen)
-            self.runtime.closes.add(state.pid, state.gen, self.session.id, state.principal)
+            self.runtime.closes.add(state.pid, state.gen, self.conn.id, state.principal)
 
     async def _note(self, state: RecoveryState, action: Note) -> bool:
         """Tell the log about ``state``'s session; True when another connection claimed it."""
@@ -320,13 +320,13 @@ class Recovery:
         deadline = guard.deadlines.write if action == "upgraded" else guard.deadlines.recovery
         try:
             gen, owner = await guard.call(
-                deadline, self.runtime.log.session_note, state.pid, action, state.gen, self.session.id
+                deadline, self.runtime.log.session_note, state.pid, action, state.gen, self.conn.id
             )
         except LogUnavailable:
             if action == "closed":  # (a session left unclosed would be claimable for the window)
-                self.runtime.closes.add(state.pid, state.gen, self.session.id, state.principal)
+                self.runtime.closes.add(state.pid, state.gen, self.conn.id, state.principal)
             return False
-        if (gen, owner) == (state.gen, self.session.id):
+        if (gen, owner) == (state.gen, self.conn.id):
             return False
         state.logging = False
         return True

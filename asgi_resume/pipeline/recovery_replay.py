@@ -13,9 +13,9 @@ import time
 from asgi_resume import protocol
 from asgi_resume.log import StreamKey
 from asgi_resume.log.base import COPY_WINDOW_MS, Payload
+from asgi_resume.pipeline.connection import Connection
 from asgi_resume.pipeline.recovery_state import RecoveryState
 from asgi_resume.pipeline.runtime import Runtime
-from asgi_resume.pipeline.session import Session
 from asgi_resume.pipeline.units import EventUnit, Outgoing
 from asgi_resume.protocol.recovery import offset
 from asgi_resume.protocol.stamping import unstamped
@@ -25,7 +25,7 @@ DUPLICATES_FOR_S = 5.0  # how long after a recovery a replayed event may still a
 
 def replay_frames(
     runtime: Runtime,
-    session: Session,
+    conn: Connection,
     state: RecoveryState,
     gen: str,
     entries: list[tuple[int, int, Payload]],
@@ -38,7 +38,7 @@ def replay_frames(
     objects = objects or {}
     out: list[Outgoing] = []
     rules = runtime.rules
-    principal = session.principal_for(state.namespace)
+    principal = conn.principal_for(state.namespace)
     for n, received_ms, payload in entries:
         if not payload or not isinstance(payload[0], str):
             continue
@@ -52,9 +52,9 @@ def replay_frames(
         if classified is not None and principal and isinstance(arg, dict) and isinstance(arg.get("seq"), int):
             epoch, seq = str(arg.get("epoch", "")), arg["seq"]
             key = StreamKey(principal, state.namespace, classified.variant, classified.stream)
-            known = session.replayed.get(key)
+            known = conn.replayed.get(key)
             if known is None or known[0] != epoch or known[1] < seq:
-                session.replayed_to(key, epoch, seq)
+                conn.replayed_to(key, epoch, seq)
             if live is not None:
                 live = unstamped(text, seq, epoch)
         if live is not None:  # dropped if it comes: matched by content
@@ -65,22 +65,22 @@ def replay_frames(
     return out
 
 
-def duplicate(session: Session, unit: EventUnit) -> bool:
+def duplicate(conn: Connection, unit: EventUnit) -> bool:
     """An event the recovery replay already carried, arriving again on the new connection: the
     same content, received within ``COPY_WINDOW_MS`` of the replayed one (copies of one emit
     reach a user's connections that close together; an event emitted before the new connection
     joined its rooms never comes again, and a new one with that content is not taken for it).
     Where the held connection that logged it is here, its copy is the very object it was sent."""
-    state = session.recovery.get(unit.namespace)
+    state = conn.recovery.get(unit.namespace)
     if state is None or not state.duplicates:
         return False
     if time.monotonic() > state.duplicates_until:
         state.duplicates.clear()
         return False
     if unit.stream is not None and unit.seq:
-        known = session.replayed.get(unit.stream)
+        known = conn.replayed.get(unit.stream)
         if known is not None and known[0] == unit.epoch:
-            return False  # told apart by seq (Session.was_replayed)
+            return False  # told apart by seq (Connection.was_replayed)
         digest = unit.digest(as_sent=False)  # stamped in another epoch than the replay's: by content
     else:
         digest = unit.digest()

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from asgi_resume.guard import RETRY_AFTER_S, Deadline, LogGuard
 from asgi_resume.log import AppendRequest, LogUnavailable, StreamKey
 from asgi_resume.log.names import new_epoch, with_epoch
-from asgi_resume.pipeline.session import Session
+from asgi_resume.pipeline.connection import Connection
 from asgi_resume.stats import Stats
 
 #: streams waiting for their new epoch (~300 bytes each); past it a stream waits for its own tab's
@@ -34,7 +34,7 @@ from asgi_resume.stats import Stats
 MAX_REPAIRS = 100_000
 #: resets per background call: a chunk fits a write deadline on Redis (10,000 took 0.42 s)
 CHUNK = 500
-#: streams one connection remembers it missed frames of (``Session.unlogged``); past it its oldest
+#: streams one connection remembers it missed frames of (``Connection.unlogged``); past it its oldest
 #: are repaired without it, as a closed connection's are (its own next frame of one of them then
 #: joins the stream as a newcomer's, until the repair starts the new epoch)
 UNLOGGED_KEPT = 1024
@@ -44,7 +44,7 @@ UNLOGGED_KEPT = 1024
 class _Waiting:
     """One stream waiting for its new epoch."""
 
-    tabs: dict[Session, None] = field(default_factory=dict)  # live connections that missed frames of it
+    tabs: dict[Connection, None] = field(default_factory=dict)  # live connections that missed frames of it
     gone: dict[str, str] = field(default_factory=dict)  # of those that closed since: epochs missed in -> id
 
 
@@ -57,9 +57,9 @@ class Repairs:
         self.closing = False  # the server is going down: no more repairs
         self._task: asyncio.Task[None] | None = None
 
-    def missed(self, session: Session, keys: Iterable[StreamKey]) -> None:
-        """The log missed frames of ``keys`` sent to ``session``'s connection (or may have: an
-        append that timed out); each one's epoch then is ``session.unlogged[key]``.
+    def missed(self, conn: Connection, keys: Iterable[StreamKey]) -> None:
+        """The log missed frames of ``keys`` sent to connection ``conn`` (or may have: an
+        append that timed out); each one's epoch then is ``conn.unlogged[key]``.
 
         Until a new epoch starts for them, a resume would read a history with a silent hole (or
         a duplicate of what went out unstamped): they are repaired as soon as the log answers
@@ -73,25 +73,25 @@ class Repairs:
                     self.stats.repairs_dropped += 1
                     continue
                 entry = waiting[key] = _Waiting()
-            entry.tabs[session] = None
-        unlogged = session.unlogged
+            entry.tabs[conn] = None
+        unlogged = conn.unlogged
         if len(unlogged) > UNLOGGED_KEPT:  # (an outage with a connection on many streams)
             for key in list(itertools.islice(unlogged, len(unlogged) - UNLOGGED_KEPT)):
-                self._let_go(session, key, unlogged.pop(key))
+                self._let_go(conn, key, unlogged.pop(key))
         if waiting and (self._task is None or self._task.done()):
             self._task = asyncio.get_running_loop().create_task(self._in_background())
 
-    def closed(self, session: Session) -> None:
-        """``session``'s connection is over: its streams are repaired without it."""
-        for key, epoch in session.unlogged.items():
-            self._let_go(session, key, epoch)
+    def closed(self, conn: Connection) -> None:
+        """Connection ``conn`` is over: its streams are repaired without it."""
+        for key, epoch in conn.unlogged.items():
+            self._let_go(conn, key, epoch)
 
-    def _let_go(self, session: Session, key: StreamKey, epoch: str) -> None:
-        """``key`` is repaired without ``session`` (which missed frames of it in ``epoch``)."""
+    def _let_go(self, conn: Connection, key: StreamKey, epoch: str) -> None:
+        """``key`` is repaired without ``conn`` (which missed frames of it in ``epoch``)."""
         entry = self.waiting.get(key)
-        if entry is not None and session in entry.tabs:
-            del entry.tabs[session]
-            entry.gone.setdefault(epoch, session.id)
+        if entry is not None and conn in entry.tabs:
+            del entry.tabs[conn]
+            entry.gone.setdefault(epoch, conn.id)
 
     async def repair(self, deadline: Deadline | None = None, keys: Iterable[StreamKey] | None = None) -> bool:
         """Start a new epoch for the streams waiting among ``keys`` (by default a chunk of them),
@@ -104,14 +104,14 @@ class Repairs:
         taken = {key: waiting.pop(key) for key in chosen}
         deadline = deadline or self.guard.deadlines.write
         requests: list[AppendRequest] = []
-        told: list[tuple[StreamKey, Session, str]] = []  # each tab, and the epochs it was told of
+        told: list[tuple[StreamKey, Connection, str]] = []  # each tab, and the epochs it was told of
         for key, entry in taken.items():
             missed: dict[str, str] = {}  # epochs missed in ("a,b": one of them) -> a connection that missed frames
-            for session in entry.tabs:
-                epochs = session.unlogged.get(key)
+            for conn in entry.tabs:
+                epochs = conn.unlogged.get(key)
                 if epochs is not None:  # (else its own next frame started the new epoch)
-                    missed.setdefault(epochs, session.id)
-                    told.append((key, session, epochs))
+                    missed.setdefault(epochs, conn.id)
+                    told.append((key, conn, epochs))
             for epochs, connection in entry.gone.items():
                 missed.setdefault(epochs, connection)
             if not missed:
@@ -141,23 +141,23 @@ class Repairs:
         failed = {request.key for request, result in zip(requests, results, strict=True) if result.failed is not None}
         for key in failed:  # (that stream alone: its tabs' next frames start the new epoch)
             self.stats.repairs_dropped += len(taken[key].gone)
-        for key, session, epoch in told:
-            if key in failed or session.unlogged.get(key) != epoch:
+        for key, conn, epoch in told:
+            if key in failed or conn.unlogged.get(key) != epoch:
                 # the tab logged the stream since, or missed it again, while the repair was on its
                 # way: its own state is newer than this answer
                 continue
-            del session.unlogged[key]  # done on its behalf: its next frame joins the new epoch
-            session.cursors.pop(key, None)
-            session.skipped.pop(key, None)
+            del conn.unlogged[key]  # done on its behalf: its next frame joins the new epoch
+            conn.cursors.pop(key, None)
+            conn.skipped.pop(key, None)
         return True
 
     def _put_back(self, key: StreamKey, entry: _Waiting, fresh_epoch: str) -> None:
         """A repair that got no answer waits again (with what came for it meanwhile), naming the
         epoch it would have started as well: it may have landed after all."""
-        for session in entry.tabs:
-            epochs = session.unlogged.get(key)
+        for conn in entry.tabs:
+            epochs = conn.unlogged.get(key)
             if epochs is not None:
-                session.unlogged[key] = with_epoch(epochs, fresh_epoch)
+                conn.unlogged[key] = with_epoch(epochs, fresh_epoch)
         entry.gone = {with_epoch(epochs, fresh_epoch): connection for epochs, connection in entry.gone.items()}
         now = self.waiting.get(key)
         if now is None:

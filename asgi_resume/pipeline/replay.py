@@ -14,9 +14,9 @@ from typing import Any, assert_never
 
 from asgi_resume.log import LogUnavailable, ReplayResult, StreamKey
 from asgi_resume.pipeline import resume
+from asgi_resume.pipeline.connection import Connection
 from asgi_resume.pipeline.resume import ResumeRequest
 from asgi_resume.pipeline.runtime import Runtime
-from asgi_resume.pipeline.session import Session
 from asgi_resume.pipeline.units import Outgoing, render
 
 REPLAY_PAGE = 100  # log entries read, rendered and handed to the transport at a time
@@ -34,7 +34,7 @@ def no_principal_detail(runtime: Runtime) -> str:
     )
 
 
-async def answer(runtime: Runtime, session: Session, request: ResumeRequest, deliver: Deliver) -> None:
+async def answer(runtime: Runtime, conn: Connection, request: ResumeRequest, deliver: Deliver) -> None:
     """Hand ``deliver`` the replayed frames in seq order, a page at a time, then the answer.
 
     A page (``REPLAY_PAGE`` entries) is read from the log and rendered only once the previous one
@@ -69,7 +69,7 @@ async def answer(runtime: Runtime, session: Session, request: ResumeRequest, del
             case _:
                 assert_never(request.refusal)
         return
-    key = session.key_of(request)
+    key = conn.key_of(request)
     if key is None:
         stats.resumes_not_found += 1
         runtime.hint_no_principal()
@@ -84,7 +84,7 @@ async def answer(runtime: Runtime, session: Session, request: ResumeRequest, del
     await runtime.repairs.repair(keys=(key,))  # a stream the log missed frames of must answer gap, not a silent hole
     building = 0.0  # time spent reading and rendering (not waiting for the client)
     started = time.perf_counter()
-    first = await _read(runtime, key, request.last_seq, request.epoch, session.id)
+    first = await _read(runtime, key, request.last_seq, request.epoch, conn.id)
     if first is None:
         await deliver([unavailable()])
         return
@@ -113,14 +113,14 @@ async def answer(runtime: Runtime, session: Session, request: ResumeRequest, del
         gone = bool(out) and not await deliver(out)
         del out
         if gone:
-            session.replayed_to(key, epoch, sent)
+            conn.replayed_to(key, epoch, sent)
             stats.frames_replayed += replayed
             return  # nobody to send the rest to
         if complete or sent >= until or len(page.frames) < REPLAY_PAGE:
             complete = True  # (a short page: the log had nothing more)
             break
         started = time.perf_counter()
-        following = await _read(runtime, key, sent, epoch, session.id)
+        following = await _read(runtime, key, sent, epoch, conn.id)
         if following is None:
             failed = True
             break
@@ -130,7 +130,7 @@ async def answer(runtime: Runtime, session: Session, request: ResumeRequest, del
         gap = gap or following.gap  # trimmed while the replay was being sent
         page = following
     last_seq = until if complete else sent
-    session.replayed_to(key, epoch, last_seq)
+    conn.replayed_to(key, epoch, last_seq)
     stats.frames_replayed += replayed
     stats.replay_seconds.observe(building)
     if failed:

@@ -18,15 +18,15 @@ from asgi_resume.guard import Deadline
 from asgi_resume.log import AppendRequest, LogUnavailable, StreamKey
 from asgi_resume.log.base import SHARED_LOOKBACK_MS
 from asgi_resume.log.names import new_epoch, with_epoch
+from asgi_resume.pipeline.connection import Connection
 from asgi_resume.pipeline.runtime import Runtime
-from asgi_resume.pipeline.session import Session
 from asgi_resume.pipeline.units import EventUnit, by_content
 
 
 class StreamWriter:
-    def __init__(self, runtime: Runtime, session: Session) -> None:
+    def __init__(self, runtime: Runtime, conn: Connection) -> None:
         self.runtime = runtime
-        self.session = session
+        self.conn = conn
         self.log = runtime.log
         self._waiting_repairs = runtime.repairs.waiting  # (the same dict for the process's life: hot)
         self._held = False
@@ -40,7 +40,7 @@ class StreamWriter:
     @held.setter
     def held(self, value: bool) -> None:
         if value and not self._held:  # from now on only a log call made after this counts as taking its streams over
-            self.runtime.recent.hold_began(self.session.in_flight, self.log.now_ms())
+            self.runtime.recent.hold_began(self.conn.in_flight, self.log.now_ms())
         self._held = value
 
     async def append(self, units: list[EventUnit]) -> None:
@@ -54,16 +54,16 @@ class StreamWriter:
                 logged(unit.stream, unit.order, unit.epoch, unit.seq)  # type: ignore[arg-type]  # (stream units have one)
 
     async def _append(self, units: list[EventUnit]) -> None:
-        session, stats = self.session, self.runtime.stats
-        if session.departed:
+        conn, stats = self.conn, self.runtime.stats
+        if conn.departed:
             # frames fed before it left their namespace: its streams there are flagged and no longer
-            # followed here (Session.disconnected), so they go out as they are, in no log, rather
+            # followed here (Connection.disconnected), so they go out as they are, in no log, rather
             # than take the stream back (a cursor, or a newcomer's new epoch under the tabs that stayed)
-            units = [unit for unit in units if session.still_in(unit.stream)]  # type: ignore[arg-type]
+            units = [unit for unit in units if conn.still_in(unit.stream)]  # type: ignore[arg-type]
             if not units:
                 return
         pending: dict[StreamKey, list[EventUnit]] = {}
-        saw = session.saw
+        saw = conn.saw
         for unit in units:
             key = unit.stream
             assert key is not None
@@ -87,14 +87,14 @@ class StreamWriter:
         loop = asyncio.get_running_loop()
         order, wait = runtime.order, guard.deadlines.write.seconds
         waits_end = 0.0  # (the clock is read only when a wait is due: hot path)
-        cursors = session.cursors
+        cursors = conn.cursors
         for key, group in pending.items():  # frames another tab here was fed first, and these lack, go first
             head = group[0]
             if order.before(key, head.order):
                 waits_end = waits_end or loop.time() + wait
                 if not await order.turn(key, head.order, by_content(group), max(0.0, waits_end - loop.time())):
                     stats.order_waits_timed_out += 1  # (the log is not to blame: it gets its own deadline)
-            if head.emitted is not None and key not in cursors and not session.unlogged:
+            if head.emitted is not None and key not in cursors and not conn.unlogged:
                 # its first frame of the stream: placed at its own emit if another tab here logs it
                 copy = order.copy_on_its_way(key, head.emitted, head.order)
                 if copy is not None:
@@ -103,7 +103,7 @@ class StreamWriter:
                         stats.order_waits_timed_out += 1
                 where = order.placed(key, head.content_digest(), head.emitted)
                 if where is not None:
-                    session.placed(key, *where)
+                    conn.placed(key, *where)
         # one deadline for the batch's log calls, a repair and the append (the in-process log gets no timer)
         ends = None if synchronous else loop.time() + wait
         if self._waiting_repairs:  # streams of the batch the log missed frames of start a new epoch first
@@ -111,8 +111,8 @@ class StreamWriter:
             if not guard.available():  # the repair found the log still failing
                 self._unlogged(pending)
                 return
-        if session.departed:  # (it may have left a namespace while this batch waited its turn)
-            for key in [key for key in pending if not session.still_in(key)]:
+        if conn.departed:  # (it may have left a namespace while this batch waited its turn)
+            for key in [key for key in pending if not conn.still_in(key)]:
                 del pending[key]
             if not pending:
                 return
@@ -128,14 +128,14 @@ class StreamWriter:
             if ends is None:  # the in-process log never waits: no timer (the guard sets none), no company
                 results = await guard.call(guard.deadlines.write, self.log.append, requests)
             else:
-                session.calling = True  # (what a release of its streams waits for: see flag_streams())
+                conn.calling = True  # (what a release of its streams waits for: see flag_streams())
                 try:
                     results = await guard.call(Deadline(remaining), runtime.appends.append, requests)
                 finally:
-                    session.calling = False
-                    if session.call_answered is not None:
-                        session.call_answered.set_result(None)
-                        session.call_answered = None
+                    conn.calling = False
+                    if conn.call_answered is not None:
+                        conn.call_answered.set_result(None)
+                        conn.call_answered = None
         except LogUnavailable:
             self._unlogged(pending, requests)  # (the call may still land)
             return
@@ -147,8 +147,8 @@ class StreamWriter:
                 guard.failed_alone()
                 self._unlogged({key: group})
                 continue
-            if session.unlogged:
-                session.unlogged.pop(key, None)
+            if conn.unlogged:
+                conn.unlogged.pop(key, None)
             if learned is not None and key in copied:
                 learned(key, result.epoch, result.seqs, request.entries, group[-1].received_ms)
             for unit, seq in zip(group, result.seqs, strict=True):
@@ -157,9 +157,9 @@ class StreamWriter:
                     stats.frames_stamped += 1
                 else:  # its copy was logged before frames this connection got earlier: no seq for it
                     stats.frames_unmatched += 1
-            if session.departed and not session.still_in(key):
+            if conn.departed and not conn.still_in(key):
                 continue  # it left the namespace while this call was out: it follows the stream no more
-            session.followed(key, result.epoch, result.seqs, result.others_ms)
+            conn.followed(key, result.epoch, result.seqs, result.others_ms)
 
     def _known(self, pending: dict[StreamKey, list[EventUnit]]) -> None:
         """Stamp, and take out of ``pending``, the frames that are copies of the entries right after
@@ -168,7 +168,7 @@ class StreamWriter:
         the log the key is taken over, as this one's would have (see :mod:`asgi_resume.log.recent`).
         What follows them in a group goes to the log, after the cursor they moved."""
         recent, stats = self.runtime.recent, self.runtime.stats
-        copies_seen, cursors = recent.copies_seen, self.session.cursors
+        copies_seen, cursors = recent.copies_seen, self.conn.cursors
         for key, group in list(pending.items()):
             if key not in copies_seen:
                 recent.copied(key)  # (its entries are worth learning from now on)
@@ -181,7 +181,7 @@ class StreamWriter:
                 continue
             for seq, unit in enumerate(group[:count], after + 1):
                 unit.seq, unit.epoch = seq, epoch
-            cursors[key] = (epoch, after + count)  # (what ``Session.followed`` makes of contiguous seqs)
+            cursors[key] = (epoch, after + count)  # (what ``Connection.followed`` makes of contiguous seqs)
             stats.frames_stamped += count
             stats.frames_stamped_known += count
             if count == len(group):
@@ -190,20 +190,20 @@ class StreamWriter:
                 pending[key] = group[count:]
 
     def _request(self, key: StreamKey, group: list[EventUnit]) -> AppendRequest:
-        session = self.session
-        cursor_epoch, cursor_seq = session.cursors.get(key, (None, 0))
-        unlogged, skipped = session.unlogged, session.skipped  # (both empty, mostly)
+        conn = self.conn
+        cursor_epoch, cursor_seq = conn.cursors.get(key, (None, 0))
+        unlogged, skipped = conn.unlogged, conn.skipped  # (both empty, mostly)
         reset_epoch = unlogged.get(key) if unlogged else None
         return AppendRequest(
             key,
             [unit.entry() for unit in group],
             cursor_epoch,
             cursor_seq,
-            session.joined_ms.get(key.namespace, session.started_ms),
+            conn.joined_ms.get(key.namespace, conn.started_ms),
             lookback_ms=self._lookback_ms,
             reset=reset_epoch is not None,
             reset_epoch=reset_epoch or "",
-            connection=session.id,
+            connection=conn.id,
             skipped=skipped.get(key, []) if skipped else [],
             held=self._held,
         )
@@ -217,24 +217,24 @@ class StreamWriter:
         that stayed to log, but such a call that followed the stream could land after its release
         and clear the flag: that stream gets a new epoch if it is still in the one the call followed.
         """
-        session, recent, stats = self.session, self.runtime.recent, self.runtime.stats
+        conn, recent, stats = self.conn, self.runtime.recent, self.runtime.stats
         requests = {request.key: request for request in sent} if sent else {}
         missed = []
         for key, group in by_key.items():
             stats.frames_unstamped += len(group)
             recent.forget(key)  # (its history here has a hole: the log numbers what comes next)
             request = requests.get(key)
-            if session.departed and not session.still_in(key):
+            if conn.departed and not conn.still_in(key):
                 epoch = request.cursor_epoch if request is not None else None
                 if not epoch:
                     continue
-                session.unlogged.setdefault(key, epoch)
+                conn.unlogged.setdefault(key, epoch)
             else:
-                session.forget(key)
+                conn.forget(key)
             if request is not None and request.fresh_epoch:
-                session.unlogged[key] = with_epoch(session.unlogged[key], request.fresh_epoch)
+                conn.unlogged[key] = with_epoch(conn.unlogged[key], request.fresh_epoch)
             missed.append(key)
-        self.runtime.repairs.missed(session, missed)
+        self.runtime.repairs.missed(conn, missed)
 
     async def release(
         self, unflushed: list[EventUnit], handed_over: bool = False, last_seen: float | None = None
@@ -257,44 +257,44 @@ class StreamWriter:
         """Flag the streams in flight here as of ``last_seen`` (returned): whoever logs one next
         without having followed it starts a new epoch, and a resume meanwhile says ``gap``. This
         connection's own next append continues the epoch (it follows the stream) and unflags it."""
-        orphaned = self.session.active_streams(self.runtime.settings.hold_idle, last_seen)
-        return orphaned if await flag_streams(self.runtime, self.session, orphaned) else []
+        orphaned = self.conn.active_streams(self.runtime.settings.hold_idle, last_seen)
+        return orphaned if await flag_streams(self.runtime, self.conn, orphaned) else []
 
 
-async def flag_streams(runtime: Runtime, session: Session, keys: list[StreamKey]) -> bool:
-    """Flag ``keys`` in the log as left in flight by ``session``'s connection: whoever logs one next
+async def flag_streams(runtime: Runtime, conn: Connection, keys: list[StreamKey]) -> bool:
+    """Flag ``keys`` in the log as left in flight by connection ``conn``: whoever logs one next
     without having followed it starts a new epoch. False: nothing to flag, or the log did not hear
     it (a newcomer then continues the epoch: what was lost meanwhile is not flagged).
 
     After the connection's append in flight, if any: one that followed the stream and landed after
     the flag would clear it (the rule that lets a connection that comes back go on), and a tab
-    that left its namespace must not go on (see :meth:`Session.disconnected`). The wait ends with
+    that left its namespace must not go on (see :meth:`Connection.disconnected`). The wait ends with
     the call's deadline; a call that times out may land later still, so its streams get a new
     epoch as any stream the log may have missed frames of (:meth:`StreamWriter._unlogged`).
     """
     if not keys:
         return False
     guard = runtime.guard
-    if session.calling:
-        if session.call_answered is None:
-            session.call_answered = asyncio.get_running_loop().create_future()
+    if conn.calling:
+        if conn.call_answered is None:
+            conn.call_answered = asyncio.get_running_loop().create_future()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(session.call_answered), guard.deadlines.write.seconds)
+            await asyncio.wait_for(asyncio.shield(conn.call_answered), guard.deadlines.write.seconds)
     try:
-        await guard.call(guard.deadlines.write, runtime.log.orphan, keys, session.id)
+        await guard.call(guard.deadlines.write, runtime.log.orphan, keys, conn.id)
     except LogUnavailable:
         return False
     return True
 
 
-async def release_left(runtime: Runtime, session: Session, left: dict[StreamKey, str]) -> None:
-    """Flag the streams of a namespace the connection left (:meth:`Session.disconnected`: each
+async def release_left(runtime: Runtime, conn: Connection, left: dict[StreamKey, str]) -> None:
+    """Flag the streams of a namespace the connection left (:meth:`Connection.disconnected`: each
     with the epoch it followed it in). If the log does not hear it, they are repaired as streams
     it missed frames of once it answers (a new epoch if still in that one): nobody here goes on
     in them, and a newcomer must not either."""
-    if not left or await flag_streams(runtime, session, list(left)):
+    if not left or await flag_streams(runtime, conn, list(left)):
         return
     missed = [key for key, epoch in left.items() if epoch]
     for key in missed:
-        session.unlogged.setdefault(key, left[key])
-    runtime.repairs.missed(session, missed)
+        conn.unlogged.setdefault(key, left[key])
+    runtime.repairs.missed(conn, missed)

@@ -169,8 +169,8 @@ def ack(ack_id: int, *args: Any, namespace: str = "/") -> str:
     return encode(Packet(ACK, namespace, ack_id, list(args)))
 
 
-def concerns_session(frame: str) -> bool:
-    """May an outbound frame change what the session keeps? (A CONNECT reply, CONNECT_ERROR,
+def concerns_connection(frame: str) -> bool:
+    """May an outbound frame change what the middleware keeps of the connection? (A CONNECT reply, CONNECT_ERROR,
     DISCONNECT, or an event that may carry an ack id: not a plain EVENT in ``/``.)"""
     return frame[:3] != PLAIN_EVENT_HEAD and frame[:1] == EIO_MESSAGE and frame[1:2] in ("0", "1", "2", "4", "5")
 

@@ -18,11 +18,11 @@ from urllib.parse import parse_qs
 from starlette.types import Scope
 
 from asgi_resume import protocol
+from asgi_resume.pipeline.connection import Connection, Polling
 from asgi_resume.pipeline.inbound import inspect
 from asgi_resume.pipeline.outbound import Outbound
 from asgi_resume.pipeline.resume import ResumeRequest
 from asgi_resume.pipeline.runtime import Runtime
-from asgi_resume.pipeline.session import Polling, Session
 
 REFUSED = 400  # python-engineio's answer to a request for a session it does not have (any more)
 
@@ -48,19 +48,19 @@ class EngineIOSession:
     """One Engine.IO session, whichever transport carries it (long-polling requests, a websocket).
 
     Its sid (``None`` until the app's OPEN packet gives it one, for a session that starts here),
-    its pipeline (``outbound``; what is remembered of the connection: ``session``), what a frame
+    its pipeline (``outbound``; what is remembered of the connection: ``conn``), what a frame
     from its client means, and its end (it is no longer known by its sid).
     """
 
-    __slots__ = ("outbound", "registry", "runtime", "session", "sid")
+    __slots__ = ("conn", "outbound", "registry", "runtime", "sid")
 
     def __init__(
         self, runtime: Runtime, registry: EngineIOSessions, scope: Scope, *, polling: bool, sid: str | None = None
     ) -> None:
         self.runtime = runtime
         self.registry = registry
-        self.session = Session(scope, runtime.log.now_ms(), polling=Polling() if polling else None)
-        self.outbound = Outbound(runtime, self.session)
+        self.conn = Connection(scope, runtime.log.now_ms(), polling=Polling() if polling else None)
+        self.outbound = Outbound(runtime, self.conn)
         self.sid = sid
 
     def opened(self, frame: str) -> dict[str, object] | None:
@@ -73,8 +73,8 @@ class EngineIOSession:
         if opening is None or not isinstance(sid, str):
             return None
         self.sid = sid
-        if self.session.polling is not None:
-            self.session.polling.sid = sid
+        if self.conn.polling is not None:
+            self.conn.polling.sid = sid
         self.registry.add(sid, self)
         return opening
 
@@ -82,22 +82,22 @@ class EngineIOSession:
         """What a text frame from the client means here: a resume request to answer in its place,
         the frame the app gets instead (a CONNECT without its recovery fields), or ``None`` (it
         passes as it is). A CLOSE says the client left on purpose."""
-        session = self.session
+        conn = self.conn
         if text[:1] == protocol.EIO_MESSAGE:
-            return await inspect(self.runtime, session, text)
+            return await inspect(self.runtime, conn, text)
         if text == protocol.EIO_CLOSE:
-            for state in session.recovery.values():
+            for state in conn.recovery.values():
                 state.left_cleanly = True
-            if session.polling is not None:
-                session.polling.goodbye = True  # (its POST's answer ends the session: polling_post)
+            if conn.polling is not None:
+                conn.polling.goodbye = True  # (its POST's answer ends the session: polling_post)
         return None
 
     def client_binary(self) -> bool:
         """A binary frame from the client: is it an attachment of a request answered here? (Then
         the app never sees it, as it never saw the request.)"""
-        session = self.session
-        if session.drop_attachments > 0:
-            session.drop_attachments -= 1
+        conn = self.conn
+        if conn.drop_attachments > 0:
+            conn.drop_attachments -= 1
             return True
         return False
 

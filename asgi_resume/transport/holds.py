@@ -25,8 +25,8 @@ import anyio
 
 from asgi_resume import protocol
 from asgi_resume.config import Settings
+from asgi_resume.pipeline.connection import Connection
 from asgi_resume.pipeline.recovery import Recovery
-from asgi_resume.pipeline.session import Session
 from asgi_resume.pipeline.units import Outgoing, Passthrough
 from asgi_resume.stats import Stats, Throttle, fault
 
@@ -103,9 +103,9 @@ class Holds:
 class Hold:
     """One connection's hold: at most one, started when its client leaves."""
 
-    def __init__(self, holds: Holds, session: Session, recovery: Recovery | None) -> None:
+    def __init__(self, holds: Holds, conn: Connection, recovery: Recovery | None) -> None:
         self.holds = holds
-        self.session = session
+        self.conn = conn
         self.recovery = recovery
         self.sid: str | None = None  # (known when it starts: a websocket learns it from its OPEN packet)
         self.state = HoldState.NOT_HELD
@@ -119,18 +119,18 @@ class Hold:
 
     def start(self, now_ms: int, sid: str | None) -> bool:
         """The client left: hold the connection? (Then :meth:`run` it, and tell the app after.)"""
-        session, settings = self.session, self.holds.settings
+        conn, settings = self.conn, self.holds.settings
         self.sid = sid
         if self.holds.shutting_down:
             return False
-        streams = session.active_streams(settings.hold_idle)
+        streams = conn.active_streams(settings.hold_idle)
         recoverable = self.recovery is not None and self.recovery.recoverable
         if not (streams or recoverable):
             return False
-        owner = next((principal for principal in session.principals.values() if principal), None)
+        owner = next((principal for principal in conn.principals.values() if principal), None)
         if owner is None:  # nothing of its own is logged: a hold would keep nothing
             return False
-        if session.calls:  # the app waits for this client's answer: it must learn it left
+        if conn.calls:  # the app waits for this client's answer: it must learn it left
             logger.info("not holding %s: its client left owing the app an answer", self.sid)
             return False
         if not self.holds.admit(self, owner):
@@ -154,7 +154,7 @@ class Hold:
 
     async def run(self) -> None:
         """Until the hold ends (see the module's docstring); then the app may be told."""
-        settings, session, recovery = self.holds.settings, self.session, self.recovery
+        settings, conn, recovery = self.holds.settings, self.conn, self.recovery
         started = time.monotonic()
         reason = ""
         # a recoverable session is held for the recovery window, so it keeps getting (and logging)
@@ -166,21 +166,21 @@ class Hold:
                 if recovery is not None and self._recoverable:
                     await recovery.note("left")
                 while not self._end.is_set():
-                    if session.calls:
+                    if conn.calls:
                         reason = "the app asked its absent client something"
                         break
-                    if session.taken_over(self._started_ms, settings.hold_idle):
+                    if conn.taken_over(self._started_ms, settings.hold_idle):
                         reason = "another connection took its streams over"
                         self.handed_over = True
                         break
                     now = time.monotonic()
                     active = [
-                        at + settings.hold_idle for at in session.in_flight.values() if now < at + settings.hold_idle
+                        at + settings.hold_idle for at in conn.in_flight.values() if now < at + settings.hold_idle
                     ]
                     # streams still flowing: look again when they could have gone idle; else end after the grace
-                    until = max(max(active) if active else session.last_frame_at + settings.hold_grace, recover_until)
+                    until = max(max(active) if active else conn.last_frame_at + settings.hold_grace, recover_until)
                     if until <= now:
-                        reason = "streams went idle" if session.in_flight else "streams done"
+                        reason = "streams went idle" if conn.in_flight else "streams done"
                         break
                     if recovery is not None and now < recover_until:
                         if now >= next_poll:

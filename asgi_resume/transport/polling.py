@@ -47,7 +47,7 @@ async def handle_polling(
         response = PollResponse(eio, send)
         with ClientRequest(runtime, eio.outbound):
             await _watching_client(app, scope, receive, response)
-    elif method == "POST" and eio is not None and not eio.session.upgraded:
+    elif method == "POST" and eio is not None and not eio.conn.upgraded:
         with ClientRequest(runtime, eio.outbound):
             scope, receive = await read_post(eio, scope, receive)
             await app(scope, receive, PostResponse(eio, send))
@@ -113,7 +113,7 @@ class PollResponse:
     async def __call__(self, message: Message) -> None:
         if message["type"] == "http.response.start":
             status = message.get("status")
-            polling = self.outbound.session.polling
+            polling = self.outbound.conn.polling
             if status == 200:
                 # python-engineio took the packets off its queue just now (it answers a poll at once)
                 self.taken_ms = self.runtime.log.now_ms()
@@ -173,7 +173,7 @@ class PollResponse:
         eio = self.eio
         opening = eio.opened(packet)
         if opening is not None:
-            polling = eio.session.polling
+            polling = eio.conn.polling
             if polling is not None:
                 polling.silence_s = silence_s(opening)
         elif packet == protocol.EIO_CLOSE and eio.sid:

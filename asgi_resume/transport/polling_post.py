@@ -32,7 +32,7 @@ class PostResponse:
 
     async def __call__(self, message: Message) -> None:
         eio = self.eio
-        polling = eio.session.polling
+        polling = eio.conn.polling
         if message["type"] == "http.response.start" and polling is not None:
             status = message.get("status")
             if status == 200 and polling.goodbye:

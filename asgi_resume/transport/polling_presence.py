@@ -16,9 +16,9 @@ import time
 
 import anyio
 
+from asgi_resume.pipeline.connection import Polling
 from asgi_resume.pipeline.outbound import Outbound
 from asgi_resume.pipeline.runtime import Runtime
-from asgi_resume.pipeline.session import Polling
 
 logger = logging.getLogger("asgi_resume")
 
@@ -38,7 +38,7 @@ class ClientRequest:
         self.runtime, self.outbound = runtime, outbound
 
     def __enter__(self) -> None:
-        polling = self.outbound.session.polling
+        polling = self.outbound.conn.polling
         if polling is not None:
             polling.requests += 1
             if polling.timer is not None:
@@ -46,13 +46,13 @@ class ClientRequest:
                 polling.timer = None
 
     def __exit__(self, *exc: object) -> None:
-        session = self.outbound.session
-        polling = session.polling
+        conn = self.outbound.conn
+        polling = conn.polling
         if polling is None:
             return
         polling.requests -= 1
         polling.seen_at = time.monotonic()
-        if polling.requests or polling.over or polling.let_go or session.upgraded:
+        if polling.requests or polling.over or polling.let_go or conn.upgraded:
             return
         away_s = min(AWAY_S, polling.silence_s) if polling.silence_s else AWAY_S
         polling.timer = asyncio.get_running_loop().call_later(away_s, self._away)
@@ -60,7 +60,7 @@ class ClientRequest:
     def _still_silent(self) -> Polling | None:
         """The timer fired: the session's polling state if its client stayed silent (and the server
         is not shutting down), else None."""
-        polling = self.outbound.session.polling
+        polling = self.outbound.conn.polling
         assert polling is not None
         polling.timer = None
         return None if polling.requests or self.runtime.closing else polling
@@ -88,8 +88,8 @@ async def let_go(runtime: Runtime, outbound: Outbound, reason: str, *, over: boo
     recovery sessions closed (a claim gets a normal connect). ``over``: a CLOSE ended the session.
     Done before the response that tells the client, so that nothing it does next comes first.
     """
-    session, polling = outbound.session, outbound.session.polling
-    if polling is None or session.upgraded:
+    conn, polling = outbound.conn, outbound.conn.polling
+    if polling is None or conn.upgraded:
         return  # on a websocket now: that transport says when it ends
     polling.over = polling.over or over
     if polling.let_go:
@@ -109,12 +109,12 @@ async def let_go(runtime: Runtime, outbound: Outbound, reason: str, *, over: boo
 
 async def flag_away(outbound: Outbound) -> None:
     """The client of this polling session sent no request for ``AWAY_S``: flag its streams in flight."""
-    session, polling = outbound.session, outbound.session.polling
-    if polling is None or session.upgraded or polling.let_go or polling.requests:
+    conn, polling = outbound.conn, outbound.conn.polling
+    if polling is None or conn.upgraded or polling.let_go or polling.requests:
         return
     seen_at = polling.seen_at
     async with outbound.lock:  # after any response being rewritten: what it carries is logged first
-        if polling.requests or session.upgraded or polling.let_go or polling.seen_at != seen_at:
+        if polling.requests or conn.upgraded or polling.let_go or polling.seen_at != seen_at:
             return  # it came back while the lock was taken: nothing to flag
         with anyio.CancelScope(shield=True):
             flagged = await outbound.away(seen_at)

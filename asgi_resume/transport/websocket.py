@@ -56,17 +56,17 @@ class WebSocketConnection:
         existing = sessions.get(sid) if sid else None
         self.eio = existing or EngineIOSession(runtime, sessions, scope, polling=False, sid=sid)
         self.outbound = self.eio.outbound
-        self.session = self.eio.session
+        self.conn = self.eio.conn
         self._batch = self.outbound.batch  # (hot: asked for every frame)
         self.probe = UpgradeProbe(existing is not None)
         if existing is None:
-            self.session.upgraded = True  # a websocket from the start
+            self.conn.upgraded = True  # a websocket from the start
         self.accepted = False
         self.client_gone = False
         self._outbox = Outbox()
         self._to_app, self._from_hold = anyio.create_memory_object_stream[Message](8)
         self.holds = holds
-        self.hold = Hold(holds, self.session, self.outbound.recovery)
+        self.hold = Hold(holds, self.conn, self.outbound.recovery)
         self._last_feed, self._gap = 0.0, 1.0  # when the last frame came, and the time before it
         self._draining = False  # this connection holds the outbound lock and is sending
         self._stall = StallWatch(lambda: self._behind(True))  # whether its sends to the client stalled
@@ -122,7 +122,7 @@ class WebSocketConnection:
         copies do not each cost a task switch (about 2 µs per copy, ``benchmarks.transport``).
         """
         outbound = self.outbound
-        if self._stall.sending and not self.session.behind:  # (a frame while a send waits)
+        if self._stall.sending and not self.conn.behind:  # (a frame while a send waits)
             self._behind(True)
         if not self._outbox.empty() or (outbound.lock.locked() and not self._draining):
             # items queued ahead, or another transport of this session (long-polling, before the
@@ -136,7 +136,7 @@ class WebSocketConnection:
             async with outbound.lock:  # too much waiting: python-engineio's writer waits for it
                 await self._drain()
             return
-        if self.session.recovery or (
+        if self.conn.recovery or (
             self._batch.needs_log(answer_deferred=not self.probe.active)
             and (self._gap < LINGER_BELOW_S or not self.runtime.log.synchronous)
         ):
@@ -166,7 +166,7 @@ class WebSocketConnection:
                 await outbound.send(self._deliver_all, answer_deferred=answer_deferred)
         finally:
             self._draining = False
-        if self.session.behind and self._outbox.empty():
+        if self.conn.behind and self._outbox.empty():
             self._behind(False)  # caught up: what it was sent is logged
         self.hold.wake()
 
@@ -190,7 +190,7 @@ class WebSocketConnection:
         False when the client is gone."""
         # frames waiting behind these, unlogged (fed while their log call was out): if a send
         # stalls, no frame may come to tell it (:meth:`_forward`), so a watch does
-        watched = bool(self.session.recovery) and (self._batch.pending() > 0 or not self._outbox.empty())
+        watched = bool(self.conn.recovery) and (self._batch.pending() > 0 or not self._outbox.empty())
         if watched:
             self._stall.start()
         try:
@@ -233,7 +233,7 @@ class WebSocketConnection:
         """Its client stopped reading (a send stalled with frames behind it: they wait unlogged),
         or caught up. Its recovery sessions are told: a claim must not take the silence of a
         connection behind its client for a complete log."""
-        self.session.behind = behind
+        self.conn.behind = behind
         if self.outbound.recovery is not None:
             self.outbound.recovery.tell_behind()
 
@@ -263,7 +263,7 @@ class WebSocketConnection:
                     await self._upgraded()
                     # python-engineio refuses the session's POSTs from when it reads this UPGRADE,
                     # in the same step: until then they are read here, as every POST is
-                    self.session.upgraded = True
+                    self.conn.upgraded = True
                     if self._batch.has_deferred():
                         await self._outbox.put_waiting(NUDGE)
             elif message["type"] == "websocket.disconnect":

@@ -1,4 +1,4 @@
-"""One client's Engine.IO session as the middleware sees it.
+"""One client connection (its Engine.IO session, on either transport) as the middleware sees it.
 
 Owns: what the middleware remembers about one connection: who it is (per namespace,
 bound when the app accepts the CONNECT, never changed after), where it stands in each
@@ -56,10 +56,10 @@ class Polling:
 
 
 @dataclass(eq=False, slots=True)
-class Session:
+class Connection:
     scope: Scope
     #: on the log's clock, when it began: a stream's first frame matches copies since its CONNECT in
-    #: the stream's namespace (``joined_ms``), or since then if none was seen (a Session driven directly)
+    #: the stream's namespace (``joined_ms``), or since then if none was seen (a Connection driven directly)
     started_ms: int
     id: str = field(default_factory=lambda: secrets.token_hex(8))
     principals: dict[str, str | None] = field(default_factory=dict)  # namespace -> hashed principal, once accepted
