@@ -241,7 +241,7 @@ async def test_leaving_a_namespace_while_a_note_is_out_breaks_nothing() -> None:
     client = connection(rt)
     await join(client)
     await join(client, "/admin")
-    await _leave_while(log, "session_note", client, "/admin", client.recovery.note("upgraded"))  # type: ignore[union-attr]
+    await _leave_while(log, "session_note", client, "/admin", client.recovery.notes.tell("upgraded"))  # type: ignore[union-attr]
     assert set(client.conn.recovery) == {"/"}
 
 

@@ -18,6 +18,7 @@
 * :mod:`~asgi_resume.pipeline.streams`: a batch's stream frames in the stream log.
 * :mod:`~asgi_resume.pipeline.inbound`, :mod:`~asgi_resume.pipeline.resume`,
   :mod:`~asgi_resume.pipeline.replay`: what a client sends us, and answering its resume requests.
-* :mod:`~asgi_resume.pipeline.recovery`, :mod:`~asgi_resume.pipeline.recovery_replay`: Socket.IO
-  connection state recovery, and what a recovery replays.
+* :mod:`~asgi_resume.pipeline.recovery`, :mod:`~asgi_resume.pipeline.recovery_replay`,
+  :mod:`~asgi_resume.pipeline.recovery_notes`: Socket.IO connection state recovery, what a recovery
+  replays, and what a connection tells its recovery sessions about itself.
 """

@@ -263,7 +263,7 @@ class Outbound:
         """The connection is over: its recovery sessions closed, the streams it left in flight
         flagged (returned; see :meth:`StreamWriter.release`)."""
         if self.recovery is not None:
-            await self.recovery.note("closed")
+            await self.recovery.notes.tell("closed")
         flagged = await self.streams.release(self.batch.stream_units(), handed_over, last_seen)
         self.runtime.repairs.closed(self.conn)  # (its streams the log missed are repaired without it)
         return flagged

@@ -9,7 +9,8 @@ rendered by :mod:`~asgi_resume.pipeline.recovery_replay`).
 Each (connection, namespace) logs the events it sends in a session log (per pid, in generations:
 a reconnect claims the session and starts a new generation). The previous connection, when still
 held, keeps logging what it received before the claim, then notices the claim and lets its app
-connection go. Must not touch: transports, the per-stream log.
+connection go; what a connection tells its sessions about itself is
+:mod:`~asgi_resume.pipeline.recovery_notes`. Must not touch: transports, the per-stream log.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ import time
 import anyio
 
 from asgi_resume import protocol
-from asgi_resume.guard import RETRY_AFTER_S
 from asgi_resume.log import LogUnavailable
-from asgi_resume.log.base import Note, Payload, SessionAppend
+from asgi_resume.log.base import Payload, SessionAppend
 from asgi_resume.log.names import new_generation
 from asgi_resume.pipeline.connection import Connection
+from asgi_resume.pipeline.recovery_notes import RecoveryNotes
 from asgi_resume.pipeline.recovery_replay import duplicate, replay_frames
 from asgi_resume.pipeline.recovery_state import RecoveryState
 from asgi_resume.pipeline.runtime import Runtime
@@ -42,6 +43,7 @@ class Recovery:
     def __init__(self, runtime: Runtime, conn: Connection) -> None:
         self.runtime = runtime
         self.conn = conn
+        self.notes = RecoveryNotes(runtime, conn)  # what it tells its sessions about itself
 
     @property
     def states(self) -> dict[str, RecoveryState]:
@@ -125,7 +127,7 @@ class Recovery:
                 ]
                 self.runtime.held_frames.logged(state.pid, state.gen, numbered)
         if any(state.loss_untold for state in self.states.values()):
-            await self._tell_losses()
+            await self.notes.tell_losses()
 
     async def reply(self, frame: str, packet: protocol.Packet, flushed_ms: int) -> list[Outgoing]:
         """The app accepted the connection: recover the session (or start one), then the CONNECT reply."""
@@ -228,81 +230,9 @@ class Recovery:
         objects = runtime.held_frames.take(claim.pid, claim.gen)  # (when the previous connection is held here)
         return True, replay_frames(runtime, conn, state, claim.gen, read.frames, objects)
 
-    # -- the previous connection's side ---------------------------------------------------------
-
-    def tell_behind(self) -> None:
-        """``Connection.behind`` changed: the log's sessions are told (by one task at a time, again
-        after a failure, until they know the connection's latest state, for the recovery window)."""
-        conn = self.conn
-        if not conn.behind_telling and conn.behind != conn.behind_told and self.states:
-            conn.behind_telling = True
-            self.runtime.in_background(self._tell_behind())
-
-    async def _tell_behind(self) -> None:
-        conn, runtime = self.conn, self.runtime
-        guard = runtime.guard
-        give_up = time.monotonic() + runtime.settings.recovery_window
-        try:
-            while conn.behind != conn.behind_told and not runtime.closing and time.monotonic() < give_up:
-                behind = conn.behind
-                told = True
-                for state in list(self.states.values()):  # (a DISCONNECT may end one meanwhile)
-                    if not state.pid:
-                        continue
-                    action: Note = "behind" if behind else "caught_up"
-                    try:
-                        await guard.call(
-                            guard.deadlines.recovery, runtime.log.session_note, state.pid, action, state.gen, conn.id
-                        )
-                    except LogUnavailable:
-                        told = False
-                if told:
-                    conn.behind_told = behind
-                else:
-                    await anyio.sleep(RETRY_AFTER_S)
-        finally:
-            conn.behind_telling = False
-
-    async def _tell_losses(self) -> None:
-        """Sessions that sent an event the log missed are noted ``broken``: never recovered, for a
-        replay without it would be a partial history presented as complete (tried again on every
-        append and note until the log answers)."""
-        guard = self.runtime.guard
-        for state in list(self.states.values()):  # (a DISCONNECT may end one meanwhile)
-            if not (state.loss_untold and state.pid):
-                continue
-            try:
-                await guard.call(
-                    guard.deadlines.recovery,
-                    self.runtime.log.session_note,
-                    state.pid,
-                    "broken",
-                    state.gen,
-                    self.conn.id,
-                )
-            except LogUnavailable:
-                return
-            state.loss_untold = False
-
     @property
     def recoverable(self) -> bool:
         return any(state.recoverable for state in self.states.values())
-
-    async def note(self, action: Note) -> bool:
-        """Tell the log the client ``left``, the connection ``closed`` or ``upgraded`` from long-polling
-        (its frames no longer wait for its client's GET), or ask (``state``); True when every
-        recoverable session of this connection was claimed by another one. (Whether its client
-        keeps up is told by :meth:`tell_behind`.)"""
-        await self._tell_losses()
-        taken = True
-        for state in list(self.states.values()):  # (a DISCONNECT may end one while a note is out)
-            if action == "closed":
-                self.runtime.held_frames.ended(state.pid, state.gen)
-            if not state.pid or (action == "state" and not state.recoverable):
-                continue
-            if not await self._note(state, action):
-                taken = False
-        return taken
 
     def ended(self, namespace: str) -> None:
         """The client left ``namespace`` on purpose, or the app let it go there: nothing of it is to
@@ -312,21 +242,3 @@ class Recovery:
         if state is not None and state.pid:
             self.runtime.held_frames.ended(state.pid, state.gen)
             self.runtime.closes.add(state.pid, state.gen, self.conn.id, state.principal)
-
-    async def _note(self, state: RecoveryState, action: Note) -> bool:
-        """Tell the log about ``state``'s session; True when another connection claimed it."""
-        guard = self.runtime.guard
-        # an upgrade waits for it (the live path): as a write; the rest as a reconnect's claim
-        deadline = guard.deadlines.write if action == "upgraded" else guard.deadlines.recovery
-        try:
-            gen, owner = await guard.call(
-                deadline, self.runtime.log.session_note, state.pid, action, state.gen, self.conn.id
-            )
-        except LogUnavailable:
-            if action == "closed":  # (a session left unclosed would be claimable for the window)
-                self.runtime.closes.add(state.pid, state.gen, self.conn.id, state.principal)
-            return False
-        if (gen, owner) == (state.gen, self.conn.id):
-            return False
-        state.logging = False
-        return True

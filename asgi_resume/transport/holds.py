@@ -164,7 +164,7 @@ class Hold:
         try:
             with anyio.move_on_after(settings.hold_max):
                 if recovery is not None and self._recoverable:
-                    await recovery.note("left")
+                    await recovery.notes.tell("left")
                 while not self._end.is_set():
                     if conn.calls:
                         reason = "the app asked its absent client something"
@@ -185,7 +185,7 @@ class Hold:
                     if recovery is not None and now < recover_until:
                         if now >= next_poll:
                             next_poll = now + RECOVERY_POLL_S
-                            if await recovery.note("state"):
+                            if await recovery.notes.tell("state"):
                                 reason = "its client recovered the session on another connection"
                                 self.handed_over = True
                                 break

@@ -235,7 +235,7 @@ class WebSocketConnection:
         connection behind its client for a complete log."""
         self.conn.behind = behind
         if self.outbound.recovery is not None:
-            self.outbound.recovery.tell_behind()
+            self.outbound.recovery.notes.tell_behind()
 
     # -- client -> app -------------------------------------------------------------------
 
@@ -280,7 +280,7 @@ class WebSocketConnection:
         """
         recovery = self.outbound.recovery
         if recovery is not None and recovery.states:
-            await recovery.note("upgraded")
+            await recovery.notes.tell("upgraded")
 
     # -- the hold ------------------------------------------------------------------------
 
