@@ -260,7 +260,11 @@ class WebSocketConnection:
                     await asyncio.sleep(0)
                     continue
                 elif self.probe.completed_by(text):  # the client reads this websocket from now on
-                    await self._upgraded()
+                    # its events no longer wait for the client's GET: a claim may trust this
+                    # connection's silence (if the log does not hear it, a claim gets a normal connect)
+                    recovery = self.outbound.recovery
+                    if recovery is not None and recovery.states:
+                        await recovery.notes.tell("upgraded")
                     # python-engineio refuses the session's POSTs from when it reads this UPGRADE,
                     # in the same step: until then they are read here, as every POST is
                     self.conn.upgraded = True
@@ -271,16 +275,6 @@ class WebSocketConnection:
                 if self._start_hold(message):
                     return await self._from_hold.receive()
             return message
-
-    async def _upgraded(self) -> None:
-        """Its events no longer wait for the client's GET: a claim may trust this connection's silence.
-
-        Said before python-engineio learns of the upgrade, within ``write_timeout`` (if the log does
-        not hear it, a claim of the session gets a normal connect, never a hole).
-        """
-        recovery = self.outbound.recovery
-        if recovery is not None and recovery.states:
-            await recovery.notes.tell("upgraded")
 
     # -- the hold ------------------------------------------------------------------------
 
