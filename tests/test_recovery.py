@@ -451,6 +451,67 @@ async def test_a_client_that_caught_up_is_recovered_and_one_that_stalled_again_i
         assert not claim.events("tick")  # nothing to replay: it had every event
 
 
+@pytest.mark.parametrize("revived", ["reset", "reads"])
+async def test_what_the_app_emitted_before_a_claim_is_never_missing_from_its_recovery(
+    backend: dict[str, Any], revived: str
+) -> None:
+    """Found by an attack run: a client stopped reading while the app emitted 1,900 events at
+    once. Once 1,024 waited in the batch the middleware made the app's writer wait, so the rest
+    waited in python-engineio's queue. When the old connection moved again during a claim's wait
+    (its socket reset as the network came back, or its client read for a moment), a batch it
+    logged after the claim told the claim that everything before was logged: recovered, 290 of
+    1,900 events missing, on memory, Redis and across two workers. On Redis the held connection,
+    once it saw the claim, also stopped logging what still waited for its sends (288 missing).
+    The app's writer now never waits on a connection with recovery sessions, and a claimed
+    connection logs what it got until it ends: a claim gets every event, or a normal connect."""
+    sio = make_sio()
+    app = make_app(sio, recovery=True, **backend)
+    total, pad = 1900, "x" * 5000
+    claimed = asyncio.Event()
+    log = app.runtime.log
+    session_claim = log.session_claim
+
+    async def claim_seen(*args: Any) -> Any:
+        result = await session_claim(*args)
+        claimed.set()  # (the real log's answer: the claim now waits for the previous connection)
+        return result
+
+    log.session_claim = claim_seen  # type: ignore[method-assign]
+    async with serve(app) as url:
+        deaf = DeafClient(url, {"token": "alice"}, read_first_event=True)
+        connecting = asyncio.create_task(deaf.connect())
+        await until(lambda: deaf.reply, 10)
+        await sio.emit("tick", {"i": 0, "pad": ""}, room=room_of("alice"))
+        await connecting
+        pid = json.loads(deaf.reply[2:])["pid"]
+        offset = json.loads(deaf.first_event[2:])[-1]
+        for i in range(1, total + 1):
+            await sio.emit("tick", {"i": i, "pad": pad}, room=room_of("alice"))
+        # every event emitted reaches the connection (python-engineio's queue empties), which is behind
+        queues = [socket.queue for socket in sio.eio.sockets.values()]
+        await until(lambda: _told_behind(app) == [True] and all(queue.empty() for queue in queues), 30)
+        claim = RawClient(url, auth={"token": "alice", "pid": pid, "offset": offset})
+        claiming = asyncio.create_task(claim.connect())
+        try:
+            await asyncio.wait_for(claimed.wait(), 10)
+            if revived == "reset":
+                deaf.kill()  # the network came back: the client's side answers the old socket with a reset
+            else:
+                await deaf.read_until(lambda frame: frame.startswith("42") and '"i":100,' in frame)
+            await claiming
+            reply = next(f for f in claim.frames if isinstance(f, str) and f.startswith("40"))
+            await sio.emit("tick", {"i": total + 1, "pad": ""}, room=room_of("alice"))  # a marker after
+            await claim.wait_for(lambda f: isinstance(f, str) and f'"i":{total + 1},' in f, 30)
+            await claim.close()
+        finally:
+            deaf.kill()
+    got = [event["i"] for event in claim.events("tick")]
+    if json.loads(reply[2:])["pid"] == pid:  # recovered: every event since the offset, once
+        assert got == list(range(1, total + 2))
+    else:  # a normal connect: only what came after it
+        assert got == [total + 1]
+
+
 class _SlowSessionLog(MemoryLog):
     """A log whose recovery appends wait until let through (a Redis round trip, made long)."""
 

@@ -117,7 +117,6 @@ class RecoveryNotes:
             if action == "closed":  # (a session left unclosed would be claimable for the window)
                 self.runtime.closes.add(state.pid, state.gen, self.conn.id, state.principal)
             return False
-        if (gen, owner) == (state.gen, self.conn.id):
-            return False
-        state.logging = False
-        return True
+        # claimed: it keeps logging all the same (what it got before the claim may still wait for
+        # its send, and the claim reads it; what the log takes after is never read)
+        return (gen, owner) != (state.gen, self.conn.id)

@@ -1,15 +1,17 @@
 """The queue between the app's ``send`` and a websocket connection's writer task.
 
-Owns: its bound (past ``OUTBOX_SIZE`` queued items the app's writer for the connection waits),
-and the signals the writer reads besides the app's items.
+Owns: its bound (past ``OUTBOX_SIZE`` queued items the app's writer for the connection waits,
+unless the connection keeps recovery sessions: see :meth:`Outbox.put_late`), when the oldest item
+still queued was queued (what a batch logged now may claim to hold), the writer's take of at most
+``OUTBOX_SIZE`` items, and the signals the writer reads besides the app's items.
 Must not touch: what the items mean, sending them (``websocket``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
+from collections.abc import Callable
 
 from asgi_resume.pipeline.units import Incoming
 
@@ -25,19 +27,46 @@ END, NUDGE = Signal.END, Signal.NUDGE
 
 
 class Outbox(asyncio.Queue[Incoming | Signal]):
-    """asyncio's queue, not an anyio stream: it costs no checkpoint per frame on the hot path."""
+    """asyncio's queue, not an anyio stream: it costs no checkpoint per frame on the hot path.
 
-    def __init__(self) -> None:
-        super().__init__(OUTBOX_SIZE)
+    Unbounded as a queue: the bound is :meth:`put_waiting`'s, so that :meth:`put_late` can pass it.
+    """
+
+    def __init__(self, clock: Callable[[], int]) -> None:
+        super().__init__()
+        self._clock = clock
+        self._room = asyncio.Event()  # set when the writer took items (a waiting put looks again)
+        #: when the oldest item queued now was queued (the log's clock), ``None`` when none is: a
+        #: batch logged meanwhile holds what was fed before then, not what is still queued
+        self.oldest_ms: int | None = None
 
     async def put_waiting(self, item: Incoming | Signal) -> None:
-        """Queue ``item``, waiting only when the queue is full."""
-        try:
-            self.put_nowait(item)
-        except asyncio.QueueFull:
-            await self.put(item)
+        """Queue ``item``, waiting while ``OUTBOX_SIZE`` items are queued."""
+        while self.qsize() >= OUTBOX_SIZE:
+            self._room.clear()
+            await self._room.wait()
+        self.put_late(item)
 
-    def put_soon(self, item: Incoming | Signal) -> None:
-        """Queue ``item`` unless the queue is full (a full queue wakes the writer anyway)."""
-        with contextlib.suppress(asyncio.QueueFull):
-            self.put_nowait(item)
+    def put_late(self, item: Incoming | Signal) -> None:
+        """Queue ``item`` at once, past the bound if need be. For a connection with recovery
+        sessions the app's writer never waits: what the app emitted before a claim must reach this
+        connection (and its log) before anything it emits after, not wait in python-engineio's
+        queue while a later batch tells the claim that everything before it was logged."""
+        if self.oldest_ms is None and not isinstance(item, Signal):
+            self.oldest_ms = self._clock()
+        self.put_nowait(item)
+
+    def put_soon(self, signal: Signal) -> None:
+        """Queue a signal (the hot path of a connection with recovery: no clock)."""
+        self.put_nowait(signal)
+
+    async def take(self) -> list[Incoming | Signal]:
+        """The writer's next items, oldest first: at least one (waits for it), at most
+        ``OUTBOX_SIZE`` (a backlog is sent, and logged, a bounded batch at a time)."""
+        items = [await self.get()]
+        while not self.empty() and len(items) < OUTBOX_SIZE:
+            items.append(self.get_nowait())
+        if self.empty():
+            self.oldest_ms = None  # (else the oldest left is younger: the older time stays, safely)
+        self._room.set()
+        return items

@@ -1,7 +1,8 @@
 """The websocket transport: one ASGI websocket connection to the Engine.IO endpoint.
 
-Owns: wrapping the app's ``send`` (frames go through a bounded queue to a writer task that logs
-and stamps them a batch at a time) and ``receive`` (resume requests are answered here and never
+Owns: wrapping the app's ``send`` (frames go through a queue to a writer task that logs and
+stamps them a batch at a time; the app waits on a full one unless the connection keeps recovery
+sessions) and ``receive`` (resume requests are answered here and never
 reach the app; CONNECT auth names the principal), and, while a connection is held
 (:mod:`asgi_resume.transport.holds`) after its client left, answering the app's pings and telling the app
 at the end. Must not touch: what a frame means (``outbound``), storage (``log``), when a hold
@@ -63,7 +64,7 @@ class WebSocketConnection:
             self.conn.upgraded = True  # a websocket from the start
         self.accepted = False
         self.client_gone = False
-        self._outbox = Outbox()
+        self._outbox = Outbox(runtime.log.now_ms)
         self._to_app, self._from_hold = anyio.create_memory_object_stream[Message](8)
         self.holds = holds
         self.hold = Hold(holds, self.conn, self.outbound.recovery)
@@ -124,14 +125,21 @@ class WebSocketConnection:
         outbound = self.outbound
         if self._stall.sending and not self.conn.behind:  # (a frame while a send waits)
             self._behind(True)
-        if not self._outbox.empty() or (outbound.lock.locked() and not self._draining):
+        if (
+            not self._outbox.empty()
+            or (outbound.lock.locked() and not self._draining)
+            or (self._draining and self.conn.recovery and self._batch.pending() >= OUTBOX_SIZE)
+        ):
             # items queued ahead, or another transport of this session (long-polling, before the
-            # upgrade) is sending: the writer takes it in turn
-            await self._outbox.put_waiting(item)
+            # upgrade) is sending, or a full batch waits for a send: the writer takes it in turn
+            if self.conn.recovery:
+                self._outbox.put_late(item)  # the app never waits (see Outbox.put_late)
+            else:
+                await self._outbox.put_waiting(item)
             return
         self._feed(item)
         if self._draining:
-            if self._batch.pending() < OUTBOX_SIZE:
+            if self._batch.pending() < OUTBOX_SIZE or self.conn.recovery:
                 return  # our drain sends it after what it is sending now
             async with outbound.lock:  # too much waiting: python-engineio's writer waits for it
                 await self._drain()
@@ -163,7 +171,9 @@ class WebSocketConnection:
             while self._batch.pending(answer_deferred=answer_deferred):
                 if self._batch.needs_log(answer_deferred=answer_deferred) and self._gap < LINGER_BELOW_S:
                     await linger(self._batch)
-                await outbound.send(self._deliver_all, answer_deferred=answer_deferred)
+                # (what is still queued came before now: the batch holds what was fed before it)
+                taken_ms = self._outbox.oldest_ms
+                await outbound.send(self._deliver_all, answer_deferred=answer_deferred, taken_ms=taken_ms)
         finally:
             self._draining = False
         if self.conn.behind and self._outbox.empty():
@@ -173,9 +183,7 @@ class WebSocketConnection:
     async def _write(self) -> None:
         outbox, outbound = self._outbox, self.outbound
         while True:
-            batch = [await outbox.get()]  # (not a method of the outbox: a call less per batch)
-            while not outbox.empty():
-                batch.append(outbox.get_nowait())
+            batch = await outbox.take()
             async with outbound.lock:
                 for item in batch:  # nothing else feeds while the lock is held and not draining
                     if not isinstance(item, Signal):
