@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import websockets
 
+from asgi_resume.transport import polling
 from tests.conftest import Stack
 from tests.support.app import PacedStream, chat_event, emit_tokens, make_app, make_sio, room_of
 from tests.support.node import NodeClient
@@ -96,6 +97,34 @@ async def test_resume_over_polling_when_the_stream_is_done(stack: Stack) -> None
     bad_seqs, bad = await resume_over_polling(client, {"message_id": "finished"})
     assert bad_seqs == []
     assert bad["error"] == "bad_request"
+    await client.aclose()
+
+
+async def test_a_response_too_large_to_read_starts_its_streams_anew(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by an attack run: a long-polling response over ``MAX_BODY`` passed through unread,
+    its stream frames in no log, and the stream went on in the same epoch, so a resume from before
+    them replayed what came after with no gap. Every stream the connection follows now starts a
+    new epoch: a resume across the unread frames says ``gap``."""
+    monkeypatch.setattr(polling, "MAX_BODY", 8 * 1024)  # (the real bound is 16 MiB)
+    client = await PollingClient(stack.url).open({"token": "alice"})
+    await emit_tokens(stack.sio, "alice", "big", 1, 3)
+    stamped = event_args(await client.collect(is_event, 3))
+    assert [e["seq"] for e in stamped] == [1, 2, 3]
+    for i in range(4, 41):  # the client is not polling: one body of 37 events, over the bound
+        content = f"tok{i} " + "x" * 500
+        await stack.sio.emit("events", chat_event("big", i, content=content), room=room_of("alice"))
+    unread = event_args(await client.collect(is_event, 37))
+    assert len(unread) == 37
+    assert not any("seq" in e for e in unread)  # passed through as they were
+    await emit_tokens(stack.sio, "alice", "big", 41, 41)
+    (after,) = event_args(await client.collect(is_event, 1))
+    assert after["epoch"] != stamped[0]["epoch"]
+    seqs, answer = await resume_over_polling(client, {"message_id": "big", "last_seq": 3, "epoch": stamped[0]["epoch"]})
+    assert answer["gap"] is True  # not a silent hole where the unread frames were
+    assert answer["epoch"] == after["epoch"]
+    assert seqs == [after["seq"]]
     await client.aclose()
 
 

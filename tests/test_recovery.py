@@ -18,7 +18,7 @@ import socketio
 from asgi_resume import ResumeMiddleware
 from asgi_resume.config import Settings
 from asgi_resume.log import AppendRequest, AppendResult, LogUnavailable
-from asgi_resume.log.base import COPY_WINDOW_MS, SessionAppend, SessionAppendResult
+from asgi_resume.log.base import CLAIM_SLACK_MS, COPY_WINDOW_MS, SessionAppend, SessionAppendResult
 from asgi_resume.log.memory import MemoryLog
 from asgi_resume.pipeline import held_frames
 from asgi_resume.pipeline.connection import Connection
@@ -27,8 +27,10 @@ from asgi_resume.pipeline.recovery_replay import duplicate, replay_frames
 from asgi_resume.pipeline.recovery_state import RecoveryState
 from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.pipeline.units import EventUnit
+from asgi_resume.transport import polling
 from tests.support.app import PacedStream, chat_event, emit_tokens, make_app, make_sio, room_of
 from tests.support.node import NodeClient
+from tests.support.polling import PollingClient
 from tests.support.raw import DeafClient, RawClient
 from tests.support.redis_server import RedisServer
 from tests.support.server import serve
@@ -510,6 +512,59 @@ async def test_what_the_app_emitted_before_a_claim_is_never_missing_from_its_rec
         assert got == list(range(1, total + 2))
     else:  # a normal connect: only what came after it
         assert got == [total + 1]
+
+
+async def test_a_polling_response_too_large_to_read_is_never_recovered(
+    backend: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by an attack run: a long-polling response over ``MAX_BODY`` passed through unread
+    (its events got no offsets and went in no log); the connection then logged a later event
+    after a claim, and the claim was told recovered with every event of that response missing
+    (400 of 400, memory and Redis). The recovery sessions are now noted broken: a normal connect."""
+    monkeypatch.setattr(polling, "MAX_BODY", 8 * 1024)  # (the real bound is 16 MiB)
+    sio = make_sio()
+    app = make_app(sio, recovery=True, **backend)
+    log = app.runtime.log
+    claimed_at: list[int] = []
+    session_claim = log.session_claim
+
+    async def claim_seen(*args: Any) -> Any:
+        result = await session_claim(*args)
+        claimed_at.append(log.now_ms())  # (the real log's answer: the claim now waits for the previous connection)
+        return result
+
+    log.session_claim = claim_seen  # type: ignore[method-assign]
+    async with serve(app) as url:
+        old = PollingClient(url)
+        opening = await old.get()
+        old.sid = json.loads(str(opening[0])[1:])["sid"]
+        await old.post('40{"token":"alice"}')
+        reply = next(p for p in await old.get() if isinstance(p, str) and p.startswith("40"))
+        pid = json.loads(reply[2:])["pid"]
+        await sio.emit("tick", {"i": 0}, room=room_of("alice"))
+        first = next(p for p in await old.get() if isinstance(p, str) and p.startswith("42"))
+        offset = json.loads(first[2:])[-1]
+        for i in range(1, 41):  # the old client is not polling: one body over the bound
+            await sio.emit("tick", {"i": i, "pad": "x" * 500}, room=room_of("alice"))
+        claim = RawClient(url, auth={"token": "alice", "pid": pid, "offset": offset})
+        claiming = asyncio.create_task(claim.connect())
+        await until(lambda: bool(claimed_at), 10)
+        unread = [p for p in await old.get() if isinstance(p, str) and p.startswith("42")]
+        assert len(unread) == 40
+        assert all(p.endswith("}]") for p in unread)  # no offsets: unread
+        # well after the claim (a batch taken then proves what came before it is logged)
+        await until(lambda: log.now_ms() > claimed_at[0] + CLAIM_SLACK_MS, 5, 0.01)
+        await sio.emit("tick", {"i": 41}, room=room_of("alice"))
+        logged = [p for p in await old.get() if isinstance(p, str) and p.startswith("42")]
+        assert len(logged) == 1
+        assert not logged[0].endswith("}]")  # logged after the claim, with its offset
+        await claiming
+        reply = next(f for f in claim.frames if isinstance(f, str) and f.startswith("40"))
+        await claim.close()
+        await old.aclose()
+    assert json.loads(reply[2:])["pid"] != pid  # a normal connect: recovered is false
+    assert [e["i"] for e in claim.events("tick") if e["i"] != 41] == []  # nothing replayed (41 came live)
+    assert (app.runtime.stats.recoveries_ok, app.runtime.stats.recoveries_refused) == (0, 1)
 
 
 class _SlowSessionLog(MemoryLog):

@@ -259,6 +259,17 @@ class Outbound:
         flight then are flagged (returned; see :meth:`StreamWriter.flag`), nothing else changes."""
         return await self.streams.flag(last_seen)
 
+    async def passed_unread(self) -> None:
+        """Frames went to the client that the pipeline never read (a long-polling response too
+        large to parse, or in an encoding it cannot read): they are in no log. The streams this
+        connection follows start a new epoch (a resume across them says ``gap``), and its recovery
+        sessions are noted broken (a claim gets a normal connect)."""
+        self.streams.missed_unread()
+        if self.recovery is not None:
+            for state in self.recovery.states.values():
+                state.loss_untold = True
+            await self.recovery.notes.tell_losses()
+
     async def release(self, handed_over: bool = False, *, last_seen: float | None = None) -> list[StreamKey]:
         """The connection is over: its recovery sessions closed, the streams it left in flight
         flagged (returned; see :meth:`StreamWriter.release`)."""

@@ -236,6 +236,16 @@ class StreamWriter:
             missed.append(key)
         self.runtime.repairs.missed(conn, missed)
 
+    def missed_unread(self) -> None:
+        """Frames of this connection went out unread (see :meth:`Outbound.passed_unread`): every
+        stream it follows (or has in flight) starts a new epoch, as one the log missed frames of."""
+        conn, recent = self.conn, self.runtime.recent
+        keys = list(dict.fromkeys([*conn.cursors, *conn.in_flight]))
+        for key in keys:
+            recent.forget(key)
+            conn.forget(key)
+        self.runtime.repairs.missed(conn, keys)
+
     async def release(
         self, unflushed: list[EventUnit], handed_over: bool = False, last_seen: float | None = None
     ) -> list[StreamKey]:

@@ -27,7 +27,7 @@ from asgi_resume.transport.polling_presence import ClientRequest, let_go, silenc
 
 logger = logging.getLogger("asgi_resume")
 
-MAX_BODY = 16 * 1024 * 1024  # larger responses pass through untouched
+MAX_BODY = 16 * 1024 * 1024  # larger responses pass through unread (their streams start new epochs)
 _Codec = tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]
 _CODECS: dict[str, _Codec] = {
     "gzip": (gzip.decompress, gzip.compress),
@@ -149,11 +149,10 @@ class PollResponse:
 
     async def rewrite(self, encoding: str, body: bytes) -> bytes:
         codec = _CODECS.get(encoding)
-        if (encoding and codec is None) or len(body) > MAX_BODY:
-            return body
-        try:
-            text = (codec[0](body) if codec else body).decode("utf-8")
-        except (OSError, EOFError, zlib.error, UnicodeDecodeError):
+        text = _read(codec, body) if codec is not None or not encoding else None
+        if text is None:  # it goes out as it is, in no log
+            async with self.outbound.lock:
+                await self.outbound.passed_unread()
             return body
         packets = protocol.split_payload(text)
         async with self.outbound.lock:
@@ -179,3 +178,14 @@ class PollResponse:
         elif packet == protocol.EIO_CLOSE and eio.sid:
             eio.ended()
             self.closed = True
+
+
+def _read(codec: _Codec | None, body: bytes) -> str | None:
+    """A response body's payload text, or ``None`` when it is not read: too large, or not
+    readable as its encoding says."""
+    if len(body) > MAX_BODY:
+        return None
+    try:
+        return (codec[0](body) if codec else body).decode("utf-8")
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError):
+        return None
