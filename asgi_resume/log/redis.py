@@ -147,8 +147,12 @@ class RedisLog:
 
     def session_keys(self, pid: str, gen: str | None = None) -> list[str]:
         """A session's meta and, given a generation, that generation's log: one hash tag."""
-        base = f"{self.prefix}:{{{pid}}}"
-        return [f"{base}:rmeta"] if gen is None else [f"{base}:rmeta", f"{base}:r:{gen}"]
+        meta = f"{self.prefix}:{{{pid}}}:rmeta"
+        return [meta] if gen is None else [meta, self._generations(pid) + gen]
+
+    def _generations(self, pid: str) -> str:
+        """What the names of a session's generation logs start with (a generation ends each)."""
+        return f"{self.prefix}:{{{pid}}}:r:"
 
     async def session_append(self, requests: Sequence[SessionAppend]) -> list[SessionAppendResult]:
         limits = self.limits
@@ -171,6 +175,7 @@ class RedisLog:
         self, pid: str, principal: str, namespace: str, gen: str, claimer: str, new_gen: str, window_ms: int
     ) -> Claim:
         args = [principal, gen, claimer, new_gen, self.now_ms(), window_ms, self.limits.ttl_ms, namespace]
+        args.append(self._generations(pid))  # (the log it drops is of a generation only Redis knows)
         (reply,) = await self._call("session_claim", [(self.session_keys(pid), args)])
         return Claim(_text(reply[0]))  # type: ignore[arg-type]
 

@@ -1,10 +1,12 @@
 -- A reconnecting client presents its session id (pid) and last offset: claim the session.
--- KEYS: 1 session meta (the log of the generation it drops is named from it: the same hash tag). ARGV: 1 principal, 2 the offset's generation, 3 claimer (connection id),
---       4 new generation, 5 now ms, 6 recovery window ms, 7 ttl ms, 8 namespace
+-- KEYS: 1 session meta. ARGV: 1 principal, 2 the offset's generation, 3 claimer (connection id),
+--       4 new generation, 5 now ms, 6 recovery window ms, 7 ttl ms, 8 namespace, 9 what the names of
+--       the session's generation logs start with (the meta's hash tag: one slot)
 -- Returns {'ok'} or {reason}.
 local meta = KEYS[1]
 local principal, offset_gen, claimer, new_gen = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local now, window_ms, ttl_ms, namespace = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], ARGV[8]
+local generations = ARGV[9]
 
 local state = redis.call('HMGET', meta, 'principal', 'gen', 'owner', 'disconnected_at', 'last_at', 'fetched', 'broken',
   'ns', 'closed')
@@ -18,11 +20,10 @@ if now - left > window_ms then return {'expired'} end
 if state[9] == '1' then return {'expired'} end
 if state[7] == '1' then return {'incomplete'} end -- an event it sent is in no log
 -- the generation before the previous one is nobody's to read any more: its log goes (a client
--- that recovers over and over keeps two generations, not one per claim). Its key is the meta's
--- with the same hash tag (the same slot): '<prefix>:{pid}:rmeta' -> '<prefix>:{pid}:r:<gen>'
+-- that recovers over and over keeps two generations, not one per claim)
 local old_gen = redis.call('HGET', meta, 'prev_gen')
 if old_gen and old_gen ~= '' then
-  redis.call('DEL', string.sub(meta, 1, -6) .. 'r:' .. old_gen)
+  redis.call('DEL', generations .. old_gen)
   redis.call('HDEL', meta, 'n:' .. old_gen)
 end
 redis.call('HSET', meta, 'prev_gen', state[2], 'prev_owner', state[3], 'prev_closed', '0',
