@@ -114,13 +114,11 @@ class WebSocketConnection:
     async def _forward(self, item: Incoming) -> None:
         """Take one item from the app, keeping the order of everything the client is sent.
 
-        Frames are fed to the outbound pipeline right away (it is synchronous). Whoever holds the
-        lock sends what was fed, in order: this call when nothing needs the log (no task switch),
-        else the writer task, which logs in one call everything fed while its previous call was
-        in flight: under load batches grow by themselves, and one log call serves many frames.
-        With the in-process log, whose calls never wait, a frame that came alone (the last one
-        came ``LINGER_BELOW_S`` or longer ago: no batch would form) is logged here too: a room's
-        copies do not each cost a task switch (about 2 µs per copy, ``benchmarks.transport``).
+        Frames are fed to the pipeline at once. Whoever holds the lock sends what was fed: this
+        call when nothing needs the log, else the writer task, which logs in one call all that was
+        fed while its previous call was out (batches grow with the load). With the in-process log
+        a frame that came alone (``LINGER_BELOW_S`` after the last) is logged here too: a room's
+        copies cost no task switch each (about 2 µs per copy, ``benchmarks.transport``).
         """
         outbound = self.outbound
         if self._stall.sending and not self.conn.behind:  # (a frame while a send waits)
@@ -130,10 +128,11 @@ class WebSocketConnection:
             or (outbound.lock.locked() and not self._draining)
             or (self._draining and self.conn.recovery and self._batch.pending() >= OUTBOX_SIZE)
         ):
-            # items queued ahead, or another transport of this session (long-polling, before the
-            # upgrade) is sending, or a full batch waits for a send: the writer takes it in turn
+            # items queued ahead, or the polling transport is sending (before the upgrade), or a
+            # full batch waits for a send: the writer takes it in turn (with recovery the app
+            # never waits: see Outbox.put_late)
             if self.conn.recovery:
-                self._outbox.put_late(item)  # the app never waits (see Outbox.put_late)
+                self._outbox.put_late(item)
             else:
                 await self._outbox.put_waiting(item)
             return
