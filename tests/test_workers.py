@@ -36,6 +36,10 @@ def pair(redis_server: RedisServer) -> Iterator[list[Worker]]:
         "ASGI_RESUME_REDIS_URL": redis_server.url,
         "ASGI_RESUME_KEY_PREFIX": PREFIX,
         "ASGI_RESUME_HOLD_GRACE": "0.3",
+        # an append past its deadline goes out unstamped and starts a new epoch, by design (tested
+        # in test_epochs); the schedules test placement, which a loaded machine must not turn into
+        # that (a run beside two callgrind runs sent one frame unstamped past the default 0.25 s)
+        "ASGI_RESUME_WRITE_TIMEOUT": "2",
     }
     with workers(2, env) as started:
         asyncio.run(fan_out_ready(started))
