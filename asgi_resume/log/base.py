@@ -139,7 +139,7 @@ class ReplayResult:
 NOT_FOUND = ReplayResult("not_found")
 
 
-# -- connection state recovery: one log per Socket.IO session (pid), in generations -------------
+# -- connection state recovery: one log per recovery session (pid), in generations -------------
 
 
 @dataclass(slots=True)

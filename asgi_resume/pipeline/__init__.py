@@ -15,7 +15,8 @@
 * :mod:`~asgi_resume.pipeline.batch`, :mod:`~asgi_resume.pipeline.classify`: what one connection
   was fed since its last flush, and what each frame is to it.
 * :mod:`~asgi_resume.pipeline.outbound`: one connection's batches: feed, log, stamp, send.
-* :mod:`~asgi_resume.pipeline.streams`: a batch's stream frames in the stream log.
+* :mod:`~asgi_resume.pipeline.streams`: a batch's stream frames in the stream log;
+  :mod:`~asgi_resume.pipeline.orphans`: the streams a connection left in flight, flagged there.
 * :mod:`~asgi_resume.pipeline.inbound`, :mod:`~asgi_resume.pipeline.resume`,
   :mod:`~asgi_resume.pipeline.replay`: what a client sends us, and answering its resume requests.
 * :mod:`~asgi_resume.pipeline.recovery`, :mod:`~asgi_resume.pipeline.recovery_replay`,

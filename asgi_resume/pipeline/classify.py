@@ -3,9 +3,9 @@
 Owns: classifying a frame the app sends (its stream key under this connection's principal, its
 stamp template and content digest, shared by the copies of one emit through a process-wide
 cache), and what the app tells the client that the connection keeps (a CONNECT's outcome, a call
-the client owes an answer; the app disconnecting the client from a namespace flags its streams
-in flight, in the background). Must not touch: the log's calls (it reads the log's clock only),
-the order of a batch, transports.
+the client owes an answer; the app disconnecting the client from a namespace has its streams in
+flight flagged, in the background, by :mod:`~asgi_resume.pipeline.orphans`). Must not touch: the
+log's calls (its own: it reads the log's clock only), the order of a batch, transports.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from __future__ import annotations
 from asgi_resume import protocol
 from asgi_resume.log import StreamKey
 from asgi_resume.pipeline.connection import Connection
+from asgi_resume.pipeline.orphans import release_left
 from asgi_resume.pipeline.recovery import Recovery
 from asgi_resume.pipeline.rules import Stamping
 from asgi_resume.pipeline.runtime import Runtime
-from asgi_resume.pipeline.streams import release_left
 from asgi_resume.pipeline.units import RESERVED, ConnectReply, EventUnit, template_digest
 
 STAMPING_CACHE_SIZE = 256  # recent stream frames: their copies to other connections are stamped alike

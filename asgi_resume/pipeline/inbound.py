@@ -17,11 +17,11 @@ import logging
 
 from asgi_resume import protocol
 from asgi_resume.pipeline.connection import Connection
+from asgi_resume.pipeline.orphans import release_left
 from asgi_resume.pipeline.recovery import Recovery
 from asgi_resume.pipeline.recovery_state import RecoveryState
 from asgi_resume.pipeline.resume import RATE_LIMITED, Refusal, ResumeRequest, parse_request
 from asgi_resume.pipeline.runtime import Runtime
-from asgi_resume.pipeline.streams import release_left
 from asgi_resume.protocol.recovery import strip_connect
 
 logger = logging.getLogger("asgi_resume")

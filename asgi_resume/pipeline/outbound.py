@@ -256,15 +256,15 @@ class Outbound:
 
     async def away(self, last_seen: float) -> list[StreamKey]:
         """Its client has probably gone (a polling client that stopped polling): the streams in
-        flight then are flagged (returned; see :meth:`StreamWriter.flag`), nothing else changes."""
-        return await self.streams.flag(last_seen)
+        flight then are flagged (returned; see :meth:`StreamWriter.orphan`), nothing else changes."""
+        return await self.streams.orphan(last_seen)
 
     async def passed_unread(self) -> None:
         """Frames went to the client that the pipeline never read (a long-polling response too
         large to parse, or in an encoding it cannot read): they are in no log. The streams this
         connection follows start a new epoch (a resume across them says ``gap``), and its recovery
         sessions are noted broken (a claim gets a normal connect)."""
-        self.streams.missed_unread()
+        self.streams.passed_unread()
         if self.recovery is not None:
             for state in self.recovery.states.values():
                 state.loss_untold = True

@@ -3,22 +3,22 @@
 Owns: grouping a batch's stream frames by key, how long a batch waits (for frames another tab
 here was fed first, then one deadline for its log calls: a repair and the append), the append
 request (the connection's cursor and the entries it passed over), stamping what the log
-numbered, what the log missed (those streams start a new epoch), and flagging the streams a
-connection left in flight when it ends (or, on long-polling, when its client has been away a
-while). Must not touch: frames' bytes (``units``), the order a batch is sent in (``outbound``),
-transports.
+numbered, what the log missed (those streams start a new epoch), and which streams a connection
+left in flight when it ends (or, on long-polling, when its client has been away a while;
+:mod:`~asgi_resume.pipeline.orphans` flags them). Must not touch: frames' bytes (``units``), the
+order a batch is sent in (``outbound``), transports.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from asgi_resume.guard import Deadline
 from asgi_resume.log import AppendRequest, LogUnavailable, StreamKey
 from asgi_resume.log.base import SHARED_LOOKBACK_MS
 from asgi_resume.log.names import new_epoch, with_epoch
 from asgi_resume.pipeline.connection import Connection
+from asgi_resume.pipeline.orphans import orphan_streams
 from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.pipeline.units import EventUnit, by_content
 
@@ -128,7 +128,7 @@ class StreamWriter:
             if ends is None:  # the in-process log never waits: no timer (the guard sets none), no company
                 results = await guard.call(guard.deadlines.write, self.log.append, requests)
             else:
-                conn.calling = True  # (what a release of its streams waits for: see flag_streams())
+                conn.calling = True  # (what a release of its streams waits for: see orphans.orphan_streams())
                 try:
                     results = await guard.call(Deadline(remaining), runtime.appends.append, requests)
                 finally:
@@ -236,7 +236,7 @@ class StreamWriter:
             missed.append(key)
         self.runtime.repairs.missed(conn, missed)
 
-    def missed_unread(self) -> None:
+    def passed_unread(self) -> None:
         """Frames of this connection went out unread (see :meth:`Outbound.passed_unread`): every
         stream it follows (or has in flight) starts a new epoch, as one the log missed frames of."""
         conn, recent = self.conn, self.runtime.recent
@@ -261,50 +261,11 @@ class StreamWriter:
         """
         for unit in unflushed:
             self.runtime.order.logged(unit.stream, unit.order)  # type: ignore[arg-type]  # (stream units)
-        return [] if handed_over else await self.flag(last_seen)
+        return [] if handed_over else await self.orphan(last_seen)
 
-    async def flag(self, last_seen: float | None = None) -> list[StreamKey]:
+    async def orphan(self, last_seen: float | None = None) -> list[StreamKey]:
         """Flag the streams in flight here as of ``last_seen`` (returned): whoever logs one next
         without having followed it starts a new epoch, and a resume meanwhile says ``gap``. This
         connection's own next append continues the epoch (it follows the stream) and unflags it."""
         orphaned = self.conn.active_streams(self.runtime.settings.hold_idle, last_seen)
-        return orphaned if await flag_streams(self.runtime, self.conn, orphaned) else []
-
-
-async def flag_streams(runtime: Runtime, conn: Connection, keys: list[StreamKey]) -> bool:
-    """Flag ``keys`` in the log as left in flight by connection ``conn``: whoever logs one next
-    without having followed it starts a new epoch. False: nothing to flag, or the log did not hear
-    it (a newcomer then continues the epoch: what was lost meanwhile is not flagged).
-
-    After the connection's append in flight, if any: one that followed the stream and landed after
-    the flag would clear it (the rule that lets a connection that comes back go on), and a tab
-    that left its namespace must not go on (see :meth:`Connection.disconnected`). The wait ends with
-    the call's deadline; a call that times out may land later still, so its streams get a new
-    epoch as any stream the log may have missed frames of (:meth:`StreamWriter._unlogged`).
-    """
-    if not keys:
-        return False
-    guard = runtime.guard
-    if conn.calling:
-        if conn.call_answered is None:
-            conn.call_answered = asyncio.get_running_loop().create_future()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(conn.call_answered), guard.deadlines.write.seconds)
-    try:
-        await guard.call(guard.deadlines.write, runtime.log.orphan, keys, conn.id)
-    except LogUnavailable:
-        return False
-    return True
-
-
-async def release_left(runtime: Runtime, conn: Connection, left: dict[StreamKey, str]) -> None:
-    """Flag the streams of a namespace the connection left (:meth:`Connection.disconnected`: each
-    with the epoch it followed it in). If the log does not hear it, they are repaired as streams
-    it missed frames of once it answers (a new epoch if still in that one): nobody here goes on
-    in them, and a newcomer must not either."""
-    if not left or await flag_streams(runtime, conn, list(left)):
-        return
-    missed = [key for key, epoch in left.items() if epoch]
-    for key in missed:
-        conn.unlogged.setdefault(key, left[key])
-    runtime.repairs.missed(conn, missed)
+        return orphaned if await orphan_streams(self.runtime, self.conn, orphaned) else []
