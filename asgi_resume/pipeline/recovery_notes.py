@@ -2,7 +2,8 @@
 side of connection state recovery.
 
 Owns: the notes a connection sends its sessions (:meth:`RecoveryNotes.tell`: its client ``left``,
-it ``closed``, it ``upgraded`` from long-polling, or who owns a session now, ``state``); whether
+it ``closed``, it ``upgraded`` from long-polling), asking whether they were claimed
+(:meth:`RecoveryNotes.claimed`); whether
 its client keeps up (:meth:`RecoveryNotes.tell_behind`: ``behind`` or ``caught_up``, told by one
 task at a time, the last word winning); and sessions that sent an event the log missed
 (``broken``, :meth:`RecoveryNotes.tell_losses`). Must not touch: claiming a session or giving events
@@ -12,6 +13,7 @@ their offsets (:mod:`~asgi_resume.pipeline.recovery`), transports.
 from __future__ import annotations
 
 import time
+from typing import Literal
 
 import anyio
 
@@ -21,6 +23,9 @@ from asgi_resume.log.base import Note
 from asgi_resume.pipeline.connection import Connection
 from asgi_resume.pipeline.recovery_state import RecoveryState
 from asgi_resume.pipeline.runtime import Runtime
+
+#: what a connection says of itself with :meth:`RecoveryNotes.tell`
+Said = Literal["left", "closed", "upgraded"]
 
 
 class RecoveryNotes:
@@ -88,19 +93,24 @@ class RecoveryNotes:
                 return
             state.loss_untold = False
 
-    async def tell(self, action: Note) -> bool:
-        """Tell the log the client ``left``, the connection ``closed`` or ``upgraded`` from long-polling
-        (its frames no longer wait for its client's GET), or ask (``state``); True when every
-        recoverable session of this connection was claimed by another one. (Whether its client
-        keeps up is told by :meth:`tell_behind`.)"""
+    async def tell(self, action: Said) -> None:
+        """Tell the log the client ``left``, the connection ``closed`` or ``upgraded`` from
+        long-polling (its frames no longer wait for its client's GET). (Whether its client keeps
+        up is told by :meth:`tell_behind`.)"""
         await self.tell_losses()
-        taken = True
         for state in list(self.states.values()):  # (a DISCONNECT may end one while a note is out)
             if action == "closed":
                 self.runtime.held_frames.ended(state.pid, state.gen)
-            if not state.pid or (action == "state" and not state.recoverable):
-                continue
-            if not await self._tell(state, action):
+            if state.pid:
+                await self._tell(state, action)
+
+    async def claimed(self) -> bool:
+        """Was every recoverable session of this connection claimed by another one? (Asked of the
+        log: ``state``.)"""
+        await self.tell_losses()
+        taken = True
+        for state in list(self.states.values()):  # (a DISCONNECT may end one while the log is asked)
+            if state.pid and state.recoverable and not await self._tell(state, "state"):
                 taken = False
         return taken
 

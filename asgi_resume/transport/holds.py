@@ -185,7 +185,7 @@ class Hold:
                     if recovery is not None and now < recover_until:
                         if now >= next_poll:
                             next_poll = now + RECOVERY_POLL_S
-                            if await recovery.notes.tell("state"):
+                            if await recovery.notes.claimed():
                                 reason = "its client recovered the session on another connection"
                                 self.handed_over = True
                                 break
