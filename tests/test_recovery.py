@@ -567,6 +567,31 @@ async def test_a_polling_response_too_large_to_read_is_never_recovered(
     assert (app.runtime.stats.recoveries_ok, app.runtime.stats.recoveries_refused) == (0, 1)
 
 
+async def test_a_connect_reply_in_a_polling_response_too_large_to_read_holds_nothing_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by an attack run: a namespace's CONNECT reply went out in a long-polling response too
+    large to read, so its recovery never saw it, and kept every later event of that namespace
+    back for the reply, forever (0 of 5 reached the client). Its recovery now ends there."""
+    monkeypatch.setattr(polling, "MAX_BODY", 8 * 1024)  # (the real bound is 16 MiB)
+    sio = make_sio()
+    app = make_app(sio, recovery=True)
+    async with serve(app) as url:
+        client = await PollingClient(url).open({"token": "alice"})
+        for i in range(20):  # the client is not polling: these wait, and the reply comes after them
+            await sio.emit("tick", {"i": i, "pad": "x" * 500}, room=room_of("alice"))
+        await client.post('40/admin,{"token":"alice"}')
+        unread = await client.get()
+        assert any(isinstance(p, str) and p.startswith("40/admin,{") for p in unread)
+        for j in range(5):
+            await sio.emit("note", {"j": j}, room=room_of("alice"), namespace="/admin")
+        async with asyncio.timeout(10):
+            notes = await client.collect(lambda p: isinstance(p, str) and p.startswith('42/admin,["note"'), 5)
+        await client.aclose()
+    got = [json.loads(str(p).split(",", 1)[1])[1]["j"] for p in notes if str(p).startswith("42/admin,")]
+    assert got == [0, 1, 2, 3, 4]
+
+
 class _SlowSessionLog(MemoryLog):
     """A log whose recovery appends wait until let through (a Redis round trip, made long)."""
 
@@ -631,3 +656,63 @@ async def test_a_frame_fed_while_its_batch_was_being_logged_counts_when_the_send
     finally:
         connection.cancel()
         await middleware.runtime.aclose()
+
+
+async def test_a_held_connection_whose_log_calls_hang_is_not_taken_for_complete() -> None:
+    """Found by an attack run: a held connection (its client gone, so no send ever stalls) whose
+    log was slower than the app had frames waiting unlogged past the 0.3 s a claim waits, and the
+    claim then trusted its silence: recovered, 2,435-3,121 of 20,000 events missing behind a log
+    100 ms away. A step of the writer (its log calls, then its sends) out for 50 ms in its log
+    calls, or with frames waiting behind its sends, now tells the log the connection is behind."""
+    sio = make_sio()
+    log = _SlowSessionLog()
+    app = make_app(sio, recovery=True, log=log)
+    async with serve(app) as url:
+        first = await RawClient(url, auth={"token": "alice"}).connect()
+        pid = _pid(next(f for f in first.frames if isinstance(f, str) and f.startswith("40")))
+        await sio.emit("tick", {"i": 0}, room=room_of("alice"))
+        tick = await first.wait_for(lambda f: isinstance(f, str) and f.startswith('42["tick"'))
+        await first.kill()  # the network dropped: no goodbye, the connection is held
+        await until(lambda: app.runtime.stats.holds_active == 1, 10)
+        log.through.clear()  # its session log answers nothing now
+        for i in range(1, 51):
+            await sio.emit("tick", {"i": i}, room=room_of("alice"))
+        await until(lambda: log.waiting == 1, 10)  # the held connection's step is out, in its log call
+        await until(lambda: _told_behind(app) == [True], 10)
+        claim = RawClient(url, auth={"token": "alice", "pid": pid, "offset": json.loads(str(tick)[2:])[-1]})
+        await claim.connect()
+        log.through.set()
+        reply = next(f for f in claim.frames if isinstance(f, str) and f.startswith("40"))
+        await claim.close()
+    assert _pid(reply) != pid  # a normal connect: its silence proved nothing
+    assert (app.runtime.stats.recoveries_ok, app.runtime.stats.recoveries_refused) == (0, 1)
+
+
+async def test_a_client_whose_app_outruns_it_is_still_heard() -> None:
+    """Found by an attack run: with recovery on the app's writer never waits on a connection, so
+    its queue may stay over 1,024 frames; a request of the client's (a resume) then waited for
+    room that never came, holding back everything the client sent after it, pongs included, and
+    python-engineio dropped the client. Only the client's own requests hold its reader back now."""
+    sio = make_sio()
+    heard = asyncio.Event()
+    sio.on("echo", lambda sid, *args: heard.set())
+    app = make_app(sio, recovery=True)
+    async with serve(app) as url:
+        deaf = await DeafClient(url, {"token": "alice"}).connect()
+        try:
+            emitted = 0
+            while _told_behind(app) != [True]:  # it reads none of them (the kernel's buffers fill first)
+                assert emitted < 20_000, "the client never fell behind"
+                emitted += 1
+                await sio.emit("tick", {"i": emitted, "pad": "x" * 1000}, room=room_of("alice"))
+                if emitted % 100 == 0:
+                    await asyncio.sleep(0)  # (the connection's writer sends meanwhile)
+            for i in range(3000):  # 1,024 wait in its batch, the rest queued: more than the bound
+                await sio.emit("tick", {"i": emitted + i, "pad": "x" * 1000}, room=room_of("alice"))
+            queues = [socket.queue for socket in sio.eio.sockets.values()]
+            await until(lambda: all(queue.empty() for queue in queues), 30)
+            deaf.send('421["resume-stream",{"message_id":"m","last_seq":0}]')
+            deaf.send('42["echo",1]')
+            await asyncio.wait_for(heard.wait(), 10)
+        finally:
+            deaf.kill()

@@ -63,6 +63,7 @@ class Outbound:
         #: what it was fed since its last flush (each frame classified as it comes)
         self.batch = Batch(Classifier(runtime, conn, self.recovery), runtime.order, self.feeder)
         self.feed = self.batch.feed  # (hot: one call per frame)
+        self._owed: list[Outgoing] = []  # frames held back for a CONNECT reply that went out unread
 
     @property
     def log(self) -> StreamLog:
@@ -100,6 +101,9 @@ class Outbound:
         ``taken_ms``: when what was fed was taken from the app (a polling GET's response: python-
         engineio took everything queued for it then), if not now.
         """
+        if self._owed:  # (see passed_unread)
+            owed, self._owed = self._owed, []
+            await deliver(owed)
         units, stream_units, answers = self.batch.take(answer_deferred=answer_deferred)
         if taken_ms is None:
             taken_ms = self.log.now_ms()  # everything fed before now is in this batch
@@ -263,11 +267,11 @@ class Outbound:
         """Frames went to the client that the pipeline never read (a long-polling response too
         large to parse, or in an encoding it cannot read): they are in no log. The streams this
         connection follows start a new epoch (a resume across them says ``gap``), and its recovery
-        sessions are noted broken (a claim gets a normal connect)."""
+        sessions are noted broken (a claim gets a normal connect); a namespace whose CONNECT reply
+        it may have carried ends its recovery, and what waited for that reply goes out next."""
         self.streams.passed_unread()
         if self.recovery is not None:
-            for state in self.recovery.states.values():
-                state.loss_untold = True
+            self._owed += self.recovery.passed_unread()
             await self.recovery.notes.tell_losses()
 
     async def release(self, handed_over: bool = False, *, last_seen: float | None = None) -> list[StreamKey]:

@@ -230,6 +230,21 @@ class Recovery:
         objects = runtime.held_frames.take(claim.pid, claim.gen)  # (when the previous connection is held here)
         return True, replay_frames(runtime, conn, state, claim.gen, read.frames, objects)
 
+    def passed_unread(self) -> list[Outgoing]:
+        """Frames went to the client unread (see :meth:`Outbound.passed_unread`): every session is
+        noted broken (a history with a hole), and a namespace still waiting for its CONNECT reply
+        (which may have gone out unread) ends its recovery there: what waited for that reply is
+        returned, owed to the client."""
+        owed: list[Outgoing] = []
+        for ns, state in list(self.states.items()):
+            state.loss_untold = True
+            if state.awaiting_reply:
+                del self.states[ns]
+                if state.claim is not None:
+                    self.runtime.stats.recoveries_refused += 1
+                owed += [f for unit in state.before_reply for f in unit.frames()]
+        return owed
+
     @property
     def recoverable(self) -> bool:
         return any(state.recoverable for state in self.states.values())

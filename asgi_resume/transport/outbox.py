@@ -1,7 +1,8 @@
 """The queue between the app's ``send`` and a websocket connection's writer task.
 
-Owns: its bound (past ``OUTBOX_SIZE`` queued items the app's writer for the connection waits,
-unless the connection keeps recovery sessions: see :meth:`Outbox.put_late`), when the oldest item
+Owns: its bounds (past ``OUTBOX_SIZE`` queued items the app's writer for the connection waits,
+unless the connection keeps recovery sessions: see :meth:`Outbox.put_late`; past ``OUTBOX_SIZE``
+of the client's requests, its reader waits), when the oldest item
 still queued was queued (what a batch logged now may claim to hold), the writer's take of at most
 ``OUTBOX_SIZE`` items, and the signals the writer reads besides the app's items.
 Must not touch: what the items mean, sending them (``websocket``).
@@ -13,9 +14,12 @@ import asyncio
 import enum
 from collections.abc import Callable
 
+from asgi_resume.pipeline.resume import ResumeRequest
 from asgi_resume.pipeline.units import Incoming
 
-OUTBOX_SIZE = 1024  # frames queued per connection before python-engineio's writer for it waits
+#: items the writer takes at a time, and queued per connection before python-engineio's writer for
+#: it waits (unless the connection keeps recovery sessions: :meth:`Outbox.put_late`)
+OUTBOX_SIZE = 1024
 
 
 class Signal(enum.Enum):
@@ -39,6 +43,7 @@ class Outbox(asyncio.Queue[Incoming | Signal]):
         #: when the oldest item queued now was queued (the log's clock), ``None`` when none is: a
         #: batch logged meanwhile holds what was fed before then, not what is still queued
         self.oldest_ms: int | None = None
+        self.requests = 0  # the client's requests queued (see put_request)
 
     async def put_waiting(self, item: Incoming | Signal) -> None:
         """Queue ``item``, waiting while ``OUTBOX_SIZE`` items are queued."""
@@ -46,6 +51,16 @@ class Outbox(asyncio.Queue[Incoming | Signal]):
             self._room.clear()
             await self._room.wait()
         self.put_late(item)
+
+    async def put_request(self, request: ResumeRequest) -> None:
+        """Queue a request of the client's, waiting while ``OUTBOX_SIZE`` of its requests are
+        queued: only its own requests hold its reader back (not the app's frames, which may keep
+        the queue over its bound: the client's pongs, read after the request, must not starve)."""
+        while self.requests >= OUTBOX_SIZE:
+            self._room.clear()
+            await self._room.wait()
+        self.requests += 1
+        self.put_late(request)
 
     def put_late(self, item: Incoming | Signal) -> None:
         """Queue ``item`` at once, past the bound if need be. For a connection with recovery
@@ -57,7 +72,7 @@ class Outbox(asyncio.Queue[Incoming | Signal]):
         self.put_nowait(item)
 
     def put_soon(self, signal: Signal) -> None:
-        """Queue a signal (the hot path of a connection with recovery: no clock)."""
+        """Queue a signal at once (no clock: the hot path of a connection with recovery)."""
         self.put_nowait(signal)
 
     async def take(self) -> list[Incoming | Signal]:
@@ -66,7 +81,10 @@ class Outbox(asyncio.Queue[Incoming | Signal]):
         items = [await self.get()]
         while not self.empty() and len(items) < OUTBOX_SIZE:
             items.append(self.get_nowait())
+        if self.requests:
+            self.requests -= sum(isinstance(item, ResumeRequest) for item in items)
         if self.empty():
-            self.oldest_ms = None  # (else the oldest left is younger: the older time stays, safely)
+            self.oldest_ms = None  # (else the oldest left is younger: the older time stays, safely;
+            # the connection is then behind: see WebSocketConnection._write)
         self._room.set()
         return items

@@ -149,7 +149,8 @@ class PollResponse:
 
     async def rewrite(self, encoding: str, body: bytes) -> bytes:
         codec = _CODECS.get(encoding)
-        text = _read(codec, body) if codec is not None or not encoding else None
+        readable = codec is not None or encoding in ("", "identity")
+        text = _read(codec, body) if readable else None
         if text is None:  # it goes out as it is, in no log
             async with self.outbound.lock:
                 await self.outbound.passed_unread()

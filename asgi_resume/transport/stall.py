@@ -1,9 +1,10 @@
-"""Whether a connection's sends to its client have stalled: the client stopped reading.
+"""Whether frames wait unlogged on a connection for long: its client stopped reading, or its log is slow.
 
-Owns: the send in progress (``sending``, counted in ``sends``), and a watch over a batch's sends
-while frames wait behind them: a send unfinished for ``STALLED_AFTER_S`` then calls ``on_stall``
-(a frame that comes while a send waits tells it sooner, in the transport). Must not touch: what
-a stall means for the log (the transport tells the recovery sessions).
+Owns: the send to the client in progress (``sending``), and a watch over each step of the
+connection's writer (a batch's log calls, then its sends): a step still out after
+``STALLED_AFTER_S``, in its log calls or with frames waiting behind its sends, calls
+``on_stall`` (a frame that comes while a send waits tells it sooner, in the transport). Must not
+touch: what a stall means for the log (the transport tells the recovery sessions).
 """
 
 from __future__ import annotations
@@ -11,29 +12,36 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-STALLED_AFTER_S = 0.05  # a send this long, with frames waiting behind it: the client stopped reading
+#: a step this long, in its log calls or with frames waiting behind its sends: frames wait unlogged
+#: (well within the 0.3 s a claim waits before it trusts a connection's silence)
+STALLED_AFTER_S = 0.05
 
 
 class StallWatch:
-    def __init__(self, on_stall: Callable[[], None]) -> None:
+    def __init__(self, on_stall: Callable[[], None], waiting: Callable[[], bool]) -> None:
         self.on_stall = on_stall
+        self.waiting = waiting  # do frames wait behind the step?
         self.sending = False  # a send to the client is out (it waits while the client does not read)
-        self.sends = 0  # sends started
+        self._step = 0  # steps started
         self._handle: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
-        """Frames wait behind the sends that follow: watch them until :meth:`stop`."""
-        self._check(-1)
+        """A step of the writer starts: watched until :meth:`stop`."""
+        self._step += 1
+        self._handle = asyncio.get_running_loop().call_later(STALLED_AFTER_S, self._check, self._step)
 
     def stop(self) -> None:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
 
-    def _check(self, sends: int) -> None:
-        """The same send (``sends``) still out since the last check: stalled. Else watch on."""
-        if self.sending and self.sends == sends:
+    def _check(self, step: int) -> None:
+        """The step is still out: in its log calls (what it carries is unlogged), or sending with
+        frames waiting behind it, it stalled; else (sending what is logged) watch on."""
+        if step != self._step:
+            return
+        if not self.sending or self.waiting():
             self._handle = None
             self.on_stall()
             return
-        self._handle = asyncio.get_running_loop().call_later(STALLED_AFTER_S, self._check, self.sends)
+        self._handle = asyncio.get_running_loop().call_later(STALLED_AFTER_S, self._check, step)

@@ -70,7 +70,10 @@ class WebSocketConnection:
         self.hold = Hold(holds, self.conn, self.outbound.recovery)
         self._last_feed, self._gap = 0.0, 1.0  # when the last frame came, and the time before it
         self._draining = False  # this connection holds the outbound lock and is sending
-        self._stall = StallWatch(lambda: self._behind(True))  # whether its sends to the client stalled
+        #: whether frames wait unlogged for long (its client stopped reading, or its log is slow)
+        self._stall = StallWatch(
+            lambda: self._behind(True), lambda: self._batch.pending() > 0 or not self._outbox.empty()
+        )
         self._tg: TaskGroup | None = None
 
     async def run(self) -> None:
@@ -172,7 +175,14 @@ class WebSocketConnection:
                     await linger(self._batch)
                 # (what is still queued came before now: the batch holds what was fed before it)
                 taken_ms = self._outbox.oldest_ms
-                await outbound.send(self._deliver_all, answer_deferred=answer_deferred, taken_ms=taken_ms)
+                watched = bool(self.conn.recovery)  # (a claim must learn when frames wait unlogged)
+                if watched:
+                    self._stall.start()
+                try:
+                    await outbound.send(self._deliver_all, answer_deferred=answer_deferred, taken_ms=taken_ms)
+                finally:
+                    if watched:
+                        self._stall.stop()
         finally:
             self._draining = False
         if self.conn.behind and self._outbox.empty():
@@ -183,6 +193,10 @@ class WebSocketConnection:
         outbox, outbound = self._outbox, self.outbound
         while True:
             batch = await outbox.take()
+            if not outbox.empty() and self.conn.recovery and not self.conn.behind:
+                # more than a batch waits unlogged (a log slower than the app, a held connection):
+                # a claim must not take this connection's silence for a complete log
+                self._behind(True)
             async with outbound.lock:
                 for item in batch:  # nothing else feeds while the lock is held and not draining
                     if not isinstance(item, Signal):
@@ -195,17 +209,8 @@ class WebSocketConnection:
         """Send ``items`` in order; returns once the server took the last one (uvicorn waits while
         its buffer for a client that does not read is full: a replay's next page waits with it).
         False when the client is gone."""
-        # frames waiting behind these, unlogged (fed while their log call was out): if a send
-        # stalls, no frame may come to tell it (:meth:`_forward`), so a watch does
-        watched = bool(self.conn.recovery) and (self._batch.pending() > 0 or not self._outbox.empty())
-        if watched:
-            self._stall.start()
-        try:
-            for item in items:
-                await self._deliver(item)
-        finally:
-            if watched:
-                self._stall.stop()
+        for item in items:
+            await self._deliver(item)
         return not self.client_gone
 
     async def _deliver(self, item: Outgoing) -> None:
@@ -228,7 +233,6 @@ class WebSocketConnection:
                 assert_never(item)
         stall = self._stall
         stall.sending = True
-        stall.sends += 1
         try:
             await self.send(message)
         except Exception:  # noqa: BLE001 - the client is gone; the app learns it from receive()
@@ -237,9 +241,9 @@ class WebSocketConnection:
             stall.sending = False
 
     def _behind(self, behind: bool) -> None:
-        """Its client stopped reading (a send stalled with frames behind it: they wait unlogged),
-        or caught up. Its recovery sessions are told: a claim must not take the silence of a
-        connection behind its client for a complete log."""
+        """Frames wait unlogged for it (its client stopped reading: a send stalled with frames
+        behind it; or more than a batch is queued), or it caught up. Its recovery sessions are
+        told: a claim must not take the silence of a connection that is behind for a complete log."""
         self.conn.behind = behind
         if self.outbound.recovery is not None:
             self.outbound.recovery.notes.tell_behind()
@@ -261,7 +265,7 @@ class WebSocketConnection:
                 if isinstance(found, str):
                     message = {**message, "text": found}
                 elif found is not None:
-                    await self._outbox.put_waiting(found)
+                    await self._outbox.put_request(found)
                     # a client's burst of requests is read one per loop iteration, between other
                     # connections' work (answering them is paced by the replay turns)
                     await asyncio.sleep(0)
@@ -276,7 +280,7 @@ class WebSocketConnection:
                     # in the same step: until then they are read here, as every POST is
                     self.conn.upgraded = True
                     if self._batch.has_deferred():
-                        await self._outbox.put_waiting(NUDGE)
+                        self._outbox.put_soon(NUDGE)
             elif message["type"] == "websocket.disconnect":
                 self.client_gone = True
                 if self._start_hold(message):

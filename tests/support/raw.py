@@ -207,6 +207,11 @@ class DeafClient:
         self._writer.transport.pause_reading()
         return frame
 
+    def send(self, text: str) -> None:
+        """Send a text frame (it still reads nothing)."""
+        assert self._writer is not None
+        self._writer.write(masked_frame(text))
+
     def kill(self) -> None:
         if self._writer is not None:
             self._writer.transport.abort()
