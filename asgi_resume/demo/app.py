@@ -105,21 +105,11 @@ def create_app(*, tokens: int = 400, pace: float = 0.06, **middleware: Any) -> A
     async def stream_answer(user: str, message: Message) -> None:
         room = f"user:{user}"
         for token in fake_answer(message.prompt, tokens):
-            event = {
-                "chat_id": "demo",
-                "message_id": message.id,
-                "data": {"type": "chat:completion", "data": {"content": token}},
-            }
-            await sio.emit("events", event, room=room)
+            await sio.emit("events", completion(message.id, {"content": token}), room=room)
             await asyncio.sleep(pace)
         message.text = "".join(fake_answer(message.prompt, tokens))
         message.status = "done"
-        done = {
-            "chat_id": "demo",
-            "message_id": message.id,
-            "data": {"type": "chat:completion", "data": {"done": True}},
-        }
-        await sio.emit("events", done, room=room)
+        await sio.emit("events", completion(message.id, {"done": True}), room=room)
 
     async def index(request: Request) -> HTMLResponse:
         return HTMLResponse(STATIC.joinpath("index.html").read_text("utf-8"))

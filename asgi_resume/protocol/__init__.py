@@ -27,14 +27,12 @@ from asgi_resume.protocol.engineio import (
 )
 from asgi_resume.protocol.socketio import (
     ACK,
-    BINARY_ACK,
     BINARY_EVENT,
     CLIENT_HEADS,
     CONNECT,
     CONNECT_ERROR,
     CONNECT_HEAD,
     DISCONNECT,
-    DISCONNECT_HEAD,
     EVENT,
     EVENT_HEADS,
     JSON_PATH,
@@ -54,14 +52,12 @@ from asgi_resume.protocol.stamping import StampTemplate, stamp_template, with_la
 
 __all__ = [
     "ACK",
-    "BINARY_ACK",
     "BINARY_EVENT",
     "CLIENT_HEADS",
     "CONNECT",
     "CONNECT_ERROR",
     "CONNECT_HEAD",
     "DISCONNECT",
-    "DISCONNECT_HEAD",
     "EIO_CLOSE",
     "EIO_MESSAGE",
     "EIO_NOOP",

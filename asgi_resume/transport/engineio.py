@@ -135,8 +135,8 @@ class EngineIOSessions:
         self.add(sid, found[1])  # touch
         return found[1]
 
-    def remove(self, sid: str, item: EngineIOSession | None = None) -> None:
-        """Forget ``sid`` (only if it still maps to ``item``, when given)."""
+    def remove(self, sid: str, item: EngineIOSession) -> None:
+        """Forget ``sid``, if it still maps to ``item``."""
         found = self._items.get(sid)
-        if found is not None and (item is None or found[1] is item):
+        if found is not None and found[1] is item:
             del self._items[sid]
