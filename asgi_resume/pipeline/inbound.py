@@ -20,7 +20,7 @@ from asgi_resume.pipeline.connection import Connection
 from asgi_resume.pipeline.orphans import release_left
 from asgi_resume.pipeline.recovery import Recovery
 from asgi_resume.pipeline.recovery_state import RecoveryState
-from asgi_resume.pipeline.resume import RATE_LIMITED, Refusal, ResumeRequest, parse_request
+from asgi_resume.pipeline.resume import RATE_LIMITED, ResumeRequest, parse_request
 from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.protocol.recovery import strip_connect
 
@@ -62,10 +62,9 @@ async def inspect(runtime: Runtime, conn: Connection, frame: str) -> ResumeReque
             conn.drop_attachments += packet.attachments  # they follow it: not the app's either
             return ResumeRequest(packet.namespace, packet.ack_id, error="a resume request carries no binary data")
         request = parse_request(packet, runtime.stream_key)
-        allowed = conn.resume_bucket.take(runtime.settings.resume_limit)
-        if not allowed:
-            refusal: Refusal = "rate_limited" if allowed is False else "flooded"
-            return dataclasses.replace(request, error=RATE_LIMITED, refusal=refusal)
+        limited = conn.resume_bucket.take(runtime.settings.resume_limit)
+        if limited is not None:
+            return dataclasses.replace(request, error=RATE_LIMITED, refusal=limited)
         return request
     except Exception:  # never let a client's frame break the connection
         logger.exception("asgi_resume could not inspect an inbound frame; passing it on")

@@ -8,6 +8,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Literal
+
+#: a request past the limit: answered ``rate_limited``, or, past as many refusals again, ``flooded``
+#: (dropped unanswered: a flood must not make the middleware send one answer per request)
+Limited = Literal["rate_limited", "flooded"]
 
 
 @dataclass(eq=False, slots=True)
@@ -18,9 +23,8 @@ class ResumeBucket:
     refilled: float = 0.0  # monotonic time of the last refill
     refusals: float = 0.0  # rate_limited answers sent lately (they refill like the tokens)
 
-    def take(self, limit: int, per_s: float = 10.0) -> bool | None:
-        """True: go on; False: answer that it is rate limited; None: past as many refusals again,
-        drop it unanswered (a flood must not make the middleware send one answer per request)."""
+    def take(self, limit: int, per_s: float = 10.0) -> Limited | None:
+        """``None``: go on; else how the request is refused (:data:`Limited`)."""
         now = time.monotonic()
         if self.tokens < 0:
             self.tokens, self.refilled = float(limit), now
@@ -30,8 +34,8 @@ class ResumeBucket:
         self.refilled = now
         if self.tokens >= 1:
             self.tokens -= 1
-            return True
-        if self.refusals >= limit:
             return None
+        if self.refusals >= limit:
+            return "flooded"
         self.refusals += 1
-        return False
+        return "rate_limited"
