@@ -23,8 +23,6 @@ try:
 except ImportError:  # pragma: no cover - the extra is not installed
     CollectorRegistry = None  # type: ignore[assignment,misc]
 
-RESUME_OUTCOMES = ("ok", "gap", "not_found", "bad_request", "rate_limited", "unavailable")
-
 
 class StatsCollector:
     """A Prometheus collector over one middleware's counters."""
@@ -59,8 +57,8 @@ class StatsCollector:
         holds.add_metric([], stats.holds_active)
         yield holds
         requests = CounterMetricFamily("asgi_resume_resume_requests", "Resume requests, by outcome", labels=["outcome"])
-        for outcome in RESUME_OUTCOMES:
-            requests.add_metric([outcome], getattr(stats, f"resumes_{outcome}"))
+        for outcome, count in stats.resumes_by_outcome().items():
+            requests.add_metric([outcome], count)
         yield requests
         recoveries = CounterMetricFamily(
             "asgi_resume_recoveries", "Connection state recoveries, by outcome", labels=["outcome"]

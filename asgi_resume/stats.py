@@ -64,6 +64,17 @@ class Stats:
     recoveries_refused: int = 0  # unknown, expired or stolen pid, or frames gone: a normal connect
     frames_recovered: int = 0
 
+    def resumes_by_outcome(self) -> dict[str, int]:
+        """Resume requests by how they were answered (the metric's ``outcome`` label)."""
+        return {
+            "ok": self.resumes_ok,
+            "gap": self.resumes_gap,
+            "not_found": self.resumes_not_found,
+            "bad_request": self.resumes_bad_request,
+            "rate_limited": self.resumes_rate_limited,
+            "unavailable": self.resumes_unavailable,
+        }
+
 
 def fault(event: str, **fields: Any) -> dict[str, Any]:
     """Structured fields for a fault's log line: ``record.asgi_resume`` (for JSON log formatters)."""
