@@ -1,14 +1,15 @@
 -- The owner of a session notes its client's departure, its own end, or that its frames no longer
 -- wait for its client to fetch them (it upgraded from long-polling); anyone may ask who owns it.
 -- It also notes that an event it sent is in no log ('broken': the generation cannot be recovered),
--- and that its client stopped reading ('behind': frames wait for it unlogged, as for a client on
--- long-polling, so a claim cannot take its silence for a complete log) or caught up ('caught_up').
+-- and that frames wait for it unlogged ('behind': its client stopped reading or its log is slow,
+-- as for a client on long-polling, so a claim cannot take its silence for a complete log) or that
+-- it caught up ('caught_up').
 -- A session closed before anyone claimed it can no longer be recovered: it is deleted at once (not
 -- left for its ttl: a client that joins and leaves a namespace over and over makes a session each time),
 -- or, while its previous owner may still log what the claimer reads, once that one is closed too.
--- KEYS: 1 session meta, 2 the log of the generation. ARGV: 1 'left' | 'closed' | 'upgraded' | 'behind' | 'caught_up' |
---       'broken' |
---       'state', 2 generation, 3 owner, 4 now ms
+-- KEYS: 1 session meta, 2 the log of the generation.
+-- ARGV: 1 what: 'left' | 'closed' | 'upgraded' | 'behind' | 'caught_up' | 'broken' | 'state',
+--       2 generation, 3 owner, 4 now ms
 -- Returns {current generation or '', current owner or ''}.
 local meta = KEYS[1]
 local what, gen, owner, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
