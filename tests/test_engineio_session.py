@@ -27,8 +27,8 @@ async def test_the_open_packet_makes_the_session_known_by_its_sid_to_both_transp
     assert opening is not None
     assert opening["pingTimeout"] == 20000
     assert eio.sid == "abc"
-    assert eio.conn.polling is not None
-    assert eio.conn.polling.sid == "abc"
+    assert eio.polling is not None
+    assert eio.polling.sid == "abc"
     assert registry.get("abc") is eio  # what a websocket upgrading this session continues
     assert eio.opened('0{"sid":"other"}') is None  # a sid once
     assert registry.get("other") is None
@@ -54,8 +54,8 @@ async def test_a_close_from_the_client_says_it_left_on_purpose() -> None:
     assert "/" in eio.conn.recovery
     assert await eio.client_text(protocol.EIO_CLOSE) is None
     assert eio.conn.recovery["/"].left_cleanly
-    assert eio.conn.polling is not None
-    assert eio.conn.polling.goodbye
+    assert eio.polling is not None
+    assert eio.polling.goodbye
 
 
 async def test_the_attachments_of_a_request_answered_here_never_reach_the_app() -> None:

@@ -3,8 +3,9 @@
 Owns: what the middleware remembers about one connection: who it is (per namespace,
 bound when the app accepts the CONNECT, never changed after), where it stands in each
 stream key's log (cursors, and the entries it passed over), what it was replayed, which
-streams are in flight, which of the app's calls its client has not answered yet, and, on
-long-polling, whether its client is still there. Its resume rate limit is a
+streams are in flight, which of the app's calls its client has not answered yet (whether a
+long-polling client is still there is the transport's: ``transport.polling_presence``). Its
+resume rate limit is a
 :class:`~asgi_resume.pipeline.rate_limit.ResumeBucket`, its recovery per namespace a
 :class:`~asgi_resume.pipeline.recovery_state.RecoveryState`.
 Must not touch: I/O of any kind.
@@ -35,24 +36,6 @@ STREAMS_KEPT = 1024
 #: have, and an app with dynamic namespaces may accept any): past it, or for a longer name, a
 #: CONNECT binds nobody and nothing is kept for it
 MAX_NAMESPACES, MAX_NAMESPACE_CHARS = 64, 1024
-
-
-class Polling:
-    """A long-polling session's client as the transport sees it: is it still there? (The polling modules keep it.)
-
-    Frames reach the middleware only in the responses to the client's GETs: a client that stops
-    polling leaves what the app sends it in python-engineio's queue, in no log. When it is gone
-    its session is released as a closed websocket's is.
-    """
-
-    sid: str = ""  # its Engine.IO sid, once python-engineio gave it one
-    silence_s: float = 0.0  # Engine.IO's ping interval + timeout: a client silent so long is gone (0: unknown)
-    requests: int = 0  # its requests the app is serving now
-    seen_at: float = 0.0  # monotonic time the last of them ended
-    timer: asyncio.TimerHandle | None = None  # fires when it has been silent for AWAY_S, then for silence_s
-    let_go: bool = False  # its session was let go (until the app answers one of its requests again)
-    over: bool = False  # a CLOSE ended the session, one way or the other: nothing more to watch
-    goodbye: bool = False  # its client POSTed a CLOSE
 
 
 @dataclass(eq=False, slots=True)
@@ -86,7 +69,6 @@ class Connection:
     behind: bool = False
     behind_told: bool = False  # what the log was last told of it (the recovery sessions' fetched)
     behind_telling: bool = False  # a task is telling the log (one at a time: the last word wins)
-    polling: Polling | None = None  # a session that began on long-polling
     drop_attachments: int = 0  # binary frames still to come of an inbound request the app never sees
     resume_bucket: ResumeBucket = field(default_factory=ResumeBucket)  # its resume requests' rate limit
 

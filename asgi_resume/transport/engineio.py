@@ -18,11 +18,12 @@ from urllib.parse import parse_qs
 from starlette.types import Scope
 
 from asgi_resume import protocol
-from asgi_resume.pipeline.connection import Connection, Polling
+from asgi_resume.pipeline.connection import Connection
 from asgi_resume.pipeline.inbound import inspect
 from asgi_resume.pipeline.outbound import Outbound
 from asgi_resume.pipeline.resume import ResumeRequest
 from asgi_resume.pipeline.runtime import Runtime
+from asgi_resume.transport.polling_presence import Polling
 
 REFUSED = 400  # python-engineio's answer to a request for a session it does not have (any more)
 
@@ -52,14 +53,15 @@ class EngineIOSession:
     from its client means, and its end (it is no longer known by its sid).
     """
 
-    __slots__ = ("conn", "outbound", "registry", "runtime", "sid")
+    __slots__ = ("conn", "outbound", "polling", "registry", "runtime", "sid")
 
     def __init__(
         self, runtime: Runtime, registry: EngineIOSessions, scope: Scope, *, polling: bool, sid: str | None = None
     ) -> None:
         self.runtime = runtime
         self.registry = registry
-        self.conn = Connection(scope, runtime.log.now_ms(), polling=Polling() if polling else None)
+        self.conn = Connection(scope, runtime.log.now_ms())
+        self.polling = Polling() if polling else None  # a session that began on long-polling
         self.outbound = Outbound(runtime, self.conn)
         self.sid = sid
 
@@ -73,8 +75,8 @@ class EngineIOSession:
         if opening is None or not isinstance(sid, str):
             return None
         self.sid = sid
-        if self.conn.polling is not None:
-            self.conn.polling.sid = sid
+        if self.polling is not None:
+            self.polling.sid = sid
         self.registry.add(sid, self)
         return opening
 
@@ -88,8 +90,8 @@ class EngineIOSession:
         if text == protocol.EIO_CLOSE:
             for state in conn.recovery.values():
                 state.left_cleanly = True
-            if conn.polling is not None:
-                conn.polling.goodbye = True  # (its POST's answer ends the session: polling_post)
+            if self.polling is not None:
+                self.polling.goodbye = True  # (its POST's answer ends the session: polling_post)
         return None
 
     def client_binary(self) -> bool:

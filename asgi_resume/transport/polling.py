@@ -45,10 +45,10 @@ async def handle_polling(
         if eio is None:  # the handshake: a new session
             eio = EngineIOSession(runtime, sessions, scope, polling=True)
         response = PollResponse(eio, send)
-        with ClientRequest(runtime, eio.outbound):
+        with ClientRequest(runtime, eio.outbound, eio.polling):
             await _watching_client(app, scope, receive, response)
     elif method == "POST" and eio is not None and not eio.conn.upgraded:
-        with ClientRequest(runtime, eio.outbound):
+        with ClientRequest(runtime, eio.outbound, eio.polling):
             scope, receive = await read_post(eio, scope, receive)
             await app(scope, receive, PostResponse(eio, send))
     else:  # a session this process does not know, one python-engineio would refuse: not ours to touch
@@ -113,7 +113,7 @@ class PollResponse:
     async def __call__(self, message: Message) -> None:
         if message["type"] == "http.response.start":
             status = message.get("status")
-            polling = self.outbound.conn.polling
+            polling = self.eio.polling
             if status == 200:
                 # python-engineio took the packets off its queue just now (it answers a poll at once)
                 self.taken_ms = self.runtime.log.now_ms()
@@ -122,7 +122,7 @@ class PollResponse:
                 self.start = message
                 return
             if status == REFUSED and self.eio.sid and polling is not None:
-                await let_go(self.runtime, self.outbound, "python-engineio refused its sid")
+                await let_go(self.runtime, self.outbound, self.eio.polling, "python-engineio refused its sid")
         if message["type"] != "http.response.body" or self.start is None:
             await self._send(message)
             return
@@ -134,9 +134,9 @@ class PollResponse:
         headers = MutableHeaders(raw=[(k.lower(), v) for k, v in start.get("headers", [])])
         body = await self.rewrite(headers.get("content-encoding", "").lower(), bytes(self.body))
         if self.closed:
-            await let_go(self.runtime, self.outbound, "the session was closed", over=True)
+            await let_go(self.runtime, self.outbound, self.eio.polling, "the session was closed", over=True)
         elif self.abandoned:
-            await let_go(self.runtime, self.outbound, "its client left while its GET waited")
+            await let_go(self.runtime, self.outbound, self.eio.polling, "its client left while its GET waited")
         if "content-length" in headers or body != bytes(self.body):
             headers["content-length"] = str(len(body))
         await self.send({**start, "headers": headers.raw})
@@ -173,7 +173,7 @@ class PollResponse:
         eio = self.eio
         opening = eio.opened(packet)
         if opening is not None:
-            polling = eio.conn.polling
+            polling = eio.polling
             if polling is not None:
                 polling.silence_s = silence_s(opening)
         elif packet == protocol.EIO_CLOSE and eio.sid:

@@ -32,16 +32,16 @@ class PostResponse:
 
     async def __call__(self, message: Message) -> None:
         eio = self.eio
-        polling = eio.conn.polling
+        polling = eio.polling
         if message["type"] == "http.response.start" and polling is not None:
             status = message.get("status")
             if status == 200 and polling.goodbye:
                 eio.ended()
-                await let_go(eio.runtime, eio.outbound, "its client said goodbye", over=True)
+                await let_go(eio.runtime, eio.outbound, eio.polling, "its client said goodbye", over=True)
             elif status == 200 and not polling.over:
                 polling.let_go = False
             elif status == REFUSED:
-                await let_go(eio.runtime, eio.outbound, "python-engineio refused its sid")
+                await let_go(eio.runtime, eio.outbound, eio.polling, "python-engineio refused its sid")
         await self.send(message)
 
 

@@ -1,6 +1,8 @@
 """Is a long-polling session's client still there? No connection close tells it here.
 
-Owns: counting the requests of a session's client while the app serves them, the timer that
+Owns: what the transport keeps of a long-polling session's client (:class:`Polling`, held by
+its :class:`~asgi_resume.transport.engineio.EngineIOSession`), counting the requests of a
+session's client while the app serves them, the timer that
 notices a client silent for ``AWAY_S`` (probably gone: its streams in flight are flagged) and then
 for Engine.IO's ping interval + timeout (python-engineio has given up on it), and releasing a
 session whose client is gone as a closed websocket's connection is. The
@@ -13,10 +15,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 
 import anyio
 
-from asgi_resume.pipeline.connection import Polling
 from asgi_resume.pipeline.outbound import Outbound
 from asgi_resume.pipeline.runtime import Runtime
 
@@ -31,14 +33,33 @@ logger = logging.getLogger("asgi_resume")
 AWAY_S = 2.0
 
 
+@dataclass(eq=False, slots=True)
+class Polling:
+    """A long-polling session's client as the transport sees it: is it still there? (The polling modules keep it.)
+
+    Frames reach the middleware only in the responses to the client's GETs: a client that stops
+    polling leaves what the app sends it in python-engineio's queue, in no log. When it is gone
+    its session is released as a closed websocket's is.
+    """
+
+    sid: str = ""  # its Engine.IO sid, once python-engineio gave it one
+    silence_s: float = 0.0  # Engine.IO's ping interval + timeout: a client silent so long is gone (0: unknown)
+    requests: int = 0  # its requests the app is serving now
+    seen_at: float = 0.0  # monotonic time the last of them ended
+    timer: asyncio.TimerHandle | None = None  # fires when it has been silent for AWAY_S, then for silence_s
+    let_go: bool = False  # its session was let go (until the app answers one of its requests again)
+    over: bool = False  # a CLOSE ended the session, one way or the other: nothing more to watch
+    goodbye: bool = False  # its client POSTed a CLOSE
+
+
 class ClientRequest:
     """One request of the session's client, while the app serves it: the client is there."""
 
-    def __init__(self, runtime: Runtime, outbound: Outbound) -> None:
-        self.runtime, self.outbound = runtime, outbound
+    def __init__(self, runtime: Runtime, outbound: Outbound, polling: Polling | None) -> None:
+        self.runtime, self.outbound, self.polling = runtime, outbound, polling
 
     def __enter__(self) -> None:
-        polling = self.outbound.conn.polling
+        polling = self.polling
         if polling is not None:
             polling.requests += 1
             if polling.timer is not None:
@@ -46,8 +67,7 @@ class ClientRequest:
                 polling.timer = None
 
     def __exit__(self, *exc: object) -> None:
-        conn = self.outbound.conn
-        polling = conn.polling
+        conn, polling = self.outbound.conn, self.polling
         if polling is None:
             return
         polling.requests -= 1
@@ -60,7 +80,7 @@ class ClientRequest:
     def _still_silent(self) -> Polling | None:
         """The timer fired: the session's polling state if its client stayed silent (and the server
         is not shutting down), else None."""
-        polling = self.outbound.conn.polling
+        polling = self.polling
         assert polling is not None
         polling.timer = None
         return None if polling.requests or self.runtime.closing else polling
@@ -70,7 +90,7 @@ class ClientRequest:
         polling = self._still_silent()
         if polling is None:
             return
-        self.runtime.in_background(flag_away(self.outbound))
+        self.runtime.in_background(flag_away(self.outbound, polling))
         if polling.silence_s:
             rest = max(0.0, polling.silence_s - AWAY_S)
             polling.timer = asyncio.get_running_loop().call_later(rest, self._silent)
@@ -78,17 +98,19 @@ class ClientRequest:
     def _silent(self) -> None:
         """No request for Engine.IO's ping interval + timeout: python-engineio has given up on it too."""
         if self._still_silent() is not None:
-            self.runtime.in_background(let_go(self.runtime, self.outbound, "it stopped polling"))
+            self.runtime.in_background(let_go(self.runtime, self.outbound, self.polling, "it stopped polling"))
 
 
-async def let_go(runtime: Runtime, outbound: Outbound, reason: str, *, over: bool = False) -> None:
+async def let_go(
+    runtime: Runtime, outbound: Outbound, polling: Polling | None, reason: str, *, over: bool = False
+) -> None:
     """The client of this polling session is gone: release it, as a closed websocket's connection is.
 
     Its streams in flight are flagged (a newcomer starts a new epoch: a resume says ``gap``), and its
     recovery sessions closed (a claim gets a normal connect). ``over``: a CLOSE ended the session.
     Done before the response that tells the client, so that nothing it does next comes first.
     """
-    conn, polling = outbound.conn, outbound.conn.polling
+    conn = outbound.conn
     if polling is None or conn.upgraded:
         return  # on a websocket now: that transport says when it ends
     polling.over = polling.over or over
@@ -107,10 +129,10 @@ async def let_go(runtime: Runtime, outbound: Outbound, reason: str, *, over: boo
         logger.debug("client of polling session %s is gone (%s)", polling.sid, reason)
 
 
-async def flag_away(outbound: Outbound) -> None:
+async def flag_away(outbound: Outbound, polling: Polling) -> None:
     """The client of this polling session sent no request for ``AWAY_S``: flag its streams in flight."""
-    conn, polling = outbound.conn, outbound.conn.polling
-    if polling is None or conn.upgraded or polling.let_go or polling.requests:
+    conn = outbound.conn
+    if conn.upgraded or polling.let_go or polling.requests:
         return
     seen_at = polling.seen_at
     async with outbound.lock:  # after any response being rewritten: what it carries is logged first
