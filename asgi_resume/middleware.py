@@ -1,7 +1,9 @@
 """The ASGI middleware: routes Engine.IO traffic through asgi_resume, leaves the rest alone.
 
 Owns: deciding per ASGI scope whether asgi_resume is involved, the lifespan of the shared
-runtime, and the start-up line that says how it is configured. Must not touch: frames
+runtime, the start-up line that says how it is configured, and finding the wrapped app's
+python-engineio body limit (:func:`engineio_body_limit`: a POST is read no further than the app
+would read it). Must not touch: frames
 (``outbound``), transports' details (``websocket``), storage (``log``).
 """
 
