@@ -400,6 +400,37 @@ async def test_a_read_waits_for_a_batch_the_previous_owner_took_well_after_the_c
     assert (read.status, [n for n, _, _ in read.frames]) == ("ok", [1, 2, 3])
 
 
+async def test_a_forced_read_names_the_owner_whose_silence_it_trusts(log: StreamLog) -> None:
+    """Its process must have run since the claim (a heartbeat): one that was killed or stopped
+    may have died with frames it never logged. An owner that logged or closed after the claim
+    proved it ran."""
+    for proof in ("logged", "closed"):
+        pid = f"pid{next(_prefixes)}"
+        await session(log, pid, "g1", "p1.c1", "a")
+        assert (await log.session_claim(pid, ALICE, "/", "g1", "p2.c2", "g2", 60_000)).status == "ok"
+        read = await log.session_read(pid, "g1", 0, force=True)
+        assert (read.status, read.trusted) == ("ok", "p1.c1")
+        if proof == "logged":
+            later = log.now_ms() + CLAIM_SLACK_MS + 1_000
+            frames: list[tuple[int, list[str | bytes]]] = [(later, ['42["e","b"]'])]
+            (result,) = await log.session_append([SessionAppend(pid, "g1", "p1.c1", ALICE, "/", frames, later)])
+            assert result.status == "taken"
+        else:
+            await log.session_note(pid, "closed", "g1", "p1.c1")
+        read = await log.session_read(pid, "g1", 0, force=True)
+        assert (read.status, read.trusted) == ("ok", "")
+
+
+async def test_a_process_beat_is_known_for_a_while(log: StreamLog) -> None:
+    process = f"proc{next(_prefixes)}"
+    assert await log.last_beat(process) is None
+    before = log.now_ms()
+    await log.beat(process)
+    beat = await log.last_beat(process)
+    assert beat is not None
+    assert before <= beat <= log.now_ms()
+
+
 async def test_a_previous_owner_whose_client_stopped_reading_is_not_taken_at_its_silence(log: StreamLog) -> None:
     """A connection whose sends wait on a client that stopped reading notes it is ``behind``: what
     the app sent it since waits unlogged, so a forced read of its generation is ``incomplete``

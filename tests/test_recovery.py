@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,7 +37,7 @@ from tests.support.raw import DeafClient, RawClient
 from tests.support.redis_server import RedisServer
 from tests.support.server import serve
 from tests.support.waits import until
-from tests.support.workers import workers
+from tests.support.workers import fan_out_ready, workers
 
 pytestmark = pytest.mark.anyio
 
@@ -161,6 +163,42 @@ async def test_recovery_across_two_workers(redis_server: RedisServer, tmp_path: 
     assert before["recovered"] is False
     assert after["recovered"] is True
     assert finished["contents"] == [f"tok{i} " for i in range(1, 201)] + [""]
+
+
+async def test_a_claim_of_a_connection_whose_worker_is_stopped_gets_a_normal_connect(redis_server: RedisServer) -> None:
+    """Found by an attack run: the worker that held the previous connection was stopped (SIGSTOP:
+    a VM or GC pause; the same for one killed, or blocked 0.8 s by a synchronous call) while the
+    app emitted through the other worker. A stopped process tells nothing, and the claim took
+    its connection's silence for a complete log: recovered, events 5-9 missing, 3 of 3 runs. A
+    read that trusts the silence of a connection in another process now needs a heartbeat of
+    that process after the claim."""
+    env = {
+        "TEST_REDIS_URL": redis_server.url,
+        "TEST_SIO_CHANNEL": "socketio-stopped",
+        "ASGI_RESUME_REDIS_URL": redis_server.url,
+        "ASGI_RESUME_KEY_PREFIX": "rec-stopped",
+        "ASGI_RESUME_RECOVERY": "1",
+    }
+    with workers(2, env) as (first, second):
+        await fan_out_ready([first, second])
+        control = await RawClient(second.url, auth={"token": "ctl"}).connect()
+        alice = await RawClient(first.url, auth={"token": "alice"}).connect()
+        pid = _pid(next(f for f in alice.frames if isinstance(f, str) and f.startswith("40")))
+        await control.request("emit", {"token": "alice", "events": [{"i": i} for i in range(5)]}, ack_id=1)
+        last = await alice.wait_for(lambda f: isinstance(f, str) and '{"i":4}' in f)
+        os.kill(first.pid, signal.SIGSTOP)
+        try:
+            await alice.kill()  # (her network dropped too: nothing says goodbye)
+            await control.request("emit", {"token": "alice", "events": [{"i": i} for i in range(5, 10)]}, ack_id=2)
+            claim = await RawClient(
+                second.url, auth={"token": "alice", "pid": pid, "offset": json.loads(str(last)[2:])[-1]}
+            ).connect()
+        finally:
+            os.kill(first.pid, signal.SIGCONT)
+        reply = next(f for f in claim.frames if isinstance(f, str) and f.startswith("40"))
+        await claim.close()
+        await control.close()
+    assert _pid(reply) != pid  # a normal connect: events 5-9 went to a process that was not running
 
 
 async def test_a_stolen_pid_is_useless_to_another_principal(backend: dict[str, Any]) -> None:

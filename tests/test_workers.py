@@ -21,7 +21,7 @@ from tests.support.app import chat_event, content_by_seq
 from tests.support.keys import redis_keys
 from tests.support.raw import RawClient
 from tests.support.redis_server import RedisServer
-from tests.support.workers import Worker, workers
+from tests.support.workers import Worker, fan_out_ready, workers
 
 pytestmark = pytest.mark.anyio
 _ids = itertools.count()
@@ -44,26 +44,6 @@ def pair(redis_server: RedisServer) -> Iterator[list[Worker]]:
     with workers(2, env) as started:
         asyncio.run(fan_out_ready(started))
         yield started
-
-
-async def fan_out_ready(pair: list[Worker]) -> None:
-    """Wait until each worker hears the other's emits. python-socketio subscribes a worker to the
-    fan-out channel once its first client connects, in the background: an emit from the other
-    worker before that is lost to its clients, which no test here is about."""
-    for listener, emitter in ((pair[0], pair[1]), (pair[1], pair[0])):
-        ear = await RawClient(listener.url, auth={"token": "warm-up"}).connect()
-        mouth = await RawClient(emitter.url, auth={"token": "warm-up-control"}).connect()
-        async with asyncio.timeout(30):
-            for attempt in itertools.count():
-                mark = {"warm-up": attempt}
-                await mouth.request("emit", {"token": "warm-up", "events": [mark]}, ack_id=1)
-                try:  # (a mark sent before the subscription is never delivered: send another)
-                    await ear.wait_for(lambda f, m=attempt: isinstance(f, str) and f'{{"warm-up":{m}}}' in f, 0.2)
-                except TimeoutError:
-                    continue
-                break
-        await ear.close()
-        await mouth.close()
 
 
 async def log_length(redis_server: RedisServer, token: str, message_id: str) -> int:

@@ -168,6 +168,10 @@ Note = Literal["left", "closed", "upgraded", "behind", "caught_up", "broken", "s
 #: connection a moment after the claim. A claim's read waits until the previous connection logged a
 #: batch it took this long after the claim (what it logs after that, the claimer also got live).
 CLAIM_SLACK_MS = 50
+#: how often a process says, in a shared log, that it is running: a claim's read that trusts the
+#: silence of a connection in another process needs a beat of that process after the claim
+BEAT_EVERY_S = 0.1
+BEAT_KEPT_MS = 2_000  # a process's last beat is forgotten this long after it
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +196,10 @@ class SessionReplay:
     #: sent it may be in no log)
     status: Literal["ok", "wait", "lost", "incomplete"]
     frames: list[tuple[int, int, Payload]] = field(default_factory=list)  # (n, received at, payload)
+    #: ok on a forced read that took the previous owner's silence for a complete log: that owner
+    #: (a connection id), whose process must have run since the claim (else it may have died with
+    #: frames it never logged); "" when the owner logged or closed after the claim
+    trusted: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +257,8 @@ class StreamLog(Protocol):
         or closed after it;
         ``force`` stops waiting for that, unless the owner's frames were fetched (``incomplete``): a
         silent websocket had nothing to log, a polling client that stopped fetching may have had.
+        A forced read that trusts the owner's silence names it (``trusted``): its process must have
+        been running since the claim.
         """
         ...
 
@@ -258,6 +268,14 @@ class StreamLog(Protocol):
         silence proves nothing, as a polling client's) and ``caught_up`` (it logged what waited,
         and its silence tells again), ``broken`` (an event it sent is in no log:
         the generation cannot be recovered) or ``state``: (gen, owner)."""
+        ...
+
+    async def beat(self, process: str) -> None:
+        """``process`` is running (a shared log: said every ``BEAT_EVERY_S``, for claims elsewhere)."""
+        ...
+
+    async def last_beat(self, process: str) -> int | None:
+        """When ``process`` last said it was running (the log's clock), if it did lately."""
         ...
 
     async def prepare(self) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from asgi_resume.log.base import (
+    BEAT_KEPT_MS,
     COPY_WINDOW_MS,
     NOT_FOUND,
     SCAN_AHEAD,
@@ -124,6 +125,7 @@ class MemoryLog:
         self._streams: OrderedDict[StreamKey, _Stream] = OrderedDict()  # oldest first
         self._by_principal: dict[str, OrderedDict[StreamKey, None]] = {}  # the same, per principal
         self._sessions = MemorySessions(self.limits, self.now_ms)  # recovery sessions
+        self._beats: dict[str, int] = {}  # process -> its last beat (only this one's, in one process)
         self._next_sweep = 0
 
     def now_ms(self) -> int:
@@ -274,6 +276,15 @@ class MemoryLog:
     async def session_note(self, pid: str, action: Note, gen: str, owner: str) -> tuple[str, str]:
         self._open()
         return self._sessions.note(pid, action, gen, owner)
+
+    async def beat(self, process: str) -> None:
+        self._open()
+        self._beats[process] = self.now_ms()
+
+    async def last_beat(self, process: str) -> int | None:
+        self._open()
+        at = self._beats.get(process)
+        return at if at is not None and self.now_ms() - at < BEAT_KEPT_MS else None
 
     async def prepare(self) -> None:
         self._open()

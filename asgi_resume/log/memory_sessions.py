@@ -133,17 +133,20 @@ class MemorySessions:
             return SessionReplay("lost")
         if session.prev_broken:
             return SessionReplay("incomplete")
+        trusted = ""
         # well after the claim: a frame emitted before it may still be on its way (CLAIM_SLACK_MS)
         if session.prev_flushed <= session.cutoff + CLAIM_SLACK_MS:
             if session.prev_fetched:  # (its silence proves nothing: see StreamLog.session_read)
                 return SessionReplay("incomplete" if force else "wait")
             if not force and not session.prev_closed:
                 return SessionReplay("wait")
+            if not session.prev_closed:
+                trusted = session.prev_owner  # (its silence is taken for complete)
         log = session.logs.get(gen, deque())
         last = session.counters.get(gen, 0)
         if after > last or (after < last and (not log or log[0][0] > after + 1)):
             return SessionReplay("lost")
-        return SessionReplay("ok", [entry for entry in log if entry[0] > after])
+        return SessionReplay("ok", [entry for entry in log if entry[0] > after], trusted)
 
     def note(self, pid: str, action: Note, gen: str, owner: str) -> tuple[str, str]:
         session = self._session(pid)

@@ -1,4 +1,4 @@
-"""Names of a stream's histories (epochs) and of a recovery session's generations.
+"""Names of a stream's histories (epochs), of a recovery session's generations, and of this process.
 
 Owns: drawing them (eight random characters, no system call each: one was 1 µs of every Redis
 append request) and the list of epochs a reset names. Must not touch: what they name.
@@ -46,6 +46,21 @@ def with_epoch(named: str, epoch: str) -> str:
     if epoch in names:
         return named
     return ",".join([*names[:1], *names[1:][-6:], epoch])
+
+
+_process = [_fresh_name()]  # this process's name (drawn again in a forked child)
+os.register_at_fork(after_in_child=lambda: _process.__setitem__(0, _fresh_name()))
+
+
+def process_name() -> str:
+    """This process's name: a connection's id starts with it (``<process>.<random>``), so that a
+    claim made elsewhere knows whose heartbeat says the connection's process is still running."""
+    return _process[0]
+
+
+def process_of(connection: str) -> str:
+    """The name of the process a connection id was drawn in ("" if it names none)."""
+    return connection.partition(".")[0] if "." in connection else ""
 
 
 def new_generation() -> str:

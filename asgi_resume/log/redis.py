@@ -14,9 +14,11 @@ from typing import Any
 
 import msgpack
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
+from redis.exceptions import RedisError
 from redis.utils import HIREDIS_AVAILABLE
 
 from asgi_resume.log.base import (
+    BEAT_KEPT_MS,
     CLAIM_SLACK_MS,
     COPY_WINDOW_MS,
     LATE,
@@ -26,6 +28,7 @@ from asgi_resume.log.base import (
     AppendResult,
     Claim,
     LogLimits,
+    LogUnavailable,
     Note,
     ReplayResult,
     SessionAppend,
@@ -186,15 +189,28 @@ class RedisLog:
         status = _text(reply[0])
         if status != "ok":
             return SessionReplay(status)  # type: ignore[arg-type]
-        rest = reply[1:]
+        rest = reply[2:]
         frames = [(int(rest[i]), int(rest[i + 1]), msgpack.unpackb(rest[i + 2])) for i in range(0, len(rest), 3)]
-        return SessionReplay("ok", frames)
+        return SessionReplay("ok", frames, _text(reply[1]))
 
     async def session_note(self, pid: str, action: Note, gen: str, owner: str) -> tuple[str, str]:
         (reply,) = await self._call(
             "session_note", [(self.session_keys(pid, gen), [action, gen, owner, self.now_ms()])]
         )
         return _text(reply[0]), _text(reply[1])
+
+    async def beat(self, process: str) -> None:
+        try:
+            await self.client.set(f"{self.prefix}:beat:{process}", self.now_ms(), px=BEAT_KEPT_MS)
+        except (RedisError, OSError) as exc:
+            raise LogUnavailable(str(exc) or type(exc).__name__) from exc
+
+    async def last_beat(self, process: str) -> int | None:
+        try:
+            found = await self.client.get(f"{self.prefix}:beat:{process}")
+        except (RedisError, OSError) as exc:
+            raise LogUnavailable(str(exc) or type(exc).__name__) from exc
+        return int(found) if found is not None else None
 
     async def prepare(self) -> None:
         """Connect, check the version, learn the clock and load the scripts now, so the first

@@ -9,7 +9,8 @@
 * :mod:`~asgi_resume.pipeline.runtime`: what every connection of one middleware shares;
   :mod:`~asgi_resume.pipeline.repairs`: the streams the log missed frames of, until repaired;
   :mod:`~asgi_resume.pipeline.closes`: recovery sessions to close once the log answers;
-  :mod:`~asgi_resume.pipeline.held_frames`: the frame objects held connections logged for recovery.
+  :mod:`~asgi_resume.pipeline.held_frames`: the frame objects held connections logged for recovery;
+  :mod:`~asgi_resume.pipeline.heartbeat`: this process's heartbeat, for claims made in other processes.
 * :mod:`~asgi_resume.pipeline.order` and :mod:`~asgi_resume.pipeline.turns`: the order streams'
   frames reach the log across a process's tabs, and the turns replay pages take.
 * :mod:`~asgi_resume.pipeline.batch`, :mod:`~asgi_resume.pipeline.classify`: what one connection

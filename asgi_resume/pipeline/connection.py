@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from starlette.types import Scope
 
 from asgi_resume.log.base import SCAN_AHEAD, StreamKey
+from asgi_resume.log.names import process_name
 from asgi_resume.pipeline.rate_limit import ResumeBucket
 from asgi_resume.pipeline.recovery_state import RecoveryState
 from asgi_resume.pipeline.resume import ResumeRequest
@@ -44,7 +45,8 @@ class Connection:
     #: on the log's clock, when it began: a stream's first frame matches copies since its CONNECT in
     #: the stream's namespace (``joined_ms``), or since then if none was seen (a Connection driven directly)
     started_ms: int
-    id: str = field(default_factory=lambda: secrets.token_hex(8))
+    #: ``<process>.<random>``: a claim made in another process asks whether that one still runs
+    id: str = field(default_factory=lambda: f"{process_name()}.{secrets.token_hex(8)}")
     principals: dict[str, str | None] = field(default_factory=dict)  # namespace -> hashed principal, once accepted
     pending: dict[str, str | None] = field(default_factory=dict)  # namespace -> principal its CONNECT names
     cursors: dict[StreamKey, tuple[str, int]] = field(default_factory=dict)  # key -> (epoch, last seq seen)

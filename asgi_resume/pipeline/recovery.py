@@ -22,8 +22,8 @@ import anyio
 
 from asgi_resume import protocol
 from asgi_resume.log import LogUnavailable
-from asgi_resume.log.base import Payload, SessionAppend
-from asgi_resume.log.names import new_generation
+from asgi_resume.log.base import CLAIM_SLACK_MS, Payload, SessionAppend
+from asgi_resume.log.names import new_generation, process_name, process_of
 from asgi_resume.pipeline.connection import Connection
 from asgi_resume.pipeline.recovery_notes import RecoveryNotes
 from asgi_resume.pipeline.recovery_replay import duplicate, replay_frames
@@ -188,6 +188,7 @@ class Recovery:
         if runtime.closes.refuses(claim.pid, claim.gen, principal):  # its client left it: being closed
             logger.info("recovery of session %s…: closed", claim.pid[:6])
             return False, []
+        claimed_ms = log.now_ms()  # (the claim's time in the log is a little later)
         try:
             result = await guard.call(
                 guard.deadlines.recovery,
@@ -212,6 +213,13 @@ class Recovery:
                 if read.status != "wait":
                     break
                 await anyio.sleep(0.01)  # the previous connection is still logging what it got
+            if read.status == "ok" and not await self._ran_since(read.trusted, claimed_ms):
+                logger.info(
+                    "recovery of session %s…: its previous connection's process has not run since the claim "
+                    "(killed, stopped or blocked: what it was sent may be in no log)",
+                    claim.pid[:6],
+                )
+                return False, []
         except LogUnavailable as exc:
             logger.warning("recovery of session %s… failed: the log is unreachable (%s)", claim.pid[:6], exc)
             return False, []
@@ -229,6 +237,16 @@ class Recovery:
         state.pid = claim.pid
         objects = runtime.held_frames.take(claim.pid, claim.gen)  # (when the previous connection is held here)
         return True, replay_frames(runtime, conn, state, claim.gen, read.frames, objects)
+
+    async def _ran_since(self, owner: str, claimed_ms: int) -> bool:
+        """Has the process of ``owner`` (a connection whose silence a read took for complete, if
+        any) run since the claim? This one has; another says so by its heartbeat."""
+        process = process_of(owner)
+        if not owner or not process or process == process_name():
+            return True
+        guard = self.runtime.guard
+        beat = await guard.call(guard.deadlines.recovery, self.runtime.log.last_beat, process)
+        return beat is not None and beat > claimed_ms + CLAIM_SLACK_MS
 
     def passed_unread(self) -> list[Outgoing]:
         """Frames went to the client unread (see :meth:`Outbound.passed_unread`): every session is

@@ -2,9 +2,11 @@
 
 Owns: the settings, the stream log and the guard every call to it goes through, the
 principal resolver and its hashing key, the repairs of streams the log missed frames of
-(:mod:`~asgi_resume.pipeline.repairs`), the frame objects held connections logged for recovery
-(:mod:`~asgi_resume.pipeline.held_frames`), the
-order streams' frames reach the log in, the entries its connections logged lately, and the counters.
+(:mod:`~asgi_resume.pipeline.repairs`), the recovery sessions to close
+(:mod:`~asgi_resume.pipeline.closes`), the frame objects held connections logged for recovery
+(:mod:`~asgi_resume.pipeline.held_frames`), this process's heartbeat
+(:mod:`~asgi_resume.pipeline.heartbeat`), the order streams' frames reach the log in, the entries
+its connections logged lately, and the counters.
 Must not touch: any one connection's state.
 """
 
@@ -26,6 +28,7 @@ from asgi_resume.log.group_commit import GroupCommit
 from asgi_resume.log.memory import MemoryLog
 from asgi_resume.log.recent import MAX_ENTRIES, RecentEntries
 from asgi_resume.pipeline.closes import Closes
+from asgi_resume.pipeline.heartbeat import Heartbeat
 from asgi_resume.pipeline.held_frames import HeldFrames
 from asgi_resume.pipeline.order import FeedOrder
 from asgi_resume.pipeline.repairs import Repairs
@@ -81,6 +84,7 @@ class Runtime:
         self.repairs = Repairs(self.guard, self.stats)  # streams the log missed frames of, until repaired
         self.closes = Closes(self.guard, self.stats, settings.recovery_window)  # sessions left on purpose
         self.held_frames = HeldFrames()  # what held connections here logged for recovery: the objects
+        self.heartbeat = Heartbeat(self.guard)  # (a shared log with recovery: claims elsewhere read it)
         self._hinted_no_principal = False
         #: the longest polling POST body the app reads (python-engineio's max_http_buffer_size)
         self.max_post_body = DEFAULT_MAX_POST_BODY
@@ -150,9 +154,12 @@ class Runtime:
         except LogUnavailable:
             return
         self._ready = True
+        if self.log.shared and self.settings.recovery:
+            self.heartbeat.start()
 
     async def aclose(self) -> None:
         self.closing = True
+        await self.heartbeat.aclose()
         self.repairs.close()
         await self.closes.aclose()
         await self.log.aclose()

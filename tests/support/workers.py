@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import os
 import subprocess
 import sys
@@ -11,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tests.support.processes import listening_socket, stop
+from tests.support.raw import RawClient
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -61,3 +64,23 @@ def workers(count: int, env: dict[str, str]) -> Iterator[list[Worker]]:
     finally:
         for worker in started:
             worker.stop()
+
+
+async def fan_out_ready(pair: list[Worker]) -> None:
+    """Wait until each worker hears the other's emits. python-socketio subscribes a worker to the
+    fan-out channel once its first client connects, in the background: an emit from the other
+    worker before that is lost to its clients, which no test here is about."""
+    for listener, emitter in ((pair[0], pair[1]), (pair[1], pair[0])):
+        ear = await RawClient(listener.url, auth={"token": "warm-up"}).connect()
+        mouth = await RawClient(emitter.url, auth={"token": "warm-up-control"}).connect()
+        async with asyncio.timeout(30):
+            for attempt in itertools.count():
+                mark = {"warm-up": attempt}
+                await mouth.request("emit", {"token": "warm-up", "events": [mark]}, ack_id=1)
+                try:  # (a mark sent before the subscription is never delivered: send another)
+                    await ear.wait_for(lambda f, m=attempt: isinstance(f, str) and f'{{"warm-up":{m}}}' in f, 0.2)
+                except TimeoutError:
+                    continue
+                break
+        await ear.close()
+        await mouth.close()

@@ -5,7 +5,8 @@
 -- Returns {'wait'} while the previous owner may still be logging frames it got before the claim,
 -- {'incomplete'} when it fetched its frames (long-polling) and logged none it fetched after the
 -- claim (forced: its silence proves nothing), {'lost'} when frames after the offset are no longer
--- held, else {'ok', n, t, payload, ...}.
+-- held, else {'ok', trusted, n, t, payload, ...} (trusted: the previous owner whose silence it took
+-- for complete, forced; '' when that owner logged or closed after the claim).
 local meta, log = KEYS[1], KEYS[2]
 local after = tonumber(ARGV[1])
 local force = ARGV[2] == '1'
@@ -19,19 +20,21 @@ end
 local prev_gen = redis.call('HGET', meta, 'prev_gen')
 if prev_gen ~= gen then return {'lost'} end -- no claim of it, or another since
 local state = redis.call('HMGET', meta, 'cutoff', 'prev_flushed', 'prev_closed', 'n:' .. prev_gen, 'prev_fetched',
-  'prev_broken')
+  'prev_broken', 'prev_owner')
 if state[6] == '1' then return {'incomplete'} end -- the previous owner sent an event it could not log
 local cutoff, flushed = tonumber(state[1] or '0'), tonumber(state[2] or '0')
+local trusted = '' -- the owner whose silence a forced read takes for complete
 -- well after the claim: a frame emitted before it may still be on its way to the previous owner
 if flushed <= cutoff + slack then
   if state[5] == '1' then return {force and 'incomplete' or 'wait'} end
   if not force and state[3] ~= '1' then return {'wait'} end
+  if state[3] ~= '1' then trusted = state[7] or '' end
 end
 local last = tonumber(state[4] or '0')
 if after > last then return {'lost'} end
 local first = redis.call('XRANGE', log, '-', '+', 'COUNT', 1)[1]
 if after < last and (not first or seq_of(first[1]) > after + 1) then return {'lost'} end
-local out = {'ok'}
+local out = {'ok', trusted}
 for _, e in ipairs(redis.call('XRANGE', log, '(' .. after .. '-0', '+')) do
   out[#out + 1] = seq_of(e[1])
   local f = e[2]

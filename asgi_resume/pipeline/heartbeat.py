@@ -1,0 +1,42 @@
+"""This process's heartbeat in a shared log: a claim made in another process learns it still runs.
+
+Owns: saying every ``BEAT_EVERY_S`` that this process is running (while the log answers: a beat
+the log does not take is simply the next one's to say), from the first connection to shutdown.
+A claim whose read trusts the silence of a connection here needs a beat after the claim: a
+process that was killed, stopped or blocked since may have died with frames it never logged
+(see :meth:`~asgi_resume.pipeline.recovery.Recovery._claim`). Must not touch: connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from asgi_resume.guard import LogGuard
+from asgi_resume.log import LogUnavailable
+from asgi_resume.log.base import BEAT_EVERY_S
+from asgi_resume.log.names import process_name
+
+
+class Heartbeat:
+    def __init__(self, guard: LogGuard) -> None:
+        self.guard = guard
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Beat from now on (once: later calls do nothing)."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._beat())
+
+    async def _beat(self) -> None:
+        guard, process = self.guard, process_name()
+        while True:
+            with contextlib.suppress(LogUnavailable):
+                await guard.call(guard.deadlines.recovery, guard.log.beat, process)
+            await asyncio.sleep(BEAT_EVERY_S)
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
