@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from asgi_resume import protocol
@@ -260,3 +260,11 @@ def test_declared_attachments_are_read_from_a_head_parse_refuses() -> None:
 )
 def test_ends_connection_is_a_close_or_a_disconnect(frame: str, ends: bool) -> None:
     assert protocol.ends_connection(frame) is ends
+
+
+@given(st.text())
+@example("0" + "[" * 100_000)  # (deeper than json.loads recurses)
+@example('0{"sid":"abc","pingInterval":25000}')
+def test_an_open_packets_handshake_is_read_from_any_text(frame: str) -> None:
+    found = protocol.handshake(frame)
+    assert found is None or (frame.startswith("0") and isinstance(found, dict))

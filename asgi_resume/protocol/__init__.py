@@ -22,6 +22,7 @@ from asgi_resume.protocol.engineio import (
     EIO_PROBE_ANSWER,
     EIO_UPGRADE,
     RECORD_SEPARATOR,
+    handshake,
     join_payload,
     split_payload,
 )
@@ -78,6 +79,7 @@ __all__ = [
     "declared_attachments",
     "ends_connection",
     "event",
+    "handshake",
     "join_payload",
     "names_event",
     "namespace_of",

@@ -1,14 +1,16 @@
 """Engine.IO v4: packet types, and the long-polling payloads that carry several packets.
 
-Owns: what the first character of a frame says, and splitting and joining long-polling bodies
-(packets joined by ``\\x1e``, binary ones as ``b<base64>``). Must not touch: I/O. Total: garbage in
-gives the input back, never an exception.
+Owns: what the first character of a frame says, the handshake an OPEN packet carries, and
+splitting and joining long-polling bodies (packets joined by ``\\x1e``, binary ones as
+``b<base64>``). Must not touch: I/O. Total: garbage in gives the input back (or ``None``), never
+an exception.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
 
 # Engine.IO packet types, as the first character of a text frame (a PING, PONG, UPGRADE or NOOP is
 # that character alone).
@@ -43,3 +45,14 @@ def join_payload(packets: list[str | bytes]) -> str:
     return RECORD_SEPARATOR.join(
         "b" + base64.b64encode(p).decode("ascii") if isinstance(p, bytes) else p for p in packets
     )
+
+
+def handshake(frame: str) -> dict[str, object] | None:
+    """The handshake an Engine.IO OPEN packet carries (``sid``, ``pingInterval``, ...), if it is one."""
+    if frame[:1] != EIO_OPEN:
+        return None
+    try:
+        found = json.loads(frame[1:])
+    except (ValueError, RecursionError):
+        return None
+    return found if isinstance(found, dict) else None

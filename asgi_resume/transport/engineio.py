@@ -10,7 +10,6 @@ then may upgrade to a websocket that continues it). Must not touch: each transpo
 
 from __future__ import annotations
 
-import json
 import time
 from collections import OrderedDict
 from urllib.parse import parse_qs
@@ -32,17 +31,6 @@ def query_param(scope: Scope, name: str) -> str | None:
     raw = scope.get("query_string", b"")
     values = parse_qs(raw.decode("latin-1") if isinstance(raw, bytes) else raw).get(name)
     return values[0] if values else None
-
-
-def handshake(frame: str) -> dict[str, object] | None:
-    """The handshake an Engine.IO OPEN packet carries (``sid``, ``pingInterval``, ...), if it is one."""
-    if frame[:1] != protocol.EIO_OPEN:
-        return None
-    try:
-        found = json.loads(frame[1:])
-    except ValueError:
-        return None
-    return found if isinstance(found, dict) else None
 
 
 class EngineIOSession:
@@ -70,7 +58,7 @@ class EngineIOSession:
         no sid, the session is known by the sid it gives from now on. Its handshake, or ``None``."""
         if self.sid is not None:
             return None
-        opening = handshake(frame)
+        opening = protocol.handshake(frame)
         sid = opening.get("sid") if opening is not None else None
         if opening is None or not isinstance(sid, str):
             return None
