@@ -2,8 +2,9 @@
 
 Owns: the event filter, the stream-id path, the variant path (which audience's view of a
 stream an event is), the rules that exclude events from streams and the "done" rules (their
-syntax is :mod:`asgi_resume.paths`'), and how a frame is stamped, shared by an emit's copies
-(:class:`Stamping`). Must not touch: I/O, the log, sessions.
+syntax is :mod:`asgi_resume.paths`'), and the record of how a frame is stamped, shared by an
+emit's copies (:class:`Stamping`: :mod:`~asgi_resume.pipeline.classify` builds and caches it).
+Must not touch: I/O, the log, connections.
 """
 
 from __future__ import annotations
