@@ -2,7 +2,7 @@
 
 Owns: validating what a client sends (``{"message_id": ID, "last_seq": N,
 "epoch": E, "variant": V}``), and encoding the answer as an ack, or as a ``<event>:result``
-event when the request carried no ack id. Must not touch: the log, sessions, I/O.
+event when the request carried no ack id. Must not touch: the log, connections, I/O.
 """
 
 from __future__ import annotations

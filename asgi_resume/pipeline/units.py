@@ -6,7 +6,7 @@ CONNECT reply in a namespace with recovery (:class:`ConnectReply`), a resume req
 in its place (:class:`~asgi_resume.pipeline.resume.ResumeRequest`) and any other ASGI message
 (:class:`Passthrough`); how an event is stamped (``seq``/``epoch`` in the first argument, a
 recovery offset as the last argument), what the stream log keeps of it and how a logged entry
-turns back into frames. Must not touch: I/O, sessions.
+turns back into frames. Must not touch: I/O, connections.
 """
 
 from __future__ import annotations
