@@ -4,7 +4,7 @@ Owns: a number for every stream frame a connection of this process is fed, per s
 the rule that a connection logs frames only after the frames of that key that another
 connection here was fed before them, and that it does not have itself, were logged. A tab that
 joins mid-stream, or that is not sent every frame of the stream, may get a frame while another
-tab's writer still holds frames emitted before it: logging it first would put the log out of
+tab's writer still has frames emitted before it: logging it first would put the log out of
 emit order. Copies it has too never make it wait (the tabs of a room get the same frames), nor
 copies of frames already logged: a tab whose writer is busy (claiming a recovered session, say)
 is fed copies of frames the other tabs logged already, and a tab that waited for those would

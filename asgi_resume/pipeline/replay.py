@@ -1,7 +1,7 @@
 """Answering a resume request: authorize, read the stream log, render the replay and the answer.
 
 Owns: turning a :class:`ResumeRequest` into the frames sent back to that one connection, a page of
-the log at a time (so a replay to a client that does not read holds one page, however long the
+the log at a time (so a replay to a client that does not read keeps one page, however long the
 stream). Must not touch: transports, the outbound pipeline's ordering (``outbound`` decides where
 the frames go).
 """
@@ -40,7 +40,7 @@ async def answer(runtime: Runtime, conn: Connection, request: ResumeRequest, del
     A page (``REPLAY_PAGE`` entries) is read from the log and rendered only once the previous one
     was handed to the transport (``deliver`` returns when the transport took it, and waits while a
     client that does not read leaves the transport's buffer full), and the event loop runs other
-    connections between pages: one replay holds at most a page in memory and the loop for a page's
+    connections between pages: one replay keeps at most a page in memory and the loop for a page's
     work, however long the stream and however slow the client.
 
     The replay ends at the last entry the log had at its first read: entries appended meanwhile

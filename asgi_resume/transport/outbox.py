@@ -3,7 +3,7 @@
 Owns: its bounds (past ``OUTBOX_SIZE`` queued items the app's writer for the connection waits,
 unless the connection keeps recovery sessions: see :meth:`Outbox.put_late`; past ``OUTBOX_SIZE``
 of the client's requests, its reader waits), when the oldest item
-still queued was queued (what a batch logged now may claim to hold), the writer's take of at most
+still queued was queued (what a batch logged now may claim to have), the writer's take of at most
 ``OUTBOX_SIZE`` items, and the signals the writer reads besides the app's items.
 Must not touch: what the items mean, sending them (``websocket``).
 """
@@ -41,7 +41,7 @@ class Outbox(asyncio.Queue[Incoming | Signal]):
         self._clock = clock
         self._room = asyncio.Event()  # set when the writer took items (a waiting put looks again)
         #: when the oldest item queued now was queued (the log's clock), ``None`` when none is: a
-        #: batch logged meanwhile holds what was fed before then, not what is still queued
+        #: batch logged meanwhile has what was fed before then, not what is still queued
         self.oldest_ms: int | None = None
         self.requests = 0  # the client's requests queued (see put_request)
 
@@ -54,7 +54,7 @@ class Outbox(asyncio.Queue[Incoming | Signal]):
 
     async def put_request(self, request: ResumeRequest) -> None:
         """Queue a request of the client's, waiting while ``OUTBOX_SIZE`` of its requests are
-        queued: only its own requests hold its reader back (not the app's frames, which may keep
+        queued: only its own requests keep its reader waiting (not the app's frames, which may keep
         the queue over its bound: the client's pongs, read after the request, must not starve)."""
         while self.requests >= OUTBOX_SIZE:
             self._room.clear()

@@ -69,7 +69,7 @@ class WebSocketConnection:
         self.holds = holds
         self.hold = Hold(holds, self.conn, self.outbound.recovery)
         self._last_feed, self._gap = 0.0, 1.0  # when the last frame came, and the time before it
-        self._draining = False  # this connection holds the outbound lock and is sending
+        self._draining = False  # this connection has the outbound lock and is sending
         #: whether frames wait unlogged for long (its client stopped reading, or its log is slow)
         self._stall = StallWatch(
             lambda: self._behind(True), lambda: self._batch.pending() > 0 or not self._outbox.empty()
@@ -117,7 +117,7 @@ class WebSocketConnection:
     async def _forward(self, item: Incoming) -> None:
         """Take one item from the app, keeping the order of everything the client is sent.
 
-        Frames are fed to the pipeline at once. Whoever holds the lock sends what was fed: this
+        Frames are fed to the pipeline at once. Whoever has the lock sends what was fed: this
         call when nothing needs the log, else the writer task, which logs in one call all that was
         fed while its previous call was out (batches grow with the load). With the in-process log
         a frame that came alone (``LINGER_BELOW_S`` after the last) is logged here too: a room's
@@ -165,7 +165,7 @@ class WebSocketConnection:
         self.outbound.feed(item, as_emitted=True)
 
     async def _drain(self) -> None:
-        """Send everything fed so far (the caller holds the lock), in order."""
+        """Send everything fed so far (the caller has the lock), in order."""
         outbound = self.outbound
         self._draining = True
         try:
@@ -173,7 +173,7 @@ class WebSocketConnection:
             while self._batch.pending(answer_deferred=answer_deferred):
                 if self._batch.needs_log(answer_deferred=answer_deferred) and self._gap < LINGER_BELOW_S:
                     await linger(self._batch)
-                # (what is still queued came before now: the batch holds what was fed before it)
+                # (what is still queued came before now: the batch has what was fed before it)
                 taken_ms = self._outbox.oldest_ms
                 watched = bool(self.conn.recovery)  # (a claim must learn when frames wait unlogged)
                 if watched:

@@ -1,4 +1,4 @@
--- What a claimed session's previous generation holds after an offset, for the claimer to replay.
+-- What a claimed session's previous generation has after an offset, for the claimer to replay.
 -- KEYS: 1 session meta, 2 the log of generation `gen`.
 -- ARGV: 1 after n, 2 force (stop waiting), 3 gen, 4 slack ms (how long after the claim the previous
 --       owner must have taken a batch it logged: a frame emitted before the claim may be on its way)
