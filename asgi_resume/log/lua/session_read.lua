@@ -5,7 +5,7 @@
 -- Returns {'wait'} while the previous owner may still be logging frames it got before the claim,
 -- {'incomplete'} when it fetched its frames (long-polling) and logged none it fetched after the
 -- claim (forced: its silence proves nothing), {'lost'} when frames after the offset are no longer
--- held, else {'ok', trusted, n, t, payload, ...} (trusted: the previous owner whose silence it took
+-- kept, else {'ok', trusted, n, t, payload, ...} (trusted: the previous owner whose silence it took
 -- for complete, forced; '' when that owner logged or closed after the claim).
 local meta, log = KEYS[1], KEYS[2]
 local after = tonumber(ARGV[1])
