@@ -1,7 +1,8 @@
 """This process's heartbeat in a shared log: a claim made in another process learns it still runs.
 
 Owns: saying every ``BEAT_EVERY_S`` that this process is running (while the log answers: a beat
-the log does not take is simply the next one's to say), from the first connection to shutdown.
+the log does not take is simply the next one's to say), from start-up (the log's first
+preparation) to shutdown: about ten calls a second per process.
 A claim whose read trusts the silence of a connection here needs a beat after the claim: a
 process that was killed, stopped or blocked since may have died with frames it never logged
 (see :meth:`~asgi_resume.pipeline.recovery.Recovery._claim`). Must not touch: connections.
@@ -22,6 +23,7 @@ class Heartbeat:
     def __init__(self, guard: LogGuard) -> None:
         self.guard = guard
         self._task: asyncio.Task[None] | None = None
+        self._stopped = False
 
     def start(self) -> None:
         """Beat from now on (once: later calls do nothing)."""
@@ -30,12 +32,13 @@ class Heartbeat:
 
     async def _beat(self) -> None:
         guard, process = self.guard, process_name()
-        while True:
+        while not self._stopped:  # (ends at aclose() even if a cancellation was swallowed below)
             with contextlib.suppress(LogUnavailable):
                 await guard.call(guard.deadlines.recovery, guard.log.beat, process)
             await asyncio.sleep(BEAT_EVERY_S)
 
     async def aclose(self) -> None:
+        self._stopped = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
