@@ -3,8 +3,8 @@
 Owns: its bounds (past ``OUTBOX_SIZE`` queued items the app's writer for the connection waits,
 unless the connection keeps recovery sessions: see :meth:`Outbox.put_late`; past ``OUTBOX_SIZE``
 of the client's requests, its reader waits), when the oldest item
-still queued was queued (what a batch logged now may claim to have), the writer's take of at most
-``OUTBOX_SIZE`` items, and the signals the writer reads besides the app's items.
+still queued was queued (what a batch logged now may claim to have), what the writer's take of at
+most ``OUTBOX_SIZE`` items changes, and the signals the writer reads besides the app's items.
 Must not touch: what the items mean, sending them (``websocket``).
 """
 
@@ -44,21 +44,21 @@ class Outbox(asyncio.Queue[Incoming | Signal]):
         #: batch logged meanwhile has what was fed before then, not what is still queued
         self.oldest_ms: int | None = None
         self.requests = 0  # the client's requests queued (see put_request)
+        self._waiting = 0  # puts waiting for room
 
     async def put_waiting(self, item: Incoming | Signal) -> None:
-        """Queue ``item``, waiting while ``OUTBOX_SIZE`` items are queued."""
+        """Queue ``item``, waiting while ``OUTBOX_SIZE`` items are queued (for a connection without
+        recovery sessions: nothing needs to know when it was queued)."""
         while self.qsize() >= OUTBOX_SIZE:
-            self._room.clear()
-            await self._room.wait()
-        self.put_late(item)
+            await self._wait_for_room()
+        self.put_nowait(item)
 
     async def put_request(self, request: ResumeRequest) -> None:
         """Queue a request of the client's, waiting while ``OUTBOX_SIZE`` of its requests are
         queued: only its own requests keep its reader waiting (not the app's frames, which may keep
         the queue over its bound: the client's pongs, read after the request, must not starve)."""
         while self.requests >= OUTBOX_SIZE:
-            self._room.clear()
-            await self._room.wait()
+            await self._wait_for_room()
         self.requests += 1
         self.put_late(request)
 
@@ -75,16 +75,21 @@ class Outbox(asyncio.Queue[Incoming | Signal]):
         """Queue a signal at once (no clock: the hot path of a connection with recovery)."""
         self.put_nowait(signal)
 
-    async def take(self) -> list[Incoming | Signal]:
-        """The writer's next items, oldest first: at least one (waits for it), at most
-        ``OUTBOX_SIZE`` (a backlog is sent, and logged, a bounded batch at a time)."""
-        items = [await self.get()]
-        while not self.empty() and len(items) < OUTBOX_SIZE:
-            items.append(self.get_nowait())
+    async def _wait_for_room(self) -> None:
+        self._waiting += 1
+        try:
+            self._room.clear()
+            await self._room.wait()
+        finally:
+            self._waiting -= 1
+
+    def taken(self, items: list[Incoming | Signal]) -> None:
+        """The writer took ``items`` (at most ``OUTBOX_SIZE``, oldest first: a backlog is sent, and
+        logged, a bounded batch at a time; the writer takes them itself, a call less per batch)."""
         if self.requests:
             self.requests -= sum(isinstance(item, ResumeRequest) for item in items)
-        if self.empty():
+        if self.oldest_ms is not None and self.empty():
             self.oldest_ms = None  # (else the oldest left is younger: the older time stays, safely;
             # the connection is then behind: see WebSocketConnection._write)
-        self._room.set()
-        return items
+        if self._waiting:
+            self._room.set()
