@@ -49,20 +49,17 @@ class RecoveryNotes:
 
     async def _tell_behind(self) -> None:
         conn, runtime = self.conn, self.runtime
-        guard = runtime.guard
         give_up = time.monotonic() + runtime.settings.recovery_window
         try:
             while conn.behind != conn.behind_told and not runtime.closing and time.monotonic() < give_up:
                 behind = conn.behind
+                action: Note = "behind" if behind else "caught_up"
                 told = True
                 for state in list(self.states.values()):  # (a DISCONNECT may end one meanwhile)
                     if not state.pid:
                         continue
-                    action: Note = "behind" if behind else "caught_up"
                     try:
-                        await guard.call(
-                            guard.deadlines.recovery, runtime.log.session_note, state.pid, action, state.gen, conn.id
-                        )
+                        await self._note(state, action)
                     except LogUnavailable:
                         told = False
                 if told:
@@ -76,19 +73,11 @@ class RecoveryNotes:
         """Sessions that sent an event the log missed are noted ``broken``: never recovered, for a
         replay without it would be a partial history presented as complete (tried again on every
         append and note until the log answers)."""
-        guard = self.runtime.guard
         for state in list(self.states.values()):  # (a DISCONNECT may end one meanwhile)
             if not (state.loss_untold and state.pid):
                 continue
             try:
-                await guard.call(
-                    guard.deadlines.recovery,
-                    self.runtime.log.session_note,
-                    state.pid,
-                    "broken",
-                    state.gen,
-                    self.conn.id,
-                )
+                await self._note(state, "broken")
             except LogUnavailable:
                 return
             state.loss_untold = False
@@ -114,15 +103,18 @@ class RecoveryNotes:
                 taken = False
         return taken
 
+    async def _note(self, state: RecoveryState, action: Note) -> tuple[str, str]:
+        """``action`` noted in ``state``'s session: who owns it now (:class:`LogUnavailable` if the
+        log did not hear it). An upgrade waits for it (the live path): as a write; the rest as a
+        reconnect's claim."""
+        guard = self.runtime.guard
+        deadline = guard.deadlines.write if action == "upgraded" else guard.deadlines.recovery
+        return await guard.call(deadline, self.runtime.log.session_note, state.pid, action, state.gen, self.conn.id)
+
     async def _tell(self, state: RecoveryState, action: Note) -> bool:
         """Tell the log about ``state``'s session; True when another connection claimed it."""
-        guard = self.runtime.guard
-        # an upgrade waits for it (the live path): as a write; the rest as a reconnect's claim
-        deadline = guard.deadlines.write if action == "upgraded" else guard.deadlines.recovery
         try:
-            gen, owner = await guard.call(
-                deadline, self.runtime.log.session_note, state.pid, action, state.gen, self.conn.id
-            )
+            gen, owner = await self._note(state, action)
         except LogUnavailable:
             if action == "closed":  # (a session left unclosed would be claimable for the window)
                 self.runtime.closes.add(state.pid, state.gen, self.conn.id, state.principal)
