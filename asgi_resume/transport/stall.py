@@ -22,26 +22,23 @@ class StallWatch:
         self.on_stall = on_stall
         self.waiting = waiting  # do frames wait behind the step?
         self.sending = False  # a send to the client is out (it waits while the client does not read)
-        self._step = 0  # steps started
         self._handle: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
         """A step of the writer starts: watched until :meth:`stop`."""
-        self._step += 1
-        self._handle = asyncio.get_running_loop().call_later(STALLED_AFTER_S, self._check, self._step)
+        self._handle = asyncio.get_running_loop().call_later(STALLED_AFTER_S, self._check)
 
     def stop(self) -> None:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
 
-    def _check(self, step: int) -> None:
-        """The step is still out: in its log calls (what it carries is unlogged), or sending with
-        frames waiting behind it, it stalled; else (sending what is logged) watch on."""
-        if step != self._step:
-            return
+    def _check(self) -> None:
+        """The step is still out (:meth:`stop` cancels the check): in its log calls (what it
+        carries is unlogged), or sending with frames waiting behind it, it stalled; else (sending
+        what is logged) watch on."""
         if not self.sending or self.waiting():
             self._handle = None
             self.on_stall()
             return
-        self._handle = asyncio.get_running_loop().call_later(STALLED_AFTER_S, self._check, step)
+        self._handle = asyncio.get_running_loop().call_later(STALLED_AFTER_S, self._check)
