@@ -22,7 +22,7 @@ from asgi_resume.pipeline.inbound import inspect
 from asgi_resume.pipeline.outbound import Outbound
 from asgi_resume.pipeline.resume import ResumeRequest
 from asgi_resume.pipeline.runtime import Runtime
-from asgi_resume.transport.polling_presence import Polling
+from asgi_resume.transport.polling_presence import Polling, let_go
 
 REFUSED = 400  # python-engineio's answer to a request for a session it does not have (any more)
 
@@ -95,6 +95,11 @@ class EngineIOSession:
         """The session is over (its websocket ended, a CLOSE went either way): its sid is forgotten."""
         if self.sid is not None:
             self.registry.remove(self.sid, self)
+
+    async def let_go(self, reason: str, *, over: bool = False) -> None:
+        """Its long-polling client is gone: released as a closed websocket's connection is (see
+        :func:`~asgi_resume.transport.polling_presence.let_go`)."""
+        await let_go(self.runtime, self.outbound, self.polling, reason, over=over)
 
 
 class EngineIOSessions:

@@ -23,7 +23,7 @@ from asgi_resume import protocol
 from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.transport.engineio import REFUSED, EngineIOSession, EngineIOSessions, query_param
 from asgi_resume.transport.polling_post import PostResponse, read_post
-from asgi_resume.transport.polling_presence import ClientRequest, let_go, silence_s
+from asgi_resume.transport.polling_presence import ClientRequest, silence_s
 
 logger = logging.getLogger("asgi_resume")
 
@@ -122,7 +122,7 @@ class PollResponse:
                 self.start = message
                 return
             if status == REFUSED and self.eio.sid and polling is not None:
-                await let_go(self.runtime, self.outbound, self.eio.polling, "python-engineio refused its sid")
+                await self.eio.let_go("python-engineio refused its sid")
         if message["type"] != "http.response.body" or self.start is None:
             await self._send(message)
             return
@@ -134,9 +134,9 @@ class PollResponse:
         headers = MutableHeaders(raw=[(k.lower(), v) for k, v in start.get("headers", [])])
         body = await self.rewrite(headers.get("content-encoding", "").lower(), bytes(self.body))
         if self.closed:
-            await let_go(self.runtime, self.outbound, self.eio.polling, "the session was closed", over=True)
+            await self.eio.let_go("the session was closed", over=True)
         elif self.abandoned:
-            await let_go(self.runtime, self.outbound, self.eio.polling, "its client left while its GET waited")
+            await self.eio.let_go("its client left while its GET waited")
         if "content-length" in headers or body != bytes(self.body):
             headers["content-length"] = str(len(body))
         await self.send({**start, "headers": headers.raw})

@@ -14,7 +14,6 @@ from starlette.types import Message, Receive, Scope, Send
 
 from asgi_resume import protocol
 from asgi_resume.transport.engineio import REFUSED, EngineIOSession
-from asgi_resume.transport.polling_presence import let_go
 
 try:  # python-engineio's own limit on the packets of one POST (it refuses a body with more)
     from engineio.payload import Payload as _Payload
@@ -37,11 +36,11 @@ class PostResponse:
             status = message.get("status")
             if status == 200 and polling.goodbye:
                 eio.ended()
-                await let_go(eio.runtime, eio.outbound, eio.polling, "its client said goodbye", over=True)
+                await eio.let_go("its client said goodbye", over=True)
             elif status == 200 and not polling.over:
                 polling.let_go = False
             elif status == REFUSED:
-                await let_go(eio.runtime, eio.outbound, eio.polling, "python-engineio refused its sid")
+                await eio.let_go("python-engineio refused its sid")
         await self.send(message)
 
 
