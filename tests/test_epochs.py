@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from asgi_resume.log.base import LogLimits
 from asgi_resume.log.memory import MemoryLog
 from asgi_resume.log.names import new_epoch
 from tests.conftest import Stack
-from tests.support.app import PacedStream, emit_tokens, make_app, make_sio, room_of
+from tests.support.app import PacedStream, chat_event, emit_tokens, make_app, make_sio, room_of
 from tests.support.polling import PollingClient, event_args
 from tests.support.raw import RawClient
 from tests.support.redis_server import RedisServer
@@ -22,13 +23,17 @@ from tests.support.server import serve
 pytestmark = pytest.mark.anyio
 
 
-async def check_new_epoch_after_loss(url: str, sio: object, lose: object) -> None:
+async def check_new_epoch_after_loss(url: str, sio: object, lose: object, newcomer_first: bool = False) -> None:
     client = await RawClient(url, auth={"token": "alice"}).connect()
     await emit_tokens(sio, "alice", "m", 1, 5)  # type: ignore[arg-type]
     assert await client.wait_seqs("m", 5) == [1, 2, 3, 4, 5]
     old_epoch = client.events()[0]["epoch"]
 
     await lose()  # type: ignore[operator]
+    if newcomer_first:
+        await check_a_newcomer_first_is_told_the_start_is_gone(url, sio, client)
+        await client.close()
+        return
     await emit_tokens(sio, "alice", "m", 6, 8)  # type: ignore[arg-type]
     assert (await client.wait_seqs("m", 8))[5:] == [1, 2, 3]
     new_epoch = client.events()[-1]["epoch"]
@@ -45,7 +50,28 @@ async def check_new_epoch_after_loss(url: str, sio: object, lose: object) -> Non
     await client.close()
 
 
-async def test_flushall_mid_stream(tmp_path: Path) -> None:
+async def check_a_newcomer_first_is_told_the_start_is_gone(url: str, sio: object, client: RawClient) -> None:
+    """Found by attack: after the loss, a new tab logged the stream's next frame first (the app
+    sent it to that tab alone), so the epoch it made did not know the stream began before it;
+    the older tab's copy then came with an epoch that is gone. A fresh tab's resume "from the
+    start" was told ``gap: false`` without the first five frames."""
+    newcomer = await RawClient(url, auth={"token": "alice"}).connect()
+    reply = next(f for f in newcomer.frames if isinstance(f, str) and f.startswith("40{"))
+    await sio.emit("events", chat_event("m", 6), to=json.loads(reply[2:])["sid"])  # type: ignore[attr-defined]
+    await newcomer.wait_seqs("m", 1)
+    await client.wait_seqs("m", 5)
+    await emit_tokens(sio, "alice", "m", 7, 7)  # type: ignore[arg-type]
+    await client.wait_seqs("m", 6)  # the older tab logged its copy of 7 (its epoch: the lost one)
+    await newcomer.wait_seqs("m", 2)
+    fresh = await RawClient(url, auth={"token": "alice"}).connect()
+    answer = await fresh.request("resume-stream", {"message_id": "m", "last_seq": 0}, ack_id=1)
+    assert (answer["ok"], answer["gap"]) == (True, True)  # frames 1-5 are not in this history
+    await newcomer.close()
+    await fresh.close()
+
+
+@pytest.mark.parametrize("newcomer_first", [False, True], ids=["older-tab-first", "newcomer-first"])
+async def test_flushall_mid_stream(tmp_path: Path, newcomer_first: bool) -> None:
     server = RedisServer(tmp_path / "flush").start()
     sio = make_sio()
     app = make_app(sio, redis_url=server.url)
@@ -56,14 +82,15 @@ async def test_flushall_mid_stream(tmp_path: Path) -> None:
 
     try:
         async with serve(app) as url:
-            await check_new_epoch_after_loss(url, sio, flush)
+            await check_new_epoch_after_loss(url, sio, flush, newcomer_first)
     finally:
         await redis.aclose()
         await app.runtime.aclose()
         server.stop()
 
 
-async def test_expiry_on_redis(tmp_path: Path) -> None:
+@pytest.mark.parametrize("newcomer_first", [False, True], ids=["older-tab-first", "newcomer-first"])
+async def test_expiry_on_redis(tmp_path: Path, newcomer_first: bool) -> None:
     server = RedisServer(tmp_path / "expiry").start()
     sio = make_sio()
     app = make_app(sio, redis_url=server.url, ttl=0.5)
@@ -82,7 +109,7 @@ async def test_expiry_on_redis(tmp_path: Path) -> None:
 
     try:
         async with serve(app) as url:
-            await check_new_epoch_after_loss(url, sio, expire)
+            await check_new_epoch_after_loss(url, sio, expire, newcomer_first)
     finally:
         await events.aclose()
         await redis.aclose()
@@ -90,7 +117,8 @@ async def test_expiry_on_redis(tmp_path: Path) -> None:
         server.stop()
 
 
-async def test_expiry_in_memory() -> None:
+@pytest.mark.parametrize("newcomer_first", [False, True], ids=["older-tab-first", "newcomer-first"])
+async def test_expiry_in_memory(newcomer_first: bool) -> None:
     now = [1_000_000.0]
     log = MemoryLog(LogLimits(ttl_ms=60_000), clock=lambda: now[0])
     sio = make_sio()
@@ -100,7 +128,7 @@ async def test_expiry_in_memory() -> None:
         now[0] += 61  # the log's clock moves past the stream's TTL
 
     async with serve(app) as url:
-        await check_new_epoch_after_loss(url, sio, expire)
+        await check_new_epoch_after_loss(url, sio, expire, newcomer_first)
 
 
 def test_a_forked_worker_draws_other_epochs_than_its_parent() -> None:

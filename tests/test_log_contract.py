@@ -279,6 +279,19 @@ async def test_a_history_with_a_hole_gets_one_new_epoch_whoever_starts_it(log: S
     assert second.epoch == first.epoch
 
 
+async def test_a_tab_that_followed_a_lost_epoch_marks_the_one_a_newcomer_made(log: StreamLog) -> None:
+    """The stream's keys were lost (Redis emptied, expired); a newcomer logged its next frame first,
+    then a tab that had followed the lost epoch logged its copy: the stream began before this
+    epoch, and a replay "from the start" says so."""
+    newcomer, older = Connection(log, key(), "newcomer"), Connection(log, key(), "older")
+    older.epoch, older.cursor = "a-lost-epoch", 5
+    assert await newcomer.send(entry(log, "f6")) == [1]
+    assert (await log.replay(key(), 0, None, "fresh")).gap is False  # (nothing says otherwise yet)
+    assert await older.send(entry(log, "f6")) == [1]
+    assert (await log.replay(key(), 0, None, "fresh")).gap is True
+    assert (await log.replay(key(), 1, newcomer.epoch, "fresh")).gap is False  # (within the epoch: whole)
+
+
 # -- recovery sessions (connection state recovery) ---------------------------------------------
 
 
@@ -286,7 +299,7 @@ async def session(log: StreamLog, pid: str, gen: str, owner: str, *frames: str, 
     """``owner`` logs ``frames`` in generation ``gen`` of session ``pid``; their numbers."""
     now = log.now_ms()
     payloads: list[tuple[int, list[str | bytes]]] = [(now, [f'42["e","{text}"]']) for text in frames]
-    (result,) = await log.session_append([SessionAppend(pid, gen, owner, principal, "/", payloads, now)])
+    (result,) = await log.session_append([SessionAppend(pid, gen, owner, principal, "/", payloads, now, starts=True)])
     assert result.status == "ok"
     return result.numbers
 
@@ -376,6 +389,19 @@ async def test_a_claimer_that_closes_while_the_previous_owner_still_logs_keeps_t
     assert (await log.session_claim(pid, ALICE, "/", "g2", "c3", "g3", 60_000)).status == "expired"
     await log.session_note(pid, "closed", "g1", "c1")  # the previous owner is done too: nothing is left
     assert (await log.session_claim(pid, ALICE, "/", "g2", "c3", "g3", 60_000)).status == "unknown"
+
+
+async def test_a_session_lost_since_its_first_call_is_never_made_again(log: StreamLog) -> None:
+    """Only a connection's first call in a generation (at its CONNECT reply) makes the session: a
+    later one that finds it gone (Redis emptied, its TTL passed) would start its numbering over
+    under offsets its client holds, and a claim with one would be told recovered with events
+    missing."""
+    pid = f"pid{next(_prefixes)}"
+    now = log.now_ms()
+    frames: list[tuple[int, list[str | bytes]]] = [(now, ['42["e","k"]'])]
+    (later,) = await log.session_append([SessionAppend(pid, "g1", "c1", ALICE, "/", frames, now)])
+    assert (later.status, later.numbers) == ("gone", [])
+    assert (await log.session_claim(pid, ALICE, "/", "g1", "c2", "g2", 60_000)).status == "unknown"
 
 
 async def test_a_read_waits_for_a_batch_the_previous_owner_took_well_after_the_claim(log: StreamLog) -> None:

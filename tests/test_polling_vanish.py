@@ -386,7 +386,7 @@ async def test_a_claim_reads_a_fetching_owners_log_only_once_it_logged_past_the_
     pid, gen, principal = "p" * 24, new_generation(), "alice-hash"
 
     def batch(owner: str, text: str, flushed_ms: int) -> SessionAppend:
-        return SessionAppend(pid, gen, owner, principal, "/", [(log.now_ms(), [text])], flushed_ms, fetched)
+        return SessionAppend(pid, gen, owner, principal, "/", [(log.now_ms(), [text])], flushed_ms, fetched, True)
 
     assert [r.status for r in await log.session_append([batch("old", "a", log.now_ms())])] == ["ok"]
     assert (await log.session_claim(pid, principal, "/", gen, "new", new_generation(), 60_000)).status == "ok"

@@ -10,18 +10,21 @@ import asyncio
 import json
 import os
 import signal
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 import socketio
 
 from asgi_resume import ResumeMiddleware
 from asgi_resume.config import Settings
 from asgi_resume.log import AppendRequest, AppendResult, LogUnavailable
-from asgi_resume.log.base import CLAIM_SLACK_MS, COPY_WINDOW_MS, SessionAppend, SessionAppendResult
+from asgi_resume.log.base import CLAIM_SLACK_MS, COPY_WINDOW_MS, LogLimits, SessionAppend, SessionAppendResult
 from asgi_resume.log.memory import MemoryLog
+from asgi_resume.log.redis import RedisLog
 from asgi_resume.pipeline import held_frames
 from asgi_resume.pipeline.connection import Connection
 from asgi_resume.pipeline.held_frames import HeldFrames
@@ -754,3 +757,72 @@ async def test_a_client_whose_app_outruns_it_is_still_heard() -> None:
             await asyncio.wait_for(heard.wait(), 10)
         finally:
             deaf.kill()
+
+
+class _CountsSessionAppends:
+    """Counts the frames its session appends were given (a test waits for a held connection's)."""
+
+    frames_given = 0
+
+    async def session_append(self, requests: Sequence[SessionAppend]) -> list[SessionAppendResult]:
+        self.frames_given += sum(len(r.frames) for r in requests)
+        return await super().session_append(requests)  # type: ignore[misc]
+
+
+class _CountedMemoryLog(_CountsSessionAppends, MemoryLog):
+    pass
+
+
+class _CountedRedisLog(_CountsSessionAppends, RedisLog):
+    pass
+
+
+@pytest.mark.parametrize("loss", ["expired-while-idle", "redis-emptied"])
+async def test_a_session_lost_under_its_connection_is_never_recovered_with_events_missing(
+    loss: str, redis_server: RedisServer
+) -> None:
+    """Found by attack: the next append made the lost session again under the same generation,
+    its numbering starting over, and a claim with an offset from before (gen.10) was told
+    recovered with events 11-20 missing. The session's TTL passes with no event for it (the memory
+    log too), or Redis loses its data; the next events reach its held connection."""
+    now = [time.time()]
+    log: _CountedMemoryLog | _CountedRedisLog
+    if loss == "expired-while-idle":
+        log = _CountedMemoryLog(LogLimits(ttl_ms=60_000), clock=lambda: now[0])
+    else:
+        log = _CountedRedisLog.from_url(redis_server.url, prefix=f"lost{os.getpid()}", limits=LogLimits())
+    sio = make_sio()
+    app = ResumeMiddleware(socketio.ASGIApp(sio), log=log, recovery=True)
+    redis = aioredis.Redis.from_url(redis_server.url)
+
+    def notes(client: RawClient) -> list[list[Any]]:
+        events = [json.loads(f[2:]) for f in client.frames if isinstance(f, str) and f.startswith("42")]
+        return [args for args in events if args[0] == "note"]
+
+    try:
+        async with serve(app) as url:
+            first = await RawClient(url, auth={"token": "alice"}).connect()
+            pid = json.loads(next(f for f in first.frames if isinstance(f, str) and f.startswith("40{"))[2:])["pid"]
+            for i in range(1, 11):
+                await sio.emit("note", {"i": i}, room=room_of("alice"))
+            await first.wait_count(lambda f: isinstance(f, str) and f.startswith('42["note"'), 10)
+            offset = notes(first)[-1][-1]
+            await first.kill()
+            await until(lambda: app.runtime.stats.holds_active == 1, timeout=10)
+            if loss == "expired-while-idle":
+                now[0] += 61  # the session's TTL passes (no event for that long)
+            else:
+                await redis.flushall()
+            for i in range(11, 26):
+                await sio.emit("note", {"i": i}, room=room_of("alice"))
+            # the held connection logged them (or its hold ended: it learnt the session is gone)
+            await until(lambda: log.frames_given >= 25 or app.runtime.stats.holds_active == 0, timeout=10)
+            second = await RawClient(url, auth={"token": "alice", "pid": pid, "offset": offset}).connect()
+            reply = json.loads(next(f for f in second.frames if isinstance(f, str) and f.startswith("40{"))[2:])
+            assert reply["pid"] != pid  # a normal connect: nothing can tell what it missed
+            assert notes(second) == []
+            assert app.runtime.stats.recoveries_ok == 0
+            await second.close()
+    finally:
+        await redis.aclose()
+        await app.runtime.aclose()

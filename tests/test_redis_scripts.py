@@ -65,7 +65,8 @@ async def test_on_a_cluster_only_the_calls_that_got_noscript_run_again(redis_clu
 
         def append(text: str) -> list[SessionAppend]:
             now = log.now_ms()
-            return [SessionAppend(pid, "g1", "c1", "alice", "/", [(now, [f'42["e","{text}"]'])], now) for pid in pids]
+            frames: list[tuple[int, list[str | bytes]]] = [(now, [f'42["e","{text}"]'])]
+            return [SessionAppend(pid, "g1", "c1", "alice", "/", frames, now, starts=True) for pid in pids]
 
         assert [(r.status, r.numbers) for r in await log.session_append(append("a"))] == [("ok", [1]), ("ok", [1])]
         node = client.get_node_from_key(log.session_keys(pids[0])[0])

@@ -157,6 +157,11 @@ class SessionAppend:
     #: client stopped reading (a websocket whose sends block): frames wait unlogged meanwhile, so
     #: its silence proves nothing (see ``session_read``)
     fetched: bool = False
+    #: this call starts the connection's generation (at its CONNECT reply): it may make the session.
+    #: Any later call finds it or is ``gone``: a session lost with its keys (Redis emptied, or its
+    #: TTL passed while its connection was idle) is never made again under the same generation,
+    #: whose numbering would start over under offsets its client already holds
+    starts: bool = False
 
 
 #: what a connection tells its recovery session (``session_note``), or ``state``: who owns it now

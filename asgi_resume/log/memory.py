@@ -186,6 +186,10 @@ class MemoryLog:
             after_break = state is not None or bool(request.cursor_epoch or (request.reset and request.reset_epoch))
             state = _Stream(request.fresh_epoch or new_epoch(), limits.maxlen, after_break=after_break)
             self._add(request.key, state)
+        elif request.cursor_epoch and request.cursor_epoch != state.epoch:
+            # it followed an epoch of this stream that is gone (evicted, expired) while another
+            # made this one first: the stream began before it here too
+            state.after_break = True
         state.orphaned = False
         was_done = state.done
         cursor = request.cursor_seq if request.cursor_epoch == state.epoch else None

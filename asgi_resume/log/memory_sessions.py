@@ -76,6 +76,8 @@ class MemorySessions:
         session = self._session(request.pid)
         status: str = "ok"
         if session is None:
+            if not request.starts:  # lost since its first call (expired): never made again (see SessionAppend)
+                return SessionAppendResult("gone", [])
             session = _Session(request.gen, request.owner, request.principal, request.namespace)
             self._by_pid[request.pid] = session
         elif (session.gen, session.owner) != (request.gen, request.owner):

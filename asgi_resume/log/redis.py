@@ -162,7 +162,7 @@ class RedisLog:
         calls = []
         for r in requests:
             args: list[Any] = [r.gen, r.owner, r.principal, r.namespace, limits.ttl_ms, limits.maxlen, r.flushed_ms]
-            args.append(1 if r.fetched else 0)
+            args += [1 if r.fetched else 0, 1 if r.starts else 0]
             for received_ms, payload in r.frames:
                 args += [received_ms, msgpack.packb(payload)]
             calls.append((self.session_keys(r.pid, r.gen), args))

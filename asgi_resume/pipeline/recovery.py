@@ -105,7 +105,9 @@ class Recovery:
         for ns, (state, group) in groups.items():
             frames: list[tuple[int, Payload]] = [(u.received_ms, [u.live(), *u.attachments]) for u in group]
             requests.append(
-                SessionAppend(state.pid, state.gen, conn.id, state.principal, ns, frames, flushed_ms, fetched)
+                SessionAppend(
+                    state.pid, state.gen, conn.id, state.principal, ns, frames, flushed_ms, fetched, state is create
+                )
             )
         guard = self.runtime.guard
         try:
@@ -118,7 +120,9 @@ class Recovery:
             return
         for (state, group), result in zip(groups.values(), results, strict=True):
             if result.status == "gone":
-                state.logging = False  # the session is another connection's, and was read
+                # another connection's now, and read; or lost (Redis emptied, expired while idle):
+                # its frames get an offset no session has, a reconnect with it a normal connect
+                state.logging = False
             for i, unit in enumerate(group):
                 unit.offset = offset(state.gen, result.numbers[i]) if i < len(result.numbers) else UNLOGGED_OFFSET
             if held and result.status != "gone" and self.states.get(state.namespace) is state:

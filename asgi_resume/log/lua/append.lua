@@ -93,8 +93,11 @@ if not epoch or broken or (state[4] and not continuous) then
   epoch, last, done = fresh_epoch, 0, false
   state[5], state[6], state[7], state[8] = false, false, false, false
   redis.call('DEL', log, meta)
-elseif state[4] then
-  redis.call('HDEL', meta, 'orphaned')
+else
+  if state[4] then redis.call('HDEL', meta, 'orphaned') end
+  -- a caller that followed an epoch of this stream that is gone (lost, expired) while another
+  -- made this one first: the stream began before it here too
+  if cursor_epoch ~= '' and cursor_epoch ~= epoch then after_break = true end
 end
 local was_done = done
 local cursor = false
