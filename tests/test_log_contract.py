@@ -395,12 +395,12 @@ async def test_a_session_lost_since_its_first_call_is_never_made_again(log: Stre
     """Only a connection's first call in a generation (at its CONNECT reply) makes the session: a
     later one that finds it gone (Redis emptied, its TTL passed) would start its numbering over
     under offsets its client holds, and a claim with one would be told recovered with events
-    missing."""
+    missing: it is ``lost`` (the connection starts a new generation)."""
     pid = f"pid{next(_prefixes)}"
     now = log.now_ms()
     frames: list[tuple[int, list[str | bytes]]] = [(now, ['42["e","k"]'])]
     (later,) = await log.session_append([SessionAppend(pid, "g1", "c1", ALICE, "/", frames, now)])
-    assert (later.status, later.numbers) == ("gone", [])
+    assert (later.status, later.numbers) == ("lost", [])
     assert (await log.session_claim(pid, ALICE, "/", "g1", "c2", "g2", 60_000)).status == "unknown"
 
 

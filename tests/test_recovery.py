@@ -7,6 +7,7 @@ ASGI_RESUME_RECOVERY=1; drops are real (engine.close() and a killed TCP socket).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -32,6 +33,7 @@ from asgi_resume.pipeline.recovery_replay import duplicate, replay_frames
 from asgi_resume.pipeline.recovery_state import RecoveryState
 from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.pipeline.units import EventUnit
+from asgi_resume.protocol.recovery import UNLOGGED_OFFSET
 from asgi_resume.transport import polling
 from tests.support.app import PacedStream, chat_event, emit_tokens, make_app, make_sio, room_of
 from tests.support.node import NodeClient
@@ -777,52 +779,105 @@ class _CountedRedisLog(_CountsSessionAppends, RedisLog):
     pass
 
 
-@pytest.mark.parametrize("loss", ["expired-while-idle", "redis-emptied"])
-async def test_a_session_lost_under_its_connection_is_never_recovered_with_events_missing(
-    loss: str, redis_server: RedisServer
-) -> None:
-    """Found by attack: the next append made the lost session again under the same generation,
-    its numbering starting over, and a claim with an offset from before (gen.10) was told
-    recovered with events 11-20 missing. The session's TTL passes with no event for it (the memory
-    log too), or Redis loses its data; the next events reach its held connection."""
+def _lost_session_app(loss: str, redis_server: RedisServer) -> tuple[ResumeMiddleware, socketio.AsyncServer, Any]:
+    """An app whose recovery sessions ``lose()`` drops from the log: the memory log's clock passes
+    their TTL (no event for that long), or Redis loses its data."""
     now = [time.time()]
     log: _CountedMemoryLog | _CountedRedisLog
-    if loss == "expired-while-idle":
+    if loss == "expired":
         log = _CountedMemoryLog(LogLimits(ttl_ms=60_000), clock=lambda: now[0])
     else:
-        log = _CountedRedisLog.from_url(redis_server.url, prefix=f"lost{os.getpid()}", limits=LogLimits())
+        log = _CountedRedisLog.from_url(redis_server.url, prefix=f"lost{next(_lost)}", limits=LogLimits())
     sio = make_sio()
-    app = ResumeMiddleware(socketio.ASGIApp(sio), log=log, recovery=True)
-    redis = aioredis.Redis.from_url(redis_server.url)
 
-    def notes(client: RawClient) -> list[list[Any]]:
-        events = [json.loads(f[2:]) for f in client.frames if isinstance(f, str) and f.startswith("42")]
-        return [args for args in events if args[0] == "note"]
+    async def lose() -> None:
+        if loss == "expired":
+            now[0] += 61
+        else:
+            redis = aioredis.Redis.from_url(redis_server.url)
+            await redis.flushall()
+            await redis.aclose()
 
+    return ResumeMiddleware(socketio.ASGIApp(sio), log=log, recovery=True), sio, lose
+
+
+_lost = itertools.count()
+
+
+def _notes(client: RawClient) -> list[list[Any]]:
+    events = [json.loads(f[2:]) for f in client.frames if isinstance(f, str) and f.startswith("42")]
+    return [args for args in events if args[0] == "note"]
+
+
+def _connect_reply(client: RawClient) -> dict[str, Any]:
+    reply: dict[str, Any] = json.loads(next(f for f in client.frames if isinstance(f, str) and f.startswith("40{"))[2:])
+    return reply
+
+
+async def _notes_to(sio: socketio.AsyncServer, client: RawClient, first: int, last: int) -> None:
+    for i in range(first, last + 1):
+        await sio.emit("note", {"i": i}, room=room_of("alice"))
+    await client.wait_count(lambda f: isinstance(f, str) and f.startswith('42["note"'), last)
+
+
+@pytest.mark.parametrize("loss", ["expired", "redis-emptied"])
+async def test_a_session_lost_under_its_held_connection_is_never_recovered_with_events_missing(
+    loss: str, redis_server: RedisServer
+) -> None:
+    """Found by attack: the held connection's next append made the lost session again under the
+    same generation, its numbering starting over, and a claim with an offset from before (gen.10)
+    was told recovered with events 11-20 missing."""
+    app, sio, lose = _lost_session_app(loss, redis_server)
+    log = app.runtime.log
     try:
         async with serve(app) as url:
             first = await RawClient(url, auth={"token": "alice"}).connect()
-            pid = json.loads(next(f for f in first.frames if isinstance(f, str) and f.startswith("40{"))[2:])["pid"]
-            for i in range(1, 11):
-                await sio.emit("note", {"i": i}, room=room_of("alice"))
-            await first.wait_count(lambda f: isinstance(f, str) and f.startswith('42["note"'), 10)
-            offset = notes(first)[-1][-1]
+            pid = _connect_reply(first)["pid"]
+            await _notes_to(sio, first, 1, 10)
+            offset = _notes(first)[-1][-1]
             await first.kill()
             await until(lambda: app.runtime.stats.holds_active == 1, timeout=10)
-            if loss == "expired-while-idle":
-                now[0] += 61  # the session's TTL passes (no event for that long)
-            else:
-                await redis.flushall()
+            await lose()
             for i in range(11, 26):
                 await sio.emit("note", {"i": i}, room=room_of("alice"))
             # the held connection logged them (or its hold ended: it learnt the session is gone)
-            await until(lambda: log.frames_given >= 25 or app.runtime.stats.holds_active == 0, timeout=10)
+            await until(lambda: log.frames_given >= 25 or app.runtime.stats.holds_active == 0, timeout=10)  # type: ignore[attr-defined]
             second = await RawClient(url, auth={"token": "alice", "pid": pid, "offset": offset}).connect()
-            reply = json.loads(next(f for f in second.frames if isinstance(f, str) and f.startswith("40{"))[2:])
-            assert reply["pid"] != pid  # a normal connect: nothing can tell what it missed
-            assert notes(second) == []
+            assert _connect_reply(second)["pid"] != pid  # a normal connect: nothing can tell what it missed
+            assert _notes(second) == []
             assert app.runtime.stats.recoveries_ok == 0
             await second.close()
     finally:
-        await redis.aclose()
+        await app.runtime.aclose()
+
+
+@pytest.mark.parametrize("loss", ["expired", "redis-emptied"])
+async def test_a_client_still_there_when_its_session_is_lost_recovers_in_a_new_generation(
+    loss: str, redis_server: RedisServer
+) -> None:
+    """A tab open with no event for the TTL (or through a Redis that lost its data) gets the next
+    events in a new generation of its session, and recovers with them as before."""
+    app, sio, lose = _lost_session_app(loss, redis_server)
+    try:
+        async with serve(app) as url:
+            first = await RawClient(url, auth={"token": "alice"}).connect()
+            pid = _connect_reply(first)["pid"]
+            await _notes_to(sio, first, 1, 3)
+            before = _notes(first)[-1][-1]
+            await lose()
+            await _notes_to(sio, first, 4, 6)
+            offsets = [args[-1] for args in _notes(first)[3:]]
+            assert offsets[0] == UNLOGGED_OFFSET  # (in no session: the one it had is gone)
+            assert offsets[1].split(".")[0] != before.split(".")[0]  # (the next ones: a new generation)
+            await first.kill()
+            await until(lambda: app.runtime.stats.holds_active == 1, timeout=10)
+            for i in range(7, 10):
+                await sio.emit("note", {"i": i}, room=room_of("alice"))
+            second = await RawClient(url, auth={"token": "alice", "pid": pid, "offset": offsets[-1]}).connect()
+            await second.wait_count(lambda f: isinstance(f, str) and f.startswith('42["note"'), 3)
+            assert _connect_reply(second)["pid"] == pid
+            assert [args[1]["i"] for args in _notes(second)] == [7, 8, 9]
+            assert app.runtime.stats.recoveries_ok == 1
+            await second.close()
+    finally:
         await app.runtime.aclose()

@@ -157,10 +157,10 @@ class SessionAppend:
     #: client stopped reading (a websocket whose sends block): frames wait unlogged meanwhile, so
     #: its silence proves nothing (see ``session_read``)
     fetched: bool = False
-    #: this call starts the connection's generation (at its CONNECT reply): it may make the session.
-    #: Any later call finds it or is ``gone``: a session lost with its keys (Redis emptied, or its
-    #: TTL passed while its connection was idle) is never made again under the same generation,
-    #: whose numbering would start over under offsets its client already holds
+    #: this call starts the connection's generation (at its CONNECT reply, or after ``lost``): it may
+    #: make the session. A later call that does not find it is ``lost``: a session lost with its keys
+    #: (Redis emptied, or its TTL passed with no event) is never made again under the same
+    #: generation, whose numbering would start over under offsets its client already holds
     starts: bool = False
 
 
@@ -182,8 +182,9 @@ BEAT_KEPT_MS = 2_000  # a process's last beat is forgotten this long after it
 @dataclass(frozen=True, slots=True)
 class SessionAppendResult:
     #: ok; taken (another connection claimed the session: the frames were logged all the same, for
-    #: its read may still be waiting for them); gone (the session is not this connection's any more)
-    status: Literal["ok", "taken", "gone"]
+    #: its read may still be waiting for them); gone (the session is not this connection's any more);
+    #: lost (it is not in the log: Redis emptied, or its TTL passed; nothing was logged: see ``starts``)
+    status: Literal["ok", "taken", "gone", "lost"]
     numbers: list[int]
 
 

@@ -77,7 +77,7 @@ class MemorySessions:
         status: str = "ok"
         if session is None:
             if not request.starts:  # lost since its first call (expired): never made again (see SessionAppend)
-                return SessionAppendResult("gone", [])
+                return SessionAppendResult("lost", [])
             session = _Session(request.gen, request.owner, request.principal, request.namespace)
             self._by_pid[request.pid] = session
         elif (session.gen, session.owner) != (request.gen, request.owner):

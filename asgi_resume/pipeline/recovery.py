@@ -106,7 +106,7 @@ class Recovery:
             frames: list[tuple[int, Payload]] = [(u.received_ms, [u.live(), *u.attachments]) for u in group]
             requests.append(
                 SessionAppend(
-                    state.pid, state.gen, conn.id, state.principal, ns, frames, flushed_ms, fetched, state is create
+                    state.pid, state.gen, conn.id, state.principal, ns, frames, flushed_ms, fetched, state.starting
                 )
             )
         guard = self.runtime.guard
@@ -120,12 +120,20 @@ class Recovery:
             return
         for (state, group), result in zip(groups.values(), results, strict=True):
             if result.status == "gone":
-                # another connection's now, and read; or lost (Redis emptied, expired while idle):
-                # its frames get an offset no session has, a reconnect with it a normal connect
-                state.logging = False
+                state.logging = False  # the session is another connection's, and was read
+            elif result.status == "lost":
+                # not in the log (Redis emptied, no event for its TTL): these frames get an offset
+                # no session has (a claim with an offset from before gets a normal connect); a
+                # client still here gets the next ones in a new generation, which makes it again
+                if held:  # (its client, gone, holds only offsets from before)
+                    state.logging = False
+                else:
+                    state.gen, state.starting = new_generation(), True
+            else:
+                state.starting = False
             for i, unit in enumerate(group):
                 unit.offset = offset(state.gen, result.numbers[i]) if i < len(result.numbers) else UNLOGGED_OFFSET
-            if held and result.status != "gone" and self.states.get(state.namespace) is state:
+            if held and result.status in ("ok", "taken") and self.states.get(state.namespace) is state:
                 numbered = [
                     (n, u.emitted) for n, u in zip(result.numbers, group, strict=False) if u.emitted is not None
                 ]
@@ -163,7 +171,7 @@ class Recovery:
             return [*gone, frame]
         if not recovered:
             state.pid = new_pid()
-        state.gen, state.logging = new_gen, True
+        state.gen, state.logging, state.starting = new_gen, True, True
         waited = [u for u in waited if not self._replayed(u)]
         await self.log(waited, flushed_ms, create=state)
         out: list[Outgoing] = list(replay)

@@ -26,6 +26,7 @@ class RecoveryState:
     pid: str = ""
     gen: str = ""
     logging: bool = False  # the session log takes this connection's events
+    starting: bool = False  # its next log call starts its generation (and may make the session)
     left_cleanly: bool = False  # the client said goodbye (DISCONNECT or CLOSE): nothing to recover
     loss_untold: bool = False  # an event it sent is in no log (a write failed), and the log was not told yet
     #: replayed events the new connection may repeat: digest -> when each such copy was received,

@@ -6,7 +6,8 @@
 --       9 starts ('1': the connection's first call in this generation, at its CONNECT reply),
 --       then per frame: received at (ms), payload
 -- Returns {'ok', n...}: the frames' numbers in that generation, or {'taken', n...} when another
--- connection claimed the session (the frames are still logged: the claimer may not have read yet).
+-- connection claimed the session (the frames are still logged: the claimer may not have read yet);
+-- {'gone'}: not this connection's any more; {'lost'}: not in the log, and this call does not start it.
 local meta, log = KEYS[1], KEYS[2]
 local gen, owner, principal, namespace = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local ttl_ms, maxlen, flushed_ms, fetched = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
@@ -16,10 +17,12 @@ local FIRST_FRAME = 10 -- then per frame: received at (ms), payload
 local state = redis.call('HMGET', meta, 'gen', 'owner', 'cutoff', 'prev_gen', 'prev_owner')
 local status = 'ok'
 if not state[1] then
-  -- only its first call makes it: one lost since (Redis emptied, its TTL passed while the
-  -- connection was idle) is never made again, its numbering starting over under offsets its client
-  -- holds; nor is one whose log outlived its meta (dropped under a call that landed late)
-  if not starts or redis.call('EXISTS', log) == 1 then return {'gone'} end
+  -- only a call that starts a generation makes it: one lost since (Redis emptied, its TTL passed
+  -- with no event) is never made again under that generation, its numbering starting over under
+  -- offsets its client holds (the connection starts a new one); nor is one whose log outlived its
+  -- meta (dropped under a call that landed late)
+  if redis.call('EXISTS', log) == 1 then return {'gone'} end
+  if not starts then return {'lost'} end
   redis.call('HSET', meta, 'gen', gen, 'owner', owner, 'principal', principal, 'ns', namespace, 'n', 0)
 elseif state[1] ~= gen or state[2] ~= owner then
   if state[4] ~= gen or state[5] ~= owner then return {'gone'} end
