@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import urllib.parse
 from typing import Any
 
 import httpx
@@ -310,3 +312,69 @@ async def test_a_polling_body_of_more_packets_than_the_app_reads_is_not_read(bac
         stats = app.runtime.stats
         assert stats.resumes_not_found + stats.resumes_rate_limited + stats.resumes_ok == 0
         await client.aclose()
+
+
+async def test_a_form_body_shows_the_app_and_the_middleware_the_same_connect(stack: Stack) -> None:
+    """Found by attack: python-engineio reads a POST body that starts with ``d=`` as a form (its
+    field ``d``, URL-decoded, is the payload); the middleware read the raw body. One body showed
+    the app mallory's CONNECT, which it accepted, and the middleware alice's (a token the app
+    refuses), which it bound at the app's reply: mallory replayed alice's stream."""
+    owner = await RawClient(stack.url, auth={"token": "alice"}).connect()
+    await emit_tokens(stack.sio, "alice", "m", 1, 5)
+    await owner.wait_seqs("m", 5)
+    mallory = PollingClient(stack.url)
+    try:
+        opening = await mallory.get()
+        mallory.sid = json.loads(str(opening[0])[1:])["sid"]
+        body = "d=" + urllib.parse.quote('40{"token":"mallory"}') + '&x=\x1e40{"token":"alice","refuse":true}'
+        response = await mallory.http.post(mallory.url, params=mallory._params(), content=body)
+        assert response.status_code == 200
+        assert any(isinstance(p, str) and p.startswith("40{") for p in await mallory.get())  # accepted
+        await mallory.post('421["resume-stream",{"message_id":"m","last_seq":0}]')
+        got = await mallory.collect(lambda p: isinstance(p, str) and p.startswith("431"), 1)
+        answer = next(p for p in got if isinstance(p, str) and p.startswith("431"))
+        assert json.loads(answer[3:])[0]["error"] == "not_found"  # mallory's own log: nothing there
+        assert not [p for p in got if isinstance(p, str) and '"seq"' in p]
+    finally:
+        await mallory.aclose()
+        await owner.close()
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        '4\uff12["resume-stream",{"message_id":"m","last_seq":0}]',  # a fullwidth 2: an EVENT to int()
+        '\u06642["resume-stream",{"message_id":"m","last_seq":0}]',  # an Arabic-Indic 4: a MESSAGE
+        '4"2[\\"resume-stream\\",{\\"message_id\\":\\"m\\",\\"last_seq\\":0}]"',  # JSON: its value
+        '42\u0661["resume-stream",{"message_id":"m","last_seq":0}]',  # an ack id in another script
+        "4\uff11",  # a DISCONNECT python-socketio reads, the middleware did not
+        '401-{"token":"mallory"}',  # an attachment count python-socketio skips on a CONNECT
+    ],
+    ids=["fullwidth-type", "arabic-indic-eio-type", "json-string", "arabic-indic-ack-id", "hidden-disconnect", "dash"],
+)
+async def test_a_frame_the_app_would_read_otherwise_does_not_reach_it(backend: dict[str, Any], frame: str) -> None:
+    """Found by attack: python-engineio and python-socketio read types, attachment counts and ack
+    ids with ``int()`` and ``str.isdigit()`` (any Unicode digit), and a MESSAGE that is JSON as its
+    value: a resume request reached the app's handler, a DISCONNECT the middleware never saw left
+    it following streams it no longer got (their next frames logged across the hole)."""
+    sio = make_sio()
+    seen: list[Any] = []
+
+    @sio.on("resume-stream")  # type: ignore[misc]
+    async def resume(sid: str, *args: Any) -> None:
+        seen.append(args)
+
+    app = make_app(sio, **backend)
+    async with serve(app) as url:
+        client = await RawClient(url, auth={"token": "alice"}).connect()
+        await emit_tokens(sio, "alice", "m", 1, 3)
+        await client.wait_seqs("m", 3)
+        await client.send(frame)
+        # the connection goes on (its next request is answered), and the app saw none of it
+        answer = await client.request("resume-stream", {"message_id": "m", "last_seq": 2}, ack_id=9)
+        assert answer["replayed"] == 1
+        await emit_tokens(sio, "alice", "m", 4, 4)
+        assert (await client.wait_seqs("m", 5))[-1] == 4  # still in its rooms: no DISCONNECT reached the app
+        assert seen == []
+        assert not sio.disconnects.at
+        await client.close()

@@ -13,6 +13,7 @@ recover), an ACK (the client answered one of the app's calls), and a ``resume-st
 from __future__ import annotations
 
 import dataclasses
+import enum
 import logging
 
 from asgi_resume import protocol
@@ -27,23 +28,46 @@ from asgi_resume.protocol.recovery import strip_connect
 logger = logging.getLogger("asgi_resume")
 
 
-async def inspect(runtime: Runtime, conn: Connection, frame: str) -> ResumeRequest | str | None:
-    """Note what ``frame`` tells about the client.
+class Unread(enum.Enum):
+    """A client frame the app must not get: python-engineio and python-socketio would read a packet
+    in it that we cannot read (see :func:`inspect`)."""
+
+    FRAME = "frame"
+
+
+UNREAD = Unread.FRAME
+
+#: packets whose reading the app must share with us: a CONNECT names the principal bound at the
+#: app's reply, a DISCONNECT ends what the connection follows, an EVENT may be a resume request
+_MUST_READ = ("40", "41", "42", "45")
+
+
+async def inspect(runtime: Runtime, conn: Connection, frame: str) -> ResumeRequest | str | Unread | None:
+    """Note what ``frame`` (an Engine.IO MESSAGE) tells about the client.
 
     Returns a resume request (to be answered here), a frame the app should get instead of this
-    one (a CONNECT without recovery fields), or ``None`` (pass the frame on as it is).
+    one (a CONNECT without recovery fields), :data:`UNREAD` (the app must not get it), or ``None``
+    (pass the frame on as it is).
+
+    python-socketio reads a packet's type, attachment count and ack id with ``int()`` and
+    ``str.isdigit()``, which take any Unicode digit (``4\\uff12``, ``\\u0664``), and python-engineio reads a
+    MESSAGE whose payload is JSON as its value (``4"2[...]"``): one frame could be a CONNECT or a
+    resume request to the app and something else to us. No Socket.IO client sends such frames,
+    nor CONNECTs, DISCONNECTs or EVENTs we cannot parse: they are not passed on.
     """
-    if frame[:2] not in protocol.CLIENT_HEADS:
-        return None
+    head = frame[:2]
+    if head not in protocol.CLIENT_HEADS:
+        kind = head[1:]
+        return None if kind.isascii() and kind.isdigit() else UNREAD
     try:
         packet = protocol.parse(frame)
         if packet is None:
-            if frame[:2] in protocol.EVENT_HEADS and protocol.names_event(frame, runtime.settings.resume_event):
+            if head in protocol.EVENT_HEADS and protocol.names_event(frame, runtime.settings.resume_event):
                 # unreadable (an ack id python-socketio would never send, broken JSON): still ours,
                 # and so are the attachments it says follow it
                 conn.drop_attachments += protocol.declared_attachments(frame)
                 return ResumeRequest(protocol.namespace_of(frame), None, error=UNREADABLE)
-            return None
+            return UNREAD if head in _MUST_READ else None
         if packet.type == protocol.CONNECT:
             return await _connect(runtime, conn, frame, packet)
         if packet.type == protocol.ACK:

@@ -18,11 +18,11 @@ from starlette.types import Scope
 
 from asgi_resume import protocol
 from asgi_resume.pipeline.connection import Connection
-from asgi_resume.pipeline.inbound import inspect
+from asgi_resume.pipeline.inbound import UNREAD, Unread, inspect
 from asgi_resume.pipeline.outbound import Outbound
 from asgi_resume.pipeline.resume import ResumeRequest
 from asgi_resume.pipeline.runtime import Runtime
-from asgi_resume.transport.polling_presence import Polling, let_go
+from asgi_resume.transport.polling_presence import ClientRequest, Polling, let_go
 
 REFUSED = 400  # python-engineio's answer to a request for a session it does not have (any more)
 
@@ -68,14 +68,18 @@ class EngineIOSession:
         self.registry.add(sid, self)
         return opening
 
-    async def client_text(self, text: str) -> ResumeRequest | str | None:
+    async def client_text(self, text: str) -> ResumeRequest | str | Unread | None:
         """What a text frame from the client means here: a resume request to answer in its place,
-        the frame the app gets instead (a CONNECT without its recovery fields), or ``None`` (it
+        the frame the app gets instead (a CONNECT without its recovery fields), ``UNREAD`` (the app
+        must not get it: see :func:`~asgi_resume.pipeline.inbound.inspect`), or ``None`` (it
         passes as it is). A CLOSE says the client left on purpose."""
         conn = self.conn
-        if text[:1] == protocol.EIO_MESSAGE:
+        kind = text[:1]
+        if kind == protocol.EIO_MESSAGE:
             return await inspect(self.runtime, conn, text)
-        if text == protocol.EIO_CLOSE:
+        if not kind.isascii():  # python-engineio reads the type with int(): "\uff14" is a MESSAGE to it
+            return UNREAD
+        if kind == protocol.EIO_CLOSE:  # (its payload, if any, does not matter to python-engineio)
             for state in conn.recovery.values():
                 state.left_cleanly = True
             if self.polling is not None:
@@ -95,6 +99,10 @@ class EngineIOSession:
         """The session is over (its websocket ended, a CLOSE went either way): its sid is forgotten."""
         if self.sid is not None:
             self.registry.remove(self.sid, self)
+
+    def client_request(self) -> ClientRequest:
+        """One request of its long-polling client, while the app serves it (``with``): the client is there."""
+        return ClientRequest(self.runtime, self.outbound, self.polling)
 
     async def let_go(self, reason: str, *, over: bool = False) -> None:
         """Its long-polling client is gone: released as a closed websocket's connection is (see

@@ -23,7 +23,7 @@ from asgi_resume import protocol
 from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.transport.engineio import REFUSED, EngineIOSession, EngineIOSessions, query_param
 from asgi_resume.transport.polling_post import PostResponse, read_post
-from asgi_resume.transport.polling_presence import ClientRequest, silence_s
+from asgi_resume.transport.polling_presence import silence_s
 
 logger = logging.getLogger("asgi_resume")
 
@@ -45,10 +45,10 @@ async def handle_polling(
         if eio is None:  # the handshake: a new session
             eio = EngineIOSession(runtime, sessions, scope, polling=True)
         response = PollResponse(eio, send)
-        with ClientRequest(runtime, eio.outbound, eio.polling):
+        with eio.client_request():
             await _watching_client(app, scope, receive, response)
     elif method == "POST" and eio is not None and not eio.conn.upgraded:
-        with ClientRequest(runtime, eio.outbound, eio.polling):
+        with eio.client_request():
             scope, receive = await read_post(eio, scope, receive)
             await app(scope, receive, PostResponse(eio, send))
     else:  # a session this process does not know, one python-engineio would refuse: not ours to touch

@@ -9,10 +9,13 @@ GET's response, frames' meaning.
 
 from __future__ import annotations
 
+import urllib.parse
+
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import Message, Receive, Scope, Send
 
 from asgi_resume import protocol
+from asgi_resume.pipeline.inbound import UNREAD
 from asgi_resume.transport.engineio import REFUSED, EngineIOSession
 
 try:  # python-engineio's own limit on the packets of one POST (it refuses a body with more)
@@ -82,16 +85,28 @@ async def read_post(eio: EngineIOSession, scope: Scope, receive: Receive) -> tup
     return scope, replaying_receive
 
 
+_JSONP = "d="  # python-engineio reads a body that starts with it as a form: its field d is the payload
+
+
 async def _rewrite_post(eio: EngineIOSession, body: bytes) -> bytes | None:
-    """The body with resume requests replaced by UPGRADE packets; ``None`` when unchanged."""
+    """The body with resume requests (and frames the app must not get) replaced by UPGRADE
+    packets; ``None`` when unchanged. A form body (``d=...``, JSONP) is read as python-engineio
+    reads it, and the app gets the payload we read, not the form."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         return None
+    changed = text.startswith(_JSONP)
+    if changed:
+        try:  # (what python-engineio does: engineio.payload.Payload.decode)
+            text = urllib.parse.parse_qs(text)["d"][0]
+        except (KeyError, IndexError, ValueError):
+            return None  # python-engineio cannot read it either
+        if text.startswith(_JSONP):
+            return None  # it reads a form once: given the payload, it would read it again
     if text.count(protocol.RECORD_SEPARATOR) >= MAX_POST_PACKETS:
         return None  # python-engineio refuses a body of more packets than this: so do we
     packets = protocol.split_payload(text)
-    changed = False
     kept: list[str | bytes] = []
     for packet in packets:
         if isinstance(packet, bytes) and eio.client_binary():
@@ -101,6 +116,9 @@ async def _rewrite_post(eio: EngineIOSession, body: bytes) -> bytes | None:
             found = await eio.client_text(packet)
             if isinstance(found, str):
                 packet = found  # a CONNECT without its recovery fields
+                changed = True
+            elif found is UNREAD:
+                packet = protocol.EIO_UPGRADE  # (python-engineio answers it with a NOOP)
                 changed = True
             elif found is not None:
                 eio.outbound.batch.defer(found)

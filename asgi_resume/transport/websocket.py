@@ -22,6 +22,7 @@ from anyio.abc import TaskGroup
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from asgi_resume import protocol
+from asgi_resume.pipeline.inbound import UNREAD
 from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.pipeline.units import Incoming, Outgoing, Passthrough
 from asgi_resume.transport.engineio import EngineIOSession, EngineIOSessions, query_param
@@ -267,6 +268,8 @@ class WebSocketConnection:
                 found = await self.eio.client_text(text)
                 if isinstance(found, str):
                     message = {**message, "text": found}
+                elif found is UNREAD:
+                    continue
                 elif found is not None:
                     await self._outbox.put_request(found)
                     # a client's burst of requests is read one per loop iteration, between other
