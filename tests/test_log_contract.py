@@ -292,6 +292,23 @@ async def test_a_tab_that_followed_a_lost_epoch_marks_the_one_a_newcomer_made(lo
     assert (await log.replay(key(), 1, newcomer.epoch, "fresh")).gap is False  # (within the epoch: whole)
 
 
+async def test_entries_whose_meta_was_evicted_alone_start_an_epoch_after_a_break(log: StreamLog) -> None:
+    """Found by attack: Redis under ``maxmemory`` with ``allkeys-lru`` evicts one key of a pair;
+    the meta (its epoch, its flag that the stream was left in flight) gone, a newcomer started the
+    stream over, and a replay from the start said ``gap: false`` without its beginning. Its
+    entries, still there, say it began before."""
+    if not isinstance(log, RedisLog):
+        pytest.skip("the memory log keeps a stream's entries and meta in one object")
+    first = Connection(log, key(), "first")
+    assert await first.send(entry(log, "a"), entry(log, "b")) == [1, 2]
+    meta = log.keys(key())[1]
+    await log.client.delete(meta)
+    newcomer = Connection(log, key(), "newcomer")
+    assert await newcomer.send(entry(log, "c")) == [1]
+    assert newcomer.epoch != first.epoch
+    assert (await log.replay(key(), 0, None, "fresh")).gap is True
+
+
 # -- recovery sessions (connection state recovery) ---------------------------------------------
 
 

@@ -88,8 +88,10 @@ local broken = reset and (reset_epoch == '' or (epoch and string.find(',' .. res
 local after_break = false -- this epoch replaces one whose history broke: the stream began before it
 if not epoch or broken or (state[4] and not continuous) then
   -- the stream began before this epoch if one is replaced, or if the caller knew an epoch of it
-  -- that is gone (keys lost with a Redis that restarted empty, or expired)
-  after_break = (epoch or cursor_epoch ~= '' or (reset and reset_epoch ~= '')) and true or false
+  -- that is gone (keys lost with a Redis that restarted empty, or expired), or if its entries
+  -- outlived its meta (evicted alone under maxmemory)
+  after_break = (epoch or cursor_epoch ~= '' or (reset and reset_epoch ~= '')
+    or redis.call('EXISTS', log) == 1) and true or false
   epoch, last, done = fresh_epoch, 0, false
   state[5], state[6], state[7], state[8] = false, false, false, false
   redis.call('DEL', log, meta)
