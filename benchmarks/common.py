@@ -67,6 +67,18 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
+def tcp_segments() -> int:
+    """TCP segments this machine has sent so far (every process's: read it while little else talks).
+
+    Per delivery it says how the kernel coalesced the server's small writes (Nagle's algorithm: a
+    write while an earlier one is unacknowledged waits and joins it). The server's CPU time per
+    delivery follows it closely from run to run (r = 0.95 on the one-client case), whatever the
+    code: compare runs at like segment counts.
+    """
+    head, values = [line.split() for line in Path("/proc/net/snmp").read_text().splitlines() if line.startswith("Tcp:")]
+    return int(dict(zip(head, values, strict=True))["OutSegs"])
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time the process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
