@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ from tests.support.app import chat_event, content_by_seq
 from tests.support.keys import redis_keys
 from tests.support.raw import RawClient
 from tests.support.redis_server import RedisServer
+from tests.support.waits import until
 from tests.support.workers import Worker, fan_out_ready, workers
 
 pytestmark = pytest.mark.anyio
@@ -252,3 +254,54 @@ def test_random_schedules_deliver_every_emit_once(
     workers, which must hold exactly.
     """
     asyncio.run(run_schedule(schedule, pair, redis_server))
+
+
+async def test_a_stream_whose_worker_was_killed_does_not_go_on_across_what_nobody_logged(
+    redis_server: RedisServer,
+) -> None:
+    """Found by attack: alice's only tab was on the first worker, killed (SIGKILL: the OOM killer,
+    a crash) while the second emitted her stream; tokens 6-10 reached nobody, and her new tab on
+    the second worker logged 11-13 as seqs 6-8 of the same epoch: a resume from 0, or from the old
+    tab's (epoch, 5), said gap: false without them (a worker shut down flags its streams; a killed
+    one cannot). The epoch now ends there: the killed worker did not beat after the new tab's
+    first append."""
+    env = {
+        "TEST_REDIS_URL": redis_server.url,
+        "TEST_SIO_CHANNEL": "socketio-killed",
+        "ASGI_RESUME_REDIS_URL": redis_server.url,
+        "ASGI_RESUME_KEY_PREFIX": "killed",
+    }
+    with workers(2, env) as (first, second):
+        await fan_out_ready([first, second])
+        control = await RawClient(second.url, auth={"token": "ctl"}).connect()
+        old_tab = await RawClient(first.url, auth={"token": "alice"}).connect()
+        await control.request("emit", {"token": "alice", "events": [chat_event("m", i) for i in range(1, 6)]}, ack_id=1)
+        await old_tab.wait_seqs("m", 5)
+        old = old_tab.events()[-1]
+        os.kill(first.pid, signal.SIGKILL)
+        first.process.wait(10)
+        await control.request(
+            "emit", {"token": "alice", "events": [chat_event("m", i) for i in range(6, 11)]}, ack_id=2
+        )
+        new_tab = await RawClient(second.url, auth={"token": "alice"}).connect()
+        await control.request(
+            "emit", {"token": "alice", "events": [chat_event("m", i) for i in range(11, 14)]}, ack_id=3
+        )
+        await new_tab.wait_seqs("m", 3)
+
+        async def resumed(request: dict[str, Any]) -> dict[str, Any]:
+            tab = await RawClient(second.url, auth={"token": "alice"}).connect()
+            try:
+                answer: dict[str, Any] = await tab.request("resume-stream", request, ack_id=1)
+                return answer
+            finally:
+                await tab.close()
+
+        async def told_gap() -> bool:
+            return (await resumed({"message_id": "m", "last_seq": 0}))["gap"] is True
+
+        await until(told_gap, timeout=10, every=0.2)  # (the worker's silence is known BEAT_LAPSE_MS after)
+        answer = await resumed({"message_id": "m", "last_seq": old["seq"], "epoch": old["epoch"]})
+        assert answer["gap"] is True
+        await new_tab.close()
+        await control.close()

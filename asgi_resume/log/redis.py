@@ -99,7 +99,8 @@ class RedisLog:
                 results.append(AppendResult("", [], failed=LATE))
                 late = True
             else:
-                results.append(AppendResult(_text(reply[0]), [int(seq) for seq in reply[2:]], int(reply[1])))
+                seqs = [int(seq) for seq in reply[3:]]
+                results.append(AppendResult(_text(reply[0]), seqs, int(reply[1]), continued=_text(reply[2])))
         if late:  # its caller had not given up on it: this host's reckoning of Redis's clock is off
             await self.scripts.resync()
         return results

@@ -60,6 +60,7 @@ class Connection:
     in_flight: dict[StreamKey, float] = field(default_factory=dict)  # key not done -> monotonic time of last frame
     calls: dict[tuple[str, int], None] = field(default_factory=dict)  # (namespace, ack id) the client owes
     departed: bool = False  # it left a namespace (or was disconnected from one) at least once
+    released: bool = False  # the connection is over (Outbound.release)
     joined_ms: dict[str, int] = field(default_factory=dict)  # namespace -> its last CONNECT there (log's clock)
     calling: bool = False  # its append is out (Redis): answered, ...
     call_answered: asyncio.Future[None] | None = None  # ... this is done, if someone waits for it

@@ -1,11 +1,14 @@
-"""This process's heartbeat in a shared log: a claim made in another process learns it still runs.
+"""This process's heartbeat in a shared log: other processes learn that it still runs.
 
 Owns: saying every ``BEAT_EVERY_S`` that this process is running (while the log answers: a beat
 the log does not take is simply the next one's to say), from start-up (the log's first
 preparation) to shutdown: about ten calls a second per process.
 A claim whose read trusts the silence of a connection here needs a beat after the claim: a
 process that was killed, stopped or blocked since may have died with frames it never logged
-(see :meth:`~asgi_resume.pipeline.recovery.Recovery._claim`). Must not touch: connections.
+(see :meth:`~asgi_resume.pipeline.recovery.Recovery._claim`); a newcomer that went on in a
+stream's epoch needs a recent beat of the process whose connection logged it last, or the epoch
+ends there (see :meth:`~asgi_resume.pipeline.streams.StreamWriter._after_the_dead`). Must not
+touch: connections.
 """
 
 from __future__ import annotations

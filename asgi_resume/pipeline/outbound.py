@@ -280,6 +280,7 @@ class Outbound:
         if self.recovery is not None:
             await self.recovery.notes.tell("closed")
         flagged = await self.streams.release(self.batch.stream_units(), handed_over, last_seen)
+        self.conn.released = True
         self.runtime.repairs.closed(self.conn)  # (its streams the log missed are repaired without it)
         return flagged
 

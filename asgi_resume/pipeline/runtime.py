@@ -84,7 +84,7 @@ class Runtime:
         self.repairs = Repairs(self.guard, self.stats)  # streams the log missed frames of, until repaired
         self.closes = Closes(self.guard, self.stats, settings.recovery_window)  # sessions left on purpose
         self.held_frames = HeldFrames()  # what held connections here logged for recovery: the objects
-        self.heartbeat = Heartbeat(self.guard)  # (a shared log with recovery: claims elsewhere read it)
+        self.heartbeat = Heartbeat(self.guard)  # (a shared log: claims and newcomers elsewhere read it)
         self._hinted_no_principal = False
         #: the longest polling POST body the app reads (python-engineio's max_http_buffer_size)
         self.max_post_body = DEFAULT_MAX_POST_BODY
@@ -154,7 +154,7 @@ class Runtime:
         except LogUnavailable:
             return
         self._ready = True
-        if self.log.shared and self.settings.recovery:
+        if self.log.shared:
             self.heartbeat.start()
 
     async def aclose(self) -> None:

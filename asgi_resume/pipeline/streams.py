@@ -3,7 +3,8 @@
 Owns: grouping a batch's stream frames by key, how long a batch waits (for frames another tab
 here was fed first, then one deadline for its log calls: a repair and the append), the append
 request (the connection's cursor and the entries it passed over), stamping what the log
-numbered, what the log missed (those streams start a new epoch), and which streams a connection
+numbered, what the log missed (those streams start a new epoch, and so do those a newcomer went
+on in after a dead process's connection), and which streams a connection
 left in flight when it ends (or, on long-polling, when its client has been away a while;
 :mod:`~asgi_resume.pipeline.orphans` flags them). Must not touch: frames' bytes (``units``), the
 order a batch is sent in (``outbound``), transports.
@@ -15,8 +16,8 @@ import asyncio
 
 from asgi_resume.guard import Deadline
 from asgi_resume.log import AppendRequest, LogUnavailable, StreamKey
-from asgi_resume.log.base import SHARED_LOOKBACK_MS
-from asgi_resume.log.names import new_epoch, with_epoch
+from asgi_resume.log.base import BEAT_LAPSE_MS, SHARED_LOOKBACK_MS
+from asgi_resume.log.names import new_epoch, process_name, process_of, with_epoch
 from asgi_resume.pipeline.connection import Connection
 from asgi_resume.pipeline.orphans import orphan_streams
 from asgi_resume.pipeline.runtime import Runtime
@@ -142,6 +143,7 @@ class StreamWriter:
         recent = runtime.recent
         learned = None if self._held else recent.learned  # (a held connection takes nothing over)
         copied = recent.copies_seen
+        continued: dict[str, dict[StreamKey, str]] = {}  # other processes whose connection's epoch we went on in
         for (key, group), request, result in zip(pending.items(), requests, results, strict=True):
             if result.failed is not None:  # this stream alone: the log is up, and others were logged
                 guard.failed_alone()
@@ -160,6 +162,46 @@ class StreamWriter:
             if conn.departed and not conn.still_in(key):
                 continue  # it left the namespace while this call was out: it follows the stream no more
             conn.followed(key, result.epoch, result.seqs, result.others_ms)
+            if result.continued:
+                process = process_of(result.continued)
+                if process != process_name():
+                    continued.setdefault(process, {})[key] = result.epoch
+        if continued:  # (rare: the log had nobody's copy of its first frame)
+            runtime.in_background(self._after_the_dead(continued, self.log.now_ms()))
+
+    async def _after_the_dead(self, continued: dict[str, dict[StreamKey, str]], appended_ms: int) -> None:
+        """This connection, new to these streams, appended its first frame of each to an epoch that
+        a connection of another process logged last. If that process was dead by then (no beat
+        since, within ``BEAT_LAPSE_MS``: killed, or stopped that long), what the app emitted after
+        it died was logged by nobody, and the epoch must not go on across it: the streams start a
+        new one, as streams the log missed frames of do (a process shut down flags its streams; a
+        killed one cannot). If the log does not say, they start one all the same. Checked after the
+        fact, not before the frames go out: a running process beats within it, so a live one costs
+        one call, and no wait."""
+        await asyncio.sleep(BEAT_LAPSE_MS / 1000)
+        runtime, log, conn = self.runtime, self.log, self.conn
+        guard = runtime.guard
+        dead: dict[StreamKey, str] = {}
+        for process, epochs in continued.items():
+            try:
+                beat = await guard.call(guard.deadlines.write, log.last_beat, process)
+            except LogUnavailable:
+                beat = None
+            if beat is None or beat < appended_ms:
+                cursors = conn.cursors
+                for key, epoch in epochs.items():  # (not those it follows no more in that epoch: repaired, left)
+                    if conn.released or (key in cursors and cursors[key][0] == epoch):
+                        dead[key] = epoch
+        if not dead:
+            return
+        recent = runtime.recent
+        for key, epoch in dead.items():
+            recent.forget(key)
+            conn.forget(key)
+            conn.unlogged[key] = epoch  # (the epoch the repair leaves)
+        runtime.repairs.missed(conn, dead)
+        if conn.released:
+            runtime.repairs.closed(conn)  # (repaired without it)
 
     def _known(self, pending: dict[StreamKey, list[EventUnit]]) -> None:
         """Stamp, and take out of ``pending``, the frames that are copies of the entries right after

@@ -24,8 +24,10 @@ local not_after = tonumber(ARGV[15]) -- ms: its caller gives up on it then (0: n
 local lookback = tonumber(ARGV[16]) -- ms before `since` where a first frame's copy may lie (another process's)
 local scan_ahead = tonumber(ARGV[17]) -- how far past its cursor a connection's frame is looked for
 local PAGE = 64 -- entries read at a time, newest first, looking for a first frame's copy
--- Returns {epoch, others_ms, seq...}: a seq per frame (negative: the out-of-order copy's seq); or
--- {'late'}, writing nothing, when it would run after not_after (a paused Redis running what it queued).
+-- Returns {epoch, others_ms, continued, seq...}: a seq per frame (negative: the out-of-order copy's
+-- seq); continued: the connection that logged the epoch last, when a caller with no cursor (a
+-- newcomer) appended its first frame to it, not done ('' otherwise: see AppendResult.continued); or {'late'},
+-- writing nothing, when it would run after not_after (a paused Redis running what it queued).
 
 local clock = redis.call('TIME')
 local now = clock[1] * 1000 + math.floor(clock[2] / 1000)
@@ -109,7 +111,13 @@ if cursor then
   for _, s in ipairs(skipped) do passed[tonumber(s)] = true end
 end
 
-local out = {epoch, 0}
+-- a newcomer whose first frame nobody logged yet, appended to an epoch another connection logged
+-- last: the caller learns which (it goes on across what was emitted since, if that one's died)
+local after = false
+if cursor_epoch == '' and not after_break and not done and not held and state[5] and state[5] ~= conn then
+  after = state[5]
+end
+local out = {epoch, 0, ''}
 for i = 1, #frames, 4 do
   local digest, fdone = frames[i], frames[i + 1]
   local seq = false
@@ -136,6 +144,7 @@ for i = 1, #frames, 4 do
     out[#out + 1] = -out_of_order
   else
     if not seq then
+      if i == 1 and after then out[3] = after end
       last = last + 1
       seq = last
       redis.call('XADD', log, 'MAXLEN', '~', maxlen, seq .. '-0',
