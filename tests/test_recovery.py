@@ -865,7 +865,8 @@ async def test_a_client_still_there_when_its_session_is_lost_recovers_in_a_new_g
             await _notes_to(sio, first, 1, 3)
             before = _notes(first)[-1][-1]
             await lose()
-            await _notes_to(sio, first, 4, 6)
+            for i in range(4, 7):  # (one at a time: the first one's log call learns the session is lost)
+                await _notes_to(sio, first, i, i)
             offsets = [args[-1] for args in _notes(first)[3:]]
             assert offsets[0] == UNLOGGED_OFFSET  # (in no session: the one it had is gone)
             assert offsets[1].split(".")[0] != before.split(".")[0]  # (the next ones: a new generation)

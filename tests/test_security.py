@@ -15,6 +15,7 @@ from tests.support.app import chat_event, emit_tokens, make_app, make_sio, room_
 from tests.support.polling import PollingClient
 from tests.support.raw import RawClient
 from tests.support.server import serve
+from tests.support.waits import until
 
 pytestmark = pytest.mark.anyio
 
@@ -377,4 +378,25 @@ async def test_a_frame_the_app_would_read_otherwise_does_not_reach_it(backend: d
         assert (await client.wait_seqs("m", 5))[-1] == 4  # still in its rooms: no DISCONNECT reached the app
         assert seen == []
         assert not sio.disconnects.at
+        await client.close()
+
+
+async def test_an_event_the_middleware_cannot_read_still_reaches_the_app_unless_it_is_a_resume(
+    backend: dict[str, Any],
+) -> None:
+    """An EVENT named by a number (``socket.emit(1)`` in JavaScript) is the app's, read or not."""
+    sio = make_sio()
+    seen: list[Any] = []
+
+    @sio.on("*")  # type: ignore[misc]
+    async def any_event(event: Any, sid: str, *args: Any) -> None:
+        seen.append(event)
+
+    app = make_app(sio, **backend)
+    async with serve(app) as url:
+        client = await RawClient(url, auth={"token": "alice"}).connect()
+        await client.send("42[1]")
+        await client.send('42["after"]')
+        await until(lambda: "after" in seen, timeout=10)
+        assert seen == [1, "after"]
         await client.close()

@@ -283,7 +283,11 @@ async def test_a_stream_whose_worker_was_killed_does_not_go_on_across_what_nobod
         await control.request(
             "emit", {"token": "alice", "events": [chat_event("m", i) for i in range(6, 11)]}, ack_id=2
         )
+        # her old tab comes back on the second worker, as the browser helper does: it resumes
+        # first (a replay also names the key's last user in the log, which hid the killed one)
         new_tab = await RawClient(second.url, auth={"token": "alice"}).connect()
+        resume = {"message_id": "m", "last_seq": 5, "epoch": old["epoch"]}
+        assert (await new_tab.request("resume-stream", resume, ack_id=7))["replayed"] == 0
         await control.request(
             "emit", {"token": "alice", "events": [chat_event("m", i) for i in range(11, 14)]}, ack_id=3
         )

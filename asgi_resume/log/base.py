@@ -123,7 +123,7 @@ class AppendResult:
     seqs: list[int]
     others_ms: int = 0  # when another connection last appended to, matched in or replayed this key
     failed: str | None = None  # this request alone could not be logged (the others were)
-    #: the connection that logged the epoch last, when a caller without a cursor (a newcomer)
+    #: the connection that appended to the epoch last, when a caller without a cursor (a newcomer)
     #: appended its first frame to it (no copy of it was logged), not done ("" otherwise): if that
     #: one's process died, what the app emitted since reached nobody, and the epoch must not go on
     #: across it (see ``BEAT_LAPSE_MS``)
@@ -183,7 +183,7 @@ CLAIM_SLACK_MS = 50
 BEAT_EVERY_S = 0.1
 BEAT_KEPT_MS = 2_000  # a process's last beat is forgotten this long after it
 #: a process that did not beat within this after a newcomer went on in an epoch its connection
-#: logged last (``AppendResult.continued``) is taken for dead then (killed, stopped or blocked that
+#: appended to last (``AppendResult.continued``) is taken for dead then (killed, stopped or blocked that
 #: long): the epoch ends there
 BEAT_LAPSE_MS = 1_000
 

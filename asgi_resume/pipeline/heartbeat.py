@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 from asgi_resume.guard import LogGuard
 from asgi_resume.log import LogUnavailable
 from asgi_resume.log.base import BEAT_EVERY_S
 from asgi_resume.log.names import process_name
+
+logger = logging.getLogger("asgi_resume")
 
 
 class Heartbeat:
@@ -36,8 +39,12 @@ class Heartbeat:
     async def _beat(self) -> None:
         guard, process = self.guard, process_name()
         while not self._stopped:  # (ends at aclose() even if a cancellation was swallowed below)
-            with contextlib.suppress(LogUnavailable):
+            try:
                 await guard.call(guard.deadlines.recovery, guard.log.beat, process)
+            except LogUnavailable:
+                pass  # (the next beat says it)
+            except Exception:  # a bug must not stop the beats: other processes would take this one for dead
+                logger.exception("asgi_resume could not beat")
             await asyncio.sleep(BEAT_EVERY_S)
 
     async def aclose(self) -> None:

@@ -37,9 +37,10 @@ class Unread(enum.Enum):
 
 UNREAD = Unread.FRAME
 
-#: packets whose reading the app must share with us: a CONNECT names the principal bound at the
-#: app's reply, a DISCONNECT ends what the connection follows, an EVENT may be a resume request
-_MUST_READ = ("40", "41", "42", "45")
+#: packets the app must not read otherwise than we do: a CONNECT names the principal bound at the
+#: app's reply, a DISCONNECT ends what the connection follows (an EVENT we cannot read is ours if
+#: it names the resume event, and the app's otherwise: an event named by a number, say)
+_MUST_READ = ("40", "41")
 
 
 async def inspect(runtime: Runtime, conn: Connection, frame: str) -> ResumeRequest | str | Unread | None:
@@ -59,6 +60,8 @@ async def inspect(runtime: Runtime, conn: Connection, frame: str) -> ResumeReque
     if head not in protocol.CLIENT_HEADS:
         kind = head[1:]
         return None if kind.isascii() and kind.isdigit() else UNREAD
+    if head in _MUST_READ and frame[2:3].isdigit():
+        return UNREAD  # (python-socketio reads "12-" after the type as an attachment count; no client sends one)
     try:
         packet = protocol.parse(frame)
         if packet is None:
@@ -92,7 +95,7 @@ async def inspect(runtime: Runtime, conn: Connection, frame: str) -> ResumeReque
         return request
     except Exception:  # never let a client's frame break the connection
         logger.exception("asgi_resume could not inspect an inbound frame; passing it on")
-        return None
+        return UNREAD if head in _MUST_READ else None
 
 
 UNREADABLE = "the resume request could not be read (its ack id or its JSON)"

@@ -13,6 +13,7 @@ order a batch is sent in (``outbound``), transports.
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from asgi_resume.guard import Deadline
 from asgi_resume.log import AppendRequest, LogUnavailable, StreamKey
@@ -22,6 +23,8 @@ from asgi_resume.pipeline.connection import Connection
 from asgi_resume.pipeline.orphans import orphan_streams
 from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.pipeline.units import EventUnit, by_content
+
+logger = logging.getLogger("asgi_resume")
 
 
 class StreamWriter:
@@ -171,7 +174,7 @@ class StreamWriter:
 
     async def _after_the_dead(self, continued: dict[str, dict[StreamKey, str]], appended_ms: int) -> None:
         """This connection, new to these streams, appended its first frame of each to an epoch that
-        a connection of another process logged last. If that process was dead by then (no beat
+        a connection of another process appended to last. If that process was dead by then (no beat
         since, within ``BEAT_LAPSE_MS``: killed, or stopped that long), what the app emitted after
         it died was logged by nobody, and the epoch must not go on across it: the streams start a
         new one, as streams the log missed frames of do (a process shut down flags its streams; a
@@ -180,12 +183,17 @@ class StreamWriter:
         one call, and no wait."""
         await asyncio.sleep(BEAT_LAPSE_MS / 1000)
         runtime, log, conn = self.runtime, self.log, self.conn
+        if runtime.closing:
+            return
         guard = runtime.guard
         dead: dict[StreamKey, str] = {}
         for process, epochs in continued.items():
             try:
                 beat = await guard.call(guard.deadlines.write, log.last_beat, process)
             except LogUnavailable:
+                beat = None
+            except Exception:  # (a bug here must not go unseen, nor cost the connection)
+                logger.exception("asgi_resume could not ask for process %s's heartbeat", process)
                 beat = None
             if beat is None or beat < appended_ms:
                 cursors = conn.cursors

@@ -25,7 +25,7 @@ local lookback = tonumber(ARGV[16]) -- ms before `since` where a first frame's c
 local scan_ahead = tonumber(ARGV[17]) -- how far past its cursor a connection's frame is looked for
 local PAGE = 64 -- entries read at a time, newest first, looking for a first frame's copy
 -- Returns {epoch, others_ms, continued, seq...}: a seq per frame (negative: the out-of-order copy's
--- seq); continued: the connection that logged the epoch last, when a caller with no cursor (a
+-- seq); continued: the connection that appended to the epoch last, when a caller with no cursor (a
 -- newcomer) appended its first frame to it, not done ('' otherwise: see AppendResult.continued); or {'late'},
 -- writing nothing, when it would run after not_after (a paused Redis running what it queued).
 
@@ -81,7 +81,7 @@ local function find_since(digest)
   end
 end
 
-local state = redis.call('HMGET', meta, 'epoch', 'seq', 'done', 'orphaned', 'by', 'at', 'by2', 'at2')
+local state = redis.call('HMGET', meta, 'epoch', 'seq', 'done', 'orphaned', 'by', 'at', 'by2', 'at2', 'w')
 local epoch, last, done = state[1], tonumber(state[2]), state[3] == '1'
 local continuous = epoch and cursor_epoch == epoch -- this connection has followed this history
 -- An orphaned stream (a connection left it mid-stream) picked up by a newcomer may have lost frames.
@@ -95,7 +95,7 @@ if not epoch or broken or (state[4] and not continuous) then
   after_break = (epoch or cursor_epoch ~= '' or (reset and reset_epoch ~= '')
     or redis.call('EXISTS', log) == 1) and true or false
   epoch, last, done = fresh_epoch, 0, false
-  state[5], state[6], state[7], state[8] = false, false, false, false
+  state[5], state[6], state[7], state[8], state[9] = false, false, false, false, false
   redis.call('DEL', log, meta)
 else
   if state[4] then redis.call('HDEL', meta, 'orphaned') end
@@ -112,10 +112,11 @@ if cursor then
 end
 
 -- a newcomer whose first frame nobody logged yet, appended to an epoch another connection logged
--- last: the caller learns which (it goes on across what was emitted since, if that one's died)
+-- last ('w': only appends set it; 'by' is also whoever replayed the key): the caller learns which
+-- (it goes on across what was emitted since, if that one's process died)
 local after = false
-if cursor_epoch == '' and not after_break and not done and not held and state[5] and state[5] ~= conn then
-  after = state[5]
+if cursor_epoch == '' and not after_break and not done and not held and state[9] and state[9] ~= conn then
+  after = state[9]
 end
 local out = {epoch, 0, ''}
 for i = 1, #frames, 4 do
@@ -167,7 +168,7 @@ if held then
   if by and by ~= conn then out[2] = tonumber(at) elseif by2 then out[2] = tonumber(at2) end
 else
   if by and by ~= conn then by2, at2 = by, at end
-  redis.call('HSET', meta, 'by', conn, 'at', now)
+  redis.call('HSET', meta, 'by', conn, 'at', now, 'w', conn)
   if by2 then
     redis.call('HSET', meta, 'by2', by2, 'at2', at2)
     out[2] = tonumber(at2)

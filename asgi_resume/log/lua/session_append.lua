@@ -21,8 +21,8 @@ if not state[1] then
   -- with no event) is never made again under that generation, its numbering starting over under
   -- offsets its client holds (the connection starts a new one); nor is one whose log outlived its
   -- meta (dropped under a call that landed late)
-  if redis.call('EXISTS', log) == 1 then return {'gone'} end
   if not starts then return {'lost'} end
+  if redis.call('EXISTS', log) == 1 then return {'gone'} end
   redis.call('HSET', meta, 'gen', gen, 'owner', owner, 'principal', principal, 'ns', namespace, 'n', 0)
 elseif state[1] ~= gen or state[2] ~= owner then
   if state[4] ~= gen or state[5] ~= owner then return {'gone'} end
