@@ -820,6 +820,13 @@ async def _notes_to(sio: socketio.AsyncServer, client: RawClient, first: int, la
     await client.wait_count(lambda f: isinstance(f, str) and f.startswith('42["note"'), last)
 
 
+async def _a_tab_sent_notes(url: str, sio: socketio.AsyncServer, count: int) -> tuple[RawClient, str]:
+    """Alice's tab, and its recovery session's pid, once it got ``count`` notes."""
+    tab = await RawClient(url, auth={"token": "alice"}).connect()
+    await _notes_to(sio, tab, 1, count)
+    return tab, _connect_reply(tab)["pid"]
+
+
 @pytest.mark.parametrize("loss", ["expired", "redis-emptied"])
 async def test_a_session_lost_under_its_held_connection_is_never_recovered_with_events_missing(
     loss: str, redis_server: RedisServer
@@ -831,9 +838,7 @@ async def test_a_session_lost_under_its_held_connection_is_never_recovered_with_
     log = app.runtime.log
     try:
         async with serve(app) as url:
-            first = await RawClient(url, auth={"token": "alice"}).connect()
-            pid = _connect_reply(first)["pid"]
-            await _notes_to(sio, first, 1, 10)
+            first, pid = await _a_tab_sent_notes(url, sio, 10)
             offset = _notes(first)[-1][-1]
             await first.kill()
             await until(lambda: app.runtime.stats.holds_active == 1, timeout=10)
@@ -860,9 +865,7 @@ async def test_a_client_still_there_when_its_session_is_lost_recovers_in_a_new_g
     app, sio, lose = _lost_session_app(loss, redis_server)
     try:
         async with serve(app) as url:
-            first = await RawClient(url, auth={"token": "alice"}).connect()
-            pid = _connect_reply(first)["pid"]
-            await _notes_to(sio, first, 1, 3)
+            first, pid = await _a_tab_sent_notes(url, sio, 3)
             before = _notes(first)[-1][-1]
             await lose()
             for i in range(4, 7):  # (one at a time: the first one's log call learns the session is lost)
