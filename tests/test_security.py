@@ -350,8 +350,19 @@ async def test_a_form_body_shows_the_app_and_the_middleware_the_same_connect(sta
         '42\u0661["resume-stream",{"message_id":"m","last_seq":0}]',  # an ack id in another script
         "4\uff11",  # a DISCONNECT python-socketio reads, the middleware did not
         '401-{"token":"mallory"}',  # an attachment count python-socketio skips on a CONNECT
+        # a namespace longer, and an ack id longer, than the middleware reads (python-socketio
+        # strips the query: an EVENT in "/"); found by attack
+        "42/?" + "x" * 1100 + ',1234567890123456["resume-stream",{"message_id":"m","last_seq":0}]',
     ],
-    ids=["fullwidth-type", "arabic-indic-eio-type", "json-string", "arabic-indic-ack-id", "hidden-disconnect", "dash"],
+    ids=[
+        "fullwidth-type",
+        "arabic-indic-eio-type",
+        "json-string",
+        "arabic-indic-ack-id",
+        "hidden-disconnect",
+        "dash",
+        "long-head",
+    ],
 )
 async def test_a_frame_the_app_would_read_otherwise_does_not_reach_it(backend: dict[str, Any], frame: str) -> None:
     """Found by attack: python-engineio and python-socketio read types, attachment counts and ack

@@ -70,6 +70,8 @@ async def inspect(runtime: Runtime, conn: Connection, frame: str) -> ResumeReque
                 # and so are the attachments it says follow it
                 conn.drop_attachments += protocol.declared_attachments(frame)
                 return ResumeRequest(protocol.namespace_of(frame), None, error=UNREADABLE)
+            if head in protocol.EVENT_HEADS and not protocol.event_head_read(frame):
+                return UNREAD  # (which event it names, we cannot tell: it could be a resume request)
             return UNREAD if head in _MUST_READ else None
         if packet.type == protocol.CONNECT:
             return await _connect(runtime, conn, frame, packet)

@@ -213,6 +213,12 @@ def names_event(frame: str, event: str) -> bool:
     return bool(name == event)
 
 
+def event_head_read(frame: str) -> bool:
+    """Can :func:`names_event` read this EVENT frame's head? (Not one with a namespace over 1,024
+    characters or an ack id over 100 digits, which python-socketio reads all the same.)"""
+    return _EVENT_HEAD.match(frame, 0, _HEAD_MAX) is not None
+
+
 @functools.lru_cache(maxsize=4)
 def _quoted(event: str) -> str:
     return json.dumps(event)
