@@ -54,7 +54,9 @@ async def inspect(runtime: Runtime, conn: Connection, frame: str) -> ResumeReque
     ``str.isdigit()``, which take any Unicode digit (``4\\uff12``, ``\\u0664``), and python-engineio reads a
     MESSAGE whose payload is JSON as its value (``4"2[...]"``): one frame could be a CONNECT or a
     resume request to the app and something else to us. No Socket.IO client sends such frames,
-    nor CONNECTs, DISCONNECTs or EVENTs we cannot parse: they are not passed on.
+    nor CONNECTs or DISCONNECTs we cannot parse: they are not passed on. An EVENT we cannot parse
+    is refused if it names the resume event, not passed on if its head is too long to tell, and
+    the app's otherwise (an event named by a number, say).
     """
     head = frame[:2]
     if head not in protocol.CLIENT_HEADS:
@@ -65,14 +67,15 @@ async def inspect(runtime: Runtime, conn: Connection, frame: str) -> ResumeReque
     try:
         packet = protocol.parse(frame)
         if packet is None:
-            if head in protocol.EVENT_HEADS and protocol.names_event(frame, runtime.settings.resume_event):
+            if head not in protocol.EVENT_HEADS:
+                return UNREAD if head in _MUST_READ else None
+            if protocol.names_event(frame, runtime.settings.resume_event):
                 # unreadable (an ack id python-socketio would never send, broken JSON): still ours,
                 # and so are the attachments it says follow it
                 conn.drop_attachments += protocol.declared_attachments(frame)
                 return ResumeRequest(protocol.namespace_of(frame), None, error=UNREADABLE)
-            if head in protocol.EVENT_HEADS and not protocol.event_head_read(frame):
-                return UNREAD  # (which event it names, we cannot tell: it could be a resume request)
-            return UNREAD if head in _MUST_READ else None
+            # (which event a head too long for us names, we cannot tell: it could be a resume request)
+            return None if protocol.event_head_read(frame) else UNREAD
         if packet.type == protocol.CONNECT:
             return await _connect(runtime, conn, frame, packet)
         if packet.type == protocol.ACK:
