@@ -6,6 +6,8 @@ import asyncio
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from asgi_resume.log import StreamKey
 from asgi_resume.pipeline.order import KEYS_KEPT, OBJECT_BYTES_KEPT, RECENT_KEPT, Feeder, FeedOrder
@@ -178,3 +180,60 @@ def test_the_frame_objects_it_keeps_are_bounded() -> None:
     kept = [logged.frame for digests in order._recent.values() for logged in digests.values()]
     assert sum(len(f) for f in kept if f is not None) == order._object_chars
     assert kept.count(None) == 3  # beyond the budget: told by content, like long-polling frames
+
+
+def test_a_copy_of_a_logged_frame_holds_nobody_up_however_much_was_logged_since() -> None:
+    """A busy tab's copy of an emit another tab logged, then RECENT_KEPT more frames logged: still
+    a copy of a logged frame (the object tells), not a frame the log lacks."""
+    order = FeedOrder()
+    emitted = frame_of("a")
+    first = order.fed(KEY, "a", Feeder(), emitted)
+    late = order.fed(KEY, "a", Feeder(), emitted)  # the busy tab's copy
+    order.logged(KEY, first, "e", 1)
+    for i in range(RECENT_KEPT + 1):
+        order.logged(KEY, order.fed(KEY, f"t{i}", Feeder(), frame_of(f"t{i}")), "e", i + 2)
+    mine = frame_of("z")
+    assert not order.ahead(KEY, order.fed(KEY, "z", Feeder(), mine), {"z": [mine]})
+    assert order.before(KEY, late + 1)  # (it is still there, unlogged)
+
+
+#: a schedule: feed emit i (0-5) to a tab, with its object or without (long-polling); log the
+#: n-th oldest unlogged frame; ask whether a tab's batch of emits must wait
+_steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("feed"), st.integers(0, 5), st.booleans()),
+        st.tuples(st.just("log"), st.integers(0, 9), st.booleans()),
+        st.tuples(st.just("ask"), st.frozensets(st.integers(0, 5), max_size=3), st.booleans()),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_steps)
+def test_ahead_answers_as_if_it_looked_at_every_frame(steps: list[tuple[str, object, bool]]) -> None:
+    """``ahead`` skips its look at each unlogged frame when what it keeps of the emits already
+    tells that none of them is to be waited for: it must never answer otherwise than the look."""
+    emits = [frame_of(f"t{i % 3}") for i in range(6)]  # emits 0 and 3 (1 and 4...) repeat a content
+    order, looked = FeedOrder(), FeedOrder()
+    looked._others_before = lambda *_: True  # type: ignore[method-assign]  # (always look)
+    fed: list[int] = []
+    for step, arg, with_object in steps:
+        if step == "feed":
+            assert isinstance(arg, int)
+            frame = emits[arg] if with_object else None
+            number = order.fed(KEY, f"t{arg % 3}", Feeder(), frame)
+            assert looked.fed(KEY, f"t{arg % 3}", Feeder(), frame) == number
+            fed.append(number)
+        elif step == "log" and fed:
+            assert isinstance(arg, int)
+            number = fed.pop(arg % len(fed))
+            order.logged(KEY, number, "e", number)
+            looked.logged(KEY, number, "e", number)
+        elif step == "ask":
+            assert isinstance(arg, frozenset)
+            mine: dict[str, list[str | None]] = {}
+            for i in sorted(arg):
+                mine.setdefault(f"t{i % 3}", []).append(emits[i] if with_object else None)
+            number = order.fed_count + 1
+            assert order.ahead(KEY, number, mine) == looked.ahead(KEY, number, mine)

@@ -74,6 +74,13 @@ class FeedOrder:
         self._next = 0
         #: key -> number fed, not logged -> (digest, the connection it was fed to, its object or None)
         self._unlogged: dict[StreamKey, dict[int, tuple[str, Feeder | None, str | None]]] = {}
+        #: key -> id of a frame object none of whose copies was logged since it was last fed ->
+        #: the number of its first copy then (still unlogged: it keeps the object, and so the id,
+        #: alive), in number order. ``ahead`` reads a batch's wait off it rather than off every
+        #: copy: a room's tabs each have a batch of the same emits.
+        self._emits: dict[StreamKey, dict[int, int]] = {}
+        #: key -> how many of ``_unlogged[key]`` were fed without their object (long-polling)
+        self._anonymous: dict[StreamKey, int] = {}
         #: key -> digest -> the last frame with that content logged lately (oldest first)
         self._recent: dict[StreamKey, dict[str, _Logged]] = {}
         self._object_chars = 0  # the length of the frame objects ``_recent`` keeps
@@ -87,9 +94,15 @@ class FeedOrder:
         number = self._next = self._next + 1
         numbers = self._unlogged.get(key)
         if numbers is None:
-            self._unlogged[key] = {number: (digest, to, frame)}
+            numbers = self._unlogged[key] = {}
+            emits = self._emits[key] = {}
         else:
-            numbers[number] = (digest, to, frame)
+            emits = self._emits[key]
+        numbers[number] = (digest, to, frame)
+        if frame is None:
+            self._anonymous[key] = self._anonymous.get(key, 0) + 1
+        elif id(frame) not in emits:
+            emits[id(frame)] = number
         return number
 
     @property
@@ -108,7 +121,16 @@ class FeedOrder:
             return
         digest, _, frame = fed
         if not numbers:
-            del self._unlogged[key]
+            del self._unlogged[key], self._emits[key]
+            self._anonymous.pop(key, None)
+        elif frame is not None:
+            self._emits[key].pop(id(frame), None)  # its other copies are copies of a frame logged
+        else:
+            left = self._anonymous[key] - 1
+            if left:
+                self._anonymous[key] = left
+            else:
+                del self._anonymous[key]
         recent = self._recent.get(key)
         if recent is None:
             if len(self._recent) >= KEYS_KEPT:
@@ -144,11 +166,19 @@ class FeedOrder:
     def ahead(self, key: StreamKey, number: int, mine: Mine) -> bool:
         """Are frames of ``key`` fed before ``number`` still unlogged, other than copies of ``mine``,
         copies of frames logged already, and frames whose writer is stuck?"""
+        numbers = self._unlogged.get(key)
+        if numbers is None:
+            return False
+        emits = self._emits[key]
+        if key not in self._anonymous and not self._others_before(emits, number, mine):
+            return False  # (each frame before is one of mine or a copy of one logged: the usual case)
         recent = self._recent.get(key, {})
         stuck_before = self._clock() - self._stuck_s if self._stuck_s else 0.0
-        for fed, (digest, to, frame) in self._unlogged.get(key, {}).items():  # in number order
+        for fed, (digest, to, frame) in numbers.items():  # in number order
             if fed >= number:
                 return False
+            if frame is not None and emits.get(id(frame), fed + 1) > fed:
+                continue  # a copy of a frame logged since this one was fed
             same = mine.get(digest)
             if same is not None and (frame is None or any(m is None or m is frame for m in same)):
                 continue  # a copy of one of mine (or, not comparable, the same content)
@@ -159,6 +189,12 @@ class FeedOrder:
                 continue  # its writer has been waiting for a client that does not read
             return True
         return False
+
+    @staticmethod
+    def _others_before(emits: dict[int, int], number: int, mine: Mine) -> bool:
+        """Was an emit none of whose copies is logged fed before ``number``, other than ``mine``'s?"""
+        ids = {id(m) for same in mine.values() for m in same}
+        return any(emits[ident] < number for ident in emits.keys() - ids)
 
     async def turn(self, key: StreamKey, number: int, mine: Mine, at_most: float) -> bool:
         """Wait until ``ahead`` is false: False if ``at_most`` passed first."""
