@@ -342,6 +342,64 @@ async def test_a_form_body_shows_the_app_and_the_middleware_the_same_connect(sta
 
 
 @pytest.mark.parametrize(
+    ("params", "headers", "body"),
+    [
+        pytest.param({"j": "x"}, {}, '41\x1e40{"token":"alice"}', id="a bad JSONP index: refused unread"),
+        pytest.param({}, {"Origin": "http://evil.example"}, '41\x1e40{"token":"alice"}', id="an origin refused unread"),
+        pytest.param({}, {}, '41\x1e40{"token":"alice"}\x1e', id="an empty packet: no packet read"),
+        pytest.param({}, {}, '8\x1e41\x1e40{"token":"alice"}', id="read up to a packet it stops at"),
+    ],
+)
+async def test_a_post_the_app_does_not_read_binds_nobody(
+    stack: Stack, params: dict[str, str], headers: dict[str, str], body: str
+) -> None:
+    """Found by attack: python-engineio refuses some POSTs before it reads their body, reads none
+    of a payload it cannot decode, and stops at a packet type it does not take from a client; the
+    middleware read them all. Mallory's CONNECT was accepted and its reply waited for her next GET;
+    a POST the app never read told the middleware she left and connected again as alice, whom it
+    bound at that reply: mallory replayed alice's stream."""
+    owner = await RawClient(stack.url, auth={"token": "alice"}).connect()
+    await emit_tokens(stack.sio, "alice", "m", 1, 5)
+    await owner.wait_seqs("m", 5)
+    mallory = PollingClient(stack.url)
+    try:
+        opening = await mallory.get()
+        mallory.sid = json.loads(str(opening[0])[1:])["sid"]
+        await mallory.post('40{"token":"mallory"}')  # accepted: its reply waits for the next GET
+        response = await mallory.http.post(
+            mallory.url, params={**mallory._params(), **params}, headers=headers, content=body
+        )
+        assert response.status_code in (200, 400)  # (python-engineio's answer, unchanged)
+        assert any(isinstance(p, str) and p.startswith("40{") for p in await mallory.get())
+        await mallory.post('421["resume-stream",{"message_id":"m","last_seq":0}]')
+        got = await mallory.collect(lambda p: isinstance(p, str) and p.startswith("431"), 1)
+        answer = next(p for p in got if isinstance(p, str) and p.startswith("431"))
+        assert json.loads(answer[3:])[0]["error"] == "not_found"  # mallory's own log: nothing there
+        assert not [p for p in got if isinstance(p, str) and '"seq"' in p]
+    finally:
+        await mallory.aclose()
+        await owner.close()
+
+
+async def test_a_close_the_app_does_not_read_ends_nothing(stack: Stack) -> None:
+    """Found by attack: a CLOSE in a POST python-engineio refused unread made the middleware end
+    the session at the next POST's answer; from then on resume requests reached the app, and its
+    stream frames went out unstamped."""
+    client = await PollingClient(stack.url).open({"token": "alice"})
+    try:
+        refused = await client.http.post(client.url, params={**client._params(), "j": "x"}, content="1")
+        assert refused.status_code == 400
+        await client.post("3")
+        await emit_tokens(stack.sio, "alice", "m", 1, 3)
+        await client.post('421["resume-stream",{"message_id":"m","last_seq":0}]')
+        got = await client.collect(lambda p: isinstance(p, str) and p.startswith("431"), 1)
+        answer = json.loads(next(p for p in got if isinstance(p, str) and p.startswith("431"))[3:])[0]
+        assert answer["ok"] and answer["last_seq"] == 3  # answered here: the session is still ours
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize(
     "frame",
     [
         '4\uff12["resume-stream",{"message_id":"m","last_seq":0}]',  # a fullwidth 2: an EVENT to int()
