@@ -120,6 +120,27 @@ async def test_a_binary_event_is_stamped_and_keeps_its_attachments_behind_it() -
     assert events(sent)[0]["seq"] == 1
 
 
+async def test_a_resume_request_between_a_binary_events_header_and_its_attachments_waits_for_them() -> None:
+    """Found by attack: a client's request can be queued between the app's header and its
+    attachment (the app's writer waits for room, the client's reader does not); the event was
+    given up, sent in no log, and a resume from 0 said ``gap: false`` without it."""
+    alice = tab(runtime())
+    header = '451-["events",{"message_id":"m","blob":{"_placeholder":true,"num":0}}]'
+    alice.feed(header)
+    alice.feed(ResumeRequest("/", 7, "other", 0, None))
+    alice.feed(b"\x00\x01")
+    sent = await alice.flush()
+    assert events(sent)[0]["seq"] == 1  # logged
+    at = next(i for i, f in enumerate(sent) if isinstance(f, str) and f.startswith("451-"))
+    assert sent[at + 1] == b"\x00\x01"  # its attachment right behind it
+    answer = next(protocol.parse(f) for f in sent[at + 2 :] if isinstance(f, str) and f.startswith("437"))
+    assert answer is not None and answer.data[0]["error"] == "not_found"  # answered after it
+    later = tab(alice.runtime)
+    later.feed(ResumeRequest("/", 8, "m", 0, None))
+    replay = await later.flush()
+    assert [e["seq"] for e in events(replay)] == [1]
+
+
 async def test_a_resume_in_a_batch_replays_then_sends_what_it_did_not_carry() -> None:
     alice = tab(runtime())
     await send(alice, token(1), token(2))

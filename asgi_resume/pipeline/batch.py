@@ -30,6 +30,7 @@ class Batch:
         self._feeder = feeder
         self._units: list[Unit] = []
         self._pending: EventUnit | None = None  # a binary event waiting for its attachments
+        self._behind: list[ResumeRequest] = []  # the client's requests that came meanwhile
         self._stream_units: list[EventUnit] = []  # the units fed that belong to a stream
         self._answers = False  # a resume request or a CONNECT reply was fed: the batch answers it
         self._recovering = False  # an event that gets a recovery offset was fed
@@ -95,15 +96,25 @@ class Batch:
             pending.attachments.append(item)
             if pending.complete:
                 self._queue(pending)
-                self._pending = None
+                self._done_waiting()
             return True
         if item in (protocol.EIO_PING, protocol.EIO_NOOP):
             self._units.append(item)  # harmless between a header and its attachments
             return True
+        if isinstance(item, ResumeRequest):  # the client's: its reader does not wait for the app's writer
+            self._behind.append(item)  # answered once the event is whole (answered between, it split it)
+            return True
         # the attachments never came: give up on logging this one, keep the bytes (and ``item``)
         self._units.extend([pending.raw, *pending.attachments])
-        self._pending = None
+        self._done_waiting()
         return False
+
+    def _done_waiting(self) -> None:
+        self._pending = None
+        if self._behind:
+            self._units.extend(self._behind)
+            self._answers = True
+            self._behind = []
 
     def _queue(self, unit: EventUnit) -> None:
         if unit.stream is not None:
