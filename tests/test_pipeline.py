@@ -134,7 +134,8 @@ async def test_a_resume_request_between_a_binary_events_header_and_its_attachmen
     at = next(i for i, f in enumerate(sent) if isinstance(f, str) and f.startswith("451-"))
     assert sent[at + 1] == b"\x00\x01"  # its attachment right behind it
     answer = next(protocol.parse(f) for f in sent[at + 2 :] if isinstance(f, str) and f.startswith("437"))
-    assert answer is not None and answer.data[0]["error"] == "not_found"  # answered after it
+    assert answer is not None  # answered after it
+    assert answer.data[0]["error"] == "not_found"
     later = tab(alice.runtime)
     later.feed(ResumeRequest("/", 8, "m", 0, None))
     replay = await later.flush()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
+from collections.abc import Awaitable, Callable
 
 from asgi_resume import protocol
 from asgi_resume.pipeline.connection import Connection
@@ -37,18 +38,26 @@ class Unread(enum.Enum):
 
 UNREAD = Unread.FRAME
 
+#: what reading a client frame does to its connection, to be done once the app has read it too
+#: (a long-polling POST: python-engineio refuses some unread, and says so only in its answer)
+Effects = list[Callable[[], Awaitable[None]]]
+
 #: packets the app must not read otherwise than we do: a CONNECT names the principal bound at the
 #: app's reply, a DISCONNECT ends what the connection follows (an EVENT we cannot read is ours if
 #: it names the resume event, and the app's otherwise: an event named by a number, say)
 _MUST_READ = ("40", "41")
 
 
-async def inspect(runtime: Runtime, conn: Connection, frame: str) -> ResumeRequest | str | Unread | None:
+async def inspect(
+    runtime: Runtime, conn: Connection, frame: str, later: Effects | None = None
+) -> ResumeRequest | str | Unread | None:
     """Note what ``frame`` (an Engine.IO MESSAGE) tells about the client.
 
     Returns a resume request (to be answered here), a frame the app should get instead of this
     one (a CONNECT without recovery fields), :data:`UNREAD` (the app must not get it), or ``None``
-    (pass the frame on as it is).
+    (pass the frame on as it is). ``later``: what the frame does to the connection (a CONNECT's
+    principal, a DISCONNECT, an ACK) is added to it, to be done once the app has read the frame,
+    rather than now.
 
     python-socketio reads a packet's type, attachment count and ack id with ``int()`` and
     ``str.isdigit()``, which take any Unicode digit (``4\\uff12``, ``\\u0664``), and python-engineio reads a
@@ -77,16 +86,13 @@ async def inspect(runtime: Runtime, conn: Connection, frame: str) -> ResumeReque
             # (which event a head too long for us names, we cannot tell: it could be a resume request)
             return None if protocol.event_head_read(frame) else UNREAD
         if packet.type == protocol.CONNECT:
-            return await _connect(runtime, conn, frame, packet)
+            return await _connect(runtime, conn, frame, packet, later)
         if packet.type == protocol.ACK:
             if packet.ack_id is not None:
-                conn.answered(packet.namespace, packet.ack_id)
+                await _do(later, _answered(conn, packet.namespace, packet.ack_id))
             return None
         if packet.type == protocol.DISCONNECT:
-            # flagged before the app hears it: what it emits after reaches this connection no more
-            await release_left(runtime, conn, conn.disconnected(packet.namespace, runtime.settings.hold_idle))
-            if packet.namespace in conn.recovery:
-                Recovery(runtime, conn).ended(packet.namespace)  # a goodbye: nothing to recover there
+            await _do(later, _disconnected(runtime, conn, packet.namespace))
             return None
         if packet.event_name != runtime.settings.resume_event:
             return None
@@ -106,19 +112,50 @@ async def inspect(runtime: Runtime, conn: Connection, frame: str) -> ResumeReque
 UNREADABLE = "the resume request could not be read (its ack id or its JSON)"
 
 
-async def _connect(runtime: Runtime, conn: Connection, frame: str, packet: protocol.Packet) -> str | None:
+async def _do(later: Effects | None, effect: Callable[[], Awaitable[None]]) -> None:
+    if later is None:
+        await effect()
+    else:
+        later.append(effect)
+
+
+def _answered(conn: Connection, namespace: str, ack_id: int) -> Callable[[], Awaitable[None]]:
+    async def answered() -> None:
+        conn.answered(namespace, ack_id)
+
+    return answered
+
+
+def _disconnected(runtime: Runtime, conn: Connection, namespace: str) -> Callable[[], Awaitable[None]]:
+    async def disconnected() -> None:
+        # flagged before the app hears it: what it emits after reaches this connection no more
+        await release_left(runtime, conn, conn.disconnected(namespace, runtime.settings.hold_idle))
+        if namespace in conn.recovery:
+            Recovery(runtime, conn).ended(namespace)  # a goodbye: nothing to recover there
+
+    return disconnected
+
+
+async def _connect(
+    runtime: Runtime, conn: Connection, frame: str, packet: protocol.Packet, later: Effects | None
+) -> str | None:
     namespace = packet.namespace
     replacement, auth, claim = None, packet.data, None
     if runtime.settings.recovery:
         claim, replacement, auth = strip_connect(frame, packet)
-    if namespace in conn.principals or not conn.may_join(namespace):
-        # connected there already (python-socketio refuses this one: what the connection has there
-        # stays as it was), or one namespace too many: nothing is noted
-        return replacement
-    now = runtime.log.now_ms()
-    conn.joined_ms[namespace] = now  # (a rejoin too: its first frames are not older entries it got)
-    if runtime.settings.recovery:
-        conn.recovery[namespace] = RecoveryState(namespace, now, claim)
-    await runtime.ready()
-    conn.connecting(namespace, runtime.resolver.resolve(conn.scope, auth))
+
+    await runtime.ready()  # (the principal's key may come from the log: read before the app can reply)
+
+    async def connecting() -> None:  # (no await: done before the app's reply can go out)
+        if namespace in conn.principals or not conn.may_join(namespace):
+            # connected there already (python-socketio refuses this one: what the connection has
+            # there stays as it was), or one namespace too many: nothing is noted
+            return
+        now = runtime.log.now_ms()
+        conn.joined_ms[namespace] = now  # (a rejoin too: its first frames are not older entries it got)
+        if runtime.settings.recovery:
+            conn.recovery[namespace] = RecoveryState(namespace, now, claim)
+        conn.connecting(namespace, runtime.resolver.resolve(conn.scope, auth))
+
+    await _do(later, connecting)
     return replacement

@@ -18,7 +18,7 @@ from starlette.types import Scope
 
 from asgi_resume import protocol
 from asgi_resume.pipeline.connection import Connection
-from asgi_resume.pipeline.inbound import UNREAD, Unread, inspect
+from asgi_resume.pipeline.inbound import UNREAD, Effects, Unread, inspect
 from asgi_resume.pipeline.outbound import Outbound
 from asgi_resume.pipeline.resume import ResumeRequest
 from asgi_resume.pipeline.runtime import Runtime
@@ -68,23 +68,29 @@ class EngineIOSession:
         self.registry.add(sid, self)
         return opening
 
-    async def client_text(self, text: str) -> ResumeRequest | str | Unread | None:
+    async def client_text(self, text: str, later: Effects | None = None) -> ResumeRequest | str | Unread | None:
         """What a text frame from the client means here: a resume request to answer in its place,
         the frame the app gets instead (a CONNECT without its recovery fields), ``UNREAD`` (the app
         must not get it: see :func:`~asgi_resume.pipeline.inbound.inspect`), or ``None`` (it
-        passes as it is). A CLOSE says the client left on purpose."""
-        conn = self.conn
+        passes as it is). A CLOSE says the client left on purpose. ``later``: what the frame does
+        to the session is added to it, to be done once the app has read it too."""
         kind = text[:1]
         if kind == protocol.EIO_MESSAGE:
-            return await inspect(self.runtime, conn, text)
+            return await inspect(self.runtime, self.conn, text, later)
         if not kind.isascii():  # python-engineio reads the type with int(): "\uff14" is a MESSAGE to it
             return UNREAD
         if kind == protocol.EIO_CLOSE:  # (its payload, if any, does not matter to python-engineio)
-            for state in conn.recovery.values():
-                state.left_cleanly = True
-            if self.polling is not None:
-                self.polling.goodbye = True  # (its POST's answer ends the session: polling_post)
+            if later is None:
+                await self._closed()
+            else:
+                later.append(self._closed)
         return None
+
+    async def _closed(self) -> None:
+        for state in self.conn.recovery.values():
+            state.left_cleanly = True
+        if self.polling is not None:
+            self.polling.goodbye = True  # (its POST's answer ends the session: polling_post)
 
     def client_binary(self) -> bool:
         """A binary frame from the client: is it an attachment of a request answered here? (Then

@@ -49,8 +49,8 @@ async def handle_polling(
             await _watching_client(app, scope, receive, response)
     elif method == "POST" and eio is not None and not eio.conn.upgraded:
         with eio.client_request():
-            scope, receive = await read_post(eio, scope, receive)
-            await app(scope, receive, PostResponse(eio, send))
+            scope, receive, effects = await read_post(eio, scope, receive)
+            await app(scope, receive, PostResponse(eio, send, effects))
     else:  # a session this process does not know, one python-engineio would refuse: not ours to touch
         await app(scope, receive, send)
 

@@ -1,24 +1,26 @@
-"""A long-polling POST: what the client sends, read when the app reads it.
+"""A long-polling POST: what the client sends, read before the app reads it, acted on once it has.
 
-Owns: reading a POST body within python-engineio's limits, and, once the app reads it (python-
-engineio refuses some POSTs unread: a bad JSONP index, an origin it does not accept), taking
-resume requests out of its packets (each replaced by an Engine.IO UPGRADE packet, which python-
-engineio answers with a NOOP on the pending GET, whose response then carries the replay and the
-answer), a CONNECT's recovery fields, and what the POST's response says of the session (a CLOSE it
-carried, a refused sid). Only packets python-engineio reads are acted on: none of a payload it
-cannot decode, none after one it stops at. Must not touch: the GET's response, frames' meaning.
+Owns: reading a POST body within python-engineio's limits, taking resume requests out of it (each
+replaced by an Engine.IO UPGRADE packet, which python-engineio answers with a NOOP on the pending
+GET, whose response then carries the replay and the answer) and a CONNECT's recovery fields, and
+doing what its packets do to the session (a CONNECT's principal, a DISCONNECT, an ACK, a CLOSE, a
+resume request to answer) only once python-engineio's answer says it read them: it refuses some
+POSTs unread (a bad JSONP index, an origin it does not accept), and answers 200 before its
+handlers run. Only packets python-engineio reads are read: none of a payload it cannot decode,
+none after one it stops at. Must not touch: the GET's response, frames' meaning.
 """
 
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable
 
-from starlette.datastructures import Headers
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import Message, Receive, Scope, Send
 
 from asgi_resume import protocol
-from asgi_resume.pipeline.inbound import UNREAD
+from asgi_resume.pipeline.inbound import UNREAD, Effects
+from asgi_resume.pipeline.resume import ResumeRequest
 from asgi_resume.transport.engineio import REFUSED, EngineIOSession
 
 try:  # how python-engineio decodes a POST body (it acts on none of its packets if that fails)
@@ -33,16 +35,22 @@ _READ_TYPES = frozenset((1, 3, 4, 5))
 
 
 class PostResponse:
-    """Wraps ``send`` for one polling POST: a CLOSE it carried, or a refusal, ends the session here."""
+    """Wraps ``send`` for one polling POST: once the app accepted it (it read its packets), what they
+    do to the session is done; a CLOSE it carried, or a refusal, ends the session here."""
 
-    def __init__(self, eio: EngineIOSession, send: Send) -> None:
-        self.eio, self.send = eio, send
+    def __init__(self, eio: EngineIOSession, send: Send, effects: Effects) -> None:
+        self.eio, self.send, self.effects = eio, send, effects
 
     async def __call__(self, message: Message) -> None:
         eio = self.eio
         polling = eio.polling
         if message["type"] == "http.response.start" and polling is not None:
             status = message.get("status")
+            if status == 200:
+                # python-engineio read them (it answers 200 once it has: its handlers run after)
+                effects, self.effects = self.effects, []
+                for effect in effects:
+                    await effect()
             if status == 200 and polling.goodbye:
                 eio.ended()
                 await eio.let_go("its client said goodbye", over=True)
@@ -53,62 +61,55 @@ class PostResponse:
         await self.send(message)
 
 
-async def read_post(eio: EngineIOSession, scope: Scope, receive: Receive) -> tuple[Scope, Receive]:
-    """Read a POST body; take resume requests out of it. Returns the scope and receive the app gets.
+async def read_post(eio: EngineIOSession, scope: Scope, receive: Receive) -> tuple[Scope, Receive, Effects]:
+    """Read a POST body; take resume requests out of it. Returns the scope and receive the app
+    gets, and what its packets do to the session, for :class:`PostResponse` to do once the app has
+    accepted the POST (python-engineio refuses some unread: a bad JSONP index, an origin it does
+    not accept; its answer tells).
 
     Only a body python-engineio would read is read: one with a Content-Length within the app's
     ``max_http_buffer_size`` (python-engineio refuses a longer one, and so never acts on it).
     """
+    effects: Effects = []
     limit = eio.runtime.max_post_body
     declared = Headers(scope=scope).get("content-length", "")
     if not (declared.isascii() and declared.isdigit()) or int(declared) > limit:
-        return scope, receive  # not ours to read: the app answers it as it would without us
+        return scope, receive, effects  # not ours to read: the app answers it as it would without us
     messages: list[Message] = []
     body = bytearray()
     while True:
         message = await receive()
         messages.append(message)
         if message["type"] != "http.request":
-            break
+            break  # (the client left: python-engineio reads what came, and so do we)
         body += message.get("body", b"")
         if not message.get("more_body") or len(body) > limit:
             break
-    if len(body) > limit or messages[-1]["type"] != "http.request":
-        return scope, _replaying(iter(messages), receive)  # refused, or the client left: nothing to act on
-    # python-engineio's ASGI driver takes the first message when the request comes, and reads what
-    # follows only once it has accepted the POST: the body is read here then, and what it says acted on
-    # (a rewritten body is never longer than the one the client declared: python-engineio reads
-    # what comes, up to Content-Length)
-    given = 0
+    rewritten = await _rewrite_post(eio, bytes(body), effects) if len(body) <= limit else None
 
-    async def reading_receive() -> Message:
-        nonlocal given
-        given += 1
-        if given == 1:
-            return {"type": "http.request", "body": b"", "more_body": True}
-        if given == 2:
-            rewritten = await _rewrite_post(eio, bytes(body))
-            return {"type": "http.request", "body": bytes(body) if rewritten is None else rewritten}
-        return await receive()
+    if rewritten is None:
+        replay = iter(messages)
+    else:
+        headers = MutableHeaders(raw=[(k.lower(), v) for k, v in scope.get("headers", [])])
+        headers["content-length"] = str(len(rewritten))
+        scope = {**scope, "headers": headers.raw}
+        replay = iter([{"type": "http.request", "body": rewritten, "more_body": False}])
 
-    return scope, reading_receive
-
-
-def _replaying(messages: Iterator[Message], receive: Receive) -> Receive:
     async def replaying_receive() -> Message:
-        for message in messages:
+        for message in replay:
             return message
         return await receive()
 
-    return replaying_receive
+    return scope, replaying_receive, effects
 
 
 _JSONP = "d="  # python-engineio reads a body that starts with it as a form: its field d is the payload
 
 
-async def _rewrite_post(eio: EngineIOSession, body: bytes) -> bytes | None:
+async def _rewrite_post(eio: EngineIOSession, body: bytes, effects: Effects) -> bytes | None:
     """The body with resume requests (and frames the app must not get) replaced by UPGRADE
-    packets; ``None`` when unchanged. A form body (``d=...``, JSONP) is read as python-engineio
+    packets; ``None`` when unchanged. What its packets do to the session is added to ``effects``
+    (a resume request: to be answered). A form body (``d=...``, JSONP) is read as python-engineio
     reads it, and the app gets the payload we read, not the form."""
     try:
         text = body.decode("utf-8")
@@ -136,7 +137,7 @@ async def _rewrite_post(eio: EngineIOSession, body: bytes) -> bytes | None:
         if int(packet[:1]) not in _READ_TYPES:  # (read with int(), as python-engineio does)
             kept += packets[at:]  # python-engineio stops at it: what follows is never read
             break
-        found = await eio.client_text(packet)
+        found = await eio.client_text(packet, effects)
         if isinstance(found, str):
             packet = found  # a CONNECT without its recovery fields
             changed = True
@@ -144,11 +145,18 @@ async def _rewrite_post(eio: EngineIOSession, body: bytes) -> bytes | None:
             packet = protocol.EIO_UPGRADE  # (python-engineio answers it with a NOOP)
             changed = True
         elif found is not None:
-            eio.outbound.batch.defer(found)
+            effects.append(_deferring(eio, found))
             packet = protocol.EIO_UPGRADE  # python-engineio answers it with a NOOP: the GET returns
             changed = True
         kept.append(packet)
     return protocol.join_payload(kept).encode("utf-8") if changed else None
+
+
+def _deferring(eio: EngineIOSession, request: ResumeRequest) -> Callable[[], Awaitable[None]]:
+    async def defer() -> None:
+        eio.outbound.batch.defer(request)  # (answered on the GET python-engineio's NOOP ends)
+
+    return defer
 
 
 def _decodes(text: str) -> bool:
@@ -157,6 +165,6 @@ def _decodes(text: str) -> bool:
         return True
     try:
         _Payload(encoded_payload=text)
-    except (ValueError, LookupError, TypeError):  # (its POST handler then reads no packet)
+    except (ValueError, LookupError, TypeError, RecursionError):  # (its POST handler then reads no packet)
         return False
     return True
