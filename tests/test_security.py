@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import urllib.parse
 from typing import Any
 
 import httpx
 import pytest
+import socketio
+import websockets
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Mount
 
+from asgi_resume import ResumeMiddleware
 from tests.conftest import Stack
 from tests.support.app import chat_event, emit_tokens, make_app, make_sio, room_of
 from tests.support.polling import PollingClient
@@ -381,6 +391,140 @@ async def test_a_post_the_app_does_not_read_binds_nobody(
         await owner.close()
 
 
+async def test_a_post_whose_client_left_mid_body_is_read_as_the_app_reads_it(stack: Stack) -> None:
+    """Found by review: python-engineio reads the part of a body that came before its client
+    left, and acts on it; so must the middleware, or a CONNECT only the app saw would take the
+    principal of the next one, which the app refused."""
+    owner = await RawClient(stack.url, auth={"token": "alice"}).connect()
+    await emit_tokens(stack.sio, "alice", "m", 1, 5)
+    await owner.wait_seqs("m", 5)
+    mallory = PollingClient(stack.url)
+    try:
+        opening = await mallory.get()
+        mallory.sid = json.loads(str(opening[0])[1:])["sid"]
+        host, port = stack.url.removeprefix("http://").split(":")
+        _, writer = await asyncio.open_connection(host, int(port))
+        body = b'40{"token":"mallory"}'
+        writer.write(
+            f"POST /socket.io/?EIO=4&transport=polling&sid={mallory.sid} HTTP/1.1\r\nHost: x\r\n"
+            f"Content-Length: {len(body) + 50}\r\n\r\n".encode()
+            + body
+        )
+        await writer.drain()
+        writer.close()  # 50 bytes short
+        await until(lambda: bool(stack.sio.manager.rooms.get("/", {}).get(room_of("mallory"))), 5)  # the app read it
+        await mallory.post('40{"token":"alice","refuse":true}')
+        await mallory.get()
+        await mallory.post('421["resume-stream",{"message_id":"m","last_seq":0}]')
+        got = await mallory.collect(lambda p: isinstance(p, str) and p.startswith("431"), 1)
+        answer = next(p for p in got if isinstance(p, str) and p.startswith("431"))
+        assert json.loads(answer[3:])[0]["error"] == "not_found"
+        assert not [p for p in got if isinstance(p, str) and '"seq"' in p]
+    finally:
+        await mallory.aclose()
+        await owner.close()
+
+
+async def test_a_refused_post_binds_nobody_behind_an_http_middleware() -> None:
+    """Found by review: a Starlette ``BaseHTTPMiddleware`` between the middleware and the app reads
+    ``receive`` itself (to notice a client that leaves), so when python-engineio reads a body says
+    nothing; its answer does."""
+
+    async def passthrough(request: Request, call_next: RequestResponseEndpoint) -> Response:
+        return await call_next(request)
+
+    sio = make_sio()
+    app = Starlette(
+        routes=[Mount("/ws", app=socketio.ASGIApp(sio, socketio_path="/ws/socket.io"))],
+        middleware=[Middleware(ResumeMiddleware), Middleware(BaseHTTPMiddleware, dispatch=passthrough)],
+    )
+    async with serve(app) as url:
+        owner = await RawClient(url, auth={"token": "alice"}, path="/ws/socket.io/").connect()
+        await emit_tokens(sio, "alice", "m", 1, 5)
+        await owner.wait_seqs("m", 5)
+        mallory = PollingClient(url, path="/ws/socket.io/")
+        try:
+            opening = await mallory.get()
+            mallory.sid = json.loads(str(opening[0])[1:])["sid"]
+            await mallory.post('40{"token":"mallory"}')
+            refused = await mallory.http.post(
+                mallory.url, params={**mallory._params(), "j": "x"}, content='41\x1e40{"token":"alice"}'
+            )
+            assert refused.status_code == 400
+            await mallory.get()
+            await mallory.post('421["resume-stream",{"message_id":"m","last_seq":0}]')
+            got = await mallory.collect(lambda p: isinstance(p, str) and p.startswith("431"), 1)
+            answer = next(p for p in got if isinstance(p, str) and p.startswith("431"))
+            assert json.loads(answer[3:])[0]["error"] == "not_found"
+            assert not [p for p in got if isinstance(p, str) and '"seq"' in p]
+        finally:
+            await mallory.aclose()
+            await owner.close()
+
+
+async def _probe(url: str, sid: str, *frames: str) -> None:
+    """An upgrade probe websocket on ``sid`` that sends ``frames`` (each after the app's answer to
+    the one before, if any), until python-engineio gives the upgrade up and closes it."""
+    ws = await websockets.connect(url.replace("http://", "ws://") + f"/socket.io/?EIO=4&transport=websocket&sid={sid}")
+    async with asyncio.timeout(10):
+        for frame in frames:
+            await ws.send(frame)
+            if frame == "2probe":
+                assert await ws.recv() == "3probe"
+        with contextlib.suppress(websockets.ConnectionClosed):
+            async for _ in ws:
+                pass
+
+
+@pytest.mark.parametrize("probed", [False, True], ids=["before the probe", "after the probe"])
+async def test_frames_on_an_upgrade_probe_bind_nobody(stack: Stack, probed: bool) -> None:
+    """Found by attack: python-engineio reads only the probe and the UPGRADE on a probe websocket
+    (anything else ends the upgrade, unread); the middleware read a DISCONNECT and a CONNECT there,
+    and bound the second at the app's reply to an earlier CONNECT: mallory replayed alice's stream."""
+    owner = await RawClient(stack.url, auth={"token": "alice"}).connect()
+    await emit_tokens(stack.sio, "alice", "m", 1, 5)
+    await owner.wait_seqs("m", 5)
+    mallory = PollingClient(stack.url)
+    try:
+        opening = await mallory.get()
+        mallory.sid = json.loads(str(opening[0])[1:])["sid"]
+        await mallory.post('40{"token":"mallory"}')  # accepted: its reply waits for the next GET
+        first = ("2probe",) if probed else ()
+        await _probe(stack.url, mallory.sid, *first, "41")
+        await _probe(stack.url, mallory.sid, *first, '40{"token":"alice","refuse":true}')
+        assert any(isinstance(p, str) and p.startswith("40{") for p in await mallory.get())
+        await mallory.post('421["resume-stream",{"message_id":"m","last_seq":0}]')
+        got = await mallory.collect(lambda p: isinstance(p, str) and p.startswith("431"), 1)
+        answer = next(p for p in got if isinstance(p, str) and p.startswith("431"))
+        assert json.loads(answer[3:])[0]["error"] == "not_found"  # mallory's own log: nothing there
+        assert not [p for p in got if isinstance(p, str) and '"seq"' in p]
+    finally:
+        await mallory.aclose()
+        await owner.close()
+
+
+async def test_an_upgrade_as_python_engineio_reads_it_ends_the_probe(stack: Stack) -> None:
+    """python-engineio takes any packet of type 5 for the UPGRADE ("5x" too): from then on what the
+    websocket carries is the app's, and a resume request on it is answered here, not by the app."""
+    await emit_tokens(stack.sio, "alice", "m", 1, 3)
+    client = await PollingClient(stack.url).open({"token": "alice"})
+    ws = await websockets.connect(
+        stack.url.replace("http://", "ws://") + f"/socket.io/?EIO=4&transport=websocket&sid={client.sid}"
+    )
+    try:
+        async with asyncio.timeout(10):
+            await ws.send("2probe")
+            assert await ws.recv() == "3probe"
+            await ws.send("5x")
+            await ws.send('421["resume-stream",{"message_id":"m","last_seq":0}]')
+            while not str(frame := await ws.recv()).startswith("431"):
+                pass
+        assert json.loads(str(frame)[3:])[0]["error"] == "not_found"  # (nothing was sent to this tab)
+    finally:
+        await ws.close()
+        await client.aclose()
+
+
 async def test_a_close_the_app_does_not_read_ends_nothing(stack: Stack) -> None:
     """Found by attack: a CLOSE in a POST python-engineio refused unread made the middleware end
     the session at the next POST's answer; from then on resume requests reached the app, and its
@@ -394,7 +538,8 @@ async def test_a_close_the_app_does_not_read_ends_nothing(stack: Stack) -> None:
         await client.post('421["resume-stream",{"message_id":"m","last_seq":0}]')
         got = await client.collect(lambda p: isinstance(p, str) and p.startswith("431"), 1)
         answer = json.loads(next(p for p in got if isinstance(p, str) and p.startswith("431"))[3:])[0]
-        assert answer["ok"] and answer["last_seq"] == 3  # answered here: the session is still ours
+        assert answer["ok"]  # answered here: the session is still ours
+        assert answer["last_seq"] == 3
     finally:
         await client.aclose()
 

@@ -27,8 +27,14 @@ class UpgradeProbe:
             self._answered = True
 
     def completed_by(self, text: str) -> bool:
-        """Does the client's ``text`` complete the upgrade? From then on it reads this websocket."""
-        if self.active and self._answered and text == protocol.EIO_UPGRADE:
-            self.active = False
-            return True
-        return False
+        """Does the client's ``text`` complete the upgrade? From then on it reads this websocket.
+        (python-engineio takes any packet it reads as an UPGRADE: its type read with ``int()``,
+        whatever follows.)"""
+        if not (self.active and self._answered):
+            return False
+        try:
+            upgrade = int(text[:1]) == int(protocol.EIO_UPGRADE)
+        except ValueError:
+            return False
+        self.active = not upgrade
+        return upgrade

@@ -259,7 +259,13 @@ class WebSocketConnection:
             return await self._from_hold.receive()
         while True:
             message = await self.receive()
-            if message["type"] == "websocket.receive":
+            if message["type"] == "websocket.receive" and self.probe.active:
+                # python-engineio reads nothing on a probe but the probe and the UPGRADE (anything
+                # else ends the upgrade, unread): nor do we, or a CONNECT it never read would bind
+                text = message.get("text")
+                if text is not None and self.probe.completed_by(text):
+                    await self._upgraded()
+            elif message["type"] == "websocket.receive":
                 text = message.get("text")
                 if text is None:
                     if self.eio.client_binary():
@@ -276,22 +282,24 @@ class WebSocketConnection:
                     # connections' work (answering them is paced by the replay turns)
                     await asyncio.sleep(0)
                     continue
-                elif self.probe.completed_by(text):  # the client reads this websocket from now on
-                    # its events no longer wait for the client's GET: a claim may trust this
-                    # connection's silence (if the log does not hear it, a claim gets a normal connect)
-                    recovery = self.outbound.recovery
-                    if recovery is not None and recovery.states:
-                        await recovery.notes.tell("upgraded")
-                    # python-engineio refuses the session's POSTs from when it reads this UPGRADE,
-                    # in the same step: until then they are read here, as every POST is
-                    self.conn.upgraded = True
-                    if self._batch.has_deferred():
-                        self._outbox.put_soon(NUDGE)
             elif message["type"] == "websocket.disconnect":
                 self.client_gone = True
                 if self._start_hold(message):
                     return await self._from_hold.receive()
             return message
+
+    async def _upgraded(self) -> None:
+        """The client reads this websocket from now on: its events no longer wait for the client's
+        GET, so a claim may trust this connection's silence (if the log does not hear it, a claim
+        gets a normal connect)."""
+        recovery = self.outbound.recovery
+        if recovery is not None and recovery.states:
+            await recovery.notes.tell("upgraded")
+        # python-engineio refuses the session's POSTs from when it reads this UPGRADE, in the same
+        # step: until then they are read here, as every POST is
+        self.conn.upgraded = True
+        if self._batch.has_deferred():
+            self._outbox.put_soon(NUDGE)
 
     # -- the hold ------------------------------------------------------------------------
 
