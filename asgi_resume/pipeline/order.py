@@ -19,10 +19,12 @@ the log out of emit order.)
 Copies are told apart from repeats by the frame object where there is one: python-socketio
 encodes an emit to a room once, and its websocket writers hand each recipient that same string,
 so on websockets two frames are copies of one emit exactly when they are the same object (a
-token repeated a frame later is another object). Where the transport rebuilt the frame (long-
-polling payloads), or the object is no longer kept (``OBJECT_BYTES_KEPT``), content digests
-decide: a frame whose content repeats one logged a moment ago (the same token twice) then counts
-as a copy, so at worst it reaches the log after a frame emitted after it.
+token repeated a frame later is another object). A copy fed before its frame was logged is told
+by its object, however much was logged since. Where the transport rebuilt the frame (long-
+polling payloads), or for a copy fed after its frame was logged whose object is no longer kept
+(``OBJECT_BYTES_KEPT``), content digests decide: a frame whose content repeats one logged a
+moment ago (the same token twice) then counts as a copy, so at worst it reaches the log after a
+frame emitted after it.
 
 It also says which seq a connection's copy of a frame logged lately got (``placed``), so that
 a tab's first frame of a stream is placed in the log at its own emit rather than at an earlier
