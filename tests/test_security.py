@@ -525,6 +525,105 @@ async def test_an_upgrade_as_python_engineio_reads_it_ends_the_probe(stack: Stac
         await client.aclose()
 
 
+@pytest.mark.parametrize("posts", [1, 2], ids=["one POST", "two POSTs"])
+async def test_a_disconnect_between_two_connects_binds_nobody(stack: Stack, posts: int) -> None:
+    """Found by attack: mallory's CONNECT is accepted and its reply waits for her next GET; she
+    leaves and connects again as alice, whom the app refuses. The DISCONNECT made the middleware
+    forget the first CONNECT, so the second was not ambiguous, and the app's reply to the first
+    bound alice."""
+    owner = await RawClient(stack.url, auth={"token": "alice"}).connect()
+    await emit_tokens(stack.sio, "alice", "m", 1, 5)
+    await owner.wait_seqs("m", 5)
+    mallory = PollingClient(stack.url)
+    try:
+        opening = await mallory.get()
+        mallory.sid = json.loads(str(opening[0])[1:])["sid"]
+        packets = ['40{"token":"mallory"}', "41", '40{"token":"alice","refuse":true}']
+        if posts == 1:
+            await mallory.post(*packets)
+        else:
+            await mallory.post(packets[0])
+            await mallory.post(*packets[1:])
+        await mallory.collect(lambda p: isinstance(p, str) and p.startswith("44"), 1)  # both replies came
+        await mallory.post('421["resume-stream",{"message_id":"m","last_seq":0}]')
+        got = await mallory.collect(lambda p: isinstance(p, str) and p.startswith("431"), 1)
+        answer = next(p for p in got if isinstance(p, str) and p.startswith("431"))
+        assert json.loads(answer[3:])[0]["error"] == "not_found"
+        assert not [p for p in got if isinstance(p, str) and '"seq"' in p]
+    finally:
+        await mallory.aclose()
+        await owner.close()
+
+
+async def test_a_reply_before_its_posts_answer_binds_nobody() -> None:
+    """Found by attack: with ``async_handlers=False`` python-socketio runs handlers inside the POST,
+    and one that awaits lets the replies to the POST's CONNECTs go out on the client's GET before the
+    POST's answer, when its CONNECTs are noted. A refused CONNECT noted after its reply stayed
+    pending, and the app's reply to mallory's next CONNECT bound it: she replayed alice's stream."""
+    sio = socketio.AsyncServer(async_mode="asgi", async_handlers=False)
+    gates = [asyncio.Event(), asyncio.Event()]
+
+    async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> bool:
+        if not isinstance(auth, dict) or auth.get("refuse"):
+            return False
+        await sio.enter_room(sid, room_of(auth["token"]))
+        return True
+
+    async def admin_connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        await gates[0].wait()  # a token looked up in a database
+
+    async def slow(sid: str, data: Any = None) -> None:
+        await gates[1].wait()
+
+    sio.on("connect", connect)
+    sio.on("connect", admin_connect, namespace="/admin")
+    sio.on("slow", slow, namespace="/admin")
+    async with serve(make_app(sio)) as url:
+        owner = await RawClient(url, auth={"token": "alice"}).connect()
+        await emit_tokens(sio, "alice", "m", 1, 5)
+        await owner.wait_seqs("m", 5)
+        mallory = PollingClient(url)
+        try:
+            opening = await mallory.get()
+            mallory.sid = json.loads(str(opening[0])[1:])["sid"]
+            for gate, packets in zip(
+                gates,
+                [
+                    ('40{"token":"alice","refuse":true}', '40/admin,{"token":"mallory"}'),
+                    ('40{"token":"mallory"}', '42/admin,["slow"]'),
+                ],
+                strict=True,
+            ):
+                posted = asyncio.create_task(mallory.post(*packets))
+                # the reply to the POST's CONNECT to "/" comes while a handler of the POST still waits
+                await mallory.collect(lambda p: isinstance(p, str) and p[:2] in ("40", "44") and p[2:3] != "/", 1)
+                gate.set()
+                await posted
+            await mallory.post('421["resume-stream",{"message_id":"m","last_seq":0}]')
+            got = await mallory.collect(lambda p: isinstance(p, str) and p.startswith("431"), 1)
+            answer = next(p for p in got if isinstance(p, str) and p.startswith("431"))
+            assert json.loads(answer[3:])[0]["error"] == "not_found"  # no principal: it fails closed
+            assert not [p for p in got if isinstance(p, str) and '"seq"' in p]
+        finally:
+            await mallory.aclose()
+            await owner.close()
+
+
+async def test_an_upgrade_longer_than_the_app_reads_completes_nothing(stack: Stack) -> None:
+    """Found by attack: python-engineio reads no websocket frame over its ``max_http_buffer_size``;
+    the middleware took such an UPGRADE for one, ended the session when the probe closed, and from
+    then on the client's POSTs reached the app unread: a resume request reached its handler."""
+    client = await PollingClient(stack.url).open({"token": "alice"})
+    try:
+        await _probe(stack.url, client.sid, "2probe", "5" + "x" * 1_000_001)
+        await client.post('421["resume-stream",{"message_id":"m","last_seq":0}]')
+        got = await client.collect(lambda p: isinstance(p, str) and p.startswith("431"), 1)
+        answer = next(p for p in got if isinstance(p, str) and p.startswith("431"))
+        assert json.loads(answer[3:])[0]["error"] == "not_found"  # answered here
+    finally:
+        await client.aclose()
+
+
 async def test_a_close_the_app_does_not_read_ends_nothing(stack: Stack) -> None:
     """Found by attack: a CLOSE in a POST python-engineio refused unread made the middleware end
     the session at the next POST's answer; from then on resume requests reached the app, and its

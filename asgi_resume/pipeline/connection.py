@@ -73,6 +73,10 @@ class Connection:
     behind_told: bool = False  # what the log was last told of it (the recovery sessions' fetched)
     behind_telling: bool = False  # a task is telling the log (one at a time: the last word wins)
     drop_attachments: int = 0  # binary frames still to come of an inbound request the app never sees
+    #: namespace -> CONNECTs the app has read and this connection has not noted yet (a polling
+    #: POST's are noted at python-engineio's answer: see polling_post); a reply meanwhile ...
+    unnoted: dict[str, int] = field(default_factory=dict)
+    replied_unnoted: set[str] = field(default_factory=set)  # ... may be theirs: it binds nobody, nor do they
     resume_bucket: ResumeBucket = field(default_factory=ResumeBucket)  # its resume requests' rate limit
 
     def principal_for(self, namespace: str) -> str | None:
@@ -107,6 +111,12 @@ class Connection:
             state = self.recovery.get(namespace)
             if state is not None and state.awaiting_reply:
                 del self.recovery[namespace]
+        if self.unnoted.get(namespace):
+            # a CONNECT the app read is not noted yet (an app whose handlers run inside the POST):
+            # this reply may be that one's, or another's: it binds nobody, nor does that CONNECT
+            self.pending.pop(namespace, None)
+            self.replied_unnoted.add(namespace)
+            return
         if namespace not in self.pending:
             return  # a reply to a CONNECT whose outcome is taken already (or never seen)
         principal = self.pending.pop(namespace)
@@ -123,7 +133,10 @@ class Connection:
         continue them across what nobody logged.
         """
         self.principals.pop(namespace, None)
-        self.pending.pop(namespace, None)
+        if namespace in self.pending:
+            # its CONNECT's reply is still to come, after this DISCONNECT: a CONNECT after it would
+            # be taken for that one (its own reply comes second): whichever comes binds nobody
+            self.pending[namespace] = _AMBIGUOUS
         self.joined_ms.pop(namespace, None)
         self.departed = True
         cursors = self.cursors
@@ -136,6 +149,19 @@ class Connection:
             for key in [key for key in places if key.namespace == namespace]:
                 del places[key]
         return left
+
+    def reading_connect(self, namespace: str) -> None:
+        """The app reads a CONNECT to ``namespace`` that is noted later (see ``unnoted``)."""
+        self.unnoted[namespace] = self.unnoted.get(namespace, 0) + 1
+
+    def connect_read(self, namespace: str) -> None:
+        """A CONNECT counted by ``reading_connect`` is noted now, or never will be."""
+        left = self.unnoted.get(namespace, 0) - 1
+        if left > 0:
+            self.unnoted[namespace] = left
+        else:
+            self.unnoted.pop(namespace, None)
+            self.replied_unnoted.discard(namespace)
 
     def called(self, namespace: str, ack_id: int) -> None:
         """The app sent the client an event that expects an answer."""

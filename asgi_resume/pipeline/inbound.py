@@ -38,9 +38,35 @@ class Unread(enum.Enum):
 
 UNREAD = Unread.FRAME
 
-#: what reading a client frame does to its connection, to be done once the app has read it too
-#: (a long-polling POST: python-engineio refuses some unread, and says so only in its answer)
-Effects = list[Callable[[], Awaitable[None]]]
+
+class Effects:
+    """What reading client frames does to their connection, to be done once the app has read them
+    too (a long-polling POST: python-engineio refuses some unread, and says so only in its answer):
+    ``actions`` in order, and the namespaces of the CONNECTs among them (counted as read and not
+    noted on the connection, until :meth:`settled`)."""
+
+    __slots__ = ("actions", "connects")
+
+    def __init__(self) -> None:
+        self.actions: list[Callable[[], Awaitable[None]]] = []
+        self.connects: list[str] = []
+
+    def add(self, action: Callable[[], Awaitable[None]]) -> None:
+        self.actions.append(action)
+
+    async def run(self) -> None:
+        """The app read the frames: do what they do (once)."""
+        actions, self.actions = self.actions, []
+        for action in actions:
+            await action()
+
+    def settled(self, conn: Connection) -> None:
+        """The app answered (its answer said whether it read them): their CONNECTs are noted or
+        never will be (once)."""
+        connects, self.connects = self.connects, []
+        for namespace in connects:
+            conn.connect_read(namespace)
+
 
 #: packets the app must not read otherwise than we do: a CONNECT names the principal bound at the
 #: app's reply, a DISCONNECT ends what the connection follows (an EVENT we cannot read is ours if
@@ -116,7 +142,7 @@ async def _do(later: Effects | None, effect: Callable[[], Awaitable[None]]) -> N
     if later is None:
         await effect()
     else:
-        later.append(effect)
+        later.add(effect)
 
 
 def _answered(conn: Connection, namespace: str, ack_id: int) -> Callable[[], Awaitable[None]]:
@@ -147,6 +173,8 @@ async def _connect(
     await runtime.ready()  # (the principal's key may come from the log: read before the app can reply)
 
     async def connecting() -> None:  # (no await: done before the app's reply can go out)
+        if namespace in conn.replied_unnoted:
+            return  # a reply came while it was not noted: it may have been its (see Connection.unnoted)
         if namespace in conn.principals or not conn.may_join(namespace):
             # connected there already (python-socketio refuses this one: what the connection has
             # there stays as it was), or one namespace too many: nothing is noted
@@ -157,5 +185,8 @@ async def _connect(
             conn.recovery[namespace] = RecoveryState(namespace, now, claim)
         conn.connecting(namespace, runtime.resolver.resolve(conn.scope, auth))
 
+    if later is not None:
+        conn.reading_connect(namespace)
+        later.connects.append(namespace)
     await _do(later, connecting)
     return replacement

@@ -83,7 +83,7 @@ class EngineIOSession:
             if later is None:
                 await self._closed()
             else:
-                later.append(self._closed)
+                later.add(self._closed)
         return None
 
     async def _closed(self) -> None:

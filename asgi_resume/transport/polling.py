@@ -50,7 +50,10 @@ async def handle_polling(
     elif method == "POST" and eio is not None and not eio.conn.upgraded:
         with eio.client_request():
             scope, receive, effects = await read_post(eio, scope, receive)
-            await app(scope, receive, PostResponse(eio, send, effects))
+            try:
+                await app(scope, receive, PostResponse(eio, send, effects))
+            finally:
+                effects.settled(eio.conn)  # (an app that never answered: they never will be noted)
     else:  # a session this process does not know, one python-engineio would refuse: not ours to touch
         await app(scope, receive, send)
 

@@ -46,11 +46,9 @@ class PostResponse:
         polling = eio.polling
         if message["type"] == "http.response.start" and polling is not None:
             status = message.get("status")
-            if status == 200:
-                # python-engineio read them (it answers 200 once it has: its handlers run after)
-                effects, self.effects = self.effects, []
-                for effect in effects:
-                    await effect()
+            if status == 200:  # python-engineio read them (it answers 200 once it has: its handlers run after)
+                await self.effects.run()
+            self.effects.settled(eio.conn)
             if status == 200 and polling.goodbye:
                 eio.ended()
                 await eio.let_go("its client said goodbye", over=True)
@@ -70,7 +68,7 @@ async def read_post(eio: EngineIOSession, scope: Scope, receive: Receive) -> tup
     Only a body python-engineio would read is read: one with a Content-Length within the app's
     ``max_http_buffer_size`` (python-engineio refuses a longer one, and so never acts on it).
     """
-    effects: Effects = []
+    effects = Effects()
     limit = eio.runtime.max_post_body
     declared = Headers(scope=scope).get("content-length", "")
     if not (declared.isascii() and declared.isdigit()) or int(declared) > limit:
@@ -145,7 +143,7 @@ async def _rewrite_post(eio: EngineIOSession, body: bytes, effects: Effects) -> 
             packet = protocol.EIO_UPGRADE  # (python-engineio answers it with a NOOP)
             changed = True
         elif found is not None:
-            effects.append(_deferring(eio, found))
+            effects.add(_deferring(eio, found))
             packet = protocol.EIO_UPGRADE  # python-engineio answers it with a NOOP: the GET returns
             changed = True
         kept.append(packet)

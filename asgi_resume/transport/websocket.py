@@ -259,11 +259,14 @@ class WebSocketConnection:
             return await self._from_hold.receive()
         while True:
             message = await self.receive()
-            if message["type"] == "websocket.receive" and self.probe.active:
+            if message["type"] == "websocket.receive" and (
+                self.probe.active or len(message.get("text") or "") > self.runtime.max_post_body
+            ):
                 # python-engineio reads nothing on a probe but the probe and the UPGRADE (anything
-                # else ends the upgrade, unread): nor do we, or a CONNECT it never read would bind
+                # else ends the upgrade, unread), nor a frame over its max_http_buffer_size (it
+                # closes the websocket): nor do we, or a CONNECT it never read would bind
                 text = message.get("text")
-                if text is not None and self.probe.completed_by(text):
+                if text is not None and self.probe.completed_by(text, self.runtime.max_post_body):
                     await self._upgraded()
             elif message["type"] == "websocket.receive":
                 text = message.get("text")
