@@ -30,7 +30,7 @@ class GroupCommit:
         if not self._waiting:
             loop.call_soon(self._launch)
         self._waiting.append((requests, future))
-        return await asyncio.shield(future)  # a caller that gives up does not cancel the others' call
+        return await future  # (a caller that gives up cancels its own future, not the others' call)
 
     def _launch(self) -> None:
         batch, self._waiting = self._waiting, []

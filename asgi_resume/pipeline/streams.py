@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from asgi_resume.guard import Deadline
 from asgi_resume.log import AppendRequest, LogUnavailable, StreamKey
@@ -88,30 +89,30 @@ class StreamWriter:
             self._known(pending)
             if not pending:
                 return
-        loop = asyncio.get_running_loop()
+        clock = time.monotonic  # (not the loop's: asyncio.get_running_loop() is a getpid() on CPython 3.11)
         order, wait = runtime.order, guard.deadlines.write.seconds
         waits_end = 0.0  # (the clock is read only when a wait is due: hot path)
         cursors = conn.cursors
         for key, group in pending.items():  # frames another tab here was fed first, and these lack, go first
             head = group[0]
             if order.before(key, head.order):
-                waits_end = waits_end or loop.time() + wait
-                if not await order.turn(key, head.order, by_content(group), max(0.0, waits_end - loop.time())):
+                waits_end = waits_end or clock() + wait
+                if not await order.turn(key, head.order, by_content(group), max(0.0, waits_end - clock())):
                     stats.order_waits_timed_out += 1  # (the log is not to blame: it gets its own deadline)
             if head.emitted is not None and key not in cursors and not conn.unlogged:
                 # its first frame of the stream: placed at its own emit if another tab here logs it
                 copy = order.copy_on_its_way(key, head.emitted, head.order)
                 if copy is not None:
-                    waits_end = waits_end or loop.time() + wait
-                    if not await order.until_logged(key, copy, max(0.0, waits_end - loop.time())):
+                    waits_end = waits_end or clock() + wait
+                    if not await order.until_logged(key, copy, max(0.0, waits_end - clock())):
                         stats.order_waits_timed_out += 1
                 where = order.placed(key, head.content_digest(), head.emitted)
                 if where is not None:
                     conn.placed(key, *where)
         # one deadline for the batch's log calls, a repair and the append (the in-process log gets no timer)
-        ends = None if synchronous else loop.time() + wait
+        ends = None if synchronous else clock() + wait
         if self._waiting_repairs:  # streams of the batch the log missed frames of start a new epoch first
-            await runtime.repairs.repair(Deadline(wait if ends is None else max(0.0, ends - loop.time())), pending)
+            await runtime.repairs.repair(Deadline(wait if ends is None else max(0.0, ends - clock())), pending)
             if not guard.available():  # the repair found the log still failing
                 self._unlogged(pending)
                 return
@@ -123,7 +124,7 @@ class StreamWriter:
         requests = [self._request(key, group) for key, group in pending.items()]
         remaining = 0.0
         if ends is not None:  # a call given up on must not land later, out of place (see AppendRequest)
-            remaining = max(0.0, ends - loop.time())
+            remaining = max(0.0, ends - clock())
             within_ms = int(remaining * 1000)
             for request in requests:
                 request.within_ms, request.fresh_epoch = within_ms, new_epoch()
