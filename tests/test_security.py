@@ -30,6 +30,31 @@ from tests.support.waits import until
 pytestmark = pytest.mark.anyio
 
 
+async def _streamed_to_alice(url: str, sio: socketio.AsyncServer, path: str = "/socket.io/") -> RawClient:
+    """Alice's tab, sent 5 frames of stream ``m``."""
+    owner = await RawClient(url, auth={"token": "alice"}, path=path).connect()
+    await emit_tokens(sio, "alice", "m", 1, 5)
+    await owner.wait_seqs("m", 5)
+    return owner
+
+
+async def _session(url: str, path: str = "/socket.io/") -> PollingClient:
+    """A long-polling session, connected to no namespace yet."""
+    client = PollingClient(url, path=path)
+    opening = await client.get()
+    client.sid = json.loads(str(opening[0])[1:])["sid"]
+    return client
+
+
+async def _replays_nothing(client: PollingClient) -> None:
+    """``client`` resumes alice's stream ``m`` from 0 and gets none of it: ``not_found`` (its own log)."""
+    await client.post('421["resume-stream",{"message_id":"m","last_seq":0}]')
+    got = await client.collect(lambda p: isinstance(p, str) and p.startswith("431"), 1)
+    answer = next(p for p in got if isinstance(p, str) and p.startswith("431"))
+    assert json.loads(answer[3:])[0]["error"] == "not_found"
+    assert not [p for p in got if isinstance(p, str) and '"seq"' in p]
+
+
 async def test_resume_requests_are_rate_limited_per_connection(backend: dict[str, Any]) -> None:
     sio = make_sio()
     app = make_app(sio, resume_limit=5, **backend)
@@ -330,22 +355,14 @@ async def test_a_form_body_shows_the_app_and_the_middleware_the_same_connect(sta
     field ``d``, URL-decoded, is the payload); the middleware read the raw body. One body showed
     the app mallory's CONNECT, which it accepted, and the middleware alice's (a token the app
     refuses), which it bound at the app's reply: mallory replayed alice's stream."""
-    owner = await RawClient(stack.url, auth={"token": "alice"}).connect()
-    await emit_tokens(stack.sio, "alice", "m", 1, 5)
-    await owner.wait_seqs("m", 5)
-    mallory = PollingClient(stack.url)
+    owner = await _streamed_to_alice(stack.url, stack.sio)
+    mallory = await _session(stack.url)
     try:
-        opening = await mallory.get()
-        mallory.sid = json.loads(str(opening[0])[1:])["sid"]
         body = "d=" + urllib.parse.quote('40{"token":"mallory"}') + '&x=\x1e40{"token":"alice","refuse":true}'
         response = await mallory.http.post(mallory.url, params=mallory._params(), content=body)
         assert response.status_code == 200
         assert any(isinstance(p, str) and p.startswith("40{") for p in await mallory.get())  # accepted
-        await mallory.post('421["resume-stream",{"message_id":"m","last_seq":0}]')
-        got = await mallory.collect(lambda p: isinstance(p, str) and p.startswith("431"), 1)
-        answer = next(p for p in got if isinstance(p, str) and p.startswith("431"))
-        assert json.loads(answer[3:])[0]["error"] == "not_found"  # mallory's own log: nothing there
-        assert not [p for p in got if isinstance(p, str) and '"seq"' in p]
+        await _replays_nothing(mallory)
     finally:
         await mallory.aclose()
         await owner.close()
@@ -368,24 +385,16 @@ async def test_a_post_the_app_does_not_read_binds_nobody(
     middleware read them all. Mallory's CONNECT was accepted and its reply waited for her next GET;
     a POST the app never read told the middleware she left and connected again as alice, whom it
     bound at that reply: mallory replayed alice's stream."""
-    owner = await RawClient(stack.url, auth={"token": "alice"}).connect()
-    await emit_tokens(stack.sio, "alice", "m", 1, 5)
-    await owner.wait_seqs("m", 5)
-    mallory = PollingClient(stack.url)
+    owner = await _streamed_to_alice(stack.url, stack.sio)
+    mallory = await _session(stack.url)
     try:
-        opening = await mallory.get()
-        mallory.sid = json.loads(str(opening[0])[1:])["sid"]
         await mallory.post('40{"token":"mallory"}')  # accepted: its reply waits for the next GET
         response = await mallory.http.post(
             mallory.url, params={**mallory._params(), **params}, headers=headers, content=body
         )
         assert response.status_code in (200, 400)  # (python-engineio's answer, unchanged)
         assert any(isinstance(p, str) and p.startswith("40{") for p in await mallory.get())
-        await mallory.post('421["resume-stream",{"message_id":"m","last_seq":0}]')
-        got = await mallory.collect(lambda p: isinstance(p, str) and p.startswith("431"), 1)
-        answer = next(p for p in got if isinstance(p, str) and p.startswith("431"))
-        assert json.loads(answer[3:])[0]["error"] == "not_found"  # mallory's own log: nothing there
-        assert not [p for p in got if isinstance(p, str) and '"seq"' in p]
+        await _replays_nothing(mallory)
     finally:
         await mallory.aclose()
         await owner.close()
@@ -395,13 +404,9 @@ async def test_a_post_whose_client_left_mid_body_is_read_as_the_app_reads_it(sta
     """Found by review: python-engineio reads the part of a body that came before its client
     left, and acts on it; so must the middleware, or a CONNECT only the app saw would take the
     principal of the next one, which the app refused."""
-    owner = await RawClient(stack.url, auth={"token": "alice"}).connect()
-    await emit_tokens(stack.sio, "alice", "m", 1, 5)
-    await owner.wait_seqs("m", 5)
-    mallory = PollingClient(stack.url)
+    owner = await _streamed_to_alice(stack.url, stack.sio)
+    mallory = await _session(stack.url)
     try:
-        opening = await mallory.get()
-        mallory.sid = json.loads(str(opening[0])[1:])["sid"]
         host, port = stack.url.removeprefix("http://").split(":")
         _, writer = await asyncio.open_connection(host, int(port))
         body = b'40{"token":"mallory"}'
@@ -415,11 +420,7 @@ async def test_a_post_whose_client_left_mid_body_is_read_as_the_app_reads_it(sta
         await until(lambda: bool(stack.sio.manager.rooms.get("/", {}).get(room_of("mallory"))), 5)  # the app read it
         await mallory.post('40{"token":"alice","refuse":true}')
         await mallory.get()
-        await mallory.post('421["resume-stream",{"message_id":"m","last_seq":0}]')
-        got = await mallory.collect(lambda p: isinstance(p, str) and p.startswith("431"), 1)
-        answer = next(p for p in got if isinstance(p, str) and p.startswith("431"))
-        assert json.loads(answer[3:])[0]["error"] == "not_found"
-        assert not [p for p in got if isinstance(p, str) and '"seq"' in p]
+        await _replays_nothing(mallory)
     finally:
         await mallory.aclose()
         await owner.close()
@@ -439,24 +440,16 @@ async def test_a_refused_post_binds_nobody_behind_an_http_middleware() -> None:
         middleware=[Middleware(ResumeMiddleware), Middleware(BaseHTTPMiddleware, dispatch=passthrough)],
     )
     async with serve(app) as url:
-        owner = await RawClient(url, auth={"token": "alice"}, path="/ws/socket.io/").connect()
-        await emit_tokens(sio, "alice", "m", 1, 5)
-        await owner.wait_seqs("m", 5)
-        mallory = PollingClient(url, path="/ws/socket.io/")
+        owner = await _streamed_to_alice(url, sio, path="/ws/socket.io/")
+        mallory = await _session(url, path="/ws/socket.io/")
         try:
-            opening = await mallory.get()
-            mallory.sid = json.loads(str(opening[0])[1:])["sid"]
             await mallory.post('40{"token":"mallory"}')
             refused = await mallory.http.post(
                 mallory.url, params={**mallory._params(), "j": "x"}, content='41\x1e40{"token":"alice"}'
             )
             assert refused.status_code == 400
             await mallory.get()
-            await mallory.post('421["resume-stream",{"message_id":"m","last_seq":0}]')
-            got = await mallory.collect(lambda p: isinstance(p, str) and p.startswith("431"), 1)
-            answer = next(p for p in got if isinstance(p, str) and p.startswith("431"))
-            assert json.loads(answer[3:])[0]["error"] == "not_found"
-            assert not [p for p in got if isinstance(p, str) and '"seq"' in p]
+            await _replays_nothing(mallory)
         finally:
             await mallory.aclose()
             await owner.close()
@@ -481,23 +474,15 @@ async def test_frames_on_an_upgrade_probe_bind_nobody(stack: Stack, probed: bool
     """Found by attack: python-engineio reads only the probe and the UPGRADE on a probe websocket
     (anything else ends the upgrade, unread); the middleware read a DISCONNECT and a CONNECT there,
     and bound the second at the app's reply to an earlier CONNECT: mallory replayed alice's stream."""
-    owner = await RawClient(stack.url, auth={"token": "alice"}).connect()
-    await emit_tokens(stack.sio, "alice", "m", 1, 5)
-    await owner.wait_seqs("m", 5)
-    mallory = PollingClient(stack.url)
+    owner = await _streamed_to_alice(stack.url, stack.sio)
+    mallory = await _session(stack.url)
     try:
-        opening = await mallory.get()
-        mallory.sid = json.loads(str(opening[0])[1:])["sid"]
         await mallory.post('40{"token":"mallory"}')  # accepted: its reply waits for the next GET
         first = ("2probe",) if probed else ()
         await _probe(stack.url, mallory.sid, *first, "41")
         await _probe(stack.url, mallory.sid, *first, '40{"token":"alice","refuse":true}')
         assert any(isinstance(p, str) and p.startswith("40{") for p in await mallory.get())
-        await mallory.post('421["resume-stream",{"message_id":"m","last_seq":0}]')
-        got = await mallory.collect(lambda p: isinstance(p, str) and p.startswith("431"), 1)
-        answer = next(p for p in got if isinstance(p, str) and p.startswith("431"))
-        assert json.loads(answer[3:])[0]["error"] == "not_found"  # mallory's own log: nothing there
-        assert not [p for p in got if isinstance(p, str) and '"seq"' in p]
+        await _replays_nothing(mallory)
     finally:
         await mallory.aclose()
         await owner.close()
@@ -531,13 +516,9 @@ async def test_a_disconnect_between_two_connects_binds_nobody(stack: Stack, post
     leaves and connects again as alice, whom the app refuses. The DISCONNECT made the middleware
     forget the first CONNECT, so the second was not ambiguous, and the app's reply to the first
     bound alice."""
-    owner = await RawClient(stack.url, auth={"token": "alice"}).connect()
-    await emit_tokens(stack.sio, "alice", "m", 1, 5)
-    await owner.wait_seqs("m", 5)
-    mallory = PollingClient(stack.url)
+    owner = await _streamed_to_alice(stack.url, stack.sio)
+    mallory = await _session(stack.url)
     try:
-        opening = await mallory.get()
-        mallory.sid = json.loads(str(opening[0])[1:])["sid"]
         packets = ['40{"token":"mallory"}', "41", '40{"token":"alice","refuse":true}']
         if posts == 1:
             await mallory.post(*packets)
@@ -545,11 +526,7 @@ async def test_a_disconnect_between_two_connects_binds_nobody(stack: Stack, post
             await mallory.post(packets[0])
             await mallory.post(*packets[1:])
         await mallory.collect(lambda p: isinstance(p, str) and p.startswith("44"), 1)  # both replies came
-        await mallory.post('421["resume-stream",{"message_id":"m","last_seq":0}]')
-        got = await mallory.collect(lambda p: isinstance(p, str) and p.startswith("431"), 1)
-        answer = next(p for p in got if isinstance(p, str) and p.startswith("431"))
-        assert json.loads(answer[3:])[0]["error"] == "not_found"
-        assert not [p for p in got if isinstance(p, str) and '"seq"' in p]
+        await _replays_nothing(mallory)
     finally:
         await mallory.aclose()
         await owner.close()
@@ -579,13 +556,9 @@ async def test_a_reply_before_its_posts_answer_binds_nobody() -> None:
     sio.on("connect", admin_connect, namespace="/admin")
     sio.on("slow", slow, namespace="/admin")
     async with serve(make_app(sio)) as url:
-        owner = await RawClient(url, auth={"token": "alice"}).connect()
-        await emit_tokens(sio, "alice", "m", 1, 5)
-        await owner.wait_seqs("m", 5)
-        mallory = PollingClient(url)
+        owner = await _streamed_to_alice(url, sio)
+        mallory = await _session(url)
         try:
-            opening = await mallory.get()
-            mallory.sid = json.loads(str(opening[0])[1:])["sid"]
             for gate, packets in zip(
                 gates,
                 [
@@ -599,11 +572,7 @@ async def test_a_reply_before_its_posts_answer_binds_nobody() -> None:
                 await mallory.collect(lambda p: isinstance(p, str) and p[:2] in ("40", "44") and p[2:3] != "/", 1)
                 gate.set()
                 await posted
-            await mallory.post('421["resume-stream",{"message_id":"m","last_seq":0}]')
-            got = await mallory.collect(lambda p: isinstance(p, str) and p.startswith("431"), 1)
-            answer = next(p for p in got if isinstance(p, str) and p.startswith("431"))
-            assert json.loads(answer[3:])[0]["error"] == "not_found"  # no principal: it fails closed
-            assert not [p for p in got if isinstance(p, str) and '"seq"' in p]
+            await _replays_nothing(mallory)
         finally:
             await mallory.aclose()
             await owner.close()
