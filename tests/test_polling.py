@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import websockets
 
+from asgi_resume.pipeline.connection import Connection
 from asgi_resume.transport import polling
 from tests.conftest import Stack
 from tests.support.app import PacedStream, chat_event, emit_tokens, make_app, make_sio, room_of
@@ -214,3 +215,24 @@ async def test_a_resume_posted_while_the_upgrade_is_noted_is_answered_here(tmp_p
             await alice.aclose()
     finally:
         server.stop()
+
+
+async def test_a_failure_noting_what_a_post_does_costs_nothing_else(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What a POST's packets do is done at python-engineio's answer, outside the reading of the
+    frames: a bug there is logged, and the POST is still answered and the session goes on."""
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(Connection, "answered", broken)
+    client = await PollingClient(stack.url).open({"token": "alice"})
+    try:
+        await client.post('431["ok"]', '421["resume-stream",{"message_id":"m","last_seq":0}]')  # an ACK, then a resume
+        got = await client.collect(lambda p: isinstance(p, str) and p.startswith("431"), 1)
+        answer = json.loads(next(str(p) for p in got if str(p).startswith("431"))[3:])[0]
+        assert answer["error"] == "not_found"  # answered here, after the failure
+        assert "could not note what an inbound frame does" in caplog.text
+    finally:
+        await client.aclose()

@@ -58,7 +58,10 @@ class Effects:
         """The app read the frames: do what they do (once)."""
         actions, self.actions = self.actions, []
         for action in actions:
-            await action()
+            try:
+                await action()
+            except Exception:  # never let a client's frame break the connection (as inspect)
+                logger.exception("asgi_resume could not note what an inbound frame does; going on")
 
     def settled(self, conn: Connection) -> None:
         """The app answered (its answer said whether it read them): their CONNECTs are noted or
