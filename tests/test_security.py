@@ -20,6 +20,7 @@ from starlette.responses import Response
 from starlette.routing import Mount
 
 from asgi_resume import ResumeMiddleware
+from asgi_resume.pipeline.connection import Connection
 from tests.conftest import Stack
 from tests.support.app import chat_event, emit_tokens, make_app, make_sio, room_of
 from tests.support.polling import PollingClient
@@ -593,6 +594,27 @@ async def test_an_upgrade_longer_than_the_app_reads_completes_nothing(stack: Sta
         await client.aclose()
 
 
+async def test_a_connect_past_the_namespace_bound_binds_nothing_after_it(stack: Stack) -> None:
+    """Found by attack: past 64 namespaces a CONNECT is not noted, yet the app answers it. Mallory's
+    CONNECT to "/" was skipped there and accepted; she freed a slot, connected as alice (refused as
+    a second CONNECT), and the app's reply to her own bound alice."""
+    owner = await _streamed_to_alice(stack.url, stack.sio)
+    mallory = await _session(stack.url)
+    try:
+        names = [f"/n{i}" for i in range(64)]  # the app has none of them: refused, once she GETs
+        for at in range(0, 64, 16):
+            await mallory.post(*[f"40{name}," for name in names[at : at + 16]])
+        await mallory.post('40{"token":"mallory"}')  # the 65th: not noted; the app accepts it
+        await until(lambda: bool(stack.sio.manager.rooms.get("/", {}).get(room_of("mallory"))), 5)
+        await mallory.post("41/n0,")  # a slot free again
+        await mallory.post('40{"token":"alice","refuse":true}')
+        await mallory.collect(lambda p: isinstance(p, str) and p.startswith("44") and p[2:3] != "/", 1)
+        await _replays_nothing(mallory)
+    finally:
+        await mallory.aclose()
+        await owner.close()
+
+
 async def test_a_close_the_app_does_not_read_ends_nothing(stack: Stack) -> None:
     """Found by attack: a CLOSE in a POST python-engineio refused unread made the middleware end
     the session at the next POST's answer; from then on resume requests reached the app, and its
@@ -682,3 +704,18 @@ async def test_an_event_the_middleware_cannot_read_still_reaches_the_app_unless_
         await until(lambda: "after" in seen, timeout=10)
         assert seen == [1, "after"]
         await client.close()
+
+
+def test_a_reply_that_may_answer_a_connect_never_noted_leaves_nothing_to_bind() -> None:
+    """A reply came while a CONNECT the app read was not noted yet (see
+    ``test_a_reply_before_its_posts_answer_binds_nobody``): it may have answered another CONNECT,
+    and then the one never noted is answered later, in a later one's place. No reply there binds
+    from then on."""
+    conn = Connection({"type": "http", "query_string": b""}, 0)
+    conn.connecting("/", "mallory")
+    conn.reading_connect("/")  # a second CONNECT, read by the app, noted at its POST's answer
+    conn.connected("/", accepted=True)  # mallory's reply, or the second one's
+    conn.connect_read("/")  # (not noted: a reply came meanwhile)
+    conn.connecting("/", "alice")  # a third, which the app refuses
+    conn.connected("/", accepted=True)  # the reply to the second
+    assert conn.principals.get("/") is None

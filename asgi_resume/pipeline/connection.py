@@ -74,9 +74,14 @@ class Connection:
     behind_telling: bool = False  # a task is telling the log (one at a time: the last word wins)
     drop_attachments: int = 0  # binary frames still to come of an inbound request the app never sees
     #: namespace -> CONNECTs the app has read and this connection has not noted yet (a polling
-    #: POST's are noted at python-engineio's answer: see polling_post); a reply meanwhile ...
+    #: POST's are noted at python-engineio's answer: see polling_post); a reply meanwhile may be
+    #: theirs, so that namespace becomes ...
     unnoted: dict[str, int] = field(default_factory=dict)
-    replied_unnoted: set[str] = field(default_factory=set)  # ... may be theirs: it binds nobody, nor do they
+    #: ... one where a reply may answer a CONNECT never noted: from then on no reply there binds
+    unbindable: set[str] = field(default_factory=set)
+    #: a CONNECT was not noted, past MAX_NAMESPACES: its reply may come in any namespace's place,
+    #: so from then on no reply binds (no client connects to that many)
+    overflowed: bool = False
     resume_bucket: ResumeBucket = field(default_factory=ResumeBucket)  # its resume requests' rate limit
 
     def principal_for(self, namespace: str) -> str | None:
@@ -113,9 +118,12 @@ class Connection:
                 del self.recovery[namespace]
         if self.unnoted.get(namespace):
             # a CONNECT the app read is not noted yet (an app whose handlers run inside the POST):
-            # this reply may be that one's, or another's: it binds nobody, nor does that CONNECT
-            self.pending.pop(namespace, None)
-            self.replied_unnoted.add(namespace)
+            # this reply may be that one's, or another's, and that one's may come after the next
+            self.unbindable.add(namespace)
+            if len(self.unbindable) > MAX_NAMESPACES:
+                self.overflowed = True
+        if self.overflowed or namespace in self.unbindable:
+            self.pending.pop(namespace, None)  # it binds nobody
             return
         if namespace not in self.pending:
             return  # a reply to a CONNECT whose outcome is taken already (or never seen)
@@ -161,7 +169,6 @@ class Connection:
             self.unnoted[namespace] = left
         else:
             self.unnoted.pop(namespace, None)
-            self.replied_unnoted.discard(namespace)
 
     def called(self, namespace: str, ack_id: int) -> None:
         """The app sent the client an event that expects an answer."""
