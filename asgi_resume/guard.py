@@ -39,6 +39,9 @@ class Deadline:
     #: does an open breaker fail the call at once? (A reconnecting client's recovery claim is
     #: tried anyway: it cannot ask again, and the log may be back before the breaker knows.)
     fails_fast: bool = True
+    #: does the guard time the call? (False: the call keeps the deadline itself, and raises
+    #: ``TimeoutError`` past it: the group commit, one timer for a round trip many callers share)
+    timed_here: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +90,7 @@ class LogGuard:
         if deadline.fails_fast and self.down and not self.available():  # (down: no clock read when up)
             raise LogUnavailable("the log failed a moment ago")
         try:
-            if self.log.synchronous:  # the in-process log never waits: no timer
+            if self.log.synchronous or not deadline.timed_here:  # no timer here (the in-process log never waits)
                 result = await call(*args)
             else:
                 async with asyncio.timeout(deadline.seconds):

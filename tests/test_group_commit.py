@@ -56,3 +56,17 @@ async def test_a_caller_that_gives_up_leaves_no_unread_failure(caplog: pytest.Lo
             await asyncio.sleep(0)
         gc.collect()
     assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
+
+
+async def test_a_round_trip_is_given_up_at_its_soonest_callers_deadline() -> None:
+    """One timer per merged call (not one per caller): past the soonest deadline of its callers,
+    every caller gets ``TimeoutError`` (the guard's own timer is not set for these calls)."""
+    log = CountingLog()  # never answers
+    group = GroupCommit(log)  # type: ignore[arg-type]
+    soon = asyncio.create_task(group.append([request("a")], within=0.05))
+    late = asyncio.create_task(group.append([request("b")], within=30.0))
+    async with asyncio.timeout(10):  # (a bound far above 0.05 s)
+        for caller in (soon, late):
+            with pytest.raises(TimeoutError):
+                await caller
+    assert log.calls == [2]

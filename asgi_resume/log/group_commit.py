@@ -23,27 +23,39 @@ class GroupCommit:
     def __init__(self, log: StreamLog) -> None:
         self.log = log
         self._waiting: list[tuple[Sequence[AppendRequest], asyncio.Future[list[AppendResult]]]] = []
+        self._ends: float | None = None  # the soonest deadline of the callers waiting (the loop's clock)
 
-    async def append(self, requests: Sequence[AppendRequest]) -> list[AppendResult]:
+    async def append(self, requests: Sequence[AppendRequest], within: float | None = None) -> list[AppendResult]:
+        """``requests``' results. ``within``: seconds the caller waits at most; the merged call is
+        given up at the soonest of its callers' (``TimeoutError``): one timer per round trip, not
+        one per caller (a room's tabs each have one)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[AppendResult]] = loop.create_future()
         if not self._waiting:
             loop.call_soon(self._launch)
+        if within is not None:
+            ends = loop.time() + within
+            if self._ends is None or ends < self._ends:
+                self._ends = ends
         self._waiting.append((requests, future))
         return await future  # (a caller that gives up cancels its own future, not the others' call)
 
     def _launch(self) -> None:
         batch, self._waiting = self._waiting, []
-        asyncio.get_running_loop().create_task(self._run(batch))
+        ends, self._ends = self._ends, None
+        asyncio.get_running_loop().create_task(self._run(batch, ends))
 
-    async def _run(self, batch: list[tuple[Sequence[AppendRequest], asyncio.Future[list[AppendResult]]]]) -> None:
+    async def _run(
+        self, batch: list[tuple[Sequence[AppendRequest], asyncio.Future[list[AppendResult]]]], ends: float | None
+    ) -> None:
         merged = [request for requests, _ in batch for request in requests]
         try:
-            results = await self.log.append(merged)
+            async with asyncio.timeout_at(ends):  # (None: no timer)
+                results = await self.log.append(merged)
         except Exception as exc:  # noqa: BLE001 - every caller gets the failure
             for _, future in batch:
                 if not future.done():
-                    future.set_exception(exc)
+                    future.set_exception(TimeoutError() if isinstance(exc, TimeoutError) else exc)
                     future.exception()  # a caller that gave up (timed out) leaves it unread: no warning
             return
         start = 0

@@ -135,7 +135,9 @@ class StreamWriter:
             else:
                 conn.calling = True  # (what a release of its streams waits for: see orphans.orphan_streams())
                 try:
-                    results = await guard.call(Deadline(remaining), runtime.appends.append, requests)
+                    # (the group commit keeps the deadline: one timer for the callers of a round trip)
+                    deadline = Deadline(remaining, timed_here=False)
+                    results = await guard.call(deadline, runtime.appends.append, requests, remaining)
                 finally:
                     conn.calling = False
                     if conn.call_answered is not None:
