@@ -615,6 +615,37 @@ async def test_a_connect_past_the_namespace_bound_binds_nothing_after_it(stack: 
         await owner.close()
 
 
+async def test_a_reply_still_owed_after_an_ambiguous_pair_binds_nobody(stack: Stack) -> None:
+    """Found by attack: three CONNECTs back to back on a websocket. The first two were ambiguous;
+    the first one's refusal took that mark away while the second's reply was still to come, the
+    third (alice, refused) was then noted alone, and the second's acceptance bound alice."""
+    owner = await _streamed_to_alice(stack.url, stack.sio)
+    mallory = await RawClient(stack.url).connect(namespaces=())
+    for frame in ('40{"token":"x","refuse":true}', '40{"token":"mallory"}', '40{"token":"alice","refuse":true}'):
+        await mallory.send(frame)
+    await mallory.wait_count(lambda f: isinstance(f, str) and f.startswith("44"), 2, timeout=10)
+    await mallory.wait_for(lambda f: isinstance(f, str) and f.startswith("40{"), timeout=10)
+    before = len(mallory.frames)
+    answer = await mallory.request("resume-stream", {"message_id": "m", "last_seq": 0}, ack_id=1)
+    assert answer["error"] == "not_found"
+    assert not [f for f in mallory.frames[before:] if isinstance(f, str) and '"seq"' in f]
+    await mallory.close()
+    await owner.close()
+
+
+def test_a_connect_noted_while_a_reply_is_owed_binds_nobody() -> None:
+    """The same, step by step: a reply binds only a CONNECT that no other reply was owed with."""
+    conn = Connection({"type": "websocket", "query_string": b""}, 0)
+    conn.connecting("/", "x")
+    conn.connecting("/", "mallory")  # two in flight: ambiguous
+    conn.connected("/", accepted=False)  # the first's refusal: the second's reply is still owed
+    conn.connecting("/", "alice")
+    conn.connected("/", accepted=True)  # the second's acceptance
+    conn.connected("/", accepted=False)  # the third's refusal
+    assert conn.principals.get("/") is None
+    assert not conn.awaiting  # owed nothing any more
+
+
 async def test_a_close_the_app_does_not_read_ends_nothing(stack: Stack) -> None:
     """Found by attack: a CLOSE in a POST python-engineio refused unread made the middleware end
     the session at the next POST's answer; from then on resume requests reached the app, and its

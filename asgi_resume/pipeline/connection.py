@@ -79,6 +79,9 @@ class Connection:
     unnoted: dict[str, int] = field(default_factory=dict)
     #: ... one where a reply may answer a CONNECT never noted: from then on no reply there binds
     unbindable: set[str] = field(default_factory=set)
+    #: namespace -> replies the app owes to CONNECTs there it read and that were noted (a CONNECT
+    #: where the connection is in already too: python-socketio refuses it, with a reply)
+    awaiting: dict[str, int] = field(default_factory=dict)
     #: a CONNECT was not noted, past MAX_NAMESPACES: its reply may come in any namespace's place,
     #: so from then on no reply binds (no client connects to that many)
     overflowed: bool = False
@@ -103,11 +106,14 @@ class Connection:
     def connecting(self, namespace: str, principal: str | None) -> None:
         """The client asked to CONNECT to ``namespace`` as ``principal``: the app decides.
 
-        Two CONNECTs in flight at once cannot be told apart by their replies: neither binds.
+        Two CONNECTs in flight at once cannot be told apart by their replies: neither binds, nor
+        does one noted while a reply to an earlier one is still to come.
         """
+        earlier = self.awaiting.get(namespace, 0)
+        self.awaiting[namespace] = earlier + 1
         if namespace in self.principals:
             return  # connected: python-socketio refuses it, and a principal is never rebound
-        self.pending[namespace] = _AMBIGUOUS if namespace in self.pending else principal
+        self.pending[namespace] = _AMBIGUOUS if earlier or namespace in self.pending else principal
 
     def connected(self, namespace: str, accepted: bool) -> None:
         """The app answered the CONNECT: its principal is bound if accepted, and never rebound."""
@@ -116,6 +122,9 @@ class Connection:
             state = self.recovery.get(namespace)
             if state is not None and state.awaiting_reply:
                 del self.recovery[namespace]
+        owed = self.awaiting.pop(namespace, 0)  # (replies owed, this one among them)
+        if owed > 1:
+            self.awaiting[namespace] = owed - 1
         if self.unnoted.get(namespace):
             # a CONNECT the app read is not noted yet (an app whose handlers run inside the POST):
             # this reply may be that one's, or another's, and that one's may come after the next
@@ -127,6 +136,9 @@ class Connection:
             return
         if namespace not in self.pending:
             return  # a reply to a CONNECT whose outcome is taken already (or never seen)
+        if owed > 1:  # another is still to come: which CONNECT this one answers cannot be told
+            self.pending[namespace] = _AMBIGUOUS
+            return
         principal = self.pending.pop(namespace)
         if accepted and namespace not in self.principals:
             self.principals[namespace] = None if principal is _AMBIGUOUS else principal

@@ -176,12 +176,15 @@ async def _connect(
     await runtime.ready()  # (the principal's key may come from the log: read before the app can reply)
 
     async def connecting() -> None:  # (no await: done before the app's reply can go out)
-        if namespace in conn.unbindable or namespace in conn.principals:
-            # no reply binds there (see Connection.unnoted), or connected there already (python-
-            # socketio refuses this one: what the connection has there stays as it was)
-            return
+        if namespace in conn.unbindable:
+            return  # no reply binds there (see Connection.unnoted)
         if not conn.may_join(namespace):  # one namespace too many: not noted, and yet answered
             conn.overflowed = True
+            return
+        if namespace in conn.principals:
+            # connected there already: python-socketio refuses this one (its reply is counted), and
+            # what the connection has there stays as it was
+            conn.connecting(namespace, None)
             return
         now = runtime.log.now_ms()
         conn.joined_ms[namespace] = now  # (a rejoin too: its first frames are not older entries it got)
