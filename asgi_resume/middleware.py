@@ -102,16 +102,22 @@ class ResumeMiddleware:
         elif self.metrics is not None and scope["type"] == "http" and scope.get("path") == self.settings.metrics:
             await self.metrics(scope, receive, send)
         elif scope["type"] == "websocket" and self._watches(scope):
+            self._find_body_limit()
             await WebSocketConnection(self.app, self.runtime, self.sessions, self.holds, scope, receive, send).run()
         elif scope["type"] == "http" and self._watches(scope) and query_param(scope, "transport") == "polling":
-            if not self._found_body_limit:  # the app's routes are all there by its first request
-                self._found_body_limit = True
-                self.runtime.max_post_body = engineio_body_limit(self.app) or self.runtime.max_post_body
+            self._find_body_limit()
             await handle_polling(self.app, self.runtime, self.sessions, scope, receive, send)
         elif scope["type"] == "lifespan":
             await self.app(scope, receive, self._lifespan_send(send))
         else:
             await self.app(scope, receive, send)
+
+    def _find_body_limit(self) -> None:
+        """The app's ``max_http_buffer_size``, once (its routes are all there by its first Engine.IO
+        request, whichever the transport): what python-engineio reads of a POST or a frame."""
+        if not self._found_body_limit:
+            self._found_body_limit = True
+            self.runtime.max_post_body = engineio_body_limit(self.app) or self.runtime.max_post_body
 
     def _lifespan_send(self, send: Send) -> Send:
         async def lifespan_send(message: Message) -> None:

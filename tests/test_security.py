@@ -646,6 +646,31 @@ def test_a_connect_noted_while_a_reply_is_owed_binds_nobody() -> None:
     assert not conn.awaiting  # owed nothing any more
 
 
+@pytest.mark.parametrize("hidden", [False, True], ids=["its limit found", "its limit hidden"])
+async def test_a_websocket_only_app_is_read_up_to_its_own_frame_limit(hidden: bool) -> None:
+    """Found by attack: the app's ``max_http_buffer_size`` was looked up at the first polling
+    request only; a process that served websockets alone took 1 MB for it, passed a longer
+    CONNECT on unread and uncounted, and the app's reply to it bound the next one (alice, refused).
+    Where the limit cannot be found (an app the middleware cannot look into), a frame passed on
+    unread leaves nothing to bind."""
+    sio = make_sio(max_http_buffer_size=5_000_000)
+    inner = socketio.ASGIApp(sio)
+
+    async def opaque(scope: Any, receive: Any, send: Any) -> None:
+        await inner(scope, receive, send)
+
+    async with serve(ResumeMiddleware(opaque) if hidden else make_app(sio)) as url:
+        owner = await _streamed_to_alice(url, sio)
+        mallory = await RawClient(url).connect(namespaces=())
+        await mallory.send(json.dumps({"token": "mallory", "pad": "x" * 1_100_000}).join(["40", ""]))
+        await mallory.send('40{"token":"alice","refuse":true}')
+        await mallory.wait_for(lambda f: isinstance(f, str) and f.startswith("44"), timeout=10)
+        answer = await mallory.request("resume-stream", {"message_id": "m", "last_seq": 0}, ack_id=1)
+        assert answer["error"] == "not_found"
+        await mallory.close()
+        await owner.close()
+
+
 async def test_a_close_the_app_does_not_read_ends_nothing(stack: Stack) -> None:
     """Found by attack: a CLOSE in a POST python-engineio refused unread made the middleware end
     the session at the next POST's answer; from then on resume requests reached the app, and its

@@ -268,6 +268,10 @@ class WebSocketConnection:
                 text = message.get("text")
                 if text is not None and self.probe.completed_by(text, self.runtime.max_post_body):
                     await self._upgraded()
+                elif not self.probe.active:
+                    # python-engineio ends the connection unread; were its limit not the one found,
+                    # a CONNECT in it would be answered uncounted: no reply binds from now on
+                    self.conn.overflowed = True
             elif message["type"] == "websocket.receive":
                 text = message.get("text")
                 if text is None:
