@@ -60,7 +60,7 @@ def _plain(value: Any) -> str | None:
         return str(value) or None
     try:
         return json.dumps(value, sort_keys=True, separators=(",", ":"))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):  # (a token nested deeper than we read)
         return None
 
 

@@ -21,6 +21,7 @@ from starlette.routing import Mount
 
 from asgi_resume import ResumeMiddleware
 from asgi_resume.pipeline.connection import Connection
+from asgi_resume.principal import _plain
 from tests.conftest import Stack
 from tests.support.app import chat_event, emit_tokens, make_app, make_sio, room_of
 from tests.support.polling import PollingClient
@@ -669,6 +670,39 @@ async def test_a_websocket_only_app_is_read_up_to_its_own_frame_limit(hidden: bo
         assert answer["error"] == "not_found"
         await mallory.close()
         await owner.close()
+
+
+async def test_a_connect_whose_principal_cannot_be_read_is_counted_or_never_reaches_the_app(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by attack: a CONNECT token nested deeper than the middleware's ``json.dumps`` reads
+    was accepted by the app, while reading its principal at the POST's answer raised: the CONNECT
+    went uncounted, and its reply bound the next one's principal (alice, refused). The principal is
+    read with the frame now (a failure keeps the frame from the app, as on a websocket)."""
+    owner = await _streamed_to_alice(stack.url, stack.sio)
+    resolve = stack.app.runtime.resolver.resolve
+
+    def failing(scope: Any, auth: Any) -> str | None:
+        if isinstance(auth, dict) and auth.get("token") == "deep":
+            raise RecursionError("maximum recursion depth exceeded")
+        return resolve(scope, auth)
+
+    monkeypatch.setattr(stack.app.runtime.resolver, "resolve", failing)
+    mallory = await _session(stack.url)
+    try:
+        await mallory.post('40{"token":"deep"}', '40{"token":"alice","refuse":true}')
+        await mallory.collect(lambda p: isinstance(p, str) and p.startswith("44"), 1)
+        await _replays_nothing(mallory)
+    finally:
+        await mallory.aclose()
+        await owner.close()
+
+
+def test_a_token_nested_too_deep_names_nobody() -> None:
+    deep: Any = "x"
+    for _ in range(100_000):
+        deep = [deep]
+    assert _plain(deep) is None
 
 
 async def test_a_close_the_app_does_not_read_ends_nothing(stack: Stack) -> None:

@@ -54,13 +54,15 @@ class Effects:
     def add(self, action: Callable[[], Awaitable[None]]) -> None:
         self.actions.append(action)
 
-    async def run(self) -> None:
-        """The app read the frames: do what they do (once)."""
+    async def run(self, conn: Connection) -> None:
+        """The app read the frames: do what they do (once). A failure is logged and the rest goes
+        on; no reply binds on ``conn`` from then on (a CONNECT the app read may have gone uncounted)."""
         actions, self.actions = self.actions, []
         for action in actions:
             try:
                 await action()
             except Exception:  # never let a client's frame break the connection (as inspect)
+                conn.overflowed = True
                 logger.exception("asgi_resume could not note what an inbound frame does; going on")
 
     def settled(self, conn: Connection) -> None:
@@ -174,6 +176,8 @@ async def _connect(
         claim, replacement, auth = strip_connect(frame, packet)
 
     await runtime.ready()  # (the principal's key may come from the log: read before the app can reply)
+    # read now, where a failure keeps the frame from the app (a token nested too deep for us, say)
+    principal = runtime.resolver.resolve(conn.scope, auth)
 
     async def connecting() -> None:  # (no await: done before the app's reply can go out)
         if namespace in conn.unbindable:
@@ -190,7 +194,7 @@ async def _connect(
         conn.joined_ms[namespace] = now  # (a rejoin too: its first frames are not older entries it got)
         if runtime.settings.recovery:
             conn.recovery[namespace] = RecoveryState(namespace, now, claim)
-        conn.connecting(namespace, runtime.resolver.resolve(conn.scope, auth))
+        conn.connecting(namespace, principal)
 
     if later is not None:
         conn.reading_connect(namespace)

@@ -47,7 +47,7 @@ class PostResponse:
         if message["type"] == "http.response.start" and polling is not None:
             status = message.get("status")
             if status == 200:  # python-engineio read them (it answers 200 once it has: its handlers run after)
-                await self.effects.run()
+                await self.effects.run(eio.conn)
             self.effects.settled(eio.conn)
             if status == 200 and polling.goodbye:
                 eio.ended()
