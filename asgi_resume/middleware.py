@@ -104,7 +104,7 @@ class ResumeMiddleware:
         elif scope["type"] == "websocket" and self._watches(scope):
             self._find_body_limit()
             await WebSocketConnection(self.app, self.runtime, self.sessions, self.holds, scope, receive, send).run()
-        elif scope["type"] == "http" and self._watches(scope) and query_param(scope, "transport") == "polling":
+        elif scope["type"] == "http" and self._watches(scope) and _polling(scope):
             self._find_body_limit()
             await handle_polling(self.app, self.runtime, self.sessions, scope, receive, send)
         elif scope["type"] == "lifespan":
@@ -129,6 +129,12 @@ class ResumeMiddleware:
             await send(message)
 
         return lifespan_send
+
+
+def _polling(scope: Scope) -> bool:
+    """Would python-engineio take this HTTP request for long-polling? It reads a missing
+    ``transport`` as polling, and reads a POST's body whatever its ``transport`` says."""
+    return scope.get("method") == "POST" or query_param(scope, "transport") in (None, "polling")
 
 
 _SETTINGS = frozenset(option.name for option in OPTIONS)  # a test checks the parameters above name them all

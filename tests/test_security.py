@@ -705,6 +705,32 @@ def test_a_token_nested_too_deep_names_nobody() -> None:
     assert _plain(deep) is None
 
 
+@pytest.mark.parametrize("transport", [None, "websocket"], ids=["no transport", "transport=websocket"])
+async def test_a_post_python_engineio_takes_for_polling_is_read_here(stack: Stack, transport: str | None) -> None:
+    """Found by attack: python-engineio reads a missing ``transport`` as polling, and reads a POST
+    whatever its ``transport`` says; the middleware passed such POSTs on unread. Mallory's CONNECT
+    in one went uncounted, and its reply bound alice's (refused); a resume request in one reached
+    the app."""
+    owner = await _streamed_to_alice(stack.url, stack.sio)
+    mallory = await _session(stack.url)
+    params = {"EIO": "4", "sid": mallory.sid or ""} | ({} if transport is None else {"transport": transport})
+    try:
+        response = await mallory.http.post(mallory.url, params=params, content='40{"token":"mallory"}')
+        assert response.status_code == 200
+        await mallory.post('40{"token":"alice","refuse":true}')
+        await mallory.collect(lambda p: isinstance(p, str) and p.startswith("44"), 1)
+        await mallory.http.post(
+            mallory.url, params=params, content='421["resume-stream",{"message_id":"m","last_seq":0}]'
+        )
+        got = await mallory.collect(lambda p: isinstance(p, str) and p.startswith("431"), 1)
+        answer = next(p for p in got if isinstance(p, str) and p.startswith("431"))
+        assert json.loads(answer[3:])[0]["error"] == "not_found"  # answered here, and nobody bound
+        assert not [p for p in got if isinstance(p, str) and '"seq"' in p]
+    finally:
+        await mallory.aclose()
+        await owner.close()
+
+
 async def test_a_close_the_app_does_not_read_ends_nothing(stack: Stack) -> None:
     """Found by attack: a CLOSE in a POST python-engineio refused unread made the middleware end
     the session at the next POST's answer; from then on resume requests reached the app, and its
