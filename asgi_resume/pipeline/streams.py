@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Collection
 
 from asgi_resume.guard import Deadline
 from asgi_resume.log import AppendRequest, LogUnavailable, StreamKey
@@ -205,12 +206,8 @@ class StreamWriter:
                         dead[key] = epoch
         if not dead:
             return
-        recent = runtime.recent
-        for key, epoch in dead.items():
-            recent.forget(key)
-            conn.forget(key)
-            conn.unlogged[key] = epoch  # (the epoch the repair leaves)
-        runtime.repairs.missed(conn, dead)
+        conn.unlogged.update(dead)  # (the epoch the repair leaves)
+        self._start_over(dead)
         if conn.released:
             runtime.repairs.closed(conn)  # (repaired without it)
 
@@ -292,8 +289,13 @@ class StreamWriter:
     def passed_unread(self) -> None:
         """Frames of this connection went out unread (see :meth:`Outbound.passed_unread`): every
         stream it follows (or has in flight) starts a new epoch, as one the log missed frames of."""
+        conn = self.conn
+        self._start_over(list(dict.fromkeys([*conn.cursors, *conn.in_flight])))
+
+    def _start_over(self, keys: Collection[StreamKey]) -> None:
+        """What was logged of ``keys`` has a hole: each starts a new epoch (at its next append, or
+        repaired: :mod:`~asgi_resume.pipeline.repairs`), from the one in ``Connection.unlogged``."""
         conn, recent = self.conn, self.runtime.recent
-        keys = list(dict.fromkeys([*conn.cursors, *conn.in_flight]))
         for key in keys:
             recent.forget(key)
             conn.forget(key)
