@@ -268,3 +268,10 @@ def test_ends_connection_is_a_close_or_a_disconnect(frame: str, ends: bool) -> N
 def test_an_open_packets_handshake_is_read_from_any_text(frame: str) -> None:
     found = protocol.handshake(frame)
     assert found is None or (frame.startswith("0") and isinstance(found, dict))
+
+
+def test_the_packet_type_is_read_as_python_engineio_reads_it() -> None:
+    assert protocol.packet_type("5x") == 5  # whatever follows
+    assert protocol.packet_type("\uff15") == 5  # int() takes any Unicode digit
+    assert protocol.packet_type("") is None
+    assert protocol.packet_type("b") is None

@@ -24,6 +24,7 @@ from asgi_resume.protocol.engineio import (
     RECORD_SEPARATOR,
     handshake,
     join_payload,
+    packet_type,
     split_payload,
 )
 from asgi_resume.protocol.socketio import (
@@ -85,6 +86,7 @@ __all__ = [
     "join_payload",
     "names_event",
     "namespace_of",
+    "packet_type",
     "parse",
     "peek",
     "split_payload",

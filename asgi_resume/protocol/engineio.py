@@ -47,6 +47,15 @@ def join_payload(packets: list[str | bytes]) -> str:
     )
 
 
+def packet_type(frame: str) -> int | None:
+    """The packet type python-engineio reads in a text frame: its first character read with
+    ``int()``, which takes any Unicode digit ("\uff15" is an UPGRADE to it); ``None`` if it reads none."""
+    try:
+        return int(frame[:1])
+    except ValueError:
+        return None
+
+
 def handshake(frame: str) -> dict[str, object] | None:
     """The handshake an Engine.IO OPEN packet carries (``sid``, ``pingInterval``, ...), if it is one."""
     if frame[:1] != EIO_OPEN:

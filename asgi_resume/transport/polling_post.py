@@ -132,7 +132,7 @@ async def _rewrite_post(eio: EngineIOSession, body: bytes, effects: Effects) -> 
             else:
                 kept.append(packet)
             continue
-        if int(packet[:1]) not in _READ_TYPES:  # (read with int(), as python-engineio does)
+        if protocol.packet_type(packet) not in _READ_TYPES:
             kept += packets[at:]  # python-engineio stops at it: what follows is never read
             break
         found = await eio.client_text(packet, effects)

@@ -26,15 +26,12 @@ class UpgradeProbe:
         if text == protocol.EIO_PROBE_ANSWER:
             self._answered = True
 
-    def completed_by(self, text: str, longest: int) -> bool:
-        """Does the client's ``text`` complete the upgrade? From then on it reads this websocket.
-        (python-engineio takes any packet it reads as an UPGRADE, its type read with ``int()``,
-        whatever follows; it reads none longer than ``longest``, its ``max_http_buffer_size``.)"""
-        if not (self.active and self._answered) or len(text) > longest:
+    def completed_by(self, text: str) -> bool:
+        """Does the client's ``text`` (a frame python-engineio reads) complete the upgrade? From
+        then on it reads this websocket. (python-engineio takes any packet of that type for an
+        UPGRADE, whatever follows.)"""
+        if not (self.active and self._answered):
             return False
-        try:
-            upgrade = int(text[:1]) == int(protocol.EIO_UPGRADE)
-        except ValueError:
-            return False
+        upgrade = protocol.packet_type(text) == int(protocol.EIO_UPGRADE)
         self.active = not upgrade
         return upgrade

@@ -259,19 +259,19 @@ class WebSocketConnection:
             return await self._from_hold.receive()
         while True:
             message = await self.receive()
-            if message["type"] == "websocket.receive" and (
-                self.probe.active or len(message.get("text") or "") > self.runtime.max_post_body
-            ):
+            text = message.get("text")
+            oversized = text is not None and len(text) > self.runtime.max_post_body
+            if message["type"] == "websocket.receive" and (self.probe.active or oversized):
                 # python-engineio reads nothing on a probe but the probe and the UPGRADE (anything
                 # else ends the upgrade, unread), nor a frame over its max_http_buffer_size (it
                 # closes the websocket): nor do we, or a CONNECT it never read would bind
-                text = message.get("text")
-                if text is not None and self.probe.completed_by(text, self.runtime.max_post_body):
+                if oversized:
+                    if not self.probe.active:
+                        # were its limit not the one found, a CONNECT in it would be answered
+                        # uncounted: no reply binds from now on
+                        self.conn.overflowed = True
+                elif text is not None and self.probe.completed_by(text):
                     await self._upgraded()
-                elif not self.probe.active:
-                    # python-engineio ends the connection unread; were its limit not the one found,
-                    # a CONNECT in it would be answered uncounted: no reply binds from now on
-                    self.conn.overflowed = True
             elif message["type"] == "websocket.receive":
                 text = message.get("text")
                 if text is None:
