@@ -53,7 +53,7 @@ class Connection:
         self.skipped: list[int] = []
         self.others_ms = 0
 
-    async def send(self, *entries: Entry, reset: bool = False) -> list[int]:
+    async def send(self, *entries: Entry, reset: bool = False, rejoining: bool = False) -> list[int]:
         request = AppendRequest(
             self.key,
             list(entries),
@@ -64,6 +64,7 @@ class Connection:
             connection=self.name,
             skipped=list(self.skipped),
             lookback_ms=self.lookback_ms,
+            rejoining=rejoining,
         )
         (result,) = await self.log.append([request])
         if result.epoch != self.epoch:
@@ -71,12 +72,15 @@ class Connection:
         self.epoch, self.others_ms = result.epoch, result.others_ms
         previous = self.cursor or None
         for seq in result.seqs:
-            if seq < 0:
-                self.skipped.remove(-seq)
+            if seq <= 0:
+                if seq:
+                    self.skipped.remove(-seq)
                 continue
             if previous is not None and seq > previous + 1:
                 self.skipped.extend(range(previous + 1, seq))
             previous = self.cursor = seq
+        if not self.cursor:  # (none of its frames got a seq: it still has no cursor)
+            self.epoch = None
         return result.seqs
 
 
@@ -277,6 +281,32 @@ async def test_a_history_with_a_hole_gets_one_new_epoch_whoever_starts_it(log: S
     assert first.epoch != broken
     (second,) = await log.append([repair])  # the same reset again: the stream left that epoch already
     assert second.epoch == first.epoch
+
+
+async def test_a_tab_whose_history_broke_logs_nothing_from_before_the_epoch_another_began(log: StreamLog) -> None:
+    """Two tabs' appends failed and a repair began a new epoch; the tab ahead logged its next frames
+    first. The tab behind still has frames from before them: they are no part of the new epoch
+    (seq 0: sent unstamped), and its copies of the epoch's entries match them rather than follow
+    its older frames into the log a second time (found by attack: CLIENT KILL during appends)."""
+    t = log.now_ms()
+    ahead, behind = Connection(log, key(), "ahead", since=t), Connection(log, key(), "behind", since=t)
+    frames = {i: entry(log, f"f{i}", at=t + i) for i in range(1, 11)}
+    assert await ahead.send(frames[1], frames[2], frames[3]) == [1, 2, 3]
+    assert await behind.send(frames[1], frames[2], frames[3]) == [1, 2, 3]
+    broken = ahead.epoch
+    assert broken is not None
+    (repair,) = await log.append([AppendRequest(key(), [], reset=True, reset_epoch=broken, connection="ahead")])
+    ahead.epoch = behind.epoch = None  # (both forgot their cursors: the log missed their frames 4-7)
+    ahead.cursor = behind.cursor = 0
+    assert await ahead.send(frames[8], frames[9], rejoining=True) == [1, 2]
+    assert await behind.send(frames[5], frames[6], rejoining=True) == [0, 0]
+    assert await behind.send(frames[7], frames[8], frames[9], frames[10], rejoining=True) == [0, 1, 2, 3]
+    assert await ahead.send(frames[10]) == [3]
+    replay = await log.replay(key(), 0, repair.epoch, "reader")
+    assert [payload for _, payload in replay.frames] == [frames[i].payload for i in (8, 9, 10)]
+    # the same frame from a tab that is not rejoining is appended, as a frame only it got is
+    newcomer = Connection(log, key(), "newcomer", since=t)
+    assert await newcomer.send(frames[4]) == [4]
 
 
 async def test_a_tab_that_followed_a_lost_epoch_marks_the_one_a_newcomer_made(log: StreamLog) -> None:

@@ -201,3 +201,33 @@ async def test_what_one_connection_missed_is_bounded_and_the_rest_repaired_witho
     for m in (ids[0], ids[-1]):  # let go, and kept: a resume across the missed frame is told
         after = await rt.log.replay(StreamKey(ALICE, "/", "", m), firsts[m]["seq"], firsts[m]["epoch"], "reader")
         assert after.gap or after.epoch != firsts[m]["epoch"]
+
+
+async def test_a_tab_behind_when_the_log_failed_does_not_log_its_older_frames_into_the_new_epoch() -> None:
+    """Both tabs' appends failed; once the log answers, the tab ahead logs its next frames in the
+    new epoch first. The tab behind still has frames the app emitted before those: they go out
+    unstamped, and its copies of the new epoch's entries get their seqs rather than follow them
+    into the log a second time (found by attack: CLIENT KILL during appends, a resume then replayed
+    one epoch's tokens twice, the second time after older ones)."""
+    rt = Runtime(Settings.load({}), _RecordingLog())
+    ahead, behind = tab(rt), tab(rt)
+    frames = [token(i) for i in range(11)]  # (one object per emit, handed to every tab, as python-socketio does)
+    for outbound in (ahead, behind):
+        await send(outbound, *frames[1:4])
+    down(rt)
+    assert events(await send(ahead, *frames[4:8]))[0].get("seq") is None  # unstamped: missed
+    assert events(await send(behind, frames[4]))[0].get("seq") is None
+    for frame in frames[5:8]:
+        behind.feed(frame)  # its writer is behind: these are on their way
+    up(rt)
+    assert await rt.repairs.repair()
+    new = events(await send(ahead, frames[8], frames[9]))
+    assert [e["seq"] for e in new] == [1, 2]
+    late = events(await send(behind, frames[8], frames[9], frames[10]))
+    assert [e.get("seq") for e in late] == [None, None, None, 1, 2, 3]
+    assert {e["epoch"] for e in late[3:]} == {new[0]["epoch"]}
+    assert events(await send(ahead, frames[10]))[0]["seq"] == 3
+    replay = await rt.log.replay(KEY, 0, new[0]["epoch"], "reader")
+    assert replay.last_seq == 3
+    assert not behind.conn.rejoining
+    assert not ahead.conn.rejoining

@@ -112,12 +112,20 @@ class AppendRequest:
     #: this connection joined by the clock and still deliver it here after (each process reckons
     #: the log's clock to within a few ms, and fans an emit out a few ms apart)
     lookback_ms: int = 0
+    #: the connection's history of the stream broke (the log missed frames it was sent, or may
+    #: have) and it has logged none of its frames since: a frame of it that matches no entry and
+    #: was received no later than the epoch's first one is from before this epoch (another
+    #: connection began it after the break, with frames this one gets later): no part of it (seq
+    #: 0). Appended after that epoch's entries, it would put them out of emit order, and its
+    #: copies of them would follow it into the log a second time
+    rejoining: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class AppendResult:
     """The epoch, and for each entry its seq: > 0 matched or appended; -s: the copy already
-    logged at ``s`` among the request's ``skipped`` (sent unstamped: it came out of order)."""
+    logged at ``s`` among the request's ``skipped`` (sent unstamped: it came out of order); 0:
+    from before the epoch began, for a ``rejoining`` caller (sent unstamped)."""
 
     epoch: str
     seqs: list[int]

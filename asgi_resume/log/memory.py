@@ -90,6 +90,10 @@ class _Stream:
                 break
         return found or before
 
+    def begun_after(self, received_ms: int) -> bool:
+        """Did this epoch's first entry kept come no earlier than a frame received at ``received_ms``?"""
+        return bool(self.records) and received_ms <= self.records[0].ts
+
     def find_among(self, seqs: set[int], digest: str, received_ms: int) -> int | None:
         """The first of ``seqs`` holding a copy of this frame: same digest, received about when it was."""
         for seq in sorted(seqs):
@@ -211,6 +215,9 @@ class MemoryLog:
                     skipped.discard(out_of_order)
                     seqs.append(-out_of_order)
                     continue
+            if seq is None and cursor is None and request.rejoining and state.begun_after(entry.received_ms):
+                seqs.append(0)  # from before the epoch began: no part of it (AppendRequest.rejoining)
+                continue
             if seq is None:
                 state.last += 1
                 seq = state.last

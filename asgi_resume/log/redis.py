@@ -128,6 +128,7 @@ class RedisLog:
             not_after,
             request.lookback_ms,
             SCAN_AHEAD,
+            1 if request.rejoining else 0,
         ]
 
     async def replay(

@@ -57,6 +57,9 @@ class Connection:
     #: history has a hole, so the next append (or a repair) starts a new epoch, if nobody did yet
     #: (at most ``repairs.UNLOGGED_KEPT``: past it the oldest are repaired without this connection)
     unlogged: dict[StreamKey, str] = field(default_factory=dict)
+    #: keys whose history broke here (``forget``) with none of its frames logged since: the epoch
+    #: it joins may have begun after frames it still has to send (``AppendRequest.rejoining``)
+    rejoining: set[StreamKey] = field(default_factory=set)
     in_flight: dict[StreamKey, float] = field(default_factory=dict)  # key not done -> monotonic time of last frame
     calls: dict[tuple[str, int], None] = field(default_factory=dict)  # (namespace, ack id) the client owes
     departed: bool = False  # it left a namespace (or was disconnected from one) at least once
@@ -207,12 +210,14 @@ class Connection:
             self.cursors[key] = (epoch, seqs[-1])
             if previous is None:
                 self.skipped.pop(key, None)
+                if self.rejoining:
+                    self.rejoining.discard(key)
             if others_ms:
                 self.others_ms[key] = others_ms
             return
         skipped = self.skipped.get(key, []) if previous is not None else []
         for seq in seqs:
-            if seq < 0:  # an out-of-order copy of an entry it had passed over: not passed over any more
+            if seq <= 0:  # an out-of-order copy of an entry it had passed over (or one from before the epoch)
                 if -seq in skipped:
                     skipped.remove(-seq)
                 continue
@@ -221,6 +226,7 @@ class Connection:
             previous = seq
         if previous is not None:
             self.cursors[key] = (epoch, previous)
+            self.rejoining.discard(key)
         if skipped:
             self.skipped[key] = skipped[-SKIPPED_KEPT:]
         else:
@@ -257,6 +263,7 @@ class Connection:
                 stale = [key for key in places if key not in self.in_flight][: len(places) - kept]
                 for key in stale:
                     self.cursors.pop(key, None)
+                    self.rejoining.discard(key)
                     self.skipped.pop(key, None)
                     self.others_ms.pop(key, None)
                     self.replayed.pop(key, None)
@@ -266,6 +273,7 @@ class Connection:
         cursor = self.cursors.pop(key, None)
         self.unlogged.setdefault(key, cursor[0] if cursor is not None else "")
         self.skipped.pop(key, None)
+        self.rejoining.add(key)
 
     def still_in(self, key: StreamKey) -> bool:
         """Is this connection still ``key``'s principal in its namespace? (Not once it left it, nor

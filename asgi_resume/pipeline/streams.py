@@ -256,6 +256,7 @@ class StreamWriter:
             connection=conn.id,
             skipped=skipped.get(key, []) if skipped else [],
             held=self._held,
+            rejoining=bool(conn.rejoining) and key in conn.rejoining,
         )
 
     def _unlogged(self, by_key: dict[StreamKey, list[EventUnit]], sent: list[AppendRequest] | None = None) -> None:

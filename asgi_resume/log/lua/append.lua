@@ -5,6 +5,8 @@
 -- latest in the look-back before: another process's copy, delivered here later). A frame
 -- that matches nothing is appended at once. A frame whose copy is among the entries this
 -- connection passed over came out of order: it goes out unstamped (-seq), not twice in the log.
+-- A rejoining connection's frame that matches nothing and is no newer than the epoch's first
+-- entry is from before the epoch: it goes out unstamped (0).
 local log, meta = KEYS[1], KEYS[2]
 local since = tonumber(ARGV[1])
 local cursor_epoch = ARGV[2]
@@ -23,6 +25,7 @@ local reset_epoch = ARGV[14] -- reset only a stream still in one of these epochs
 local not_after = tonumber(ARGV[15]) -- ms: its caller gives up on it then (0: never)
 local lookback = tonumber(ARGV[16]) -- ms before `since` where a first frame's copy may lie (another process's)
 local scan_ahead = tonumber(ARGV[17]) -- how far past its cursor a connection's frame is looked for
+local rejoining = ARGV[18] == '1' -- its history broke and it logged nothing since (AppendRequest.rejoining)
 local PAGE = 64 -- entries read at a time, newest first, looking for a first frame's copy
 -- Returns {epoch, others_ms, continued, seq...}: a seq per frame (negative: the out-of-order copy's
 -- seq); continued: the connection that appended to the epoch last, when a caller with no cursor (a
@@ -140,9 +143,16 @@ for i = 1, #frames, 4 do
       if near and field(e, 'h') == digest and (not out_of_order or s < out_of_order) then out_of_order = s end
     end
   end
+  local before_epoch = false
+  if not seq and not cursor and rejoining then
+    local first = redis.call('XRANGE', log, '-', '+', 'COUNT', 1)[1]
+    before_epoch = first and tonumber(frames[i + 2]) <= tonumber(field(first, 't')) or false
+  end
   if out_of_order then
     passed[out_of_order] = nil
     out[#out + 1] = -out_of_order
+  elseif before_epoch then
+    out[#out + 1] = 0
   else
     if not seq then
       if i == 1 and after then out[3] = after end
