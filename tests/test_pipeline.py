@@ -18,7 +18,7 @@ from asgi_resume.config import Settings
 from asgi_resume.log import StreamKey
 from asgi_resume.log.memory import MemoryLog
 from asgi_resume.pipeline.connection import Connection
-from asgi_resume.pipeline.inbound import inspect
+from asgi_resume.pipeline.inbound import UNREAD, inspect
 from asgi_resume.pipeline.outbound import Outbound
 from asgi_resume.pipeline.resume import ResumeRequest
 from asgi_resume.pipeline.runtime import Runtime
@@ -422,3 +422,18 @@ async def test_a_tab_that_leaves_its_namespace_while_the_log_is_down_gets_its_st
     await rt.repairs.repair()
     newcomer = events(await send(tab(rt), token(9)))[0]
     assert newcomer["epoch"] != t1["epoch"]
+
+
+async def test_a_connect_naming_a_namespace_with_a_record_separator_is_not_the_apps() -> None:
+    """Found by attack: python-socketio echoes a namespace in its reply as it is, and the long-polling
+    reader splits a response at a record separator: the app's refusal ``44/x\\x1e40,"..."`` read as
+    a refusal in "/x" and an accepted CONNECT in "/", which bound a CONNECT noted there before."""
+    rt = runtime()
+    mallory = Outbound(rt, Connection({"type": "websocket", "query_string": b""}, rt.log.now_ms()))
+    assert await inspect(rt, mallory.conn, '40/x\x1e40,{"token":"mallory"}') is UNREAD
+    assert await inspect(rt, mallory.conn, "41/x\x1e40,") is UNREAD
+    mallory.conn.connecting("/", ALICE)  # (a CONNECT in "/" still waiting for its reply)
+    await send(mallory, '40,"Unable to connect"')  # no reply the app sends
+    assert mallory.conn.principals == {}
+    await send(mallory, '40{"sid":"s"}')  # (and none binds after it)
+    assert mallory.conn.principals == {}

@@ -34,6 +34,9 @@ class Classifier:
         if packet is None:
             return
         if packet.type == protocol.CONNECT:
+            if frame[packet.data_offset : packet.data_offset + 1] != "{":  # (python-socketio's is {"sid": ...})
+                self.conn.overflowed = True  # not a reply the app sends: from now on, none binds
+                return
             self.conn.connected(packet.namespace, accepted=True)
         elif packet.type == protocol.CONNECT_ERROR:
             self.conn.connected(packet.namespace, accepted=False)

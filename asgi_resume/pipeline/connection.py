@@ -76,6 +76,9 @@ class Connection:
     behind_told: bool = False  # what the log was last told of it (the recovery sessions' fetched)
     behind_telling: bool = False  # a task is telling the log (one at a time: the last word wins)
     drop_attachments: int = 0  # binary frames still to come of an inbound request the app never sees
+    #: messages python-socketio may take for attachments of a binary packet the client sent it (it
+    #: takes the next ones, text or binary, whatever they say): none of them is acted on here
+    attachments_owed: int = 0
     #: namespace -> CONNECTs the app has read and this connection has not noted yet (a polling
     #: POST's are noted at python-engineio's answer: see polling_post); a reply meanwhile may be
     #: theirs, so that namespace becomes ...

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
+import sys
 from collections.abc import Awaitable, Callable
 
 from asgi_resume import protocol
@@ -99,6 +100,8 @@ async def inspect(
     the app's otherwise (an event named by a number, say).
     """
     head = frame[:2]
+    if conn.attachments_owed:
+        return _maybe_attachment(runtime, conn, frame)
     if head not in protocol.CLIENT_HEADS:
         kind = head[1:]
         return None if kind.isascii() and kind.isdigit() else UNREAD
@@ -115,7 +118,15 @@ async def inspect(
                 conn.drop_attachments += protocol.declared_attachments(frame)
                 return ResumeRequest(protocol.namespace_of(frame), None, error=UNREADABLE)
             # (which event a head too long for us names, we cannot tell: it could be a resume request)
-            return None if protocol.event_head_read(frame) else UNREAD
+            if not protocol.event_head_read(frame):
+                return UNREAD
+            if head in _BINARY_HEADS:  # (whatever python-socketio makes of its count, it may wait for some)
+                conn.attachments_owed += protocol.declared_attachments(frame) or _ALL_OWED
+            return None
+        if packet.type in (protocol.CONNECT, protocol.DISCONNECT) and not packet.namespace.isprintable():
+            # python-socketio echoes a namespace in its reply as it is, and a record separator in it
+            # splits a long-polling response there: the rest would read as a reply of its own
+            return UNREAD
         if packet.type == protocol.CONNECT:
             return await _connect(runtime, conn, frame, packet, later)
         if packet.type == protocol.ACK:
@@ -126,6 +137,10 @@ async def inspect(
             await _do(later, _disconnected(runtime, conn, packet.namespace))
             return None
         if packet.event_name != runtime.settings.resume_event:
+            if packet.type in (protocol.BINARY_EVENT, protocol.BINARY_ACK):
+                # python-socketio takes the next messages for its attachments (all of them, if it
+                # says none: it refuses each and waits on)
+                conn.attachments_owed += packet.attachments or _ALL_OWED
             return None
         if packet.type == protocol.BINARY_EVENT:
             conn.drop_attachments += packet.attachments  # they follow it: not the app's either
@@ -141,6 +156,19 @@ async def inspect(
 
 
 UNREADABLE = "the resume request could not be read (its ack id or its JSON)"
+_BINARY_HEADS = ("45", "46")
+_ALL_OWED = sys.maxsize  # (python-socketio waits for attachments of a binary packet that declares none, forever)
+
+
+def _maybe_attachment(runtime: Runtime, conn: Connection, frame: str) -> Unread | None:
+    """A message python-socketio may take for an attachment of a binary packet the client sent it
+    (if that packet was for a namespace it had connected), or read as a packet (if not): nothing in
+    it is acted on here, and one we would act on (a CONNECT, a DISCONNECT, a resume request) is not
+    passed on either, so that the app does not act on it alone."""
+    if frame[:2] in _MUST_READ or protocol.names_event(frame, runtime.settings.resume_event):
+        return UNREAD  # (the app's binary packet still waits for its attachments: so does the count)
+    conn.attachments_owed -= 1
+    return None
 
 
 async def _do(later: Effects | None, effect: Callable[[], Awaitable[None]]) -> None:

@@ -29,6 +29,7 @@ from asgi_resume.protocol.engineio import (
 )
 from asgi_resume.protocol.socketio import (
     ACK,
+    BINARY_ACK,
     BINARY_EVENT,
     CLIENT_HEADS,
     CONNECT,
@@ -55,6 +56,7 @@ from asgi_resume.protocol.stamping import StampTemplate, stamp_template, with_la
 
 __all__ = [
     "ACK",
+    "BINARY_ACK",
     "BINARY_EVENT",
     "CLIENT_HEADS",
     "CONNECT",

@@ -99,6 +99,8 @@ class EngineIOSession:
         if conn.drop_attachments > 0:
             conn.drop_attachments -= 1
             return True
+        if conn.attachments_owed > 0:
+            conn.attachments_owed -= 1  # (one of the app's binary packet's)
         return False
 
     def ended(self) -> None:
