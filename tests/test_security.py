@@ -834,3 +834,94 @@ def test_a_reply_that_may_answer_a_connect_never_noted_leaves_nothing_to_bind() 
     conn.connecting("/", "alice")  # a third, which the app refuses
     conn.connected("/", accepted=True)  # the reply to the second
     assert conn.principals.get("/") is None
+
+
+async def test_a_message_the_app_takes_for_an_attachment_is_not_read_as_a_packet(stack: Stack) -> None:
+    """Found by attack: python-socketio takes the messages after a binary packet's header for its
+    attachments, text ones too. The middleware read such a ``40`` as a CONNECT (noted as alice's,
+    never answered): any reply it did not count then bound alice. Now nothing is read in a message
+    that may be an attachment, and a CONNECT there reaches neither."""
+    owner = await _streamed_to_alice(stack.url, stack.sio)
+    mallory = await RawClient(stack.url, auth={"token": "mallory"}).connect()
+    try:
+        session = stack.app.sessions.get(mallory.eio_sid)
+        assert session is not None
+        conn = session.conn
+        await mallory.send('451-["x",{"_placeholder":true,"num":0}]')  # the app waits for one attachment
+        await mallory.send('40/admin,{"token":"alice"}')
+        await mallory.send('42["plain text"]')  # (taken for the attachment)
+        await mallory.send('40/admin,{"token":"mallory"}')
+        await mallory.wait_for(lambda f: isinstance(f, str) and f.startswith("40/admin,{"))
+        assert conn.principals["/admin"] == conn.principals["/"]  # mallory's, in both
+        assert conn.attachments_owed == 0
+    finally:
+        await mallory.close()
+        await owner.close()
+
+
+async def test_a_failed_second_upgrade_probe_leaves_the_sessions_posts_read(stack: Stack) -> None:
+    """Found by attack: two probes on one session; one upgrades, the other fails, and python-engineio
+    takes the session for long-polling again. The middleware still took it for upgraded and passed
+    its POSTs on unread: a CONNECT in one went uncounted, and its reply bound alice (mallory then
+    replayed her stream)."""
+    owner = await _streamed_to_alice(stack.url, stack.sio)
+    mallory = await _session(stack.url)
+    url = stack.url.replace("http://", "ws://") + f"/socket.io/?EIO=4&transport=websocket&sid={mallory.sid}"
+    first, second = await websockets.connect(url), await websockets.connect(url)
+    try:
+        session = stack.app.sessions.get(mallory.sid)
+        assert session is not None
+        async with asyncio.timeout(10):
+            for ws in (first, second):
+                await ws.send("2probe")
+                assert await ws.recv() == "3probe"
+            await first.send("5")
+            await until(lambda: session.conn.upgraded, 10)
+            await second.send("4x")  # not an UPGRADE: python-engineio gives that one up, and the upgrade
+            with contextlib.suppress(websockets.ConnectionClosed):
+                async for _ in second:
+                    pass
+        await until(lambda: not session.conn.upgraded, 10)
+        await mallory.post('40/admin,{"token":"mallory"}')  # read: counted, and bound at its reply
+        async with asyncio.timeout(10):
+            while not str(await first.recv()).startswith("40/admin,{"):  # (the websocket's writer takes it)
+                pass
+        assert session.conn.principals.get("/admin") is not None  # (mallory's)
+        await first.send('421["resume-stream",{"message_id":"m","last_seq":0}]')
+        async with asyncio.timeout(10):
+            while not str(frame := await first.recv()).startswith("431"):
+                assert '"seq"' not in str(frame)
+        assert json.loads(str(frame)[3:])[0]["error"] == "not_found"
+    finally:
+        await first.close()
+        await second.close()
+        await mallory.aclose()
+        await owner.close()
+
+
+async def test_a_websocket_of_a_session_the_middleware_never_saw_binds_nobody(stack: Stack) -> None:
+    """Found by attack: a JSONP handshake (``j=0``) is not read here, so its sid was never known; a
+    websocket naming it was taken for one from the start (python-engineio takes it for an upgrade),
+    while the session's POSTs passed on unread: a CONNECT in one went uncounted, and its reply bound
+    the CONNECT the websocket carried (alice's, refused). Such a websocket binds nobody now."""
+    async with httpx.AsyncClient(timeout=10) as http:
+        opening = await http.get(stack.url + "/socket.io/", params={"EIO": "4", "transport": "polling", "j": "0"})
+    sid = json.loads(json.loads(opening.text[opening.text.index("(") + 1 : opening.text.rindex(")")])[1:])["sid"]
+    assert stack.app.sessions.get(sid) is None  # (the handshake was not read)
+    ws = await websockets.connect(
+        stack.url.replace("http://", "ws://") + f"/socket.io/?EIO=4&transport=websocket&sid={sid}"
+    )
+    try:
+        async with asyncio.timeout(10):
+            await ws.send("2probe")
+            assert await ws.recv() == "3probe"
+            await ws.send("5")
+            await ws.send('40{"token":"mallory"}')
+            while not str(await ws.recv()).startswith("40{"):
+                pass
+            await emit_tokens(stack.sio, "mallory", "m", 1, 1)
+            while not str(frame := await ws.recv()).startswith("42"):
+                pass
+        assert '"seq"' not in str(frame)  # bound to nobody: nothing stamped, nothing logged
+    finally:
+        await ws.close()

@@ -47,7 +47,7 @@ async def handle_polling(
         response = PollResponse(eio, send)
         with eio.client_request():
             await _watching_client(app, scope, receive, response)
-    elif method == "POST" and eio is not None and not eio.conn.upgraded:
+    elif method == "POST" and eio is not None:  # (upgraded: python-engineio refuses it, and nothing is done)
         with eio.client_request():
             scope, receive, effects = await read_post(eio, scope, receive)
             try:

@@ -9,29 +9,36 @@ probe's, the pipeline, holds.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from asgi_resume import protocol
 
 
 class UpgradeProbe:
     """Is this websocket still a probe (``active``)? A websocket from the start never is."""
 
-    __slots__ = ("_answered", "active")
+    __slots__ = ("_answered", "_failed", "active")
 
     def __init__(self, active: bool) -> None:
         self.active = active
         self._answered = False  # python-engineio answered the client's PING probe
+        self._failed = False  # the client sent something else than an UPGRADE after it
 
     def app_sent(self, text: str | None) -> None:
         """The app sent ``text`` on this websocket (called only while ``active``)."""
         if text == protocol.EIO_PROBE_ANSWER:
             self._answered = True
 
-    def completed_by(self, text: str) -> bool:
-        """Does the client's ``text`` (a frame python-engineio reads) complete the upgrade? From
-        then on it reads this websocket. (python-engineio takes any packet of that type for an
-        UPGRADE, whatever follows.)"""
-        if not (self.active and self._answered):
-            return False
-        upgrade = protocol.packet_type(text) == int(protocol.EIO_UPGRADE)
-        self.active = not upgrade
-        return upgrade
+    def reads(self, text: str) -> Literal["upgraded", "failed"] | None:
+        """What the client's ``text`` (a frame python-engineio reads) does to the upgrade, once the
+        probe was answered: ``"upgraded"``, and python-engineio reads this websocket from then on
+        (it takes any packet of that type for an UPGRADE, whatever follows); ``"failed"`` (once),
+        any other packet: python-engineio reads nothing more here, and puts the session back on
+        long-polling, even one another websocket had upgraded."""
+        if not (self.active and self._answered) or self._failed:
+            return None
+        if protocol.packet_type(text) != int(protocol.EIO_UPGRADE):
+            self._failed = True  # (still a probe: nothing more on it is read)
+            return "failed"
+        self.active = False
+        return "upgraded"

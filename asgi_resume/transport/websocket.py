@@ -60,9 +60,14 @@ class WebSocketConnection:
         self.outbound = self.eio.outbound
         self.conn = self.eio.conn
         self._batch = self.outbound.batch  # (hot: asked for every frame)
-        self.probe = UpgradeProbe(existing is not None)
+        # python-engineio takes any websocket that names a sid for an upgrade of that session
+        self.probe = UpgradeProbe(sid is not None)
         if existing is None:
-            self.conn.upgraded = True  # a websocket from the start
+            self.conn.upgraded = True  # a websocket from the start, or one of a session we never saw
+            if sid is not None:
+                # its session's requests so far passed on unread (a JSONP handshake, say): a CONNECT
+                # among them is answered uncounted, so no reply binds on this connection
+                self.conn.overflowed = True
         self.accepted = False
         self.client_gone = False
         self._outbox = Outbox(runtime.log.now_ms)
@@ -270,8 +275,12 @@ class WebSocketConnection:
                         # were its limit not the one found, a CONNECT in it would be answered
                         # uncounted: no reply binds from now on
                         self.conn.overflowed = True
-                elif text is not None and self.probe.completed_by(text):
-                    await self._upgraded()
+                elif text is not None:
+                    upgrade = self.probe.reads(text)
+                    if upgrade == "upgraded":
+                        await self._upgraded()
+                    elif upgrade == "failed":  # the session is on long-polling again: its POSTs are read
+                        self.conn.upgraded = False
             elif message["type"] == "websocket.receive":
                 text = message.get("text")
                 if text is None:
