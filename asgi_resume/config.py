@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import jwt
 
 from asgi_resume.paths import DoneRule, parse_done_rules, parse_path
 from asgi_resume.principal import DEFAULT_PRINCIPAL, PrincipalSource, parse_sources
@@ -51,6 +54,9 @@ def _redis_url(raw: str) -> str | None:
         parse_url(url)  # type: ignore[no-untyped-call]
     except ValueError as exc:
         raise ValueError(f"{exc} (a URL such as redis://127.0.0.1:6379/0)") from None
+    database = urllib.parse.urlsplit(url).path.strip("/")
+    if database and not (database.isascii() and database.isdigit()):  # (redis-py ignores such a path)
+        raise ValueError(f"the database must be a number, not {database!r} (a URL such as redis://127.0.0.1:6379/0)")
     return url
 
 
@@ -68,6 +74,10 @@ def _algorithms(raw: str) -> tuple[str, ...]:
         raise ValueError("must name at least one JWT algorithm, e.g. HS256")
     if "none" in (name.lower() for name in names):
         raise ValueError("'none' would accept unsigned tokens")
+    known = jwt.algorithms.get_default_algorithms()
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ValueError(f"unknown JWT algorithm {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     return names
 
 
@@ -86,13 +96,20 @@ def _nonempty(raw: str) -> str:
     return raw.strip()
 
 
+#: the largest count a setting takes: a bound on memory, far beyond any real need, and within
+#: what a deque's maxlen and Redis's MAXLEN accept
+MAX_COUNT = 10_000_000
+#: durations are used in milliseconds (Redis's PEXPIRE, timers): from 1 ms to about 115 days
+MIN_SECONDS, MAX_SECONDS = 0.001, 10_000_000.0
+
+
 def _positive_int(raw: str) -> int:
     try:
         value = int(raw)
     except ValueError:
         raise ValueError("must be a positive integer") from None
-    if value <= 0:
-        raise ValueError("must be a positive integer")
+    if not 0 < value <= MAX_COUNT:
+        raise ValueError(f"must be a positive integer up to {MAX_COUNT:,}")
     return value
 
 
@@ -101,8 +118,8 @@ def _seconds(raw: str) -> float:
         value = float(raw)
     except ValueError:
         raise ValueError("must be a number of seconds") from None
-    if not value > 0 or value == float("inf"):
-        raise ValueError("must be a positive number of seconds")
+    if not MIN_SECONDS <= value <= MAX_SECONDS:
+        raise ValueError(f"must be a number of seconds from {MIN_SECONDS} to {MAX_SECONDS:,.0f}")
     return value
 
 
@@ -119,7 +136,8 @@ def _path(raw: str) -> str:
     path = raw.strip()
     if not path or " " in path:
         raise ValueError("must be a URL path such as /socket.io/")
-    return "/" + path.strip("/") + "/"
+    inner = path.strip("/")
+    return "/" + inner + "/" if inner else "/"
 
 
 def _optional_path(raw: str) -> str | None:
@@ -263,8 +281,15 @@ class Settings:
             if option.name == "preset" and values["preset"] is not None:
                 preset = PRESETS[values["preset"]]
         settings = cls(**values)
-        if any(source.kind == "jwt" for source in settings.principal) and settings.jwt_secret is None:
-            raise ConfigError(f"{ENV_PREFIX}PRINCIPAL has a jwt: source: {ENV_PREFIX}JWT_SECRET must be set")
+        if any(source.kind == "jwt" for source in settings.principal):
+            if settings.jwt_secret is None:
+                raise ConfigError(f"{ENV_PREFIX}PRINCIPAL has a jwt: source: {ENV_PREFIX}JWT_SECRET must be set")
+            keyed = [name for name in settings.jwt_algorithms if not name.startswith("HS")]
+            if keyed and "-----BEGIN" not in settings.jwt_secret:
+                raise ConfigError(
+                    f"{ENV_PREFIX}JWT_ALGORITHMS names {', '.join(keyed)}, which verify with a public key: "
+                    f"{ENV_PREFIX}JWT_SECRET must then be one in PEM (-----BEGIN PUBLIC KEY-----...)"
+                )
         return settings
 
 

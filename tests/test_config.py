@@ -67,6 +67,14 @@ def test_keyword_arguments_override_the_environment() -> None:
         ("ASGI_RESUME_KEY_PREFIX", "has space"),
         ("ASGI_RESUME_WRITE_TIMEOUT", "0"),
         ("ASGI_RESUME_DONE", "data..done"),
+        # found by attack: accepted, then every frame went out unstamped (an OverflowError in the
+        # memory log's deque, a PEXPIRE Redis refuses) or each frame's log expired at once
+        ("ASGI_RESUME_MAXLEN", "99999999999999999999999"),
+        ("ASGI_RESUME_TTL", "1e300"),
+        ("ASGI_RESUME_TTL", "0.0001"),
+        ("ASGI_RESUME_MAX_HOLDS", "10000001"),
+        # and JWT algorithms PyJWT does not know: every token then named nobody
+        ("ASGI_RESUME_JWT_ALGORITHMS", "HS265"),
     ],
 )
 def test_an_invalid_value_fails_at_startup_naming_the_variable(
@@ -101,7 +109,7 @@ def test_the_configuration_page_documents_every_variable_with_its_default() -> N
             assert f"`{option.default}`" in rows[0] or option.default in page, (option.env, rows[0])
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1:6379", "valkey//x", "redis://host:port/0"])
+@pytest.mark.parametrize("url", ["http://127.0.0.1:6379", "valkey//x", "redis://host:port/0", "redis://host/abc"])
 def test_a_bad_redis_url_names_the_variable(url: str) -> None:
     with pytest.raises(ConfigError, match="ASGI_RESUME_REDIS_URL"):
         Settings.load({"ASGI_RESUME_REDIS_URL": url})
@@ -134,3 +142,16 @@ def test_a_jwt_principal_needs_a_secret() -> None:
         Settings.load(
             {"ASGI_RESUME_PRINCIPAL": "jwt:sub", "ASGI_RESUME_JWT_SECRET": "k", "ASGI_RESUME_JWT_ALGORITHMS": "none"}
         )
+
+
+def test_a_jwt_algorithm_that_verifies_with_a_public_key_needs_one() -> None:
+    """Found by attack: RS256 with a shared secret was accepted, and every token named nobody. (Where
+    PyJWT has no ``cryptography``, it knows no such algorithm: refused as unknown.)"""
+    environ = {"ASGI_RESUME_PRINCIPAL": "jwt:id", "ASGI_RESUME_JWT_SECRET": "s3cret"}
+    with pytest.raises(ConfigError, match="RS256"):
+        Settings.load({**environ, "ASGI_RESUME_JWT_ALGORITHMS": "RS256"})
+    assert Settings.load({**environ, "ASGI_RESUME_JWT_ALGORITHMS": "HS256,HS512"}).jwt_algorithms == ("HS256", "HS512")
+
+
+def test_the_root_path_is_one_slash() -> None:
+    assert Settings.load({"ASGI_RESUME_PATH": "/"}).path == "/"
