@@ -123,6 +123,9 @@ async def test_views_for_other_audiences_are_streams_of_their_own(backend: dict[
             "resume-stream", {"message_id": "m", "last_seq": 4, "variant": "true"}, ack_id=1
         )
         assert (answer["replayed"], answer["variant"], answer["done"]) == (6, "true", True)
+        # the view named as the frames name it (found by attack: `true` was refused with bad_request)
+        answer = await collaborator.request("resume-stream", {"message_id": "m", "last_seq": 4, "variant": True}, 3)
+        assert (answer["replayed"], answer["variant"]) == (6, "true")
         default = await collaborator.request("resume-stream", {"message_id": "m", "last_seq": 0}, ack_id=2)
         assert default["error"] == "not_found"  # bob never received alice's own view
         answer = await requester.request("resume-stream", {"message_id": "m", "last_seq": 0}, ack_id=1)

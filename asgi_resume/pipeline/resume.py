@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from asgi_resume import protocol
-from asgi_resume.pipeline.rules import MAX_VARIANT_LENGTH, stream_id_of
+from asgi_resume.pipeline.rules import stream_id_of, variant_of
 
 RESULT_SUFFIX = ":result"
 RATE_LIMITED = "too many resume requests on this connection; wait a few seconds"
@@ -52,11 +52,9 @@ def parse_request(packet: protocol.Packet, stream_key: str) -> ResumeRequest:
     epoch = arg.get("epoch")
     if epoch is not None and not (isinstance(epoch, str) and _EPOCH.fullmatch(epoch)):
         return ResumeRequest(ns, ack_id, stream, error="epoch must be a string from a stamped frame")
-    variant = arg.get("variant", "")
-    if variant is None or variant is False:
-        variant = ""
-    if not (isinstance(variant, str) and len(variant) <= MAX_VARIANT_LENGTH):
-        return ResumeRequest(ns, ack_id, stream, error="variant must be a string (the view's name)")
+    variant = variant_of(arg.get("variant"))  # (read as the frames' own are: `true` and 3 name views too)
+    if variant is None:
+        return ResumeRequest(ns, ack_id, stream, error="variant must be a view's name (text, a number or true)")
     return ResumeRequest(ns, ack_id, stream, last_seq, epoch, variant)
 
 
