@@ -848,6 +848,8 @@ async def test_a_message_the_app_takes_for_an_attachment_is_not_read_as_a_packet
         assert session is not None
         conn = session.conn
         await mallory.send('451-["x",{"_placeholder":true,"num":0}]')  # the app waits for one attachment
+        answer = await mallory.request("resume-stream", {"message_id": "m", "last_seq": 0}, ack_id=1)
+        assert answer["error"] == "bad_request"  # (answered here, as every resume request is)
         await mallory.send('40/admin,{"token":"alice"}')
         await mallory.send('42["plain text"]')  # (taken for the attachment)
         await mallory.send('40/admin,{"token":"mallory"}')

@@ -156,17 +156,24 @@ async def inspect(
 
 
 UNREADABLE = "the resume request could not be read (its ack id or its JSON)"
+_AN_ATTACHMENT = "the resume request came where the app takes a message for a binary packet's attachment"
 _BINARY_HEADS = ("45", "46")
 _ALL_OWED = sys.maxsize  # (python-socketio waits for attachments of a binary packet that declares none, forever)
 
 
-def _maybe_attachment(runtime: Runtime, conn: Connection, frame: str) -> Unread | None:
+def _maybe_attachment(runtime: Runtime, conn: Connection, frame: str) -> ResumeRequest | Unread | None:
     """A message python-socketio may take for an attachment of a binary packet the client sent it
     (if that packet was for a namespace it had connected), or read as a packet (if not): nothing in
-    it is acted on here, and one we would act on (a CONNECT, a DISCONNECT, a resume request) is not
-    passed on either, so that the app does not act on it alone."""
-    if frame[:2] in _MUST_READ or protocol.names_event(frame, runtime.settings.resume_event):
-        return UNREAD  # (the app's binary packet still waits for its attachments: so does the count)
+    it is acted on here, and one we would act on is not passed on either, so that the app does not
+    act on it alone: a CONNECT or a DISCONNECT reaches nobody, a resume request is refused. (The
+    app's binary packet still waits for its attachments then: so does the count.)"""
+    if frame[:2] in _MUST_READ:
+        return UNREAD
+    if protocol.names_event(frame, runtime.settings.resume_event):
+        packet = protocol.peek(frame)
+        if packet is None:
+            return ResumeRequest(protocol.namespace_of(frame), None, error=UNREADABLE)
+        return ResumeRequest(packet.namespace, packet.ack_id, error=_AN_ATTACHMENT)
     conn.attachments_owed -= 1
     return None
 
