@@ -38,11 +38,38 @@ async def test_copies_of_frames_already_logged_hold_nobody_up() -> None:
     wait for B's copy, or A and B wait for each other until the write timeout."""
     order = FeedOrder()
     a_x = order.fed(KEY, "x")
-    order.logged(KEY, a_x)
+    order.logged(KEY, a_x, "e", 1)
     order.fed(KEY, "x")  # B's copy, fed later and not logged yet
     a_y = order.fed(KEY, "y")
     assert not order.ahead(KEY, a_y, {"y": [None]})
     assert await order.turn(KEY, a_y, {"y": [None]}, 0.01)
+
+
+@pytest.mark.parametrize("objects", [True, False], ids=["websocket copies", "rebuilt copies"])
+def test_a_copy_of_a_frame_the_log_missed_is_waited_for(objects: bool) -> None:
+    """Found by attack (CLIENT KILL during appends): tab A's copy of x went out unstamped, the log
+    having failed, while tab B, behind, still had its copy on its way. A's next frame took x for
+    logged and went first: once the log answered again, B logged x after it, out of emit order.
+    (A copy logged after all still lets it go.)"""
+    x, y = '42["x"]', '42["y"]'
+    order = FeedOrder()
+    a_x = order.fed(KEY, "x", frame=x if objects else None)
+    b_x = order.fed(KEY, "x", frame=x if objects else None)
+    order.logged(KEY, a_x)  # not numbered: the log missed it
+    a_y = order.fed(KEY, "y", frame=y if objects else None)
+    mine = {"y": [y if objects else None]}
+    assert order.ahead(KEY, a_y, mine)
+    order.logged(KEY, b_x, "e", 1)
+    assert not order.ahead(KEY, a_y, mine)
+    order.logged(KEY, a_y, "e", 2)
+    assert not order._unlogged
+    # a copy the log missed after another was logged takes nothing from that one
+    a_z, b_z = order.fed(KEY, "z", frame=x if objects else None), order.fed(KEY, "z", frame=x if objects else None)
+    order.logged(KEY, a_z, "e", 3)
+    order.fed(KEY, "z", frame=x if objects else None)  # tab C's copy, on its way
+    order.logged(KEY, b_z)
+    a_w = order.fed(KEY, "w")
+    assert not order.ahead(KEY, a_w, {"w": [None]})  # (C's copy of z is a copy of one logged)
 
 
 def test_what_it_remembers_is_bounded() -> None:

@@ -231,3 +231,25 @@ async def test_a_tab_behind_when_the_log_failed_does_not_log_its_older_frames_in
     assert replay.last_seq == 3
     assert not behind.conn.rejoining
     assert not ahead.conn.rejoining
+
+
+async def test_after_the_log_failed_a_new_epoch_keeps_emit_order_across_tabs() -> None:
+    """As above, with the tab behind logging at once: the tab ahead waits for its copies of the
+    frames the log missed (on their way), so the new epoch begins with them, in emit order, and
+    both tabs get one seq per emit."""
+    rt = Runtime(Settings.load({}), _RecordingLog())
+    ahead, behind = tab(rt), tab(rt)
+    frames = [token(i) for i in range(11)]
+    for outbound in (ahead, behind):
+        await send(outbound, *frames[1:4])
+    down(rt)
+    await send(ahead, *frames[4:8])  # unstamped: missed
+    await send(behind, frames[4])
+    for frame in frames[5:8]:
+        behind.feed(frame)
+    up(rt)
+    assert await rt.repairs.repair()
+    new, late = await asyncio.gather(send(ahead, frames[8], frames[9]), send(behind, frames[8], frames[9], frames[10]))
+    assert [e["seq"] for e in events(late)] == [1, 2, 3, 4, 5, 6]  # 5, 6, 7, 8, 9, 10
+    assert [e["seq"] for e in events(new)] == [4, 5]  # 8, 9
+    assert {e["epoch"] for e in events(new) + events(late)} == {events(late)[0]["epoch"]}

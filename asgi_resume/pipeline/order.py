@@ -8,7 +8,9 @@ tab's writer still has frames emitted before it: logging it first would put the 
 emit order. Copies it has too never make it wait (the tabs of a room get the same frames), nor
 copies of frames already logged: a tab whose writer is busy (claiming a recovered session, say)
 is fed copies of frames the other tabs logged already, and a tab that waited for those would
-wait for a writer that may be waiting for it. The wait is for frames already fed here, on their
+wait for a writer that may be waiting for it. (A copy the log missed is not logged: the others
+are waited for, so that the epoch begun after the miss starts with the oldest of them, in emit
+order.) The wait is for frames already fed here, on their
 way to the log: a loop turn or a log round trip, bounded by ``ASGI_RESUME_WRITE_TIMEOUT``; never
 for frames that may not come, nor for frames of a connection whose writer has been handing a
 batch to its transport for longer than that bound: it is stuck behind a client that does not
@@ -126,18 +128,37 @@ class FeedOrder:
             del self._unlogged[key], self._emits[key]
             self._anonymous.pop(key, None)
         elif frame is not None:
-            self._emits[key].pop(id(frame), None)  # its other copies are copies of a frame logged
+            emits = self._emits[key]
+            if seq > 0:
+                emits.pop(id(frame), None)  # its other copies are copies of a frame logged
+            elif emits.get(id(frame)) == number:  # not logged (the log failed, say): its other copies
+                later = next((n for n, fed in numbers.items() if fed[2] is frame), None)  # are on their way
+                if later is None:
+                    del emits[id(frame)]
+                else:
+                    emits[id(frame)] = later
         else:
             left = self._anonymous[key] - 1
             if left:
                 self._anonymous[key] = left
             else:
                 del self._anonymous[key]
+        self._remember(key, digest, frame, epoch, seq)
+        if self._waiters:
+            self._changed.set()
+            self._changed = asyncio.Event()
+
+    def _remember(self, key: StreamKey, digest: str, frame: str | None, epoch: str, seq: int) -> None:
+        """Keep the frame logged lately with this content (what ``ahead`` and ``placed`` read)."""
         recent = self._recent.get(key)
         if recent is None:
             if len(self._recent) >= KEYS_KEPT:
                 self._drop(self._recent.pop(next(iter(self._recent))).values())
             recent = self._recent[key] = {}
+        elif not seq:  # a copy the log missed does not hide that another copy of it was logged
+            kept = recent.get(digest)
+            if kept is not None and kept.seq and (kept.frame is None or kept.frame is frame):
+                return
         if frame is not None:
             if self._object_chars + len(frame) > OBJECT_BYTES_KEPT:
                 frame = None  # (copies of it are told by content, as on long-polling)
@@ -151,9 +172,6 @@ class FeedOrder:
             oldest = recent.pop(next(iter(recent)))
             if oldest.frame is not None:
                 self._object_chars -= len(oldest.frame)
-        if self._waiters:
-            self._changed.set()
-            self._changed = asyncio.Event()
 
     def _drop(self, forgotten: Iterable[_Logged]) -> None:
         for logged in forgotten:
@@ -185,8 +203,8 @@ class FeedOrder:
             if same is not None and (frame is None or any(m is None or m is frame for m in same)):
                 continue  # a copy of one of mine (or, not comparable, the same content)
             logged = recent.get(digest)
-            if logged is not None and (frame is None or logged.frame is None or logged.frame is frame):
-                continue  # a copy of a frame logged already
+            if logged is not None and logged.seq and (frame is None or logged.frame is None or logged.frame is frame):
+                continue  # a copy of a frame logged already (not one the log missed: this copy may be logged)
             if to is not None and 0.0 < to.sending_since <= stuck_before:
                 continue  # its writer has been waiting for a client that does not read
             return True
