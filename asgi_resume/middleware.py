@@ -133,8 +133,14 @@ class ResumeMiddleware:
 
 def _polling(scope: Scope) -> bool:
     """Would python-engineio take this HTTP request for long-polling? It reads a missing
-    ``transport`` as polling, and reads a POST's body whatever its ``transport`` says."""
-    return scope.get("method") == "POST" or query_param(scope, "transport") in (None, "polling")
+    ``transport`` as polling, reads a POST's body whatever its ``transport`` says, and answers a
+    session's GET as a poll whatever it says (``transport=websocket`` with an ``Upgrade`` header
+    and no ``Connection: upgrade``, say)."""
+    return (
+        scope.get("method") == "POST"
+        or query_param(scope, "transport") in (None, "polling")
+        or query_param(scope, "sid") is not None
+    )
 
 
 _SETTINGS = frozenset(option.name for option in OPTIONS)  # a test checks the parameters above name them all

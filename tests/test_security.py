@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount
 
-from asgi_resume import ResumeMiddleware
+from asgi_resume import ResumeMiddleware, protocol
 from asgi_resume.pipeline.connection import Connection
 from asgi_resume.principal import _plain
 from tests.conftest import Stack
@@ -927,3 +927,23 @@ async def test_a_websocket_of_a_session_the_middleware_never_saw_binds_nobody(st
         assert '"seq"' not in str(frame)  # bound to nobody: nothing stamped, nothing logged
     finally:
         await ws.close()
+
+
+async def test_a_get_python_engineio_answers_as_a_poll_is_read_here(stack: Stack) -> None:
+    """Found by attack: a session's GET that says ``transport=websocket`` with an ``Upgrade`` header
+    but no ``Connection: upgrade`` is answered by python-engineio as a poll; the middleware passed
+    it on unread, so what it carried was neither stamped nor logged, nor its replies counted."""
+    client = await PollingClient(stack.url).open({"token": "alice"})
+    try:
+        await emit_tokens(stack.sio, "alice", "m", 1, 1)
+        response = await client.http.get(
+            client.url,
+            params={"EIO": "4", "transport": "websocket", "sid": client.sid},
+            headers={"Upgrade": "websocket"},
+        )
+        assert response.status_code == 200
+        events = [p for p in protocol.split_payload(response.text) if isinstance(p, str) and p.startswith("42")]
+        assert events
+        assert '"seq":1' in events[0]
+    finally:
+        await client.aclose()
