@@ -476,6 +476,16 @@ async def _probe(url: str, sid: str, *frames: str) -> None:
                 pass
 
 
+async def _upgraded(url: str, sid: str, upgrade: str = "5") -> Any:
+    """A websocket that upgrades session ``sid`` (its probe answered, then ``upgrade``)."""
+    ws = await websockets.connect(url.replace("http://", "ws://") + f"/socket.io/?EIO=4&transport=websocket&sid={sid}")
+    async with asyncio.timeout(10):
+        await ws.send("2probe")
+        assert await ws.recv() == "3probe"
+        await ws.send(upgrade)
+    return ws
+
+
 @pytest.mark.parametrize("probed", [False, True], ids=["before the probe", "after the probe"])
 async def test_frames_on_an_upgrade_probe_bind_nobody(stack: Stack, probed: bool) -> None:
     """Found by attack: python-engineio reads only the probe and the UPGRADE on a probe websocket
@@ -500,14 +510,9 @@ async def test_an_upgrade_as_python_engineio_reads_it_ends_the_probe(stack: Stac
     websocket carries is the app's, and a resume request on it is answered here, not by the app."""
     await emit_tokens(stack.sio, "alice", "m", 1, 3)
     client = await PollingClient(stack.url).open({"token": "alice"})
-    ws = await websockets.connect(
-        stack.url.replace("http://", "ws://") + f"/socket.io/?EIO=4&transport=websocket&sid={client.sid}"
-    )
+    ws = await _upgraded(stack.url, client.sid, "5x")
     try:
         async with asyncio.timeout(10):
-            await ws.send("2probe")
-            assert await ws.recv() == "3probe"
-            await ws.send("5x")
             await ws.send('421["resume-stream",{"message_id":"m","last_seq":0}]')
             while not str(frame := await ws.recv()).startswith("431"):
                 pass
@@ -910,14 +915,9 @@ async def test_a_websocket_of_a_session_the_middleware_never_saw_binds_nobody(st
         opening = await http.get(stack.url + "/socket.io/", params={"EIO": "4", "transport": "polling", "j": "0"})
     sid = json.loads(json.loads(opening.text[opening.text.index("(") + 1 : opening.text.rindex(")")])[1:])["sid"]
     assert stack.app.sessions.get(sid) is None  # (the handshake was not read)
-    ws = await websockets.connect(
-        stack.url.replace("http://", "ws://") + f"/socket.io/?EIO=4&transport=websocket&sid={sid}"
-    )
+    ws = await _upgraded(stack.url, sid)
     try:
         async with asyncio.timeout(10):
-            await ws.send("2probe")
-            assert await ws.recv() == "3probe"
-            await ws.send("5")
             await ws.send('40{"token":"mallory"}')
             while not str(await ws.recv()).startswith("40{"):
                 pass
