@@ -66,3 +66,23 @@ async def test_the_attachments_of_a_request_answered_here_never_reach_the_app() 
     assert request.error  # refused: a resume request carries no binary data
     assert eio.client_binary()  # its attachment is dropped
     assert not eio.client_binary()  # the next binary frame is the app's
+
+
+def test_a_session_is_not_forgotten_while_a_websocket_of_it_is_open() -> None:
+    """Found by attack: an upgraded session untouched for the registry's idle time was forgotten
+    while its websocket went on; a failed second probe then let python-engineio read the session's
+    POSTs again, and they passed here unread (an uncounted CONNECT's reply bound alice). A session
+    forgotten while python-engineio may have it binds nothing any more."""
+    registry = EngineIOSessions(idle_s=0.0)  # (everything is idle at once)
+    eio = polling_session(registry)
+    eio.websockets = 1
+    assert eio.opened(OPEN) is not None
+    sid = eio.sid
+    assert sid is not None
+    assert registry.get(sid) is eio
+    registry.add("other", polling_session(EngineIOSessions()))
+    assert registry.get(sid) is eio
+    assert not eio.conn.overflowed
+    eio.websockets = 0
+    assert registry.get(sid) is None
+    assert eio.conn.overflowed

@@ -249,6 +249,7 @@ def test_names_event_reads_the_name_as_python_socketio_does(frame: str, named: b
 
 def test_declared_attachments_are_read_from_a_head_parse_refuses() -> None:
     assert protocol.declared_attachments('451001-["resume-stream",{}]') == 1001
+    assert protocol.declared_attachments("462-/admin,7[") == 2  # a BINARY_ACK's too
     assert protocol.declared_attachments('42["resume-stream",{}]') == 0
     assert protocol.declared_attachments('423-["resume-stream",{}]') == 0  # an EVENT: handed on at once
     assert protocol.declared_attachments("42" + "1" * 30 + '-["resume-stream"]') == 0

@@ -841,18 +841,19 @@ def test_a_reply_that_may_answer_a_connect_never_noted_leaves_nothing_to_bind() 
     assert conn.principals.get("/") is None
 
 
-async def test_a_message_the_app_takes_for_an_attachment_is_not_read_as_a_packet(stack: Stack) -> None:
-    """Found by attack: python-socketio takes the messages after a binary packet's header for its
-    attachments, text ones too. The middleware read such a ``40`` as a CONNECT (noted as alice's,
-    never answered): any reply it did not count then bound alice. Now nothing is read in a message
-    that may be an attachment, and a CONNECT there reaches neither."""
+@pytest.mark.parametrize("header", ['451-["x",{"_placeholder":true,"num":0}]', "461-[]"], ids=["event", "ack"])
+async def test_a_message_the_app_takes_for_an_attachment_is_not_read_as_a_packet(stack: Stack, header: str) -> None:
+    """Found by attack: python-socketio takes the messages after a binary packet's header (an event,
+    or an ack) for its attachments, text ones too. The middleware read such a ``40`` as a CONNECT
+    (noted as alice's, never answered): any reply it did not count then bound alice. Now nothing is
+    read in a message that may be an attachment, and a CONNECT there reaches neither."""
     owner = await _streamed_to_alice(stack.url, stack.sio)
     mallory = await RawClient(stack.url, auth={"token": "mallory"}).connect()
     try:
         session = stack.app.sessions.get(mallory.eio_sid)
         assert session is not None
         conn = session.conn
-        await mallory.send('451-["x",{"_placeholder":true,"num":0}]')  # the app waits for one attachment
+        await mallory.send(header)  # the app waits for one attachment
         answer = await mallory.request("resume-stream", {"message_id": "m", "last_seq": 0}, ack_id=1)
         assert answer["error"] == "bad_request"  # (answered here, as every resume request is)
         await mallory.send('40/admin,{"token":"alice"}')

@@ -111,6 +111,8 @@ async def inspect(
         packet = protocol.parse(frame)
         if packet is None:
             if head not in protocol.EVENT_HEADS:
+                if head == "46":  # (python-socketio may read it, and wait for attachments)
+                    conn.attachments_owed += protocol.declared_attachments(frame) or _ALL_OWED
                 return UNREAD if head in _MUST_READ else None
             if protocol.names_event(frame, runtime.settings.resume_event):
                 # unreadable (an ack id python-socketio would never send, broken JSON): still ours,
@@ -129,15 +131,17 @@ async def inspect(
             return UNREAD
         if packet.type == protocol.CONNECT:
             return await _connect(runtime, conn, frame, packet, later)
-        if packet.type == protocol.ACK:
+        if packet.type in (protocol.ACK, protocol.BINARY_ACK):
             if packet.ack_id is not None:
                 await _do(later, _answered(conn, packet.namespace, packet.ack_id))
+            if packet.type == protocol.BINARY_ACK:  # python-socketio takes the next messages for its attachments
+                conn.attachments_owed += packet.attachments or _ALL_OWED
             return None
         if packet.type == protocol.DISCONNECT:
             await _do(later, _disconnected(runtime, conn, packet.namespace))
             return None
         if packet.event_name != runtime.settings.resume_event:
-            if packet.type in (protocol.BINARY_EVENT, protocol.BINARY_ACK):
+            if packet.type == protocol.BINARY_EVENT:
                 # python-socketio takes the next messages for its attachments (all of them, if it
                 # says none: it refuses each and waits on)
                 conn.attachments_owed += packet.attachments or _ALL_OWED

@@ -41,7 +41,7 @@ class EngineIOSession:
     from its client means, and its end (it is no longer known by its sid).
     """
 
-    __slots__ = ("conn", "outbound", "polling", "registry", "runtime", "sid")
+    __slots__ = ("conn", "outbound", "polling", "registry", "runtime", "sid", "websockets")
 
     def __init__(
         self, runtime: Runtime, registry: EngineIOSessions, scope: Scope, *, polling: bool, sid: str | None = None
@@ -52,6 +52,7 @@ class EngineIOSession:
         self.polling = Polling() if polling else None  # a session that began on long-polling
         self.outbound = Outbound(runtime, self.conn)
         self.sid = sid
+        self.websockets = 0  # websockets open on it (probes too): it is not forgotten while one is
 
     def opened(self, frame: str) -> dict[str, object] | None:
         """``frame`` is what the app sends the client: if it is the OPEN packet of a session that had
@@ -121,7 +122,10 @@ class EngineIOSession:
 class EngineIOSessions:
     """This process's Engine.IO sessions by sid: a polling session spans requests, then may upgrade.
 
-    Bounded: sessions untouched for ``idle_s`` are forgotten, the oldest first past ``limit``.
+    Bounded: sessions untouched for ``idle_s`` are forgotten (not while a websocket of theirs is
+    open), the oldest first past ``limit``. A session forgotten while python-engineio may still
+    have it is one whose requests would pass here unread from then on (a POST a failed upgrade
+    lets python-engineio read again, say): no reply binds on its connection any more.
     """
 
     def __init__(self, idle_s: float = 120.0, limit: int = 100_000) -> None:
@@ -133,15 +137,25 @@ class EngineIOSessions:
         now = time.monotonic()
         self._items[sid] = (now, item)
         self._items.move_to_end(sid)
-        while self._items:
-            oldest_sid, (touched, _) = next(iter(self._items.items()))
-            if len(self._items) <= self.limit and now - touched < self.idle_s:
-                break
+        for _ in range(len(self._items)):  # (each at most once: a session kept is moved to the end)
+            oldest_sid, (touched, oldest) = next(iter(self._items.items()))
+            if len(self._items) <= self.limit:
+                if now - touched < self.idle_s:
+                    break
+                if oldest.websockets:  # in use: kept, as if touched now
+                    self._items[oldest_sid] = (now, oldest)
+                    self._items.move_to_end(oldest_sid)
+                    continue
             del self._items[oldest_sid]
+            oldest.conn.overflowed = True
 
     def get(self, sid: str) -> EngineIOSession | None:
         found = self._items.get(sid)
-        if found is None or time.monotonic() - found[0] >= self.idle_s:
+        if found is None:
+            return None
+        if time.monotonic() - found[0] >= self.idle_s and not found[1].websockets:
+            del self._items[sid]
+            found[1].conn.overflowed = True
             return None
         self.add(sid, found[1])  # touch
         return found[1]

@@ -83,6 +83,7 @@ class WebSocketConnection:
         self._tg: TaskGroup | None = None
 
     async def run(self) -> None:
+        self.eio.websockets += 1
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
@@ -93,6 +94,7 @@ class WebSocketConnection:
                     await self._outbox.put_waiting(END)  # the writer sends what is queued, then ends
                     self.hold.end("the app ended the connection")
         finally:
+            self.eio.websockets -= 1
             if not self.probe.active:  # (a probe that never became the transport ends nothing: polling goes on)
                 self.eio.ended()
                 with anyio.CancelScope(shield=True):
