@@ -150,7 +150,8 @@ def test_a_live_connection_survives_garbage(no_errors: None, items: list[str | b
             for item in items:
                 await client.send(item)
             answer = await client.request("resume-stream", {"message_id": "m", "last_seq": 0}, ack_id=7)
-            assert answer["ok"] is True or answer["error"] == "rate_limited"
+            # (refused where python-socketio would take it for an attachment of a binary packet sent before)
+            assert answer["ok"] is True or answer["error"] in ("rate_limited", "bad_request")
             await emit_tokens(sio, "alice", "m", 3, 3)  # and the live stream goes on
             await client.wait_for(lambda f: isinstance(f, str) and "tok3" in f)
             await client.close()

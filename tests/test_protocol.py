@@ -276,3 +276,17 @@ def test_the_packet_type_is_read_as_python_engineio_reads_it() -> None:
     assert protocol.packet_type("\uff15") == 5  # int() takes any Unicode digit
     assert protocol.packet_type("") is None
     assert protocol.packet_type("b") is None
+
+
+@pytest.mark.parametrize(
+    ("frame", "awaited"),
+    [
+        ('451-["x",{"_placeholder":true,"num":0}]', 1),
+        ("461-/admin,7[]", 1),  # an ack's too
+        ('45["x",{}]', 0),  # no count: python-socketio waits on, taking every later message for one
+        ('45["events", {"mes', None),  # it cannot decode it: it waits for nothing (found by the fuzz test)
+        ('42["x"]', None),
+    ],
+)
+def test_the_attachments_python_socketio_waits_for_are_read_as_it_reads_them(frame: str, awaited: int | None) -> None:
+    assert protocol.attachments_awaited(frame) == awaited

@@ -111,8 +111,8 @@ async def inspect(
         packet = protocol.parse(frame)
         if packet is None:
             if head not in protocol.EVENT_HEADS:
-                if head == "46":  # (python-socketio may read it, and wait for attachments)
-                    conn.attachments_owed += protocol.declared_attachments(frame) or _ALL_OWED
+                if head == "46":
+                    _owe(conn, frame)
                 return UNREAD if head in _MUST_READ else None
             if protocol.names_event(frame, runtime.settings.resume_event):
                 # unreadable (an ack id python-socketio would never send, broken JSON): still ours,
@@ -122,8 +122,7 @@ async def inspect(
             # (which event a head too long for us names, we cannot tell: it could be a resume request)
             if not protocol.event_head_read(frame):
                 return UNREAD
-            if head in _BINARY_HEADS:  # (whatever python-socketio makes of its count, it may wait for some)
-                conn.attachments_owed += protocol.declared_attachments(frame) or _ALL_OWED
+            _owe(conn, frame)
             return None
         if packet.type in (protocol.CONNECT, protocol.DISCONNECT) and not packet.namespace.isprintable():
             # python-socketio echoes a namespace in its reply as it is, and a record separator in it
@@ -134,17 +133,15 @@ async def inspect(
         if packet.type in (protocol.ACK, protocol.BINARY_ACK):
             if packet.ack_id is not None:
                 await _do(later, _answered(conn, packet.namespace, packet.ack_id))
-            if packet.type == protocol.BINARY_ACK:  # python-socketio takes the next messages for its attachments
-                conn.attachments_owed += packet.attachments or _ALL_OWED
+            if packet.type == protocol.BINARY_ACK:
+                _owe(conn, frame)
             return None
         if packet.type == protocol.DISCONNECT:
             await _do(later, _disconnected(runtime, conn, packet.namespace))
             return None
         if packet.event_name != runtime.settings.resume_event:
             if packet.type == protocol.BINARY_EVENT:
-                # python-socketio takes the next messages for its attachments (all of them, if it
-                # says none: it refuses each and waits on)
-                conn.attachments_owed += packet.attachments or _ALL_OWED
+                _owe(conn, frame)
             return None
         if packet.type == protocol.BINARY_EVENT:
             conn.drop_attachments += packet.attachments  # they follow it: not the app's either
@@ -161,8 +158,15 @@ async def inspect(
 
 UNREADABLE = "the resume request could not be read (its ack id or its JSON)"
 _AN_ATTACHMENT = "the resume request came where the app takes a message for a binary packet's attachment"
-_BINARY_HEADS = ("45", "46")
 _ALL_OWED = sys.maxsize  # (python-socketio waits for attachments of a binary packet that declares none, forever)
+
+
+def _owe(conn: Connection, frame: str) -> None:
+    """A binary packet's head the app gets: python-socketio takes the next messages for its
+    attachments (all of them, for one that says none: it refuses each and waits on)."""
+    awaited = protocol.attachments_awaited(frame)
+    if awaited is not None:
+        conn.attachments_owed += awaited or _ALL_OWED
 
 
 def _maybe_attachment(runtime: Runtime, conn: Connection, frame: str) -> ResumeRequest | Unread | None:

@@ -25,6 +25,11 @@ EVENT_HEADS = ("42", "45")  # an EVENT or a BINARY_EVENT
 PLAIN_EVENT_HEAD = "42["  # an EVENT in "/" without ack id: most frames, and nothing to note
 CLIENT_HEADS = ("40", "41", "42", "43", "45", "46")  # what a client sends that may concern us
 
+try:  # how python-socketio decodes a client's packet (what it waits for after a binary head)
+    from socketio.packet import Packet as _SocketIOPacket
+except ImportError:  # pragma: no cover - another server
+    _SocketIOPacket = None
+
 try:  # a dependency: 4x faster parsing, same results; the stdlib stays as a fallback
     import orjson as _orjson
 except ImportError:  # pragma: no cover - depends on the environment
@@ -232,6 +237,23 @@ def declared_attachments(frame: str) -> int:
         return 0  # (python-socketio reads a count on an EVENT too, and hands the EVENT on at once)
     count = _ATTACHMENT_COUNT.match(frame, 2)
     return int(count.group(1)) if count is not None else 0
+
+
+def attachments_awaited(frame: str) -> int | None:
+    """How many attachments python-socketio waits for after this client message, as it decodes it:
+    a BINARY_EVENT or BINARY_ACK head it reads (0: it then takes every later message for one, and
+    refuses each). ``None``: it waits for none (it drops a head it cannot decode). Another server
+    than python-socketio: the count the head says."""
+    if frame[:2] not in ("45", "46"):
+        return None
+    if _SocketIOPacket is None:  # pragma: no cover - another server
+        return declared_attachments(frame)
+    try:
+        packet = _SocketIOPacket(encoded_packet=frame[1:])
+    except Exception:  # noqa: BLE001 - whatever its decode raises, it drops the message
+        return None
+    count = packet.attachment_count
+    return count if isinstance(count, int) else None
 
 
 def namespace_of(frame: str) -> str:
