@@ -155,10 +155,13 @@ class FeedOrder:
             if len(self._recent) >= KEYS_KEPT:
                 self._drop(self._recent.pop(next(iter(self._recent))).values())
             recent = self._recent[key] = {}
-        elif not seq:  # a copy the log missed does not hide that another copy of it was logged
+        else:
             kept = recent.get(digest)
-            if kept is not None and kept.seq and (kept.frame is None or kept.frame is frame):
-                return
+            if kept is not None:
+                if kept.frame is frame and frame is not None and kept.seq == seq and kept.epoch == epoch:
+                    return  # another copy of it, logged alike (a room's tabs): nothing new
+                if not seq and kept.seq and (kept.frame is None or kept.frame is frame):
+                    return  # a copy the log missed does not hide that another copy of it was logged
         if frame is not None:
             if self._object_chars + len(frame) > OBJECT_BYTES_KEPT:
                 frame = None  # (copies of it are told by content, as on long-polling)
