@@ -106,30 +106,33 @@ class RedisLog:
         return results
 
     def _append_args(self, request: AppendRequest, not_after: int) -> list[Any]:
+        """The script's arguments, packed in one: redis-py encodes each argument on its own, which
+        was most of an append's cost here for a room's tabs (a few frames each)."""
         limits = self.limits
-        frames: list[Any] = []  # one argument for all: redis-py encodes each argument on its own
+        frames: list[Any] = []
         for entry in request.entries:
             frames += [entry.digest, "1" if entry.done else "0", entry.received_ms, msgpack.packb(entry.payload)]
-        return [
+        arguments = [
             request.since_ms,
             request.cursor_epoch or "",
             request.cursor_seq,
-            limits.maxlen,
-            limits.ttl_ms,
-            limits.done_ttl_ms,
+            str(limits.maxlen),
+            str(limits.ttl_ms),
+            str(limits.done_ttl_ms),
             request.fresh_epoch or new_epoch(),
-            1 if request.reset else 0,
+            "1" if request.reset else "0",
             request.connection,
-            msgpack.packb(frames, use_bin_type=False),  # Redis's cmsgpack knows no bin type
-            msgpack.packb(request.skipped),
+            frames,
+            request.skipped,
             COPY_WINDOW_MS,
-            1 if request.held else 0,
+            "1" if request.held else "0",
             request.reset_epoch,
             not_after,
             request.lookback_ms,
             SCAN_AHEAD,
-            1 if request.rejoining else 0,
+            "1" if request.rejoining else "0",
         ]
+        return [msgpack.packb(arguments, use_bin_type=False)]  # (Redis's cmsgpack knows no bin type)
 
     async def replay(
         self, key: StreamKey, after_seq: int, epoch: str | None, connection: str, limit: int | None = None

@@ -8,24 +8,25 @@
 -- A rejoining connection's frame that matches nothing and is no newer than the epoch's first
 -- entry is from before the epoch: it goes out unstamped (0).
 local log, meta = KEYS[1], KEYS[2]
-local since = tonumber(ARGV[1])
-local cursor_epoch = ARGV[2]
-local cursor_seq = tonumber(ARGV[3])
-local maxlen = ARGV[4]
-local ttl_ms = ARGV[5]
-local done_ttl_ms = ARGV[6]
-local fresh_epoch = ARGV[7]
-local reset = ARGV[8] == '1'
-local conn = ARGV[9]
-local frames = cmsgpack.unpack(ARGV[10]) -- digest, done ('1'/'0'), received at (ms), payload; ...
-local skipped = cmsgpack.unpack(ARGV[11]) -- seqs this connection passed over
-local copy_window_ms = tonumber(ARGV[12]) -- copies of one emit arrive within this of each other
-local held = ARGV[13] == '1' -- a held connection logs, but takes nothing over from anyone
-local reset_epoch = ARGV[14] -- reset only a stream still in one of these epochs (a,b,..; '': whatever it is)
-local not_after = tonumber(ARGV[15]) -- ms: its caller gives up on it then (0: never)
-local lookback = tonumber(ARGV[16]) -- ms before `since` where a first frame's copy may lie (another process's)
-local scan_ahead = tonumber(ARGV[17]) -- how far past its cursor a connection's frame is looked for
-local rejoining = ARGV[18] == '1' -- its history broke and it logged nothing since (AppendRequest.rejoining)
+local A = cmsgpack.unpack(ARGV[1]) -- every argument in one (see RedisLog._append_args)
+local since = tonumber(A[1])
+local cursor_epoch = A[2]
+local cursor_seq = tonumber(A[3])
+local maxlen = A[4]
+local ttl_ms = A[5]
+local done_ttl_ms = A[6]
+local fresh_epoch = A[7]
+local reset = A[8] == '1'
+local conn = A[9]
+local frames = A[10] -- digest, done ('1'/'0'), received at (ms), payload; ...
+local skipped = A[11] -- seqs this connection passed over
+local copy_window_ms = tonumber(A[12]) -- copies of one emit arrive within this of each other
+local held = A[13] == '1' -- a held connection logs, but takes nothing over from anyone
+local reset_epoch = A[14] -- reset only a stream still in one of these epochs (a,b,..; '': whatever it is)
+local not_after = tonumber(A[15]) -- ms: its caller gives up on it then (0: never)
+local lookback = tonumber(A[16]) -- ms before `since` where a first frame's copy may lie (another process's)
+local scan_ahead = tonumber(A[17]) -- how far past its cursor a connection's frame is looked for
+local rejoining = A[18] == '1' -- its history broke and it logged nothing since (AppendRequest.rejoining)
 local PAGE = 64 -- entries read at a time, newest first, looking for a first frame's copy
 -- Returns {epoch, others_ms, continued, seq...}: a seq per frame (negative: the out-of-order copy's
 -- seq); continued: the connection that appended to the epoch last, when a caller with no cursor (a
