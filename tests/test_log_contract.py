@@ -309,6 +309,26 @@ async def test_a_tab_whose_history_broke_logs_nothing_from_before_the_epoch_anot
     assert await newcomer.send(frames[4]) == [4]
 
 
+async def test_a_tab_behind_logs_nothing_from_before_the_epoch_another_began(log: StreamLog) -> None:
+    """As above, for a tab that is only behind (its writer busy with a replay, say): its cursor is
+    in the epoch before the repair, and the frames it still has from before the new epoch are no
+    part of it (found by review: the epoch held frames 8, 9, 3, 4, ..., 8, 9, 10, and a resume
+    from seq 2 of it said gap: false)."""
+    t = log.now_ms()
+    ahead, behind = Connection(log, key(), "ahead", since=t), Connection(log, key(), "behind", since=t)
+    frames = {i: entry(log, f"f{i}", at=t + i) for i in range(1, 11)}
+    assert await ahead.send(frames[1], frames[2], frames[3]) == [1, 2, 3]
+    assert await behind.send(frames[1], frames[2]) == [1, 2]  # its frames 3-10 are still on their way
+    broken = ahead.epoch
+    assert broken is not None
+    (repair,) = await log.append([AppendRequest(key(), [], reset=True, reset_epoch=broken, connection="ahead")])
+    ahead.epoch, ahead.cursor = None, 0  # (the log missed ahead's frames 4-7)
+    assert await ahead.send(frames[8], frames[9], rejoining=True) == [1, 2]
+    assert await behind.send(*(frames[i] for i in range(3, 11))) == [0, 0, 0, 0, 0, 1, 2, 3]
+    replay = await log.replay(key(), 0, repair.epoch, "reader")
+    assert [payload for _, payload in replay.frames] == [frames[i].payload for i in (8, 9, 10)]
+
+
 async def test_a_tab_that_followed_a_lost_epoch_marks_the_one_a_newcomer_made(log: StreamLog) -> None:
     """The stream's keys were lost (Redis emptied, expired); a newcomer logged its next frame first,
     then a tab that had followed the lost epoch logged its copy: the stream began before this

@@ -117,7 +117,8 @@ class AppendRequest:
     #: was received no later than the epoch's first one is from before this epoch (another
     #: connection began it after the break, with frames this one gets later): no part of it (seq
     #: 0). Appended after that epoch's entries, it would put them out of emit order, and its
-    #: copies of them would follow it into the log a second time
+    #: copies of them would follow it into the log a second time. (So is one whose cursor names
+    #: an epoch before the log's: a tab behind, whose writer still has frames from before it.)
     rejoining: bool = False
 
 

@@ -197,6 +197,9 @@ class MemoryLog:
         state.orphaned = False
         was_done = state.done
         cursor = request.cursor_seq if request.cursor_epoch == state.epoch else None
+        # its history broke, or its cursor is in an epoch before this one (a tab behind): what it
+        # still has from before this epoch is no part of it
+        behind = request.rejoining or (cursor is None and bool(request.cursor_epoch))
         skipped = set(request.skipped) if cursor is not None and request.skipped else set()
         seqs = []
         for entry in request.entries:
@@ -215,7 +218,7 @@ class MemoryLog:
                     skipped.discard(out_of_order)
                     seqs.append(-out_of_order)
                     continue
-            if seq is None and cursor is None and request.rejoining and state.begun_after(entry.received_ms):
+            if seq is None and cursor is None and behind and state.begun_after(entry.received_ms):
                 seqs.append(0)  # from before the epoch began: no part of it (AppendRequest.rejoining)
                 continue
             if seq is None:

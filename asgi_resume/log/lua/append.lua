@@ -5,8 +5,9 @@
 -- latest in the look-back before: another process's copy, delivered here later). A frame
 -- that matches nothing is appended at once. A frame whose copy is among the entries this
 -- connection passed over came out of order: it goes out unstamped (-seq), not twice in the log.
--- A rejoining connection's frame that matches nothing and is no newer than the epoch's first
--- entry is from before the epoch: it goes out unstamped (0).
+-- A rejoining connection's frame (or one whose cursor is in an epoch before this one: a tab behind)
+-- that matches nothing and is no newer than the epoch's first entry is from before the epoch: it
+-- goes out unstamped (0).
 local log, meta = KEYS[1], KEYS[2]
 local A = cmsgpack.unpack(ARGV[1]) -- every argument in one (see RedisLog._append_args)
 local since = tonumber(A[1])
@@ -145,7 +146,7 @@ for i = 1, #frames, 4 do
     end
   end
   local before_epoch = false
-  if not seq and not cursor and rejoining then
+  if not seq and not cursor and (rejoining or cursor_epoch ~= '') then -- (a cursor in an epoch before this one)
     local first = redis.call('XRANGE', log, '-', '+', 'COUNT', 1)[1]
     before_epoch = first and tonumber(frames[i + 2]) <= tonumber(field(first, 't')) or false
   end
