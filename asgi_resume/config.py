@@ -54,7 +54,8 @@ def _redis_url(raw: str) -> str | None:
         parse_url(url)  # type: ignore[no-untyped-call]
     except ValueError as exc:
         raise ValueError(f"{exc} (a URL such as redis://127.0.0.1:6379/0)") from None
-    database = urllib.parse.urlsplit(url).path.strip("/")
+    parts = urllib.parse.urlsplit(url)
+    database = parts.path.strip("/") if parts.scheme in ("redis", "rediss") else ""  # (unix://: a socket's path)
     if database and not (database.isascii() and database.isdigit()):  # (redis-py ignores such a path)
         raise ValueError(f"the database must be a number, not {database!r} (a URL such as redis://127.0.0.1:6379/0)")
     return url

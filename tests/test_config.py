@@ -153,5 +153,10 @@ def test_a_jwt_algorithm_that_verifies_with_a_public_key_needs_one() -> None:
     assert Settings.load({**environ, "ASGI_RESUME_JWT_ALGORITHMS": "HS256,HS512"}).jwt_algorithms == ("HS256", "HS512")
 
 
+@pytest.mark.parametrize("url", ["unix:///tmp/redis.sock", "unix:///tmp/redis.sock?db=2", "rediss://h:6380/3"])
+def test_a_good_redis_url_is_taken(url: str) -> None:
+    assert Settings.load({"ASGI_RESUME_REDIS_URL": url}).redis_url == url  # (found by review: unix:// was refused)
+
+
 def test_the_root_path_is_one_slash() -> None:
     assert Settings.load({"ASGI_RESUME_PATH": "/"}).path == "/"

@@ -170,3 +170,14 @@ async def test_a_hold_ends_when_the_app_asks_the_absent_client_something(backend
         await sio.disconnects.wait(sid)
         assert stream.done_at is None
         emitter.cancel()
+
+
+def test_what_a_connection_remembers_of_streams_it_must_rejoin_is_bounded() -> None:
+    """Found by review: streams whose history broke stayed marked after they ended."""
+    from asgi_resume.log import StreamKey
+    from asgi_resume.pipeline.connection import STREAMS_KEPT, Connection
+
+    conn = Connection({"type": "websocket"}, 0)
+    for i in range(3 * STREAMS_KEPT):
+        conn.forget(StreamKey("alice", "/", "", f"m{i}"))
+    assert len(conn.rejoining) <= STREAMS_KEPT + 1

@@ -276,7 +276,10 @@ class Connection:
         cursor = self.cursors.pop(key, None)
         self.unlogged.setdefault(key, cursor[0] if cursor is not None else "")
         self.skipped.pop(key, None)
-        self.rejoining.add(key)
+        rejoining = self.rejoining
+        rejoining.add(key)
+        if len(rejoining) > STREAMS_KEPT:  # (streams that ended meanwhile need it no more: found by review)
+            self.rejoining = {k for k in rejoining if k in self.in_flight or k == key}
 
     def still_in(self, key: StreamKey) -> bool:
         """Is this connection still ``key``'s principal in its namespace? (Not once it left it, nor

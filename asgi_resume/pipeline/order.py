@@ -128,15 +128,12 @@ class FeedOrder:
             del self._unlogged[key], self._emits[key]
             self._anonymous.pop(key, None)
         elif frame is not None:
-            emits = self._emits[key]
-            if seq > 0:
-                emits.pop(id(frame), None)  # its other copies are copies of a frame logged
-            elif emits.get(id(frame)) == number:  # not logged (the log failed, say): its other copies
-                later = next((n for n, fed in numbers.items() if fed[2] is frame), None)  # are on their way
-                if later is None:
-                    del emits[id(frame)]
-                else:
-                    emits[id(frame)] = later
+            if seq > 0:  # its other copies are copies of a frame logged
+                self._emits[key].pop(id(frame), None)
+            # (one the log missed leaves its entry: the others are on their way. The number it
+            # keeps may be that of a copy logged since, and the id that of an object gone once all
+            # were: either only makes ``ahead`` look at the copies themselves, until no frame of
+            # the key is left unlogged)
         else:
             left = self._anonymous[key] - 1
             if left:
