@@ -27,7 +27,7 @@ from asgi_resume import protocol
 from asgi_resume.config import Settings
 from asgi_resume.pipeline.connection import Connection
 from asgi_resume.pipeline.outbound import Outbound
-from asgi_resume.pipeline.replay import REPLAY_PAGE
+from asgi_resume.pipeline.replay import REPLAY_FIRST_PAGE, REPLAY_PAGE, REPLAY_PAGE_BYTES
 from asgi_resume.pipeline.resume import ResumeRequest
 from asgi_resume.pipeline.runtime import Runtime, Turns
 from tests.support.app import chat_event, emit_tokens, make_app, make_sio, room_of
@@ -194,7 +194,7 @@ async def test_replays_to_clients_that_never_read_pin_no_memory_and_stall_nobody
             f"{log} log: RSS {before:.0f} -> {peak:.0f} MiB at most, {held:.0f} MiB held; the bystander's "
             f"longest gap {gap * 1000:.0f} ms; {replayed} frames replayed; {stats.log_failures} log failures"
         )
-        assert replayed >= NON_READERS * REPLAY_PAGE, measured  # the flood did reach the replays
+        assert replayed >= NON_READERS * REPLAY_FIRST_PAGE, measured  # the flood did reach the replays
         assert peak - before < MAX_RSS_GROWTH_MIB, measured
         assert held - before < MAX_RSS_GROWTH_MIB, measured
         assert gap < MAX_LIVE_GAP_S, measured
@@ -236,10 +236,10 @@ class Pipeline:
         conn.principals["/"] = "alice"
         return Outbound(self.runtime, conn)
 
-    async def emit(self, first: int, last: int, to: Outbound | None = None) -> None:
+    async def emit(self, first: int, last: int, to: Outbound | None = None, content: str | None = None) -> None:
         outbound = to or self.tab
         for i in range(first, last + 1):
-            outbound.feed(protocol.event("events", chat_event("m", i)))
+            outbound.feed(protocol.event("events", chat_event("m", i, content=content)))
         if outbound is self.reader:
             await outbound.send(self.deliver)
         else:
@@ -281,8 +281,7 @@ async def test_a_replay_is_read_and_sent_a_page_at_a_time() -> None:
     pipeline.reader.feed(resume_request(1))
     await pipeline.reader.send(pipeline.deliver)
     pages = pipeline.sent[:-1]
-    assert len(pages) == 1000 // REPLAY_PAGE
-    assert all(len(page) == REPLAY_PAGE for page in pages)
+    assert [len(page) for page in pages] == [REPLAY_FIRST_PAGE, *[REPLAY_PAGE] * 9, 1000 - REPLAY_FIRST_PAGE - 900]
     assert pipeline.reads_at[:-1] == list(range(1, len(pages) + 1))  # never a page read ahead
     assert pipeline.seqs() == list(range(1, 1001))
     assert pipeline.answers() == [
@@ -325,9 +324,9 @@ async def test_entries_trimmed_while_a_replay_is_sent_make_it_a_gap() -> None:
     pipeline.on_page = on_page
     pipeline.reader.feed(resume_request(1))
     await pipeline.reader.send(pipeline.deliver)
-    assert pipeline.seqs() == list(range(1, 101))  # what was there; nothing past the first read's end
+    assert pipeline.seqs() == list(range(1, REPLAY_FIRST_PAGE + 1))  # what was there; nothing past the first read's end
     (answer,) = pipeline.answers()
-    assert (answer["gap"], answer["replayed"], answer["last_seq"]) == (True, 100, 300)
+    assert (answer["gap"], answer["replayed"], answer["last_seq"]) == (True, REPLAY_FIRST_PAGE, 300)
 
 
 async def test_a_replay_to_a_client_that_left_stops_reading() -> None:
@@ -365,8 +364,8 @@ async def test_a_failure_in_the_middle_of_a_replay_sends_the_rest_of_the_batch_u
     assert "failed to process a batch" in caplog.text
     frames = pipeline.frames()
     assert frames[0] == "2"
-    assert pipeline.seqs()[:REPLAY_PAGE] == list(range(1, REPLAY_PAGE + 1))
-    assert frames[1 + REPLAY_PAGE :] == [before, after]  # unchanged, once each, in order
+    assert pipeline.seqs()[:REPLAY_FIRST_PAGE] == list(range(1, REPLAY_FIRST_PAGE + 1))
+    assert frames[1 + REPLAY_FIRST_PAGE :] == [before, after]  # unchanged, once each, in order
 
 
 async def test_requests_queued_behind_a_replay_are_answered_after_it_in_order(backend: dict[str, Any]) -> None:
@@ -407,3 +406,17 @@ async def test_replay_pages_take_turns_one_per_loop_iteration() -> None:
     await asyncio.gather(replay("a"), replay("b"), replay("c"), ticker())
     assert [name for name, _ in taken] == ["a", "b", "c"] * 3  # first come, first served
     assert len({tick for _, tick in taken}) == 9  # never two in one iteration
+
+
+async def test_a_page_of_large_frames_holds_about_as_many_bytes_as_one_of_small_ones() -> None:
+    """Found by attack: pages were 100 entries whatever their size, so a client that asked for a
+    replay of 32 KB frames and never read held 3.2 MB (50 such: +209 MB against +2 MB bare). The
+    first page is small, and the next ones hold about ``REPLAY_PAGE_BYTES``."""
+    pipeline = Pipeline()
+    await pipeline.emit(1, 100, content="x" * (32 << 10))
+    pipeline.reader.feed(resume_request(1))
+    await pipeline.reader.send(pipeline.deliver)
+    pages = pipeline.sent[:-1]
+    assert pipeline.seqs() == list(range(1, 101))
+    assert len(pages[0]) == REPLAY_FIRST_PAGE
+    assert all(sum(len(frame) for frame in page) <= REPLAY_PAGE_BYTES + (33 << 10) for page in pages[1:])

@@ -19,7 +19,9 @@ from asgi_resume.pipeline.resume import ResumeRequest
 from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.pipeline.units import Outgoing, render
 
-REPLAY_PAGE = 100  # log entries read, rendered and handed to the transport at a time
+REPLAY_PAGE = 100  # log entries read, rendered and handed to the transport at a time, at most...
+REPLAY_PAGE_BYTES = 256 << 10  # ...and about this many bytes' worth, by the sizes of the page before
+REPLAY_FIRST_PAGE = 10  # the first page, before any size is known (a client that never reads holds it)
 
 #: Sends a list of items to the client, in order; returns once the transport took them, False
 #: when the client is gone (what is left of a replay is not read).
@@ -37,7 +39,8 @@ def no_principal_detail(runtime: Runtime) -> str:
 async def answer(runtime: Runtime, conn: Connection, request: ResumeRequest, deliver: Deliver) -> None:
     """Hand ``deliver`` the replayed frames in seq order, a page at a time, then the answer.
 
-    A page (``REPLAY_PAGE`` entries) is read from the log and rendered only once the previous one
+    A page (``REPLAY_FIRST_PAGE`` entries, then as many as about ``REPLAY_PAGE_BYTES`` hold by the
+    sizes of the page before, ``REPLAY_PAGE`` at most) is read from the log and rendered only once the previous one
     was handed to the transport (``deliver`` returns when the transport took it, and waits while a
     client that does not read leaves the transport's buffer full), and the event loop runs other
     connections between pages: one replay keeps at most a page in memory and the loop for a page's
@@ -84,7 +87,8 @@ async def answer(runtime: Runtime, conn: Connection, request: ResumeRequest, del
     await runtime.repairs.repair(keys=(key,))  # a stream the log missed frames of must answer gap, not a silent hole
     building = 0.0  # time spent reading and rendering (not waiting for the client)
     started = time.perf_counter()
-    first = await _read(runtime, key, request.last_seq, request.epoch, conn.id)
+    limit = REPLAY_FIRST_PAGE
+    first = await _read(runtime, key, request.last_seq, request.epoch, conn.id, limit)
     if first is None:
         await deliver([unavailable()])
         return
@@ -100,6 +104,7 @@ async def answer(runtime: Runtime, conn: Connection, request: ResumeRequest, del
         await runtime.replay_turns.take()  # one page per loop iteration, of all replays going on
         started = time.perf_counter()
         out: list[Outgoing] = []
+        size = 0
         for seq, payload in page.frames:
             if seq > until:  # appended after the first read: it reaches this client live
                 complete = True
@@ -109,6 +114,8 @@ async def answer(runtime: Runtime, conn: Connection, request: ResumeRequest, del
             if frames is not None:
                 out += frames
                 replayed += 1
+                for frame in frames:
+                    size += len(frame)
         building += time.perf_counter() - started
         gone = bool(out) and not await deliver(out)
         del out
@@ -116,11 +123,12 @@ async def answer(runtime: Runtime, conn: Connection, request: ResumeRequest, del
             conn.replayed_to(key, epoch, sent)
             stats.frames_replayed += replayed
             return  # nobody to send the rest to
-        if complete or sent >= until or len(page.frames) < REPLAY_PAGE:
+        if complete or sent >= until or len(page.frames) < limit:
             complete = True  # (a short page: the log had nothing more)
             break
         started = time.perf_counter()
-        following = await _read(runtime, key, sent, epoch, conn.id)
+        limit = max(1, min(REPLAY_PAGE, REPLAY_PAGE_BYTES * len(page.frames) // max(1, size)))
+        following = await _read(runtime, key, sent, epoch, conn.id, limit)
         if following is None:
             failed = True
             break
@@ -153,13 +161,14 @@ async def answer(runtime: Runtime, conn: Connection, request: ResumeRequest, del
 
 
 async def _read(
-    runtime: Runtime, key: StreamKey, after: int, epoch: str | None, connection: str
+    runtime: Runtime, key: StreamKey, after: int, epoch: str | None, connection: str, limit: int
 ) -> ReplayResult | None:
-    """A page of ``key``'s log after ``after`` (``None``: the log failed or was too slow)."""
+    """A page of ``key``'s log after ``after``, ``limit`` entries at most (``None``: the log failed
+    or was too slow)."""
     guard = runtime.guard
     try:
         # not on the live path: a replay may wait its turn (a reconnect storm), and its slowness is
         # no outage (live frames keep the log)
-        return await guard.call(guard.deadlines.replay, runtime.log.replay, key, after, epoch, connection, REPLAY_PAGE)
+        return await guard.call(guard.deadlines.replay, runtime.log.replay, key, after, epoch, connection, limit)
     except LogUnavailable:
         return None
