@@ -7,12 +7,14 @@ guard as Redis's do (so it can be "down"), and records the reset requests the re
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import pytest
 
 from asgi_resume.config import Settings
 from asgi_resume.log import AppendRequest, StreamKey
+from asgi_resume.log.base import ReplayResult
 from asgi_resume.log.memory import MemoryLog
 from asgi_resume.pipeline import repairs as repairs_module
 from asgi_resume.pipeline.runtime import Runtime
@@ -34,6 +36,11 @@ class _RecordingLog(MemoryLog):
     async def append(self, requests: Any) -> Any:
         self.resets += [request for request in requests if request.reset and not request.entries]
         return await super().append(requests)
+
+
+def contents(replay: ReplayResult) -> list[str]:
+    """The token of each frame a replay holds, in seq order."""
+    return [re.findall(r'"content":"(t\d+)"', "".join(map(str, payload)))[0] for _, payload in replay.frames]
 
 
 def down(rt: Runtime) -> None:
@@ -253,3 +260,40 @@ async def test_after_the_log_failed_a_new_epoch_keeps_emit_order_across_tabs() -
     assert [e["seq"] for e in events(late)] == [1, 2, 3, 4, 5, 6]  # 5, 6, 7, 8, 9, 10
     assert [e["seq"] for e in events(new)] == [4, 5]  # 8, 9
     assert {e["epoch"] for e in events(new) + events(late)} == {events(late)[0]["epoch"]}
+
+
+async def test_a_frame_another_tab_stopped_waiting_for_is_not_logged_after_newer_ones() -> None:
+    """Tab A is fed a frame only it gets, tab B then a frame emitted after it; A's writer does not
+    get to the log within the write timeout (a loaded machine, a Redis call that hangs), so B logs
+    its frame without it. A's older frame used to be logged after B's newer one: out of emit order
+    in one epoch, and a client that applies frames by seq drops what follows a seq it has (found
+    by attack: SIGSTOP of Redis). A's frame goes out unstamped and the stream starts anew."""
+    rt = Runtime(Settings.load({}, write_timeout=0.05), MemoryLog())
+    a, b = tab(rt), tab(rt)
+    first = events(await send(a, token(1)))[0]
+    await send(b, token(1))
+    a.feed(token(2, to="a"))  # A's alone, on its way to the log
+    newer = events(await send(b, token(3)))[0]
+    assert newer["seq"] == first["seq"] + 1  # B waited its bound, then went on
+    assert rt.stats.order_waits_timed_out == 1
+    older = events(await a.flush())[0]
+    assert older.get("seq") is None
+    assert contents(await rt.log.replay(KEY, 0, first["epoch"], "reader")) == ["t1", "t3"]
+    assert events(await send(a, token(4)))[0]["epoch"] != first["epoch"]  # a resume across token 2 is told
+
+
+async def test_frames_others_went_ahead_of_while_their_writer_was_stuck_go_out_unstamped() -> None:
+    """The same when B went on because A's writer was stuck behind a client that does not read:
+    once A's client reads again, A's older frame is not logged after B's newer one."""
+    rt = Runtime(Settings.load({}, write_timeout=5.0), MemoryLog())
+    a, b = tab(rt), tab(rt)
+    first = events(await send(a, token(1)))[0]
+    await send(b, token(1))
+    a.feed(token(2, to="a"))
+    a.feeder.sending_since = 1.0  # its writer has been handing a batch to its transport for ages
+    newer = events(await send(b, token(3)))[0]
+    assert newer["seq"] == first["seq"] + 1  # B did not wait for it
+    a.feeder.sending_since = 0.0  # the client read
+    older = events(await a.flush())[0]
+    assert older.get("seq") is None
+    assert contents(await rt.log.replay(KEY, 0, first["epoch"], "reader")) == ["t1", "t3"]

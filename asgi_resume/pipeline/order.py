@@ -16,7 +16,10 @@ for frames that may not come, nor for frames of a connection whose writer has be
 batch to its transport for longer than that bound: it is stuck behind a client that does not
 read, not on its way to the log. (How long ago a frame was fed says nothing of the kind: on a
 loaded machine a frame on its way to the log may take that long, and a tab that skipped it put
-the log out of emit order.)
+the log out of emit order.) Frames a connection went on without (its bound passed, or their
+writer stuck) are marked passed over: logged after its frames, they would follow frames emitted
+after them in one epoch, and a client that applies frames by seq would drop what it gets next;
+their own writer sends them unstamped instead, and the stream starts anew.
 
 Copies are told apart from repeats by the frame object where there is one: python-socketio
 encodes an emit to a room once, and its websocket writers hand each recipient that same string,
@@ -37,7 +40,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Protocol
 
 from asgi_resume.log import StreamKey
 
@@ -47,6 +51,13 @@ OBJECT_BYTES_KEPT = 4 << 20  # logged frame objects kept to tell copies from rep
 
 #: a batch's frames of one stream key: content digest -> their objects (None: not comparable)
 Mine = Mapping[str, Sequence[str | None]]
+
+
+class Numbered(Protocol):
+    """A frame with the number ``fed`` gave it."""
+
+    @property
+    def order(self) -> int: ...
 
 
 class _Logged:
@@ -88,6 +99,8 @@ class FeedOrder:
         #: key -> digest -> the last frame with that content logged lately (oldest first)
         self._recent: dict[StreamKey, dict[str, _Logged]] = {}
         self._object_chars = 0  # the length of the frame objects ``_recent`` keeps
+        #: key -> numbers of frames ``ahead`` let others go before because their writer was stuck
+        self._passed: dict[StreamKey, set[int]] = {}
         self._changed = asyncio.Event()
         self._waiters = 0
 
@@ -123,6 +136,8 @@ class FeedOrder:
         fed = numbers.pop(number, None)
         if fed is None:
             return
+        if self._passed:
+            self._let_through(key, number)
         digest, _, frame = fed
         if not numbers:
             del self._unlogged[key], self._emits[key]
@@ -189,14 +204,18 @@ class FeedOrder:
         numbers = self._unlogged.get(key)
         if numbers is None:
             return False
-        emits = self._emits[key]
-        if key not in self._anonymous and not self._others_before(emits, number, mine):
+        if key not in self._anonymous and not self._others_before(self._emits[key], number, mine):
             return False  # (each frame before is one of mine or a copy of one logged: the usual case)
+        return next(self._holding(key, number, mine), None) is not None
+
+    def _holding(self, key: StreamKey, number: int, mine: Mine) -> Iterator[int]:
+        """The numbers of the frames ``ahead`` waits for, in order."""
+        numbers, emits = self._unlogged[key], self._emits[key]
         recent = self._recent.get(key, {})
         stuck_before = self._clock() - self._stuck_s if self._stuck_s else 0.0
         for fed, (digest, to, frame) in numbers.items():  # in number order
             if fed >= number:
-                return False
+                return
             if frame is not None and emits.get(id(frame), fed + 1) > fed:
                 continue  # a copy of a frame logged since this one was fed
             same = mine.get(digest)
@@ -206,9 +225,22 @@ class FeedOrder:
             if logged is not None and logged.seq and (frame is None or logged.frame is None or logged.frame is frame):
                 continue  # a copy of a frame logged already (not one the log missed: this copy may be logged)
             if to is not None and 0.0 < to.sending_since <= stuck_before:
+                self._passed.setdefault(key, set()).add(fed)  # (see passed_over)
                 continue  # its writer has been waiting for a client that does not read
-            return True
-        return False
+            yield fed
+
+    def passed_over(self, key: StreamKey, frames: Iterable[Numbered]) -> bool:
+        """Did a connection stop waiting for one of ``frames`` (of ``key``) to be logged, and log
+        frames fed after it, its writer stuck or its wait over? Logged now, it would follow them."""
+        passed = self._passed.get(key) if self._passed else None
+        return passed is not None and any(frame.order in passed for frame in frames)
+
+    def _let_through(self, key: StreamKey, number: int) -> None:
+        passed = self._passed.get(key)
+        if passed is not None:
+            passed.discard(number)
+            if not passed:
+                del self._passed[key]
 
     @staticmethod
     def _others_before(emits: dict[int, int], number: int, mine: Mine) -> bool:
@@ -217,8 +249,13 @@ class FeedOrder:
         return any(emits[ident] < number for ident in emits.keys() - ids)
 
     async def turn(self, key: StreamKey, number: int, mine: Mine, at_most: float) -> bool:
-        """Wait until ``ahead`` is false: False if ``at_most`` passed first."""
-        return await self._until(lambda: not self.ahead(key, number, mine), at_most)
+        """Wait until ``ahead`` is false. False if ``at_most`` passed first: the frames waited for
+        are then passed over (see :meth:`passed_over`)."""
+        if await self._until(lambda: not self.ahead(key, number, mine), at_most):
+            return True
+        if key in self._unlogged:
+            self._passed.setdefault(key, set()).update(self._holding(key, number, mine))
+        return False
 
     def copy_on_its_way(self, key: StreamKey, frame: str, number: int) -> int | None:
         """The number of a copy of ``frame`` (the same object) fed here before the one numbered

@@ -1,7 +1,8 @@
 """One connection's side of the stream log: a batch's stream frames matched or appended.
 
 Owns: grouping a batch's stream frames by key, how long a batch waits (for frames another tab
-here was fed first, then one deadline for its log calls: a repair and the append), the append
+here was fed first, then one deadline for its log calls: a repair and the append), frames
+another tab went on without (unstamped, as missed), the append
 request (the connection's cursor and the entries it passed over), stamping what the log
 numbered, what the log missed (those streams start a new epoch, and so do those a newcomer went
 on in after a dead process's connection), and which streams a connection
@@ -94,12 +95,16 @@ class StreamWriter:
         order, wait = runtime.order, guard.deadlines.write.seconds
         waits_end = 0.0  # (the clock is read only when a wait is due: hot path)
         cursors = conn.cursors
+        out_of_turn: dict[StreamKey, list[EventUnit]] = {}
         for key, group in pending.items():  # frames another tab here was fed first, and these lack, go first
             head = group[0]
             if order.before(key, head.order):
                 waits_end = waits_end or clock() + wait
                 if not await order.turn(key, head.order, by_content(group), max(0.0, waits_end - clock())):
                     stats.order_waits_timed_out += 1  # (the log is not to blame: it gets its own deadline)
+            if order.passed_over(key, group) and key not in conn.rejoining:
+                out_of_turn[key] = group  # another tab went on without these (a tab rejoining logs none of them)
+                continue
             if head.emitted is not None and key not in cursors and not conn.unlogged:
                 # its first frame of the stream: placed at its own emit if another tab here logs it
                 copy = order.copy_on_its_way(key, head.emitted, head.order)
@@ -110,6 +115,13 @@ class StreamWriter:
                 where = order.placed(key, head.content_digest(), head.emitted)
                 if where is not None:
                     conn.placed(key, *where)
+        if out_of_turn:  # logged now they would follow frames emitted after them: a client applying
+            # frames by seq would drop those as seen. They go out unstamped, and the stream starts anew
+            for key in out_of_turn:
+                del pending[key]
+            self._unlogged(out_of_turn)
+            if not pending:
+                return
         # one deadline for the batch's log calls, a repair and the append (the in-process log gets no timer)
         ends = None if synchronous else clock() + wait
         if self._waiting_repairs:  # streams of the batch the log missed frames of start a new epoch first
