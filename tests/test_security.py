@@ -207,6 +207,38 @@ async def test_a_leaked_sid_of_a_websocket_session_is_not_ours_to_read(stack: St
     await victim.close()
 
 
+async def test_a_leaked_sid_of_an_upgraded_session_owes_its_victim_nothing(stack: Stack) -> None:
+    """A POSTed binary event head to a session that upgraded to a websocket (python-engineio
+    answers 400, unread) left the victim's connection owing an attachment: its next resume
+    request was refused ``bad_request``, and so on until it sent a binary frame (found by review)."""
+    alice = await PollingClient(stack.url).open({"token": "alice"})
+    url = stack.url.replace("http://", "ws://") + f"/socket.io/?EIO=4&transport=websocket&sid={alice.sid}"
+    async with websockets.connect(url, ping_interval=None) as ws:
+        await ws.send("2probe")
+        assert await ws.recv() == "3probe"
+        await alice.get()  # the NOOP that ends the poll
+        await ws.send("5")
+        await emit_tokens(stack.sio, "alice", "m", 1, 5)
+        seqs: list[int] = []
+        while len(seqs) < 5:
+            frame = await asyncio.wait_for(ws.recv(), 10)
+            if isinstance(frame, str) and frame.startswith('42["events"'):
+                seqs.append(json.loads(frame[2:])[1]["seq"])
+        params = {"EIO": "4", "transport": "polling", "sid": alice.sid}
+        async with httpx.AsyncClient() as http:
+            head = '452-["x",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]'
+            response = await http.post(stack.url + "/socket.io/", params=params, content=head)
+            assert response.status_code == 400  # python-engineio's: the session is on its websocket
+        await ws.send('427["resume-stream",{"message_id":"m","last_seq":3}]')
+        while True:
+            frame = await asyncio.wait_for(ws.recv(), 10)
+            if isinstance(frame, str) and frame.startswith("437["):
+                break
+    answer = json.loads(frame[3:])[0]
+    assert answer.get("replayed") == 2, answer
+    await alice.aclose()
+
+
 async def test_a_polling_body_longer_than_the_app_accepts_is_not_read(backend: dict[str, Any]) -> None:
     sio = make_sio(max_http_buffer_size=10_000)
     app = make_app(sio, **backend)

@@ -47,14 +47,15 @@ async def handle_polling(
         response = PollResponse(eio, send)
         with eio.client_request():
             await _watching_client(app, scope, receive, response)
-    elif method == "POST" and eio is not None:  # (upgraded: python-engineio refuses it, and nothing is done)
+    elif method == "POST" and eio is not None and not eio.conn.upgraded:
         with eio.client_request():
             scope, receive, effects = await read_post(eio, scope, receive)
             try:
                 await app(scope, receive, PostResponse(eio, send, effects))
             finally:
                 effects.settled(eio.conn)  # (an app that never answered: they never will be noted)
-    else:  # a session this process does not know, one python-engineio would refuse: not ours to touch
+    else:  # a session this process does not know, or one on a websocket (python-engineio refuses
+        # its POSTs unread: what they say is not ours to act on, nor to count), not ours to touch
         await app(scope, receive, send)
 
 
