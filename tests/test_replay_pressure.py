@@ -27,7 +27,7 @@ from asgi_resume import protocol
 from asgi_resume.config import Settings
 from asgi_resume.pipeline.connection import Connection
 from asgi_resume.pipeline.outbound import Outbound
-from asgi_resume.pipeline.replay import REPLAY_FIRST_PAGE, REPLAY_PAGE, REPLAY_PAGE_BYTES
+from asgi_resume.pipeline.replay import REPLAY_FIRST_PAGE, REPLAY_PAGE, REPLAY_PAGE_BYTES, RESPONSE_REPLAY_BYTES
 from asgi_resume.pipeline.resume import ResumeRequest
 from asgi_resume.pipeline.runtime import Runtime, Turns
 from tests.support.app import chat_event, emit_tokens, make_app, make_sio, room_of
@@ -420,3 +420,21 @@ async def test_a_page_of_large_frames_holds_about_as_many_bytes_as_one_of_small_
     assert pipeline.seqs() == list(range(1, 101))
     assert len(pages[0]) == REPLAY_FIRST_PAGE
     assert all(sum(len(frame) for frame in page) <= REPLAY_PAGE_BYTES + (33 << 10) for page in pages[1:])
+
+
+async def test_a_long_polling_response_starts_no_replay_once_it_holds_a_few_mib() -> None:
+    """Found by attack: a long-polling response is built whole, and one POST's 16 resume requests
+    of a 2,000-frame stream of 4 KB frames were 16 whole replays in one GET body (+176 MiB held
+    while the client did not read it; 4 sessions: +822 MiB, another user's live stream stalled
+    650 ms). Past ``RESPONSE_REPLAY_BYTES`` no further replay starts: the requests left are
+    refused ``rate_limited``, and the client asks again once it has read the response."""
+    pipeline = Pipeline()
+    await pipeline.emit(1, 150, content="x" * (16 << 10))  # a 2.4 MB replay
+    for ack_id in range(1, 17):
+        pipeline.reader.feed(resume_request(ack_id))
+    out = await pipeline.reader.flush()  # (the long-polling transport's: the response whole)
+    answers = [json.loads(str(f).lstrip("0123456789"))[0] for f in out if str(f).startswith("43")]
+    assert [a.get("replayed") for a in answers[:2]] == [150, 150]  # a replay starts under the bound
+    assert [a.get("error") for a in answers[2:]] == ["rate_limited"] * 14
+    assert sum(len(f) for f in out if isinstance(f, str)) < RESPONSE_REPLAY_BYTES + (150 * (17 << 10))
+    assert pipeline.runtime.stats.resumes_rate_limited == 14

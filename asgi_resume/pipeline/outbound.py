@@ -20,6 +20,7 @@ and a second request is answered after it, in order.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from typing import assert_never
@@ -33,7 +34,7 @@ from asgi_resume.pipeline.order import Feeder
 from asgi_resume.pipeline.recovery import Recovery
 from asgi_resume.pipeline.recovery_replay import duplicate
 from asgi_resume.pipeline.replay import Deliver
-from asgi_resume.pipeline.resume import ResumeRequest
+from asgi_resume.pipeline.resume import RESPONSE_FULL, ResumeRequest
 from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.pipeline.streams import StreamWriter
 from asgi_resume.pipeline.units import (
@@ -64,6 +65,7 @@ class Outbound:
         self.batch = Batch(Classifier(runtime, conn, self.recovery), runtime.order, self.feeder)
         self.feed = self.batch.feed  # (hot: one call per frame)
         self._owed: list[Outgoing] = []  # frames held back for a CONNECT reply that went out unread
+        self._response_bytes = -1  # what :meth:`flush` has collected so far (-1: not flushing)
 
     @property
     def log(self) -> StreamLog:
@@ -81,14 +83,23 @@ class Outbound:
     # -- flushing ----------------------------------------------------------------------------------
 
     async def flush(self, *, answer_deferred: bool = True, taken_ms: int | None = None) -> list[Outgoing]:
-        """Log what was fed and return what to send, in order (replays whole: see :meth:`send`)."""
+        """Log what was fed and return what to send, in order (replays whole: see :meth:`send`).
+
+        What it returns is held whole until the transport sends it (a long-polling response): once
+        it holds ``RESPONSE_REPLAY_BYTES``, no further replay starts in it; the requests left are
+        refused ``rate_limited`` (the client asks again once it has read this one)."""
         out: list[Outgoing] = []
+        self._response_bytes = 0
 
         async def collect(items: list[Outgoing]) -> bool:
             out.extend(items)
+            self._response_bytes += sum(len(item) for item in items if isinstance(item, str | bytes))
             return True
 
-        await self.send(collect, answer_deferred=answer_deferred, taken_ms=taken_ms)
+        try:
+            await self.send(collect, answer_deferred=answer_deferred, taken_ms=taken_ms)
+        finally:
+            self._response_bytes = -1
         return out
 
     async def send(self, deliver: Deliver, *, answer_deferred: bool = True, taken_ms: int | None = None) -> None:
@@ -208,6 +219,8 @@ class Outbound:
                     if out:
                         await deliver(out)
                         out = []
+                    if self._response_bytes >= replay.RESPONSE_REPLAY_BYTES and unit.error is None:
+                        unit = dataclasses.replace(unit, error=RESPONSE_FULL, refusal="rate_limited")
                     await self._after_others(unit, units, taken)
                     await replay.answer(self.runtime, self.conn, unit, deliver)
                     key = conn.key_of(unit)

@@ -22,6 +22,9 @@ from asgi_resume.pipeline.units import Outgoing, render
 REPLAY_PAGE = 100  # log entries read, rendered and handed to the transport at a time, at most...
 REPLAY_PAGE_BYTES = 256 << 10  # ...and about this many bytes' worth, by the sizes of the page before
 REPLAY_FIRST_PAGE = 10  # the first page, before any size is known (a client that never reads holds it)
+#: a long-polling response is built whole: past this many bytes in it, no further replay starts
+#: (the requests left are refused ``rate_limited``: one POST's 16 requests were 16 whole replays)
+RESPONSE_REPLAY_BYTES = 4 << 20
 
 #: Sends a list of items to the client, in order; returns once the transport took them, False
 #: when the client is gone (what is left of a replay is not read).

@@ -16,6 +16,7 @@ from asgi_resume.pipeline.rules import stream_id_of, variant_of
 
 RESULT_SUFFIX = ":result"
 RATE_LIMITED = "too many resume requests on this connection; wait a few seconds"
+RESPONSE_FULL = "this long-polling response carries replays enough already; ask again once it is read"
 #: why a request is not answered with a replay: its input (``bad_request``), the connection's rate
 #: limit (``rate_limited``), or past the limit and as many refusals again (``flooded``: unanswered)
 Refusal = Literal["bad_request", "rate_limited", "flooded"]
