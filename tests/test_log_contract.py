@@ -6,6 +6,7 @@ No server, no socket.io: the rules the pipeline relies on, one call at a time.
 from __future__ import annotations
 
 import itertools
+import random
 from collections.abc import AsyncIterator
 
 import pytest
@@ -260,6 +261,55 @@ async def test_one_principal_cannot_evict_the_others_streams_from_the_memory_log
     assert (await log.replay(key(ALICE, "live"), 0, None, "alice")).last_seq == 1
     assert (await log.replay(key(MALLORY, "s59"), 0, None, "mallory")).last_seq == 1
     assert (await log.replay(key(MALLORY, "s0"), 0, None, "mallory")).status == "not_found"
+
+
+async def test_many_principals_many_ids_evict_their_own_streams_not_another_users() -> None:
+    """Found by attack: ten principals' 1,000 ids each (10,000 streams, the bound) evicted bob's
+    finished stream and then his live one, the oldest of all. Past the bound, the stream appended
+    to least lately of a principal with the most streams goes."""
+    log = MemoryLog(LogLimits(max_streams=100))
+    bob_done, bob_live = Connection(log, key(ALICE, "done"), "bob"), Connection(log, key(ALICE, "live"), "bob")
+    await bob_done.send(entry(log, "d", done=True))
+    await bob_live.send(entry(log, "a"))
+    for i in range(1000):
+        await Connection(log, key(f"attacker{i % 10}", f"s{i}"), "mallory").send(entry(log, "x"))
+        if i % 100 == 0:
+            await bob_live.send(entry(log, f"b{i}"))
+    assert (await log.replay(key(ALICE, "done"), 0, None, "bob")).status == "ok"
+    live = await log.replay(key(ALICE, "live"), 0, None, "bob")
+    assert (live.last_seq, live.gap) == (11, False)
+    assert len(log._streams) == 100
+    assert (await log.replay(key("attacker9", "s999"), 0, None, "mallory")).last_seq == 1  # their newest stay
+
+
+async def test_an_idle_stream_goes_before_one_appended_to_lately() -> None:
+    log = MemoryLog(LogLimits(max_streams=100))
+    old = Connection(log, key("p0", "old"), "c")
+    await old.send(entry(log, "a"))
+    for i in range(1, 99):
+        await Connection(log, key(f"p{i}", "s"), "c").send(entry(log, "a"))
+    await old.send(entry(log, "b"))  # the oldest stream is appended to again
+    await Connection(log, key("p99", "s"), "c").send(entry(log, "a"))
+    await Connection(log, key("p100", "s"), "c").send(entry(log, "a"))  # past the bound: one goes
+    assert (await log.replay(key("p0", "old"), 0, None, "c")).last_seq == 2
+    assert (await log.replay(key("p1", "s"), 0, None, "c")).status == "not_found"
+
+
+async def test_the_memory_logs_count_of_streams_per_principal_stays_true() -> None:
+    """What eviction reads (who has the most streams) after adds, evictions, ends and expiries."""
+    now = [1000.0]
+    log = MemoryLog(LogLimits(max_streams=30, ttl_ms=5000, done_ttl_ms=1000), clock=lambda: now[0])
+    rng = random.Random(7)
+    for i in range(600):
+        principal, stream = f"p{rng.randrange(8)}", f"s{rng.randrange(40)}"
+        await Connection(log, key(principal, stream), "c").send(entry(log, str(i), done=rng.random() < 0.2))
+        now[0] += rng.choice([0.0, 0.01, 0.5])
+        counts = {p: len(own) for p, own in log._by_principal.items()}
+        assert sum(counts.values()) == len(log._streams) <= 30
+        assert log._most == max(counts.values(), default=0)
+        assert {n: set(ps) for n, ps in log._principals_with.items()} == {
+            n: {p for p, c in counts.items() if c == n} for n in set(counts.values())
+        }
 
 
 async def test_a_copy_out_of_order_within_one_call_is_not_logged_twice(log: StreamLog) -> None:

@@ -231,7 +231,7 @@ class LogLimits:
     maxlen: int = 2000  # entries kept per stream (approximately, on Redis)
     ttl_ms: int = 3_600_000  # a stream's life after its last frame
     done_ttl_ms: int = 30_000  # its life once it is done
-    max_streams: int = 10_000  # stream keys the memory log keeps; the oldest go first
+    max_streams: int = 10_000  # stream keys the memory log keeps (see MemoryLog._add for which go)
 
 
 class StreamLog(Protocol):

@@ -35,6 +35,7 @@ from asgi_resume.log.memory_sessions import MemorySessions
 from asgi_resume.log.names import new_epoch
 
 _SWEEP_EVERY_MS = 1000
+_VICTIM_SCAN = 64  # streams looked at, the least lately appended to first, for one to evict
 _CLOSED = "the log is closed"
 
 
@@ -126,8 +127,11 @@ class MemoryLog:
         self.limits = limits or LogLimits()
         self.clock = clock  # seconds since the epoch
         self._closed = False  # (calls fail once it is closed, as the Redis log's do)
-        self._streams: OrderedDict[StreamKey, _Stream] = OrderedDict()  # oldest first
+        self._streams: OrderedDict[StreamKey, _Stream] = OrderedDict()  # least lately appended to first
         self._by_principal: dict[str, OrderedDict[StreamKey, None]] = {}  # the same, per principal
+        #: how many streams a principal has -> the principals with that many (the most: ``_most``)
+        self._principals_with: dict[int, dict[str, None]] = {}
+        self._most = 0
         self._sessions = MemorySessions(self.limits, self.now_ms)  # recovery sessions
         self._beats: dict[str, int] = {}  # process -> its last beat (only this one's, in one process)
         self._next_sweep = 0
@@ -144,24 +148,58 @@ class MemoryLog:
 
     def _add(self, key: StreamKey, state: _Stream) -> None:
         """Keep a new stream key: bounded per process and per principal, whatever ids the app is made
-        to send (one user's many ids evict that user's own oldest streams first)."""
+        to send. Past a bound, the stream appended to least lately goes, of the principal itself,
+        then of a principal with the most streams: many principals' many ids evict their own
+        streams, not those of a user with a few (found by attack: ten principals' 1,000 ids each
+        evicted another user's live stream, the oldest of all)."""
         if key in self._streams:
             self._drop(key)
-        own = self._by_principal.setdefault(key.principal, OrderedDict())
+        own = self._by_principal.get(key.principal)
+        if own is None:
+            own = self._by_principal[key.principal] = OrderedDict()
         while len(own) >= max(1, self.limits.max_streams // 10):
             self._drop(next(iter(own)))
         while len(self._streams) >= self.limits.max_streams:
-            self._drop(next(iter(self._streams)))
+            self._drop(self._victim())
         self._streams[key] = state
         own[key] = None
+        self._counted(key.principal, len(own) - 1, len(own))
+
+    def _victim(self) -> StreamKey:
+        """The stream to evict: of the least lately appended to, the first of a principal with the
+        most streams (one of them looked at, at worst, past the first ``_VICTIM_SCAN``)."""
+        most, by_principal = self._most, self._by_principal
+        for key in itertools.islice(self._streams, _VICTIM_SCAN):
+            if len(by_principal[key.principal]) == most:
+                return key
+        return next(iter(by_principal[next(iter(self._principals_with[most]))]))
+
+    def _counted(self, principal: str, was: int, now: int) -> None:
+        """``principal`` had ``was`` streams and has ``now`` (one more or one less)."""
+        with_was = self._principals_with.get(was)
+        if with_was is not None:
+            del with_was[principal]
+            if not with_was:
+                del self._principals_with[was]
+                if self._most == was and now < was:
+                    self._most = now
+        if now:
+            self._principals_with.setdefault(now, {})[principal] = None
+            self._most = max(self._most, now)
+
+    def _touched(self, key: StreamKey) -> None:
+        """``key`` was appended to: the last to evict, of its principal's and of all."""
+        self._streams.move_to_end(key)
+        self._by_principal[key.principal].move_to_end(key)
 
     def _drop(self, key: StreamKey) -> None:
-        self._streams.pop(key, None)
-        own = self._by_principal.get(key.principal)
-        if own is not None:
-            own.pop(key, None)
-            if not own:
-                del self._by_principal[key.principal]
+        if self._streams.pop(key, None) is None:
+            return
+        own = self._by_principal[key.principal]
+        del own[key]
+        self._counted(key.principal, len(own) + 1, len(own))
+        if not own:
+            del self._by_principal[key.principal]
 
     def _sweep(self, now: int) -> None:
         if now < self._next_sweep:
@@ -230,6 +268,8 @@ class MemoryLog:
             cursor = seq
             state.done = state.done or entry.done
             seqs.append(seq)
+        if request.entries:
+            self._touched(request.key)
         others = state.touch(request.connection, now, held=request.held)
         if state.done and not was_done:
             state.expires_at = now + limits.done_ttl_ms
@@ -311,4 +351,6 @@ class MemoryLog:
         self._closed = True
         self._streams.clear()
         self._by_principal.clear()
+        self._principals_with.clear()
+        self._most = 0
         self._sessions.clear()
