@@ -188,7 +188,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("log_calls", "0", _flag, "1: also log events the app sends with an ack id (a call to one connection)"),
     Option("resume_event", "resume-stream", _nonempty, "the inbound event the middleware answers itself"),
     Option("maxlen", "2000", _positive_int, "frames kept per stream (approximate on Redis)"),
-    Option("max_streams", "10000", _positive_int, "streams the memory log keeps (a tenth per principal); the least lately used go first"),
+    Option(
+        "max_streams",
+        "10000",
+        _positive_int,
+        "streams the memory log keeps (a tenth per principal); the least lately used go first",
+    ),
     Option("ttl", "3600", _seconds, "seconds a stream's log lives after its last frame"),
     Option("done_ttl", "30", _seconds, "seconds a stream's log lives once the stream is done"),
     Option("key_prefix", "asgi_resume", _key_prefix, "prefix of every Redis key"),

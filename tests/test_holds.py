@@ -15,6 +15,7 @@ from tests.support.app import PacedStream, chat_event, content_by_seq, make_app,
 from tests.support.logs import watch_logs
 from tests.support.raw import RawClient
 from tests.support.server import serve
+from tests.support.waits import until
 
 pytestmark = pytest.mark.anyio
 FAST = {"hold_grace": 0.2}
@@ -278,6 +279,42 @@ async def test_one_user_cannot_take_every_hold(backend: dict[str, Any]) -> None:
         view = seen | content_by_seq(reloaded.events())
         assert [view[s] for s in sorted(view)] == victims.expected
         flood.cancel()
+        await reloaded.close()
+
+
+async def test_many_users_connections_dropped_without_streams_do_not_take_every_hold(backend: dict[str, Any]) -> None:
+    """Found by attack (recovery on): 100 principals x 10 connections dropped with no stream took
+    the 1,000 holds; alice, dropped mid-stream, was not held and lost 63 of 201 events. When every
+    hold is taken, a connection with a stream in flight takes the room of the oldest without."""
+    sio = make_sio()
+    app = make_app(sio, **backend, recovery=True, max_holds=3, hold_grace=0.2)
+    victims = PacedStream(sio, "alice", "answer", 150, pace=0.01)
+    async with serve(app) as url:
+        victim = await RawClient(url, auth={"token": "alice"}).connect()
+        for i in range(3):  # three users' connections, held for their recoverable sessions
+            other = await RawClient(url, auth={"token": f"m{i}"}).connect()
+            await other.kill()
+        stats = app.runtime.stats
+        await until(lambda: stats.holds_active == 3, 10)
+        emitter = asyncio.create_task(victims.run())
+        await victim.wait_seqs("answer", 20)
+        await victim.kill()
+        gone_at = victims.sent
+        await victims.wait_sent(gone_at + 20)
+        assert (stats.holds_started, stats.holds_refused) == (4, 0)  # the victim was held
+        assert stats.holds_active <= 3
+        reloaded = await RawClient(url, auth={"token": "alice"}).connect()
+        seen = content_by_seq(victim.events())
+        answer = await reloaded.request(
+            "resume-stream",
+            {"message_id": "answer", "last_seq": max(seen), "epoch": victim.events()[-1]["epoch"]},
+            ack_id=1,
+        )
+        assert answer["gap"] is False
+        await emitter
+        await reloaded.wait_for(lambda f: isinstance(f, str) and '"done":true' in f)
+        view = seen | content_by_seq(reloaded.events())
+        assert [view[s] for s in sorted(view)] == victims.expected
         await reloaded.close()
 
 

@@ -3,7 +3,8 @@
 The app is not told that the client left yet: the transport answers its pings and the pipeline
 keeps logging what it sends, so a reload resumes everything. Owns: whether a connection may be
 held (a principal of its own, streams in flight or a recoverable session, no answer it owes the
-app, room under ``ASGI_RESUME_MAX_HOLDS`` and ``ASGI_RESUME_MAX_HOLDS_PER_PRINCIPAL``), a hold's
+app, room under ``ASGI_RESUME_MAX_HOLDS`` and ``ASGI_RESUME_MAX_HOLDS_PER_PRINCIPAL``, or a hold
+that holds less to end for it: see :meth:`Holds._make_room`), a hold's
 states (:class:`HoldState`), when it ends (what the app sends that ends it: :func:`ends_connection`),
 and the process-wide registry (:class:`Holds`).
 
@@ -56,15 +57,18 @@ class Holds:
         self.settings = settings
         self.stats = stats
         self._throttle = Throttle()
-        self._active: set[Hold] = set()
+        self._active: dict[Hold, None] = {}  # (the oldest first)
         self._by_principal: dict[str, int] = {}
+        self._making_room = 0  # holds ended to make room for another, until they have ended
         self.shutting_down = False
 
     def admit(self, hold: Hold, owner: str) -> bool:
-        """Room for one more hold of ``owner``? (Counted when admitted.)"""
+        """Room for one more hold of ``owner``? (Counted when admitted.) When every hold of the
+        process is taken, one that holds less makes room (see :meth:`_make_room`)."""
         stats, settings = self.stats, self.settings
         of_owner = self._by_principal.get(owner, 0)
-        if stats.holds_active >= settings.max_holds or of_owner >= settings.max_holds_per_principal:
+        full = stats.holds_active - self._making_room >= settings.max_holds
+        if of_owner >= settings.max_holds_per_principal or (full and not self._make_room(owner, hold.conn)):
             stats.holds_refused += 1
             skipped = self._throttle.allow("hold_refused")
             if skipped is not None:
@@ -78,14 +82,36 @@ class Holds:
                     extra=fault("hold_refused", held=stats.holds_active, skipped=skipped),
                 )
             return False
-        self._active.add(hold)
+        self._active[hold] = None
         self._by_principal[owner] = of_owner + 1
         stats.holds_active += 1
         stats.holds_started += 1
         return True
 
+    def _make_room(self, owner: str, conn: Connection) -> bool:
+        """End a hold so that one of ``owner`` (for ``conn``) can start: the oldest hold without a
+        stream in flight, when ``conn`` has one (a recoverable session only); else the oldest of a
+        principal with more holds than ``owner`` would have. False: none holds less. (Many
+        principals' connections dropped without streams took every hold: found by attack.)"""
+        victim = None
+        if conn.in_flight:
+            victim = next((h for h in self._active if not h.ending and not h.conn.in_flight), None)
+        if victim is None:
+            mine = self._by_principal.get(owner, 0) + 1
+            most = max(self._by_principal.items(), key=lambda item: item[1], default=("", 0))
+            if most[1] > mine:
+                victim = next((h for h in self._active if not h.ending and h.owner == most[0]), None)
+        if victim is None:
+            return False
+        self._making_room += 1
+        victim.making_room = True
+        victim.end("its room went to a connection that holds more")
+        return True
+
     def _ended(self, hold: Hold, owner: str) -> None:
-        self._active.discard(hold)
+        self._active.pop(hold, None)
+        if hold.making_room:
+            self._making_room -= 1
         self.stats.holds_active -= 1
         left = self._by_principal.pop(owner, 1) - 1
         if left:
@@ -110,7 +136,8 @@ class Hold:
         self.sid: str | None = None  # (known when it starts: a websocket learns it from its OPEN packet)
         self.state = HoldState.NOT_HELD
         self.handed_over = False  # its client's streams or session went on on another connection
-        self._owner = ""  # the principal it is counted against
+        self.owner = ""  # the principal it is counted against
+        self.making_room = False  # ended to make room for another hold
         self._end = anyio.Event()
         self._wake = anyio.Event()
         self._reason = ""
@@ -135,11 +162,16 @@ class Hold:
             return False
         if not self.holds.admit(self, owner):
             return False
-        self.state, self._owner, self._started_ms = HoldState.HELD, owner, now_ms
+        self.state, self.owner, self._started_ms = HoldState.HELD, owner, now_ms
         self._recoverable = recoverable
         what = f"streams in flight {[key.stream for key in streams[:5]]}" if streams else "a recoverable session"
         logger.info("client of %s left with %s: holding the connection", self.sid, what)
         return True
+
+    @property
+    def ending(self) -> bool:
+        """Told to end (it ends within a loop iteration or so)."""
+        return self._end.is_set()
 
     def wake(self) -> None:
         """Frames went out (and were logged): look again whether the hold should end."""
@@ -195,6 +227,6 @@ class Hold:
                         await self._wake.wait()  # the writer wakes us when frames came
         finally:
             reason = reason or self._reason or f"held for hold_max ({settings.hold_max:g}s)"
-            self.holds._ended(self, self._owner)
+            self.holds._ended(self, self.owner)
             self.state = HoldState.ENDED
             logger.info("hold of %s ended after %.1fs: %s", self.sid, time.monotonic() - started, reason)
