@@ -192,7 +192,7 @@ OPTIONS: tuple[Option, ...] = (
         "max_streams",
         "10000",
         _positive_int,
-        "streams the memory log keeps (a tenth per principal); the least lately used go first",
+        "streams the memory log keeps (a tenth per user); the least lately used go first",
     ),
     Option("ttl", "3600", _seconds, "seconds a stream's log lives after its last frame"),
     Option("done_ttl", "30", _seconds, "seconds a stream's log lives once the stream is done"),
