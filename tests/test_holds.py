@@ -91,16 +91,62 @@ async def test_the_hold_answers_the_apps_pings(backend: dict[str, Any], caplog: 
 
 async def test_no_hold_without_a_stream_in_flight(backend: dict[str, Any]) -> None:
     sio = make_sio()
-    app = make_app(sio, **backend)
+    app = make_app(sio, **backend, hold_grace=0.2)
     async with serve(app) as url:
         tab = await RawClient(url, auth={"token": "alice"}).connect()
         sid = sid_of(sio, "alice")
-        await sio.emit("events", chat_event("finished", 1), room=room_of("alice"))
-        await sio.emit("events", chat_event("finished", 2, done=True), room=room_of("alice"))
-        await tab.wait_seqs("finished", 2)
+        await sio.emit("events", {"chat_id": "c", "data": {"type": "presence"}}, room=room_of("alice"))  # no stream
+        await tab.wait_for(lambda f: isinstance(f, str) and "presence" in f)
         await tab.kill()
         await sio.disconnects.wait(sid)
         assert app.runtime.stats.holds_started == 0
+
+
+def title(message_id: str) -> dict[str, Any]:
+    """What open-webui sends after an answer's done frame: not a done frame itself."""
+    return {"chat_id": "chat-1", "message_id": message_id, "data": {"type": "chat:title", "data": "A title"}}
+
+
+async def test_a_close_just_after_done_is_held_for_what_follows_the_answer(backend: dict[str, Any]) -> None:
+    """Found by a run against open-webui: a tab that dropped on seeing the done frame was not held,
+    and the title, tags, follow-ups and chat:active=false that followed reached no log (the reload
+    got ``gap: false`` without them). It is held for ``hold_grace``."""
+    sio = make_sio()
+    app = make_app(sio, **backend, hold_grace=1.0)
+    async with serve(app) as url:
+        tab = await RawClient(url, auth={"token": "alice"}).connect()
+        sid = sid_of(sio, "alice")
+        await sio.emit("events", chat_event("m", 1), room=room_of("alice"))
+        await sio.emit("events", chat_event("m", 2, done=True), room=room_of("alice"))
+        await tab.wait_seqs("m", 2)
+        with watch_logs() as logs:
+            await tab.kill()
+            await logs.wait_for("holding the connection")
+        await sio.emit("events", title("m"), room=room_of("alice"))
+        await sio.disconnects.wait(sid)  # the grace passed
+        late = await RawClient(url, auth={"token": "alice"}).connect()
+        answer = await late.request("resume-stream", {"message_id": "m", "last_seq": 2}, ack_id=1)
+        assert (answer["replayed"], answer["gap"]) == (1, False)
+        assert "A title" in str(late.frames)
+        await late.close()
+
+
+async def test_what_follows_a_done_frame_does_not_put_the_stream_back_in_flight(backend: dict[str, Any]) -> None:
+    """Found by a run against open-webui: a title after the done frame put the stream back in
+    flight, and a tab closed later was held until the stream went idle (19-30 s), so the app
+    learned late that it left. Held, it is held for the grace after the last frame."""
+    sio = make_sio()
+    app = make_app(sio, **backend, hold_grace=0.5, hold_idle=30)
+    async with serve(app) as url:
+        tab = await RawClient(url, auth={"token": "alice"}).connect()
+        sid = sid_of(sio, "alice")
+        await sio.emit("events", chat_event("m", 1), room=room_of("alice"))
+        await sio.emit("events", chat_event("m", 2, done=True), room=room_of("alice"))
+        await sio.emit("events", title("m"), room=room_of("alice"))
+        await tab.wait_seqs("m", 3)
+        assert not app.runtime.stats.holds_started
+        await tab.kill()
+        await sio.disconnects.wait(sid, timeout=10)  # the grace at most, not hold_idle
 
 
 @pytest.mark.parametrize(

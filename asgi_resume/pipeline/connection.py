@@ -33,6 +33,7 @@ CALLS_KEPT = 64  # unanswered calls remembered per connection
 #: the ones no longer in flight are forgotten, the oldest first (a stream not in flight any more
 #: that comes back is then placed by content, as a new tab's first frame is)
 STREAMS_KEPT = 1024
+FINISHED_KEPT = 64  # streams whose done frame a connection remembers (the latest)
 #: namespaces one connection's CONNECTs are noted for (python-socketio refuses those it does not
 #: have, and an app with dynamic namespaces may accept any): past it, or for a longer name, a
 #: CONNECT binds nobody and nothing is kept for it
@@ -61,6 +62,9 @@ class Connection:
     #: it joins may have begun after frames it still has to send (``AppendRequest.rejoining``)
     rejoining: set[StreamKey] = field(default_factory=set)
     in_flight: dict[StreamKey, float] = field(default_factory=dict)  # key not done -> monotonic time of last frame
+    #: keys whose done frame it was sent -> when (monotonic; the ``FINISHED_KEPT`` latest): frames
+    #: after it (a title, follow-ups) do not put the stream back in flight
+    finished: dict[StreamKey, float] = field(default_factory=dict)
     calls: dict[tuple[str, int], None] = field(default_factory=dict)  # (namespace, ack id) the client owes
     departed: bool = False  # it left a namespace (or was disconnected from one) at least once
     released: bool = False  # the connection is over (Outbound.release)
@@ -171,7 +175,7 @@ class Connection:
             for key in self.active_streams(idle_s)
             if key.namespace == namespace
         }
-        for places in (self.in_flight, self.cursors, self.skipped, self.others_ms, self.replayed):
+        for places in (self.in_flight, self.finished, self.cursors, self.skipped, self.others_ms, self.replayed):
             for key in [key for key in places if key.namespace == namespace]:
                 del places[key]
         return left
@@ -287,29 +291,44 @@ class Connection:
         return self.principals.get(key.namespace) == key.principal
 
     def saw(self, stream: StreamKey, done: bool) -> None:
-        """Track streams in flight on this connection (what a hold waits for)."""
+        """Track streams in flight on this connection (what a hold waits for). A stream is over at
+        its done frame: what the app sends after it (open-webui: a title, tags, follow-ups) does
+        not put it back in flight (a tab closed then was held 19-30 s for it, found by a run
+        against open-webui), though a close soon after it is held for them (``finished_within``)."""
         self.last_frame_at = now = time.monotonic()
         if done:
             self.in_flight.pop(stream, None)
-        else:
+            finished = self.finished
+            finished.pop(stream, None)
+            finished[stream] = now
+            if len(finished) > FINISHED_KEPT:
+                del finished[next(iter(finished))]
+        elif stream not in self.finished:
             in_flight = self.in_flight
             if len(in_flight) >= STREAMS_KEPT and stream not in in_flight:
                 self.bound()
             in_flight[stream] = now
+
+    def finished_within(self, grace_s: float) -> list[StreamKey]:
+        """Streams whose done frame came in the last ``grace_s`` seconds: the app may still send
+        what follows an answer (a title, follow-ups), which ``ASGI_RESUME_HOLD_GRACE`` waits for."""
+        now = time.monotonic()
+        return [stream for stream, at in self.finished.items() if now - at < grace_s]
 
     def active_streams(self, idle_s: float, as_of: float | None = None) -> list[StreamKey]:
         """Streams in flight that had a frame in the ``idle_s`` seconds before ``as_of`` (now)."""
         now = time.monotonic() if as_of is None else as_of
         return [stream for stream, at in self.in_flight.items() if now - at < idle_s]
 
-    def taken_over(self, since_ms: int, idle_s: float) -> bool:
-        """Has another connection used each stream in flight here after ``since_ms``?
+    def taken_over(self, since_ms: int, idle_s: float, grace_s: float) -> bool:
+        """Has another connection used each stream in flight here (else each finished within
+        ``grace_s``) after ``since_ms``?
 
         Strictly after: the other tab of two that dropped together may have logged its last frame
         in the hold's own millisecond, before it was held (seen under CPU load in
         tests/test_holds.py). A recovered client's new connection uses the stream later than that.
         """
-        active = self.active_streams(idle_s)
+        active = self.active_streams(idle_s) or self.finished_within(grace_s)
         return bool(active) and all(self.others_ms.get(key, 0) > since_ms for key in active)
 
     def was_replayed(self, stream: StreamKey, epoch: str, seq: int) -> bool:

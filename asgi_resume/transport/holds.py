@@ -151,8 +151,10 @@ class Hold:
         if self.holds.shutting_down:
             return False
         streams = conn.active_streams(settings.hold_idle)
+        # (a stream done a moment ago: the app may still send what follows an answer, for the grace)
+        finished = [] if streams else conn.finished_within(settings.hold_grace)
         recoverable = self.recovery is not None and self.recovery.recoverable
-        if not (streams or recoverable):
+        if not (streams or finished or recoverable):
             return False
         owner = next((principal for principal in conn.principals.values() if principal), None)
         if owner is None:  # nothing of its own is logged: a hold would keep nothing
@@ -164,7 +166,12 @@ class Hold:
             return False
         self.state, self.owner, self._started_ms = HoldState.HELD, owner, now_ms
         self._recoverable = recoverable
-        what = f"streams in flight {[key.stream for key in streams[:5]]}" if streams else "a recoverable session"
+        if streams:
+            what = f"streams in flight {[key.stream for key in streams[:5]]}"
+        elif finished:
+            what = f"streams just done {[key.stream for key in finished[:5]]}"
+        else:
+            what = "a recoverable session"
         logger.info("client of %s left with %s: holding the connection", self.sid, what)
         return True
 
@@ -201,7 +208,7 @@ class Hold:
                     if conn.calls:
                         reason = "the app asked its absent client something"
                         break
-                    if conn.taken_over(self._started_ms, settings.hold_idle):
+                    if conn.taken_over(self._started_ms, settings.hold_idle, settings.hold_grace):
                         reason = "another connection took its streams over"
                         self.handed_over = True
                         break
