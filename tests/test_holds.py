@@ -291,6 +291,23 @@ async def test_a_tab_that_stays_keeps_the_history_when_another_leaves(backend: d
         await second.close()
 
 
+async def reload_and_resume(url: str, victim: RawClient, stream: PacedStream, emitter: asyncio.Task[None]) -> None:
+    """alice reloads after ``victim`` was held: her resume says no gap, and she has every token once."""
+    reloaded = await RawClient(url, auth={"token": "alice"}).connect()
+    seen = content_by_seq(victim.events())
+    answer = await reloaded.request(
+        "resume-stream",
+        {"message_id": "answer", "last_seq": max(seen), "epoch": victim.events()[-1]["epoch"]},
+        ack_id=1,
+    )
+    assert answer["gap"] is False
+    await emitter
+    await reloaded.wait_for(lambda f: isinstance(f, str) and '"done":true' in f)
+    view = seen | content_by_seq(reloaded.events())
+    assert [view[s] for s in sorted(view)] == stream.expected
+    await reloaded.close()
+
+
 async def test_one_user_cannot_take_every_hold(backend: dict[str, Any]) -> None:
     """Mallory drops five connections with streams in flight: two at most are held; the victim still is."""
     sio = make_sio()
@@ -312,20 +329,8 @@ async def test_one_user_cannot_take_every_hold(backend: dict[str, Any]) -> None:
         gone_at = victims.sent
         await victims.wait_sent(gone_at + 20)
         assert app.runtime.stats.holds_started == before + 1  # the victim was held
-        reloaded = await RawClient(url, auth={"token": "alice"}).connect()
-        seen = content_by_seq(victim.events())
-        answer = await reloaded.request(
-            "resume-stream",
-            {"message_id": "answer", "last_seq": max(seen), "epoch": victim.events()[-1]["epoch"]},
-            ack_id=1,
-        )
-        assert answer["gap"] is False
-        await emitter
-        await reloaded.wait_for(lambda f: isinstance(f, str) and '"done":true' in f)
-        view = seen | content_by_seq(reloaded.events())
-        assert [view[s] for s in sorted(view)] == victims.expected
+        await reload_and_resume(url, victim, victims, emitter)
         flood.cancel()
-        await reloaded.close()
 
 
 async def test_many_users_connections_dropped_without_streams_do_not_take_every_hold(backend: dict[str, Any]) -> None:
@@ -349,19 +354,7 @@ async def test_many_users_connections_dropped_without_streams_do_not_take_every_
         await victims.wait_sent(gone_at + 20)
         assert (stats.holds_started, stats.holds_refused) == (4, 0)  # the victim was held
         assert stats.holds_active <= 3
-        reloaded = await RawClient(url, auth={"token": "alice"}).connect()
-        seen = content_by_seq(victim.events())
-        answer = await reloaded.request(
-            "resume-stream",
-            {"message_id": "answer", "last_seq": max(seen), "epoch": victim.events()[-1]["epoch"]},
-            ack_id=1,
-        )
-        assert answer["gap"] is False
-        await emitter
-        await reloaded.wait_for(lambda f: isinstance(f, str) and '"done":true' in f)
-        view = seen | content_by_seq(reloaded.events())
-        assert [view[s] for s in sorted(view)] == victims.expected
-        await reloaded.close()
+        await reload_and_resume(url, victim, victims, emitter)
 
 
 async def test_a_connection_without_a_principal_is_never_held(backend: dict[str, Any]) -> None:
