@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from redis.crc import key_slot
 
 from asgi_resume.log import AppendRequest, LogUnavailable, StreamKey
+from asgi_resume.log.base import Entry, LogLimits
 from asgi_resume.log.redis import RedisLog
 from tests.support.app import chat_event, emit_tokens, make_app, make_sio, room_of
 from tests.support.keys import redis_keys
@@ -339,3 +340,30 @@ def test_the_parts_of_a_stream_key_never_run_into_each_other() -> None:
     """A variant and a stream id that hold the separator of a plain join name two keys, not one."""
     assert StreamKey("p", "/", "v\x00x", "s").tag() != StreamKey("p", "/", "v", "x\x00s").tag()
     assert StreamKey("p", "/", "", "\ud800").tag() != StreamKey("p", "/", "", "\udc00").tag()
+
+
+async def test_a_resume_reads_the_log_while_redis_refuses_writes(tmp_path: Path) -> None:
+    """Found by attack: with Redis out of memory (maxmemory, noeviction) a resume answered
+    ``unavailable`` though its frames were there to read: the replay script notes who read the
+    stream (a write), and that failed the whole read. The note is skipped; the replay is served."""
+    server = RedisServer(tmp_path / "oom").start()
+    log = RedisLog.from_url(server.url, prefix="oom", limits=LogLimits())
+    try:
+        key = StreamKey("alice", "/", "", "m")
+        entries = [
+            Entry(f"d{i}", ['42["events",{', f'"message_id":"m","t":{i}}}]'], False, log.now_ms()) for i in (1, 2)
+        ]
+        (result,) = await log.append([AppendRequest(key, entries, since_ms=log.now_ms() - 1000, connection="tab")])
+        assert result.seqs == [1, 2]
+        admin = aioredis.Redis.from_url(server.url)
+        await admin.config_set("maxmemory-policy", "noeviction")
+        await admin.config_set("maxmemory", "1")
+        try:
+            replay = await log.replay(key, 0, result.epoch, "reload")
+        finally:
+            await admin.config_set("maxmemory", "0")
+            await admin.aclose()
+        assert (replay.status, replay.last_seq, [seq for seq, _ in replay.frames]) == ("ok", 2, [1, 2])
+    finally:
+        await log.aclose()
+        server.stop()

@@ -16,8 +16,9 @@ if not state[1] then
 end
 local clock = redis.call('TIME')
 local now = clock[1] * 1000 + math.floor(clock[2] / 1000)
-if state[4] and state[4] ~= conn then redis.call('HSET', meta, 'by2', state[4], 'at2', state[5]) end
-redis.call('HSET', meta, 'by', conn, 'at', now)
+-- (a note, not the read: a Redis that refuses writes, out of memory or a replica, still serves it)
+if state[4] and state[4] ~= conn then redis.pcall('HSET', meta, 'by2', state[4], 'at2', state[5]) end
+redis.pcall('HSET', meta, 'by', conn, 'at', now)
 
 local epoch, last = state[1], tonumber(state[2])
 local gap = 0
