@@ -11,11 +11,18 @@ from typing import Any
 
 import pytest
 
+from asgi_resume.config import Settings
+from asgi_resume.log import StreamKey
+from asgi_resume.pipeline.runtime import Runtime
+from asgi_resume.transport.engineio import EngineIOSessions
+from asgi_resume.transport.holds import Holds
+from asgi_resume.transport.websocket import WebSocketConnection
 from tests.support.app import PacedStream, chat_event, content_by_seq, make_app, make_sio, room_of
 from tests.support.logs import watch_logs
 from tests.support.raw import RawClient
 from tests.support.server import serve
 from tests.support.waits import until
+from tests.test_pipeline import ALICE, send, tab, token
 
 pytestmark = pytest.mark.anyio
 FAST = {"hold_grace": 0.2}
@@ -355,6 +362,35 @@ async def test_many_users_connections_dropped_without_streams_do_not_take_every_
         assert (stats.holds_started, stats.holds_refused) == (4, 0)  # the victim was held
         assert stats.holds_active <= 3
         await reload_and_resume(url, victim, victims, emitter)
+
+
+async def test_a_connection_whose_hold_ended_takes_nothing_over() -> None:
+    """Found by a run against open-webui (4 of 4 runs, memory log): tab C's hold ended (tab A took
+    its stream over), and the frames python-engineio still had queued for C went through it as a
+    live connection's while the app was told C left. A had dropped meanwhile: its hold read C's
+    append as a takeover and ended, and what was emitted until the reload joined reached no log
+    (the resume said gap: false with 19 tokens missing). A connection whose client left takes
+    nothing over, during its hold or after it."""
+    runtime = Runtime(Settings.load({}))
+    scope = {"type": "websocket", "path": "/socket.io/", "query_string": b"EIO=4&transport=websocket", "headers": []}
+
+    async def nothing(*args: Any) -> Any:
+        return None
+
+    c = WebSocketConnection(
+        nothing, runtime, EngineIOSessions(), Holds(runtime.settings, runtime.stats), scope, nothing, nothing
+    )
+    c.conn.connecting("/", ALICE)
+    c.outbound.feed('40{"sid":"c"}')
+    a = tab(runtime)
+    await send(a, token(1))
+    await send(c.outbound, token(1))
+    c.outbound.held = True  # C's client left: held (see WebSocketConnection._start_hold)
+    await send(a, token(2))  # A takes the stream over...
+    c.hold.run = nothing  # type: ignore[method-assign]  # ...and C's hold ends
+    await c._held({"type": "websocket.disconnect", "code": 1006})
+    await send(c.outbound, token(3, to="c"))  # queued for C before the app learned it left
+    assert runtime.log._streams[StreamKey(ALICE, "/", "", "m")].by == a.conn.id  # (A's hold would see C's)
 
 
 async def test_a_connection_without_a_principal_is_never_held(backend: dict[str, Any]) -> None:

@@ -341,5 +341,6 @@ class WebSocketConnection:
         try:
             await self.hold.run()
         finally:
-            self.outbound.held = False
+            # (it stays held: its client is gone, and what python-engineio still has queued for it
+            # must not count as a live connection taking streams over from another tab's hold)
             await self._to_app.send(disconnect)  # the app learns now that its client left
