@@ -72,7 +72,7 @@ async def test_copies_seen_after_a_hold_began_tell_the_held_tab_it_was_taken_ove
     assert seqs(await send(other, token(1), token(2))) == [2, 3]  # the other tab follows, after the hold began
     clock[0] += 0.01
     assert seqs(await send(held, token(1), token(2))) == [2, 3]  # the held tab's late copies
-    assert held.conn.taken_over(since_ms, rt.settings.hold_idle)
+    assert held.conn.taken_over(since_ms, rt.settings.hold_idle, rt.settings.hold_grace)
 
 
 def test_a_run_of_entries_learned_in_one_append_is_kept_within_the_bound() -> None:
