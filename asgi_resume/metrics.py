@@ -43,6 +43,8 @@ class StatsCollector:
         yield counter("frames_stamped_known", "Copies stamped from entries this process knew, no log call", known)
         yield counter("frames_unstamped", "Stream frames sent unstamped because the log failed", stats.frames_unstamped)
         yield counter("frames_unmatched", "Frames sent unstamped: logged out of order", stats.frames_unmatched)
+        passed = stats.frames_passed_over
+        yield counter("frames_passed_over", "Frames sent unstamped: another tab logged newer ones first", passed)
         yield counter("log_writes", "Append calls to the stream log (one per batch)", stats.log_writes)
         yield counter("log_failures", "Stream log calls that failed or timed out", stats.log_failures)
         dropped = stats.repairs_dropped

@@ -44,6 +44,8 @@ class Stats:
     order_waits_timed_out: int = 0  # batches logged before frames fed earlier on another connection
     frames_unmatched: int = 0  # sent unstamped: their copy was logged before frames this connection got earlier
     frames_unstamped: int = 0  # stream frames sent without seq because the log failed
+    #: of those: another tab here logged newer frames without them (its wait for them ended)
+    frames_passed_over: int = 0
     log_failures: int = 0
     #: streams the log missed frames of that no repair will start a new epoch for (past both bounds
     #: of waiting repairs): a resume of one may not say ``gap`` until its own tab logs it again

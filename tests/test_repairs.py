@@ -262,7 +262,9 @@ async def test_after_the_log_failed_a_new_epoch_keeps_emit_order_across_tabs() -
     assert {e["epoch"] for e in events(new) + events(late)} == {events(late)[0]["epoch"]}
 
 
-async def test_a_frame_another_tab_stopped_waiting_for_is_not_logged_after_newer_ones() -> None:
+async def test_a_frame_another_tab_stopped_waiting_for_is_not_logged_after_newer_ones(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """Tab A is fed a frame only it gets, tab B then a frame emitted after it; A's writer does not
     get to the log within the write timeout (a loaded machine, a Redis call that hangs), so B logs
     its frame without it. A's older frame used to be logged after B's newer one: out of emit order
@@ -278,6 +280,8 @@ async def test_a_frame_another_tab_stopped_waiting_for_is_not_logged_after_newer
     assert rt.stats.order_waits_timed_out == 1
     older = events(await a.flush())[0]
     assert older.get("seq") is None
+    assert rt.stats.frames_passed_over == 1
+    assert "another tab logged newer frames without them" in caplog.text  # (operators are told)
     assert contents(await rt.log.replay(KEY, 0, first["epoch"], "reader")) == ["t1", "t3"]
     assert events(await send(a, token(4)))[0]["epoch"] != first["epoch"]  # a resume across token 2 is told
 

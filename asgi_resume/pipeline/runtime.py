@@ -35,7 +35,7 @@ from asgi_resume.pipeline.repairs import Repairs
 from asgi_resume.pipeline.rules import Stamping, StreamRules
 from asgi_resume.pipeline.turns import Turns
 from asgi_resume.principal import JwtKey, PrincipalResolver, default_principal_key
-from asgi_resume.stats import Stats, fault
+from asgi_resume.stats import Stats, Throttle, fault
 
 logger = logging.getLogger("asgi_resume")
 
@@ -70,6 +70,7 @@ class Runtime:
         #: each stream's frames go to the log in the order they were fed here (not waiting longer
         #: than a write for a connection whose writer is stuck on a client that does not read)
         self.order = FeedOrder(settings.write_timeout)
+        self.warnings = Throttle()  # one line every few seconds per kind of event said by the pipeline
         #: what the copy of a frame another tab here logged is numbered (kept well within the log's maxlen)
         self.recent = RecentEntries(max(1, min(settings.maxlen // 2, MAX_ENTRIES)))
         self.replay_turns = Turns()  # one replay page (or first read) per loop iteration, whoever asked

@@ -26,6 +26,7 @@ from asgi_resume.pipeline.connection import Connection
 from asgi_resume.pipeline.orphans import orphan_streams
 from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.pipeline.units import EventUnit, by_content
+from asgi_resume.stats import fault
 
 logger = logging.getLogger("asgi_resume")
 
@@ -119,7 +120,7 @@ class StreamWriter:
             # frames by seq would drop those as seen. They go out unstamped, and the stream starts anew
             for key in out_of_turn:
                 del pending[key]
-            self._unlogged(out_of_turn)
+            self._passed_over(out_of_turn)
             if not pending:
                 return
         # one deadline for the batch's log calls, a repair and the append (the in-process log gets no timer)
@@ -298,6 +299,22 @@ class StreamWriter:
                 conn.unlogged[key] = with_epoch(conn.unlogged[key], request.fresh_epoch)
             missed.append(key)
         self.runtime.repairs.missed(conn, missed)
+
+    def _passed_over(self, by_key: dict[StreamKey, list[EventUnit]]) -> None:
+        """Another tab here logged newer frames without these (see ``FeedOrder.passed_over``)."""
+        runtime = self.runtime
+        runtime.stats.frames_passed_over += sum(len(group) for group in by_key.values())
+        skipped = runtime.warnings.allow("passed_over")
+        if skipped is not None:
+            logger.warning(
+                "frames of streams %s went out unstamped (their streams start a new epoch): another tab "
+                "logged newer frames without them, after ASGI_RESUME_WRITE_TIMEOUT or while this "
+                "connection's client did not read (%d more not logged)",
+                [key.stream for key in list(by_key)[:5]],
+                skipped,
+                extra=fault("frames_passed_over", skipped=skipped),
+            )
+        self._unlogged(by_key)
 
     def passed_unread(self) -> None:
         """Frames of this connection went out unread (see :meth:`Outbound.passed_unread`): every
