@@ -65,7 +65,7 @@ class Outbound:
         self.batch = Batch(Classifier(runtime, conn, self.recovery), runtime.order, self.feeder)
         self.feed = self.batch.feed  # (hot: one call per frame)
         self._owed: list[Outgoing] = []  # frames held back for a CONNECT reply that went out unread
-        self._response_bytes = -1  # what :meth:`flush` has collected so far (-1: not flushing)
+        self._response: list[Outgoing] | None = None  # what :meth:`flush` has collected so far
 
     @property
     def log(self) -> StreamLog:
@@ -89,17 +89,16 @@ class Outbound:
         it holds ``RESPONSE_REPLAY_BYTES``, no further replay starts in it; the requests left are
         refused ``rate_limited`` (the client asks again once it has read this one)."""
         out: list[Outgoing] = []
-        self._response_bytes = 0
 
         async def collect(items: list[Outgoing]) -> bool:
             out.extend(items)
-            self._response_bytes += sum(len(item) for item in items if isinstance(item, str | bytes))
             return True
 
+        self._response = out
         try:
             await self.send(collect, answer_deferred=answer_deferred, taken_ms=taken_ms)
         finally:
-            self._response_bytes = -1
+            self._response = None
         return out
 
     async def send(self, deliver: Deliver, *, answer_deferred: bool = True, taken_ms: int | None = None) -> None:
@@ -164,6 +163,11 @@ class Outbound:
             left = [units[index] for index in waiting] + units[upto:]
             await deliver([f for unit in left for f in unprocessed(unit)])
 
+    def _response_full(self) -> bool:
+        """Does the response :meth:`flush` collects hold ``RESPONSE_REPLAY_BYTES`` already?"""
+        response = self._response or ()
+        return sum(len(item) for item in response if isinstance(item, str | bytes)) >= replay.RESPONSE_REPLAY_BYTES
+
     def _timed(self, deliver: Deliver) -> Deliver:
         """``deliver``, telling the feed order while it hands frames to the transport."""
         feeder = self.feeder
@@ -219,7 +223,7 @@ class Outbound:
                     if out:
                         await deliver(out)
                         out = []
-                    if self._response_bytes >= replay.RESPONSE_REPLAY_BYTES and unit.error is None:
+                    if self._response is not None and unit.error is None and self._response_full():
                         unit = dataclasses.replace(unit, error=RESPONSE_FULL, refusal="rate_limited")
                     await self._after_others(unit, units, taken)
                     await replay.answer(self.runtime, self.conn, unit, deliver)
