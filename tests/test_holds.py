@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import pytest
 
 from asgi_resume.config import Settings
 from asgi_resume.log import StreamKey
+from asgi_resume.pipeline.connection import Connection
 from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.transport.engineio import EngineIOSessions
-from asgi_resume.transport.holds import Holds
+from asgi_resume.transport.holds import Hold, Holds
 from asgi_resume.transport.websocket import WebSocketConnection
 from tests.support.app import PacedStream, chat_event, content_by_seq, make_app, make_sio, room_of
 from tests.support.logs import watch_logs
@@ -435,3 +437,44 @@ async def test_two_held_tabs_do_not_end_each_others_holds(backend: dict[str, Any
         for sid in sids:  # the reloaded tab took the stream over: the app learns of both departures
             await sio.disconnects.wait(sid)
         await reloaded.close()
+
+
+def _holds(**settings: Any) -> Holds:
+    runtime = Runtime(Settings.load({}, **settings))
+    return Holds(runtime.settings, runtime.stats)
+
+
+def _conn(*, active: bool = False, idle: bool = False, just_done: bool = False) -> Connection:
+    conn = Connection({"type": "websocket"}, 0)
+    key = StreamKey(ALICE, "/", "", "m")
+    now = time.monotonic()
+    if active:
+        conn.in_flight[key] = now
+    if idle:
+        conn.in_flight[key] = now - 60  # never done, and idle past hold_idle
+    if just_done:
+        conn.finished[key] = now
+    return conn
+
+
+async def test_a_stream_idle_past_hold_idle_gives_a_hold_no_right_to_room() -> None:
+    """Found by attack: holds made room by ``Connection.in_flight``, which keeps streams that never
+    said done: two principals' connections with such a stream, idle for long, took both holds, and
+    a user dropped mid-stream was refused one (141 of 201 frames). Read as a hold reads them."""
+    holds = _holds(max_holds=2, hold_idle=1)
+    for owner in ("m1", "m2"):
+        assert holds.admit(Hold(holds, _conn(idle=True), None), owner)
+    dave = Hold(holds, _conn(active=True), None)
+    assert holds.admit(dave, "dave")
+    assert sum(hold.ending for hold in holds._active) == 1
+
+
+async def test_a_hold_for_a_streams_grace_is_not_ended_for_another_users_stream() -> None:
+    """Found by attack: bob, dropped at his done frame, was held for the grace (his title to
+    come); mallory's drop mid-stream took his room as if he held no stream, and the title reached
+    no log while his resume said gap: false."""
+    holds = _holds(max_holds=1, hold_grace=3)
+    bob = Hold(holds, _conn(just_done=True), None)
+    assert holds.admit(bob, "bob")
+    assert not holds.admit(Hold(holds, _conn(active=True), None), "mallory")
+    assert not bob.ending

@@ -90,13 +90,16 @@ class Holds:
 
     def _make_room(self, owner: str, conn: Connection) -> bool:
         """End a hold so that one of ``owner`` (for ``conn``) can start: the oldest hold without a
-        stream in flight, when ``conn`` has one (a recoverable session only); else the oldest of a
-        principal with more holds than ``owner`` would have. False: none holds less. (Many
-        principals' connections dropped without streams took every hold: found by attack.)"""
-        victim = None
-        if conn.in_flight:
-            victim = next((h for h in self._active if not h.ending and not h.conn.in_flight), None)
+        stream (in flight, or done within the grace), when ``conn`` has one (a recoverable session
+        only); else the oldest of a principal with more holds than ``owner`` would have. False:
+        none holds less. (Many principals' connections dropped without streams took every hold:
+        found by attack; so did streams idle past ``hold_idle`` until they were read as ``start``
+        reads them, and a hold for a stream's grace was ended for another's, losing its title.)"""
+        victim, reason = None, "its room went to a connection with a stream in flight"
+        if self._has_streams(conn):
+            victim = next((h for h in self._active if not h.ending and not self._has_streams(h.conn)), None)
         if victim is None:
+            reason = "its room went to a user with fewer holds"
             mine = self._by_principal.get(owner, 0) + 1
             most = max(self._by_principal.items(), key=lambda item: item[1], default=("", 0))
             if most[1] > mine:
@@ -105,8 +108,14 @@ class Holds:
             return False
         self._making_room += 1
         victim.making_room = True
-        victim.end("its room went to a connection that holds more")
+        victim.end(reason)
         return True
+
+    def _has_streams(self, conn: Connection) -> bool:
+        """Streams in flight, or done within the grace (a title, follow-ups to come): what a hold
+        of ``conn`` would log besides its recoverable session (as :meth:`Hold.start` reads it)."""
+        settings = self.settings
+        return bool(conn.active_streams(settings.hold_idle) or conn.finished_within(settings.hold_grace))
 
     def _ended(self, hold: Hold, owner: str) -> None:
         self._active.pop(hold, None)
