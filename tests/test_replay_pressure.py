@@ -27,6 +27,7 @@ from asgi_resume import protocol
 from asgi_resume.config import Settings
 from asgi_resume.pipeline.connection import Connection
 from asgi_resume.pipeline.outbound import Outbound
+from asgi_resume.pipeline.polling_replays import PER_PRINCIPAL_BYTES, PER_PROCESS_BYTES
 from asgi_resume.pipeline.replay import REPLAY_FIRST_PAGE, REPLAY_PAGE, REPLAY_PAGE_BYTES, RESPONSE_REPLAY_BYTES
 from asgi_resume.pipeline.resume import ResumeRequest
 from asgi_resume.pipeline.runtime import Runtime, Turns
@@ -438,3 +439,28 @@ async def test_a_long_polling_response_starts_no_replay_once_it_holds_a_few_mib(
     assert [a.get("error") for a in answers[2:]] == ["rate_limited"] * 14
     assert sum(len(f) for f in out if isinstance(f, str)) < RESPONSE_REPLAY_BYTES + (150 * (17 << 10))
     assert pipeline.runtime.stats.resumes_rate_limited == 14
+
+
+async def test_a_users_long_polling_responses_waiting_for_their_clients_bound_its_next_replays() -> None:
+    """Found by attack: one principal's 40 polling sessions, each asking for a replay of its
+    2,000-frame stream of 4 KB frames and never reading the GET, held 391-449 MB and stalled
+    another user's live stream 126-601 ms. While a principal's responses with replays that wait
+    for their clients hold ``PER_PRINCIPAL_BYTES`` (or everyone's ``PER_PROCESS_BYTES``), no
+    further replay starts for it: ``rate_limited``, and it asks again once they were read."""
+    pipeline = Pipeline()
+    await pipeline.emit(1, 10)
+    held = pipeline.runtime.polling_replays
+
+    async def answer() -> Any:
+        pipeline.reader.feed(resume_request(1))
+        out = await pipeline.reader.flush()
+        return json.loads(next(str(f) for f in out if str(f).startswith("431"))[3:])[0]
+
+    held.hold("alice", PER_PRINCIPAL_BYTES)
+    assert (await answer())["error"] == "rate_limited"
+    held.release("alice", PER_PRINCIPAL_BYTES)
+    held.hold("mallory", PER_PROCESS_BYTES)
+    assert (await answer())["error"] == "rate_limited"  # everyone's, past the process's bound
+    held.release("mallory", PER_PROCESS_BYTES)
+    assert (await answer())["replayed"] == 10
+    assert held.total == 0

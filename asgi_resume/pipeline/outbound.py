@@ -66,6 +66,7 @@ class Outbound:
         self.feed = self.batch.feed  # (hot: one call per frame)
         self._owed: list[Outgoing] = []  # frames held back for a CONNECT reply that went out unread
         self._response: list[Outgoing] | None = None  # what :meth:`flush` has collected so far
+        self.replays_in_response = 0  # replays the last :meth:`flush` started (see PollingReplays)
 
     @property
     def log(self) -> StreamLog:
@@ -86,8 +87,10 @@ class Outbound:
         """Log what was fed and return what to send, in order (replays whole: see :meth:`send`).
 
         What it returns is held whole until the transport sends it (a long-polling response): once
-        it holds ``RESPONSE_REPLAY_BYTES``, no further replay starts in it; the requests left are
-        refused ``rate_limited`` (the client asks again once it has read this one)."""
+        it holds ``RESPONSE_REPLAY_BYTES``, or the principal's responses with replays waiting for
+        their clients hold theirs (``runtime.polling_replays``: the transport counts them), no
+        further replay starts in it; the requests left are refused ``rate_limited`` (the client
+        asks again once it has read this one)."""
         out: list[Outgoing] = []
 
         async def collect(items: list[Outgoing]) -> bool:
@@ -95,6 +98,7 @@ class Outbound:
             return True
 
         self._response = out
+        self.replays_in_response = 0
         try:
             await self.send(collect, answer_deferred=answer_deferred, taken_ms=taken_ms)
         finally:
@@ -163,8 +167,13 @@ class Outbound:
             left = [units[index] for index in waiting] + units[upto:]
             await deliver([f for unit in left for f in unprocessed(unit)])
 
-    def _response_full(self) -> bool:
-        """Does the response :meth:`flush` collects hold ``RESPONSE_REPLAY_BYTES`` already?"""
+    def _response_full(self, request: ResumeRequest) -> bool:
+        """May no further replay start in the response :meth:`flush` collects? It holds
+        ``RESPONSE_REPLAY_BYTES`` already, or the requester's responses waiting for their clients
+        hold their bound (see :class:`~asgi_resume.pipeline.polling_replays.PollingReplays`)."""
+        principal = self.conn.principals.get(request.namespace)
+        if principal is not None and self.runtime.polling_replays.full(principal):
+            return True
         response = self._response or ()
         return sum(len(item) for item in response if isinstance(item, str | bytes)) >= replay.RESPONSE_REPLAY_BYTES
 
@@ -223,8 +232,11 @@ class Outbound:
                     if out:
                         await deliver(out)
                         out = []
-                    if self._response is not None and unit.error is None and self._response_full():
-                        unit = dataclasses.replace(unit, error=RESPONSE_FULL, refusal="rate_limited")
+                    if self._response is not None and unit.error is None:
+                        if self._response_full(unit):
+                            unit = dataclasses.replace(unit, error=RESPONSE_FULL, refusal="rate_limited")
+                        else:
+                            self.replays_in_response += 1
                     await self._after_others(unit, units, taken)
                     await replay.answer(self.runtime, self.conn, unit, deliver)
                     key = conn.key_of(unit)

@@ -31,6 +31,7 @@ from asgi_resume.pipeline.closes import Closes
 from asgi_resume.pipeline.heartbeat import Heartbeat
 from asgi_resume.pipeline.held_frames import HeldFrames
 from asgi_resume.pipeline.order import FeedOrder
+from asgi_resume.pipeline.polling_replays import PollingReplays
 from asgi_resume.pipeline.repairs import Repairs
 from asgi_resume.pipeline.rules import Stamping, StreamRules
 from asgi_resume.pipeline.turns import Turns
@@ -71,6 +72,7 @@ class Runtime:
         #: than a write for a connection whose writer is stuck on a client that does not read)
         self.order = FeedOrder(settings.write_timeout)
         self.warnings = Throttle()  # one line every few seconds per kind of event said by the pipeline
+        self.polling_replays = PollingReplays()  # long-polling responses with replays, until sent
         #: what the copy of a frame another tab here logged is numbered (kept well within the log's maxlen)
         self.recent = RecentEntries(max(1, min(settings.maxlen // 2, MAX_ENTRIES)))
         self.replay_turns = Turns()  # one replay page (or first read) per loop iteration, whoever asked

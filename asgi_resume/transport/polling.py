@@ -143,8 +143,21 @@ class PollResponse:
             await self.eio.let_go("its client left while its GET waited")
         if "content-length" in headers or body != bytes(self.body):
             headers["content-length"] = str(len(body))
-        await self.send({**start, "headers": headers.raw})
-        await self._send({"type": "http.response.body", "body": body, "more_body": bool(message.get("more_body"))})
+        held = self._replay_holder()
+        if held is not None:  # it waits for its client as long as the send does
+            self.runtime.polling_replays.hold(held, len(body))
+        try:
+            await self.send({**start, "headers": headers.raw})
+            await self._send({"type": "http.response.body", "body": body, "more_body": bool(message.get("more_body"))})
+        finally:
+            if held is not None:
+                self.runtime.polling_replays.release(held, len(body))
+
+    def _replay_holder(self) -> str | None:
+        """The principal a response carrying replays is counted against (see PollingReplays)."""
+        if not self.outbound.replays_in_response:
+            return None
+        return next((principal for principal in self.outbound.conn.principals.values() if principal), None)
 
     async def _send(self, message: Message) -> None:
         if message["type"] == "http.response.body" and not message.get("more_body"):
