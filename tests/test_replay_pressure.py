@@ -444,23 +444,28 @@ async def test_a_long_polling_response_starts_no_replay_once_it_holds_a_few_mib(
 async def test_a_users_long_polling_responses_waiting_for_their_clients_bound_its_next_replays() -> None:
     """Found by attack: one principal's 40 polling sessions, each asking for a replay of its
     2,000-frame stream of 4 KB frames and never reading the GET, held 391-449 MB and stalled
-    another user's live stream 126-601 ms. While a principal's responses with replays that wait
-    for their clients hold ``PER_PRINCIPAL_BYTES`` (or everyone's ``PER_PROCESS_BYTES``), no
-    further replay starts for it: ``rate_limited``, and it asks again once they were read."""
+    another user's live stream 126-601 ms. While a principal's responses with replays its clients
+    have not read (by their next GET) hold ``PER_PRINCIPAL_BYTES`` (or everyone's
+    ``PER_PROCESS_BYTES``), no further replay starts for it: ``rate_limited``."""
     pipeline = Pipeline()
     await pipeline.emit(1, 10)
-    held = pipeline.runtime.polling_replays
+    replays = pipeline.runtime.polling_replays
+
+    class Session:
+        unread_replays, unread_principal = 0, ""
 
     async def answer() -> Any:
         pipeline.reader.feed(resume_request(1))
         out = await pipeline.reader.flush()
         return json.loads(next(str(f) for f in out if str(f).startswith("431"))[3:])[0]
 
-    held.hold("alice", PER_PRINCIPAL_BYTES)
+    alice, mallory = Session(), Session()
+    replays.sent(alice, "alice", PER_PRINCIPAL_BYTES)
     assert (await answer())["error"] == "rate_limited"
-    held.release("alice", PER_PRINCIPAL_BYTES)
-    held.hold("mallory", PER_PROCESS_BYTES)
+    replays.read(alice)  # its client asked again: it read it
+    replays.sent(mallory, "mallory", PER_PROCESS_BYTES)
     assert (await answer())["error"] == "rate_limited"  # everyone's, past the process's bound
-    held.release("mallory", PER_PROCESS_BYTES)
+    del mallory  # a session that is gone counts no more
+    gc.collect()
     assert (await answer())["replayed"] == 10
-    assert held.total == 0
+    assert replays.total() == 0

@@ -31,6 +31,7 @@ from asgi_resume.pipeline.batch import Batch
 from asgi_resume.pipeline.classify import Classifier
 from asgi_resume.pipeline.connection import Connection
 from asgi_resume.pipeline.order import Feeder
+from asgi_resume.pipeline.polling_replays import Session
 from asgi_resume.pipeline.recovery import Recovery
 from asgi_resume.pipeline.recovery_replay import duplicate
 from asgi_resume.pipeline.replay import Deliver
@@ -67,6 +68,7 @@ class Outbound:
         self._owed: list[Outgoing] = []  # frames held back for a CONNECT reply that went out unread
         self._response: list[Outgoing] | None = None  # what :meth:`flush` has collected so far
         self.replays_in_response = 0  # replays the last :meth:`flush` started (see PollingReplays)
+        self.polling_session: Session | None = None  # its long-polling session, whose replays are counted
 
     @property
     def log(self) -> StreamLog:
@@ -167,6 +169,15 @@ class Outbound:
             left = [units[index] for index in waiting] + units[upto:]
             await deliver([f for unit in left for f in unprocessed(unit)])
 
+    def _replay_starts(self, request: ResumeRequest) -> None:
+        """A replay starts in the response :meth:`flush` collects: counted at once, as much as a
+        response may start replays in (the transport counts the response's size once it is built),
+        so that the requests of sessions that came together do not all find room."""
+        self.replays_in_response += 1
+        principal = self.conn.principals.get(request.namespace)
+        if principal is not None and self.polling_session is not None:
+            self.runtime.polling_replays.sent(self.polling_session, principal, replay.RESPONSE_REPLAY_BYTES)
+
     def _response_full(self, request: ResumeRequest) -> bool:
         """May no further replay start in the response :meth:`flush` collects? It holds
         ``RESPONSE_REPLAY_BYTES`` already, or the requester's responses waiting for their clients
@@ -236,7 +247,7 @@ class Outbound:
                         if self._response_full(unit):
                             unit = dataclasses.replace(unit, error=RESPONSE_FULL, refusal="rate_limited")
                         else:
-                            self.replays_in_response += 1
+                            self._replay_starts(unit)
                     await self._after_others(unit, units, taken)
                     await replay.answer(self.runtime, self.conn, unit, deliver)
                     key = conn.key_of(unit)

@@ -1,36 +1,70 @@
-"""Long-polling responses that carry replays, waiting for their clients: bounded per user and process.
+"""Long-polling responses that carry replays, until their clients read them: bounded per user and process.
 
-Owns: the bytes of such responses not yet taken by the server (a client that does not read keeps
-its response's send waiting), per principal and in all, and whether another replay may start in
-a response now. A long-polling response is built whole, so unlike a websocket's paged replay its
-size is held in memory until the client reads it: one principal's many sessions, each asking for
-a replay and never reading, held 391-449 MB and stalled another user's live stream 126-601 ms
-(found by attack). Must not touch: responses, the log.
+Owns: the bytes of such responses sent to each long-polling session whose client has not shown it
+read them yet (by its next GET), per principal and in all, and whether another replay may start
+in a response now. A long-polling response is built whole and handed to the server at once, so
+unlike a websocket's paged replay it sits in the server's buffer until the client reads it: one
+principal's many sessions, each asking for a replay and never reading, held 391-449 MB and
+stalled another user's live stream 126-601 ms (found by attack). Sessions are held weakly: one
+that is gone counts no more. Must not touch: responses, the log.
 """
 
 from __future__ import annotations
 
-PER_PRINCIPAL_BYTES = 16 << 20  # a principal's responses with replays waiting for their clients
+import weakref
+from typing import Protocol
+
+PER_PRINCIPAL_BYTES = 16 << 20  # a principal's responses with replays its clients have not read
 PER_PROCESS_BYTES = 128 << 20  # everyone's
+
+
+class Session(Protocol):
+    """A long-polling session as counted here."""
+
+    unread_replays: int  # bytes of responses with replays sent to it that its client has not read
+    unread_principal: str  # whom they count against
 
 
 class PollingReplays:
     def __init__(self, per_principal: int = PER_PRINCIPAL_BYTES, per_process: int = PER_PROCESS_BYTES) -> None:
         self.per_principal, self.per_process = per_principal, per_process
-        self._held: dict[str, int] = {}
-        self.total = 0
+        self._unread: dict[str, weakref.WeakSet[Session]] = {}  # principal -> its sessions with some
 
     def full(self, principal: str) -> bool:
         """May no further replay start in a long-polling response of ``principal`` now?"""
-        return self.total >= self.per_process or self._held.get(principal, 0) >= self.per_principal
+        if self.unread(principal) >= self.per_principal:
+            return True
+        return self.total() >= self.per_process
 
-    def hold(self, principal: str, size: int) -> None:
-        """A response of ``size`` bytes carrying a replay waits for its client (until :meth:`release`)."""
-        self._held[principal] = self._held.get(principal, 0) + size
-        self.total += size
+    def unread(self, principal: str) -> int:
+        return sum(session.unread_replays for session in self._unread.get(principal, ()))
 
-    def release(self, principal: str, size: int) -> None:
-        left = self._held.pop(principal, 0) - size
-        if left > 0:
-            self._held[principal] = left
-        self.total -= size
+    def total(self) -> int:
+        return sum(session.unread_replays for sessions in list(self._unread.values()) for session in sessions)
+
+    def sent(self, session: Session, principal: str, size: int) -> None:
+        """``size`` bytes of replay go to ``session`` (until :meth:`read`)."""
+        if session.unread_replays and session.unread_principal != principal:
+            self.read(session)
+        session.unread_replays += size
+        session.unread_principal = principal
+        sessions = self._unread.get(principal)
+        if sessions is None:
+            sessions = self._unread[principal] = weakref.WeakSet()
+        sessions.add(session)
+
+    def built(self, session: Session, size: int) -> None:
+        """The response whose replays were counted as they started is built: it holds ``size`` bytes."""
+        if session.unread_replays:
+            session.unread_replays = max(size, 1)
+
+    def read(self, session: Session) -> None:
+        """Its client read what it was sent (it asks again), or it is gone."""
+        if not session.unread_replays:
+            return
+        session.unread_replays = 0
+        sessions = self._unread.get(session.unread_principal)
+        if sessions is not None:
+            sessions.discard(session)
+            if not sessions:
+                del self._unread[session.unread_principal]

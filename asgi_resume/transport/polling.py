@@ -44,6 +44,8 @@ async def handle_polling(
     if method == "GET" and (eio is not None or sid is None):
         if eio is None:  # the handshake: a new session
             eio = EngineIOSession(runtime, sessions, scope, polling=True)
+        elif eio.polling is not None:  # it asks again: it read what it was sent before
+            runtime.polling_replays.read(eio.polling)
         response = PollResponse(eio, send)
         with eio.client_request():
             await _watching_client(app, scope, receive, response)
@@ -143,21 +145,11 @@ class PollResponse:
             await self.eio.let_go("its client left while its GET waited")
         if "content-length" in headers or body != bytes(self.body):
             headers["content-length"] = str(len(body))
-        held = self._replay_holder()
-        if held is not None:  # it waits for its client as long as the send does
-            self.runtime.polling_replays.hold(held, len(body))
-        try:
-            await self.send({**start, "headers": headers.raw})
-            await self._send({"type": "http.response.body", "body": body, "more_body": bool(message.get("more_body"))})
-        finally:
-            if held is not None:
-                self.runtime.polling_replays.release(held, len(body))
-
-    def _replay_holder(self) -> str | None:
-        """The principal a response carrying replays is counted against (see PollingReplays)."""
-        if not self.outbound.replays_in_response:
-            return None
-        return next((principal for principal in self.outbound.conn.principals.values() if principal), None)
+        polling = self.eio.polling
+        if self.outbound.replays_in_response and polling is not None:  # counted until the client's next GET
+            self.runtime.polling_replays.built(polling, len(body))
+        await self.send({**start, "headers": headers.raw})
+        await self._send({"type": "http.response.body", "body": body, "more_body": bool(message.get("more_body"))})
 
     async def _send(self, message: Message) -> None:
         if message["type"] == "http.response.body" and not message.get("more_body"):

@@ -33,7 +33,7 @@ logger = logging.getLogger("asgi_resume")
 AWAY_S = 2.0
 
 
-@dataclass(eq=False, slots=True)
+@dataclass(eq=False, slots=True, weakref_slot=True)
 class Polling:
     """A long-polling session's client as the transport sees it: is it still there? (The polling modules keep it.)
 
@@ -50,6 +50,8 @@ class Polling:
     let_go: bool = False  # its session was let go (until the app answers one of its requests again)
     over: bool = False  # a CLOSE ended the session, one way or the other: nothing more to watch
     goodbye: bool = False  # its client POSTed a CLOSE
+    unread_replays: int = 0  # bytes of responses with replays its client has not read (PollingReplays)
+    unread_principal: str = ""
 
 
 class ClientRequest:
@@ -117,6 +119,7 @@ async def let_go(
     if polling.let_go:
         return
     polling.let_go = True
+    runtime.polling_replays.read(polling)  # (its client is gone: what it was sent counts no more)
     async with outbound.lock:  # after any response being rewritten: what it carries is logged first
         with anyio.CancelScope(shield=True):
             flagged = await outbound.release(last_seen=polling.seen_at or None)
