@@ -294,7 +294,7 @@ class Connection:
         """Track streams in flight on this connection (what a hold waits for). A stream is over at
         its done frame: what the app sends after it (open-webui: a title, tags, follow-ups) does
         not put it back in flight (a tab closed then was held 19-30 s for it, found by a run
-        against open-webui), though a close soon after it is held for them (``finished_within``)."""
+        against open-webui), though a close soon after it is held for them (``held_streams``)."""
         self.last_frame_at = now = time.monotonic()
         if done:
             self.in_flight.pop(stream, None)
@@ -320,16 +320,20 @@ class Connection:
         now = time.monotonic() if as_of is None else as_of
         return [stream for stream, at in self.in_flight.items() if now - at < idle_s]
 
+    def held_streams(self, idle_s: float, grace_s: float) -> list[StreamKey]:
+        """What a hold of this connection keeps logging: its streams in flight (a frame in the last
+        ``idle_s`` seconds), else those done in the last ``grace_s`` (a title, follow-ups to come)."""
+        return self.active_streams(idle_s) or self.finished_within(grace_s)
+
     def taken_over(self, since_ms: int, idle_s: float, grace_s: float) -> bool:
-        """Has another connection used each stream in flight here (else each finished within
-        ``grace_s``) after ``since_ms``?
+        """Has another connection used each of its ``held_streams`` after ``since_ms``?
 
         Strictly after: the other tab of two that dropped together may have logged its last frame
         in the hold's own millisecond, before it was held (seen under CPU load in
         tests/test_holds.py). A recovered client's new connection uses the stream later than that.
         """
-        active = self.active_streams(idle_s) or self.finished_within(grace_s)
-        return bool(active) and all(self.others_ms.get(key, 0) > since_ms for key in active)
+        held = self.held_streams(idle_s, grace_s)
+        return bool(held) and all(self.others_ms.get(key, 0) > since_ms for key in held)
 
     def was_replayed(self, stream: StreamKey, epoch: str, seq: int) -> bool:
         """True when a replay already gave this client the frame ``seq`` of ``epoch``."""

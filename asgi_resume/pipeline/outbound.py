@@ -169,24 +169,24 @@ class Outbound:
             left = [units[index] for index in waiting] + units[upto:]
             await deliver([f for unit in left for f in unprocessed(unit)])
 
-    def _replay_starts(self, request: ResumeRequest) -> None:
-        """A replay starts in the response :meth:`flush` collects: counted at once, as much as a
-        response may start replays in (the transport counts the response's size once it is built),
-        so that the requests of sessions that came together do not all find room."""
-        self.replays_in_response += 1
-        principal = self.conn.principals.get(request.namespace)
-        if principal is not None and self.polling_session is not None:
-            self.runtime.polling_replays.sent(self.polling_session, principal, replay.RESPONSE_REPLAY_BYTES)
-
-    def _response_full(self, request: ResumeRequest) -> bool:
-        """May no further replay start in the response :meth:`flush` collects? It holds
-        ``RESPONSE_REPLAY_BYTES`` already, or the requester's responses waiting for their clients
-        hold their bound (see :class:`~asgi_resume.pipeline.polling_replays.PollingReplays`)."""
-        principal = self.conn.principals.get(request.namespace)
-        if principal is not None and self.runtime.polling_replays.full(principal):
-            return True
+    def _replay_may_start(self, request: ResumeRequest) -> bool:
+        """May a replay start in the response :meth:`flush` collects? Not once it holds
+        ``RESPONSE_REPLAY_BYTES``, nor while the requester's responses its clients have not read
+        hold their bound (see :class:`~asgi_resume.pipeline.polling_replays.PollingReplays`). One
+        that starts is counted at once, as much as a response may start replays in (the transport
+        counts the response's size once it is built), so that the requests of sessions that came
+        together do not all find room."""
         response = self._response or ()
-        return sum(len(item) for item in response if isinstance(item, str | bytes)) >= replay.RESPONSE_REPLAY_BYTES
+        if sum(len(item) for item in response if isinstance(item, str | bytes)) >= replay.RESPONSE_REPLAY_BYTES:
+            return False
+        principal = self.conn.principals.get(request.namespace)
+        polling_replays = self.runtime.polling_replays
+        if principal is not None and polling_replays.full(principal):
+            return False
+        self.replays_in_response += 1
+        if principal is not None and self.polling_session is not None:
+            polling_replays.sent(self.polling_session, principal, replay.RESPONSE_REPLAY_BYTES)
+        return True
 
     def _timed(self, deliver: Deliver) -> Deliver:
         """``deliver``, telling the feed order while it hands frames to the transport."""
@@ -243,11 +243,8 @@ class Outbound:
                     if out:
                         await deliver(out)
                         out = []
-                    if self._response is not None and unit.error is None:
-                        if self._response_full(unit):
-                            unit = dataclasses.replace(unit, error=RESPONSE_FULL, refusal="rate_limited")
-                        else:
-                            self._replay_starts(unit)
+                    if self._response is not None and unit.error is None and not self._replay_may_start(unit):
+                        unit = dataclasses.replace(unit, error=RESPONSE_FULL, refusal="rate_limited")
                     await self._after_others(unit, units, taken)
                     await replay.answer(self.runtime, self.conn, unit, deliver)
                     key = conn.key_of(unit)

@@ -112,10 +112,8 @@ class Holds:
         return True
 
     def _has_streams(self, conn: Connection) -> bool:
-        """Streams in flight, or done within the grace (a title, follow-ups to come): what a hold
-        of ``conn`` would log besides its recoverable session (as :meth:`Hold.start` reads it)."""
-        settings = self.settings
-        return bool(conn.active_streams(settings.hold_idle) or conn.finished_within(settings.hold_grace))
+        """Would a hold of ``conn`` log streams besides its recoverable session?"""
+        return bool(conn.held_streams(self.settings.hold_idle, self.settings.hold_grace))
 
     def _ended(self, hold: Hold, owner: str) -> None:
         self._active.pop(hold, None)
@@ -159,11 +157,9 @@ class Hold:
         self.sid = sid
         if self.holds.shutting_down:
             return False
-        streams = conn.active_streams(settings.hold_idle)
-        # (a stream done a moment ago: the app may still send what follows an answer, for the grace)
-        finished = [] if streams else conn.finished_within(settings.hold_grace)
+        streams = conn.held_streams(settings.hold_idle, settings.hold_grace)
         recoverable = self.recovery is not None and self.recovery.recoverable
-        if not (streams or finished or recoverable):
+        if not (streams or recoverable):
             return False
         owner = next((principal for principal in conn.principals.values() if principal), None)
         if owner is None:  # nothing of its own is logged: a hold would keep nothing
@@ -176,9 +172,8 @@ class Hold:
         self.state, self.owner, self._started_ms = HoldState.HELD, owner, now_ms
         self._recoverable = recoverable
         if streams:
-            what = f"streams in flight {[key.stream for key in streams[:5]]}"
-        elif finished:
-            what = f"streams just done {[key.stream for key in finished[:5]]}"
+            state = "in flight" if streams[0] in conn.in_flight else "just done"
+            what = f"streams {state} {[key.stream for key in streams[:5]]}"
         else:
             what = "a recoverable session"
         logger.info("client of %s left with %s: holding the connection", self.sid, what)
