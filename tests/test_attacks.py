@@ -34,7 +34,7 @@ import pytest
 import socketio
 import websockets
 
-from tests.support.app import chat_event, make_app, make_sio, room_of
+from tests.support.app import chat_event, faults, make_app, make_sio, room_of
 from tests.support.raw import RawClient
 from tests.support.redis_server import RedisServer
 from tests.support.server import serve
@@ -239,7 +239,8 @@ async def test_an_attack_costs_a_bystander_nothing(
     caplog.set_level(logging.ERROR)
     reached_app: list[Any] = []
     sio = app_of(reached_app)
-    async with serve(make_app(sio, **log_settings)) as url:
+    app = make_app(sio, **log_settings)
+    async with serve(app) as url:
         bob = await RawClient(url, auth={"token": "bob"}).connect()
         arena = Arena(url, sio, bob, reached_app)
         rss_before = rss_mib()
@@ -254,10 +255,10 @@ async def test_an_attack_costs_a_bystander_nothing(
         seqs = await bob.wait_seqs("b", sent + 1, timeout=30)
         rss_growth = rss_mib() - rss_before
 
-        assert seqs == list(range(1, sent + 2)), "bob's live stream: every token once, in order"
+        assert seqs == list(range(1, sent + 2)), f"bob's live stream: every token once, in order {faults(app)}"
         assert contents(bob, "b") == [f"bob{i} " for i in range(1, sent + 1)] + [""]
         answer = await bob.request("resume-stream", {"message_id": "b", "last_seq": 0}, ack_id=1)
-        assert (answer["ok"], answer["replayed"], answer["gap"]) == (True, sent + 1, False), answer
+        assert (answer["ok"], answer["replayed"], answer["gap"]) == (True, sent + 1, False), (answer, faults(app))
         assert contents(bob, "b")[sent + 1 :] == [f"bob{i} " for i in range(1, sent + 1)] + [""]
         times = [t for f, t in zip(bob.frames, bob.arrived, strict=True) if isinstance(f, str) and '"bob' in f]
         live_gap = max(b - a for a, b in itertools.pairwise(times[:sent]))  # (the live tokens, not the replay)

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from tests.conftest import Stack
-from tests.support.app import chat_event, room_of
+from tests.support.app import chat_event, faults, room_of
 from tests.support.node import NodeClient
 
 pytestmark = pytest.mark.anyio
@@ -43,8 +43,8 @@ async def test_node_client_drops_mid_stream_and_resumes(stack: Stack, transports
     assert dropped["transport"] == "websocket"  # the default client had upgraded by then
     answer = resumed["answer"]
     assert answer["ok"] is True
-    assert answer["gap"] is False
+    assert answer["gap"] is False, (answer, faults(stack.app))
     assert answer["replayed"] > 0
     assert answer["last_seq"] > dropped["lastSeq"]
-    assert finished["seqs"] == list(range(1, TOTAL + 2))
+    assert finished["seqs"] == list(range(1, TOTAL + 2)), faults(stack.app)
     assert finished["contents"] == [f"tok{i} " for i in range(1, TOTAL + 1)] + [""]

@@ -66,6 +66,26 @@ def make_app(sio: socketio.AsyncServer, **settings: Any) -> ResumeMiddleware:
     return ResumeMiddleware(socketio.ASGIApp(sio), **settings)
 
 
+#: counters that say the middleware met a fault or a bound (what a failing test should show)
+FAULT_COUNTERS = (
+    "log_failures",
+    "frames_unstamped",
+    "frames_unmatched",
+    "frames_passed_over",
+    "order_waits_timed_out",
+    "repairs_dropped",
+    "holds_started",
+    "holds_refused",
+    "resumes_gap",
+)
+
+
+def faults(app: ResumeMiddleware) -> dict[str, int]:
+    """The middleware's fault counters that are not zero: for a failing assertion's message."""
+    stats = app.runtime.stats
+    return {name: value for name in FAULT_COUNTERS if (value := getattr(stats, name))}
+
+
 def chat_event(
     message_id: str, i: int, *, done: bool = False, chat_id: str = "chat-1", content: str | None = None
 ) -> dict[str, Any]:
