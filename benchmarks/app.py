@@ -1,7 +1,9 @@
 """The app every benchmark runs, bare or wrapped: an ordinary python-socketio server.
 
 ``BENCH_MODE`` picks what wraps it: ``bare`` (nothing), ``memory`` (the middleware, memory log) or
-``redis`` (the middleware on ``BENCH_REDIS_URL``). Control events make it emit.
+``redis`` (the middleware on ``BENCH_REDIS_URL``). Control events make it emit. With
+``BENCH_MANAGER_URL`` set, python-socketio fans emits out to the other workers through that Redis
+(``AsyncRedisManager``), as a deployment with several workers does.
 """
 
 from __future__ import annotations
@@ -15,7 +17,13 @@ from typing import Any
 import socketio
 
 MODE = os.environ.get("BENCH_MODE", "bare")
-sio = socketio.AsyncServer(async_mode="asgi", logger=False, engineio_logger=False)
+MANAGER_URL = os.environ.get("BENCH_MANAGER_URL")
+sio = socketio.AsyncServer(
+    async_mode="asgi",
+    logger=False,
+    engineio_logger=False,
+    client_manager=socketio.AsyncRedisManager(MANAGER_URL) if MANAGER_URL else None,
+)
 
 
 def frame(message_id: str, i: int, size: int) -> dict[str, Any]:
@@ -68,4 +76,9 @@ if MODE != "bare":
     from asgi_resume import ResumeMiddleware
 
     redis_url = os.environ["BENCH_REDIS_URL"] if MODE == "redis" else None
-    app = ResumeMiddleware(app, redis_url=redis_url, principal="auth:room", key_prefix=f"bench{os.getpid()}")
+    app = ResumeMiddleware(
+        app,
+        redis_url=redis_url,
+        principal="auth:room",
+        key_prefix=os.environ.get("BENCH_KEY_PREFIX") or f"bench{os.getpid()}",
+    )
