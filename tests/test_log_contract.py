@@ -209,6 +209,21 @@ async def test_done_shortens_the_life_of_the_log(log: StreamLog) -> None:
     assert replay.last_seq == 2
 
 
+async def test_a_page_of_large_entries_stops_at_max_bytes(log: StreamLog) -> None:
+    """``max_bytes`` stops a page once its payloads reach it (the entry that reaches it included,
+    and always one entry): pages of large frames are a few of them, whatever ``limit`` allows."""
+    tab = Connection(log, key(), "tab")
+    await tab.send(*(entry(log, f"{i}" + "x" * 10_000) for i in range(1, 11)))
+    page = await log.replay(key(), 0, None, "reader", limit=10, max_bytes=25_000)
+    assert [seq for seq, _ in page.frames] == [1, 2, 3]  # 3 x ~10 KB reach 25 KB
+    assert page.last_seq == 10
+    page = await log.replay(key(), 3, page.epoch, "reader", limit=10, max_bytes=1)
+    assert [seq for seq, _ in page.frames] == [4]  # one entry at least
+    page = await log.replay(key(), 4, page.epoch, "reader", limit=3, max_bytes=1 << 20)
+    assert [seq for seq, _ in page.frames] == [5, 6, 7]  # the limit, when it comes first
+    assert page.frames[0][1] == entry(log, "5" + "x" * 10_000).payload
+
+
 async def test_a_replay_reads_a_page_at_a_time(log: StreamLog) -> None:
     """``limit`` entries after ``after_seq``; the next page starts after the last one read, and a
     page whose first entries were trimmed meanwhile says so (gap)."""

@@ -252,10 +252,17 @@ class StreamLog(Protocol):
         ...
 
     async def replay(
-        self, key: StreamKey, after_seq: int, epoch: str | None, connection: str, limit: int | None = None
+        self,
+        key: StreamKey,
+        after_seq: int,
+        epoch: str | None,
+        connection: str,
+        limit: int | None = None,
+        max_bytes: int | None = None,
     ) -> ReplayResult:
-        """Entries of ``key`` with seq > ``after_seq``, the first ``limit`` of them when given
-        (``connection`` takes the stream over)."""
+        """Entries of ``key`` with seq > ``after_seq``, the first ``limit`` of them when given,
+        and with ``max_bytes`` only as many as reach that many bytes of payload (at least one: a
+        page of large frames is a few of them). ``connection`` takes the stream over."""
         ...
 
     async def orphan(self, keys: Sequence[StreamKey], connection: str) -> None:

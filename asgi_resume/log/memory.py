@@ -286,7 +286,13 @@ class MemoryLog:
                 state.orphaned = True
 
     async def replay(
-        self, key: StreamKey, after_seq: int, epoch: str | None, connection: str, limit: int | None = None
+        self,
+        key: StreamKey,
+        after_seq: int,
+        epoch: str | None,
+        connection: str,
+        limit: int | None = None,
+        max_bytes: int | None = None,
     ) -> ReplayResult:
         self._open()
         now = self.now_ms()
@@ -306,7 +312,16 @@ class MemoryLog:
             gap = True
         start = max(0, after_seq + 1 - oldest)  # seqs are contiguous in the deque
         stop = None if limit is None else start + limit
-        frames = [(r.seq, r.payload) for r in itertools.islice(state.records, start, stop)]
+        records = itertools.islice(state.records, start, stop)
+        if max_bytes is None:
+            frames = [(r.seq, r.payload) for r in records]
+        else:
+            frames, size = [], 0
+            for record in records:
+                frames.append((record.seq, record.payload))
+                size += sum(map(len, record.payload))
+                if size >= max_bytes:
+                    break
         return ReplayResult("ok", state.epoch, state.last, oldest, state.done, gap, frames)
 
     # -- recovery sessions (memory_sessions.py; lua/session_*.lua for the same rules on Redis) ---

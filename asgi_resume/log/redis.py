@@ -135,9 +135,15 @@ class RedisLog:
         return [msgpack.packb(arguments, use_bin_type=False)]  # (Redis's cmsgpack knows no bin type)
 
     async def replay(
-        self, key: StreamKey, after_seq: int, epoch: str | None, connection: str, limit: int | None = None
+        self,
+        key: StreamKey,
+        after_seq: int,
+        epoch: str | None,
+        connection: str,
+        limit: int | None = None,
+        max_bytes: int | None = None,
     ) -> ReplayResult:
-        args = [after_seq, epoch or "", limit or 0, connection]
+        args = [after_seq, epoch or "", limit or 0, connection, max_bytes or 0]
         async with self.scripts.reads:
             (reply,) = await self._call("replay", [(self.keys(key), args)])
         if reply[0] != b"ok":

@@ -20,7 +20,11 @@ from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.pipeline.units import Outgoing, render
 
 REPLAY_PAGE = 100  # log entries read, rendered and handed to the transport at a time, at most...
-REPLAY_PAGE_BYTES = 256 << 10  # ...and about this many bytes' worth, by the sizes of the page before
+#: ...and about this many bytes' worth: the log stops a page once its entries reach it (one entry
+#: may be larger), and the next page's count is guessed from the sizes of the one before. Pages of
+#: 10 entries of any size were 30 MB of 3 MB frames: one user's 16 resumes stalled another's live
+#: stream 1.1-1.6 s (memory log), and on Redis his appends timed out behind such reads (found by attack)
+REPLAY_PAGE_BYTES = 256 << 10
 REPLAY_FIRST_PAGE = 10  # the first page, before any size is known (a client that never reads holds it)
 #: a long-polling response is built whole: past this many bytes in it, no further replay starts
 #: (the requests left are refused ``rate_limited``: one POST's 16 requests were 16 whole replays)
@@ -43,8 +47,9 @@ async def answer(runtime: Runtime, conn: Connection, request: ResumeRequest, del
     """Hand ``deliver`` the replayed frames in seq order, a page at a time, then the answer.
 
     A page (``REPLAY_FIRST_PAGE`` entries, then as many as about ``REPLAY_PAGE_BYTES`` hold by the
-    sizes of the page before, ``REPLAY_PAGE`` at most) is read from the log and rendered only once the previous one
-    was handed to the transport (``deliver`` returns when the transport took it, and waits while a
+    sizes of the page before, ``REPLAY_PAGE`` at most, and the log stops any page once it reaches
+    ``REPLAY_PAGE_BYTES``) is read from the log and rendered only once the previous one was
+    handed to the transport (``deliver`` returns when the transport took it, and waits while a
     client that does not read leaves the transport's buffer full), and the event loop runs other
     connections between pages: one replay keeps at most a page in memory and the loop for a page's
     work, however long the stream and however slow the client.
@@ -104,7 +109,9 @@ async def answer(runtime: Runtime, conn: Connection, request: ResumeRequest, del
     complete = failed = False
     while True:
         building += time.perf_counter() - started
-        await runtime.replay_turns.take()  # one page per loop iteration, of all replays going on
+        # one page per loop iteration, of all replays going on; a page of large frames (one
+        # entry may be megabytes) counts as the pages its bytes would make
+        await runtime.replay_turns.take(1 + _payload_bytes(page) // REPLAY_PAGE_BYTES)
         started = time.perf_counter()
         out: list[Outgoing] = []
         size = 0
@@ -126,8 +133,8 @@ async def answer(runtime: Runtime, conn: Connection, request: ResumeRequest, del
             conn.replayed_to(key, epoch, sent)
             stats.frames_replayed += replayed
             return  # nobody to send the rest to
-        if complete or sent >= until or len(page.frames) < limit:
-            complete = True  # (a short page: the log had nothing more)
+        if complete or sent >= until or not page.frames:
+            complete = True  # (an empty page: the log had nothing more)
             break
         started = time.perf_counter()
         limit = max(1, min(REPLAY_PAGE, REPLAY_PAGE_BYTES * len(page.frames) // max(1, size)))
@@ -163,6 +170,10 @@ async def answer(runtime: Runtime, conn: Connection, request: ResumeRequest, del
     await deliver([reply(body)])
 
 
+def _payload_bytes(page: ReplayResult) -> int:
+    return sum(len(part) for _, payload in page.frames for part in payload)
+
+
 async def _read(
     runtime: Runtime, key: StreamKey, after: int, epoch: str | None, connection: str, limit: int
 ) -> ReplayResult | None:
@@ -172,6 +183,8 @@ async def _read(
     try:
         # not on the live path: a replay may wait its turn (a reconnect storm), and its slowness is
         # no outage (live frames keep the log)
-        return await guard.call(guard.deadlines.replay, runtime.log.replay, key, after, epoch, connection, limit)
+        return await guard.call(
+            guard.deadlines.replay, runtime.log.replay, key, after, epoch, connection, limit, REPLAY_PAGE_BYTES
+        )
     except LogUnavailable:
         return None

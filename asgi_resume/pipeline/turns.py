@@ -21,13 +21,16 @@ class Turns:
     """
 
     def __init__(self) -> None:
-        self._waiting: deque[asyncio.Future[None]] = deque()
+        self._waiting: deque[tuple[asyncio.Future[None], int]] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop that hands turns out, while any wait
+        self._owed = 0  # iterations to pass without a turn: the last one was worth that many more
 
-    async def take(self) -> None:
+    async def take(self, weight: int = 1) -> None:
+        """Wait for a turn. ``weight``: the turn's work in ordinary turns' (a page of large frames
+        is several pages' bytes): that many iterations pass before the next turn is given."""
         loop = asyncio.get_running_loop()
         turn = loop.create_future()
-        self._waiting.append(turn)
+        self._waiting.append((turn, weight))
         if self._loop is not loop:  # nobody was waiting (or only on a loop that is gone)
             self._loop = loop
             loop.call_soon(self._next, loop)
@@ -36,11 +39,15 @@ class Turns:
     def _next(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._loop is not loop:
             return
-        while self._waiting:
-            turn = self._waiting.popleft()
-            if not turn.done() and turn.get_loop() is loop:  # (a cancelled waiter gave its turn up)
-                turn.set_result(None)
-                break
+        if self._owed:
+            self._owed -= 1
+        else:
+            while self._waiting:
+                turn, weight = self._waiting.popleft()
+                if not turn.done() and turn.get_loop() is loop:  # (a cancelled waiter gave its turn up)
+                    turn.set_result(None)
+                    self._owed = weight - 1
+                    break
         if self._waiting:
             loop.call_soon(self._next, loop)  # the next one in the next iteration
         else:

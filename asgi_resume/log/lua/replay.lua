@@ -4,6 +4,7 @@ local after = tonumber(ARGV[1])
 local client_epoch = ARGV[2] -- '' = any
 local limit = tonumber(ARGV[3]) -- entries at most (0: all)
 local conn = ARGV[4] -- the resuming connection: it takes the stream over
+local max_bytes = tonumber(ARGV[5]) -- payload bytes a page reaches at most, one entry past (0: any)
 
 local function seq_of(id) -- an entry id 'seq-0' -> seq
   return tonumber(string.match(id, '^(%d+)'))
@@ -35,17 +36,43 @@ if state[6] == '1' and state[3] ~= '1' then gap = 1 end
 if state[7] and client_epoch == '' and after == 0 then gap = 1 end
 
 local out = {'ok', epoch, last, oldest, state[3], gap}
-local entries
-if limit > 0 then
-  entries = redis.call('XRANGE', log, '(' .. after .. '-0', '+', 'COUNT', limit)
-else
-  entries = redis.call('XRANGE', log, '(' .. after .. '-0', '+')
-end
-for _, e in ipairs(entries) do
-  out[#out + 1] = seq_of(e[1])
-  local f = e[2]
-  for i = 1, #f, 2 do
-    if f[i] == 'f' then out[#out + 1] = f[i + 1] end
+if max_bytes == 0 then
+  local entries
+  if limit > 0 then
+    entries = redis.call('XRANGE', log, '(' .. after .. '-0', '+', 'COUNT', limit)
+  else
+    entries = redis.call('XRANGE', log, '(' .. after .. '-0', '+')
   end
+  for _, e in ipairs(entries) do
+    out[#out + 1] = seq_of(e[1])
+    local f = e[2]
+    for i = 1, #f, 2 do
+      if f[i] == 'f' then out[#out + 1] = f[i + 1] end
+    end
+  end
+  return out
+end
+-- a page stops once its payloads reach max_bytes (a page of large entries is a few of them): read
+-- in chunks of 1, 2, 4... entries, so that a page of large entries never copies many more
+local size, count, chunk, from = 0, 0, 1, '(' .. after .. '-0'
+while limit == 0 or count < limit do
+  local want = chunk
+  if limit > 0 and limit - count < want then want = limit - count end
+  local entries = redis.call('XRANGE', log, from, '+', 'COUNT', want)
+  for _, e in ipairs(entries) do
+    out[#out + 1] = seq_of(e[1])
+    local f = e[2]
+    for i = 1, #f, 2 do
+      if f[i] == 'f' then
+        out[#out + 1] = f[i + 1]
+        size = size + #f[i + 1]
+      end
+    end
+    count = count + 1
+    from = '(' .. e[1]
+    if size >= max_bytes then return out end
+  end
+  if #entries < want then return out end
+  chunk = chunk * 2
 end
 return out
