@@ -1,6 +1,7 @@
 """Floods: what issue 13's floods cost another user's live stream, bare and wrapped, in one run.
 
-    python -m benchmarks.floods [--quick] [--floods posts,nonreaders,storm,anonymous] [--repeat 1] [sizes]
+    python -m benchmarks.floods [--quick] [--floods posts,nonreaders,storm,anonymous,pollreplays,...]
+        [--repeat 1] [sizes]
 
 Issue 13's condition: a bystander's live gap under each flood stays within 100 ms of the bare app's.
 For each flood, the same traffic goes to the bare app and to the wrapped app (memory log; Redis log
@@ -20,6 +21,15 @@ tokens/s, paced by the app) during the flood. The floods (shapes from the tests)
 4. ``anonymous``: 3,000 connections without a principal opened and aborted (RST), 50 at a time: a
    third cut right after the websocket's OPEN, a third after a CONNECT and a resume request, a
    third long-polling handshakes never continued. Bare and memory log.
+5. ``pollreplays``: long-polling replays that wait for their clients (tests/test_replay_pressure.py):
+   one principal's 40 polling sessions, one at a time, each POSTing 2 resume requests for its
+   2,000-frame stream of 4 KB frames (8 MB) and an UPGRADE (python-engineio answers it with a NOOP,
+   so the pending GET returns in the bare app too), then a GET it never reads (a 4 KiB receive
+   buffer); the next session starts once that GET's response has begun to arrive.
+   ``pollreplays10``: the same, ten sessions at once. ``pollreplaysgz``, ``pollreplaysgz10``: the
+   same with GETs that accept gzip (as browsers' do), each session first asking the app for a
+   2 KB frame to itself so that python-engineio compresses its response (past 1 KB): the
+   middleware then compresses the response it rewrote, replay and all. Bare, memory, Redis.
 
 The flood runs in a subprocess (this script again, ``--attacker``), so the attacker's CPU and memory
 are not the measuring process's: this process only holds the bystander, a control connection and
@@ -96,6 +106,7 @@ class Flood:
     name: str
     modes: tuple[str, ...]
     seeds: bool  # the attacker's long stream is logged first
+    frame_bytes: int = 16  # the size of its frames' content
 
 
 FLOODS = {
@@ -103,6 +114,10 @@ FLOODS = {
     "nonreaders": Flood("nonreaders", ("bare", "memory", "redis"), seeds=True),
     "storm": Flood("storm", ("bare", "memory", "redis"), seeds=True),
     "anonymous": Flood("anonymous", ("bare", "memory"), seeds=False),
+    "pollreplays": Flood("pollreplays", ("bare", "memory", "redis"), seeds=True, frame_bytes=4096),
+    "pollreplays10": Flood("pollreplays10", ("bare", "memory", "redis"), seeds=True, frame_bytes=4096),
+    "pollreplaysgz": Flood("pollreplaysgz", ("bare", "memory", "redis"), seeds=True, frame_bytes=4096),
+    "pollreplaysgz10": Flood("pollreplaysgz10", ("bare", "memory", "redis"), seeds=True, frame_bytes=4096),
 }
 
 
@@ -293,11 +308,78 @@ async def attack_anonymous(url: str, params: dict[str, Any], ready: Callable[[],
     return {**done, "conn/s": round(params["connections"] / (time.monotonic() - started))}
 
 
+UNREAD: list[socket.socket] = []  # (pollreplays) the GETs never read, open until the attacker exits
+
+
+async def attack_pollreplays(url: str, params: dict[str, Any], ready: Callable[[], Awaitable[None]]) -> dict[str, Any]:
+    """Polling sessions of one principal, ``parallel`` at a time, each asking for replays and never
+    reading the GET that carries them (it only waits until its response begins to arrive)."""
+    import httpx
+
+    host, port = host_port(url)
+    query = {"EIO": "4", "transport": "polling"}
+    requests = [resume_request(i + 1).encode() for i in range(params["requests"])]
+    accept = "gzip" if params["gzip"] else "identity"
+    began: list[float] = []  # seconds from each unread GET to the first byte of its response
+    late = 0  # responses that had not begun after params["wait"] s
+    compressed = 0  # responses (of those begun) whose head says gzip
+
+    def unread_get(sid: str) -> None:
+        nonlocal late, compressed
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the kernel takes little of it
+        s.connect((host, port))
+        s.sendall(
+            (
+                f"GET /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: {host}\r\n"
+                f"Accept-Encoding: {accept}\r\n\r\n"
+            ).encode()
+        )
+        UNREAD.append(s)
+        sent = time.monotonic()
+        s.settimeout(params["wait"])
+        try:
+            s.recv(1, socket.MSG_PEEK)  # it has begun: nothing is taken from the buffer
+            began.append(time.monotonic() - sent)
+            compressed += b"content-encoding: gzip" in s.recv(1024, socket.MSG_PEEK).lower()
+        except TimeoutError:
+            late += 1
+
+    async def one(http: httpx.AsyncClient) -> None:
+        opening = await http.get(url + "/socket.io/", params=query)
+        sid = str(json.loads(opening.text[1:])["sid"])
+        on = {**query, "sid": sid}
+        await http.post(url + "/socket.io/", params=on, content="40" + json.dumps({"room": ATTACKER_ROOM}))
+        reply = await http.get(url + "/socket.io/", params=on)  # the CONNECT reply (read: the only one)
+        assert "40{" in reply.text, reply.text
+        packets = requests
+        if params["gzip"]:  # a frame of 2 KB to this client first: python-engineio compresses its GET's response
+            own = json.loads(reply.text[reply.text.index("40{") + 2 :].split("\x1e")[0])["sid"]
+            pad = {"n": 1, "room": own, "message_id": "pad", "size": 2048}
+            packets = [("42" + json.dumps(["blast", pad])).encode(), *requests]  # (before the GET: it is queued)
+        answer = await http.post(url + "/socket.io/", params=on, content=b"\x1e".join([*packets, b"5"]))
+        assert answer.text.lower() == "ok", answer.text
+        await asyncio.to_thread(unread_get, sid)
+
+    await ready()
+    sessions, parallel = params["sessions"], params["parallel"]
+    limits = httpx.Limits(max_connections=parallel * 2)
+    async with httpx.AsyncClient(timeout=30, headers={"Accept-Encoding": "identity"}, limits=limits) as http:
+        for first in range(0, sessions, parallel):
+            await asyncio.gather(*(one(http) for _ in range(first, min(sessions, first + parallel))))
+    return {"sessions": sessions, "at once": parallel, "began ms (median)": round(statistics.median(began) * 1000)
+            if began else None, "not begun": late, "gzip": compressed}  # fmt: skip
+
+
 ATTACKS = {
     "posts": attack_posts,
     "nonreaders": attack_nonreaders,
     "storm": attack_storm,
     "anonymous": attack_anonymous,
+    "pollreplays": attack_pollreplays,
+    "pollreplays10": attack_pollreplays,
+    "pollreplaysgz": attack_pollreplays,
+    "pollreplaysgz10": attack_pollreplays,
 }
 
 
@@ -445,6 +527,9 @@ def attack_params(flood: str, args: argparse.Namespace) -> dict[str, Any]:
             return {"clients": args.storm_clients, "limit": args.resume_limit, "seconds": args.storm_seconds}
         case "anonymous":
             return {"connections": args.anonymous, "parallel": args.anonymous_parallel}
+        case "pollreplays" | "pollreplays10" | "pollreplaysgz" | "pollreplaysgz10":
+            return {"sessions": args.poll_sessions, "parallel": 10 if flood.endswith("10") else 1,
+                    "requests": args.poll_requests, "gzip": "gz" in flood, "wait": 10.0}  # fmt: skip
     raise ValueError(flood)
 
 
@@ -453,7 +538,8 @@ async def measure(url: str, flood: Flood, args: argparse.Namespace) -> Result:
     control = await Client(url, {}).connect()
     owner = await Counter.connect(url, {"room": ATTACKER_ROOM})  # open to the end: no hold, no orphaned stream
     if flood.seeds:  # the attacker's own long stream: what its resume requests replay
-        await control.call("blast", {"n": args.frames, "room": ATTACKER_ROOM, "message_id": STREAM})
+        blast = {"n": args.frames, "room": ATTACKER_ROOM, "message_id": STREAM, "size": flood.frame_bytes}
+        await control.call("blast", blast)
         await owner.wait_count(args.frames)
     bystander = Client(url, {"room": BYSTANDER_ROOM})
     bystander.keep = bystander.timed = True
@@ -556,6 +642,8 @@ def main() -> None:
     parser.add_argument("--storm-seconds", type=float, default=10.0, help="storm: how long they keep asking")
     parser.add_argument("--anonymous", type=int, default=3000, help="anonymous: connections opened and aborted")
     parser.add_argument("--anonymous-parallel", type=int, default=50, help="anonymous: at a time")
+    parser.add_argument("--poll-sessions", type=int, default=40, help="pollreplays: polling sessions")
+    parser.add_argument("--poll-requests", type=int, default=2, help="pollreplays: resume requests each")
     parser.add_argument("--nice", type=int, default=0, help="niceness of the attacker process (0: the server's)")
     parser.add_argument("--attacker", choices=list(ATTACKS), help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -569,6 +657,7 @@ def main() -> None:
         args.nonreaders, args.requests = 10, 20
         args.storm_clients, args.storm_seconds = 50, 3.0
         args.anonymous = 600
+        args.poll_sessions = 20
         args.drain = 3.0
     floods = [FLOODS[name] for name in args.floods.split(",")]
     env = {"ASGI_RESUME_RESUME_LIMIT": str(args.resume_limit)}
