@@ -177,6 +177,7 @@ class PollResponse:
                 self.outbound.feed(packet)
             out = await self.outbound.flush(taken_ms=self.taken_ms or None)
         items = [item for item in out if isinstance(item, str | bytes)]
+        del out  # (what it held is in items: _encode_by_parts lets it go as it goes)
         if sum(len(item) for item in items) > RESPONSE_PART:  # (a replay's: megabytes)
             return await self._encode_by_parts(items, codec, text, body)
         new_text = protocol.join_payload(items)
@@ -218,6 +219,7 @@ class PollResponse:
                 size += len(items[stop])
                 stop += 1
             piece = protocol.join_payload(items[start:stop])
+            items[start:stop] = [""] * (stop - start)  # held in piece now (a replay's megabytes: once)
             if start:
                 piece = protocol.RECORD_SEPARATOR + piece
             start = stop
