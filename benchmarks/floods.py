@@ -30,6 +30,8 @@ tokens/s, paced by the app) during the flood. The floods (shapes from the tests)
    same with GETs that accept gzip (as browsers' do), each session first asking the app for a
    2 KB frame to itself so that python-engineio compresses its response (past 1 KB): the
    middleware then compresses the response it rewrote, replay and all. Bare, memory, Redis.
+   ``--poll-rounds N``: each session POSTs and sends an unread GET N times, each GET on a new
+   connection (the session's next GET is what says its client read the last response).
 
 The flood runs in a subprocess (this script again, ``--attacker``), so the attacker's CPU and memory
 are not the measuring process's: this process only holds the bystander, a control connection and
@@ -357,9 +359,11 @@ async def attack_pollreplays(url: str, params: dict[str, Any], ready: Callable[[
             own = json.loads(reply.text[reply.text.index("40{") + 2 :].split("\x1e")[0])["sid"]
             pad = {"n": 1, "room": own, "message_id": "pad", "size": 2048}
             packets = [("42" + json.dumps(["blast", pad])).encode(), *requests]  # (before the GET: it is queued)
-        answer = await http.post(url + "/socket.io/", params=on, content=b"\x1e".join([*packets, b"5"]))
-        assert answer.text.lower() == "ok", answer.text
-        await asyncio.to_thread(unread_get, sid)
+        for _ in range(params["rounds"]):  # (each GET on a new connection, the ones before still unread)
+            answer = await http.post(url + "/socket.io/", params=on, content=b"\x1e".join([*packets, b"5"]))
+            assert answer.text.lower() == "ok", answer.text
+            await asyncio.to_thread(unread_get, sid)
+            packets = requests
 
     await ready()
     sessions, parallel = params["sessions"], params["parallel"]
@@ -529,7 +533,8 @@ def attack_params(flood: str, args: argparse.Namespace) -> dict[str, Any]:
             return {"connections": args.anonymous, "parallel": args.anonymous_parallel}
         case "pollreplays" | "pollreplays10" | "pollreplaysgz" | "pollreplaysgz10":
             return {"sessions": args.poll_sessions, "parallel": 10 if flood.endswith("10") else 1,
-                    "requests": args.poll_requests, "gzip": "gz" in flood, "wait": 10.0}  # fmt: skip
+                    "requests": args.poll_requests, "gzip": "gz" in flood, "rounds": args.poll_rounds,
+                    "wait": 10.0}  # fmt: skip
     raise ValueError(flood)
 
 
@@ -644,6 +649,9 @@ def main() -> None:
     parser.add_argument("--anonymous-parallel", type=int, default=50, help="anonymous: at a time")
     parser.add_argument("--poll-sessions", type=int, default=40, help="pollreplays: polling sessions")
     parser.add_argument("--poll-requests", type=int, default=2, help="pollreplays: resume requests each")
+    parser.add_argument(
+        "--poll-rounds", type=int, default=1, help="pollreplays: POST and unread GET, again and again, per session"
+    )
     parser.add_argument("--nice", type=int, default=0, help="niceness of the attacker process (0: the server's)")
     parser.add_argument("--attacker", choices=list(ATTACKS), help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
