@@ -17,6 +17,7 @@ from asgi_resume import protocol
 from asgi_resume.config import Settings
 from asgi_resume.log import StreamKey
 from asgi_resume.log.memory import MemoryLog
+from asgi_resume.pipeline.classify import STAMPING_CACHE_CHARS
 from asgi_resume.pipeline.connection import Connection
 from asgi_resume.pipeline.inbound import UNREAD, inspect
 from asgi_resume.pipeline.outbound import Outbound
@@ -437,3 +438,22 @@ async def test_a_connect_naming_a_namespace_with_a_record_separator_is_not_the_a
     assert mallory.conn.principals == {}
     await send(mallory, '40{"sid":"s"}')  # (and none binds after it)
     assert mallory.conn.principals == {}
+
+
+async def test_the_stamping_cache_keeps_a_few_mib_of_frames_whatever_their_size() -> None:
+    """Found by attack: the cache of how to stamp recent stream frames (for the copies of an emit)
+    kept the last 256 whatever their size: 300 events of 256 KB held +197 MiB against +7 MiB bare
+    until newer frames pushed them out. It keeps ``STAMPING_CACHE_CHARS`` of frames at most, and
+    copies of a frame it kept are still stamped alike."""
+    rt = runtime()
+    alice, other_tab = tab(rt), tab(rt)
+    big = "x" * (256 << 10)
+    for i in range(1, 41):
+        sent = events(await send(alice, token(i, content=big)))
+        assert sent[0]["seq"] == i
+        assert events(await send(other_tab, token(i, content=big)))[0]["seq"] == i  # a copy
+    assert 0 < rt.stamping_cache_chars == sum(map(len, rt.stamping_cache)) <= STAMPING_CACHE_CHARS
+    assert len(rt.stamping_cache) < 40
+    huge = token(41, content="y" * (STAMPING_CACHE_CHARS + 1))
+    assert events(await send(alice, huge))[0]["seq"] == 41
+    assert huge not in rt.stamping_cache  # larger than the whole cache: classified per copy

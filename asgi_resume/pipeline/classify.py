@@ -19,7 +19,10 @@ from asgi_resume.pipeline.rules import Stamping
 from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.pipeline.units import RESERVED, ConnectReply, EventUnit, template_digest
 
-STAMPING_CACHE_SIZE = 256  # recent stream frames: their copies to other connections are stamped alike
+STAMPING_CACHE_SIZE = 256  # recent stream frames: their copies to other connections are stamped alike...
+#: ...of at most this many characters in all (with their parsed content and template, about three
+#: times as many bytes): 256 frames of 256 KB held +197 MiB until newer frames pushed them out
+STAMPING_CACHE_CHARS = 4 << 20
 
 
 class Classifier:
@@ -101,8 +104,14 @@ class Classifier:
         found = None
         if classified is not None and template is not None:
             found = Stamping(classified, template, template_digest(template))
-        if classified is not None:  # (frames without a stream id are cheap to classify again)
-            if len(cache) >= STAMPING_CACHE_SIZE:
-                del cache[next(iter(cache))]
+        if classified is not None and len(frame) <= STAMPING_CACHE_CHARS:  # (frames without a stream id
+            # are cheap to classify again; one larger than the whole cache is classified per copy)
+            runtime = self.runtime
+            chars = runtime.stamping_cache_chars + len(frame)
+            while len(cache) >= STAMPING_CACHE_SIZE or chars > STAMPING_CACHE_CHARS:
+                oldest = next(iter(cache))
+                del cache[oldest]
+                chars -= len(oldest)
             cache[frame] = found
+            runtime.stamping_cache_chars = chars
         return found

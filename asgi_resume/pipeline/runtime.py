@@ -83,6 +83,7 @@ class Runtime:
         self._background: set[asyncio.Task[Any]] = set()  # tasks of in_background(), until they end
         #: frame -> how to stamp it (see Classifier._stamping): shared by the copies of an emit
         self.stamping_cache: dict[str, Stamping | None] = {}
+        self.stamping_cache_chars = 0  # the length of the frames it keeps
         self.closing = False  # the server is going down
         self.repairs = Repairs(self.guard, self.stats)  # streams the log missed frames of, until repaired
         self.closes = Closes(self.guard, self.stats, settings.recovery_window)  # sessions left on purpose
