@@ -445,6 +445,38 @@ async def test_a_claimed_session_replays_what_its_generation_held_after_the_offs
     assert [(n, payload) for n, _, payload in read.frames] == [(2, ['42["e","b"]']), (3, ['42["e","c"]'])]
 
 
+async def test_a_claimed_session_is_read_a_page_at_a_time_bounded_in_entries_and_bytes(log: StreamLog) -> None:
+    """A claim reads a large session in pages (found by attack: 60 events of 1 MiB read in one call
+    made another user's appends time out behind it on Redis). A page holds ``limit`` entries at most
+    and about ``max_bytes`` (at least one entry); the following pages end where the first read did,
+    and check only that the generation is still the one claimed and its entries still kept."""
+    pid = f"pid{next(_prefixes)}"
+    texts = [chr(97 + i) * 1000 for i in range(7)]  # payloads of about 1 KB each
+    assert await session(log, pid, "g1", "c1", *texts) == list(range(1, 8))
+    assert (await log.session_claim(pid, ALICE, "/", "g1", "c2", "g2", 60_000)).status == "ok"
+    first = await log.session_read(pid, "g1", 1, True, 10, 2500)
+    assert (first.status, first.last, [n for n, _, _ in first.frames]) == ("ok", 7, [2, 3])
+    assert [payload for _, _, payload in first.frames] == [[f'42["e","{texts[1]}"]'], [f'42["e","{texts[2]}"]']]
+    # the previous owner logs one more after that read: it reaches the claimer live, not in this read
+    now = log.now_ms()
+    late = SessionAppend(pid, "g1", "c1", ALICE, "/", [(now, ['42["e","late"]'])], now)
+    assert (await log.session_append([late]))[0].status == "taken"
+    pages, after = [], 3
+    while after < first.last:
+        page = await log.session_read(pid, "g1", after, True, 1, 0, first.last)
+        assert (page.status, page.last) == ("ok", 7)
+        pages.append([n for n, _, _ in page.frames])
+        after = page.frames[-1][0]
+    assert pages == [[4], [5], [6], [7]]  # (limit 1)
+    whole = await log.session_read(pid, "g1", 3, True, 0, 100, first.last)  # fewer bytes than one entry
+    assert [n for n, _, _ in whole.frames] == [4]
+    rest = await log.session_read(pid, "g1", 3, True, 0, 0, first.last)
+    assert [n for n, _, _ in rest.frames] == [4, 5, 6, 7]
+    # the session claimed again meanwhile: its following pages are lost
+    assert (await log.session_claim(pid, ALICE, "/", "g2", "c3", "g3", 60_000)).status == "ok"
+    assert (await log.session_read(pid, "g1", 3, True, 10, 2500, first.last)).status == "lost"
+
+
 async def test_a_claim_is_refused_to_another_principal_another_namespace_and_a_stale_offset(log: StreamLog) -> None:
     pid = f"pid{next(_prefixes)}"
     await session(log, pid, "g1", "c1", "a")

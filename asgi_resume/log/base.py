@@ -13,6 +13,12 @@ from typing import Literal, NamedTuple, Protocol
 #: stamped text frame is ``head + fields + tail`` (see ``protocol.StampTemplate``).
 Payload = list[str | bytes]
 
+
+def payload_size(payload: Payload) -> int:
+    """About what a payload takes in a log (its parts' lengths: msgpack adds a few bytes on Redis)."""
+    return sum(len(part) for part in payload)
+
+
 #: Copies of one emit reach a principal's connections within this much of each other (fan-out
 #: between workers included); an entry received further apart is another emit with the same bytes.
 COPY_WINDOW_MS = 1000
@@ -224,6 +230,8 @@ class SessionReplay:
     #: (a connection id), whose process must have run since the claim (else it may have died with
     #: frames it never logged); "" when the owner logged or closed after the claim
     trusted: str = ""
+    #: ok: the generation's last number when the read began (its following pages end there)
+    last: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,8 +289,16 @@ class StreamLog(Protocol):
         session to ``new_gen`` (``refused`` unless it is ``principal``'s session in ``namespace``)."""
         ...
 
-    async def session_read(self, pid: str, gen: str, after: int, force: bool) -> SessionReplay:
+    async def session_read(
+        self, pid: str, gen: str, after: int, force: bool, limit: int = 0, max_bytes: int = 0, until: int = 0
+    ) -> SessionReplay:
         """Frames of generation ``gen`` after ``after`` (``wait`` while its owner may still log some).
+
+        A page of them when ``limit`` (entries) or ``max_bytes`` (their payloads' size as kept; at
+        least one entry) is given: the read's ``last`` says where it ends, and a following page is
+        read with ``until=last`` and ``after`` the last number read. A following page checks none of
+        what the first read did (it is of the same read), only that the generation is still the one
+        claimed and its entries after ``after`` are still kept (``lost``).
 
         Complete once the previous owner logged a batch it took ``CLAIM_SLACK_MS`` after the claim,
         or closed after it;

@@ -338,9 +338,11 @@ class MemoryLog:
         self._open()
         return self._sessions.claim(pid, principal, namespace, gen, claimer, new_gen, window_ms)
 
-    async def session_read(self, pid: str, gen: str, after: int, force: bool) -> SessionReplay:
+    async def session_read(
+        self, pid: str, gen: str, after: int, force: bool, limit: int = 0, max_bytes: int = 0, until: int = 0
+    ) -> SessionReplay:
         self._open()
-        return self._sessions.read(pid, gen, after, force)
+        return self._sessions.read(pid, gen, after, force, limit, max_bytes, until)
 
     async def session_note(self, pid: str, action: Note, gen: str, owner: str) -> tuple[str, str]:
         self._open()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 
 from asgi_resume.log.base import (
     CLAIM_SLACK_MS,
@@ -20,6 +21,7 @@ from asgi_resume.log.base import (
     SessionAppend,
     SessionAppendResult,
     SessionReplay,
+    payload_size,
 )
 
 
@@ -129,26 +131,42 @@ class MemorySessions:
         session.expires_at = now + self.limits.ttl_ms
         return Claim("ok")
 
-    def read(self, pid: str, gen: str, after: int, force: bool) -> SessionReplay:
+    def read(
+        self, pid: str, gen: str, after: int, force: bool, limit: int = 0, max_bytes: int = 0, until: int = 0
+    ) -> SessionReplay:
         session = self._session(pid)
         if session is None or session.prev_gen != gen:
             return SessionReplay("lost")
-        if session.prev_broken:
-            return SessionReplay("incomplete")
         trusted = ""
-        # well after the claim: a frame emitted before it may still be on its way (CLAIM_SLACK_MS)
-        if session.prev_flushed <= session.cutoff + CLAIM_SLACK_MS:
-            if session.prev_fetched:  # (its silence proves nothing: see StreamLog.session_read)
-                return SessionReplay("incomplete" if force else "wait")
-            if not force and not session.prev_closed:
-                return SessionReplay("wait")
-            if not session.prev_closed:
-                trusted = session.prev_owner  # (its silence is taken for complete)
+        if until:  # a following page of a read: what it checked holds for it
+            last = until
+        else:
+            if session.prev_broken:
+                return SessionReplay("incomplete")
+            # well after the claim: a frame emitted before it may still be on its way (CLAIM_SLACK_MS)
+            if session.prev_flushed <= session.cutoff + CLAIM_SLACK_MS:
+                if session.prev_fetched:  # (its silence proves nothing: see StreamLog.session_read)
+                    return SessionReplay("incomplete" if force else "wait")
+                if not force and not session.prev_closed:
+                    return SessionReplay("wait")
+                if not session.prev_closed:
+                    trusted = session.prev_owner  # (its silence is taken for complete)
+            last = session.counters.get(gen, 0)
         log = session.logs.get(gen, deque())
-        last = session.counters.get(gen, 0)
         if after > last or (after < last and (not log or log[0][0] > after + 1)):
             return SessionReplay("lost")
-        return SessionReplay("ok", [entry for entry in log if entry[0] > after], trusted)
+        frames: list[tuple[int, int, Payload]] = []
+        size = 0
+        start = max(0, after + 1 - log[0][0]) if log else 0  # (numbers follow each other in the log)
+        for entry in islice(log, start, None):
+            if entry[0] > last or (limit and len(frames) >= limit):
+                break
+            if max_bytes:
+                size += payload_size(entry[2])
+                if frames and size > max_bytes:
+                    break
+            frames.append(entry)
+        return SessionReplay("ok", frames, trusted, last)
 
     def note(self, pid: str, action: Note, gen: str, owner: str) -> tuple[str, str]:
         session = self._session(pid)

@@ -193,16 +193,17 @@ class RedisLog:
         (reply,) = await self._call("session_claim", [(self.session_keys(pid), args)])
         return Claim(_text(reply[0]))  # type: ignore[arg-type]
 
-    async def session_read(self, pid: str, gen: str, after: int, force: bool) -> SessionReplay:
-        (reply,) = await self._call(
-            "session_read", [(self.session_keys(pid, gen), [after, 1 if force else 0, gen, CLAIM_SLACK_MS])]
-        )
+    async def session_read(
+        self, pid: str, gen: str, after: int, force: bool, limit: int = 0, max_bytes: int = 0, until: int = 0
+    ) -> SessionReplay:
+        args = [after, 1 if force else 0, gen, CLAIM_SLACK_MS, limit, max_bytes, until]
+        (reply,) = await self._call("session_read", [(self.session_keys(pid, gen), args)])
         status = _text(reply[0])
         if status != "ok":
             return SessionReplay(status)  # type: ignore[arg-type]
-        rest = reply[2:]
+        rest = reply[3:]
         frames = [(int(rest[i]), int(rest[i + 1]), msgpack.unpackb(rest[i + 2])) for i in range(0, len(rest), 3)]
-        return SessionReplay("ok", frames, _text(reply[1]))
+        return SessionReplay("ok", frames, _text(reply[1]), int(reply[2]))
 
     async def session_note(self, pid: str, action: Note, gen: str, owner: str) -> tuple[str, str]:
         (reply,) = await self._call(
