@@ -259,7 +259,7 @@ class Outbound:
                     self._handed = (i, _waiting_for_replay(waiting))
                     if out:
                         await deliver(out)
-                    out = await recovery.reply(unit.frame, unit.packet, taken_ms)
+                    out = await recovery.reply(unit.frame, unit.packet, taken_ms, deliver)
                 case str() | bytes() | Passthrough():
                     out.append(unit)
                 case _:

@@ -22,12 +22,13 @@ import anyio
 
 from asgi_resume import protocol
 from asgi_resume.log import LogUnavailable
-from asgi_resume.log.base import CLAIM_SLACK_MS, Payload, SessionAppend
+from asgi_resume.log.base import CLAIM_SLACK_MS, Payload, SessionAppend, payload_size
 from asgi_resume.log.names import new_generation, process_name, process_of
 from asgi_resume.pipeline.connection import Connection
 from asgi_resume.pipeline.recovery_notes import RecoveryNotes
 from asgi_resume.pipeline.recovery_replay import duplicate, replay_frames
 from asgi_resume.pipeline.recovery_state import RecoveryState
+from asgi_resume.pipeline.replay import REPLAY_FIRST_PAGE, REPLAY_PAGE, REPLAY_PAGE_BYTES, Deliver
 from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.pipeline.units import EventUnit, Outgoing
 from asgi_resume.protocol.recovery import PID_FIELD, UNLOGGED_OFFSET, new_pid, offset
@@ -35,6 +36,10 @@ from asgi_resume.protocol.recovery import PID_FIELD, UNLOGGED_OFFSET, new_pid, o
 logger = logging.getLogger("asgi_resume")
 
 FLUSH_WAIT_S = 0.3  # how long a claim waits for the previous connection to log what it got before it
+#: a claim reads, renders and sends its session's events a page at a time, a page per loop iteration
+#: (as a resume's replay): ``REPLAY_FIRST_PAGE`` entries, then this many at most, of about this many
+#: bytes at most (at least one entry)
+CLAIM_PAGE, CLAIM_PAGE_BYTES = REPLAY_PAGE, REPLAY_PAGE_BYTES
 
 
 class Recovery:
@@ -141,8 +146,12 @@ class Recovery:
         if any(state.loss_untold for state in self.states.values()):
             await self.notes.tell_losses()
 
-    async def reply(self, frame: str, packet: protocol.Packet, flushed_ms: int) -> list[Outgoing]:
-        """The app accepted the connection: recover the session (or start one), then the CONNECT reply."""
+    async def reply(self, frame: str, packet: protocol.Packet, flushed_ms: int, deliver: Deliver) -> list[Outgoing]:
+        """The app accepted the connection: recover the session (or start one), then the CONNECT reply.
+
+        A recovery's replay is handed to ``deliver`` here, a page per loop iteration (a page's frames
+        may take the transport a while: compressing them, for one); what follows it is returned.
+        """
         stats = self.runtime.stats
         ns = packet.namespace
         state = self.states[ns]
@@ -157,7 +166,7 @@ class Recovery:
             return [*passed, frame]
         state.principal = principal
         new_gen = new_generation()
-        replay: list[Outgoing] = []
+        replay: list[list[Outgoing]] = []
         recovered = False
         if state.claim is not None:
             recovered, replay = await self._claim(state, new_gen)
@@ -174,7 +183,12 @@ class Recovery:
         state.gen, state.logging, state.starting = new_gen, True, True
         waited = [u for u in waited if not self._replayed(u)]
         await self.log(waited, flushed_ms, create=state)
-        out: list[Outgoing] = list(replay)
+        for i, page in enumerate(replay):
+            if i:
+                await self.runtime.replay_turns.take()
+            if not await deliver(page):
+                break  # the client is gone
+        out: list[Outgoing] = []
         for unit in waited:
             out += unit.frames()
         out.append(protocol.with_member(frame, packet, PID_FIELD, state.pid))
@@ -190,8 +204,12 @@ class Recovery:
             return True
         return duplicate(self.conn, unit)
 
-    async def _claim(self, state: RecoveryState, new_gen: str) -> tuple[bool, list[Outgoing]]:
-        """Claim the client's previous session; its frames after the client's offset, or nothing."""
+    async def _claim(self, state: RecoveryState, new_gen: str) -> tuple[bool, list[list[Outgoing]]]:
+        """Claim the client's previous session; its frames after the client's offset, or nothing.
+
+        Read and rendered a page at a time (``CLAIM_PAGE``, ``CLAIM_PAGE_BYTES``), a page per loop
+        iteration; nothing is rendered until every page was read (a page that finds its entries
+        gone makes a normal connect: the replay is whole or not sent)."""
         claim, runtime, conn = state.claim, self.runtime, self.conn
         assert claim is not None
         principal = state.principal
@@ -220,7 +238,14 @@ class Recovery:
             while True:
                 force = time.monotonic() >= give_up_waiting
                 read = await guard.call(
-                    guard.deadlines.recovery, log.session_read, claim.pid, claim.gen, claim.after, force
+                    guard.deadlines.recovery,
+                    log.session_read,
+                    claim.pid,
+                    claim.gen,
+                    claim.after,
+                    force,
+                    REPLAY_FIRST_PAGE,
+                    CLAIM_PAGE_BYTES,
                 )
                 if read.status != "wait":
                     break
@@ -232,6 +257,28 @@ class Recovery:
                     claim.pid[:6],
                 )
                 return False, []
+            pages = [read.frames] if read.status == "ok" else []
+            while pages and pages[-1] and pages[-1][-1][0] < read.last:
+                await runtime.replay_turns.take()  # a page per loop iteration, of all replays and claims
+                before = pages[-1]
+                size = sum(payload_size(payload) for _, _, payload in before)
+                page = await guard.call(
+                    guard.deadlines.recovery,
+                    log.session_read,
+                    claim.pid,
+                    claim.gen,
+                    before[-1][0],
+                    True,
+                    # as many entries as the bytes hold by the sizes of the page before (the log
+                    # bounds the bytes, but Redis reads the entries it is asked for)
+                    max(1, min(CLAIM_PAGE, CLAIM_PAGE_BYTES * len(before) // max(1, size))),
+                    CLAIM_PAGE_BYTES,
+                    read.last,  # a following page of the read: it ends where the read did
+                )
+                if page.status != "ok" or not page.frames:
+                    logger.info("recovery of session %s…: its frames were dropped while it was read", claim.pid[:6])
+                    return False, []
+                pages.append(page.frames)
         except LogUnavailable as exc:
             logger.warning("recovery of session %s… failed: the log is unreachable (%s)", claim.pid[:6], exc)
             return False, []
@@ -248,7 +295,12 @@ class Recovery:
             return False, []
         state.pid = claim.pid
         objects = runtime.held_frames.take(claim.pid, claim.gen)  # (when the previous connection is held here)
-        return True, replay_frames(runtime, conn, state, claim.gen, read.frames, objects)
+        rendered = []
+        for i, entries in enumerate(pages):
+            if i:
+                await runtime.replay_turns.take()  # rendered a page per loop iteration too
+            rendered.append(replay_frames(runtime, conn, state, claim.gen, entries, objects))
+        return True, rendered
 
     async def _ran_since(self, owner: str, claimed_ms: int) -> bool:
         """Has the process of ``owner`` (a connection whose silence a read took for complete, if
