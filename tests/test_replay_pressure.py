@@ -29,6 +29,7 @@ from asgi_resume.pipeline.connection import Connection
 from asgi_resume.pipeline.outbound import Outbound
 from asgi_resume.pipeline.polling_replays import PER_PRINCIPAL_BYTES, PER_PROCESS_BYTES
 from asgi_resume.pipeline.replay import REPLAY_FIRST_PAGE, REPLAY_PAGE, REPLAY_PAGE_BYTES, RESPONSE_REPLAY_BYTES
+from asgi_resume.pipeline.replays_in_flight import PER_PRINCIPAL
 from asgi_resume.pipeline.resume import ResumeRequest
 from asgi_resume.pipeline.runtime import Runtime, Turns
 from tests.support.app import chat_event, emit_tokens, make_app, make_sio, room_of
@@ -507,3 +508,49 @@ async def test_a_users_long_polling_responses_waiting_for_their_clients_bound_it
     gc.collect()
     assert (await answer())["replayed"] == 10
     assert replays.total() == 0
+
+
+async def test_a_users_websocket_replays_in_flight_are_bounded() -> None:
+    """Found by attack: each connection has one replay in flight at most, holding a page while its
+    client does not read, but one user's 400 connections that each asked once and never read held
+    +133 MiB. Past ``PER_PRINCIPAL`` replays in flight a user's next replay waits, holding nothing,
+    until one ends; another user's do not."""
+    pipeline = Pipeline()
+    await pipeline.emit(1, 50)
+    all_stuck, reading = asyncio.Event(), asyncio.Event()
+    stuck = 0
+
+    async def never_reads(items: list[Any]) -> bool:
+        nonlocal stuck
+        stuck += 1
+        if stuck == PER_PRINCIPAL:
+            all_stuck.set()
+        await reading.wait()
+        return True
+
+    readers = []
+    for _ in range(PER_PRINCIPAL):
+        reader = pipeline._connection()
+        reader.feed(resume_request(1))
+        readers.append(asyncio.create_task(reader.send(never_reads)))
+    async with asyncio.timeout(10):
+        await all_stuck.wait()
+    reads = pipeline.reads
+    one_more = pipeline._connection()
+    one_more.feed(resume_request(2))
+    waiting = asyncio.create_task(one_more.send(pipeline.deliver))
+    bob = Outbound(pipeline.runtime, Connection({"type": "websocket", "headers": []}, 0))
+    bob.conn.principals["/"] = "bob"
+    bob.feed(resume_request(3))
+    await bob.send(pipeline.deliver)  # another user's replay does not wait
+    assert [answer.get("error") for answer in pipeline.answers()] == ["not_found"]
+    done, _ = await asyncio.wait({waiting}, timeout=1)  # (unbounded, it is answered in a few loop iterations)
+    assert (pipeline.reads, done) == (reads + 1, set())  # alice's 65th read nothing yet
+    assert pipeline.runtime.replays_in_flight.of("alice") == PER_PRINCIPAL + 1
+    pipeline.sent.clear()
+    reading.set()
+    async with asyncio.timeout(10):
+        await asyncio.gather(waiting, *readers)
+    assert pipeline.answers()[0]["ok"] is True
+    assert pipeline.seqs() == list(range(1, 51))
+    assert pipeline.runtime.replays_in_flight.of("alice") == 0

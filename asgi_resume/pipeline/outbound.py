@@ -243,10 +243,17 @@ class Outbound:
                     if out:
                         await deliver(out)
                         out = []
+                    principal = conn.principals.get(unit.namespace)
                     if self._response is not None and unit.error is None and not self._replay_may_start(unit):
                         unit = dataclasses.replace(unit, error=RESPONSE_FULL, refusal="rate_limited")
-                    await self._after_others(unit, units, taken)
-                    await replay.answer(self.runtime, self.conn, unit, deliver)
+                    if self._response is None and unit.error is None and principal is not None:
+                        # a user's websocket replays in flight are bounded: past it one waits its turn
+                        async with self.runtime.replays_in_flight.slot(principal):
+                            await self._after_others(unit, units, taken)
+                            await replay.answer(self.runtime, self.conn, unit, deliver)
+                    else:
+                        await self._after_others(unit, units, taken)
+                        await replay.answer(self.runtime, self.conn, unit, deliver)
                     key = conn.key_of(unit)
                     if key is not None and last_resume.get(key) == i:
                         for j in waiting.pop(key, ()):

@@ -33,6 +33,7 @@ from asgi_resume.pipeline.held_frames import HeldFrames
 from asgi_resume.pipeline.order import FeedOrder
 from asgi_resume.pipeline.polling_replays import PollingReplays
 from asgi_resume.pipeline.repairs import Repairs
+from asgi_resume.pipeline.replays_in_flight import ReplaysInFlight
 from asgi_resume.pipeline.rules import Stamping, StreamRules
 from asgi_resume.pipeline.turns import Turns
 from asgi_resume.principal import JwtKey, PrincipalResolver, default_principal_key
@@ -47,7 +48,8 @@ class Runtime:
     """One middleware's shared state: ``settings``, ``rules`` (which events belong to which
     stream), ``log`` and ``guard``, ``appends`` (a loop turn's appends in one call), ``order``,
     ``recent``, ``replay_turns``, ``resolver`` (principals), ``repairs``, ``closes``, ``held_frames``,
-    ``stamping_cache`` (how to stamp a frame, for the copies of an emit), ``stats``, and
+    ``stamping_cache`` (how to stamp a frame, for the copies of an emit), ``polling_replays`` and
+    ``replays_in_flight`` (replays waiting for their clients, bounded per user), ``stats``, and
     ``max_post_body`` (the app's own limit on a polling POST)."""
 
     def __init__(self, settings: Settings, log: StreamLog | None = None) -> None:
@@ -73,6 +75,7 @@ class Runtime:
         self.order = FeedOrder(settings.write_timeout)
         self.warnings = Throttle()  # one line every few seconds per kind of event said by the pipeline
         self.polling_replays = PollingReplays()  # long-polling responses with replays, until sent
+        self.replays_in_flight = ReplaysInFlight()  # websocket replays being sent, per user
         #: what the copy of a frame another tab here logged is numbered (kept well within the log's maxlen)
         self.recent = RecentEntries(max(1, min(settings.maxlen // 2, MAX_ENTRIES)))
         self.replay_turns = Turns()  # one replay page (or first read) per loop iteration, whoever asked
