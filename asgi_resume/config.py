@@ -222,7 +222,9 @@ PRESETS: dict[str, dict[str, str]] = {
         "principal": "jwt:id",
         "jwt_secret": "$WEBUI_SECRET_KEY|WEBUI_JWT_SECRET_KEY",
         "variant": "shared",
-        "exclude": "data.type=chat:list",
+        # chat:list carries the user message's id; request:interaction:done goes to the one
+        # session that answered an input request (emit to=sid), not to the user's other tabs
+        "exclude": "data.type=chat:list,data.type=request:interaction:done",
         "secret": "$WEBUI_SECRET_KEY|WEBUI_JWT_SECRET_KEY",
     },
 }

@@ -508,11 +508,15 @@ def is_finished(frame: Frame) -> bool:
     return event.get("type") == "chat:active" and (event.get("data") or {}).get("active") is False
 
 
+#: the events the open-webui preset says are not stream content: they go out unstamped
+EXCLUDED = ("chat:list", "request:interaction:done")
+
+
 def seq_problems(frames: list[Frame], start: int = 1) -> list[str]:
-    """What is wrong with one view's seq as received: unstamped frames (open-webui's ``chat:list`` aside,
-    which the preset excludes), holes, repeats, disorder, more than one epoch."""
+    """What is wrong with one view's seq as received: unstamped frames (those the preset excludes
+    aside), holes, repeats, disorder, more than one epoch."""
     problems = []
-    unstamped = [f for f in frames if f.seq is None and kind(f) != "chat:list"]
+    unstamped = [f for f in frames if f.seq is None and kind(f) not in EXCLUDED]
     if unstamped:
         kinds: dict[str, int] = {}
         for f in unstamped:
@@ -556,7 +560,7 @@ def assemble(before: list[Frame], last_seq: int, after: list[Frame]) -> tuple[li
     Problems: unstamped frames on the new connection (they cannot be placed), holes, repeats that differ."""
     problems = []
     kept = [f for f in before if f.seq is not None and f.seq <= last_seq]
-    unstamped = [f for f in after if f.seq is None and kind(f) != "chat:list"]
+    unstamped = [f for f in after if f.seq is None and kind(f) not in EXCLUDED]
     if unstamped:
         problems.append(f"{len(unstamped)} frames unstamped after the resume: {[kind(f) for f in unstamped][:8]}")
     by_seq: dict[int, Frame] = {}
