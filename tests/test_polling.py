@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import socketio
 import websockets
 
 from asgi_resume.pipeline.connection import Connection
@@ -308,4 +309,37 @@ async def test_a_failure_noting_what_a_post_does_costs_nothing_else(
         assert answer["error"] == "not_found"  # answered here, after the failure
         assert "could not note what an inbound frame does" in caplog.text
     finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize("always_connect", [True, False], ids=["always-connect", "connect-then-reply"])
+async def test_a_connect_answered_before_its_posts_answer_binds_its_principal(always_connect: bool) -> None:
+    """Found by a run against open-webui with websockets off: python-socketio with ``always_connect``
+    replies to a CONNECT before its connect handler runs, inside the POST, and open-webui's awaits
+    its database; the reply went out on the GET before python-engineio answered the POST, when the
+    CONNECT is noted, so no principal was ever bound: every frame unstamped, every resume
+    ``not_found``. The one CONNECT the app read there, with none noted owed a reply, is the one
+    the reply answers: noted then."""
+    sio = socketio.AsyncServer(async_mode="asgi", async_handlers=False, always_connect=always_connect)
+    gate = asyncio.Event()
+
+    async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        await sio.enter_room(sid, room_of(auth["token"]))
+        if always_connect:
+            await gate.wait()  # (a token looked up in a database, while the reply is out)
+
+    sio.on("connect", connect)
+    async with serve(make_app(sio)) as url:
+        client = PollingClient(url)
+        opening = await client.get()
+        client.sid = json.loads(str(opening[0])[1:])["sid"]
+        posted = asyncio.create_task(client.post('40{"token":"alice"}'))
+        await client.collect(lambda p: isinstance(p, str) and p.startswith("40{"), 1)
+        gate.set()
+        await posted
+        await emit_tokens(sio, "alice", "m", 1, 5)
+        packets = await client.collect(is_event, 5)
+        assert [e["seq"] for e in event_args(packets)] == [1, 2, 3, 4, 5]
+        replayed, answer = await resume_over_polling(client, {"message_id": "m", "last_seq": 3})
+        assert (replayed, answer["ok"]) == ([4, 5], True), answer
         await client.aclose()

@@ -20,7 +20,7 @@ from starlette.responses import Response
 from starlette.routing import Mount
 
 from asgi_resume import ResumeMiddleware, protocol
-from asgi_resume.pipeline.connection import Connection
+from asgi_resume.pipeline.connection import Connection, UnnotedConnect
 from asgi_resume.principal import _plain
 from tests.conftest import Stack
 from tests.support.app import chat_event, emit_tokens, make_app, make_sio, room_of
@@ -865,9 +865,10 @@ def test_a_reply_that_may_answer_a_connect_never_noted_leaves_nothing_to_bind() 
     from then on."""
     conn = Connection({"type": "http", "query_string": b""}, 0)
     conn.connecting("/", "mallory")
-    conn.reading_connect("/")  # a second CONNECT, read by the app, noted at its POST's answer
+    second = UnnotedConnect(lambda: conn.connecting("/", "second"))
+    conn.reading_connect("/", second)  # a second CONNECT, read by the app, noted at its POST's answer
     conn.connected("/", accepted=True)  # mallory's reply, or the second one's
-    conn.connect_read("/")  # (not noted: a reply came meanwhile)
+    conn.connect_read("/", second)  # (not noted: a reply came meanwhile)
     conn.connecting("/", "alice")  # a third, which the app refuses
     conn.connected("/", accepted=True)  # the reply to the second
     assert conn.principals.get("/") is None

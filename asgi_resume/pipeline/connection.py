@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from starlette.types import Scope
@@ -38,6 +39,21 @@ FINISHED_KEPT = 64  # streams whose done frame a connection remembers (the lates
 #: have, and an app with dynamic namespaces may accept any): past it, or for a longer name, a
 #: CONNECT binds nobody and nothing is kept for it
 MAX_NAMESPACES, MAX_NAMESPACE_CHARS = 64, 1024
+
+
+class UnnotedConnect:
+    """A CONNECT the app reads in a long-polling POST: noted (``note``) at python-engineio's answer,
+    or at the app's reply if that comes first (see :meth:`Connection.connected`); once."""
+
+    __slots__ = ("_note", "noted")
+
+    def __init__(self, note: Callable[[], None]) -> None:
+        self._note, self.noted = note, False
+
+    def run(self) -> None:
+        if not self.noted:
+            self.noted = True
+            self._note()
 
 
 @dataclass(eq=False, slots=True)
@@ -84,9 +100,10 @@ class Connection:
     #: takes the next ones, text or binary, whatever they say): none of them is acted on here
     attachments_owed: int = 0
     #: namespace -> CONNECTs the app has read and this connection has not noted yet (a polling
-    #: POST's are noted at python-engineio's answer: see polling_post); a reply meanwhile may be
-    #: theirs, so that namespace becomes ...
-    unnoted: dict[str, int] = field(default_factory=dict)
+    #: POST's are noted at python-engineio's answer: see polling_post); a reply meanwhile is the
+    #: one's if it is the only one there and no CONNECT noted is owed a reply (it is noted then),
+    #: else it may be any of theirs, so that namespace becomes ...
+    unnoted: dict[str, list[UnnotedConnect]] = field(default_factory=dict)
     #: ... one where a reply may answer a CONNECT never noted: from then on no reply there binds
     unbindable: set[str] = field(default_factory=set)
     #: namespace -> replies the app owes to CONNECTs there it read and that were noted (a CONNECT
@@ -127,6 +144,15 @@ class Connection:
 
     def connected(self, namespace: str, accepted: bool) -> None:
         """The app answered the CONNECT: its principal is bound if accepted, and never rebound."""
+        unnoted = self.unnoted.get(namespace)
+        if unnoted and len(unnoted) == 1 and not self.awaiting.get(namespace) and namespace not in self.pending:
+            # the one CONNECT there the app read and has not answered, and none noted is owed a
+            # reply: this is its reply, come before python-engineio answered the POST (python-socketio
+            # with always_connect replies before the connect handler runs, inside the POST; open-webui's
+            # awaits its database: a long-polling tab of it was never bound, found by a run against it)
+            connect = unnoted[0]
+            self.connect_read(namespace, connect)
+            connect.run()
         if not accepted and namespace not in self.principals:  # what its CONNECT started is over
             self.joined_ms.pop(namespace, None)
             state = self.recovery.get(namespace)
@@ -180,17 +206,18 @@ class Connection:
                 del places[key]
         return left
 
-    def reading_connect(self, namespace: str) -> None:
+    def reading_connect(self, namespace: str, connect: UnnotedConnect) -> None:
         """The app reads a CONNECT to ``namespace`` that is noted later (see ``unnoted``)."""
-        self.unnoted[namespace] = self.unnoted.get(namespace, 0) + 1
+        self.unnoted.setdefault(namespace, []).append(connect)
 
-    def connect_read(self, namespace: str) -> None:
-        """A CONNECT counted by ``reading_connect`` is noted now, or never will be."""
-        left = self.unnoted.get(namespace, 0) - 1
-        if left > 0:
-            self.unnoted[namespace] = left
-        else:
-            self.unnoted.pop(namespace, None)
+    def connect_read(self, namespace: str, connect: UnnotedConnect) -> None:
+        """A CONNECT counted by ``reading_connect`` is noted now, or never will be (once)."""
+        unnoted = self.unnoted.get(namespace)
+        if unnoted is None or connect not in unnoted:
+            return
+        unnoted.remove(connect)
+        if not unnoted:
+            del self.unnoted[namespace]
 
     def called(self, namespace: str, ack_id: int) -> None:
         """The app sent the client an event that expects an answer."""

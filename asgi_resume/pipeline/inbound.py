@@ -19,7 +19,7 @@ import sys
 from collections.abc import Awaitable, Callable
 
 from asgi_resume import protocol
-from asgi_resume.pipeline.connection import Connection
+from asgi_resume.pipeline.connection import Connection, UnnotedConnect
 from asgi_resume.pipeline.orphans import release_left
 from asgi_resume.pipeline.recovery import Recovery
 from asgi_resume.pipeline.recovery_state import RecoveryState
@@ -50,7 +50,7 @@ class Effects:
 
     def __init__(self) -> None:
         self.actions: list[Callable[[], Awaitable[None]]] = []
-        self.connects: list[str] = []
+        self.connects: list[tuple[str, UnnotedConnect]] = []
 
     def add(self, action: Callable[[], Awaitable[None]]) -> None:
         self.actions.append(action)
@@ -70,8 +70,8 @@ class Effects:
         """The app answered (its answer said whether it read them): their CONNECTs are noted or
         never will be (once)."""
         connects, self.connects = self.connects, []
-        for namespace in connects:
-            conn.connect_read(namespace)
+        for namespace, connect in connects:
+            conn.connect_read(namespace, connect)
 
 
 #: packets the app must not read otherwise than we do: a CONNECT names the principal bound at the
@@ -222,7 +222,7 @@ async def _connect(
     # read now, where a failure keeps the frame from the app (a token nested too deep for us, say)
     principal = runtime.resolver.resolve(conn.scope, auth)
 
-    async def connecting() -> None:  # (no await: done before the app's reply can go out)
+    def note() -> None:  # (synchronous: done before the app's reply can go out, or at that reply)
         if namespace in conn.unbindable:
             return  # no reply binds there (see Connection.unnoted)
         if not conn.may_join(namespace):  # one namespace too many: not noted, and yet answered
@@ -239,8 +239,13 @@ async def _connect(
             conn.recovery[namespace] = RecoveryState(namespace, now, claim)
         conn.connecting(namespace, principal)
 
+    connect = UnnotedConnect(note)
+
+    async def connecting() -> None:
+        connect.run()
+
     if later is not None:
-        conn.reading_connect(namespace)
-        later.connects.append(namespace)
+        conn.reading_connect(namespace, connect)
+        later.connects.append((namespace, connect))
     await _do(later, connecting)
     return replacement
