@@ -30,6 +30,7 @@ from asgi_resume.log.base import (
     SessionAppendResult,
     SessionReplay,
     StreamKey,
+    payload_size,
 )
 from asgi_resume.log.memory_sessions import MemorySessions
 from asgi_resume.log.names import new_epoch
@@ -319,7 +320,7 @@ class MemoryLog:
             frames, size = [], 0
             for record in records:
                 frames.append((record.seq, record.payload))
-                size += sum(map(len, record.payload))
+                size += payload_size(record.payload)
                 if size >= max_bytes:
                     break
         return ReplayResult("ok", state.epoch, state.last, oldest, state.done, gap, frames)

@@ -28,7 +28,7 @@ from asgi_resume.pipeline.connection import Connection
 from asgi_resume.pipeline.recovery_notes import RecoveryNotes
 from asgi_resume.pipeline.recovery_replay import duplicate, replay_frames
 from asgi_resume.pipeline.recovery_state import RecoveryState
-from asgi_resume.pipeline.replay import REPLAY_FIRST_PAGE, REPLAY_PAGE, REPLAY_PAGE_BYTES, Deliver
+from asgi_resume.pipeline.replay import REPLAY_FIRST_PAGE, REPLAY_PAGE_BYTES, Deliver, next_page
 from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.pipeline.units import EventUnit, Outgoing
 from asgi_resume.protocol.recovery import PID_FIELD, UNLOGGED_OFFSET, new_pid, offset
@@ -36,10 +36,6 @@ from asgi_resume.protocol.recovery import PID_FIELD, UNLOGGED_OFFSET, new_pid, o
 logger = logging.getLogger("asgi_resume")
 
 FLUSH_WAIT_S = 0.3  # how long a claim waits for the previous connection to log what it got before it
-#: a claim reads, renders and sends its session's events a page at a time, a page per loop iteration
-#: (as a resume's replay): ``REPLAY_FIRST_PAGE`` entries, then this many at most, of about this many
-#: bytes at most (at least one entry)
-CLAIM_PAGE, CLAIM_PAGE_BYTES = REPLAY_PAGE, REPLAY_PAGE_BYTES
 
 
 class Recovery:
@@ -207,8 +203,8 @@ class Recovery:
     async def _claim(self, state: RecoveryState, new_gen: str) -> tuple[bool, list[list[Outgoing]]]:
         """Claim the client's previous session; its frames after the client's offset, or nothing.
 
-        Read and rendered a page at a time (``CLAIM_PAGE``, ``CLAIM_PAGE_BYTES``), a page per loop
-        iteration; nothing is rendered until every page was read (a page that finds its entries
+        Read and rendered a page at a time, as a resume's replay is (``replay.next_page``), a page
+        per loop iteration; nothing is rendered until every page was read (a page that finds its entries
         gone makes a normal connect: the replay is whole or not sent)."""
         claim, runtime, conn = state.claim, self.runtime, self.conn
         assert claim is not None
@@ -245,7 +241,7 @@ class Recovery:
                     claim.after,
                     force,
                     REPLAY_FIRST_PAGE,
-                    CLAIM_PAGE_BYTES,
+                    REPLAY_PAGE_BYTES,
                 )
                 if read.status != "wait":
                     break
@@ -269,10 +265,8 @@ class Recovery:
                     claim.gen,
                     before[-1][0],
                     True,
-                    # as many entries as the bytes hold by the sizes of the page before (the log
-                    # bounds the bytes, but Redis reads the entries it is asked for)
-                    max(1, min(CLAIM_PAGE, CLAIM_PAGE_BYTES * len(before) // max(1, size))),
-                    CLAIM_PAGE_BYTES,
+                    next_page(len(before), size),
+                    REPLAY_PAGE_BYTES,
                     read.last,  # a following page of the read: it ends where the read did
                 )
                 if page.status != "ok" or not page.frames:

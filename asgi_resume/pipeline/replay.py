@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, assert_never
 
 from asgi_resume.log import LogUnavailable, ReplayResult, StreamKey
+from asgi_resume.log.base import payload_size
 from asgi_resume.pipeline import resume
 from asgi_resume.pipeline.connection import Connection
 from asgi_resume.pipeline.resume import ResumeRequest
@@ -111,7 +112,9 @@ async def answer(runtime: Runtime, conn: Connection, request: ResumeRequest, del
         building += time.perf_counter() - started
         # one page per loop iteration, of all replays going on; a page of large frames (one
         # entry may be megabytes) counts as the pages its bytes would make
-        await runtime.replay_turns.take(1 + _payload_bytes(page) // REPLAY_PAGE_BYTES)
+        await runtime.replay_turns.take(
+            1 + sum(payload_size(payload) for _, payload in page.frames) // REPLAY_PAGE_BYTES
+        )
         started = time.perf_counter()
         out: list[Outgoing] = []
         size = 0
@@ -137,7 +140,7 @@ async def answer(runtime: Runtime, conn: Connection, request: ResumeRequest, del
             complete = True  # (an empty page: the log had nothing more)
             break
         started = time.perf_counter()
-        limit = max(1, min(REPLAY_PAGE, REPLAY_PAGE_BYTES * len(page.frames) // max(1, size)))
+        limit = next_page(len(page.frames), size)
         following = await _read(runtime, key, sent, epoch, conn.id, limit)
         if following is None:
             failed = True
@@ -170,8 +173,11 @@ async def answer(runtime: Runtime, conn: Connection, request: ResumeRequest, del
     await deliver([reply(body)])
 
 
-def _payload_bytes(page: ReplayResult) -> int:
-    return sum(len(part) for _, payload in page.frames for part in payload)
+def next_page(count: int, size: int) -> int:
+    """How many entries the next page asks the log for, after a page of ``count`` entries of ``size``
+    bytes: as many as ``REPLAY_PAGE_BYTES`` hold at that size, ``REPLAY_PAGE`` at most, one at least
+    (the log stops a page at the bytes, but Redis reads the entries it is asked for)."""
+    return max(1, min(REPLAY_PAGE, REPLAY_PAGE_BYTES * count // max(1, size)))
 
 
 async def _read(
