@@ -20,9 +20,11 @@ and a second request is answered after it, in order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
+from contextlib import AbstractAsyncContextManager
 from typing import assert_never
 
 from asgi_resume.log import StreamKey, StreamLog
@@ -243,15 +245,14 @@ class Outbound:
                     if out:
                         await deliver(out)
                         out = []
-                    principal = conn.principals.get(unit.namespace)
-                    if self._response is not None and unit.error is None and not self._replay_may_start(unit):
-                        unit = dataclasses.replace(unit, error=RESPONSE_FULL, refusal="rate_limited")
-                    if self._response is None and unit.error is None and principal is not None:
+                    in_flight: AbstractAsyncContextManager[None] = contextlib.nullcontext()
+                    if self._response is not None:
+                        if unit.error is None and not self._replay_may_start(unit):
+                            unit = dataclasses.replace(unit, error=RESPONSE_FULL, refusal="rate_limited")
+                    elif unit.error is None and (principal := conn.principals.get(unit.namespace)) is not None:
                         # a user's websocket replays in flight are bounded: past it one waits its turn
-                        async with self.runtime.replays_in_flight.slot(principal):
-                            await self._after_others(unit, units, taken)
-                            await replay.answer(self.runtime, self.conn, unit, deliver)
-                    else:
+                        in_flight = self.runtime.replays_in_flight.slot(principal)
+                    async with in_flight:
                         await self._after_others(unit, units, taken)
                         await replay.answer(self.runtime, self.conn, unit, deliver)
                     key = conn.key_of(unit)
