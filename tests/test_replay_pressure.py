@@ -391,21 +391,28 @@ async def test_requests_queued_behind_a_replay_are_answered_after_it_in_order(ba
         await client.close()
 
 
-async def test_replay_pages_take_turns_one_per_loop_iteration() -> None:
+async def turns_taken(weights: dict[str, int], rounds: int) -> list[tuple[str, int]]:
+    """Each name takes ``rounds`` turns of its weight, all at once: who got each turn, in which
+    event loop iteration."""
     turns, taken, ticks = Turns(), [], 0
 
-    async def replay(name: str) -> None:
-        for _ in range(3):
-            await turns.take()
+    async def replay(name: str, weight: int) -> None:
+        for _ in range(rounds):
+            await turns.take(weight)
             taken.append((name, ticks))
 
     async def ticker() -> None:
         nonlocal ticks
-        while len(taken) < 9:
+        while len(taken) < rounds * len(weights):
             ticks += 1
             await asyncio.sleep(0)
 
-    await asyncio.gather(replay("a"), replay("b"), replay("c"), ticker())
+    await asyncio.gather(*(replay(name, weight) for name, weight in weights.items()), ticker())
+    return taken
+
+
+async def test_replay_pages_take_turns_one_per_loop_iteration() -> None:
+    taken = await turns_taken({"a": 1, "b": 1, "c": 1}, 3)
     assert [name for name, _ in taken] == ["a", "b", "c"] * 3  # first come, first served
     assert len({tick for _, tick in taken}) == 9  # never two in one iteration
 
@@ -414,20 +421,7 @@ async def test_a_turn_worth_several_pages_is_followed_by_as_many_iterations_with
     """Found by attack: a page of one 3 MB frame took a turn like a page of small ones (rendering
     and compressing it is a dozen pages' work), and a user's 16 resumes of such a stream stalled
     another user's live stream +107-124 ms; weighted by their bytes, +15-27 ms."""
-    turns, taken, ticks = Turns(), [], 0
-
-    async def replay(name: str, weight: int) -> None:
-        for _ in range(2):
-            await turns.take(weight)
-            taken.append((name, ticks))
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while len(taken) < 4:
-            ticks += 1
-            await asyncio.sleep(0)
-
-    await asyncio.gather(replay("large", 3), replay("small", 1), ticker())
+    taken = await turns_taken({"large": 3, "small": 1}, 2)
     assert [name for name, _ in taken] == ["large", "small", "large", "small"]
     at = [tick for _, tick in taken]
     assert [b - a for a, b in itertools.pairwise(at)] == [3, 1, 3]  # 2 iterations pass after a turn worth 3
