@@ -10,6 +10,7 @@ import logging
 import time
 from typing import Any
 
+import anyio
 import pytest
 
 from asgi_resume.config import Settings
@@ -17,7 +18,7 @@ from asgi_resume.log import StreamKey
 from asgi_resume.pipeline.connection import Connection
 from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.transport.engineio import EngineIOSessions
-from asgi_resume.transport.holds import Hold, Holds
+from asgi_resume.transport.holds import Hold, Holds, HoldState
 from asgi_resume.transport.websocket import WebSocketConnection
 from tests.support.app import PacedStream, chat_event, content_by_seq, make_app, make_sio, room_of
 from tests.support.logs import watch_logs
@@ -393,6 +394,50 @@ async def test_a_connection_whose_hold_ended_takes_nothing_over() -> None:
     await c._held({"type": "websocket.disconnect", "code": 1006})
     await send(c.outbound, token(3, to="c"))  # queued for C before the app learned it left
     assert runtime.log._streams[StreamKey(ALICE, "/", "", "m")].by == a.conn.id  # (A's hold would see C's)
+
+
+async def test_a_connection_whose_hold_was_refused_takes_nothing_over() -> None:
+    """Found by a run against open-webui (2-4 of 6 runs, memory log, one hold per user): a user's
+    twelve tabs dropped at once; A was held, C's hold was refused. The frames python-engineio still
+    had queued for C went through it as a live connection's just after A's hold began: A's hold read
+    that as a takeover and ended, and what followed reached no log (the resume said gap: false with
+    382-397 of 600 tokens missing). A connection whose client left takes nothing over, held or not."""
+    runtime = Runtime(Settings.load({}, max_holds_per_principal=1))
+    clock = [1000.0]
+    runtime.log.clock = lambda: clock[0]  # type: ignore[attr-defined]  # (memory log: each step its own ms)
+    holds = Holds(runtime.settings, runtime.stats)
+    scope = {"type": "websocket", "path": "/socket.io/", "query_string": b"EIO=4&transport=websocket", "headers": []}
+
+    async def nothing(*args: Any) -> Any:
+        return None
+
+    async def client_left() -> Any:
+        return {"type": "websocket.disconnect", "code": 1006}
+
+    def websocket(sid: str) -> WebSocketConnection:
+        c = WebSocketConnection(nothing, runtime, EngineIOSessions(), holds, scope, client_left, nothing)
+        c.conn.connecting("/", ALICE)
+        c.outbound.feed('40{"sid":"' + sid + '"}')
+        c.accepted = True
+        return c
+
+    a, c = websocket("a"), websocket("c")
+    await send(a.outbound, token(1))
+    await send(c.outbound, token(1))
+    clock[0] += 1
+    assert a.hold.start(runtime.log.now_ms(), "a")  # A's client left: held (see WebSocketConnection._start_hold)
+    a.outbound.held = True
+    async with anyio.create_task_group() as tg:
+        c._tg = tg
+        assert (await c._receive())["type"] == "websocket.disconnect"  # C's client left: no room for its hold
+    assert c.hold.state is HoldState.NOT_HELD
+    assert runtime.stats.holds_refused == 1
+    clock[0] += 1
+    await send(c.outbound, token(2, to="c"))  # queued for C before the app learned it left
+    clock[0] += 1
+    await send(a.outbound, token(2))
+    settings = runtime.settings
+    assert not a.conn.taken_over(a.hold._started_ms, settings.hold_idle, settings.hold_grace)
 
 
 async def test_a_connection_without_a_principal_is_never_held(backend: dict[str, Any]) -> None:

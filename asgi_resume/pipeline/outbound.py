@@ -78,7 +78,7 @@ class Outbound:
 
     @property
     def held(self) -> bool:
-        """Its client left and the connection is held: it takes no stream over."""
+        """Its client left (the connection is held, or told the app it left): it takes no stream over."""
         return self.streams.held
 
     @held.setter

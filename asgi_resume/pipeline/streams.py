@@ -42,7 +42,7 @@ class StreamWriter:
 
     @property
     def held(self) -> bool:
-        """Its client left and the connection is held: it takes no stream over."""
+        """Its client left (the connection is held, or told the app it left): it takes no stream over."""
         return self._held
 
     @held.setter

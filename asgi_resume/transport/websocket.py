@@ -331,11 +331,14 @@ class WebSocketConnection:
             # an upgrade probe the client never switched to: its session goes on by long-polling
             # (holding it would keep python-engineio "upgrading", answering every GET with a NOOP)
             return False
-        if self._tg is None or not self.accepted or not self.hold.start(self.runtime.log.now_ms(), self.eio.sid):
-            return False
+        held = self._tg is not None and self.accepted and self.hold.start(self.runtime.log.now_ms(), self.eio.sid)
+        # held or not, its client is gone: what python-engineio still has queued for it takes no
+        # stream over from another tab's hold (a refused tab's did, ending the hold of the tab that
+        # was held: found by a run against open-webui)
         self.outbound.held = True
-        self._tg.start_soon(self._held, disconnect)
-        return True
+        if held and self._tg is not None:
+            self._tg.start_soon(self._held, disconnect)
+        return held
 
     async def _held(self, disconnect: Message) -> None:
         try:
