@@ -20,7 +20,7 @@ from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.transport.engineio import EngineIOSessions
 from asgi_resume.transport.holds import Hold, Holds, HoldState
 from asgi_resume.transport.websocket import WebSocketConnection
-from tests.support.app import PacedStream, chat_event, content_by_seq, make_app, make_sio, room_of
+from tests.support.app import PacedStream, chat_event, content_by_seq, faults, make_app, make_sio, room_of
 from tests.support.logs import watch_logs
 from tests.support.raw import RawClient
 from tests.support.server import serve
@@ -438,6 +438,28 @@ async def test_a_connection_whose_hold_was_refused_takes_nothing_over() -> None:
     await send(a.outbound, token(2))
     settings = runtime.settings
     assert not a.conn.taken_over(a.hold._started_ms, settings.hold_idle, settings.hold_grace)
+
+
+async def test_a_users_tabs_dropped_at_once_past_the_hold_limit_leave_the_held_one_logging(
+    backend: dict[str, Any],
+) -> None:
+    """Eight tabs of alice drop at once with one hold per user: one is held, the others are
+    refused; what they still had queued must not end the hold (see the test above)."""
+    sio = make_sio()
+    app = make_app(sio, **backend, max_holds_per_principal=1, hold_grace=0.2)
+    stream = PacedStream(sio, "alice", "answer", 600, pace=0.0005)
+    async with serve(app) as url:
+        tabs = [await RawClient(url, auth={"token": "alice"}).connect() for _ in range(12)]
+        emitter = asyncio.create_task(stream.run())
+        for t in tabs:
+            await t.wait_seqs("answer", 20)
+        await asyncio.gather(*(t.kill() for t in tabs))
+        gone_at = stream.sent
+        await stream.wait_sent(gone_at + 60)  # nobody is connected meanwhile
+        stats = app.runtime.stats
+        assert stats.holds_active == 1, faults(app)  # the held tab still holds
+        victim = max(tabs, key=lambda t: max(content_by_seq(t.events())))
+        await reload_and_resume(url, victim, stream, emitter)
 
 
 async def test_a_connection_without_a_principal_is_never_held(backend: dict[str, Any]) -> None:

@@ -271,7 +271,9 @@ class MemoryLog:
             seqs.append(seq)
         if request.entries:
             self._touched(request.key)
-        others = state.touch(request.connection, now, held=request.held)
+        # (when the app sent its last frame, not now: what a hold compares with when it began)
+        entries = request.entries
+        others = state.touch(request.connection, entries[-1].received_ms if entries else now, held=request.held)
         if state.done and not was_done:
             state.expires_at = now + limits.done_ttl_ms
         elif not state.done:

@@ -247,7 +247,7 @@ class WebSocketConnection:
         try:
             await self.send(message)
         except Exception:  # noqa: BLE001 - the client is gone; the app learns it from receive()
-            self.client_gone = True
+            self._client_left()
         finally:
             stall.sending = False
 
@@ -301,7 +301,7 @@ class WebSocketConnection:
                     await asyncio.sleep(0)
                     continue
             elif message["type"] == "websocket.disconnect":
-                self.client_gone = True
+                self._client_left()
                 if self._start_hold(message):
                     return await self._from_hold.receive()
             return message
@@ -321,6 +321,15 @@ class WebSocketConnection:
 
     # -- the hold ------------------------------------------------------------------------
 
+    def _client_left(self) -> None:
+        """A send failed, or the client's disconnect came. From now on what python-engineio still
+        has queued for it takes no stream over from another tab's hold, whether this connection is
+        held or not: a refused tab's did, and ended the hold of the user's tab that was held (found
+        by a run against open-webui). (An upgrade probe's session goes on by long-polling.)"""
+        self.client_gone = True
+        if not self.probe.active:
+            self.outbound.held = True
+
     def _start_hold(self, disconnect: Message) -> bool:
         if disconnect.get("code") == SERVER_GOING_AWAY:
             # uvicorn closes open websockets with 1012 when it shuts down, and then waits for every
@@ -331,14 +340,10 @@ class WebSocketConnection:
             # an upgrade probe the client never switched to: its session goes on by long-polling
             # (holding it would keep python-engineio "upgrading", answering every GET with a NOOP)
             return False
-        held = self._tg is not None and self.accepted and self.hold.start(self.runtime.log.now_ms(), self.eio.sid)
-        # held or not, its client is gone: what python-engineio still has queued for it takes no
-        # stream over from another tab's hold (a refused tab's did, ending the hold of the tab that
-        # was held: found by a run against open-webui)
-        self.outbound.held = True
-        if held and self._tg is not None:
-            self._tg.start_soon(self._held, disconnect)
-        return held
+        if self._tg is None or not self.accepted or not self.hold.start(self.runtime.log.now_ms(), self.eio.sid):
+            return False
+        self._tg.start_soon(self._held, disconnect)  # (it takes nothing over: see _client_left)
+        return True
 
     async def _held(self, disconnect: Message) -> None:
         try:

@@ -172,15 +172,17 @@ for i = 1, #frames, 4 do
   end
 end
 
--- who touched this key: the last live connection, and the last other one before it
+-- who touched this key: the last live connection, and the last other one before it; when: when
+-- the app sent its last frame (what a hold compares with when it began), not when Redis ran this
 local by, at, by2, at2 = state[5], state[6], state[7], state[8]
+local used = #frames > 0 and frames[#frames - 1] or now
 redis.call('HSET', meta, 'epoch', epoch, 'seq', last, 'done', done and '1' or '0')
 if after_break then redis.call('HSET', meta, 'broke', 1) end
 if held then
   if by and by ~= conn then out[2] = tonumber(at) elseif by2 then out[2] = tonumber(at2) end
 else
   if by and by ~= conn then by2, at2 = by, at end
-  redis.call('HSET', meta, 'by', conn, 'at', now, 'w', conn)
+  redis.call('HSET', meta, 'by', conn, 'at', used, 'w', conn)
   if by2 then
     redis.call('HSET', meta, 'by2', by2, 'at2', at2)
     out[2] = tonumber(at2)
