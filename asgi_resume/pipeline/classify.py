@@ -96,17 +96,22 @@ class Classifier:
     def _stamping(self, frame: str) -> Stamping | None:
         """How to stamp ``frame`` and its content's digest: shared by its copies (an emit to a room
         sends N equal frames)."""
-        cache = self.runtime.stamping_cache
-        if frame in cache:
+        runtime = self.runtime
+        cache = runtime.stamping_cache
+        if len(frame) > STAMPING_CACHE_CHARS:  # (compared, not hashed: a copy is a str of its own)
+            large = runtime.large_stamping
+            if large is not None and large[0] == frame:
+                return large[1]
+        elif frame in cache:
             return cache[frame]
-        classified = self.runtime.rules.classify(frame)
+        classified = runtime.rules.classify(frame)
         template = protocol.stamp_template(frame, classified.packet, RESERVED) if classified is not None else None
         found = None
         if classified is not None and template is not None:
             found = Stamping(classified, template, template_digest(template))
-        if classified is not None and len(frame) <= STAMPING_CACHE_CHARS:  # (frames without a stream id
-            # are cheap to classify again; one larger than the whole cache is classified per copy)
-            runtime = self.runtime
+        if classified is not None and len(frame) > STAMPING_CACHE_CHARS:
+            runtime.large_stamping = (frame, found)  # (kept apart: it would empty the cache)
+        elif classified is not None:  # (frames without a stream id are cheap to classify again)
             chars = runtime.stamping_cache_chars + len(frame)
             while len(cache) >= STAMPING_CACHE_SIZE or chars > STAMPING_CACHE_CHARS:
                 oldest = next(iter(cache))

@@ -87,6 +87,9 @@ class Runtime:
         #: frame -> how to stamp it (see Classifier._stamping): shared by the copies of an emit
         self.stamping_cache: dict[str, Stamping | None] = {}
         self.stamping_cache_chars = 0  # the length of the frames it keeps
+        #: the last stream frame too large for it, and how to stamp it: the tabs of a user it is
+        #: sent to do not each classify its megabytes (it stays alive until the next such frame)
+        self.large_stamping: tuple[str, Stamping | None] | None = None
         self.closing = False  # the server is going down
         self.repairs = Repairs(self.guard, self.stats)  # streams the log missed frames of, until repaired
         self.closes = Closes(self.guard, self.stats, settings.recovery_window)  # sessions left on purpose

@@ -53,7 +53,10 @@ def render(payload: Payload, seq: int, epoch: str) -> list[str | bytes] | None:
 
 
 def _hash(template: protocol.StampTemplate) -> hashlib.blake2b:
-    return hashlib.blake2b((template.head + "\x00" + template.tail).encode(), digest_size=12)
+    found = hashlib.blake2b(template.head.encode(), digest_size=12)
+    found.update(b"\x00")
+    found.update(template.tail.encode())  # (no copy of head and tail together: a frame may be megabytes)
+    return found
 
 
 def template_digest(template: protocol.StampTemplate) -> str:

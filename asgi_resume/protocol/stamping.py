@@ -73,18 +73,18 @@ def stamp_template(frame: str, packet: Packet, reserved: tuple[str, ...]) -> Sta
     if frame[ack_at:offset] != ack_digits:
         return None
     prefix = frame[:ack_at]
-    body = frame[offset:]
+    body, at = frame, offset  # the payload is body[at:] (not copied: a frame may be megabytes)
     if reserved and (reserved[0] in obj or (len(reserved) > 1 and any(key in obj for key in reserved[1:]))):
         obj = {k: v for k, v in obj.items() if k not in reserved}
-        body = json.dumps([packet.data[0], obj, *packet.data[2:]], separators=(",", ":"))
+        body, at = json.dumps([packet.data[0], obj, *packet.data[2:]], separators=(",", ":")), 0
     compact = _event_prefix(packet.data[0])
-    start = len(compact) - 1 if body.startswith(compact) else _first_arg_start(body, 0)
+    start = at + len(compact) - 1 if body.startswith(compact, at) else _first_arg_start(body, at)
     if start is None:
         return None
     tail = body[start + 1 :]
     if obj:
         tail = "," + tail
-    return StampTemplate(prefix + body[: start + 1], tail, ack_digits, ack_at)
+    return StampTemplate(prefix + body[at : start + 1], tail, ack_digits, ack_at)
 
 
 def with_last_arg(frame: str, value: str) -> str:
