@@ -102,16 +102,21 @@ def _nonempty(raw: str) -> str:
 MAX_COUNT = 10_000_000
 #: durations are used in milliseconds (Redis's PEXPIRE, timers): from 1 ms to about 115 days
 MIN_SECONDS, MAX_SECONDS = 0.001, 10_000_000.0
+MAX_BYTES = 1 << 31
 
 
-def _positive_int(raw: str) -> int:
+def _positive_int(raw: str, most: int = MAX_COUNT) -> int:
     try:
         value = int(raw)
     except ValueError:
         raise ValueError("must be a positive integer") from None
-    if not 0 < value <= MAX_COUNT:
-        raise ValueError(f"must be a positive integer up to {MAX_COUNT:,}")
+    if not 0 < value <= most:
+        raise ValueError(f"must be a positive integer up to {most:,}")
     return value
+
+
+def _byte_count(raw: str) -> int:
+    return _positive_int(raw, MAX_BYTES)
 
 
 def _seconds(raw: str) -> float:
@@ -194,6 +199,12 @@ OPTIONS: tuple[Option, ...] = (
         _positive_int,
         "streams the memory log keeps (a tenth per user); the least lately used go first",
     ),
+    Option(
+        "max_frame_bytes",
+        "1048576",
+        _byte_count,
+        "largest stream frame logged; a larger one goes out unstamped and its stream starts a new epoch",
+    ),
     Option("ttl", "3600", _seconds, "seconds a stream's log lives after its last frame"),
     Option("done_ttl", "30", _seconds, "seconds a stream's log lives once the stream is done"),
     Option("key_prefix", "asgi_resume", _key_prefix, "prefix of every Redis key"),
@@ -245,6 +256,7 @@ class Settings:
     resume_event: str
     maxlen: int
     max_streams: int
+    max_frame_bytes: int
     ttl: float
     done_ttl: float
     key_prefix: str

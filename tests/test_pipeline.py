@@ -190,7 +190,7 @@ async def test_a_log_that_just_failed_is_not_waited_for() -> None:
 
 
 async def test_a_copy_of_an_entry_logged_here_is_stamped_without_a_log_call() -> None:
-    rt = runtime()
+    rt = runtime(max_frame_bytes=2 * LARGE_FRAME_CHARS)  # (logged: the default would send it unstamped)
     tabs = [tab(rt) for _ in range(3)]
     for outbound in tabs:
         await outbound.flush()  # (the CONNECT replies)
@@ -446,7 +446,7 @@ async def test_the_stamping_cache_keeps_a_few_mib_of_frames_whatever_their_size(
     kept the last 256 whatever their size: 300 events of 256 KB held +197 MiB against +7 MiB bare
     until newer frames pushed them out. It keeps ``STAMPING_CACHE_CHARS`` of frames at most, and
     copies of a frame it kept are still stamped alike."""
-    rt = runtime()
+    rt = runtime(max_frame_bytes=STAMPING_CACHE_CHARS * 2)
     alice, other_tab = tab(rt), tab(rt)
     big = "x" * (256 << 10)
     for i in range(1, 41):
@@ -468,7 +468,7 @@ LARGE_FRAME_CHARS, MAX_LARGE_FRAME_CPU_S = 16_000_000, 0.3
 
 
 async def test_a_large_stream_frame_costs_a_few_passes_over_its_text_whatever_its_copies() -> None:
-    rt = runtime()
+    rt = runtime(max_frame_bytes=2 * LARGE_FRAME_CHARS)  # (logged: the default would send it unstamped)
     tabs = [tab(rt) for _ in range(3)]
     for t in tabs:
         await send(t, token(1))
@@ -480,3 +480,23 @@ async def test_a_large_stream_frame_costs_a_few_passes_over_its_text_whatever_it
     assert [s[0]["seq"] for s in sent] == [2, 2, 2]
     assert all(s[0]["content"] == content for s in sent)
     assert spent < MAX_LARGE_FRAME_CPU_S, f"{spent * 1000:.0f} ms of CPU for one 16 MB frame to 3 tabs"
+
+
+async def test_a_frame_over_max_frame_bytes_goes_out_unstamped_and_its_stream_starts_anew() -> None:
+    """Found by attack: one stream event of 32 MB made one Redis append that outlasted the write
+    timeout, which opened the breaker: every user's frames went out unstamped for a second. A frame
+    over ASGI_RESUME_MAX_FRAME_BYTES is not logged; the frames of its stream in the same batch go
+    out unstamped with it, and the stream goes on in a new epoch, so a resume from before it learns
+    of the hole (gap: true) rather than missing it silently."""
+    rt = Runtime(Settings.load({}, max_frame_bytes=1000))
+    alice = tab(rt)
+    first = events(await send(alice, token(1)))[0]
+    big = token(3, content="x" * 1000)
+    sent = events(await send(alice, token(2), big, token(4)))
+    assert [e.get("seq") for e in sent] == [None, None, None]  # (the whole batch of that stream)
+    assert sent[1]["content"] == "x" * 1000
+    after = events(await send(alice, token(5)))[0]
+    assert after["epoch"] != first["epoch"]
+    assert (rt.stats.frames_too_large, rt.stats.frames_unstamped) == (3, 3)
+    replay = await rt.log.replay(StreamKey(ALICE, "/", "", "m"), 1, first["epoch"], "other")
+    assert replay.gap

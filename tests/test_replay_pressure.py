@@ -446,7 +446,7 @@ async def test_the_first_page_of_large_frames_holds_about_a_pages_bytes_too() ->
     a user's 16 resumes of her stream of 3 MB frames rendered 30 MB per page, and another user's
     live stream stalled 1.1-1.6 s (on Redis, his appends timed out behind those reads). The log
     stops every page, the first too, once it reaches ``REPLAY_PAGE_BYTES``."""
-    pipeline = Pipeline()
+    pipeline = Pipeline(max_frame_bytes=4 << 20)  # (frames over 1 MiB are not logged by default)
     await pipeline.emit(1, 10, content="x" * (1 << 20))
     pipeline.reader.feed(resume_request(1))
     await pipeline.reader.send(pipeline.deliver)

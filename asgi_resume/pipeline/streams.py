@@ -39,6 +39,7 @@ class StreamWriter:
         self._waiting_repairs = runtime.repairs.waiting  # (the same dict for the process's life: hot)
         self._held = False
         self._lookback_ms = SHARED_LOOKBACK_MS if runtime.log.shared else 0  # (one process: no fan-out lag)
+        self._max_frame = runtime.settings.max_frame_bytes
 
     @property
     def held(self) -> bool:
@@ -72,6 +73,7 @@ class StreamWriter:
                 return
         pending: dict[StreamKey, list[EventUnit]] = {}
         saw = conn.saw
+        max_frame, too_large = self._max_frame, None
         for unit in units:
             key = unit.stream
             assert key is not None
@@ -81,6 +83,17 @@ class StreamWriter:
             else:
                 group.append(unit)
             saw(key, unit.done)
+            if len(unit.raw) > max_frame or (unit.attachments and unit.size() > max_frame):
+                too_large = too_large or set()
+                too_large.add(key)
+        if too_large:
+            # a frame over ASGI_RESUME_MAX_FRAME_BYTES is not logged (one append of 32 MB outlasted
+            # the write timeout on Redis and opened the breaker for every stream: found by attack):
+            # its stream's frames in this batch go out unstamped, and the stream starts a new epoch
+            stats.frames_too_large += sum(len(pending[key]) for key in too_large)
+            self._unlogged({key: pending.pop(key) for key in too_large})
+            if not pending:
+                return
         runtime = self.runtime
         guard = runtime.guard
         synchronous = self.log.synchronous

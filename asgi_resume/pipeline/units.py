@@ -86,6 +86,10 @@ class EventUnit:
     emitted: str | None = None  # the app's frame object, when its copies are that same object (websockets)
     _digest: str = ""
 
+    def size(self) -> int:
+        """About its bytes: the frame's characters and its attachments' bytes."""
+        return len(self.raw) + sum(len(attachment) for attachment in self.attachments)
+
     @property
     def complete(self) -> bool:
         return len(self.attachments) >= self.expected_attachments
