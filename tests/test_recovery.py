@@ -33,6 +33,7 @@ from asgi_resume.pipeline.connection import Connection
 from asgi_resume.pipeline.held_frames import HeldFrames
 from asgi_resume.pipeline.recovery_replay import duplicate, replay_frames
 from asgi_resume.pipeline.recovery_state import RecoveryState
+from asgi_resume.pipeline.replay import REPLAY_PAGE_BYTES
 from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.pipeline.units import EventUnit
 from asgi_resume.protocol.recovery import UNLOGGED_OFFSET
@@ -998,3 +999,41 @@ async def test_a_large_session_is_recovered_a_page_at_a_time_stalling_nobody(
         assert bob.seqs("b") == list(range(1, sent + 1)), measured
         assert (stats.frames_unstamped, stats.log_failures) == (0, 0), measured
         await bob.close()
+
+
+async def test_a_claims_pages_of_large_events_take_the_turns_their_bytes_make() -> None:
+    """A replay's page of large frames takes as many turns as its bytes make, so other users'
+    replays go on between (9893569); a recovery claim's pages took one turn each whatever their
+    bytes (found by review). Both now count a page's turns alike (``replay.page_turns``)."""
+    sio = make_sio()
+    app = make_app(sio, recovery=True)
+    turns = app.runtime.replay_turns
+    taken: list[int] = []
+    take = turns.take
+
+    async def counted(weight: int = 1) -> None:
+        taken.append(weight)
+        await take(weight)
+
+    turns.take = counted  # type: ignore[method-assign]
+    events, size = 4, 1 << 20  # a page each (a page stops at REPLAY_PAGE_BYTES, one entry past)
+
+    def is_blob(frame: str | bytes) -> bool:
+        return isinstance(frame, str) and frame.startswith('42["blob"')
+
+    async with serve(app) as url:
+        first = await RawClient(url, auth={"token": "mallory"}).connect()
+        pid = json.loads(next(f for f in first.frames if isinstance(f, str) and f.startswith("40{"))[2:])["pid"]
+        for i in range(events + 1):
+            await sio.emit("blob", {"i": i, "data": "x" * size}, room=room_of("mallory"))
+        await first.wait_count(is_blob, events + 1, timeout=30)
+        offset = json.loads(next(f for f in first.frames if is_blob(f))[2:])[-1]  # (of the first event)
+        await first.kill()
+        second = await RawClient(url, auth={"token": "mallory", "pid": pid, "offset": offset}).connect()
+        await second.wait_count(is_blob, events, timeout=30)
+        reply = json.loads(next(f for f in second.frames if isinstance(f, str) and f.startswith("40{"))[2:])
+        assert reply["pid"] == pid  # recovered
+        assert [json.loads(f[2:])[1]["i"] for f in second.frames if is_blob(f)] == list(range(1, events + 1))
+        # pages after the first, rendered then sent: each takes 1 + its bytes / REPLAY_PAGE_BYTES turns
+        assert taken.count(1 + size // REPLAY_PAGE_BYTES) >= 2 * (events - 1), taken
+        await second.close()

@@ -28,7 +28,7 @@ from asgi_resume.pipeline.connection import Connection
 from asgi_resume.pipeline.recovery_notes import RecoveryNotes
 from asgi_resume.pipeline.recovery_replay import duplicate, replay_frames
 from asgi_resume.pipeline.recovery_state import RecoveryState
-from asgi_resume.pipeline.replay import REPLAY_FIRST_PAGE, REPLAY_PAGE_BYTES, Deliver, next_page
+from asgi_resume.pipeline.replay import REPLAY_FIRST_PAGE, REPLAY_PAGE_BYTES, Deliver, next_page, page_turns
 from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.pipeline.units import EventUnit, Outgoing
 from asgi_resume.protocol.recovery import PID_FIELD, UNLOGGED_OFFSET, new_pid, offset
@@ -181,7 +181,8 @@ class Recovery:
         await self.log(waited, flushed_ms, create=state)
         for i, page in enumerate(replay):
             if i:
-                await self.runtime.replay_turns.take()
+                size = sum(len(part) for part in page if isinstance(part, str | bytes))
+                await self.runtime.replay_turns.take(page_turns(size))
             if not await deliver(page):
                 break  # the client is gone
         out: list[Outgoing] = []
@@ -291,8 +292,8 @@ class Recovery:
         objects = runtime.held_frames.take(claim.pid, claim.gen)  # (when the previous connection is held here)
         rendered = []
         for i, entries in enumerate(pages):
-            if i:
-                await runtime.replay_turns.take()  # rendered a page per loop iteration too
+            if i:  # rendered a page per loop iteration too
+                await runtime.replay_turns.take(page_turns(sum(payload_size(payload) for _, _, payload in entries)))
             rendered.append(replay_frames(runtime, conn, state, claim.gen, entries, objects))
         return True, rendered
 

@@ -110,11 +110,8 @@ async def answer(runtime: Runtime, conn: Connection, request: ResumeRequest, del
     complete = failed = False
     while True:
         building += time.perf_counter() - started
-        # one page per loop iteration, of all replays going on; a page of large frames (one
-        # entry may be megabytes) counts as the pages its bytes would make
-        await runtime.replay_turns.take(
-            1 + sum(payload_size(payload) for _, payload in page.frames) // REPLAY_PAGE_BYTES
-        )
+        # one page per loop iteration, of all replays going on
+        await runtime.replay_turns.take(page_turns(sum(payload_size(payload) for _, payload in page.frames)))
         started = time.perf_counter()
         out: list[Outgoing] = []
         size = 0
@@ -171,6 +168,12 @@ async def answer(runtime: Runtime, conn: Connection, request: ResumeRequest, del
         "gap": gap,
     }
     await deliver([reply(body)])
+
+
+def page_turns(size: int) -> int:
+    """The turns a page of ``size`` bytes takes (replays and recovery claims alike): a page of large
+    frames (one entry may be megabytes) counts as the pages its bytes would make."""
+    return 1 + size // REPLAY_PAGE_BYTES
 
 
 def next_page(count: int, size: int) -> int:
