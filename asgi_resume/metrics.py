@@ -43,7 +43,7 @@ class StatsCollector:
         yield counter("frames_stamped_known", "Copies stamped from entries this process knew, no log call", known)
         yield counter("frames_unstamped", "Stream frames sent unstamped because the log failed", stats.frames_unstamped)
         large = stats.frames_too_large
-        yield counter("frames_too_large", "Of those, frames of a batch with one over max_frame_bytes", large)
+        yield counter("frames_too_large", "Frames not logged: over max_frame_bytes, or batched with one", large)
         yield counter("frames_unmatched", "Frames sent unstamped: logged out of order", stats.frames_unmatched)
         passed = stats.frames_passed_over
         yield counter("frames_passed_over", "Frames sent unstamped: another tab logged newer ones first", passed)

@@ -60,6 +60,7 @@ class ResumeMiddleware:
         resume_event: Text = None,
         maxlen: int | None = None,
         max_streams: int | None = None,
+        max_frame_bytes: int | None = None,
         ttl: Seconds = None,
         done_ttl: Seconds = None,
         key_prefix: Text = None,

@@ -44,7 +44,7 @@ class Stats:
     order_waits_timed_out: int = 0  # batches logged before frames fed earlier on another connection
     frames_unmatched: int = 0  # sent unstamped: their copy was logged before frames this connection got earlier
     frames_unstamped: int = 0  # stream frames sent without seq because the log failed
-    frames_too_large: int = 0  # of those, frames of a batch with a frame over max_frame_bytes
+    frames_too_large: int = 0  # frames not logged for a frame over max_frame_bytes (see streams, recovery)
     #: of those: another tab here logged newer frames without them (its wait for them ended)
     frames_passed_over: int = 0
     log_failures: int = 0

@@ -949,7 +949,7 @@ async def test_a_large_session_is_recovered_a_page_at_a_time_stalling_nobody(
     sio = make_sio()
     # (a loaded machine can make one Redis write pass the default 0.25 s: bob's frame would go out
     # unstamped for that, not for the claim)
-    app = make_app(sio, recovery=True, write_timeout=1.0, **settings)
+    app = make_app(sio, recovery=True, write_timeout=1.0, max_frame_bytes=2 * LARGE_EVENT_BYTES, **settings)
     stats = app.runtime.stats
 
     def is_blob(frame: str | bytes) -> bool:
@@ -1006,7 +1006,7 @@ async def test_a_claims_pages_of_large_events_take_the_turns_their_bytes_make() 
     replays go on between (9893569); a recovery claim's pages took one turn each whatever their
     bytes (found by review). Both now count a page's turns alike (``replay.page_turns``)."""
     sio = make_sio()
-    app = make_app(sio, recovery=True)
+    app = make_app(sio, recovery=True, max_frame_bytes=4 << 20)  # (logged: 1 MiB events are past the default)
     turns = app.runtime.replay_turns
     taken: list[int] = []
     take = turns.take
@@ -1036,4 +1036,35 @@ async def test_a_claims_pages_of_large_events_take_the_turns_their_bytes_make() 
         assert [json.loads(f[2:])[1]["i"] for f in second.frames if is_blob(f)] == list(range(1, events + 1))
         # pages after the first, rendered then sent: each takes 1 + its bytes / REPLAY_PAGE_BYTES turns
         assert taken.count(1 + size // REPLAY_PAGE_BYTES) >= 2 * (events - 1), taken
+        await second.close()
+
+
+async def test_an_event_over_max_frame_bytes_is_not_logged_and_its_session_is_never_recovered(
+    backend: dict[str, Any],
+) -> None:
+    """An event over ASGI_RESUME_MAX_FRAME_BYTES goes to the client but not to its session in the
+    log (one append of 32 MB outlasted the write timeout on Redis, which opened the breaker for
+    every stream of the process): the session has a hole, so a claim from before it gets a normal
+    connect rather than a recovery without it."""
+    sio = make_sio()
+    app = make_app(sio, **backend, recovery=True, max_frame_bytes=10_000)
+
+    def is_blob(frame: str | bytes) -> bool:
+        return isinstance(frame, str) and frame.startswith('42["blob"')
+
+    async with serve(app) as url:
+        first = await RawClient(url, auth={"token": "mallory"}).connect()
+        pid = json.loads(next(f for f in first.frames if isinstance(f, str) and f.startswith("40{"))[2:])["pid"]
+        for i, size in enumerate([10, 20_000, 10]):
+            await sio.emit("blob", {"i": i, "data": "x" * size}, room=room_of("mallory"))
+        await first.wait_count(is_blob, 3)
+        blobs = [json.loads(f[2:]) for f in first.frames if is_blob(f)]
+        assert blobs[1][1]["data"] == "x" * 20_000  # (it went out)
+        await first.kill()
+        second = await RawClient(url, auth={"token": "mallory", "pid": pid, "offset": blobs[0][-1]}).connect()
+        reply = json.loads(next(f for f in second.frames if isinstance(f, str) and f.startswith("40{"))[2:])
+        assert reply["pid"] != pid  # not recovered
+        assert not [f for f in second.frames if is_blob(f)]
+        stats = app.runtime.stats
+        assert (stats.frames_too_large, stats.log_failures) == (1, 0)
         await second.close()

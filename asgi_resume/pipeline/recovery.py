@@ -45,6 +45,7 @@ class Recovery:
         self.runtime = runtime
         self.conn = conn
         self.notes = RecoveryNotes(runtime, conn)  # what it tells its sessions about itself
+        self._max_frame = runtime.settings.max_frame_bytes
 
     @property
     def states(self) -> dict[str, RecoveryState]:
@@ -95,8 +96,17 @@ class Recovery:
             if not state.logging:
                 unit.offset = UNLOGGED_OFFSET
                 continue
+            if unit.size() > self._max_frame:
+                # not logged (one append of 32 MB can outlast the write timeout on Redis, which opens
+                # the breaker for everyone): the session has a hole, and is never recovered
+                unit.offset = UNLOGGED_OFFSET
+                state.loss_untold = True
+                self.runtime.stats.frames_too_large += 1
+                continue
             groups.setdefault(unit.namespace, (state, []))[1].append(unit)
         if not groups:
+            if any(state.loss_untold for state in self.states.values()):
+                await self.notes.tell_losses()
             return
         conn = self.conn
         # on long-polling what the app sends waits for the client's GET; on a websocket whose client
