@@ -16,6 +16,7 @@ import pytest
 from asgi_resume.config import Settings
 from asgi_resume.log import StreamKey
 from asgi_resume.pipeline.connection import Connection
+from asgi_resume.pipeline.resume import ResumeRequest
 from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.transport.engineio import EngineIOSessions
 from asgi_resume.transport.holds import Hold, Holds, HoldState
@@ -26,6 +27,8 @@ from tests.support.raw import RawClient
 from tests.support.server import serve
 from tests.support.waits import until
 from tests.test_pipeline import ALICE, send, tab, token
+
+KEY = StreamKey(ALICE, "/", "", "m")
 
 pytestmark = pytest.mark.anyio
 FAST = {"hold_grace": 0.2}
@@ -396,48 +399,104 @@ async def test_a_connection_whose_hold_ended_takes_nothing_over() -> None:
     assert runtime.log._streams[StreamKey(ALICE, "/", "", "m")].by == a.conn.id  # (A's hold would see C's)
 
 
+class DroppedTogether:
+    """Two tabs of alice, A and C, that both got frame 1 and then dropped at once with one hold per
+    user: A is held, C's hold is refused. Each step runs in a millisecond of its own (``tick``)."""
+
+    def __init__(self, **settings: Any) -> None:
+        self.runtime = runtime = Runtime(Settings.load({}, max_holds_per_principal=1, **settings))
+        self.clock = 1000.0
+        runtime.log.clock = lambda: self.clock  # type: ignore[attr-defined]  # (the memory log's)
+        self.holds = Holds(runtime.settings, runtime.stats)
+        self.a, self.c = self._websocket("a"), self._websocket("c")
+
+    def _websocket(self, sid: str) -> WebSocketConnection:
+        scope = {
+            "type": "websocket",
+            "path": "/socket.io/",
+            "query_string": b"EIO=4&transport=websocket",
+            "headers": [],
+        }
+
+        async def nothing(*args: Any) -> Any:
+            return None
+
+        async def client_left() -> Any:
+            return {"type": "websocket.disconnect", "code": 1006}
+
+        c = WebSocketConnection(nothing, self.runtime, EngineIOSessions(), self.holds, scope, client_left, nothing)
+        c.conn.connecting("/", ALICE)
+        c.outbound.feed('40{"sid":"' + sid + '"}')
+        c.accepted = True
+        return c
+
+    def tick(self) -> None:
+        self.clock += 1
+
+    async def drop(self) -> None:
+        a, c = self.a, self.c
+        await send(a.outbound, token(1))
+        await send(c.outbound, token(1))
+        self.tick()
+        assert a.hold.start(self.runtime.log.now_ms(), "a")  # (see WebSocketConnection._start_hold)
+        a.outbound.held = True
+        async with anyio.create_task_group() as tg:
+            c._tg = tg
+            assert (await c._receive())["type"] == "websocket.disconnect"  # no room for its hold
+        assert c.hold.state is HoldState.NOT_HELD
+        assert self.runtime.stats.holds_refused == 1
+        self.tick()
+
+    def a_taken_over(self) -> bool:
+        settings = self.runtime.settings
+        return self.a.conn.taken_over(self.a.hold._started_ms, settings.hold_idle, settings.hold_grace)
+
+
 async def test_a_connection_whose_hold_was_refused_takes_nothing_over() -> None:
     """Found by a run against open-webui (2-4 of 6 runs, memory log, one hold per user): a user's
     twelve tabs dropped at once; A was held, C's hold was refused. The frames python-engineio still
     had queued for C went through it as a live connection's just after A's hold began: A's hold read
     that as a takeover and ended, and what followed reached no log (the resume said gap: false with
     382-397 of 600 tokens missing). A connection whose client left takes nothing over, held or not."""
-    runtime = Runtime(Settings.load({}, max_holds_per_principal=1))
-    clock = [1000.0]
-    runtime.log.clock = lambda: clock[0]  # type: ignore[attr-defined]  # (memory log: each step its own ms)
-    holds = Holds(runtime.settings, runtime.stats)
-    scope = {"type": "websocket", "path": "/socket.io/", "query_string": b"EIO=4&transport=websocket", "headers": []}
+    tabs = DroppedTogether()
+    await tabs.drop()
+    await send(tabs.c.outbound, token(2, to="c"))  # queued for C before the app learned it left
+    tabs.tick()
+    await send(tabs.a.outbound, token(2))
+    assert not tabs.a_taken_over()
 
-    async def nothing(*args: Any) -> Any:
-        return None
 
-    async def client_left() -> Any:
-        return {"type": "websocket.disconnect", "code": 1006}
+async def test_a_refused_tabs_repair_takes_nothing_over() -> None:
+    """Found by review: the app emits a frame over ASGI_RESUME_MAX_FRAME_BYTES to both; neither logs
+    it, and A's stream starts a new epoch. C had it queued: its repair (on C's behalf) reached the
+    log after A's hold began and was dated then, as C using the stream. A's hold read it as a
+    takeover and ended, flagging nothing, and what the app emitted after reached no log. A repair
+    is no connection using the stream."""
+    tabs = DroppedTogether(max_frame_bytes=1000)
+    await tabs.drop()
+    big = token(2, content="x" * 1000)  # in no log
+    await send(tabs.a.outbound, big)
+    await send(tabs.a.outbound, token(3))  # A's stream starts a new epoch
+    tabs.tick()
+    await send(tabs.c.outbound, big)  # queued for C before the app learned it left
+    await tabs.runtime.repairs.repair()  # C's repair (what the background task does)
+    tabs.tick()
+    await send(tabs.a.outbound, token(4))  # A, held, goes on logging
+    assert not tabs.a_taken_over()
 
-    def websocket(sid: str) -> WebSocketConnection:
-        c = WebSocketConnection(nothing, runtime, EngineIOSessions(), holds, scope, client_left, nothing)
-        c.conn.connecting("/", ALICE)
-        c.outbound.feed('40{"sid":"' + sid + '"}')
-        c.accepted = True
-        return c
 
-    a, c = websocket("a"), websocket("c")
-    await send(a.outbound, token(1))
-    await send(c.outbound, token(1))
-    clock[0] += 1
-    assert a.hold.start(runtime.log.now_ms(), "a")  # A's client left: held (see WebSocketConnection._start_hold)
-    a.outbound.held = True
-    async with anyio.create_task_group() as tg:
-        c._tg = tg
-        assert (await c._receive())["type"] == "websocket.disconnect"  # C's client left: no room for its hold
-    assert c.hold.state is HoldState.NOT_HELD
-    assert runtime.stats.holds_refused == 1
-    clock[0] += 1
-    await send(c.outbound, token(2, to="c"))  # queued for C before the app learned it left
-    clock[0] += 1
-    await send(a.outbound, token(2))
-    settings = runtime.settings
-    assert not a.conn.taken_over(a.hold._started_ms, settings.hold_idle, settings.hold_grace)
+async def test_a_resume_that_waited_while_its_client_left_is_not_read() -> None:
+    """Found by review: C's resume request, sent just before it dropped, waited its turn (a reconnect
+    storm); then it was read from the log on C's behalf, which the log dated then, as C using the
+    stream: A's hold read that as a takeover and ended. Nobody is there to answer: it is not read."""
+    tabs = DroppedTogether()
+    await tabs.drop()
+    epoch = tabs.a.conn.cursors[KEY][0]
+    tabs.c.outbound.feed(ResumeRequest("/", 7, "m", 0, epoch))  # sent by C's client just before it left
+    assert await tabs.c.outbound.flush() == []  # (no answer: nobody to send it to)
+    tabs.tick()
+    await send(tabs.a.outbound, token(2))
+    assert not tabs.a_taken_over()
 
 
 async def test_a_users_tabs_dropped_at_once_past_the_hold_limit_leave_the_held_one_logging(

@@ -254,7 +254,7 @@ class Outbound:
                         in_flight = self.runtime.replays_in_flight.slot(principal)
                     async with in_flight:
                         await self._after_others(unit, units, taken)
-                        await replay.answer(self.runtime, self.conn, unit, deliver)
+                        await replay.answer(self.runtime, self.conn, unit, deliver, lambda: self.held)
                     key = conn.key_of(unit)
                     if key is not None and last_resume.get(key) == i:
                         for j in waiting.pop(key, ()):

@@ -126,6 +126,9 @@ class Repairs:
                     reset=True,
                     reset_epoch=",".join(named),
                     connection=next(iter(missed.values())),
+                    # a repair is no connection using the stream: it takes nothing over from a hold (on
+                    # behalf of a tab whose client left, it ended the user's held tab's hold: found by review)
+                    held=True,
                     within_ms=int(deadline.seconds * 1000),  # (given up on, it must not land later)
                     fresh_epoch=new_epoch(),
                 )

@@ -44,7 +44,9 @@ def no_principal_detail(runtime: Runtime) -> str:
     )
 
 
-async def answer(runtime: Runtime, conn: Connection, request: ResumeRequest, deliver: Deliver) -> None:
+async def answer(
+    runtime: Runtime, conn: Connection, request: ResumeRequest, deliver: Deliver, left: Callable[[], bool] | None = None
+) -> None:
     """Hand ``deliver`` the replayed frames in seq order, a page at a time, then the answer.
 
     A page (``REPLAY_FIRST_PAGE`` entries, then as many as about ``REPLAY_PAGE_BYTES`` hold by the
@@ -96,6 +98,10 @@ async def answer(runtime: Runtime, conn: Connection, request: ResumeRequest, del
     await runtime.repairs.repair(keys=(key,))  # a stream the log missed frames of must answer gap, not a silent hole
     building = 0.0  # time spent reading and rendering (not waiting for the client)
     started = time.perf_counter()
+    if left is not None and left():
+        # its client left while the request waited its turn: nobody to answer, and a read on its
+        # behalf would tell the log that it uses the stream (what ends another tab's hold: found by review)
+        return
     limit = REPLAY_FIRST_PAGE
     first = await _read(runtime, key, request.last_seq, request.epoch, conn.id, limit)
     if first is None:
