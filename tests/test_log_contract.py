@@ -810,3 +810,15 @@ async def test_prepare_is_harmless_twice_and_a_closed_log_fails_every_call(log: 
     for call in calls:
         with pytest.raises(LogUnavailable):
             await call
+
+
+async def test_a_reset_naming_no_epoch_of_a_stream_the_log_never_had_starts_it_broken(log: StreamLog) -> None:
+    """Found by review: a tab that missed its first frames of a stream (no cursor: its first frame was over
+    ASGI_RESUME_MAX_FRAME_BYTES, or its first append failed) resets naming no epoch. The log has no
+    entry of the stream yet, but the stream began before the epoch this starts: a replay from the
+    start says gap."""
+    await log.append([AppendRequest(key(), [], reset=True, reset_epoch="", connection="tab")])
+    await Connection(log, key(), "tab").send(entry(log, "b"))
+    from_start = await log.replay(key(), 0, None, "reader")
+    assert [seq for seq, _ in from_start.frames] == [1]
+    assert from_start.gap

@@ -8,8 +8,10 @@ end-to-end suites.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import time
+import tracemalloc
 from typing import Any
 
 import pytest
@@ -500,3 +502,38 @@ async def test_a_frame_over_max_frame_bytes_goes_out_unstamped_and_its_stream_st
     assert (rt.stats.frames_too_large, rt.stats.frames_unstamped) == (3, 3)
     replay = await rt.log.replay(StreamKey(ALICE, "/", "", "m"), 1, first["epoch"], "other")
     assert replay.gap
+
+
+async def test_a_stream_whose_first_frame_is_over_max_frame_bytes_replays_from_the_start_with_a_gap() -> None:
+    """Found by review: the stream's first frame is too large and in no log. The tab had no cursor,
+    so its reset named no epoch, and the epoch it started was not marked as one after a break: a
+    resume from the start (last_seq 0, no epoch) said gap: false without that first frame."""
+    rt = runtime(max_frame_bytes=1000)
+    alice = tab(rt)
+    assert events(await send(alice, token(1, content="x" * 1000)))[0].get("seq") is None
+    assert [e["seq"] for e in events(await send(alice, token(2), token(3)))] == [1, 2]
+    replay = await rt.log.replay(StreamKey(ALICE, "/", "", "m"), 0, None, "other-tab")
+    assert [seq for seq, _ in replay.frames] == [1, 2]
+    assert replay.gap
+
+
+async def test_the_large_frame_kept_for_its_copies_does_not_keep_its_parsed_payload() -> None:
+    """Found by review: the last frame too large for the stamping cache is kept for its copies
+    (``Runtime.large_stamping``), and with it its parsed JSON: a 23 MB frame left 112 MB held until
+    the next such frame. The copies need its header and its text (compared), not its payload."""
+    rt = runtime()
+    alice = tab(rt)
+    arg = {"message_id": "m", "data": {"content": "x" * (8 << 20), "parts": [{"k": i} for i in range(100_000)]}}
+    big = "42" + json.dumps(["events", arg], separators=(",", ":"))
+    size = len(big)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        sent = await send(alice, big)
+        assert events(sent)[0].get("seq") is None  # (over max_frame_bytes: not logged)
+        del sent, big, arg
+        gc.collect()
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < 1.5 * size, f"{kept / 1e6:.0f} MB kept after a frame of {size / 1e6:.0f} MB went out"

@@ -226,7 +226,8 @@ class MemoryLog:
         if state is None or broken or (state.orphaned and not continuous):
             # the stream began before this epoch if one is replaced, or if the caller knew an
             # epoch of it that is gone (evicted, expired)
-            after_break = state is not None or bool(request.cursor_epoch or (request.reset and request.reset_epoch))
+            # (a reset, whatever epoch it names: the log missed frames of the stream, its first ones maybe)
+            after_break = state is not None or bool(request.cursor_epoch or request.reset)
             state = _Stream(request.fresh_epoch or new_epoch(), limits.maxlen, after_break=after_break)
             self._add(request.key, state)
         elif request.cursor_epoch and request.cursor_epoch != state.epoch:

@@ -10,6 +10,8 @@ log's calls (its own: it reads the log's clock only), the order of a batch, tran
 
 from __future__ import annotations
 
+import dataclasses
+
 from asgi_resume import protocol
 from asgi_resume.log import StreamKey
 from asgi_resume.pipeline.connection import Connection
@@ -110,6 +112,9 @@ class Classifier:
         if classified is not None and template is not None:
             found = Stamping(classified, template, template_digest(template))
         if classified is not None and len(frame) > STAMPING_CACHE_CHARS:
+            if found is not None:  # (its copies need the packet's header, not its parsed payload: 4x the frame)
+                packet = dataclasses.replace(classified.packet, data=None)
+                found = Stamping(dataclasses.replace(classified, packet=packet), found.template, found.digest)
             runtime.large_stamping = (frame, found)  # (kept apart: it would empty the cache)
         elif classified is not None:  # (frames without a stream id are cheap to classify again)
             chars = runtime.stamping_cache_chars + len(frame)

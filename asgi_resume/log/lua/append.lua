@@ -97,7 +97,7 @@ if not epoch or broken or (state[4] and not continuous) then
   -- the stream began before this epoch if one is replaced, or if the caller knew an epoch of it
   -- that is gone (keys lost with a Redis that restarted empty, or expired), or if its entries
   -- outlived its meta (evicted alone under maxmemory)
-  after_break = (epoch or cursor_epoch ~= '' or (reset and reset_epoch ~= '')
+  after_break = (epoch or cursor_epoch ~= '' or reset
     or redis.call('EXISTS', log) == 1) and true or false
   epoch, last, done = fresh_epoch, 0, false
   state[5], state[6], state[7], state[8], state[9] = false, false, false, false, false
