@@ -66,6 +66,11 @@ class StreamKey(NamedTuple):
         """A fixed-size name for the key (one Redis Cluster hash tag for all of its keys)."""
         return _tag(self)
 
+    def label(self) -> str:
+        """How log lines name it: the stream id, and the view when there are views (open-webui's
+        tabs get the same id twice, their own view and the ``shared`` one)."""
+        return f"{self.stream} ({self.variant})" if self.variant else self.stream
+
 
 @functools.lru_cache(maxsize=4096)  # a key is named for every append call: hash it once
 def _tag(key: StreamKey) -> str:

@@ -323,7 +323,7 @@ class StreamWriter:
                 "frames of streams %s went out unstamped (their streams start a new epoch): another tab "
                 "logged newer frames without them, after ASGI_RESUME_WRITE_TIMEOUT or while this "
                 "connection's client did not read (%d more not logged)",
-                [key.stream for key in list(by_key)[:5]],
+                [key.label() for key in list(by_key)[:5]],
                 skipped,
                 extra=fault("frames_passed_over", skipped=skipped),
             )

@@ -173,7 +173,7 @@ class Hold:
         self._recoverable = recoverable
         if streams:
             state = "in flight" if streams[0] in conn.in_flight else "just done"
-            what = f"streams {state} {[key.stream for key in streams[:5]]}"
+            what = f"streams {state} {[key.label() for key in streams[:5]]}"
         else:
             what = "a recoverable session"
         logger.info("client of %s left with %s: holding the connection", self.sid, what)

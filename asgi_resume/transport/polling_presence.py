@@ -124,7 +124,7 @@ async def let_go(
         with anyio.CancelScope(shield=True):
             flagged = await outbound.release(last_seen=polling.seen_at or None)
     if flagged:  # (said when it matters, as a hold is)
-        streams = [key.stream for key in flagged[:5]]
+        streams = [key.label() for key in flagged[:5]]
         logger.info(
             "client of polling session %s is gone (%s): streams in flight %s flagged", polling.sid, reason, streams
         )
@@ -144,7 +144,7 @@ async def flag_away(outbound: Outbound, polling: Polling) -> None:
         with anyio.CancelScope(shield=True):
             flagged = await outbound.away(seen_at)
     if flagged:
-        streams = [key.stream for key in flagged[:5]]
+        streams = [key.label() for key in flagged[:5]]
         logger.info(
             "client of polling session %s sent no request for %.0f s: streams in flight %s flagged",
             polling.sid,
