@@ -29,7 +29,7 @@ from asgi_resume.pipeline.connection import Connection
 from asgi_resume.pipeline.outbound import Outbound
 from asgi_resume.pipeline.polling_replays import PER_PRINCIPAL_BYTES, PER_PROCESS_BYTES
 from asgi_resume.pipeline.replay import REPLAY_FIRST_PAGE, REPLAY_PAGE, REPLAY_PAGE_BYTES, RESPONSE_REPLAY_BYTES
-from asgi_resume.pipeline.replays_in_flight import PER_PRINCIPAL
+from asgi_resume.pipeline.replays_in_flight import PER_PRINCIPAL, ReplaysInFlight
 from asgi_resume.pipeline.resume import ResumeRequest
 from asgi_resume.pipeline.runtime import Runtime, Turns
 from tests.support.app import chat_event, emit_tokens, make_app, make_sio, room_of
@@ -548,3 +548,41 @@ async def test_a_users_websocket_replays_in_flight_are_bounded() -> None:
     assert pipeline.answers()[0]["ok"] is True
     assert pipeline.seqs() == list(range(1, 51))
     assert pipeline.runtime.replays_in_flight.of("alice") == 0
+
+
+async def test_everyones_websocket_replays_in_flight_are_bounded_per_process() -> None:
+    """Past a user's own bound, many users' replays to connections that never read add up (a page
+    each, found by attack: no per-process bound). Past the process's bound a replay waits, holding
+    nothing, until one ends."""
+    pipeline = Pipeline()
+    pipeline.runtime.replays_in_flight = ReplaysInFlight(per_process=3)
+    await pipeline.emit(1, 50)
+    all_stuck, reading = asyncio.Event(), asyncio.Event()
+    stuck = 0
+
+    async def never_reads(items: list[Any]) -> bool:
+        nonlocal stuck
+        stuck += 1
+        if stuck == 3:
+            all_stuck.set()
+        await reading.wait()
+        return True
+
+    readers = []
+    for _ in range(3):  # alice's: each of her tabs is a user of its own here (the bound is everyone's)
+        reader = pipeline._connection()
+        reader.feed(resume_request(1))
+        readers.append(asyncio.create_task(reader.send(never_reads)))
+    async with asyncio.timeout(10):
+        await all_stuck.wait()
+    reads = pipeline.reads
+    bob = Outbound(pipeline.runtime, Connection({"type": "websocket", "headers": []}, 0))
+    bob.conn.principals["/"] = "bob"
+    bob.feed(resume_request(2))
+    waiting = asyncio.create_task(bob.send(pipeline.deliver))
+    done, _ = await asyncio.wait({waiting}, timeout=1)  # (unbounded, it is answered in a few loop iterations)
+    assert (pipeline.reads, done) == (reads, set())  # bob's read nothing yet
+    reading.set()
+    async with asyncio.timeout(10):
+        await asyncio.gather(waiting, *readers)
+    assert [answer.get("error") for answer in pipeline.answers()] == ["not_found"]  # (bob has no stream m)
