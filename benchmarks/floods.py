@@ -33,6 +33,10 @@ tokens/s, paced by the app) during the flood. The floods (shapes from the tests)
    ``--poll-rounds N``: each session POSTs and sends an unread GET N times, each GET on a new
    connection (the session's next GET is what says its client read the last response).
 
+6. ``bigframes``: the app sends the attacker's 3 tabs 4 stream events of 16 MB each (an app that
+   echoes an upload back inside a stream; ``--big-mb``, ``--big-frames``, ``--big-tabs``). Bare,
+   memory, Redis (over ``ASGI_RESUME_MAX_FRAME_BYTES``: not logged, but read).
+
 The flood runs in a subprocess (this script again, ``--attacker``), so the attacker's CPU and memory
 are not the measuring process's: this process only holds the bystander, a control connection and
 a thread reading the server's RSS (/proc/PID/status) every 5 ms. A flood is over when the attacker
@@ -100,7 +104,7 @@ RESUME_COUNTERS = (
     "resumes_rate_limited",
     "frames_replayed",
 )
-REPORTED = (*RESUME_COUNTERS, "frames_unstamped", "log_failures")  # the live path's faults too
+REPORTED = (*RESUME_COUNTERS, "frames_unstamped", "frames_too_large", "log_failures")  # the live path's faults too
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,7 @@ class Flood:
 
 
 FLOODS = {
+    "bigframes": Flood("bigframes", ("bare", "memory", "redis"), seeds=False),
     "posts": Flood("posts", ("bare", "memory"), seeds=True),
     "nonreaders": Flood("nonreaders", ("bare", "memory", "redis"), seeds=True),
     "storm": Flood("storm", ("bare", "memory", "redis"), seeds=True),
@@ -375,7 +380,19 @@ async def attack_pollreplays(url: str, params: dict[str, Any], ready: Callable[[
             if began else None, "not begun": late, "gzip": compressed}  # fmt: skip
 
 
+async def attack_bigframes(url: str, params: dict[str, Any], ready: Callable[[], Awaitable[None]]) -> dict[str, Any]:
+    """The app sends the attacker's tabs stream events of ``size`` bytes (an upload echoed back)."""
+    tabs = [await Client(url, {"room": ATTACKER_ROOM}).connect() for _ in range(params["tabs"])]
+    await ready()
+    blast = {"n": params["frames"], "room": ATTACKER_ROOM, "message_id": "big", "size": params["size"]}
+    took = await tabs[0].call("blast", blast, timeout=120)
+    for tab in tabs:
+        await tab.wait_count(params["frames"])
+    return {"frames": params["frames"], "MB": params["size"] / 1e6, "tabs": len(tabs), "emit_s": round(took, 2)}
+
+
 ATTACKS = {
+    "bigframes": attack_bigframes,
     "posts": attack_posts,
     "nonreaders": attack_nonreaders,
     "storm": attack_storm,
@@ -522,6 +539,8 @@ async def drain(control: Client, pid: int, cap: float) -> bool:
 
 def attack_params(flood: str, args: argparse.Namespace) -> dict[str, Any]:
     match flood:
+        case "bigframes":
+            return {"tabs": args.big_tabs, "frames": args.big_frames, "size": args.big_mb * 1_000_000}
         case "posts":
             return {"body": args.post_mib * 2**20, "sessions": args.post_sessions, "posts": args.posts,
                     "silent_posts": args.silent_posts}  # fmt: skip
@@ -637,6 +656,9 @@ def main() -> None:
         "--drain", type=float, default=10.0, help="longest wait, s, for the server to go quiet after a flood"
     )
     parser.add_argument("--resume-limit", type=int, default=20, help="resume requests per connection per 10 s")
+    parser.add_argument("--big-mb", type=int, default=16, help="bigframes: MB per stream event")
+    parser.add_argument("--big-frames", type=int, default=4, help="bigframes: events")
+    parser.add_argument("--big-tabs", type=int, default=3, help="bigframes: the attacker's tabs, which read them")
     parser.add_argument("--post-mib", type=int, default=16, help="posts: body size (just under it)")
     parser.add_argument("--post-sessions", type=int, default=4, help="posts: polling sessions with a GET pending")
     parser.add_argument("--posts", type=int, default=3, help="posts: POSTs per polling session")

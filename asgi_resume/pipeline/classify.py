@@ -19,7 +19,7 @@ from asgi_resume.pipeline.orphans import release_left
 from asgi_resume.pipeline.recovery import Recovery
 from asgi_resume.pipeline.rules import Stamping
 from asgi_resume.pipeline.runtime import Runtime
-from asgi_resume.pipeline.units import RESERVED, ConnectReply, EventUnit, template_digest
+from asgi_resume.pipeline.units import RESERVED, ConnectReply, EventUnit, sampled_digest, template_digest
 
 STAMPING_CACHE_SIZE = 256  # recent stream frames: their copies to other connections are stamped alike...
 #: ...of at most this many characters in all (with their parsed content and template, about three
@@ -32,6 +32,7 @@ class Classifier:
         self.runtime = runtime
         self.conn = conn
         self.recovery = recovery
+        self._max_frame = runtime.settings.max_frame_bytes  # (larger frames are never logged)
 
     def note(self, frame: str) -> None:
         """What the app tells the client that the connection keeps: a CONNECT's outcome, a call."""
@@ -110,7 +111,8 @@ class Classifier:
         template = protocol.stamp_template(frame, classified.packet, RESERVED) if classified is not None else None
         found = None
         if classified is not None and template is not None:
-            found = Stamping(classified, template, template_digest(template))
+            digest = sampled_digest(template) if len(frame) > self._max_frame else template_digest(template)
+            found = Stamping(classified, template, digest)
         if classified is not None and len(frame) > STAMPING_CACHE_CHARS:
             if found is not None:  # (its copies need the packet's header, not its parsed payload: 4x the frame)
                 packet = dataclasses.replace(classified.packet, data=None)

@@ -64,6 +64,20 @@ def template_digest(template: protocol.StampTemplate) -> str:
     return _hash(template).hexdigest()
 
 
+#: how much of each end of a frame too large to be logged its digest reads
+SAMPLED_CHARS = 4096
+
+
+def sampled_digest(template: protocol.StampTemplate) -> str:
+    """The digest of a text frame too large to be logged (``ASGI_RESUME_MAX_FRAME_BYTES``): of its
+    head, its length and the ends of its tail. No log compares it; it tells an emit's copies apart
+    from other frames here (the feed order), without hashing megabytes once more (17 ms in 16 MB)."""
+    tail = template.tail
+    found = hashlib.blake2b(template.head.encode(), digest_size=12)
+    found.update(f"\x00{len(tail)}\x00{tail[:SAMPLED_CHARS]}\x00{tail[-SAMPLED_CHARS:]}".encode())
+    return found.hexdigest()
+
+
 @dataclass(eq=False, slots=True)
 class EventUnit:
     """An outbound EVENT/BINARY_EVENT and its attachments, before and after the logs."""
