@@ -22,7 +22,8 @@ from asgi_resume.transport import polling
 from tests.conftest import Stack
 from tests.support.app import PacedStream, chat_event, emit_tokens, make_app, make_sio, room_of
 from tests.support.node import NodeClient
-from tests.support.polling import PollingClient, event_args, is_event
+from tests.support.polling import PollingClient, PollingTab, event_args, is_event
+from tests.support.raw import RawClient
 from tests.support.redis_server import RedisServer
 from tests.support.server import serve
 
@@ -343,3 +344,59 @@ async def test_a_connect_answered_before_its_posts_answer_binds_its_principal(al
         replayed, answer = await resume_over_polling(client, {"message_id": "m", "last_seq": 3})
         assert (replayed, answer["ok"]) == ([4, 5], True), answer
         await client.aclose()
+
+
+def _stamped(frames: list[Any], message_id: str) -> list[tuple[int, str]]:
+    """(seq, content) of each stamped frame of ``message_id``, in the order they came."""
+    out = []
+    for event in event_args([f for f in frames if isinstance(f, str)]):
+        if isinstance(event, dict) and event.get("message_id") == message_id and event.get("seq") is not None:
+            out.append((event["seq"], event["data"]["data"].get("content", "")))
+    return out
+
+
+@pytest.mark.parametrize("reload", [True, False], ids=["reload", "new-tab"])
+@pytest.mark.parametrize("other_leaves", [False, True], ids=["other-stays", "other-leaves"])
+async def test_a_tab_joining_next_to_a_long_polling_tab_gets_each_frame_under_its_own_seq(
+    backend: dict[str, Any], reload: bool, other_leaves: bool
+) -> None:
+    """Found by attack (21 of 40 runs, memory and Redis): alice has two long-polling tabs; one
+    reloads as a websocket tab mid-stream and resumes (or a new tab resumes from 0). What the app
+    had sent the other polling tab and python-engineio still held for its next GET was in no log:
+    the replay ended before it, the new tab (which joined after it was emitted) logged its own live
+    frames under its seqs (tok65 stamped 64, tok64 never received), and when the polling tab then
+    went away it was lost from every view with gap: false. A replay, and a tab's first frames of a
+    stream, now wait for the long-polling tabs of the user to log what they were sent before."""
+    sio = make_sio()
+    app = make_app(sio, write_timeout=2, **backend)
+    async with serve(app) as url:
+        stays = await PollingTab(url, "alice").start()
+        leaves = await PollingTab(url, "alice").start()
+        stream = PacedStream(sio, "alice", "m", 150, pace=0.006)
+        emitter = asyncio.create_task(stream.run())
+        await leaves.wait_count('"message_id":"m"', 50)
+        await leaves.kill()
+        seen = [e for e in event_args([p for p in leaves.packets if isinstance(p, str)]) if e.get("seq")]
+        tab = await RawClient(url, auth={"token": "alice"}).connect()
+        request: dict[str, Any] = {"message_id": "m", "last_seq": 0}
+        if reload:
+            request = {"message_id": "m", "last_seq": seen[-1]["seq"], "epoch": seen[-1]["epoch"]}
+        answer = await tab.request("resume-stream", request, ack_id=1)
+        assert answer["ok"] is True
+        assert answer["gap"] is False
+        if other_leaves:  # after one more poll
+            await stays.wait_count('"message_id":"m"', stays.count('"message_id":"m"') + 1)
+            await stays.kill()
+        await emitter
+        await tab.wait_for(lambda f: isinstance(f, str) and '"done":true' in f, 30)
+        got = _stamped(tab.frames, "m")
+        wrong = [(seq, content) for seq, content in got if content != (f"tok{seq} " if seq <= 150 else "")]
+        have = {content for _, content in got}
+        if reload:
+            have |= {content for _, content in _stamped(leaves.packets, "m")}
+        missing = [token for token in stream.expected if token not in have]
+        await tab.close()
+        if not other_leaves:
+            await stays.kill()
+    assert wrong == [], (wrong, missing)  # each seq carries its own token
+    assert missing == []  # and every token came, live or replayed

@@ -12,9 +12,12 @@
   :mod:`~asgi_resume.pipeline.held_frames`: the frame objects held connections logged for recovery;
   :mod:`~asgi_resume.pipeline.heartbeat`: this process's heartbeat, for claims made in other processes.
 * :mod:`~asgi_resume.pipeline.order` and :mod:`~asgi_resume.pipeline.turns`: the order streams'
-  frames reach the log across a process's tabs, and the turns replay pages take.
+  frames reach the log across a process's tabs, and the turns replay pages take;
+  :mod:`~asgi_resume.pipeline.polling_feeds`: a user's long-polling tabs whose frames may still
+  wait unfed in python-engineio.
 * :mod:`~asgi_resume.pipeline.polling_replays`, :mod:`~asgi_resume.pipeline.replays_in_flight`:
-  replays waiting for their clients, bounded per user (long-polling responses, websocket replays).
+  replays waiting for their clients, bounded per user and process (long-polling responses,
+  websocket replays).
 * :mod:`~asgi_resume.pipeline.batch`, :mod:`~asgi_resume.pipeline.classify`: what one connection
   was fed since its last flush, and what each frame is to it.
 * :mod:`~asgi_resume.pipeline.outbound`: one connection's batches: feed, log, stamp, send.

@@ -31,6 +31,7 @@ from asgi_resume.pipeline.closes import Closes
 from asgi_resume.pipeline.heartbeat import Heartbeat
 from asgi_resume.pipeline.held_frames import HeldFrames
 from asgi_resume.pipeline.order import FeedOrder
+from asgi_resume.pipeline.polling_feeds import PollingFeeds
 from asgi_resume.pipeline.polling_replays import PollingReplays
 from asgi_resume.pipeline.repairs import Repairs
 from asgi_resume.pipeline.replays_in_flight import ReplaysInFlight
@@ -76,6 +77,7 @@ class Runtime:
         self.warnings = Throttle()  # one line every few seconds per kind of event said by the pipeline
         self.polling_replays = PollingReplays()  # long-polling responses with replays, until sent
         self.replays_in_flight = ReplaysInFlight()  # websocket replays being sent, per user
+        self.polling_feeds = PollingFeeds()  # long-polling sessions per user, and whether they are fed
         #: what the copy of a frame another tab here logged is numbered (kept well within the log's maxlen)
         self.recent = RecentEntries(max(1, min(settings.maxlen // 2, MAX_ENTRIES)))
         self.replay_turns = Turns()  # one replay page (or first read) per loop iteration, whoever asked

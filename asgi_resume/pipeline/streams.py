@@ -24,6 +24,7 @@ from asgi_resume.log.base import BEAT_LAPSE_MS, SHARED_LOOKBACK_MS
 from asgi_resume.log.names import new_epoch, process_name, process_of, with_epoch
 from asgi_resume.pipeline.connection import Connection
 from asgi_resume.pipeline.orphans import orphan_streams
+from asgi_resume.pipeline.polling_feeds import Feed
 from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.pipeline.units import EventUnit, by_content
 from asgi_resume.stats import fault
@@ -40,6 +41,7 @@ class StreamWriter:
         self._held = False
         self._lookback_ms = SHARED_LOOKBACK_MS if runtime.log.shared else 0  # (one process: no fan-out lag)
         self._max_frame = runtime.settings.max_frame_bytes
+        self.own_feed: Feed | None = None  # its long-polling session (it waits for no frame of its own)
 
     @property
     def held(self) -> bool:
@@ -112,6 +114,13 @@ class StreamWriter:
         out_of_turn: dict[StreamKey, list[EventUnit]] = {}
         for key, group in pending.items():  # frames another tab here was fed first, and these lack, go first
             head = group[0]
+            if key not in cursors and runtime.polling_feeds.any_of(key.principal):
+                # its first frame of the stream: what the app sent a long-polling tab of the user
+                # before it may wait unfed in python-engineio, and goes to the log first
+                waits_end = waits_end or clock() + wait
+                remaining = max(0.0, waits_end - clock())
+                if not await runtime.polling_feeds.fed(key.principal, head.received_ms, remaining, self.own_feed):
+                    stats.order_waits_timed_out += 1
             if order.before(key, head.order):
                 waits_end = waits_end or clock() + wait
                 if not await order.turn(key, head.order, by_content(group), max(0.0, waits_end - clock())):

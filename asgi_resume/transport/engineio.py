@@ -52,6 +52,7 @@ class EngineIOSession:
         self.polling = Polling() if polling else None  # a session that began on long-polling
         self.outbound = Outbound(runtime, self.conn)
         self.outbound.polling_session = self.polling  # (its replays in responses are counted: PollingReplays)
+        self.outbound.streams.own_feed = self.polling  # (its frames wait for no response of its own)
         self.sid = sid
         self.websockets = 0  # websockets open on it (probes too): it is not forgotten while one is
 

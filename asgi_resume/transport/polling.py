@@ -52,6 +52,8 @@ async def handle_polling(
         elif eio.polling is not None:  # it asks again: it read what it was sent before
             runtime.polling_replays.read(eio.polling)
         response = PollResponse(eio, send)
+        if eio.polling is not None:
+            eio.polling.now_feeding(True)  # (what the app sends it reaches us at once, until answered)
         with eio.client_request():
             await _watching_client(app, scope, receive, response)
     elif method == "POST" and eio is not None and not eio.conn.upgraded:
@@ -125,6 +127,8 @@ class PollResponse:
         if message["type"] == "http.response.start":
             status = message.get("status")
             polling = self.eio.polling
+            if polling is not None:
+                polling.now_feeding(False)  # (what the app sends from now on waits for the next GET)
             if status == 200:
                 # python-engineio took the packets off its queue just now (it answers a poll at once)
                 self.taken_ms = self.runtime.log.now_ms()
@@ -151,6 +155,11 @@ class PollResponse:
         if "content-length" in headers or body != bytes(self.body):
             headers["content-length"] = str(len(body))
         polling = self.eio.polling
+        if polling is not None:  # what it took is logged: tabs of its user waiting for it go on
+            polling.logged(self.taken_ms)
+            for principal in set(self.outbound.conn.principals.values()):
+                if principal:
+                    self.runtime.polling_feeds.note(principal, polling)
         if self.outbound.replays_in_response and polling is not None:  # counted until the client's next GET
             self.runtime.polling_replays.built(polling, len(body))
         await self.send({**start, "headers": headers.raw})

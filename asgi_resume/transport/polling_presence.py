@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio
 
@@ -52,6 +52,30 @@ class Polling:
     goodbye: bool = False  # its client POSTed a CLOSE
     unread_replays: int = 0  # bytes of responses with replays its client has not read (PollingReplays)
     unread_principal: str = ""
+    # (what PollingFeeds asks: may the app's frames wait in python-engineio for it, unfed?)
+    feeding: bool = False  # a GET of its client waits in python-engineio, or it went on on a websocket
+    logged_ms: int = 0  # when python-engineio took the packets of its last response logged
+    logged_at: float = 0.0  # monotonic time that response was logged
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def changed(self) -> asyncio.Event:
+        return self._changed
+
+    def now_feeding(self, feeding: bool) -> None:
+        """A GET of its client waits in python-engineio now, or python-engineio answered it."""
+        self.feeding = feeding
+        if feeding:
+            self._tell()
+
+    def logged(self, taken_ms: int) -> None:
+        """What python-engineio took for a response at ``taken_ms`` is logged."""
+        self.logged_ms, self.logged_at = max(self.logged_ms, taken_ms), time.monotonic()
+        self._tell()
+
+    def _tell(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
 
 
 class ClientRequest:

@@ -283,6 +283,8 @@ class WebSocketConnection:
                         await self._upgraded()
                     elif upgrade == "failed":  # the session is on long-polling again: its POSTs are read
                         self.conn.upgraded = False
+                        if self.eio.polling is not None:
+                            self.eio.polling.now_feeding(False)
             elif message["type"] == "websocket.receive":
                 text = message.get("text")
                 if text is None:
@@ -316,6 +318,8 @@ class WebSocketConnection:
         # python-engineio refuses the session's POSTs from when it reads this UPGRADE, in the same
         # step: until then they are read here, as every POST is
         self.conn.upgraded = True
+        if self.eio.polling is not None:
+            self.eio.polling.now_feeding(True)  # (what the app sends it reaches us at once now)
         if self._batch.has_deferred():
             self._outbox.put_soon(NUDGE)
 

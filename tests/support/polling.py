@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from typing import Any
 
@@ -53,6 +55,45 @@ class PollingClient:
 
     async def aclose(self) -> None:
         await self.http.aclose()
+
+
+class PollingTab:
+    """A long-polling tab as a browser keeps one: a GET always waiting, what comes kept in order."""
+
+    def __init__(self, url: str, token: str) -> None:
+        self.client = PollingClient(url)
+        self.token = token
+        self.packets: list[str | bytes] = []
+        self._changed = asyncio.Condition()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> PollingTab:
+        await self.client.open({"token": self.token})
+        self._task = asyncio.create_task(self._poll())
+        return self
+
+    async def _poll(self) -> None:
+        while True:
+            got = await self.client.get()
+            async with self._changed:
+                self.packets += got
+                self._changed.notify_all()
+
+    def count(self, text: str) -> int:
+        """Text packets holding ``text``."""
+        return sum(1 for p in self.packets if isinstance(p, str) and text in p)
+
+    async def wait_count(self, text: str, count: int, timeout: float = 20) -> None:
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(lambda: self.count(text) >= count)
+
+    async def kill(self) -> None:
+        """Gone the way a closed tab goes: no goodbye, no further GET."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+        await self.client.aclose()
 
 
 def event_args(packets: list[str | bytes], name: str = "events") -> list[Any]:
