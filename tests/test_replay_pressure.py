@@ -504,6 +504,30 @@ async def test_a_users_long_polling_responses_waiting_for_their_clients_bound_it
     assert replays.total() == 0
 
 
+async def stuck_replays(pipeline: Pipeline, count: int) -> tuple[list[asyncio.Task[None]], asyncio.Event]:
+    """``count`` of alice's connections each asked for a replay, and none reads its first page
+    until the event returned is set (their tasks are returned)."""
+    all_stuck, reading = asyncio.Event(), asyncio.Event()
+    stuck = 0
+
+    async def never_reads(items: list[Any]) -> bool:
+        nonlocal stuck
+        stuck += 1
+        if stuck == count:
+            all_stuck.set()
+        await reading.wait()
+        return True
+
+    readers = []
+    for _ in range(count):
+        reader = pipeline._connection()
+        reader.feed(resume_request(1))
+        readers.append(asyncio.create_task(reader.send(never_reads)))
+    async with asyncio.timeout(10):
+        await all_stuck.wait()
+    return readers, reading
+
+
 async def test_a_users_websocket_replays_in_flight_are_bounded() -> None:
     """Found by attack: each connection has one replay in flight at most, holding a page while its
     client does not read, but one user's 400 connections that each asked once and never read held
@@ -511,24 +535,7 @@ async def test_a_users_websocket_replays_in_flight_are_bounded() -> None:
     until one ends; another user's do not."""
     pipeline = Pipeline()
     await pipeline.emit(1, 50)
-    all_stuck, reading = asyncio.Event(), asyncio.Event()
-    stuck = 0
-
-    async def never_reads(items: list[Any]) -> bool:
-        nonlocal stuck
-        stuck += 1
-        if stuck == PER_PRINCIPAL:
-            all_stuck.set()
-        await reading.wait()
-        return True
-
-    readers = []
-    for _ in range(PER_PRINCIPAL):
-        reader = pipeline._connection()
-        reader.feed(resume_request(1))
-        readers.append(asyncio.create_task(reader.send(never_reads)))
-    async with asyncio.timeout(10):
-        await all_stuck.wait()
+    readers, reading = await stuck_replays(pipeline, PER_PRINCIPAL)
     reads = pipeline.reads
     one_more = pipeline._connection()
     one_more.feed(resume_request(2))
@@ -557,24 +564,7 @@ async def test_everyones_websocket_replays_in_flight_are_bounded_per_process() -
     pipeline = Pipeline()
     pipeline.runtime.replays_in_flight = ReplaysInFlight(per_process=3)
     await pipeline.emit(1, 50)
-    all_stuck, reading = asyncio.Event(), asyncio.Event()
-    stuck = 0
-
-    async def never_reads(items: list[Any]) -> bool:
-        nonlocal stuck
-        stuck += 1
-        if stuck == 3:
-            all_stuck.set()
-        await reading.wait()
-        return True
-
-    readers = []
-    for _ in range(3):  # alice's: each of her tabs is a user of its own here (the bound is everyone's)
-        reader = pipeline._connection()
-        reader.feed(resume_request(1))
-        readers.append(asyncio.create_task(reader.send(never_reads)))
-    async with asyncio.timeout(10):
-        await all_stuck.wait()
+    readers, reading = await stuck_replays(pipeline, 3)  # (alice's: within her own bound)
     reads = pipeline.reads
     bob = Outbound(pipeline.runtime, Connection({"type": "websocket", "headers": []}, 0))
     bob.conn.principals["/"] = "bob"
