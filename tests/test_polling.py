@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import gzip
 import json
 import zlib
@@ -400,3 +401,21 @@ async def test_a_tab_joining_next_to_a_long_polling_tab_gets_each_frame_under_it
             await stays.kill()
     assert wrong == [], (wrong, missing)  # each seq carries its own token
     assert missing == []  # and every token came, live or replayed
+
+
+async def test_the_polling_registry_forgets_users_whose_sessions_ended() -> None:
+    """Found by review: a user's entry in ``Runtime.polling_feeds`` went only when a tab of hers
+    asked about her again; one who polled once and left kept it for the life of the process."""
+    sio = make_sio()
+    app = make_app(sio)
+    async with serve(app) as url:
+        for i in range(41):
+            if i == 40:
+                gc.collect()  # (the first 40 users' sessions are gone; the 41st comes)
+            client = await PollingClient(url).open({"token": f"user{i}"})
+            await sio.emit("events", chat_event("m", 1), room=room_of(f"user{i}"))
+            await client.get()
+            await client.post("1")  # goodbye: the session is over
+            await client.aclose()
+        kept = len(app.runtime.polling_feeds._by_principal)
+    assert kept < 40, kept

@@ -46,13 +46,23 @@ class Feed(Protocol):
 class PollingFeeds:
     def __init__(self) -> None:
         self._by_principal: dict[str, weakref.WeakSet[Feed]] = {}
+        self._swept_at = 8  # principals there were after the last sweep (a sweep when doubled: amortised O(1))
 
     def note(self, principal: str, feed: Feed) -> None:
         """``feed`` is a long-polling session of ``principal`` (said at each of its responses)."""
         feeds = self._by_principal.get(principal)
         if feeds is None:
+            if len(self._by_principal) >= 2 * self._swept_at:
+                self._sweep()
             feeds = self._by_principal[principal] = weakref.WeakSet()
         feeds.add(feed)
+
+    def _sweep(self) -> None:
+        """Forget principals whose sessions are all gone (found by review: a user who polled once
+        and left is never asked about again, and her entry stayed for the life of the process)."""
+        for gone in [principal for principal, feeds in self._by_principal.items() if not feeds]:
+            del self._by_principal[gone]
+        self._swept_at = max(8, len(self._by_principal))
 
     def any_of(self, principal: str) -> bool:
         """Has ``principal`` a long-polling session here? (Hot: a dict lookup.)"""
