@@ -122,7 +122,7 @@ class StreamRules:
             variant = found
         done = False
         if not needles:
-            done = any(rule.matches(obj) for rule, _ in self._done_needles)
+            done = _any_matches(self._done_needles, frame, obj, needles)
         else:
             for rule, rule_needles in self._done_needles:  # most frames lack a needle: no JSON walk (inlined: hot)
                 for needle in rule_needles:
@@ -144,14 +144,15 @@ def _encodable(text: str) -> bool:
 
 
 def _any_matches(rules: list[tuple[DoneRule, tuple[str, ...]]], frame: str, obj: Any, needles: bool) -> bool:
-    for rule, found in rules:  # most frames lack a needle: no JSON walk
-        if needles:
-            for needle in found:
-                if needle not in frame:
-                    break
-            else:
-                if rule.matches(obj):
-                    return True
-        elif rule.matches(obj):
-            return True
+    """Does one of ``rules`` match ``obj``? ``needles``: look for each rule's needles in ``frame``
+    first (most frames lack one: no JSON walk), which a large frame is not worth."""
+    if not needles:
+        return any(rule.matches(obj) for rule, _ in rules)
+    for rule, found in rules:
+        for needle in found:
+            if needle not in frame:
+                break
+        else:
+            if rule.matches(obj):
+                return True
     return False
