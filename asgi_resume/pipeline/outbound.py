@@ -289,11 +289,9 @@ class Outbound:
         order = self.runtime.order
         if key is None or request.error is not None:
             return
-        feeds, wait = self.runtime.polling_feeds, self.runtime.guard.deadlines.write.seconds
+        wait = self.runtime.guard.deadlines.write.seconds
         # (and what the app sent a long-polling tab of the user, unfed yet: see polling_feeds)
-        if feeds.any_of(key.principal) and not await feeds.fed(
-            key.principal, self.log.now_ms(), wait, self.streams.own_feed
-        ):
+        if not await self.runtime.polling_feeds.fed(key.principal, self.log.now_ms(), wait, self.streams.own_feed):
             self.runtime.stats.order_waits_timed_out += 1
         if not order.before(key, taken + 1):
             return

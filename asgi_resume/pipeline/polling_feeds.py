@@ -66,11 +66,7 @@ class PollingFeeds:
 
     def any_of(self, principal: str) -> bool:
         """Has ``principal`` a long-polling session here? (Hot: a dict lookup.)"""
-        feeds = self._by_principal.get(principal)
-        if feeds is not None and not feeds:
-            del self._by_principal[principal]  # (its sessions are gone)
-            return False
-        return feeds is not None
+        return bool(self._by_principal.get(principal))  # (an entry whose sessions are gone: swept by note)
 
     def behind(self, principal: str, since_ms: int, mine: Feed | None = None) -> list[Feed]:
         """Sessions of ``principal`` (but ``mine``) that may hold frames sent before ``since_ms``,
