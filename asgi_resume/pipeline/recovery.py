@@ -265,10 +265,10 @@ class Recovery:
                 )
                 return False, []
             pages = [read.frames] if read.status == "ok" else []
+            sizes = [_size(read.frames)]  # (each page's payload bytes)
             while pages and pages[-1] and pages[-1][-1][0] < read.last:
                 await runtime.replay_turns.take()  # a page per loop iteration, of all replays and claims
                 before = pages[-1]
-                size = sum(payload_size(payload) for _, _, payload in before)
                 page = await guard.call(
                     guard.deadlines.recovery,
                     log.session_read,
@@ -276,7 +276,7 @@ class Recovery:
                     claim.gen,
                     before[-1][0],
                     True,
-                    next_page(len(before), size),
+                    next_page(len(before), sizes[-1]),
                     REPLAY_PAGE_BYTES,
                     read.last,  # a following page of the read: it ends where the read did
                 )
@@ -284,6 +284,7 @@ class Recovery:
                     logger.info("recovery of session %s…: its frames were dropped while it was read", claim.pid[:6])
                     return False, []
                 pages.append(page.frames)
+                sizes.append(_size(page.frames))
         except LogUnavailable as exc:
             logger.warning("recovery of session %s… failed: the log is unreachable (%s)", claim.pid[:6], exc)
             return False, []
@@ -303,7 +304,7 @@ class Recovery:
         rendered = []
         for i, entries in enumerate(pages):
             if i:  # rendered a page per loop iteration too
-                await runtime.replay_turns.take(page_turns(sum(payload_size(payload) for _, _, payload in entries)))
+                await runtime.replay_turns.take(page_turns(sizes[i]))
             rendered.append(replay_frames(runtime, conn, state, claim.gen, entries, objects))
         return True, rendered
 
@@ -344,3 +345,8 @@ class Recovery:
         if state is not None and state.pid:
             self.runtime.held_frames.ended(state.pid, state.gen)
             self.runtime.closes.add(state.pid, state.gen, self.conn.id, state.principal)
+
+
+def _size(entries: list[tuple[int, int, Payload]]) -> int:
+    """A page of a session's entries: their payloads' bytes."""
+    return sum(payload_size(payload) for _, _, payload in entries)
