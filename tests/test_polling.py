@@ -21,7 +21,7 @@ import websockets
 from asgi_resume.pipeline.connection import Connection
 from asgi_resume.transport import polling
 from tests.conftest import Stack
-from tests.support.app import PacedStream, chat_event, emit_tokens, make_app, make_sio, room_of
+from tests.support.app import PacedStream, chat_event, emit_tokens, faults, make_app, make_sio, room_of
 from tests.support.node import NodeClient
 from tests.support.polling import PollingClient, PollingTab, event_args, is_event
 from tests.support.raw import RawClient
@@ -419,3 +419,65 @@ async def test_the_polling_registry_forgets_users_whose_sessions_ended() -> None
             await client.aclose()
         kept = len(app.runtime.polling_feeds._by_principal)
     assert kept < 40, kept
+
+
+async def test_a_tab_joining_while_a_long_polling_tabs_get_is_on_its_way_logs_after_what_it_was_sent(
+    backend: dict[str, Any],
+) -> None:
+    """Found by review: a websocket tab's first frame of a stream waited for alice's long-polling
+    tab, which held tok2 and tok3 unfed in python-engineio, only until that tab's next GET arrived;
+    python-engineio answers it a few loop iterations later, and in those the new tab logged tok4
+    as seq 2. The wait ends when that response is logged (or the GET is seen parked)."""
+    sio = make_sio()
+    app = make_app(sio, write_timeout=5, **backend)
+    feeds = app.runtime.polling_feeds
+    waiting = asyncio.Event()
+    fed = feeds.fed
+
+    async def watched(principal: str, since_ms: int, seconds: float, mine: Any = None) -> bool:
+        if feeds.behind(principal, since_ms, mine):
+            waiting.set()
+        return await fed(principal, since_ms, seconds, mine)
+
+    feeds.fed = watched  # type: ignore[method-assign]  # (seen, not changed)
+    async with serve(app) as url:
+        polling = await PollingClient(url).open({"token": "alice"})
+        await sio.emit("events", chat_event("m", 1), room=room_of("alice"))
+        assert [e["seq"] for e in event_args(await polling.collect(is_event, 1))] == [1]
+        for i in (2, 3):  # queued in python-engineio for the polling tab's next GET
+            await sio.emit("events", chat_event("m", i), room=room_of("alice"))
+        tab = await RawClient(url, auth={"token": "alice"}).connect()
+        await sio.emit("events", chat_event("m", 4), room=room_of("alice"))
+        await asyncio.wait_for(waiting.wait(), 10)  # the new tab's tok4 waits for the polling tab
+        got = await polling.collect(is_event, 3)
+        assert [(e.get("seq"), e["data"]["data"]["content"]) for e in event_args(got)] == [
+            (2, "tok2 "),
+            (3, "tok3 "),
+            (4, "tok4 "),
+        ]
+        assert await tab.wait_seqs("m", 1) == [4]
+        await tab.close()
+        await polling.aclose()
+
+
+async def test_long_polling_tabs_that_begin_a_stream_together_wait_for_no_one_but_each_other(
+    backend: dict[str, Any],
+) -> None:
+    """Two long-polling tabs of alice get each stream's first frame in responses taken at once:
+    each response waits for the other's to be logged (its first frame of the stream), and the one
+    taken later lets the other go first; they used to wait for each other until the deadline."""
+    sio = make_sio()
+    app = make_app(sio, write_timeout=10, **backend)
+    async with serve(app) as url:
+        tabs = [await PollingTab(url, "alice").start() for _ in range(2)]
+        for n in range(10):
+            for i in (1, 2):
+                await sio.emit("events", chat_event(f"s{n}", i), room=room_of("alice"))
+            for tab in tabs:
+                await tab.wait_count(f'"message_id":"s{n}"', 2, timeout=5)
+        stamped = [[(e.get("message_id"), e.get("seq")) for e in event_args(tab.packets)] for tab in tabs]
+        for tab in tabs:
+            await tab.kill()
+    expected = [(f"s{n}", i) for n in range(10) for i in (1, 2)]
+    assert stamped == [expected, expected]
+    assert faults(app) == {}

@@ -1,15 +1,15 @@
-"""Long-polling sessions of a user whose frames may still wait in python-engineio, unfed.
+"""Long-polling sessions of a user whose frames may still wait in python-engineio, unlogged.
 
 Owns: which long-polling sessions each principal has here, which of them may hold frames the app
-sent before a given moment that the middleware has not been fed yet (no GET of its client was
-waiting, and its last response was taken before that moment), and waiting until those logged
-their next response. What the app sends a long-polling session reaches the middleware only in the
-response to its client's next GET. A websocket tab of the same user that joined meanwhile never
-gets those frames live, and it logged its own live frames ahead of them, under the seqs they
-should have had: its replay ended before them, its frames carried wrong seqs, and when the polling
-tab went away they were lost from every view with ``gap: false`` (found by attack). A connection's
-first frames of a stream, and a replay, wait for them first (at most the write timeout). Must not
-touch: responses, the log.
+sent before a given moment that the middleware has not logged yet (between its client's GETs, a
+GET on its way to python-engineio's answer, a response being logged), and waiting until those
+logged their next response. What the app sends a long-polling session reaches the middleware only
+in the response to its client's next GET. A websocket tab of the same user that joined meanwhile
+never gets those frames live, and it logged its own live frames ahead of them, under the seqs
+they should have had: its replay ended before them, its frames carried wrong seqs, and when the
+polling tab went away they were lost from every view with ``gap: false`` (found by attack). A
+connection's first frames of a stream, and a replay, wait for them first (at most the write
+timeout). Must not touch: responses, the log.
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ import asyncio
 import time
 import weakref
 from typing import Protocol
-
-import anyio
 
 #: A polling client asks again within a round trip of its last response: one that has not within
 #: this long is not waited for (gone, as a reloaded tab's old session is, or too slow for it to help)
@@ -32,6 +30,9 @@ class Feed(Protocol):
     #: what the app sends it reaches the middleware at once: a GET of its client waits in
     #: python-engineio, or the session went on on a websocket
     feeding: bool
+    asked: bool  # a GET of its client reached the app, not answered yet, not seen waiting
+    taking_ms: int  # python-engineio answered a GET with what it took then, being logged now (0: none)
+    waits: int  # its responses (or replays) waiting here (in ``fed``) for other sessions' to be logged
     logged_ms: int  # when python-engineio took the packets of its last response logged (the log's clock)
     logged_at: float  # monotonic time that response was logged
     over: bool  # the session ended
@@ -39,8 +40,18 @@ class Feed(Protocol):
 
     @property
     def changed(self) -> asyncio.Event:
-        """Set when it feeds at once again, or logged a response (a new one each time)."""
+        """Set at each change of the above (a new event each time)."""
         ...
+
+    def watch_parking(self) -> None:
+        """Count loop iterations until its GET is answered: ``feeding`` when none was soon."""
+
+    def waiting(self, waits: bool) -> None:
+        """A response (or replay) of it waits in ``fed``, or one does no more."""
+
+
+def _rank(feed: Feed) -> tuple[int, int]:
+    return (feed.taking_ms or 1 << 62, id(feed))
 
 
 class PollingFeeds:
@@ -69,30 +80,59 @@ class PollingFeeds:
         return bool(self._by_principal.get(principal))  # (an entry whose sessions are gone: swept by note)
 
     def behind(self, principal: str, since_ms: int, mine: Feed | None = None) -> list[Feed]:
-        """Sessions of ``principal`` (but ``mine``) that may hold frames sent before ``since_ms``,
-        unfed, and whose client should ask for them soon (see ``ASKS_AGAIN_S``)."""
+        """Sessions of ``principal`` (but ``mine``) that may hold frames sent before ``since_ms``
+        unlogged, and should log them soon: a GET of its client is being answered, or its client
+        took a response a moment ago and will ask again (see ``ASKS_AGAIN_S``).
+
+        A GET that reached the app is answered a few loop iterations later (found by review: a
+        tab that went on when the GET arrived logged its frame ahead of the ones the response
+        carried, under their seqs); one that python-engineio keeps waiting feeds (``watch_parking``).
+        Two responses that wait for each other: the one taken later lets the other go first.
+        """
         feeds = self._by_principal.get(principal)
         if not feeds:
             return []
         recent = time.monotonic() - ASKS_AGAIN_S
-        return [
-            feed
-            for feed in list(feeds)
-            if feed is not mine
-            and not (feed.feeding or feed.over or feed.let_go)
-            and feed.logged_ms < since_ms
-            and feed.logged_at > recent
-        ]
+        rank = _rank(mine) if mine is not None else None
+        behind = []
+        for feed in list(feeds):
+            if feed is mine or feed.feeding or feed.over or feed.let_go or feed.logged_ms >= since_ms:
+                continue
+            if feed.taking_ms:
+                if feed.waits and rank is not None and rank < _rank(feed):
+                    continue  # it waits for mine
+            elif not feed.asked and feed.logged_at <= recent:
+                continue
+            behind.append(feed)
+        return behind
 
     async def fed(self, principal: str, since_ms: int, seconds: float, mine: Feed | None = None) -> bool:
         """Wait until no session of ``principal`` (but ``mine``) may hold frames sent before
-        ``since_ms`` unfed, ``seconds`` at most; ``False`` if they still may then."""
+        ``since_ms`` unlogged, ``seconds`` at most; ``False`` if they still may then."""
+        behind = self.behind(principal, since_ms, mine)
+        if not behind:
+            return True
         deadline = time.monotonic() + seconds
-        while behind := self.behind(principal, since_ms, mine):
-            now = time.monotonic()
-            if now >= deadline:
-                return False
-            until = min(deadline, min(feed.logged_at for feed in behind) + ASKS_AGAIN_S)
-            with anyio.move_on_after(until - now):
-                await behind[0].changed.wait()
-        return True
+        if mine is not None:
+            mine.waiting(True)
+        try:
+            while behind:
+                now = time.monotonic()
+                if now >= deadline:
+                    return False
+                until = deadline
+                for feed in behind:
+                    feed.watch_parking()
+                    if not (feed.asked or feed.taking_ms):
+                        until = min(until, feed.logged_at + ASKS_AGAIN_S)
+                changes = [asyncio.ensure_future(feed.changed.wait()) for feed in behind]
+                try:
+                    await asyncio.wait(changes, timeout=until - now, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for change in changes:
+                        change.cancel()
+                behind = self.behind(principal, since_ms, mine)
+            return True
+        finally:
+            if mine is not None:
+                mine.waiting(False)

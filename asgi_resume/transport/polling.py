@@ -53,7 +53,7 @@ async def handle_polling(
             runtime.polling_replays.read(eio.polling)
         response = PollResponse(eio, send)
         if eio.polling is not None:
-            eio.polling.now_feeding(True)  # (what the app sends it reaches us at once, until answered)
+            eio.polling.asks()
         with eio.client_request():
             await _watching_client(app, scope, receive, response)
     elif method == "POST" and eio is not None and not eio.conn.upgraded:
@@ -127,11 +127,12 @@ class PollResponse:
         if message["type"] == "http.response.start":
             status = message.get("status")
             polling = self.eio.polling
-            if polling is not None:
-                polling.now_feeding(False)  # (what the app sends from now on waits for the next GET)
             if status == 200:
                 # python-engineio took the packets off its queue just now (it answers a poll at once)
                 self.taken_ms = self.runtime.log.now_ms()
+            if polling is not None:  # (what the app sends from now on waits for the next GET)
+                polling.answers(self.taken_ms)
+            if status == 200:
                 if polling is not None and not polling.over:
                     polling.let_go = False  # the client is there: watch it again
                 self.start = message
@@ -147,14 +148,19 @@ class PollResponse:
         start, self.start = self.start, None
         # python-engineio's header names are not lower case: normalise before looking them up
         headers = MutableHeaders(raw=[(k.lower(), v) for k, v in start.get("headers", [])])
-        body = await self.rewrite(headers.get("content-encoding", "").lower(), bytes(self.body))
+        polling = self.eio.polling
+        try:
+            body = await self.rewrite(headers.get("content-encoding", "").lower(), bytes(self.body))
+        except BaseException:
+            if polling is not None:
+                polling.logged(0)  # (nobody waits for it any longer)
+            raise
         if self.closed:
             await self.eio.let_go("the session was closed", over=True)
         elif self.abandoned:
             await self.eio.let_go("its client left while its GET waited")
         if "content-length" in headers or body != bytes(self.body):
             headers["content-length"] = str(len(body))
-        polling = self.eio.polling
         if polling is not None:  # what it took is logged: tabs of its user waiting for it go on
             polling.logged(self.taken_ms)
             for principal in set(self.outbound.conn.principals.values()):

@@ -31,6 +31,10 @@ logger = logging.getLogger("asgi_resume")
 # rather than at python-engineio's ping timeout (45 s by default). If it comes back, its own next
 # append continues the epoch and unflags them.
 AWAY_S = 2.0
+#: python-engineio answers a GET it holds packets for within a few event loop iterations of the GET
+#: reaching the middleware (3, python-engineio 4.15 on CPython 3.11, bare and inside open-webui
+#: 0.12.4): one not answered after this many waits for what the app sends next
+PARKED_HOPS = 32
 
 
 @dataclass(eq=False, slots=True, weakref_slot=True)
@@ -53,24 +57,63 @@ class Polling:
     unread_replays: int = 0  # bytes of responses with replays its client has not read (PollingReplays)
     unread_principal: str = ""
     # (what PollingFeeds asks: may the app's frames wait in python-engineio for it, unfed?)
-    feeding: bool = False  # a GET of its client waits in python-engineio, or it went on on a websocket
+    feeding: bool = False  # what the app sends it reaches us at once: its GET waits, or it went on on a websocket
+    asked: bool = False  # a GET of its client reached the app, not answered yet, not seen waiting for the app
+    taking_ms: int = 0  # python-engineio answered a GET with what it took then, being logged now (0: none)
+    waits: int = 0  # its responses (or replays) waiting for other sessions of its user to log theirs first
     logged_ms: int = 0  # when python-engineio took the packets of its last response logged
     logged_at: float = 0.0  # monotonic time that response was logged
+    _gets: int = 0  # GETs of its client so far
+    _watched: int = 0  # the GET whose loop iterations are being counted (watch_parking)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def changed(self) -> asyncio.Event:
         return self._changed
 
-    def now_feeding(self, feeding: bool) -> None:
-        """A GET of its client waits in python-engineio now, or python-engineio answered it."""
-        self.feeding = feeding
-        if feeding:
-            self._tell()
+    def asks(self) -> None:
+        """A GET of its client reached the app: python-engineio answers it within a few loop
+        iterations with what it holds, or keeps it waiting for what the app sends next."""
+        self.asked, self.feeding, self.taking_ms = True, False, 0
+        self._gets += 1
+        self._tell()
+
+    def watch_parking(self) -> None:
+        """Somebody waits for its GET's response: if none began ``PARKED_HOPS`` loop iterations
+        from now, python-engineio held nothing for it and keeps the GET waiting: it feeds."""
+        if self.asked and self._watched != self._gets:
+            self._watched = self._gets
+            asyncio.get_running_loop().call_soon(self._hop, PARKED_HOPS, self._gets)
+
+    def _hop(self, left: int, get: int) -> None:
+        if not self.asked or get != self._gets:
+            return  # answered (or asked again) meanwhile
+        if left:
+            asyncio.get_running_loop().call_soon(self._hop, left - 1, get)
+            return
+        self.asked, self.feeding = False, True
+        self._tell()
+
+    def answers(self, taken_ms: int) -> None:
+        """python-engineio answers its GET with the packets it took at ``taken_ms`` (0: none to log)."""
+        self.asked = self.feeding = False
+        self.taking_ms = taken_ms
 
     def logged(self, taken_ms: int) -> None:
-        """What python-engineio took for a response at ``taken_ms`` is logged."""
-        self.logged_ms, self.logged_at = max(self.logged_ms, taken_ms), time.monotonic()
+        """What python-engineio took for a response at ``taken_ms`` is logged (0: the response failed)."""
+        if taken_ms:
+            self.logged_ms, self.logged_at = max(self.logged_ms, taken_ms), time.monotonic()
+        self.taking_ms = 0
+        self._tell()
+
+    def upgraded(self, upgraded: bool) -> None:
+        """The session went on on a websocket (what the app sends it reaches us at once), or back."""
+        self.asked, self.feeding = False, upgraded
+        self._tell()
+
+    def waiting(self, waits: bool) -> None:
+        """A response (or replay) of it waits for other sessions' (or does no more)."""
+        self.waits += 1 if waits else -1
         self._tell()
 
     def _tell(self) -> None:

@@ -284,7 +284,7 @@ class WebSocketConnection:
                     elif upgrade == "failed":  # the session is on long-polling again: its POSTs are read
                         self.conn.upgraded = False
                         if self.eio.polling is not None:
-                            self.eio.polling.now_feeding(False)
+                            self.eio.polling.upgraded(False)
             elif message["type"] == "websocket.receive":
                 text = message.get("text")
                 if text is None:
@@ -319,7 +319,7 @@ class WebSocketConnection:
         # step: until then they are read here, as every POST is
         self.conn.upgraded = True
         if self.eio.polling is not None:
-            self.eio.polling.now_feeding(True)  # (what the app sends it reaches us at once now)
+            self.eio.polling.upgraded(True)  # (what the app sends it reaches us at once now)
         if self._batch.has_deferred():
             self._outbox.put_soon(NUDGE)
 
