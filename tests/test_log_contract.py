@@ -196,7 +196,7 @@ async def test_others_are_seen(log: StreamLog) -> None:
     before = log.now_ms()
     await log.replay(key(), 0, None, "reloaded")  # the reloaded tab resumes: it takes the stream over
     await held.send(entry(log, "b"))
-    assert held.others_ms >= before - 50  # (the Redis clock and ours agree to within a few ms)
+    assert held.others_ms >= before - 1000  # (the Redis clock and ours agree within a round trip: 82 ms seen loaded)
     await reloaded.send(entry(log, "b"))
     assert reloaded.others_ms > 0
 
