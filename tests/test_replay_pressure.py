@@ -33,8 +33,10 @@ from asgi_resume.pipeline.replays_in_flight import PER_PRINCIPAL, ReplaysInFligh
 from asgi_resume.pipeline.resume import ResumeRequest
 from asgi_resume.pipeline.runtime import Runtime, Turns
 from tests.support.app import chat_event, emit_tokens, make_app, make_sio, room_of
+from tests.support.polling import PollingClient, is_event
 from tests.support.raw import RawClient, masked_frame
 from tests.support.server import serve
+from tests.support.waits import until
 
 pytestmark = pytest.mark.anyio
 
@@ -478,7 +480,7 @@ async def test_a_users_long_polling_responses_waiting_for_their_clients_bound_it
     """Found by attack: one principal's 40 polling sessions, each asking for a replay of its
     2,000-frame stream of 4 KB frames and never reading the GET, held 391-449 MB and stalled
     another user's live stream 126-601 ms. While a principal's responses with replays its clients
-    have not read (by their next GET) hold ``PER_PRINCIPAL_BYTES`` (or everyone's
+    have not read (the server's buffer holds them) hold ``PER_PRINCIPAL_BYTES`` (or everyone's
     ``PER_PROCESS_BYTES``), no further replay starts for it: ``rate_limited``."""
     pipeline = Pipeline()
     await pipeline.emit(1, 10)
@@ -495,7 +497,7 @@ async def test_a_users_long_polling_responses_waiting_for_their_clients_bound_it
     alice, mallory = Session(), Session()
     replays.sent(alice, "alice", PER_PRINCIPAL_BYTES)
     assert (await answer())["error"] == "rate_limited"
-    replays.read(alice)  # its client asked again: it read it
+    replays.drained(alice, PER_PRINCIPAL_BYTES)  # its client read it
     replays.sent(mallory, "mallory", PER_PROCESS_BYTES)
     assert (await answer())["error"] == "rate_limited"  # everyone's, past the process's bound
     del mallory  # a session that is gone counts no more
@@ -576,3 +578,69 @@ async def test_everyones_websocket_replays_in_flight_are_bounded_per_process() -
     async with asyncio.timeout(10):
         await asyncio.gather(waiting, *readers)
     assert [answer.get("error") for answer in pipeline.answers()] == ["not_found"]  # (bob has no stream m)
+
+
+class UnreadGet:
+    """A long-polling GET of a session on its own TCP connection, whose response is read only when asked."""
+
+    def __init__(self, url: str, sid: str) -> None:
+        parts = urlsplit(url)
+        self.host, self.port, self.sid = parts.hostname or "127.0.0.1", parts.port or 80, sid
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # (the kernel takes little of it)
+        self.sock.setblocking(False)
+
+    async def send(self) -> UnreadGet:
+        loop = asyncio.get_running_loop()
+        await loop.sock_connect(self.sock, (self.host, self.port))
+        request = f"GET /socket.io/?EIO=4&transport=polling&sid={self.sid} HTTP/1.1\r\nHost: {self.host}\r\n\r\n"
+        await loop.sock_sendall(self.sock, request.encode())
+        return self
+
+    async def read(self) -> bytes:
+        """The whole response (its Content-Length)."""
+        loop, data = asyncio.get_running_loop(), b""
+        while b"\r\n\r\n" not in data:
+            data += await loop.sock_recv(self.sock, 65536)
+        head, body = data.split(b"\r\n\r\n", 1)
+        fields = dict(line.lower().split(b": ", 1) for line in head.split(b"\r\n")[1:])
+        length = int(fields[b"content-length"])
+        while len(body) < length:
+            body += await loop.sock_recv(self.sock, 65536)
+        return body
+
+
+async def test_a_long_polling_response_counts_until_its_client_read_it_whatever_connection_asks_next() -> None:
+    """Found by attack: a long-polling response with a replay counted against its user's bound
+    until the session's next GET; a client that sent that GET on a new TCP connection, leaving the
+    old response unread in the server's buffer, reset the count each time (+193-273 MiB). It
+    counts until the server's buffer drained now: the client read it, or its connection closed."""
+    sio = make_sio()
+    app = make_app(sio)
+    replays = app.runtime.polling_replays
+    replays.per_principal = 256 << 10  # (one response of this replay is past it)
+    async with serve(app) as url:
+        client = await PollingClient(url).open({"token": "mallory"})
+        for i in range(1, FRAMES + 1):  # 8 MB: past what the kernel's buffers take of a reader that reads not
+            await sio.emit("events", chat_event("long", i, content="x" * 4096), room=room_of("mallory"))
+        await client.collect(is_event, FRAMES)
+        resume = "421" + json.dumps(["resume-stream", {"message_id": "long", "last_seq": 0}])
+
+        async def answer() -> Any:
+            pending = asyncio.create_task(client.collect(lambda p: str(p).startswith("431"), 1))
+            await client.post(resume)
+            got = await asyncio.wait_for(pending, 10)
+            return json.loads(next(str(p) for p in got if str(p).startswith("431"))[3:])[0]
+
+        unread = await UnreadGet(url, client.sid).send()
+        await client.post(resume)  # its replay goes to the GET nobody reads
+        await until(lambda: replays.total() >= FRAMES * 4096, 10)
+        # the next GET, on another connection (the client's own), says nothing of the first
+        assert (await answer())["error"] == "rate_limited"
+        assert replays.total() >= FRAMES * 4096
+        body = await unread.read()  # read at last
+        assert body.count(b'42["events"') == FRAMES
+        await until(lambda: replays.total() == 0, 10)
+        assert (await answer())["replayed"] == FRAMES
+        unread.sock.close()
+        await client.aclose()

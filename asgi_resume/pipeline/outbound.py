@@ -69,7 +69,7 @@ class Outbound:
         self.feed = self.batch.feed  # (hot: one call per frame)
         self._owed: list[Outgoing] = []  # frames held back for a CONNECT reply that went out unread
         self._response: list[Outgoing] | None = None  # what :meth:`flush` has collected so far
-        self.replays_in_response = 0  # replays the last :meth:`flush` started (see PollingReplays)
+        self.replays_in_response = 0  # bytes counted for the replays the last :meth:`flush` started (PollingReplays)
         self.polling_session: Session | None = None  # its long-polling session, whose replays are counted
 
     @property
@@ -185,8 +185,8 @@ class Outbound:
         polling_replays = self.runtime.polling_replays
         if principal is not None and polling_replays.full(principal):
             return False
-        self.replays_in_response += 1
         if principal is not None and self.polling_session is not None:
+            self.replays_in_response += replay.RESPONSE_REPLAY_BYTES
             polling_replays.sent(self.polling_session, principal, replay.RESPONSE_REPLAY_BYTES)
         return True
 

@@ -1,12 +1,15 @@
 """Long-polling responses that carry replays, until their clients read them: bounded per user and process.
 
-Owns: the bytes of such responses sent to each long-polling session whose client has not shown it
-read them yet (by its next GET), per principal and in all, and whether another replay may start
-in a response now. A long-polling response is built whole and handed to the server at once, so
-unlike a websocket's paged replay it sits in the server's buffer until the client reads it: one
+Owns: the bytes of such responses to each long-polling session that the server's buffer still
+holds (its client has not read them), per principal and in all, and whether another replay may
+start in a response now. A long-polling response is built whole and handed to the server at once,
+so unlike a websocket's paged replay it sits in the server's buffer until the client reads it: one
 principal's many sessions, each asking for a replay and never reading, held 391-449 MB and
-stalled another user's live stream 126-601 ms (found by attack). Sessions are held weakly: one
-that is gone counts no more. Must not touch: responses, the log.
+stalled another user's live stream 126-601 ms (found by attack). A client's next GET does not say
+it read the last response: one sent on another TCP connection reset the count while the old
+response sat unread (+193-273 MiB, found by attack); the transport says when the server's buffer
+drained. Sessions are held weakly: one that is gone counts no more. Must not touch: responses,
+the log.
 """
 
 from __future__ import annotations
@@ -44,8 +47,9 @@ class PollingReplays:
 
     def sent(self, session: Session, principal: str, size: int) -> None:
         """``size`` bytes of replay go to ``session`` (until :meth:`read`)."""
-        if session.unread_replays and session.unread_principal != principal:
-            self.read(session)
+        if session.unread_replays and session.unread_principal != principal:  # (its other namespace's)
+            self._forget(session)
+            session.unread_replays = 0
         session.unread_replays += size
         session.unread_principal = principal
         sessions = self._unread.get(principal)
@@ -53,16 +57,19 @@ class PollingReplays:
             sessions = self._unread[principal] = weakref.WeakSet()
         sessions.add(session)
 
-    def built(self, session: Session, size: int) -> None:
-        """The response whose replays were counted as they started is built: it holds ``size`` bytes."""
-        if session.unread_replays:
-            session.unread_replays = max(size, 1)
-
-    def read(self, session: Session) -> None:
-        """Its client read what it was sent (it asks again), or it is gone."""
+    def built(self, session: Session, counted: int, size: int) -> None:
+        """The response whose replays were counted ``counted`` bytes as they started is built: it
+        holds ``size`` bytes (0: it failed), counted until :meth:`drained`."""
+        session.unread_replays = max(0, session.unread_replays + size - counted)
         if not session.unread_replays:
-            return
-        session.unread_replays = 0
+            self._forget(session)
+
+    def drained(self, session: Session, size: int) -> None:
+        """The server's buffer no longer holds that response of ``size`` bytes: its client read it
+        (or its connection closed)."""
+        self.built(session, size, 0)
+
+    def _forget(self, session: Session) -> None:
         sessions = self._unread.get(session.unread_principal)
         if sessions is not None:
             sessions.discard(session)

@@ -49,8 +49,6 @@ async def handle_polling(
     if method == "GET" and (eio is not None or sid is None):
         if eio is None:  # the handshake: a new session
             eio = EngineIOSession(runtime, sessions, scope, polling=True)
-        elif eio.polling is not None:  # it asks again: it read what it was sent before
-            runtime.polling_replays.read(eio.polling)
         response = PollResponse(eio, send)
         if eio.polling is not None:
             eio.polling.asks()
@@ -154,6 +152,7 @@ class PollResponse:
         except BaseException:
             if polling is not None:
                 polling.logged(0)  # (nobody waits for it any longer)
+                self.runtime.polling_replays.built(polling, self.outbound.replays_in_response, 0)
             raise
         if self.closed:
             await self.eio.let_go("the session was closed", over=True)
@@ -166,10 +165,21 @@ class PollResponse:
             for principal in set(self.outbound.conn.principals.values()):
                 if principal:
                     self.runtime.polling_feeds.note(principal, polling)
-        if self.outbound.replays_in_response and polling is not None:  # counted until the client's next GET
-            self.runtime.polling_replays.built(polling, len(body))
-        await self.send({**start, "headers": headers.raw})
-        await self._send({"type": "http.response.body", "body": body, "more_body": bool(message.get("more_body"))})
+        counted = self.outbound.replays_in_response
+        unread = polling if counted else None  # its replays count until the server's buffer drained
+        if unread is not None:
+            self.runtime.polling_replays.built(unread, counted, len(body))
+        more_body = bool(message.get("more_body"))
+        try:
+            await self.send({**start, "headers": headers.raw})
+            await self._send({"type": "http.response.body", "body": body, "more_body": more_body or unread is not None})
+            if unread is not None and not more_body:
+                # the server takes this once its buffer drained (uvicorn and hypercorn wait for
+                # it): the client has read the response then, or its connection is gone
+                await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            if unread is not None:
+                self.runtime.polling_replays.drained(unread, len(body))
 
     async def _send(self, message: Message) -> None:
         if message["type"] == "http.response.body" and not message.get("more_body"):

@@ -186,7 +186,6 @@ async def let_go(
     if polling.let_go:
         return
     polling.let_go = True
-    runtime.polling_replays.read(polling)  # (its client is gone: what it was sent counts no more)
     async with outbound.lock:  # after any response being rewritten: what it carries is logged first
         with anyio.CancelScope(shield=True):
             flagged = await outbound.release(last_seen=polling.seen_at or None)
