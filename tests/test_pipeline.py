@@ -504,6 +504,21 @@ async def test_a_frame_over_max_frame_bytes_goes_out_unstamped_and_its_stream_st
     assert replay.gap
 
 
+async def test_max_frame_bytes_counts_a_frames_bytes_not_its_characters() -> None:
+    """Found by review: the limit counted characters, so a frame of 3-byte characters (an app whose
+    JSON does not escape them) was logged at three times the bytes ``ASGI_RESUME_MAX_FRAME_BYTES``
+    says (what Redis is sent is UTF-8)."""
+
+    def unescaped(i: int, content: str) -> str:
+        return token(i, content="@").replace('"content":"@"', f'"content":"{content}"')
+
+    rt = runtime(max_frame_bytes=1000)
+    alice = tab(rt)
+    assert events(await send(alice, unescaped(1, "\u20ac" * 250)))[0]["seq"] == 1  # about 850 bytes
+    assert events(await send(alice, unescaped(2, "\u20ac" * 400)))[0].get("seq") is None  # 1,300 in 500 chars
+    assert rt.stats.frames_too_large == 1
+
+
 async def test_a_stream_whose_first_frame_is_over_max_frame_bytes_replays_from_the_start_with_a_gap() -> None:
     """Found by review: the stream's first frame is too large and in no log. The tab had no cursor,
     so its reset named no epoch, and the epoch it started was not marked as one after a break: a

@@ -19,7 +19,7 @@ from asgi_resume.pipeline.orphans import release_left
 from asgi_resume.pipeline.recovery import Recovery
 from asgi_resume.pipeline.rules import Stamping
 from asgi_resume.pipeline.runtime import Runtime
-from asgi_resume.pipeline.units import RESERVED, ConnectReply, EventUnit, sampled_digest, template_digest
+from asgi_resume.pipeline.units import RESERVED, ConnectReply, EventUnit, sampled_digest, template_digest, text_over
 
 STAMPING_CACHE_SIZE = 256  # recent stream frames: their copies to other connections are stamped alike...
 #: ...of at most this many characters in all (with their parsed content and template, about three
@@ -111,7 +111,9 @@ class Classifier:
         template = protocol.stamp_template(frame, classified.packet, RESERVED) if classified is not None else None
         found = None
         if classified is not None and template is not None:
-            digest = sampled_digest(template) if len(frame) > self._max_frame else template_digest(template)
+            limit = self._max_frame  # (hot: a call only for a frame whose characters may be past it)
+            too_large = len(frame) << 2 > limit and text_over(frame, limit)
+            digest = sampled_digest(template) if too_large else template_digest(template)
             found = Stamping(classified, template, digest)
         if classified is not None and len(frame) > STAMPING_CACHE_CHARS:
             if found is not None:  # (its copies need the packet's header, not its parsed payload: 4x the frame)

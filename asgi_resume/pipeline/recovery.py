@@ -96,7 +96,7 @@ class Recovery:
             if not state.logging:
                 unit.offset = UNLOGGED_OFFSET
                 continue
-            if unit.size() > self._max_frame:
+            if unit.over(self._max_frame):
                 # not logged (one append of 32 MB can outlast the write timeout on Redis, which opens
                 # the breaker for everyone): the session has a hole, and is never recovered
                 unit.offset = UNLOGGED_OFFSET

@@ -85,7 +85,7 @@ class StreamWriter:
             else:
                 group.append(unit)
             saw(key, unit.done)
-            if len(unit.raw) > max_frame or (unit.attachments and unit.size() > max_frame):
+            if (len(unit.raw) << 2 > max_frame or unit.attachments) and unit.over(max_frame):  # (hot)
                 too_large = too_large or set()
                 too_large.add(key)
         if too_large:

@@ -64,6 +64,15 @@ def template_digest(template: protocol.StampTemplate) -> str:
     return _hash(template).hexdigest()
 
 
+def text_over(text: str, limit: int) -> bool:
+    """Is ``text`` more than ``limit`` bytes in UTF-8? (Encoded only when its characters may be:
+    up to 4 bytes each.)"""
+    chars = len(text)
+    if chars > limit:
+        return True
+    return chars * 4 > limit and len(text.encode("utf-8", "surrogatepass")) > limit
+
+
 #: how much of each end of a frame too large to be logged its digest reads
 SAMPLED_CHARS = 4096
 
@@ -100,9 +109,9 @@ class EventUnit:
     emitted: str | None = None  # the app's frame object, when its copies are that same object (websockets)
     _digest: str = ""
 
-    def size(self) -> int:
-        """About its bytes: the frame's characters and its attachments' bytes."""
-        return len(self.raw) + sum(len(attachment) for attachment in self.attachments)
+    def over(self, limit: int) -> bool:
+        """Is it more than ``limit`` bytes: its frame's UTF-8 and its attachments'?"""
+        return text_over(self.raw, limit - sum(len(attachment) for attachment in self.attachments))
 
     @property
     def complete(self) -> bool:
