@@ -481,3 +481,37 @@ async def test_long_polling_tabs_that_begin_a_stream_together_wait_for_no_one_bu
     expected = [(f"s{n}", i) for n in range(10) for i in (1, 2)]
     assert stamped == [expected, expected]
     assert faults(app) == {}
+
+
+async def test_a_tab_joining_next_to_a_slow_long_polling_tab_waits_as_long_as_that_tab_takes_to_ask(
+    backend: dict[str, Any],
+) -> None:
+    """A long-polling client far away (0.4 s between a response and its next GET: a phone on a
+    slow network) was not waited for past 0.25 s: a websocket tab of the same user that joined
+    meanwhile logged its frame under the seq of one python-engineio still held for the slow tab.
+    A session is waited for as long as it has been taking to ask again (1 s at most)."""
+    sio = make_sio()
+    app = make_app(sio, write_timeout=5, **backend)
+    async with serve(app) as url:
+        polling = await PollingClient(url).open({"token": "alice"})
+        for i in (1, 2, 3):  # (the slow client, as it shows itself: each GET 0.4 s after a response)
+            await sio.emit("events", chat_event("warm-up", i), room=room_of("alice"))
+            await asyncio.sleep(0.4)  # (the client's pace, not a synchronisation)
+            await polling.collect(is_event, 1)
+        await sio.emit("events", chat_event("m", 1), room=room_of("alice"))
+        await asyncio.sleep(0.4)
+        assert [e["seq"] for e in event_args(await polling.collect(is_event, 1))] == [1]
+        for i in (2, 3):  # queued in python-engineio for the slow tab's next GET
+            await sio.emit("events", chat_event("m", i), room=room_of("alice"))
+        tab = await RawClient(url, auth={"token": "alice"}).connect()
+        await sio.emit("events", chat_event("m", 4), room=room_of("alice"))
+        await asyncio.sleep(0.4)
+        got = await polling.collect(is_event, 3)
+        assert [(e.get("seq"), e["data"]["data"]["content"]) for e in event_args(got)] == [
+            (2, "tok2 "),
+            (3, "tok3 "),
+            (4, "tok4 "),
+        ]
+        assert await tab.wait_seqs("m", 1) == [4]
+        await tab.close()
+        await polling.aclose()

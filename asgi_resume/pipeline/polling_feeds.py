@@ -20,8 +20,15 @@ import weakref
 from typing import Protocol
 
 #: A polling client asks again within a round trip of its last response: one that has not within
-#: this long is not waited for (gone, as a reloaded tab's old session is, or too slow for it to help)
+#: this long, or 1.5 times as long as it has lately taken (``Feed.asks_again_s``) up to
+#: ``ASKS_AGAIN_MAX_S``, is not waited for (gone, as a reloaded tab's old session is)
 ASKS_AGAIN_S = 0.25
+ASKS_AGAIN_MAX_S = 1.0
+
+
+def _asks_again_by(feed: Feed) -> float:
+    """When ``feed``'s client should have asked again (monotonic)."""
+    return feed.logged_at + min(ASKS_AGAIN_MAX_S, max(ASKS_AGAIN_S, 1.5 * feed.asks_again_s))
 
 
 class Feed(Protocol):
@@ -35,6 +42,7 @@ class Feed(Protocol):
     waits: int  # its responses (or replays) waiting here (in ``fed``) for other sessions' to be logged
     logged_ms: int  # when python-engineio took the packets of its last response logged (the log's clock)
     logged_at: float  # monotonic time that response was logged
+    asks_again_s: float  # how long its client has lately taken from a response to its next GET
     over: bool  # the session ended
     let_go: bool  # its client is gone
 
@@ -82,7 +90,8 @@ class PollingFeeds:
     def behind(self, principal: str, since_ms: int, mine: Feed | None = None) -> list[Feed]:
         """Sessions of ``principal`` (but ``mine``) that may hold frames sent before ``since_ms``
         unlogged, and should log them soon: a GET of its client is being answered, or its client
-        took a response a moment ago and will ask again (see ``ASKS_AGAIN_S``).
+        took a response a moment ago and will ask again (see ``ASKS_AGAIN_S``: a client far away
+        takes longer, and is waited for as long).
 
         A GET that reached the app is answered a few loop iterations later (found by review: a
         tab that went on when the GET arrived logged its frame ahead of the ones the response
@@ -92,7 +101,7 @@ class PollingFeeds:
         feeds = self._by_principal.get(principal)
         if not feeds:
             return []
-        recent = time.monotonic() - ASKS_AGAIN_S
+        now = time.monotonic()
         rank = _rank(mine) if mine is not None else None
         behind = []
         for feed in list(feeds):
@@ -101,7 +110,7 @@ class PollingFeeds:
             if feed.taking_ms:
                 if feed.waits and rank is not None and rank < _rank(feed):
                     continue  # it waits for mine
-            elif not feed.asked and feed.logged_at <= recent:
+            elif not feed.asked and _asks_again_by(feed) <= now:
                 continue
             behind.append(feed)
         return behind
@@ -124,7 +133,7 @@ class PollingFeeds:
                 for feed in behind:
                     feed.watch_parking()
                     if not (feed.asked or feed.taking_ms):
-                        until = min(until, feed.logged_at + ASKS_AGAIN_S)
+                        until = min(until, _asks_again_by(feed))
                 changes = [asyncio.ensure_future(feed.changed.wait()) for feed in behind]
                 try:
                     await asyncio.wait(changes, timeout=until - now, return_when=asyncio.FIRST_COMPLETED)

@@ -63,6 +63,7 @@ class Polling:
     waits: int = 0  # its responses (or replays) waiting for other sessions of its user to log theirs first
     logged_ms: int = 0  # when python-engineio took the packets of its last response logged
     logged_at: float = 0.0  # monotonic time that response was logged
+    asks_again_s: float = 0.0  # how long its client has lately taken from a response to its next GET
     _gets: int = 0  # GETs of its client so far
     _watched: int = 0  # the GET whose loop iterations are being counted (watch_parking)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -76,6 +77,8 @@ class Polling:
         iterations with what it holds, or keeps it waiting for what the app sends next."""
         self.asked, self.feeding, self.taking_ms = True, False, 0
         self._gets += 1
+        if self.logged_at:  # (the longest lately: a slow GET counts at once, a fast one wears it down)
+            self.asks_again_s = max(time.monotonic() - self.logged_at, 0.8 * self.asks_again_s)
         self._tell()
 
     def watch_parking(self) -> None:
