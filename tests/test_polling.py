@@ -442,22 +442,33 @@ async def test_a_tab_joining_while_a_long_polling_tabs_get_is_on_its_way_logs_af
     feeds.fed = watched  # type: ignore[method-assign]  # (seen, not changed)
     async with serve(app) as url:
         polling = await PollingClient(url).open({"token": "alice"})
-        await sio.emit("events", chat_event("m", 1), room=room_of("alice"))
-        assert [e["seq"] for e in event_args(await polling.collect(is_event, 1))] == [1]
-        for i in (2, 3):  # queued in python-engineio for the polling tab's next GET
-            await sio.emit("events", chat_event("m", i), room=room_of("alice"))
-        tab = await RawClient(url, auth={"token": "alice"}).connect()
-        await sio.emit("events", chat_event("m", 4), room=room_of("alice"))
-        await asyncio.wait_for(waiting.wait(), 10)  # the new tab's tok4 waits for the polling tab
-        got = await polling.collect(is_event, 3)
-        assert [(e.get("seq"), e["data"]["data"]["content"]) for e in event_args(got)] == [
-            (2, "tok2 "),
-            (3, "tok3 "),
-            (4, "tok4 "),
-        ]
-        assert await tab.wait_seqs("m", 1) == [4]
-        await tab.close()
+        # (the new tab's tok4 waits for the polling tab before it GETs)
+        await _a_tab_joins_while_frames_wait_for_a_polling_tab(sio, url, polling, lambda: waiting.wait())
         await polling.aclose()
+
+
+async def _a_tab_joins_while_frames_wait_for_a_polling_tab(
+    sio: Any, url: str, polling: PollingClient, before_get: Any, pace: float = 0.0
+) -> None:
+    """tok1 reaches alice's polling tab (``pace`` s after it was sent); tok2 and tok3 wait in
+    python-engineio for its next GET; a websocket tab joins and tok4 comes; after
+    ``before_get()`` the polling tab asks: each of them carries its own seq, in both tabs."""
+    await sio.emit("events", chat_event("m", 1), room=room_of("alice"))
+    await asyncio.sleep(pace)  # (the client's pace, not a synchronisation)
+    assert [e["seq"] for e in event_args(await polling.collect(is_event, 1))] == [1]
+    for i in (2, 3):  # queued in python-engineio for the polling tab's next GET
+        await sio.emit("events", chat_event("m", i), room=room_of("alice"))
+    tab = await RawClient(url, auth={"token": "alice"}).connect()
+    await sio.emit("events", chat_event("m", 4), room=room_of("alice"))
+    await asyncio.wait_for(before_get(), 10)
+    got = await polling.collect(is_event, 3)
+    assert [(e.get("seq"), e["data"]["data"]["content"]) for e in event_args(got)] == [
+        (2, "tok2 "),
+        (3, "tok3 "),
+        (4, "tok4 "),
+    ]
+    assert await tab.wait_seqs("m", 1) == [4]
+    await tab.close()
 
 
 async def test_long_polling_tabs_that_begin_a_stream_together_wait_for_no_one_but_each_other(
@@ -498,20 +509,5 @@ async def test_a_tab_joining_next_to_a_slow_long_polling_tab_waits_as_long_as_th
             await sio.emit("events", chat_event("warm-up", i), room=room_of("alice"))
             await asyncio.sleep(0.4)  # (the client's pace, not a synchronisation)
             await polling.collect(is_event, 1)
-        await sio.emit("events", chat_event("m", 1), room=room_of("alice"))
-        await asyncio.sleep(0.4)
-        assert [e["seq"] for e in event_args(await polling.collect(is_event, 1))] == [1]
-        for i in (2, 3):  # queued in python-engineio for the slow tab's next GET
-            await sio.emit("events", chat_event("m", i), room=room_of("alice"))
-        tab = await RawClient(url, auth={"token": "alice"}).connect()
-        await sio.emit("events", chat_event("m", 4), room=room_of("alice"))
-        await asyncio.sleep(0.4)
-        got = await polling.collect(is_event, 3)
-        assert [(e.get("seq"), e["data"]["data"]["content"]) for e in event_args(got)] == [
-            (2, "tok2 "),
-            (3, "tok3 "),
-            (4, "tok4 "),
-        ]
-        assert await tab.wait_seqs("m", 1) == [4]
-        await tab.close()
+        await _a_tab_joins_while_frames_wait_for_a_polling_tab(sio, url, polling, lambda: asyncio.sleep(0.4), 0.4)
         await polling.aclose()
