@@ -24,7 +24,7 @@ from asgi_resume.pipeline.connection import Connection, UnnotedConnect
 from asgi_resume.principal import _plain
 from tests.conftest import Stack
 from tests.support.app import chat_event, emit_tokens, make_app, make_sio, room_of
-from tests.support.polling import PollingClient
+from tests.support.polling import PollingClient, event_args, is_event
 from tests.support.raw import RawClient
 from tests.support.server import serve
 from tests.support.waits import until
@@ -941,13 +941,15 @@ async def test_a_failed_second_upgrade_probe_leaves_the_sessions_posts_read(stac
 
 
 async def test_a_websocket_of_a_session_the_middleware_never_saw_binds_nobody(stack: Stack) -> None:
-    """Found by attack: a JSONP handshake (``j=0``) is not read here, so its sid was never known; a
-    websocket naming it was taken for one from the start (python-engineio takes it for an upgrade),
-    while the session's POSTs passed on unread: a CONNECT in one went uncounted, and its reply bound
-    the CONNECT the websocket carried (alice's, refused). Such a websocket binds nobody now."""
-    async with httpx.AsyncClient(timeout=10) as http:
-        opening = await http.get(stack.url + "/socket.io/", params={"EIO": "4", "transport": "polling", "j": "0"})
-    sid = json.loads(json.loads(opening.text[opening.text.index("(") + 1 : opening.text.rindex(")")])[1:])["sid"]
+    """Found by attack: a session whose handshake was not read here (a JSONP one, ``j=0``, before
+    those were refused; one another server of the app opened) has a sid never known here; a
+    websocket naming it was taken for one from the start (python-engineio takes it for an
+    upgrade), while the session's POSTs passed on unread: a CONNECT in one went uncounted, and its
+    reply bound the CONNECT the websocket carried (alice's, refused). Such a websocket binds nobody
+    now."""
+    async with serve(socketio.ASGIApp(stack.sio)) as bare_url, httpx.AsyncClient(timeout=10) as http:
+        opening = await http.get(bare_url + "/socket.io/", params={"EIO": "4", "transport": "polling"})
+    sid = json.loads(opening.text[1:])["sid"]
     assert stack.app.sessions.get(sid) is None  # (the handshake was not read)
     ws = await _upgraded(stack.url, sid)
     try:
@@ -979,5 +981,28 @@ async def test_a_get_python_engineio_answers_as_a_poll_is_read_here(stack: Stack
         events = [p for p in protocol.split_payload(response.text) if isinstance(p, str) and p.startswith("42")]
         assert events
         assert '"seq":1' in events[0]
+    finally:
+        await client.aclose()
+
+
+async def test_jsonp_long_polling_is_refused_so_no_frame_goes_out_unread(stack: Stack) -> None:
+    """Found by attack: python-engineio serves JSONP long-polling (``j=N``), its responses wrapped
+    in a script call the middleware did not read. A JSONP GET on a session chose which frames the
+    middleware never saw: the app's DISCONNECT (a refused or signed-out connection went on
+    replaying), a CONNECT reply (a namespace held back for good, memory growing), stream events
+    (a resume said gap: false over them, a recovery said recovered); a JSONP session's resume
+    requests reached the app. No Socket.IO v4 client uses JSONP: it is refused (400)."""
+    client = await PollingClient(stack.url).open({"token": "alice"})
+    try:
+        await emit_tokens(stack.sio, "alice", "m", 1, 3)
+        for method, params, body in (
+            ("GET", {"EIO": "4", "transport": "polling", "j": "0"}, None),  # a handshake
+            ("GET", {**client._params(), "j": "0"}, None),
+            ("POST", {**client._params(), "j": "0"}, "d=" + urllib.parse.quote('42["resume-stream",{}]')),
+        ):
+            response = await client.http.request(method, client.url, params=params, content=body)
+            assert (response.status_code, "JSONP" in response.text) == (400, True), (method, response.text)
+        # what the refused GET would have carried comes in the next GET, read here
+        assert [e["seq"] for e in event_args(await client.collect(is_event, 3))] == [1, 2, 3]
     finally:
         await client.aclose()

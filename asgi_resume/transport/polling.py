@@ -17,6 +17,7 @@ import zlib
 from collections.abc import Callable
 
 from starlette.datastructures import MutableHeaders
+from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from asgi_resume import protocol
@@ -40,9 +41,19 @@ _CODECS: dict[str, _Codec] = {  # (as python-engineio compresses: gzip.compress,
 }
 
 
+#: refused here: python-engineio serves JSONP long-polling (``j=N``), its responses wrapped in a
+#: script call that is not read here, so a client could choose which frames the middleware never
+#: saw (an app's DISCONNECT, a CONNECT reply, stream events: found by attack); no Socket.IO v4
+#: client uses it
+JSONP_REFUSED = b"JSONP long-polling is not served (asgi_resume): use a Socket.IO v4 client"
+
+
 async def handle_polling(
     app: ASGIApp, runtime: Runtime, sessions: EngineIOSessions, scope: Scope, receive: Receive, send: Send
 ) -> None:
+    if query_param(scope, "j") is not None:  # (as python-engineio reads it: a blank j is not JSONP)
+        await PlainTextResponse(JSONP_REFUSED.decode(), status_code=400)(scope, receive, send)
+        return
     sid = query_param(scope, "sid")
     eio = sessions.get(sid) if sid else None
     method = scope.get("method")
