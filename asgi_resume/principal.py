@@ -2,9 +2,12 @@
 
 Owns: the principal sources (``auth:FIELD``, ``cookie:NAME``, ``header:NAME``,
 ``query:NAME``, ``scope:user``, ``jwt:CLAIM``) and hashing their values with a secret, so
-the log never holds a credential. A ``jwt:CLAIM`` source verifies the connection's token
-(CONNECT auth ``token``, else an ``Authorization: Bearer`` header, else a ``token`` cookie)
-and takes one claim: a token that does not verify (forged, expired) gives no principal.
+the log never holds a credential. A ``jwt:CLAIM`` source verifies the token of the connection's
+CONNECT auth (``token``, where open-webui's frontend puts it) and takes one claim: a token that
+does not verify (forged, expired) gives no principal. It reads no cookie or header: those a
+browser sends on its own, also on a socket another website opens, which an app that checks
+only the CONNECT auth takes for anonymous (found by attack: that socket replayed its user's
+streams).
 Must not touch: the log, websockets, Socket.IO framing.
 """
 
@@ -103,17 +106,10 @@ class JwtKey:
             return None
 
 
-def _bearer(scope: Scope, auth: Any) -> str | None:
-    """The connection's token: CONNECT auth ``token``, an Authorization bearer, or a ``token`` cookie."""
+def _connect_token(auth: Any) -> str | None:
+    """The connection's token: its CONNECT auth's ``token``."""
     token = auth.get("token") if isinstance(auth, dict) else None
-    if isinstance(token, str) and token:
-        return token
-    headers = Headers(scope=scope)
-    scheme, _, credentials = headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and credentials.strip():
-        return credentials.strip()
-    cookie = headers.get("cookie")
-    return cookie_parser(cookie).get("token") or None if cookie else None
+    return token if isinstance(token, str) and token else None
 
 
 def default_principal_key(prefix: str) -> bytes:
@@ -147,7 +143,7 @@ class PrincipalResolver:
 
     def _value(self, source: PrincipalSource, scope: Scope, auth: Any) -> str | None:
         if source.kind == "jwt":
-            token = _bearer(scope, auth)
+            token = _connect_token(auth)
             return self._jwt.claim(token, source.name) if token and self._jwt is not None else None
         if source.kind == "auth":
             return _plain(auth.get(source.name)) if isinstance(auth, dict) else None

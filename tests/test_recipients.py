@@ -9,7 +9,9 @@ from typing import Any
 
 import jwt
 import pytest
+import socketio
 
+from asgi_resume import ResumeMiddleware
 from tests.support.app import PacedStream, chat_event, emit_tokens, make_app, make_sio, room_of
 from tests.support.raw import RawClient
 from tests.support.server import serve
@@ -65,6 +67,41 @@ async def test_a_token_that_does_not_verify_gives_no_principal(token: str) -> No
         assert await intruder.wait_seqs("m", 2) == [None, None]
         await owner.close()
         await intruder.close()
+
+
+@pytest.mark.parametrize("carrier", ["cookie", "bearer-header", "auth-token-not-a-string"])
+async def test_a_jwt_principal_is_read_from_the_connect_auth_only(carrier: str) -> None:
+    """Found by attack: a ``jwt:`` principal fell back to an ``Authorization: Bearer`` header and a
+    ``token`` cookie when the CONNECT auth had no token. A browser sends the cookie on its own,
+    also on a socket another website opens (open-webui accepts any origin), and open-webui, which
+    reads only the CONNECT auth, takes that socket for anonymous: it replayed its user's stream."""
+    sio = socketio.AsyncServer(async_mode="asgi", cors_allowed_origins="*")
+    users: dict[str, str] = {}
+
+    @sio.event
+    async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        token = auth.get("token") if isinstance(auth, dict) else None
+        if isinstance(token, str):  # (anything else: anonymous, accepted, as open-webui does)
+            users[sid] = jwt.decode(token, SECRET, algorithms=["HS256"])["id"]
+            await sio.enter_room(sid, room_of(users[sid]))
+
+    app = ResumeMiddleware(socketio.ASGIApp(sio), principal="jwt:id", jwt_secret=SECRET)
+    victim_token = login("victim")
+    headers = {"Origin": "https://evil.example", "Cookie": f"token={victim_token}"}  # what the browser adds
+    auth: Any = {"token": ["x"]} if carrier == "auth-token-not-a-string" else None
+    if carrier == "bearer-header":
+        headers = {"Authorization": f"Bearer {victim_token}"}
+    async with serve(app) as url:
+        victim = await RawClient(url, auth={"token": victim_token}).connect()
+        await emit_tokens(sio, "victim", "m", 1, 5)
+        await victim.wait_seqs("m", 5)
+        evil = await RawClient(url, auth=auth, headers=headers).connect()
+        assert len(users) == 1  # the app took it for anonymous
+        answer = await evil.request("resume-stream", {"message_id": "m", "last_seq": 0}, ack_id=1)
+        await victim.close()
+        await evil.close()
+    assert answer["error"] == "not_found"
+    assert not evil.events()
 
 
 def shared_event(message_id: str, i: int, *, done: bool = False) -> dict[str, Any]:
