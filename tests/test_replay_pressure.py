@@ -32,6 +32,7 @@ from asgi_resume.pipeline.replay import REPLAY_FIRST_PAGE, REPLAY_PAGE, REPLAY_P
 from asgi_resume.pipeline.replays_in_flight import PER_PRINCIPAL, ReplaysInFlight
 from asgi_resume.pipeline.resume import ResumeRequest
 from asgi_resume.pipeline.runtime import Runtime, Turns
+from asgi_resume.transport.polling import PollResponse
 from tests.support.app import chat_event, emit_tokens, make_app, make_sio, room_of
 from tests.support.polling import PollingClient, is_event
 from tests.support.raw import RawClient, masked_frame
@@ -643,4 +644,42 @@ async def test_a_long_polling_response_counts_until_its_client_read_it_whatever_
         await until(lambda: replays.total() == 0, 10)
         assert (await answer())["replayed"] == FRAMES
         unread.sock.close()
+        await client.aclose()
+
+
+async def test_a_replays_count_is_its_own_responses_whatever_the_sessions_other_gets_do(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by review: a response read the count of the replays it carried from its session's
+    pipeline after it was built; a second GET of the session (python-engineio takes concurrent
+    ones) flushed while the first was encoded by parts, out of the lock, and reset it: the first
+    was never counted, and the 4 MiB its replay reserved at its start stuck for the session's
+    life (four sessions: a user's polling replays refused for good)."""
+    sio = make_sio()
+    app = make_app(sio)
+    replays = app.runtime.polling_replays
+    encoding = asyncio.Event()
+    by_parts = PollResponse._encode_by_parts
+
+    async def seen(self: PollResponse, *args: Any) -> bytes:  # (seen, not changed)
+        encoding.set()
+        return await by_parts(self, *args)
+
+    monkeypatch.setattr(PollResponse, "_encode_by_parts", seen)
+    async with serve(app) as url:
+        client = await PollingClient(url).open({"token": "mallory"})
+        for i in range(1, 501):
+            await sio.emit("events", chat_event("long", i, content="x" * 4096), room=room_of("mallory"))
+        await client.collect(is_event, 500)
+        polling = app.sessions.get(client.sid).polling
+        asked = polling._gets
+        first = asyncio.create_task(client.get())
+        second = asyncio.create_task(client.get())  # the same session, at once (a hostile client)
+        await until(lambda: polling._gets == asked + 2, 10)  # (both wait in python-engineio)
+        await client.post("421" + json.dumps(["resume-stream", {"message_id": "long", "last_seq": 0}]))
+        await asyncio.wait_for(encoding.wait(), 10)
+        await sio.emit("events", chat_event("short", 1), room=room_of("mallory"))  # (for the other GET)
+        got = await asyncio.wait_for(first, 10) + await asyncio.wait_for(second, 10)
+        assert sum(1 for p in got if str(p).startswith('42["events"') and '"long"' in str(p)) == 500
+        await until(lambda: replays.total() == 0, 10)
         await client.aclose()

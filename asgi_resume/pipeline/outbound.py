@@ -69,7 +69,9 @@ class Outbound:
         self.feed = self.batch.feed  # (hot: one call per frame)
         self._owed: list[Outgoing] = []  # frames held back for a CONNECT reply that went out unread
         self._response: list[Outgoing] | None = None  # what :meth:`flush` has collected so far
-        self.replays_in_response = 0  # bytes counted for the replays the last :meth:`flush` started (PollingReplays)
+        #: bytes counted for the replays :meth:`flush` started (PollingReplays): taken, and zeroed,
+        #: by the transport under ``lock`` as that flush ends
+        self.replays_in_response = 0
         self.polling_session: Session | None = None  # its long-polling session, whose replays are counted
 
     @property

@@ -131,6 +131,7 @@ class PollResponse:
         self.closed = False  # the response carries a CLOSE: the session is over
         self.complete = False  # the response is on its way to the client
         self.abandoned = False  # the client went away before it
+        self.counted = 0  # bytes counted for the replays its flush started (PollingReplays)
 
     async def __call__(self, message: Message) -> None:
         if message["type"] == "http.response.start":
@@ -163,7 +164,7 @@ class PollResponse:
         except BaseException:
             if polling is not None:
                 polling.logged(0)  # (nobody waits for it any longer)
-                self.runtime.polling_replays.built(polling, self.outbound.replays_in_response, 0)
+                self.runtime.polling_replays.built(polling, self.counted, 0)
             raise
         if self.closed:
             await self.eio.let_go("the session was closed", over=True)
@@ -176,7 +177,7 @@ class PollResponse:
             for principal in set(self.outbound.conn.principals.values()):
                 if principal:
                     self.runtime.polling_feeds.note(principal, polling)
-        counted = self.outbound.replays_in_response
+        counted = self.counted
         unread = polling if counted else None  # its replays count until the server's buffer drained
         if unread is not None:
             self.runtime.polling_replays.built(unread, counted, len(body))
@@ -207,11 +208,16 @@ class PollResponse:
             return body
         packets = protocol.split_payload(text)
         async with self.outbound.lock:
-            for packet in packets:
-                if isinstance(packet, str):
-                    self._note(packet)
-                self.outbound.feed(packet)
-            out = await self.outbound.flush(taken_ms=self.taken_ms or None)
+            try:
+                for packet in packets:
+                    if isinstance(packet, str):
+                        self._note(packet)
+                    self.outbound.feed(packet)
+                out = await self.outbound.flush(taken_ms=self.taken_ms or None)
+            finally:
+                # this response's (the session's next GET may flush while this one is encoded by
+                # parts, out of the lock: found by review, the count was lost and stuck)
+                self.counted, self.outbound.replays_in_response = self.outbound.replays_in_response, 0
         items = [item for item in out if isinstance(item, str | bytes)]
         del out  # (what it held is in items: _encode_by_parts lets it go as it goes)
         if sum(len(item) for item in items) > RESPONSE_PART:  # (a replay's: megabytes)
