@@ -511,3 +511,34 @@ async def test_a_tab_joining_next_to_a_slow_long_polling_tab_waits_as_long_as_th
             await polling.collect(is_event, 1)
         await _a_tab_joins_while_frames_wait_for_a_polling_tab(sio, url, polling, lambda: asyncio.sleep(0.4), 0.4)
         await polling.aclose()
+
+
+async def test_a_polling_tabs_response_waiting_in_the_feed_order_is_not_waited_for_by_the_tab_it_waits_for(
+    backend: dict[str, Any],
+) -> None:
+    """Found by review: alice's polling tabs A and B; the app sends S#2 and then T#1 to B only,
+    then S#3 to A only. B's response waited for A's (T#1 is its first frame of T), while A's waited
+    in the feed order for B's S#2: each for the other, until the deadline. A response waiting in
+    the feed order is not waited for."""
+    sio = make_sio()
+    app = make_app(sio, write_timeout=10, **backend)
+    async with serve(app) as url:
+        a = await PollingClient(url).open({"token": "alice"})
+        b = await PollingClient(url).open({"token": "alice"})
+        sids = {eio: sid for sid, eio in sio.manager.rooms["/"][room_of("alice")].items()}
+        await sio.emit("events", chat_event("S", 1), room=room_of("alice"))
+        await asyncio.gather(a.collect(is_event, 1), b.collect(is_event, 1))  # (both logged a moment ago)
+        feed_a = app.sessions.get(a.sid).polling  # type: ignore[union-attr]
+        feed_a.asks_again_s = 0.6  # (a slow client: waited for up to 0.9 s from its last response)
+        await sio.emit("events", chat_event("S", 2), to=sids[b.sid])
+        await sio.emit("events", chat_event("T", 1), to=sids[b.sid])
+        await sio.emit("events", chat_event("S", 3), to=sids[a.sid])
+        feed_b = app.sessions.get(b.sid).polling  # type: ignore[union-attr]
+        got_b = asyncio.create_task(b.get())
+        await until(lambda: feed_b.waits > 0, 5, every=0.005)  # B's response waits for A's
+        got_a = await asyncio.wait_for(a.get(), 8)
+        got = event_args(await asyncio.wait_for(got_b, 8)) + event_args(got_a)
+        await a.aclose()
+        await b.aclose()
+    assert sorted((e["message_id"], e["seq"]) for e in got) == [("S", 2), ("S", 3), ("T", 1)]
+    assert app.runtime.stats.order_waits_timed_out == 0

@@ -33,6 +33,7 @@ from asgi_resume.pipeline.batch import Batch
 from asgi_resume.pipeline.classify import Classifier
 from asgi_resume.pipeline.connection import Connection
 from asgi_resume.pipeline.order import Feeder
+from asgi_resume.pipeline.polling_feeds import in_order
 from asgi_resume.pipeline.polling_replays import Session
 from asgi_resume.pipeline.recovery import Recovery
 from asgi_resume.pipeline.recovery_replay import duplicate
@@ -298,7 +299,9 @@ class Outbound:
         if not order.before(key, taken + 1):
             return
         mine = by_content(u for u in units if isinstance(u, EventUnit) and u.stream == key)
-        if not await order.turn(key, taken + 1, mine, self.runtime.guard.deadlines.write.seconds):
+        with in_order(self.streams.own_feed):
+            turned = await order.turn(key, taken + 1, mine, self.runtime.guard.deadlines.write.seconds)
+        if not turned:
             self.runtime.stats.order_waits_timed_out += 1
 
     def _replayed(self, unit: EventUnit) -> bool:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
+from contextlib import AbstractContextManager, nullcontext
 from typing import Protocol
 
 #: A polling client asks again within a round trip of its last response: one that has not within
@@ -40,6 +41,7 @@ class Feed(Protocol):
     asked: bool  # a GET of its client reached the app, not answered yet, not seen waiting
     taking_ms: int  # python-engineio answered a GET with what it took then, being logged now (0: none)
     waits: int  # its responses (or replays) waiting here (in ``fed``) for other sessions' to be logged
+    in_order: int  # its responses (or replays) waiting for frames fed before theirs (the feed order)
     logged_ms: int  # when python-engineio took the packets of its last response logged (the log's clock)
     logged_at: float  # monotonic time that response was logged
     asks_again_s: float  # how long its client has lately taken from a response to its next GET
@@ -56,6 +58,33 @@ class Feed(Protocol):
 
     def waiting(self, waits: bool) -> None:
         """A response (or replay) of it waits in ``fed``, or one does no more."""
+
+    def ordering(self, waits: bool) -> None:
+        """A response (or replay) of it waits for frames fed before its own, or one does no more."""
+
+
+def in_order(feed: Feed | None) -> AbstractContextManager[object]:
+    """A wait of ``feed``'s response for frames fed before its own to be logged (the feed order):
+    nobody waits in :meth:`PollingFeeds.fed` for that response meanwhile, since it may be them it
+    waits for (found by review: a tab's first frame waited for a polling tab's response, which
+    waited in the feed order for that tab's earlier frame, until the deadline)."""
+    return _NOT_POLLING if feed is None else _InOrder(feed)
+
+
+class _InOrder:
+    __slots__ = ("feed",)
+
+    def __init__(self, feed: Feed) -> None:
+        self.feed = feed
+
+    def __enter__(self) -> None:
+        self.feed.ordering(True)
+
+    def __exit__(self, *exc: object) -> None:
+        self.feed.ordering(False)
+
+
+_NOT_POLLING = nullcontext()  # (websocket connections, nearly all: hot)
 
 
 def _rank(feed: Feed) -> tuple[int, int]:
@@ -108,8 +137,8 @@ class PollingFeeds:
             if feed is mine or feed.feeding or feed.over or feed.let_go or feed.logged_ms >= since_ms:
                 continue
             if feed.taking_ms:
-                if feed.waits and rank is not None and rank < _rank(feed):
-                    continue  # it waits for mine
+                if feed.in_order or (feed.waits and rank is not None and rank < _rank(feed)):
+                    continue  # it may wait for mine
             elif not feed.asked and _asks_again_by(feed) <= now:
                 continue
             behind.append(feed)

@@ -24,7 +24,7 @@ from asgi_resume.log.base import BEAT_LAPSE_MS, SHARED_LOOKBACK_MS
 from asgi_resume.log.names import new_epoch, process_name, process_of, with_epoch
 from asgi_resume.pipeline.connection import Connection
 from asgi_resume.pipeline.orphans import orphan_streams
-from asgi_resume.pipeline.polling_feeds import Feed
+from asgi_resume.pipeline.polling_feeds import Feed, in_order
 from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.pipeline.units import EventUnit, by_content
 from asgi_resume.stats import fault
@@ -123,7 +123,9 @@ class StreamWriter:
                     stats.order_waits_timed_out += 1
             if order.before(key, head.order):
                 waits_end = waits_end or clock() + wait
-                if not await order.turn(key, head.order, by_content(group), max(0.0, waits_end - clock())):
+                with in_order(self.own_feed):
+                    turned = await order.turn(key, head.order, by_content(group), max(0.0, waits_end - clock()))
+                if not turned:
                     stats.order_waits_timed_out += 1  # (the log is not to blame: it gets its own deadline)
             if order.passed_over(key, group) and key not in conn.rejoining:
                 out_of_turn[key] = group  # another tab went on without these (a tab rejoining logs none of them)
@@ -133,7 +135,9 @@ class StreamWriter:
                 copy = order.copy_on_its_way(key, head.emitted, head.order)
                 if copy is not None:
                     waits_end = waits_end or clock() + wait
-                    if not await order.until_logged(key, copy, max(0.0, waits_end - clock())):
+                    with in_order(self.own_feed):
+                        logged = await order.until_logged(key, copy, max(0.0, waits_end - clock()))
+                    if not logged:
                         stats.order_waits_timed_out += 1
                 where = order.placed(key, head.content_digest(), head.emitted)
                 if where is not None:

@@ -61,6 +61,7 @@ class Polling:
     asked: bool = False  # a GET of its client reached the app, not answered yet, not seen waiting for the app
     taking_ms: int = 0  # python-engineio answered a GET with what it took then, being logged now (0: none)
     waits: int = 0  # its responses (or replays) waiting for other sessions of its user to log theirs first
+    in_order: int = 0  # its responses (or replays) waiting for frames fed before theirs to be logged
     logged_ms: int = 0  # when python-engineio took the packets of its last response logged
     logged_at: float = 0.0  # monotonic time that response was logged
     asks_again_s: float = 0.0  # how long its client has lately taken from a response to its next GET
@@ -101,6 +102,7 @@ class Polling:
         """python-engineio answers its GET with the packets it took at ``taken_ms`` (0: none to log)."""
         self.asked = self.feeding = False
         self.taking_ms = taken_ms
+        self._tell()
 
     def logged(self, taken_ms: int) -> None:
         """What python-engineio took for a response at ``taken_ms`` is logged (0: the response failed)."""
@@ -117,6 +119,11 @@ class Polling:
     def waiting(self, waits: bool) -> None:
         """A response (or replay) of it waits for other sessions' (or does no more)."""
         self.waits += 1 if waits else -1
+        self._tell()
+
+    def ordering(self, waits: bool) -> None:
+        """A response (or replay) of it waits for frames fed before its own (or does no more)."""
+        self.in_order += 1 if waits else -1
         self._tell()
 
     def _tell(self) -> None:
