@@ -17,7 +17,9 @@ from typing import Any
 import pytest
 import socketio
 import websockets
+from starlette.middleware.base import BaseHTTPMiddleware
 
+from asgi_resume import ResumeMiddleware
 from asgi_resume.pipeline.connection import Connection
 from asgi_resume.transport import polling
 from tests.conftest import Stack
@@ -443,6 +445,61 @@ async def test_a_tab_joining_while_a_long_polling_tabs_get_is_on_its_way_logs_af
     async with serve(app) as url:
         polling = await PollingClient(url).open({"token": "alice"})
         # (the new tab's tok4 waits for the polling tab before it GETs)
+        await _a_tab_joins_while_frames_wait_for_a_polling_tab(sio, url, polling, lambda: waiting.wait())
+        await polling.aclose()
+
+
+def _layered(app: Any, layers: str) -> Any:
+    """``app`` inside seven Starlette ``BaseHTTPMiddleware`` layers, or one that looks something up
+    (1 ms of I/O) before it or before passing its response on."""
+
+    async def passthrough(request: Any, call_next: Any) -> Any:
+        return await call_next(request)
+
+    async def looks_up_first(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            await asyncio.sleep(0.001)  # (a session store, say)
+        await app(scope, receive, send)
+
+    async def looks_up_after(scope: Any, receive: Any, send: Any) -> None:
+        async def later(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                await asyncio.sleep(0.001)  # (a session committed, say)
+            await send(message)
+
+        await app(scope, receive, later if scope["type"] == "http" else send)
+
+    if layers == "io-first":
+        return looks_up_first
+    if layers == "io-after":
+        return looks_up_after
+    for _ in range(7):
+        app = BaseHTTPMiddleware(app, dispatch=passthrough)
+    return app
+
+
+@pytest.mark.parametrize("layers", ["base-http-7", "io-first", "io-after"])
+async def test_a_tab_joining_next_to_a_long_polling_tab_behind_the_apps_layers_logs_after_what_it_was_sent(
+    layers: str,
+) -> None:
+    """Found by review: a GET not answered within 32 loop iterations was taken for one
+    python-engineio keeps waiting; layers between the middleware and python-engineio take more
+    (a ``BaseHTTPMiddleware`` about 5 each, one that awaits I/O any number): the joining tab logged
+    tok4 as seq 2 again. A GET counts as waiting only 0.1 s after the app read it too."""
+    sio = make_sio()
+    app = ResumeMiddleware(_layered(socketio.ASGIApp(sio), layers), write_timeout=5)
+    feeds = app.runtime.polling_feeds
+    waiting = asyncio.Event()
+    fed = feeds.fed
+
+    async def watched(principal: str, since_ms: int, seconds: float, mine: Any = None) -> bool:
+        if feeds.behind(principal, since_ms, mine):
+            waiting.set()
+        return await fed(principal, since_ms, seconds, mine)
+
+    feeds.fed = watched  # type: ignore[method-assign]  # (seen, not changed)
+    async with serve(app) as url:
+        polling = await PollingClient(url).open({"token": "alice"})
         await _a_tab_joins_while_frames_wait_for_a_polling_tab(sio, url, polling, lambda: waiting.wait())
         await polling.aclose()
 

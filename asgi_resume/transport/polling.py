@@ -91,6 +91,8 @@ async def _watching_client(app: ASGIApp, scope: Scope, receive: Receive, respons
 
     async def app_receive() -> Message:
         if request:
+            if response.eio.polling is not None:
+                response.eio.polling.read_by_app()
             return request.pop()
         await gone.wait()
         return {"type": "http.disconnect"}

@@ -33,8 +33,13 @@ logger = logging.getLogger("asgi_resume")
 AWAY_S = 2.0
 #: python-engineio answers a GET it holds packets for within a few event loop iterations of the GET
 #: reaching the middleware (3, python-engineio 4.15 on CPython 3.11, bare and inside open-webui
-#: 0.12.4): one not answered after this many waits for what the app sends next
+#: 0.12.4); layers between the middleware and the app add their own (a Starlette
+#: ``BaseHTTPMiddleware`` about 5), and time when they look something up (found by review: with
+#: 7 such layers, or one that awaits 1 ms, a GET was taken for waiting before it was answered).
+#: A GET not answered after this many iterations and ``PARKED_S`` from when the app read it waits
+#: for what the app sends next
 PARKED_HOPS = 32
+PARKED_S = 0.1
 
 
 @dataclass(eq=False, slots=True, weakref_slot=True)
@@ -65,6 +70,7 @@ class Polling:
     logged_ms: int = 0  # when python-engineio took the packets of its last response logged
     logged_at: float = 0.0  # monotonic time that response was logged
     asks_again_s: float = 0.0  # how long its client has lately taken from a response to its next GET
+    asked_at: float = 0.0  # monotonic time its GET reached the app, or the app read it
     _gets: int = 0  # GETs of its client so far
     _watched: int = 0  # the GET whose loop iterations are being counted (watch_parking)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -77,14 +83,20 @@ class Polling:
         """A GET of its client reached the app: python-engineio answers it within a few loop
         iterations with what it holds, or keeps it waiting for what the app sends next."""
         self.asked, self.feeding, self.taking_ms = True, False, 0
+        self.asked_at = time.monotonic()
         self._gets += 1
         if self.logged_at:  # (the longest lately: a slow GET counts at once, a fast one wears it down)
             self.asks_again_s = max(time.monotonic() - self.logged_at, 0.8 * self.asks_again_s)
         self._tell()
 
+    def read_by_app(self) -> None:
+        """The app read its GET (python-engineio, through the layers before it)."""
+        self.asked_at = time.monotonic()
+
     def watch_parking(self) -> None:
         """Somebody waits for its GET's response: if none began ``PARKED_HOPS`` loop iterations
-        from now, python-engineio held nothing for it and keeps the GET waiting: it feeds."""
+        from now and ``PARKED_S`` after the app read the GET, python-engineio held nothing for it
+        and keeps the GET waiting: it feeds."""
         if self.asked and self._watched != self._gets:
             self._watched = self._gets
             asyncio.get_running_loop().call_soon(self._hop, PARKED_HOPS, self._gets)
@@ -94,6 +106,10 @@ class Polling:
             return  # answered (or asked again) meanwhile
         if left:
             asyncio.get_running_loop().call_soon(self._hop, left - 1, get)
+            return
+        early = self.asked_at + PARKED_S - time.monotonic()
+        if early > 0:
+            asyncio.get_running_loop().call_later(early, self._hop, 0, get)
             return
         self.asked, self.feeding = False, True
         self._tell()
