@@ -88,6 +88,7 @@ _NOT_POLLING = nullcontext()  # (websocket connections, nearly all: hot)
 
 
 def _rank(feed: Feed) -> tuple[int, int]:
+    """Which of two responses waiting for each other goes first: the one taken first."""
     return (feed.taking_ms or 1 << 62, id(feed))
 
 

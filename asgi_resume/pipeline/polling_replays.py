@@ -1,15 +1,16 @@
-"""Long-polling responses that carry replays, until their clients read them: bounded per user and process.
+"""Long-polling responses that carry replays, while the server's buffer holds them: bounded per user and process.
 
 Owns: the bytes of such responses to each long-polling session that the server's buffer still
-holds (its client has not read them), per principal and in all, and whether another replay may
+holds (its client has not taken them), per principal and in all, and whether another replay may
 start in a response now. A long-polling response is built whole and handed to the server at once,
 so unlike a websocket's paged replay it sits in the server's buffer until the client reads it: one
 principal's many sessions, each asking for a replay and never reading, held 391-449 MB and
 stalled another user's live stream 126-601 ms (found by attack). A client's next GET does not say
 it read the last response: one sent on another TCP connection reset the count while the old
 response sat unread (+193-273 MiB, found by attack); the transport says when the server's buffer
-drained. Sessions are held weakly: one that is gone counts no more. Must not touch: responses,
-the log.
+drained. What the kernel's socket buffers take of it (a few MB a connection, outside the
+process's memory) counts as taken. A response on its way holds its session, which counts until
+the response is; a session that is gone counts no more. Must not touch: responses, the log.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class PollingReplays:
         return sum(session.unread_replays for sessions in list(self._unread.values()) for session in sessions)
 
     def sent(self, session: Session, principal: str, size: int) -> None:
-        """``size`` bytes of replay go to ``session`` (until :meth:`read`)."""
+        """A replay of about ``size`` bytes starts in a response of ``session`` (see :meth:`built`)."""
         if session.unread_replays and session.unread_principal != principal:  # (its other namespace's)
             self._forget(session)
             session.unread_replays = 0
@@ -65,8 +66,8 @@ class PollingReplays:
             self._forget(session)
 
     def drained(self, session: Session, size: int) -> None:
-        """The server's buffer no longer holds that response of ``size`` bytes: its client read it
-        (or its connection closed)."""
+        """The server's buffer no longer holds that response of ``size`` bytes: the connection took
+        it (into the kernel's buffers, or its client read it), or it closed."""
         self.built(session, size, 0)
 
     def _forget(self, session: Session) -> None:

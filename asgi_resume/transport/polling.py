@@ -189,7 +189,8 @@ class PollResponse:
             await self._send({"type": "http.response.body", "body": body, "more_body": more_body or unread is not None})
             if unread is not None and not more_body:
                 # the server takes this once its buffer drained (uvicorn and hypercorn wait for
-                # it): the client has read the response then, or its connection is gone
+                # it): the connection took the response then (the kernel's buffers hold what the
+                # client has not read yet, outside the process), or it is gone
                 await self._send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             if unread is not None:

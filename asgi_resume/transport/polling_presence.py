@@ -59,7 +59,7 @@ class Polling:
     let_go: bool = False  # its session was let go (until the app answers one of its requests again)
     over: bool = False  # a CLOSE ended the session, one way or the other: nothing more to watch
     goodbye: bool = False  # its client POSTed a CLOSE
-    unread_replays: int = 0  # bytes of responses with replays its client has not read (PollingReplays)
+    unread_replays: int = 0  # bytes of responses with replays the server's buffer holds (PollingReplays)
     unread_principal: str = ""
     # (what PollingFeeds asks: may the app's frames wait in python-engineio for it, unfed?)
     feeding: bool = False  # what the app sends it reaches us at once: its GET waits, or it went on on a websocket
