@@ -484,8 +484,9 @@ async def test_a_tab_joining_next_to_a_long_polling_tab_behind_the_apps_layers_l
 ) -> None:
     """Found by review: a GET not answered within 32 loop iterations was taken for one
     python-engineio keeps waiting; layers between the middleware and python-engineio take more
-    (a ``BaseHTTPMiddleware`` about 5 each, one that awaits I/O any number): the joining tab logged
-    tok4 as seq 2 again. A GET counts as waiting only 0.1 s after the app read it too."""
+    (a ``BaseHTTPMiddleware`` about 5 each, one that awaits I/O any number, up to its I/O's time):
+    the joining tab logged tok4 as seq 2 again. A GET counts as waiting only 0.1 s after the app
+    read it too (a layer slower than that still can: docs/guarantees.md)."""
     sio = make_sio()
     app = ResumeMiddleware(_layered(socketio.ASGIApp(sio), layers), write_timeout=5)
     feeds = app.runtime.polling_feeds

@@ -5,7 +5,7 @@ replaced by an Engine.IO UPGRADE packet, which python-engineio answers with a NO
 GET, whose response then carries the replay and the answer) and a CONNECT's recovery fields, and
 doing what its packets do to the session (a CONNECT's principal, a DISCONNECT, an ACK, a CLOSE, a
 resume request to answer) only once python-engineio's answer says it read them: it refuses some
-POSTs unread (a bad JSONP index, an origin it does not accept), and answers 200 before its
+POSTs unread (an origin it does not accept; a JSONP one is refused before it), and answers 200 before its
 handlers run. Only packets python-engineio reads are read: none of a payload it cannot decode,
 none after one it stops at. Must not touch: the GET's response, frames' meaning.
 """
@@ -62,8 +62,8 @@ class PostResponse:
 async def read_post(eio: EngineIOSession, scope: Scope, receive: Receive) -> tuple[Scope, Receive, Effects]:
     """Read a POST body; take resume requests out of it. Returns the scope and receive the app
     gets, and what its packets do to the session, for :class:`PostResponse` to do once the app has
-    accepted the POST (python-engineio refuses some unread: a bad JSONP index, an origin it does
-    not accept; its answer tells).
+    accepted the POST (python-engineio refuses some unread: an origin it does not accept, say; its
+    answer tells).
 
     Only a body python-engineio would read is read: one with a Content-Length within the app's
     ``max_http_buffer_size`` (python-engineio refuses a longer one, and so never acts on it).

@@ -65,7 +65,7 @@ class WebSocketConnection:
         if existing is None:
             self.conn.upgraded = True  # a websocket from the start, or one of a session we never saw
             if sid is not None:
-                # its session's requests so far passed on unread (a JSONP handshake, say): a CONNECT
+                # its session's requests so far passed on unread (its handshake went to another server): a CONNECT
                 # among them is answered uncounted, so no reply binds on this connection
                 self.conn.overflowed = True
         self.accepted = False
