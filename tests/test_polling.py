@@ -431,22 +431,7 @@ async def test_a_tab_joining_while_a_long_polling_tabs_get_is_on_its_way_logs_af
     python-engineio answers it a few loop iterations later, and in those the new tab logged tok4
     as seq 2. The wait ends when that response is logged (or the GET is seen parked)."""
     sio = make_sio()
-    app = make_app(sio, write_timeout=5, **backend)
-    feeds = app.runtime.polling_feeds
-    waiting = asyncio.Event()
-    fed = feeds.fed
-
-    async def watched(principal: str, since_ms: int, seconds: float, mine: Any = None) -> bool:
-        if feeds.behind(principal, since_ms, mine):
-            waiting.set()
-        return await fed(principal, since_ms, seconds, mine)
-
-    feeds.fed = watched  # type: ignore[method-assign]  # (seen, not changed)
-    async with serve(app) as url:
-        polling = await PollingClient(url).open({"token": "alice"})
-        # (the new tab's tok4 waits for the polling tab before it GETs)
-        await _a_tab_joins_while_frames_wait_for_a_polling_tab(sio, url, polling, lambda: waiting.wait())
-        await polling.aclose()
+    await _a_tab_joins_while_a_polling_tabs_frames_wait_for_its_get(sio, make_app(sio, write_timeout=5, **backend))
 
 
 def _layered(app: Any, layers: str) -> Any:
@@ -489,6 +474,11 @@ async def test_a_tab_joining_next_to_a_long_polling_tab_behind_the_apps_layers_l
     read it too (a layer slower than that still can: docs/guarantees.md)."""
     sio = make_sio()
     app = ResumeMiddleware(_layered(socketio.ASGIApp(sio), layers), write_timeout=5)
+    await _a_tab_joins_while_a_polling_tabs_frames_wait_for_its_get(sio, app)
+
+
+async def _a_tab_joins_while_a_polling_tabs_frames_wait_for_its_get(sio: Any, app: ResumeMiddleware) -> None:
+    """The scenario below, the polling tab's GET sent once the new tab's tok4 waits for it."""
     feeds = app.runtime.polling_feeds
     waiting = asyncio.Event()
     fed = feeds.fed
