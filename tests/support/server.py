@@ -45,7 +45,7 @@ async def _wind_down(server: uvicorn.Server, app: object) -> None:
 
     uvicorn's forced exit neither waits for connection tasks nor runs the lifespan shutdown: holds
     end, every connection is cut, its task ends (releasing its streams in the log; a long-polling
-    GET python-engineio still keeps waiting in its poll is cancelled after a second), and then each
+    request python-engineio still keeps waiting for its client is cancelled after a second), and then each
     ResumeMiddleware closes its log. A log left open (its Redis connections) would be reported as
     unclosed by whichever later test the garbage collector happens to run in.
     """
@@ -59,7 +59,7 @@ async def _wind_down(server: uvicorn.Server, app: object) -> None:
     if server.server_state.tasks:
         _, left = await asyncio.wait(server.server_state.tasks, timeout=1)
         polls = {task for task in left if _polls(task)}
-        for task in polls:  # long-polling GETs python-engineio keeps waiting (it does not watch its clients)
+        for task in polls:  # requests python-engineio keeps waiting (it does not watch its clients)
             task.cancel()
         if left:  # (anything else is waited for, as before: a wait of the middleware's that hangs shows)
             await asyncio.wait(left, timeout=4)
@@ -68,11 +68,13 @@ async def _wind_down(server: uvicorn.Server, app: object) -> None:
 
 
 def _polls(task: asyncio.Task[object]) -> bool:
-    """Is ``task`` a request waiting in python-engineio's poll for packets to answer it with?"""
+    """Is ``task`` a request waiting in python-engineio for a client that will not come: a GET in
+    its poll, or a POST's CLOSE waiting for a GET to take what is queued?"""
     awaiting: Any = task.get_coro()
     while awaiting is not None:  # (down the chain of awaits: Task.get_stack gives a suspended task's top only)
         frame = getattr(awaiting, "cr_frame", None)
-        if frame is not None and frame.f_code.co_name == "poll" and "engineio" in frame.f_code.co_filename:
+        code = frame.f_code if frame is not None else None
+        if code is not None and code.co_name in ("poll", "close") and code.co_filename.endswith("async_socket.py"):
             return True
         awaiting = getattr(awaiting, "cr_await", None)
     return False
