@@ -45,14 +45,14 @@ _CODECS: dict[str, _Codec] = {  # (as python-engineio compresses: gzip.compress,
 #: script call that is not read here, so a client could choose which frames the middleware never
 #: saw (an app's DISCONNECT, a CONNECT reply, stream events: found by attack); no Socket.IO v4
 #: client uses it
-JSONP_REFUSED = b"JSONP long-polling is not served (asgi_resume): use a Socket.IO v4 client"
+JSONP_REFUSED = "JSONP long-polling is not served (asgi_resume): use a Socket.IO v4 client"
 
 
 async def handle_polling(
     app: ASGIApp, runtime: Runtime, sessions: EngineIOSessions, scope: Scope, receive: Receive, send: Send
 ) -> None:
     if query_param(scope, "j") is not None:  # (as python-engineio reads it: a blank j is not JSONP)
-        await PlainTextResponse(JSONP_REFUSED.decode(), status_code=400)(scope, receive, send)
+        await PlainTextResponse(JSONP_REFUSED, status_code=400)(scope, receive, send)
         return
     sid = query_param(scope, "sid")
     eio = sessions.get(sid) if sid else None

@@ -82,11 +82,11 @@ class Polling:
     def asks(self) -> None:
         """A GET of its client reached the app: python-engineio answers it within a few loop
         iterations with what it holds, or keeps it waiting for what the app sends next."""
-        self.asked, self.feeding, self.taking_ms = True, False, 0
-        self.asked_at = time.monotonic()
+        now = time.monotonic()
+        self.asked, self.feeding, self.taking_ms, self.asked_at = True, False, 0, now
         self._gets += 1
         if self.logged_at:  # (the longest lately: a slow GET counts at once, a fast one wears it down)
-            self.asks_again_s = max(time.monotonic() - self.logged_at, 0.8 * self.asks_again_s)
+            self.asks_again_s = max(now - self.logged_at, 0.8 * self.asks_again_s)
         self._tell()
 
     def read_by_app(self) -> None:
