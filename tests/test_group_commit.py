@@ -9,8 +9,9 @@ from collections.abc import Sequence
 
 import pytest
 
-from asgi_resume.log.base import AppendRequest, AppendResult, LogUnavailable, StreamKey
+from asgi_resume.log.base import AppendRequest, AppendResult, Entry, LogUnavailable, StreamKey
 from asgi_resume.log.group_commit import GroupCommit
+from asgi_resume.log.redis import RedisLog
 
 pytestmark = pytest.mark.anyio
 
@@ -70,3 +71,45 @@ async def test_a_round_trip_is_given_up_at_its_soonest_callers_deadline() -> Non
             with pytest.raises(TimeoutError):
                 await caller
     assert log.calls == [2]
+
+
+@pytest.mark.parametrize("cluster", [False, True], ids=["redis", "cluster"])
+async def test_an_append_on_redis_waits_for_four_loop_iterations_only(
+    request: pytest.FixtureRequest, cluster: bool
+) -> None:
+    """A live frame waits for its append; while the loop runs other work (an app encoding a
+    megabyte event takes tens of milliseconds a step), each iteration the append needs costs that
+    much more (issue 13's ``bigframes`` flood). An append is four on an idle loop: the call's task
+    starts, Redis's reply is read, the task reads it, the caller wakes. (redis-py's ``socket_timeout``
+    runs every write under ``asyncio.wait_for``: three more; a callback that made the task: one more.)
+    """
+    server = request.getfixturevalue("redis_cluster" if cluster else "redis_server")
+    log = RedisLog.from_url(server.url, prefix=f"iterations{cluster}", cluster=cluster)
+    group = GroupCommit(log)
+    loop = asyncio.get_running_loop()
+    iterations = 0
+    run_once = loop._run_once  # type: ignore[attr-defined]
+
+    def counted() -> None:
+        nonlocal iterations
+        iterations += 1
+        run_once()
+
+    def append(i: int) -> AppendRequest:
+        return AppendRequest(
+            StreamKey("p", "/", "", "s"), [Entry(f"d{i}", [f'42["events",{{"i":{i}}}]'], False, log.now_ms())]
+        )
+
+    try:
+        await group.append([append(0)])  # connected, scripts loaded, clock read
+        loop._run_once = counted  # type: ignore[attr-defined]
+        counts = []
+        for i in range(1, 6):
+            iterations = 0
+            (result,) = await group.append([append(i)])
+            assert result.seqs == [i + 1]
+            counts.append(iterations)
+    finally:
+        loop._run_once = run_once  # type: ignore[attr-defined]
+        await log.aclose()
+    assert max(counts) <= 4, counts

@@ -24,6 +24,7 @@ class GroupCommit:
         self.log = log
         self._waiting: list[tuple[Sequence[AppendRequest], asyncio.Future[list[AppendResult]]]] = []
         self._ends: float | None = None  # the soonest deadline of the callers waiting (the loop's clock)
+        self._calls: set[asyncio.Task[None]] = set()
 
     async def append(self, requests: Sequence[AppendRequest], within: float | None = None) -> list[AppendResult]:
         """``requests``' results. ``within``: seconds the caller waits at most; the merged call is
@@ -32,7 +33,11 @@ class GroupCommit:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[AppendResult]] = loop.create_future()
         if not self._waiting:
-            loop.call_soon(self._launch)
+            # the call's task takes what is waiting when it first runs, in the loop's next
+            # iteration: every caller of this one has joined by then
+            call = loop.create_task(self._run())
+            self._calls.add(call)  # (the loop keeps only a weak reference to a task)
+            call.add_done_callback(self._calls.discard)
         if within is not None:
             ends = loop.time() + within
             if self._ends is None or ends < self._ends:
@@ -40,14 +45,9 @@ class GroupCommit:
         self._waiting.append((requests, future))
         return await future  # (a caller that gives up cancels its own future, not the others' call)
 
-    def _launch(self) -> None:
+    async def _run(self) -> None:
         batch, self._waiting = self._waiting, []
         ends, self._ends = self._ends, None
-        asyncio.get_running_loop().create_task(self._run(batch, ends))
-
-    async def _run(
-        self, batch: list[tuple[Sequence[AppendRequest], asyncio.Future[list[AppendResult]]]], ends: float | None
-    ) -> None:
         merged = [request for requests, _ in batch for request in requests]
         try:
             async with asyncio.timeout_at(ends):  # (None: no timer)

@@ -61,7 +61,11 @@ class RedisLog:
     def from_url(
         cls, url: str, *, prefix: str = "asgi_resume", limits: LogLimits | None = None, cluster: bool = False
     ) -> RedisLog:
-        options: dict[str, Any] = {"socket_connect_timeout": 2.0, "socket_timeout": 5.0}
+        # no socket timeout: every call is timed by the guard (its deadlines are shorter), and
+        # redis-py runs each write of a client with one under ``asyncio.wait_for``, which on
+        # CPython 3.11 costs a task and three loop iterations per round trip (five in all, two
+        # without): a frame waiting for its append then waits behind whatever else the loop runs
+        options: dict[str, Any] = {"socket_connect_timeout": 2.0, "socket_timeout": None}
         client: Redis | RedisCluster
         if cluster:
             client = RedisCluster.from_url(url, max_connections=16 * MAX_CONNECTIONS, **options)
