@@ -24,6 +24,7 @@ from tests.support.keys import redis_keys
 from tests.support.raw import RawClient
 from tests.support.redis_server import RedisServer
 from tests.support.server import serve
+from tests.support.waits import until
 
 pytestmark = pytest.mark.anyio
 _prefixes = itertools.count()
@@ -366,4 +367,29 @@ async def test_a_resume_reads_the_log_while_redis_refuses_writes(tmp_path: Path)
         assert (replay.status, replay.last_seq, [seq for seq, _ in replay.frames]) == ("ok", 2, [1, 2])
     finally:
         await log.aclose()
+        server.stop()
+
+
+async def test_closing_the_log_closes_its_connections(tmp_path: Path) -> None:
+    """Found by attack: ``aclose()`` left the pooled connections open (a client given a pool does
+    not close it), though the middleware says it closes them at the lifespan's shutdown."""
+    server = RedisServer(tmp_path).start()
+    log = RedisLog.from_url(server.url, prefix="closing")
+    watcher = aioredis.Redis.from_url(server.url)
+    try:
+        await log.prepare()
+        await asyncio.gather(*(log.last_beat(f"p{i}") for i in range(5)))  # (several connections at once)
+
+        async def others() -> int:
+            return len(await watcher.client_list()) - 1  # (the watcher's own is one)
+
+        assert await others() >= 2
+        await log.aclose()
+
+        async def none_left() -> bool:
+            return await others() == 0
+
+        await until(none_left, 10)
+    finally:
+        await watcher.aclose()
         server.stop()

@@ -61,10 +61,11 @@ class RedisLog:
     def from_url(
         cls, url: str, *, prefix: str = "asgi_resume", limits: LogLimits | None = None, cluster: bool = False
     ) -> RedisLog:
-        # no socket timeout: every call is timed by the guard (its deadlines are shorter), and
-        # redis-py runs each write of a client with one under ``asyncio.wait_for``, which on
-        # CPython 3.11 costs a task and three loop iterations per round trip (five in all, two
-        # without): a frame waiting for its append then waits behind whatever else the loop runs
+        # no socket timeout: every call is timed by the guard (its deadlines, from
+        # ASGI_RESUME_WRITE_TIMEOUT), and redis-py runs each write of a client with one under
+        # ``asyncio.wait_for``, which on CPython 3.11 costs a task and three loop iterations per
+        # round trip (five in all, two without): a frame waiting for its append then waits behind
+        # whatever else the loop runs
         options: dict[str, Any] = {"socket_connect_timeout": 2.0, "socket_timeout": None}
         client: Redis | RedisCluster
         if cluster:
@@ -73,7 +74,7 @@ class RedisLog:
             # calls wait for one of a bounded set of connections (a reconnect storm of a thousand
             # replays must queue, not fail for want of connections)
             pool = BlockingConnectionPool.from_url(url, max_connections=MAX_CONNECTIONS, timeout=5, **options)
-            client = Redis(connection_pool=pool, health_check_interval=30)
+            client = Redis.from_pool(pool)  # (its own pool: closed with it, connections and all)
         return cls(client, prefix, limits)
 
     def keys(self, key: StreamKey) -> list[str]:
