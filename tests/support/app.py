@@ -116,6 +116,7 @@ class PacedStream:
         self.sent = 0
         self.done_at: float | None = None  # loop time the done frame was emitted
         self._progress = asyncio.Condition()
+        self._paused = False  # pause(): the next token waits for resume()
 
     @property
     def expected(self) -> list[str]:
@@ -124,13 +125,25 @@ class PacedStream:
     async def run(self) -> None:
         for i in range(1, self.total + 2):
             event = chat_event(self.message_id, i, done=i > self.total)
-            await self.sio.emit("events", event, room=room_of(self.token))
-            if i > self.total:
-                self.done_at = asyncio.get_running_loop().time()
-            async with self._progress:
+            async with self._progress:  # (an emit and its count together: pause() sees both or neither)
+                await self._progress.wait_for(lambda: not self._paused)
+                await self.sio.emit("events", event, room=room_of(self.token))
+                if i > self.total:
+                    self.done_at = asyncio.get_running_loop().time()
                 self.sent = i
                 self._progress.notify_all()
             await asyncio.sleep(self.pace)  # a model's pace, not synchronisation
+
+    async def pause(self) -> int:
+        """Emit nothing more until :meth:`resume`; returns how many frames were emitted."""
+        async with self._progress:  # (not in the middle of an emit)
+            self._paused = True
+            return self.sent
+
+    async def resume(self) -> None:
+        async with self._progress:
+            self._paused = False
+            self._progress.notify_all()
 
     async def wait_sent(self, count: int, timeout: float = 15.0) -> None:
         async with asyncio.timeout(timeout), self._progress:
