@@ -87,6 +87,29 @@ class Tally:
             self.reached.set()
 
 
+class Transport:
+    """uvicorn's transport, as far as the middleware looks at it: the client keeps up."""
+
+    def get_extra_info(self, name: str) -> None:
+        return None
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+class Server:
+    """uvicorn's protocol object: its ``send`` is a bound method, with the transport beside it."""
+
+    transport = Transport()
+
+    def __init__(self, tally: Tally) -> None:
+        self.tally = tally
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if message["type"] == "websocket.send":
+            self.tally.add()
+
+
 async def connect(app: Any, principal: str, tally: Tally) -> None:
     """A connection whose CONNECT names ``principal``; what it is sent is counted in ``tally``."""
     inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -96,12 +119,8 @@ async def connect(app: Any, principal: str, tally: Tally) -> None:
     async def receive() -> dict[str, Any]:
         return await inbox.get()
 
-    async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "websocket.send":
-            tally.add()
-
     scope = {"type": "websocket", "path": "/socket.io/", "query_string": b"EIO=4&transport=websocket", "headers": []}
-    asyncio.get_running_loop().create_task(app(scope, receive, send))
+    asyncio.get_running_loop().create_task(app(scope, receive, Server(tally).send))
 
 
 async def run(

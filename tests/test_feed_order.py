@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from asgi_resume.log import StreamKey
 from asgi_resume.pipeline.order import KEYS_KEPT, OBJECT_BYTES_KEPT, RECENT_KEPT, Feeder, FeedOrder
-from tests.support.app import chat_event, make_app, make_sio, room_of
+from tests.support.app import chat_event, content_by_seq, make_app, make_sio, room_of
 from tests.support.raw import DeafClient, RawClient
 from tests.support.redis_server import RedisServer
 from tests.support.server import serve
@@ -302,3 +302,42 @@ def test_a_rooms_batch_is_answered_without_looking_at_every_copy() -> None:
     order.fed(KEY, "t3", Feeder(), frame_of("t3"))  # emitted after: fed to one tab so far
     order._unlogged[KEY] = _Unlooked(order._unlogged[KEY])
     assert not order.ahead(KEY, heads[-1], {f"t{i}": [frame] for i, frame in enumerate(emits)})
+
+
+async def test_a_tab_that_stopped_reading_logs_nothing_out_of_order_when_it_catches_up(backend: dict[str, Any]) -> None:
+    """Tab A's network stalls (its client stops reading, then reads again), tab B of the same user
+    opens meanwhile, and a third tab resumes from the start. Found with the memory log: A's send
+    waited for its client inside the app's own ``send`` call, so the app's next frames waited
+    unfed in python-engineio, out of the feed order's sight; B logged the later ones first, and
+    once A caught up, its backlog was logged after them, after the done frame too: a resume from 0
+    replayed tokens 1-144, 151-300, done, 145-237, and said ``gap: false``. A send from the app's
+    call is now one the socket takes at once; A's frames keep being fed, and those B went on
+    without go out unstamped (a new epoch, as on Redis)."""
+    sio = make_sio()
+    app = make_app(sio, **backend)
+    pad = "x" * 20_000  # (A's socket buffers fill within the first few MB)
+    total = 300
+    async with serve(app) as url:
+        stalled = await DeafClient(url, {"token": "alice"}).connect()
+        opened = None
+        for i in range(1, total + 1):
+            await sio.emit("events", chat_event("m", i, content=f"tok{i} {pad}"), room=room_of("alice"))
+            await asyncio.sleep(0.005)  # a model's pace, not synchronisation
+            if i == total // 2:
+                opened = await RawClient(url, auth={"token": "alice"}).connect()
+        await sio.emit("events", chat_event("m", total + 1, done=True), room=room_of("alice"))
+        await stalled.read_until(lambda f: '"done":true' in f)  # A reads again, up to the end
+        resumed = await RawClient(url, auth={"token": "alice"}).connect()
+        answer = await resumed.request("resume-stream", {"message_id": "m", "last_seq": 0}, ack_id=1)
+        view = content_by_seq(resumed.events())  # (the replay comes before its answer)
+        assert len(view) == answer["replayed"]
+        tokens = [
+            int(content.split()[0].removeprefix("tok")) if content else total + 1 for _, content in sorted(view.items())
+        ]
+        assert tokens == sorted(set(tokens)), "replayed out of order"
+        if not answer["gap"]:
+            assert tokens == list(range(1, total + 2))
+        assert opened is not None
+        await opened.close()
+        await resumed.close()
+        stalled.kill()

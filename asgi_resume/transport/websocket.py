@@ -30,7 +30,7 @@ from asgi_resume.transport.holds import Hold, Holds, HoldState, ends_connection
 from asgi_resume.transport.linger import LINGER_BELOW_S, linger
 from asgi_resume.transport.outbox import END, NUDGE, OUTBOX_SIZE, Outbox, Signal
 from asgi_resume.transport.stall import StallWatch
-from asgi_resume.transport.tcp import disable_nagle
+from asgi_resume.transport.tcp import disable_nagle, transport_of, writes_at_once
 from asgi_resume.transport.upgrade import UpgradeProbe
 
 SERVER_GOING_AWAY = 1012  # uvicorn closes websockets with it on shutdown
@@ -81,6 +81,7 @@ class WebSocketConnection:
             lambda: self._behind(True), lambda: self._batch.pending() > 0 or not self._outbox.empty()
         )
         self._tg: TaskGroup | None = None
+        self._transport: asyncio.WriteTransport | None = None  # the server's, where it lets us reach it
 
     async def run(self) -> None:
         self.eio.websockets += 1
@@ -117,8 +118,10 @@ class WebSocketConnection:
         if not self.accepted:  # the handshake (accept or reject) goes straight out
             self.accepted = kind == "websocket.accept"
             await self.send(message)
-            if self.accepted and not self.runtime.log.synchronous:
-                disable_nagle(self.send)
+            if self.accepted:
+                self._transport = transport_of(self.send)
+                if self._transport is not None and not self.runtime.log.synchronous:
+                    disable_nagle(self._transport)
             return
         await self._forward(Passthrough(message))
 
@@ -130,6 +133,11 @@ class WebSocketConnection:
         fed while its previous call was out (batches grow with the load). With the in-process log
         a frame that came alone (``LINGER_BELOW_S`` after the last) is logged here too: a room's
         copies cost no task switch each (about 2 µs per copy, ``benchmarks.transport``).
+
+        This call sends only what the socket takes at once (``tcp.writes_at_once``): a send that
+        waited for the client would keep the app's next frames unfed (above). Nor does it wait
+        for a Redis round trip: tried, a held tab's frames then waited unfed behind its append,
+        and a reloading tab logged later ones before them (``test_holds``, on Redis).
         """
         outbound = self.outbound
         if self._stall.sending and not self.conn.behind:  # (a frame while a send waits)
@@ -154,12 +162,19 @@ class WebSocketConnection:
             async with outbound.lock:  # too much waiting: python-engineio's writer waits for it
                 await self._drain()
             return
-        if self.conn.recovery or (
-            self._batch.needs_log(answer_deferred=not self.probe.active)
-            and (self._gap < LINGER_BELOW_S or not self.runtime.log.synchronous)
+        if (
+            self.conn.recovery
+            or (
+                self._batch.needs_log(answer_deferred=not self.probe.active)
+                and (self._gap < LINGER_BELOW_S or not self.runtime.log.synchronous)
+            )
+            or not writes_at_once(self._transport, item)
         ):
             # the writer logs it, with whatever comes meanwhile (with recovery it sends everything:
-            # the app's sends never wait on the socket, so the next one tells it stalled)
+            # the app's sends never wait on the socket, so the next one tells it stalled). A send
+            # here must not wait for the client: the app's next frames would wait unfed in
+            # python-engineio, where the feed order cannot see them, and a tab of the user that
+            # logged them first would have them logged after its own later ones
             self._outbox.put_soon(NUDGE)
             return
         async with outbound.lock:
