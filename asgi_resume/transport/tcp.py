@@ -37,8 +37,9 @@ def disable_nagle(transport: asyncio.WriteTransport) -> None:
         pass  # not TCP, or not a socket we may touch
 
 
-#: a frame at most this long (in characters: at most 4x as many bytes) never fills a transport's
-#: buffer past its high-water mark from empty (asyncio's 64 KiB; websockets sets 32 KiB)
+#: a frame at most this long (in characters: at most 4x as many bytes, with its seq stamped and
+#: its websocket header) never fills an empty transport's buffer past its high-water mark (64 KiB
+#: for every websocket implementation uvicorn has), where a write would wait
 WRITES_AT_ONCE = 4096
 _SIZED = (str, bytes)  # (a tuple: ``str | bytes`` would build a union at every call)
 

@@ -137,7 +137,10 @@ class WebSocketConnection:
         This call sends only what the socket takes at once (``tcp.writes_at_once``): a send that
         waited for the client would keep the app's next frames unfed (above). Nor does it wait
         for a Redis round trip: tried, a held tab's frames then waited unfed behind its append,
-        and a reloading tab logged later ones before them (``test_holds``, on Redis).
+        and a reloading tab logged later ones before them (``test_holds``, on Redis). It still
+        waits where it must: for room in a full outbox, for a drain past ``OUTBOX_SIZE`` frames,
+        and, with the memory log, for another tab here to log frames ahead of its own (the feed
+        order's waits, bounded by the write timeout).
         """
         outbound = self.outbound
         if self._stall.sending and not self.conn.behind:  # (a frame while a send waits)
