@@ -315,7 +315,14 @@ class WebSocketConnection:
                 elif found is UNREAD:
                     continue
                 elif found is not None:
-                    await self._outbox.put_request(found)
+                    if self._draining and self._outbox.empty() and self._batch.pending() < OUTBOX_SIZE:
+                        # the writer is sending (perhaps waiting for this client to read): the request
+                        # is fed in its place now, as the app's frames are, so that frames after it
+                        # keep being fed too (queued behind it they would wait unfed, and a tab of the
+                        # user that logged them first would have them logged after its own later ones)
+                        self._feed(found)
+                    else:
+                        await self._outbox.put_request(found)
                     # a client's burst of requests is read one per loop iteration, between other
                     # connections' work (answering them is paced by the replay turns)
                     await asyncio.sleep(0)
