@@ -38,7 +38,16 @@ from asgi_resume.pipeline.runtime import Runtime
 from asgi_resume.pipeline.units import EventUnit
 from asgi_resume.protocol.recovery import UNLOGGED_OFFSET
 from asgi_resume.transport import polling
-from tests.support.app import PacedStream, chat_event, emit_tokens, faults, make_app, make_sio, room_of
+from tests.support.app import (
+    PacedStream,
+    chat_event,
+    emit_tokens,
+    engineio_handshake,
+    faults,
+    make_app,
+    make_sio,
+    room_of,
+)
 from tests.support.node import NodeClient
 from tests.support.polling import PollingClient
 from tests.support.raw import DeafClient, RawClient
@@ -667,11 +676,7 @@ async def test_a_frame_fed_while_its_batch_was_being_logged_counts_when_the_send
     sent: list[str] = []
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:  # python-engineio's shape
-        await receive()
-        await send({"type": "websocket.accept"})
-        await send({"type": "websocket.send", "text": '0{"sid":"e1","pingInterval":25000,"pingTimeout":20000}'})
-        await receive()  # the client's CONNECT
-        await send({"type": "websocket.send", "text": '40{"sid":"s1"}'})
+        await engineio_handshake(receive, send)
         while True:
             await send({"type": "websocket.send", "text": await emits.get()})
 

@@ -17,6 +17,7 @@ from asgi_resume import ResumeMiddleware
 from asgi_resume.log.memory import MemoryLog
 from asgi_resume.log.redis import RedisLog
 from asgi_resume.transport.linger import LINGER_BELOW_S
+from tests.support.app import engineio_handshake
 from tests.support.redis_server import RedisServer
 from tests.support.waits import until
 
@@ -53,11 +54,7 @@ async def test_a_frame_that_comes_alone_waits_only_for_its_log_call(
     arrived = asyncio.Event()  # (not a poll: its timer's iterations would be counted)
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:  # python-engineio's shape
-        await receive()
-        await send({"type": "websocket.accept"})
-        await send({"type": "websocket.send", "text": '0{"sid":"e1","pingInterval":25000,"pingTimeout":20000}'})
-        await receive()  # the client's CONNECT
-        await send({"type": "websocket.send", "text": '40{"sid":"s1"}'})
+        await engineio_handshake(receive, send)
         while True:
             text = await emits.get()
             emitted.append(iterations)

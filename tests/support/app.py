@@ -62,6 +62,16 @@ def make_sio(**options: Any) -> socketio.AsyncServer:
     return sio
 
 
+async def engineio_handshake(receive: Any, send: Any) -> None:
+    """An app of python-engineio's shape, driven by hand: its websocket accepted, Engine.IO's OPEN
+    (sid ``e1``), the client's CONNECT read and answered (sid ``s1``)."""
+    await receive()
+    await send({"type": "websocket.accept"})
+    await send({"type": "websocket.send", "text": '0{"sid":"e1","pingInterval":25000,"pingTimeout":20000}'})
+    await receive()  # the client's CONNECT
+    await send({"type": "websocket.send", "text": '40{"sid":"s1"}'})
+
+
 def make_app(sio: socketio.AsyncServer, **settings: Any) -> ResumeMiddleware:
     return ResumeMiddleware(socketio.ASGIApp(sio), **settings)
 
