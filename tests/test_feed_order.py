@@ -14,10 +14,11 @@ from hypothesis import strategies as st
 from asgi_resume.log import StreamKey
 from asgi_resume.pipeline.order import KEYS_KEPT, OBJECT_BYTES_KEPT, RECENT_KEPT, Feeder, FeedOrder
 from asgi_resume.transport.websocket import WebSocketConnection
-from tests.support.app import chat_event, content_by_seq, make_app, make_sio, room_of
+from tests.support.app import chat_event, make_app, make_sio, room_of
 from tests.support.raw import DeafClient, RawClient
 from tests.support.redis_server import RedisServer
 from tests.support.server import serve
+from tests.support.stalls import another_tab_then_a_resume_from_zero
 from tests.support.waits import until
 
 pytestmark = pytest.mark.anyio
@@ -348,20 +349,5 @@ async def _stall_one_tab_while_another_opens(backend: dict[str, Any], *, request
             await until(lambda: conn._outbox.requests == 1 or conn._batch.pending() == 1, 10)  # (queued, or fed)
         for i in range(1, 11):  # only A is sent these
             await sio.emit("events", chat_event("m", i), room=room_of("alice"))
-        opened = await RawClient(url, auth={"token": "alice"}).connect()
-        for i in range(11, 21):
-            await sio.emit("events", chat_event("m", i), room=room_of("alice"))
-        await sio.emit("events", chat_event("m", 21, done=True), room=room_of("alice"))
-        await opened.wait_for(lambda f: isinstance(f, str) and '"done":true' in f)
-        await stalled.read_until(lambda f: '"done":true' in f)  # A reads again, up to the end
-        resumed = await RawClient(url, auth={"token": "alice"}).connect()
-        answer = await resumed.request("resume-stream", {"message_id": "m", "last_seq": 0}, ack_id=1)
-        view = content_by_seq(resumed.events())  # (the replay comes before its answer)
-        assert len(view) == answer["replayed"]
-        tokens = [int(content.split()[0].removeprefix("tok")) if content else 21 for _, content in sorted(view.items())]
-        assert tokens == sorted(set(tokens)), "replayed out of order, or twice"
-        if not answer["gap"]:
-            assert tokens == list(range(1, 22))
-        await opened.close()
-        await resumed.close()
+        await another_tab_then_a_resume_from_zero(sio, url, stalled)
         stalled.kill()

@@ -40,6 +40,11 @@ class Batch:
         """Units fed and not taken yet."""
         return len(self._units) + (len(self._deferred) if answer_deferred else 0)
 
+    def held(self) -> int:
+        """Everything it holds: units not taken yet, and a binary event waiting for its attachments
+        with the requests that came behind it."""
+        return len(self._units) + len(self._deferred) + len(self._behind) + (self._pending is not None)
+
     def needs_log(self, *, answer_deferred: bool = True) -> bool:
         """Has it frames to log or requests to answer? (Else a flush only passes frames on.)"""
         if self._stream_units or self._answers or self._recovering:  # (kept as units are fed: hot)

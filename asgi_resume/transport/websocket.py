@@ -76,6 +76,7 @@ class WebSocketConnection:
         self.hold = Hold(holds, self.conn, self.outbound.recovery)
         self._last_feed, self._gap = 0.0, 1.0  # when the last frame came, and the time before it
         self._draining = False  # this connection has the outbound lock and is sending
+        self._writer_drains = False  # ... and the writer task is the one sending (not the app's call)
         #: whether frames wait unlogged for long (its client stopped reading, or its log is slow)
         self._stall = StallWatch(
             lambda: self._behind(True), lambda: self._batch.pending() > 0 or not self._outbox.empty()
@@ -230,7 +231,11 @@ class WebSocketConnection:
                 for item in batch:  # nothing else feeds while the lock is held and not draining
                     if not isinstance(item, Signal):
                         self._feed(item)
-                await self._drain()
+                self._writer_drains = True
+                try:
+                    await self._drain()
+                finally:
+                    self._writer_drains = False
             if batch[-1] is END:
                 return
 
@@ -315,11 +320,12 @@ class WebSocketConnection:
                 elif found is UNREAD:
                     continue
                 elif found is not None:
-                    if self._draining and self._outbox.empty() and self._batch.pending() < OUTBOX_SIZE:
-                        # the writer is sending (perhaps waiting for this client to read): the request
-                        # is fed in its place now, as the app's frames are, so that frames after it
-                        # keep being fed too (queued behind it they would wait unfed, and a tab of the
-                        # user that logged them first would have them logged after its own later ones)
+                    if self._writer_drains and self._outbox.empty() and self._batch.held() < OUTBOX_SIZE:
+                        # the writer task is sending (perhaps waiting for this client to read): the
+                        # request is fed in its place now, as the app's frames are, so that frames
+                        # after it keep being fed too (queued behind it they would wait unfed, and a
+                        # tab of the user that logged them first would have them logged after its own
+                        # later ones). Not while the app's own call drains: it would answer it there
                         self._feed(found)
                     else:
                         await self._outbox.put_request(found)
