@@ -28,6 +28,7 @@ import uvloop
 
 from asgi_resume import ResumeMiddleware
 from benchmarks.common import redis_server
+from tests.support.loop import KeptUpTransport  # (benchmarks.common put the checkout on sys.path)
 
 _prefixes = itertools.count()
 
@@ -87,20 +88,10 @@ class Tally:
             self.reached.set()
 
 
-class Transport:
-    """uvicorn's transport, as far as the middleware looks at it: the client keeps up."""
-
-    def get_extra_info(self, name: str) -> None:
-        return None
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-
 class Server:
     """uvicorn's protocol object: its ``send`` is a bound method, with the transport beside it."""
 
-    transport = Transport()
+    transport = KeptUpTransport()
 
     def __init__(self, tally: Tally) -> None:
         self.tally = tally

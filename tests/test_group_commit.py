@@ -12,6 +12,7 @@ import pytest
 from asgi_resume.log.base import AppendRequest, AppendResult, Entry, LogUnavailable, StreamKey
 from asgi_resume.log.group_commit import GroupCommit
 from asgi_resume.log.redis import RedisLog
+from tests.support.loop import counting_iterations
 
 pytestmark = pytest.mark.anyio
 
@@ -86,14 +87,6 @@ async def test_an_append_on_redis_waits_for_four_loop_iterations_only(
     server = request.getfixturevalue("redis_cluster" if cluster else "redis_server")
     log = RedisLog.from_url(server.url, prefix=f"iterations{cluster}", cluster=cluster)
     group = GroupCommit(log)
-    loop = asyncio.get_running_loop()
-    iterations = 0
-    run_once = loop._run_once  # type: ignore[attr-defined]
-
-    def counted() -> None:
-        nonlocal iterations
-        iterations += 1
-        run_once()
 
     def append(i: int) -> AppendRequest:
         return AppendRequest(
@@ -102,14 +95,13 @@ async def test_an_append_on_redis_waits_for_four_loop_iterations_only(
 
     try:
         await group.append([append(0)])  # connected, scripts loaded, clock read
-        loop._run_once = counted  # type: ignore[attr-defined]
         counts = []
-        for i in range(1, 6):
-            iterations = 0
-            (result,) = await group.append([append(i)])
-            assert result.seqs == [i + 1]
-            counts.append(iterations)
+        with counting_iterations() as iterations:
+            for i in range(1, 6):
+                before = iterations.count
+                (result,) = await group.append([append(i)])
+                assert result.seqs == [i + 1]
+                counts.append(iterations.count - before)
     finally:
-        loop._run_once = run_once  # type: ignore[attr-defined]
         await log.aclose()
     assert max(counts) <= 4, counts

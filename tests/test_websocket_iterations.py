@@ -18,6 +18,7 @@ from asgi_resume.log.memory import MemoryLog
 from asgi_resume.log.redis import RedisLog
 from asgi_resume.transport.linger import LINGER_BELOW_S
 from tests.support.app import engineio_handshake
+from tests.support.loop import KeptUpTransport, counting_iterations
 from tests.support.redis_server import RedisServer
 from tests.support.waits import until
 
@@ -48,7 +49,6 @@ async def test_a_frame_that_comes_alone_waits_only_for_its_log_call(
     emits: asyncio.Queue[str] = asyncio.Queue()
     client: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     loop = asyncio.get_running_loop()
-    iterations = 0
     sent: list[tuple[str, int]] = []  # (frame, the iteration it reached the client in)
     emitted: list[int] = []  # the iteration each frame was handed to the middleware in
     arrived = asyncio.Event()  # (not a poll: its timer's iterations would be counted)
@@ -57,51 +57,34 @@ async def test_a_frame_that_comes_alone_waits_only_for_its_log_call(
         await engineio_handshake(receive, send)
         while True:
             text = await emits.get()
-            emitted.append(iterations)
+            emitted.append(iterations.count)
             await send({"type": "websocket.send", "text": text})
 
-    class Transport:  # uvicorn's, as far as the middleware looks: nothing buffered for the client
-        def get_extra_info(self, name: str) -> None:
-            return None
-
-        def get_write_buffer_size(self) -> int:
-            return 0
-
     class Server:  # uvicorn's protocol object: its ``send`` is a bound method, next to its transport
-        transport = Transport()
+        transport = KeptUpTransport()
 
         async def send(self, message: dict[str, Any]) -> None:
             if message["type"] == "websocket.send":
-                sent.append((message["text"], iterations))
+                sent.append((message["text"], iterations.count))
                 arrived.set()
-
-    to_client = Server().send
-
-    run_once = loop._run_once  # type: ignore[attr-defined]
-
-    def counted() -> None:
-        nonlocal iterations
-        iterations += 1
-        run_once()
 
     middleware = ResumeMiddleware(app, log=log)
     client.put_nowait({"type": "websocket.connect"})
     client.put_nowait({"type": "websocket.receive", "text": '40{"token":"alice"}'})
-    connection = loop.create_task(middleware(_SCOPE, client.get, to_client))
-    loop._run_once = counted  # type: ignore[attr-defined]
-    try:
-        await until(lambda: any(text.startswith("40") for text, _ in sent), 10)
-        for i in range(6):  # the first one connects to Redis and loads its scripts
-            arrived.clear()
-            emits.put_nowait(_token(i))
-            await asyncio.wait_for(arrived.wait(), 10)
-            await asyncio.sleep(LINGER_BELOW_S * 10)  # a token stream's pace (not a wait for anything)
-        frames = [(text, at) for text, at in sent if text.startswith("42")]
-        assert [json.loads(text[2:])[1]["seq"] for text, _ in frames] == [1, 2, 3, 4, 5, 6]
-        waited = [at - emitted[i] for i, (_, at) in enumerate(frames)][1:]
-    finally:
-        loop._run_once = run_once  # type: ignore[attr-defined]
-        connection.cancel()
-        await asyncio.gather(connection, return_exceptions=True)
-        await middleware.runtime.aclose()
+    with counting_iterations() as iterations:  # (the app and the server's send read it as they run)
+        connection = loop.create_task(middleware(_SCOPE, client.get, Server().send))
+        try:
+            await until(lambda: any(text.startswith("40") for text, _ in sent), 10)
+            for i in range(6):  # the first one connects to Redis and loads its scripts
+                arrived.clear()
+                emits.put_nowait(_token(i))
+                await asyncio.wait_for(arrived.wait(), 10)
+                await asyncio.sleep(LINGER_BELOW_S * 10)  # a token stream's pace (not a wait for anything)
+            frames = [(text, at) for text, at in sent if text.startswith("42")]
+            assert [json.loads(text[2:])[1]["seq"] for text, _ in frames] == [1, 2, 3, 4, 5, 6]
+            waited = [at - emitted[i] for i, (_, at) in enumerate(frames)][1:]
+        finally:
+            connection.cancel()
+            await asyncio.gather(connection, return_exceptions=True)
+            await middleware.runtime.aclose()
     assert max(waited) <= (0 if backend == "memory" else 5), waited
